@@ -1,0 +1,28 @@
+//! Every bound the protocol and the machine enforce, in one place.
+//!
+//! The server enforces the same numbers; PROTOCOL.md lists them. A client that
+//! exceeds one gets an error frame with a stable code, never a panic.
+
+/// Largest client frame accepted, in bytes. Presence frames are tiny; anything
+/// bigger is a bug or an attack.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024;
+/// Longest user id, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+/// Longest room id, in bytes.
+pub const MAX_ROOM_ID_BYTES: usize = 128;
+/// Longest resume token, in bytes.
+pub const MAX_RESUME_TOKEN_BYTES: usize = 128;
+/// Longest status text, in characters (not bytes).
+pub const MAX_STATUS_TEXT_CHARS: usize = 100;
+/// Rooms one connection may have joined at once.
+pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
+/// Users one connection may watch at once (its contact list).
+pub const MAX_WATCHED_PER_CONNECTION: usize = 1_000;
+/// Users named in one watch or unwatch frame.
+pub const MAX_USERS_PER_WATCH_FRAME: usize = 200;
+/// Connections (tabs, devices) one user may hold at once; the oldest detached
+/// one is dropped first when a new one arrives at the limit.
+pub const MAX_CONNECTIONS_PER_USER: usize = 32;
+/// Largest read marker: JavaScript's `Number.MAX_SAFE_INTEGER`, so markers
+/// survive a round trip through a browser exactly.
+pub const MAX_READ_MARKER: u64 = (1 << 53) - 1;

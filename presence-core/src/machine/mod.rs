@@ -1,0 +1,802 @@
+//! The presence state machine: connections in, events out, time passed in.
+//!
+//! Owns no socket and reads no clock. The caller feeds it what happened on
+//! each connection with `now`, calls [`Machine::tick`] at
+//! [`Machine::next_deadline`], and drains [`Machine::drain_events`].
+//!
+//! Flap-free by construction: for each user the machine remembers what it
+//! last announced ([`Shown`]) and, after any input, recomputes what observers
+//! should see and emits only the difference. A connection that drops (or says
+//! it is leaving) is kept, frozen, for a grace period; if it resumes within it
+//! the recomputed state is unchanged and nothing is emitted.
+
+mod aggregate;
+mod event;
+mod timers;
+
+use std::collections::{HashMap, HashSet};
+
+pub use aggregate::{Shown, aggregate};
+pub use event::Event;
+use timers::{TimerKey, Timers};
+
+use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::limits::{MAX_CONNECTIONS_PER_USER, MAX_READ_MARKER, MAX_ROOMS_PER_CONNECTION};
+use crate::policy::TimingPolicy;
+use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
+use crate::protocol::{Diff, ErrorCode, Receipt};
+
+/// Why the machine refused an input. Each maps to a stable [`ErrorCode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// The connection is not known (already gone).
+    #[error("unknown connection")]
+    UnknownConnection,
+    /// The connection id or resume token is already in use.
+    #[error("connection id or resume token already in use")]
+    DuplicateConnection,
+    /// The connection has not joined the room.
+    #[error("not in this room; join it first")]
+    NotInRoom,
+    /// The connection is in too many rooms.
+    #[error("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")]
+    TooManyRooms,
+    /// The user holds too many live connections.
+    #[error("at most {MAX_CONNECTIONS_PER_USER} connections per user")]
+    TooManyConnections,
+    /// The read marker is out of range.
+    #[error("read marker must be at most {MAX_READ_MARKER}")]
+    InvalidMarker,
+}
+
+impl MachineError {
+    /// The wire code for an error frame.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            MachineError::UnknownConnection | MachineError::DuplicateConnection => {
+                ErrorCode::Internal
+            }
+            MachineError::NotInRoom => ErrorCode::NotInRoom,
+            MachineError::TooManyRooms => ErrorCode::TooManyRooms,
+            MachineError::TooManyConnections => ErrorCode::TooManyConnections,
+            MachineError::InvalidMarker => ErrorCode::InvalidMarker,
+        }
+    }
+}
+
+/// The result of [`Machine::connect`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Outcome {
+    /// The connection's id: the resumed one's, or the one passed in.
+    pub conn: ConnId,
+    /// The token to give the client for its next resume.
+    pub token: ResumeToken,
+    /// Whether an earlier connection was taken over (observers saw nothing).
+    pub resumed: bool,
+    /// Whether the taken-over connection was still live: the caller must close
+    /// the old socket, which no longer speaks for this connection.
+    pub superseded: bool,
+}
+
+/// Counts for metrics.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    /// Connections held, live or in grace.
+    pub connections: usize,
+    /// Users shown online.
+    pub online_users: usize,
+    /// Users known (online, or offline with a last-seen time).
+    pub known_users: usize,
+    /// Pending deadlines.
+    pub timers: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    Live { last_heard: Millis },
+    Detached { since: Millis, until: Millis },
+}
+
+#[derive(Debug)]
+struct Conn {
+    user: UserId,
+    token: ResumeToken,
+    activity: Activity,
+    link: Link,
+    rooms: Vec<RoomId>,
+}
+
+#[derive(Debug)]
+struct User {
+    conns: Vec<ConnId>,
+    /// Rooms with the number of this user's connections in each.
+    rooms: HashMap<RoomId, u16>,
+    status: Status,
+    text: Option<StatusText>,
+    shown: Shown,
+    last_active: Option<Millis>,
+    last_seen: Option<Millis>,
+    typing: HashMap<RoomId, Millis>,
+    receipts: HashMap<RoomId, u64>,
+}
+
+impl User {
+    fn new() -> Self {
+        Self {
+            conns: Vec::new(),
+            rooms: HashMap::new(),
+            status: Status::Available,
+            text: None,
+            shown: Shown::Offline,
+            last_active: None,
+            last_seen: None,
+            typing: HashMap::new(),
+            receipts: HashMap::new(),
+        }
+    }
+
+    fn visible(&self) -> bool {
+        self.shown != Shown::Offline
+    }
+
+    fn view(&self, id: &UserId) -> PresenceView {
+        let invisible = self.status == Status::Invisible;
+        let online = self.visible();
+        PresenceView {
+            user: id.clone(),
+            state: self.shown.state(),
+            reason: self.shown.reason(),
+            status: if invisible {
+                Status::Available
+            } else {
+                self.status
+            },
+            text: if invisible { None } else { self.text.clone() },
+            last_active: if online { self.last_active } else { None },
+            last_seen: if online { None } else { self.last_seen },
+        }
+    }
+}
+
+/// The presence state machine for one node. See the module docs.
+#[derive(Debug)]
+pub struct Machine {
+    policy: TimingPolicy,
+    users: HashMap<UserId, User>,
+    conns: HashMap<ConnId, Conn>,
+    tokens: HashMap<ResumeToken, ConnId>,
+    rooms: HashMap<RoomId, HashSet<UserId>>,
+    timers: Timers,
+    events: Vec<Event>,
+}
+
+impl Machine {
+    /// A machine with the given timing policy (validate it first).
+    pub fn new(policy: TimingPolicy) -> Self {
+        Self {
+            policy,
+            users: HashMap::new(),
+            conns: HashMap::new(),
+            tokens: HashMap::new(),
+            rooms: HashMap::new(),
+            timers: Timers::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The timing policy.
+    pub fn policy(&self) -> &TimingPolicy {
+        &self.policy
+    }
+
+    /// A connection said hello. With a `resume` token that belongs to one of
+    /// this user's connections, that connection is taken back silently;
+    /// otherwise `conn` and `token` start a new one.
+    pub fn connect(
+        &mut self,
+        now: Millis,
+        user: UserId,
+        conn: ConnId,
+        token: ResumeToken,
+        resume: Option<&ResumeToken>,
+        activity: Activity,
+    ) -> Result<Outcome, MachineError> {
+        if let Some(old) = resume.and_then(|t| self.tokens.get(t)).copied()
+            && let Some(c) = self.conns.get_mut(&old)
+            && c.user == user
+        {
+            let superseded = matches!(c.link, Link::Live { .. });
+            c.link = Link::Live { last_heard: now };
+            c.activity = activity;
+            let token = c.token.clone();
+            self.timers.ensure(
+                TimerKey::Conn(old),
+                now.after(self.policy.heartbeat_timeout),
+            );
+            self.refresh(now, &user, now, &[]);
+            return Ok(Outcome {
+                conn: old,
+                token,
+                resumed: true,
+                superseded,
+            });
+        }
+        if self.conns.contains_key(&conn) || self.tokens.contains_key(&token) {
+            return Err(MachineError::DuplicateConnection);
+        }
+        let held = self.users.get(&user).map_or(0, |u| u.conns.len());
+        if held >= MAX_CONNECTIONS_PER_USER {
+            let oldest_detached = self.users.get(&user).and_then(|u| {
+                u.conns
+                    .iter()
+                    .filter_map(|c| match self.conns.get(c)?.link {
+                        Link::Detached { since, .. } => Some((since, *c)),
+                        Link::Live { .. } => None,
+                    })
+                    .min()
+            });
+            match oldest_detached {
+                Some((since, c)) => self.remove_conn(now, c, since),
+                None => return Err(MachineError::TooManyConnections),
+            }
+        }
+        self.users
+            .entry(user.clone())
+            .or_insert_with(User::new)
+            .conns
+            .push(conn);
+        self.tokens.insert(token.clone(), conn);
+        self.conns.insert(
+            conn,
+            Conn {
+                user: user.clone(),
+                token: token.clone(),
+                activity,
+                link: Link::Live { last_heard: now },
+                rooms: Vec::new(),
+            },
+        );
+        self.timers.ensure(
+            TimerKey::Conn(conn),
+            now.after(self.policy.heartbeat_timeout),
+        );
+        self.refresh(now, &user, now, &[]);
+        Ok(Outcome {
+            conn,
+            token,
+            resumed: false,
+            superseded: false,
+        })
+    }
+
+    /// The connection is alive (any frame counts, a `ping` included).
+    pub fn heartbeat(&mut self, now: Millis, conn: ConnId) -> Result<(), MachineError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        if let Link::Live { last_heard } = &mut c.link {
+            *last_heard = (*last_heard).max(now);
+        }
+        Ok(())
+    }
+
+    /// The connection became active or idle.
+    pub fn set_activity(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        activity: Activity,
+    ) -> Result<(), MachineError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        c.activity = activity;
+        let user = c.user.clone();
+        if activity == Activity::Active
+            && let Some(u) = self.users.get_mut(&user)
+        {
+            u.last_active = Some(now);
+        }
+        self.refresh(now, &user, now, &[]);
+        Ok(())
+    }
+
+    /// The connection joins a room. Returns `false` if it was already in it.
+    pub fn join(&mut self, now: Millis, conn: ConnId, room: RoomId) -> Result<bool, MachineError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        if c.rooms.contains(&room) {
+            return Ok(false);
+        }
+        if c.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+            return Err(MachineError::TooManyRooms);
+        }
+        c.rooms.push(room.clone());
+        let user_id = c.user.clone();
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return Err(MachineError::UnknownConnection);
+        };
+        let count = user.rooms.entry(room.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(user_id.clone());
+            if user.visible() {
+                let diff = Diff::UserConnected {
+                    presence: user.view(&user_id),
+                };
+                self.emit(now, diff, vec![room], false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The connection leaves a room.
+    pub fn leave(&mut self, now: Millis, conn: ConnId, room: &RoomId) -> Result<(), MachineError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        let Some(at) = c.rooms.iter().position(|r| r == room) else {
+            return Err(MachineError::NotInRoom);
+        };
+        c.rooms.swap_remove(at);
+        let user = c.user.clone();
+        if self.release_room(now, &user, room) {
+            self.announce_left(now, &user, room);
+        }
+        Ok(())
+    }
+
+    /// The user sets their status and text, from one of their connections.
+    /// Returns whether anything changed (then tell all of the user's own
+    /// connections with `self_status`).
+    pub fn set_status(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        status: Status,
+        text: Option<StatusText>,
+    ) -> Result<bool, MachineError> {
+        let user_id = self
+            .user_of(conn)
+            .ok_or(MachineError::UnknownConnection)?
+            .clone();
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return Err(MachineError::UnknownConnection);
+        };
+        if user.status == status && user.text == text {
+            return Ok(false);
+        }
+        user.status = status;
+        user.text = text;
+        let was_visible = user.visible();
+        if status == Status::Invisible {
+            self.stop_all_typing(now, &user_id);
+        }
+        self.refresh(now, &user_id, now, &[]);
+        if let Some(user) = self.users.get(&user_id)
+            && was_visible
+            && user.visible()
+        {
+            let diff = Diff::Status {
+                user: user_id.clone(),
+                status: user.status,
+                text: user.text.clone(),
+            };
+            let rooms = user.rooms.keys().cloned().collect();
+            self.emit(now, diff, rooms, true);
+        }
+        Ok(true)
+    }
+
+    /// Typing started or was refreshed (`active`), or stopped, in a room the
+    /// connection has joined. Invisible users' typing is not shown.
+    pub fn typing(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        room: &RoomId,
+        active: bool,
+    ) -> Result<(), MachineError> {
+        let c = self
+            .conns
+            .get(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        if !c.rooms.contains(room) {
+            return Err(MachineError::NotInRoom);
+        }
+        let user_id = c.user.clone();
+        if !active {
+            self.stop_typing(now, &user_id, room);
+            return Ok(());
+        }
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return Err(MachineError::UnknownConnection);
+        };
+        if user.status == Status::Invisible {
+            return Ok(());
+        }
+        let expires = now.after(self.policy.typing_ttl);
+        let started = user.typing.insert(room.clone(), expires).is_none();
+        self.timers
+            .ensure(TimerKey::Typing(user_id.clone(), room.clone()), expires);
+        if started {
+            let diff = Diff::TypingStarted { user: user_id };
+            self.emit(now, diff, vec![room.clone()], false);
+        }
+        Ok(())
+    }
+
+    /// The host app saw the user send a message in `room`: typing stops now.
+    pub fn message_sent(&mut self, now: Millis, user: &UserId, room: &RoomId) {
+        self.stop_typing(now, user, room);
+    }
+
+    /// The user read `room` up to `marker`. Markers only move forward; returns
+    /// whether this one did. Invisible users' receipts are kept, not shown.
+    pub fn read(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        room: &RoomId,
+        marker: u64,
+    ) -> Result<bool, MachineError> {
+        if marker > MAX_READ_MARKER {
+            return Err(MachineError::InvalidMarker);
+        }
+        let c = self
+            .conns
+            .get(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        if !c.rooms.contains(room) {
+            return Err(MachineError::NotInRoom);
+        }
+        let user_id = c.user.clone();
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return Err(MachineError::UnknownConnection);
+        };
+        if user
+            .receipts
+            .get(room)
+            .is_some_and(|&current| marker <= current)
+        {
+            return Ok(false);
+        }
+        user.receipts.insert(room.clone(), marker);
+        if user.visible() {
+            let diff = Diff::Read {
+                user: user_id,
+                marker,
+            };
+            self.emit(now, diff, vec![room.clone()], false);
+        }
+        Ok(true)
+    }
+
+    /// The client said it is leaving on purpose: observers see the user go
+    /// after the short leave grace unless the connection resumes first.
+    pub fn leaving(&mut self, now: Millis, conn: ConnId) {
+        self.detach(conn, now, self.policy.leave_grace);
+    }
+
+    /// The socket closed or failed without a `leaving`: the full offline grace
+    /// runs. After `leaving` this changes nothing.
+    pub fn dropped(&mut self, now: Millis, conn: ConnId) {
+        self.detach(conn, now, self.policy.offline_grace);
+    }
+
+    /// Runs every deadline due at `now`. Returns the connections whose
+    /// heartbeat timed out: the caller closes their sockets.
+    pub fn tick(&mut self, now: Millis) -> Vec<ConnId> {
+        let mut timed_out = Vec::new();
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Conn(id) => {
+                    let Some(c) = self.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    match c.link {
+                        Link::Live { last_heard } => {
+                            let deadline = last_heard.after(self.policy.heartbeat_timeout);
+                            if deadline > now {
+                                self.timers.ensure(TimerKey::Conn(id), deadline);
+                                continue;
+                            }
+                            let until = deadline.after(self.policy.offline_grace);
+                            c.link = Link::Detached {
+                                since: last_heard,
+                                until,
+                            };
+                            self.timers.ensure(TimerKey::Conn(id), until);
+                            timed_out.push(id);
+                        }
+                        Link::Detached { since, until } => {
+                            if until > now {
+                                self.timers.ensure(TimerKey::Conn(id), until);
+                            } else {
+                                self.remove_conn(now, id, since);
+                            }
+                        }
+                    }
+                }
+                TimerKey::Typing(user, room) => {
+                    let expires = self
+                        .users
+                        .get(&user)
+                        .and_then(|u| u.typing.get(&room))
+                        .copied();
+                    match expires {
+                        Some(at) if at > now => {
+                            self.timers.ensure(TimerKey::Typing(user, room), at);
+                        }
+                        Some(_) => self.stop_typing(now, &user, &room),
+                        None => {}
+                    }
+                }
+            }
+        }
+        timed_out
+    }
+
+    /// When [`Machine::tick`] next has work; `None` when nothing is pending.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.next()
+    }
+
+    /// Takes the events emitted since the last call, oldest first.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    /// One user's presence as others see it; `None` if never seen.
+    pub fn view(&self, user: &UserId) -> Option<PresenceView> {
+        self.users.get(user).map(|u| u.view(user))
+    }
+
+    /// Visible members of a room (invisible users are left out).
+    pub fn members(&self, room: &RoomId) -> Vec<PresenceView> {
+        self.room_users(room)
+            .filter(|(_, u)| u.visible())
+            .map(|(id, u)| u.view(id))
+            .collect()
+    }
+
+    /// Members typing in a room.
+    pub fn typing_in(&self, room: &RoomId) -> Vec<UserId> {
+        self.room_users(room)
+            .filter(|(_, u)| u.visible() && u.typing.contains_key(room))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Visible members' read markers in a room.
+    pub fn receipts_in(&self, room: &RoomId) -> Vec<Receipt> {
+        self.room_users(room)
+            .filter(|(_, u)| u.visible())
+            .filter_map(|(id, u)| {
+                Some(Receipt {
+                    user: id.clone(),
+                    marker: *u.receipts.get(room)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The user a connection speaks for.
+    pub fn user_of(&self, conn: ConnId) -> Option<&UserId> {
+        self.conns.get(&conn).map(|c| &c.user)
+    }
+
+    /// A user's connections, live or in grace.
+    pub fn connections_of(&self, user: &UserId) -> &[ConnId] {
+        self.users.get(user).map_or(&[], |u| &u.conns)
+    }
+
+    /// The rooms a connection has joined.
+    pub fn rooms_of(&self, conn: ConnId) -> &[RoomId] {
+        self.conns.get(&conn).map_or(&[], |c| &c.rooms)
+    }
+
+    /// A user's own status and text (invisible included).
+    pub fn status_of(&self, user: &UserId) -> (Status, Option<StatusText>) {
+        self.users
+            .get(user)
+            .map_or((Status::Available, None), |u| (u.status, u.text.clone()))
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.conns.len(),
+            online_users: self.users.values().filter(|u| u.visible()).count(),
+            known_users: self.users.len(),
+            timers: self.timers.len(),
+        }
+    }
+
+    fn room_users<'a>(&'a self, room: &RoomId) -> impl Iterator<Item = (&'a UserId, &'a User)> {
+        self.rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((id, self.users.get(id)?)))
+    }
+
+    fn emit(&mut self, at: Millis, diff: Diff, rooms: Vec<RoomId>, global: bool) {
+        self.events.push(Event {
+            at,
+            diff,
+            rooms,
+            global,
+        });
+    }
+
+    fn detach(&mut self, conn: ConnId, now: Millis, grace: std::time::Duration) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let until = now.after(grace);
+        c.link = match c.link {
+            Link::Live { .. } => Link::Detached { since: now, until },
+            Link::Detached { since, until: old } => Link::Detached {
+                since,
+                until: old.min(until),
+            },
+        };
+        if let Link::Detached { until, .. } = c.link {
+            self.timers.ensure(TimerKey::Conn(conn), until);
+        }
+    }
+
+    /// Removes a connection whose grace is over (or that was evicted) and
+    /// announces what observers now see. `seen` is when it was last heard.
+    fn remove_conn(&mut self, now: Millis, conn: ConnId, seen: Millis) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.tokens.remove(&c.token);
+        self.timers.cancel(&TimerKey::Conn(conn));
+        if let Some(u) = self.users.get_mut(&c.user) {
+            u.conns.retain(|x| *x != conn);
+        }
+        let gone: Vec<RoomId> = c
+            .rooms
+            .iter()
+            .filter(|room| self.release_room(now, &c.user, room))
+            .cloned()
+            .collect();
+        let still_connected = !self.connections_of(&c.user).is_empty();
+        if still_connected {
+            for room in &gone {
+                self.announce_left(now, &c.user, room);
+            }
+        }
+        self.refresh(now, &c.user, seen, &gone);
+    }
+
+    /// Drops one of the user's connections from a room; returns whether that
+    /// was the user's last connection in it (typing there has stopped).
+    fn release_room(&mut self, now: Millis, user_id: &UserId, room: &RoomId) -> bool {
+        let Some(user) = self.users.get_mut(user_id) else {
+            return false;
+        };
+        let Some(count) = user.rooms.get_mut(room) else {
+            return false;
+        };
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return false;
+        }
+        user.rooms.remove(room);
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(user_id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+        self.stop_typing(now, user_id, room);
+        true
+    }
+
+    fn announce_left(&mut self, now: Millis, user_id: &UserId, room: &RoomId) {
+        if self.users.get(user_id).is_some_and(User::visible) {
+            let diff = Diff::UserDisconnected {
+                user: user_id.clone(),
+                last_seen: now,
+            };
+            self.emit(now, diff, vec![room.clone()], false);
+        }
+    }
+
+    fn stop_typing(&mut self, now: Millis, user_id: &UserId, room: &RoomId) {
+        let Some(user) = self.users.get_mut(user_id) else {
+            return;
+        };
+        if user.typing.remove(room).is_none() {
+            return;
+        }
+        let visible = user.visible();
+        self.timers
+            .cancel(&TimerKey::Typing(user_id.clone(), room.clone()));
+        if visible {
+            let diff = Diff::TypingStopped {
+                user: user_id.clone(),
+            };
+            self.emit(now, diff, vec![room.clone()], false);
+        }
+    }
+
+    fn stop_all_typing(&mut self, now: Millis, user_id: &UserId) {
+        let rooms: Vec<RoomId> = self
+            .users
+            .get(user_id)
+            .map(|u| u.typing.keys().cloned().collect())
+            .unwrap_or_default();
+        for room in rooms {
+            self.stop_typing(now, user_id, &room);
+        }
+    }
+
+    /// Recomputes what observers should see of `user_id` and emits the
+    /// difference from what they were last told, if any. `seen` is the
+    /// last-seen time to record if the user goes offline; `gone` are rooms
+    /// the user just left that must still hear about it.
+    fn refresh(&mut self, now: Millis, user_id: &UserId, seen: Millis, gone: &[RoomId]) {
+        let Some(user) = self.users.get(user_id) else {
+            return;
+        };
+        let target = if user.status == Status::Invisible {
+            Shown::Offline
+        } else {
+            aggregate(
+                user.conns
+                    .iter()
+                    .filter_map(|c| self.conns.get(c).map(|c| c.activity)),
+            )
+        };
+        let before = user.shown;
+        if target == before {
+            return;
+        }
+        let Some(user) = self.users.get_mut(user_id) else {
+            return;
+        };
+        user.shown = target;
+        if before == Shown::Active || target == Shown::Active {
+            user.last_active = Some(now);
+        }
+        let diff = match (before, target) {
+            (_, Shown::Offline) => {
+                let last_seen = user.last_seen.map_or(seen, |s| s.max(seen));
+                user.last_seen = Some(last_seen);
+                Diff::UserDisconnected {
+                    user: user_id.clone(),
+                    last_seen,
+                }
+            }
+            (Shown::Offline, _) => Diff::UserConnected {
+                presence: user.view(user_id),
+            },
+            (_, Shown::Idle(reason)) => Diff::UserIdle {
+                user: user_id.clone(),
+                reason,
+            },
+            (_, Shown::Active) => Diff::UserActive {
+                user: user_id.clone(),
+            },
+        };
+        let mut rooms: Vec<RoomId> = user.rooms.keys().cloned().collect();
+        rooms.extend(gone.iter().cloned());
+        self.emit(now, diff, rooms, true);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! Unit tests: one behaviour each, with time passed in by hand.
+
+use std::time::Duration;
+
+use super::*;
+use crate::presence::{IdleReason, PresenceState};
+
+const T0: Millis = Millis(1_000_000);
+
+fn policy() -> TimingPolicy {
+    TimingPolicy {
+        heartbeat_interval: Duration::from_secs(10),
+        heartbeat_timeout: Duration::from_secs(30),
+        offline_grace: Duration::from_secs(10),
+        leave_grace: Duration::from_secs(2),
+        idle_after: Duration::from_secs(60),
+        typing_ttl: Duration::from_secs(6),
+    }
+}
+
+fn at(secs: u64) -> Millis {
+    T0.after(Duration::from_secs(secs))
+}
+
+fn user(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn room(s: &str) -> RoomId {
+    RoomId::new(s).unwrap()
+}
+
+fn token(n: u64) -> ResumeToken {
+    ResumeToken::new(format!("tok{n}")).unwrap()
+}
+
+struct Harness {
+    m: Machine,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            m: Machine::new(policy()),
+        }
+    }
+
+    fn connect(&mut self, now: Millis, who: &str, conn: u64) -> Outcome {
+        self.m
+            .connect(
+                now,
+                user(who),
+                ConnId(conn),
+                token(conn),
+                None,
+                Activity::Active,
+            )
+            .unwrap()
+    }
+
+    fn resume(&mut self, now: Millis, who: &str, new_conn: u64, old: u64) -> Outcome {
+        self.m
+            .connect(
+                now,
+                user(who),
+                ConnId(new_conn),
+                token(new_conn),
+                Some(&token(old)),
+                Activity::Active,
+            )
+            .unwrap()
+    }
+
+    /// Event names with their global flag, drained.
+    fn names(&mut self) -> Vec<&'static str> {
+        self.m.drain_events().map(|e| e.name()).collect()
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        self.m.drain_events().collect()
+    }
+}
+
+#[test]
+fn first_connection_announces_the_user_once() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    let ev = h.events();
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].global);
+    match &ev[0].diff {
+        Diff::UserConnected { presence } => {
+            assert_eq!(presence.state, PresenceState::Active);
+            assert_eq!(presence.last_active, Some(T0));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    h.connect(at(1), "ana", 2);
+    assert!(h.names().is_empty(), "a second tab is the same user");
+}
+
+#[test]
+fn idle_and_active_follow_the_most_active_connection() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.connect(T0, "ana", 2);
+    h.names();
+    h.m.set_activity(at(1), ConnId(1), Activity::Idle(IdleReason::Hidden))
+        .unwrap();
+    assert!(h.names().is_empty(), "tab 2 is still active");
+    h.m.set_activity(at(2), ConnId(2), Activity::Idle(IdleReason::NoInput))
+        .unwrap();
+    let ev = h.events();
+    assert_eq!(
+        ev[0].diff,
+        Diff::UserIdle {
+            user: user("ana"),
+            reason: IdleReason::NoInput
+        }
+    );
+    assert_eq!(h.m.view(&user("ana")).unwrap().last_active, Some(at(2)));
+    h.m.set_activity(at(3), ConnId(1), Activity::Active)
+        .unwrap();
+    assert_eq!(h.names(), ["user_active"]);
+    h.m.set_activity(at(4), ConnId(1), Activity::Active)
+        .unwrap();
+    assert!(h.names().is_empty(), "no event for a non-change");
+}
+
+#[test]
+fn idle_reason_change_is_announced_but_same_reason_is_not() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.set_activity(at(1), ConnId(1), Activity::Idle(IdleReason::Blurred))
+        .unwrap();
+    h.m.set_activity(at(2), ConnId(1), Activity::Idle(IdleReason::Blurred))
+        .unwrap();
+    h.m.set_activity(at(3), ConnId(1), Activity::Idle(IdleReason::Hidden))
+        .unwrap();
+    assert_eq!(h.names(), ["user_idle", "user_idle"]);
+}
+
+#[test]
+fn dropped_connection_goes_offline_after_grace_exactly_once() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.dropped(at(5), ConnId(1));
+    assert_eq!(h.m.next_deadline(), Some(at(15)));
+    h.m.tick(at(14));
+    assert!(h.names().is_empty(), "still within grace");
+    h.m.tick(at(15));
+    let ev = h.events();
+    assert_eq!(
+        ev.iter().map(|e| e.name()).collect::<Vec<_>>(),
+        ["user_disconnected"]
+    );
+    assert_eq!(
+        ev[0].diff,
+        Diff::UserDisconnected {
+            user: user("ana"),
+            last_seen: at(5)
+        }
+    );
+    h.m.tick(at(100));
+    assert!(h.names().is_empty());
+    let view = h.m.view(&user("ana")).unwrap();
+    assert_eq!(view.state, PresenceState::Offline);
+    assert_eq!(view.last_seen, Some(at(5)));
+    assert_eq!(h.m.next_deadline(), None);
+}
+
+#[test]
+fn reconnect_within_grace_is_silent() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.dropped(at(5), ConnId(1));
+    let out = h.resume(at(9), "ana", 2, 1);
+    assert_eq!(out.conn, ConnId(1));
+    assert!(out.resumed);
+    assert!(!out.superseded);
+    h.m.tick(at(38)); // resumed at 9: the heartbeat deadline is 39
+    assert!(h.m.next_deadline() >= Some(at(39)));
+    assert!(h.names().is_empty());
+    assert_eq!(h.m.view(&user("ana")).unwrap().state, PresenceState::Active);
+}
+
+#[test]
+fn a_new_connection_within_grace_is_silent_too() {
+    // A client that lost its resume token still does not flap the user.
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.dropped(at(5), ConnId(1));
+    h.connect(at(7), "ana", 2);
+    h.m.tick(at(20));
+    assert!(h.names().is_empty());
+    assert_eq!(h.m.connections_of(&user("ana")), [ConnId(2)]);
+}
+
+#[test]
+fn clean_leave_uses_the_short_grace_and_a_reload_resumes() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.leaving(at(5), ConnId(1));
+    h.m.dropped(at(5), ConnId(1)); // the socket closes right after
+    assert_eq!(h.m.next_deadline(), Some(at(7)));
+    h.resume(at(6), "ana", 2, 1);
+    h.m.tick(at(8));
+    assert!(h.names().is_empty(), "the reload resumed in time");
+    h.m.leaving(at(10), ConnId(1));
+    h.m.tick(at(12));
+    assert_eq!(h.names(), ["user_disconnected"]);
+}
+
+#[test]
+fn heartbeat_timeout_detaches_then_grace_removes() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    h.m.heartbeat(at(20), ConnId(1)).unwrap();
+    assert!(h.m.tick(at(30)).is_empty(), "heard at 20: alive until 50");
+    assert_eq!(h.m.tick(at(50)), [ConnId(1)]);
+    assert!(h.names().is_empty(), "grace runs after the timeout");
+    h.m.tick(at(59));
+    assert!(h.names().is_empty());
+    h.m.tick(at(60));
+    let ev = h.events();
+    assert_eq!(
+        ev[0].diff,
+        Diff::UserDisconnected {
+            user: user("ana"),
+            last_seen: at(20)
+        }
+    );
+}
+
+#[test]
+fn a_late_tick_still_runs_timeout_and_grace_in_order() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    assert_eq!(h.m.tick(at(1000)), [ConnId(1)]);
+    assert_eq!(h.names(), ["user_disconnected"]);
+    assert_eq!(h.m.stats().connections, 0);
+}
+
+#[test]
+fn resume_of_a_live_connection_supersedes_the_old_socket() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    let out = h.resume(at(1), "ana", 2, 1);
+    assert!(out.resumed && out.superseded);
+    assert_eq!(out.token, token(1));
+}
+
+#[test]
+fn resume_token_of_another_user_starts_a_fresh_connection() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    let out = h.resume(at(1), "bob", 2, 1);
+    assert!(!out.resumed);
+    assert_eq!(out.conn, ConnId(2));
+    assert_eq!(h.m.user_of(ConnId(1)), Some(&user("ana")));
+    assert_eq!(h.names(), ["user_connected"]);
+}
+
+#[test]
+fn rooms_hear_joins_leaves_and_disconnects() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.connect(T0, "ana", 2);
+    h.names();
+    assert!(h.m.join(at(1), ConnId(1), room("r")).unwrap());
+    assert!(!h.m.join(at(1), ConnId(1), room("r")).unwrap());
+    h.m.join(at(1), ConnId(2), room("r")).unwrap();
+    let ev = h.events();
+    assert_eq!(ev.len(), 1, "one join per user, not per tab");
+    assert_eq!((ev[0].name(), ev[0].global), ("user_connected", false));
+    assert_eq!(ev[0].rooms, [room("r")]);
+    assert_eq!(h.m.members(&room("r")).len(), 1);
+
+    h.m.leave(at(2), ConnId(1), &room("r")).unwrap();
+    assert!(h.names().is_empty(), "tab 2 is still in the room");
+    assert_eq!(
+        h.m.leave(at(2), ConnId(1), &room("r")),
+        Err(MachineError::NotInRoom)
+    );
+    h.m.dropped(at(3), ConnId(2));
+    h.m.dropped(at(3), ConnId(1));
+    h.m.tick(at(13));
+    let ev = h.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].name(), ev[0].global), ("user_disconnected", true));
+    assert_eq!(ev[0].rooms, [room("r")], "the room hears the user go");
+    assert!(h.m.members(&room("r")).is_empty());
+}
+
+#[test]
+fn room_limit_is_enforced() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    for i in 0..MAX_ROOMS_PER_CONNECTION {
+        h.m.join(T0, ConnId(1), room(&format!("r{i}"))).unwrap();
+    }
+    assert_eq!(
+        h.m.join(T0, ConnId(1), room("one-too-many")),
+        Err(MachineError::TooManyRooms)
+    );
+}
+
+#[test]
+fn typing_starts_refreshes_and_expires() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.names();
+    assert_eq!(
+        h.m.typing(T0, ConnId(1), &room("elsewhere"), true),
+        Err(MachineError::NotInRoom)
+    );
+    h.m.typing(at(1), ConnId(1), &room("r"), true).unwrap();
+    h.m.typing(at(4), ConnId(1), &room("r"), true).unwrap();
+    assert_eq!(h.names(), ["typing_started"]);
+    assert_eq!(h.m.typing_in(&room("r")), [user("ana")]);
+    h.m.tick(at(9));
+    assert!(h.names().is_empty(), "refreshed at 4: expires at 10");
+    h.m.tick(at(10));
+    assert_eq!(h.names(), ["typing_stopped"]);
+    assert!(h.m.typing_in(&room("r")).is_empty());
+}
+
+#[test]
+fn typing_stops_on_send_on_stop_and_when_the_user_leaves() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.typing(T0, ConnId(1), &room("r"), true).unwrap();
+    h.names();
+    h.m.message_sent(at(1), &user("ana"), &room("r"));
+    assert_eq!(h.names(), ["typing_stopped"]);
+    h.m.typing(at(1), ConnId(1), &room("r"), false).unwrap();
+    assert!(h.names().is_empty(), "already stopped");
+    h.m.typing(at(2), ConnId(1), &room("r"), true).unwrap();
+    h.m.dropped(at(3), ConnId(1));
+    h.m.tick(at(13));
+    assert_eq!(
+        h.names(),
+        ["typing_started", "typing_stopped", "user_disconnected"]
+    );
+}
+
+#[test]
+fn read_markers_only_move_forward() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.names();
+    assert!(h.m.read(T0, ConnId(1), &room("r"), 5).unwrap());
+    assert!(!h.m.read(T0, ConnId(1), &room("r"), 3).unwrap());
+    assert!(!h.m.read(T0, ConnId(1), &room("r"), 5).unwrap());
+    assert!(h.m.read(T0, ConnId(1), &room("r"), 0).is_ok());
+    assert_eq!(h.names(), ["read"]);
+    assert_eq!(h.m.receipts_in(&room("r"))[0].marker, 5);
+    assert_eq!(
+        h.m.read(T0, ConnId(1), &room("r"), MAX_READ_MARKER + 1),
+        Err(MachineError::InvalidMarker)
+    );
+}
+
+#[test]
+fn invisible_users_look_offline_and_come_back() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.typing(T0, ConnId(1), &room("r"), true).unwrap();
+    h.names();
+    assert!(
+        h.m.set_status(at(1), ConnId(1), Status::Invisible, None)
+            .unwrap()
+    );
+    assert_eq!(h.names(), ["typing_stopped", "user_disconnected"]);
+    assert!(h.m.members(&room("r")).is_empty());
+    let view = h.m.view(&user("ana")).unwrap();
+    assert_eq!(view.state, PresenceState::Offline);
+    assert_eq!(view.status, Status::Available, "invisible is never shown");
+    h.m.set_activity(at(2), ConnId(1), Activity::Idle(IdleReason::Hidden))
+        .unwrap();
+    h.m.typing(at(2), ConnId(1), &room("r"), true).unwrap();
+    h.m.read(at(2), ConnId(1), &room("r"), 9).unwrap();
+    assert!(h.names().is_empty(), "nothing leaks while invisible");
+    assert_eq!(h.m.status_of(&user("ana")).0, Status::Invisible);
+    h.m.set_status(at(3), ConnId(1), Status::Busy, None)
+        .unwrap();
+    let ev = h.events();
+    assert_eq!(ev.len(), 1);
+    match &ev[0].diff {
+        Diff::UserConnected { presence } => {
+            assert_eq!(presence.state, PresenceState::Idle);
+            assert_eq!(presence.status, Status::Busy);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn status_changes_are_announced_once() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.names();
+    let text = StatusText::new("lunch").unwrap();
+    assert!(
+        h.m.set_status(T0, ConnId(1), Status::Away, text.clone())
+            .unwrap()
+    );
+    assert!(!h.m.set_status(T0, ConnId(1), Status::Away, text).unwrap());
+    let ev = h.events();
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].global);
+    assert_eq!(ev[0].name(), "status");
+}
+
+#[test]
+fn connection_limit_evicts_detached_before_refusing() {
+    let mut h = Harness::new();
+    for i in 0..MAX_CONNECTIONS_PER_USER as u64 {
+        h.connect(T0, "ana", i);
+    }
+    assert_eq!(
+        h.m.connect(
+            at(1),
+            user("ana"),
+            ConnId(999),
+            token(999),
+            None,
+            Activity::Active
+        ),
+        Err(MachineError::TooManyConnections)
+    );
+    h.m.dropped(at(1), ConnId(3));
+    h.connect(at(2), "ana", 999);
+    assert_eq!(
+        h.m.connections_of(&user("ana")).len(),
+        MAX_CONNECTIONS_PER_USER
+    );
+    assert_eq!(h.m.user_of(ConnId(3)), None);
+}
+
+#[test]
+fn duplicate_ids_are_refused() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    assert_eq!(
+        h.m.connect(T0, user("bob"), ConnId(1), token(7), None, Activity::Active),
+        Err(MachineError::DuplicateConnection)
+    );
+}

@@ -1,0 +1,169 @@
+//! Decoding and encoding frames. Decoding never panics: every failure is a
+//! [`DecodeError`] that maps to an error frame.
+
+use serde::Deserialize;
+
+use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME};
+use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DecodeError {
+    /// Stable code for the error frame.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The frame's `type`, when it could be read.
+    pub frame: Option<String>,
+}
+
+impl DecodeError {
+    fn new(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            frame,
+        }
+    }
+}
+
+const CLIENT_TYPES: [&str; 11] = [
+    "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "ping",
+    "leaving",
+];
+
+/// Decodes one client frame, checking size, shape and field limits.
+pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError::new(
+            ErrorCode::FrameTooLarge,
+            format!(
+                "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
+                text.len()
+            ),
+            None,
+        ));
+    }
+    let msg: ClientMessage = serde_json::from_str(text).map_err(|e| classify(text, &e))?;
+    check_limits(&msg)?;
+    Ok(msg)
+}
+
+/// Decodes one server frame (the SDK's side). No size limit beyond what the
+/// socket allows: snapshots of big rooms are large.
+pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
+    serde_json::from_str(text).map_err(|e| classify(text, &e))
+}
+
+/// Encodes a message as one JSON text frame.
+pub fn encode<T: serde::Serialize>(msg: &T) -> String {
+    // Our message types serialize infallibly: string keys, no non-finite floats.
+    serde_json::to_string(msg).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
+}
+
+/// Works out, on the failure path only, which stable code a bad frame gets.
+fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
+    #[derive(Deserialize)]
+    struct Tagged {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    match serde_json::from_str::<Tagged>(text) {
+        Err(_) if err.is_syntax() || err.is_eof() => {
+            DecodeError::new(ErrorCode::Malformed, format!("not valid JSON: {err}"), None)
+        }
+        Err(_) => DecodeError::new(
+            ErrorCode::Malformed,
+            "a frame must be a JSON object with a string \"type\"",
+            None,
+        ),
+        Ok(Tagged { kind }) if !CLIENT_TYPES.contains(&kind.as_str()) => {
+            let mut shown = kind;
+            shown.truncate(shown.floor_char_boundary(32));
+            DecodeError::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {shown:?}"),
+                Some(shown),
+            )
+        }
+        Ok(Tagged { kind }) => {
+            DecodeError::new(ErrorCode::InvalidField, err.to_string(), Some(kind))
+        }
+    }
+}
+
+fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
+    match msg {
+        ClientMessage::Watch { users } | ClientMessage::Unwatch { users }
+            if users.len() > MAX_USERS_PER_WATCH_FRAME =>
+        {
+            Err(DecodeError::new(
+                ErrorCode::InvalidField,
+                format!("at most {MAX_USERS_PER_WATCH_FRAME} users per frame"),
+                Some(msg.kind().into()),
+            ))
+        }
+        ClientMessage::Read { marker, .. } if *marker > MAX_READ_MARKER => Err(DecodeError::new(
+            ErrorCode::InvalidMarker,
+            format!("marker must be at most {MAX_READ_MARKER}"),
+            Some("read".into()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        decode_client(text).unwrap_err().code
+    }
+
+    #[test]
+    fn bad_frames_get_stable_codes() {
+        assert_eq!(code("{"), ErrorCode::Malformed);
+        assert_eq!(code(""), ErrorCode::Malformed);
+        assert_eq!(code("[1,2]"), ErrorCode::Malformed);
+        assert_eq!(code("{\"type\":7}"), ErrorCode::Malformed);
+        assert_eq!(code("{\"type\":\"fly\"}"), ErrorCode::UnknownType);
+        assert_eq!(code("{\"type\":\"join\"}"), ErrorCode::InvalidField);
+        assert_eq!(
+            code("{\"type\":\"join\",\"room\":\"\"}"),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code("{\"type\":\"read\",\"room\":\"r\",\"marker\":9007199254740992}"),
+            ErrorCode::InvalidMarker
+        );
+        assert_eq!(
+            code(&format!(
+                "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+                "x".repeat(MAX_FRAME_BYTES)
+            )),
+            ErrorCode::FrameTooLarge
+        );
+    }
+
+    #[test]
+    fn unknown_type_names_are_truncated_on_a_char_boundary() {
+        let err = decode_client(&format!("{{\"type\":\"{}\"}}", "é".repeat(40))).unwrap_err();
+        assert_eq!(err.frame.unwrap().chars().count(), 16);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        assert_eq!(
+            decode_client("{\"type\":\"ping\",\"future\":1}").unwrap(),
+            ClientMessage::Ping
+        );
+    }
+
+    #[test]
+    fn every_error_code_has_its_wire_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(encode(&code), format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Stable error codes and WebSocket close codes.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a client frame was refused. The string form is stable: clients may
+/// match on it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or not an object with a string `type`.
+    Malformed,
+    /// Larger than [`crate::limits::MAX_FRAME_BYTES`].
+    FrameTooLarge,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// A known `type` with a missing or invalid field.
+    InvalidField,
+    /// `hello.v` is not a version this server speaks.
+    UnsupportedVersion,
+    /// The first frame must be `hello`.
+    HelloRequired,
+    /// A second `hello` on the same connection.
+    AlreadyGreeted,
+    /// The connection has not joined the room it named.
+    NotInRoom,
+    /// The policy does not allow this room or watch.
+    Forbidden,
+    /// Joining would exceed [`crate::limits::MAX_ROOMS_PER_CONNECTION`].
+    TooManyRooms,
+    /// Watching would exceed [`crate::limits::MAX_WATCHED_PER_CONNECTION`].
+    TooManyWatched,
+    /// The user already holds [`crate::limits::MAX_CONNECTIONS_PER_USER`] live connections.
+    TooManyConnections,
+    /// The read marker is beyond [`crate::limits::MAX_READ_MARKER`].
+    InvalidMarker,
+    /// Too many frames too fast; slow down.
+    RateLimited,
+    /// The server failed; the frame may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::AlreadyGreeted => "already_greeted",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TooManyWatched => "too_many_watched",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::InvalidMarker => "invalid_marker",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::Malformed,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidField,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::HelloRequired,
+        ErrorCode::AlreadyGreeted,
+        ErrorCode::NotInRoom,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyRooms,
+        ErrorCode::TooManyWatched,
+        ErrorCode::TooManyConnections,
+        ErrorCode::InvalidMarker,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+}
+
+/// WebSocket close codes the server uses. Codes below 4100 mean "reconnect
+/// (with backoff)"; 4100 and up mean "do not reconnect without user action".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Server shutting down or restarting: reconnect and resume.
+    GoingAway = 1001,
+    /// Abusive traffic (rate far beyond the limit, or protocol violations).
+    PolicyViolation = 1008,
+    /// A frame beyond the size limit.
+    TooBig = 1009,
+    /// No heartbeat within the timeout: reconnect and resume.
+    HeartbeatTimeout = 4000,
+    /// The client could not keep up with its outbound queue: reconnect, and
+    /// resync from a fresh snapshot.
+    SlowConsumer = 4001,
+    /// The same connection was resumed elsewhere; this socket is stale.
+    Superseded = 4100,
+    /// The token expired or was revoked: get a new one first.
+    Unauthorized = 4101,
+    /// The client speaks a protocol version the server does not.
+    UnsupportedVersion = 4102,
+}
+
+impl CloseCode {
+    /// Whether a client should reconnect on its own after this close.
+    pub fn should_reconnect(self) -> bool {
+        (self as u16) < 4100
+    }
+}

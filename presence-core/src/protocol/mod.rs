@@ -1,0 +1,19 @@
+//! Wire protocol v1: JSON text frames, one message per frame, tagged by `type`.
+//!
+//! The contract is `PROTOCOL.md` plus the golden vectors in `vectors/`; both
+//! are checked by this crate's tests, and the server and the browser SDK read
+//! the same vectors. Unknown fields are ignored so that later minor versions
+//! can add optional fields; unknown `type`s are refused with `unknown_type`.
+
+mod client;
+mod codec;
+mod error;
+mod server;
+
+pub use client::ClientMessage;
+pub use codec::{DecodeError, decode_client, decode_server, encode};
+pub use error::{CloseCode, ErrorCode};
+pub use server::{Diff, Receipt, ServerMessage};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,164 @@
+//! Server → client messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::presence::{IdleReason, Millis, PresenceView, Status, StatusText};
+use crate::protocol::ErrorCode;
+
+/// A message the server sends.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`: who the connection speaks for and how to behave.
+    Welcome {
+        /// Protocol version the server speaks.
+        v: u32,
+        /// The authenticated user.
+        user: UserId,
+        /// This connection's id.
+        conn: ConnId,
+        /// Present this in the next `hello` to resume this connection.
+        resume: ResumeToken,
+        /// Whether this connection resumed an earlier one (observers saw nothing).
+        resumed: bool,
+        /// Send a `ping` this often.
+        heartbeat_ms: u64,
+        /// Report idle after this long without input.
+        idle_after_ms: u64,
+        /// The user's own status, as set from any of their connections.
+        status: Status,
+        /// The user's own status text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<StatusText>,
+    },
+    /// Full state of a room, sent after `join`; diffs follow.
+    Snapshot {
+        /// The room.
+        room: RoomId,
+        /// Visible members, online or recently gone.
+        members: Vec<PresenceView>,
+        /// Members typing now.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        typing: Vec<UserId>,
+        /// Each member's last read marker.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        receipts: Vec<Receipt>,
+    },
+    /// A batch of changes in one room (`room` set) or among watched users
+    /// (`room` absent), in the order they happened.
+    Diffs {
+        /// The room, or none for watch-list updates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        /// The changes.
+        diffs: Vec<Diff>,
+    },
+    /// Presence of users just added with `watch`.
+    Watching {
+        /// One view per watched user.
+        users: Vec<PresenceView>,
+    },
+    /// The user's own status changed (from this or another connection).
+    SelfStatus {
+        /// The status.
+        status: Status,
+        /// The status text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<StatusText>,
+    },
+    /// A request failed; the connection stays open unless a close follows.
+    Error {
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+        /// The `type` of the frame that failed, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame: Option<String>,
+    },
+    /// Heartbeat answer.
+    Pong,
+}
+
+/// One member's read marker in a snapshot.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The reader.
+    pub user: UserId,
+    /// Their last read marker.
+    pub marker: u64,
+}
+
+/// One change to one user's presence, as observers see it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Diff {
+    /// The user came online (or joined the room while online).
+    UserConnected {
+        /// The user's presence now.
+        presence: PresenceView,
+    },
+    /// The user went offline (or left the room).
+    UserDisconnected {
+        /// Who.
+        user: UserId,
+        /// When they were last seen connected.
+        last_seen: Millis,
+    },
+    /// The user is connected but no connection is active.
+    UserIdle {
+        /// Who.
+        user: UserId,
+        /// Why, from the most recently idle connection.
+        reason: IdleReason,
+    },
+    /// A connection of the user became active.
+    UserActive {
+        /// Who.
+        user: UserId,
+    },
+    /// The user changed status or status text.
+    Status {
+        /// Who.
+        user: UserId,
+        /// New status (never `invisible`: that reads as `user_disconnected`).
+        status: Status,
+        /// New text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<StatusText>,
+    },
+    /// The user started typing in the room.
+    TypingStarted {
+        /// Who.
+        user: UserId,
+    },
+    /// The user stopped typing (stopped, sent, expired or left).
+    TypingStopped {
+        /// Who.
+        user: UserId,
+    },
+    /// The user read the room up to `marker`.
+    Read {
+        /// Who.
+        user: UserId,
+        /// Their new marker.
+        marker: u64,
+    },
+}
+
+impl Diff {
+    /// The user this diff is about.
+    pub fn user(&self) -> &UserId {
+        match self {
+            Diff::UserConnected { presence } => &presence.user,
+            Diff::UserDisconnected { user, .. }
+            | Diff::UserIdle { user, .. }
+            | Diff::UserActive { user }
+            | Diff::Status { user, .. }
+            | Diff::TypingStarted { user }
+            | Diff::TypingStopped { user }
+            | Diff::Read { user, .. } => user,
+        }
+    }
+}
