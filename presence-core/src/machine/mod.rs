@@ -12,6 +12,7 @@
 
 mod aggregate;
 mod event;
+mod queries;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
