@@ -1,0 +1,22 @@
+//! `cargo xtask demo`: build the browser package, then run the demo server.
+
+use anyhow::{Result, bail};
+
+use crate::workspace::Workspace;
+use crate::{cmd, npm, setup};
+
+/// Builds the npm package and runs `demo-web`'s binary with `args`.
+pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
+    if !ws.has_bin("demo-web")? {
+        bail!("demo not built yet: the `demo-web` crate has no binary");
+    }
+    setup::toolchain(ws)?;
+    setup::node_tools(ws)?;
+    npm::build(ws, npm::Pack::No)?;
+    cmd::run(
+        cmd::cargo()
+            .current_dir(&ws.root)
+            .args(["run", "--package", "demo-web", "--profile", "tools", "--"])
+            .args(args),
+    )
+}

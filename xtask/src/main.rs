@@ -1,0 +1,72 @@
+//! `cargo xtask`: the project's commands, so a fresh clone needs only two of them.
+//!
+//! - `cargo xtask test`: installs what the tests need, then runs every check and test.
+//! - `cargo xtask demo`: builds the browser package and runs the demo.
+//! - `cargo xtask npm`: builds the npm package of the browser SDK (and checks its size budget).
+//! - `cargo xtask size`: builds the browser bundle and prints its sizes against the budget.
+//!
+//! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
+//! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
+//! `npm.rs` builds the wasm package, `test.rs` is the test pipeline, `demo.rs` starts the demo.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod demo;
+mod npm;
+mod setup;
+mod test;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "presence-rs project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing, then run formatting, lints, every test and the package build.
+    Test,
+    /// Build the wasm package, then run the demo (extra arguments go to the demo binary).
+    Demo {
+        /// Arguments passed through to the demo binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the npm package into `presence-wasm/pkg/` and pack it into `target/`.
+    Npm,
+    /// Build the browser bundle and print its raw and gzipped sizes against the budget.
+    Size,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the cause chain on one line, without anyhow's backtrace noise.
+            eprintln!("\nerror: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let ws = workspace::Workspace::load()?;
+    match command {
+        Command::Test => test::run(&ws),
+        Command::Demo { args } => demo::run(&ws, &args),
+        Command::Npm => {
+            setup::node_tools(&ws)?;
+            npm::build(&ws, npm::Pack::Yes)
+        }
+        Command::Size => {
+            setup::node_tools(&ws)?;
+            npm::build(&ws, npm::Pack::No)
+        }
+    }
+}

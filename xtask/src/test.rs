@@ -1,0 +1,98 @@
+//! `cargo xtask test`: every check and test, in the order a failure is cheapest to find.
+
+use std::fs;
+
+use anyhow::Result;
+
+use crate::cmd::{self, Steps};
+use crate::workspace::Workspace;
+use crate::{npm, setup};
+
+/// Runs the whole pipeline, stopping at the first failing step.
+pub fn run(ws: &Workspace) -> Result<()> {
+    let cargo = || {
+        let mut command = cmd::cargo();
+        command.current_dir(&ws.root);
+        command
+    };
+    let mut steps = Steps::new(8);
+    steps.step(
+        "setup: toolchain, Chromium, Redis, node tools, wasm test runner",
+        || {
+            setup::toolchain(ws)?;
+            setup::chromium()?;
+            setup::redis()?;
+            setup::node_tools(ws)?;
+            setup::wasm_test_runner(ws)
+        },
+    )?;
+    steps.step("format", || {
+        cmd::run(cargo().args(["fmt", "--all", "--check"]))
+    })?;
+    steps.step("clippy", || {
+        cmd::run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.step("presence-core builds for wasm32", || {
+        cmd::run(cargo().args([
+            "build",
+            "--package",
+            "presence-core",
+            "--target",
+            "wasm32-unknown-unknown",
+        ]))
+    })?;
+    steps.step("cargo test --workspace", || {
+        cmd::run(cargo().args(["test", "--workspace"]))
+    })?;
+    steps.step("browser tests (headless Chromium)", || {
+        // chromedriver leaves ~14 MB of profile folders per run in TMPDIR: keep them in target/.
+        let tmp = ws.target.join("tmp").join("wasm-test");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        cmd::run(
+            cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "presence-wasm",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                ])
+                .env("CHROMEDRIVER", setup::CHROMEDRIVER)
+                .env("TMPDIR", &tmp)
+                // Absolute path, so a custom CARGO_TARGET_DIR still finds the runner.
+                .env(
+                    "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                    ws.wasm_test_runner(),
+                ),
+        )
+    })?;
+    steps.step("npm package and size budget", || {
+        npm::build(ws, npm::Pack::Yes)
+    })?;
+    steps.step("end-to-end (demo-web/e2e)", || {
+        let e2e = ws.root.join("demo-web").join("e2e");
+        if !e2e.join("package.json").exists() {
+            println!("skipped: no e2e suite yet (demo-web/e2e/package.json)");
+            return Ok(());
+        }
+        let install = if e2e.join("package-lock.json").exists() {
+            "ci"
+        } else {
+            "install"
+        };
+        cmd::run(cmd::in_dir("npm", &e2e).args([install, "--no-audit", "--no-fund"]))?;
+        cmd::run(cmd::in_dir("node", &ws.root).arg(e2e.join("run.mjs")))
+    })?;
+    println!("\nall steps passed in {}", cmd::human(steps.elapsed()));
+    Ok(())
+}
