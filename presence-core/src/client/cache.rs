@@ -1,0 +1,211 @@
+//! The client's picture of the rooms it joined and the users it watches,
+//! kept current by snapshots and diffs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ids::{RoomId, UserId};
+use crate::presence::{Millis, PresenceState, PresenceView};
+use crate::protocol::{Diff, Receipt};
+
+/// Offline members kept per room for "last seen …"; the oldest go first.
+pub const MAX_OFFLINE_MEMBERS_KEPT: usize = 500;
+
+/// One joined room as the client sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomView {
+    /// Members, online and recently gone, by user.
+    pub members: BTreeMap<UserId, PresenceView>,
+    /// Members typing now.
+    pub typing: BTreeSet<UserId>,
+    /// Read markers by user.
+    pub receipts: BTreeMap<UserId, u64>,
+}
+
+/// What one diff changed, for the app's callbacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A user's presence changed; here is the new view.
+    Presence(PresenceView),
+    /// A user started or stopped typing.
+    Typing(UserId, bool),
+    /// A user's read marker moved.
+    Receipt(UserId, u64),
+}
+
+/// Rooms and watched users. `version` moves on every change so a UI store
+/// (React's `useSyncExternalStore`) can tell when to re-read.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    rooms: BTreeMap<RoomId, RoomView>,
+    watched: BTreeMap<UserId, PresenceView>,
+    version: u64,
+}
+
+impl Cache {
+    /// Bumped on every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A joined room, if its snapshot arrived.
+    pub fn room(&self, room: &RoomId) -> Option<&RoomView> {
+        self.rooms.get(room)
+    }
+
+    /// Every joined room.
+    pub fn rooms(&self) -> &BTreeMap<RoomId, RoomView> {
+        &self.rooms
+    }
+
+    /// Watched users' presence.
+    pub fn watched(&self) -> &BTreeMap<UserId, PresenceView> {
+        &self.watched
+    }
+
+    /// Replaces a room's state with a snapshot.
+    pub fn snapshot(
+        &mut self,
+        room: RoomId,
+        members: Vec<PresenceView>,
+        typing: Vec<UserId>,
+        receipts: Vec<Receipt>,
+    ) {
+        let view = RoomView {
+            members: members.into_iter().map(|v| (v.user.clone(), v)).collect(),
+            typing: typing.into_iter().collect(),
+            receipts: receipts.into_iter().map(|r| (r.user, r.marker)).collect(),
+        };
+        self.rooms.insert(room, view);
+        self.version += 1;
+    }
+
+    /// Forgets a room the client left.
+    pub fn forget_room(&mut self, room: &RoomId) {
+        if self.rooms.remove(room).is_some() {
+            self.version += 1;
+        }
+    }
+
+    /// Records watched users' presence.
+    pub fn watching(&mut self, users: Vec<PresenceView>) {
+        for v in users {
+            self.watched.insert(v.user.clone(), v);
+        }
+        self.version += 1;
+    }
+
+    /// Forgets unwatched users.
+    pub fn unwatch(&mut self, users: &[UserId]) {
+        for u in users {
+            self.watched.remove(u);
+        }
+        self.version += 1;
+    }
+
+    /// Applies a diff to a room (`Some`) or to the watch list (`None`),
+    /// received at `now` (diffs carry no time; "idle since" is stamped here).
+    /// Returns what changed, or `None` for a diff about an unknown room.
+    pub fn apply(&mut self, now: Millis, room: Option<&RoomId>, diff: Diff) -> Option<Change> {
+        let change = match room {
+            Some(room) => {
+                let view = self.rooms.get_mut(room)?;
+                let change = apply_to(now, &mut view.members, Some(&mut view.typing), diff);
+                if let Some(Change::Receipt(user, marker)) = &change {
+                    let slot = view.receipts.entry(user.clone()).or_insert(0);
+                    *slot = (*slot).max(*marker);
+                }
+                trim_offline(&mut view.members);
+                change
+            }
+            None => apply_to(now, &mut self.watched, None, diff),
+        };
+        self.version += 1;
+        change
+    }
+}
+
+fn apply_to(
+    now: Millis,
+    members: &mut BTreeMap<UserId, PresenceView>,
+    typing: Option<&mut BTreeSet<UserId>>,
+    diff: Diff,
+) -> Option<Change> {
+    let mut typing = typing;
+    let entry = |members: &mut BTreeMap<UserId, PresenceView>, user: &UserId| {
+        members
+            .entry(user.clone())
+            .or_insert_with(|| PresenceView {
+                user: user.clone(),
+                state: PresenceState::Offline,
+                reason: None,
+                status: Default::default(),
+                text: None,
+                last_active: None,
+                last_seen: None,
+            })
+            .clone()
+    };
+    let view = match diff {
+        Diff::UserConnected { presence } => presence,
+        Diff::UserDisconnected { user, last_seen } => {
+            if let Some(t) = typing.as_deref_mut() {
+                t.remove(&user);
+            }
+            let mut v = entry(members, &user);
+            v.state = PresenceState::Offline;
+            v.reason = None;
+            v.last_active = None;
+            v.last_seen = Some(last_seen);
+            v
+        }
+        Diff::UserIdle { user, reason } => {
+            let mut v = entry(members, &user);
+            if v.state != PresenceState::Idle {
+                v.last_active = Some(now);
+            }
+            v.state = PresenceState::Idle;
+            v.reason = Some(reason);
+            v
+        }
+        Diff::UserActive { user } => {
+            let mut v = entry(members, &user);
+            v.state = PresenceState::Active;
+            v.reason = None;
+            v.last_active = Some(now);
+            v
+        }
+        Diff::Status { user, status, text } => {
+            let mut v = entry(members, &user);
+            v.status = status;
+            v.text = text;
+            v
+        }
+        Diff::TypingStarted { user } => {
+            typing?.insert(user.clone());
+            return Some(Change::Typing(user, true));
+        }
+        Diff::TypingStopped { user } => {
+            typing?.remove(&user);
+            return Some(Change::Typing(user, false));
+        }
+        Diff::Read { user, marker } => return Some(Change::Receipt(user, marker)),
+    };
+    members.insert(view.user.clone(), view.clone());
+    Some(Change::Presence(view))
+}
+
+fn trim_offline(members: &mut BTreeMap<UserId, PresenceView>) {
+    let offline = members.values().filter(|v| !v.state.is_online()).count();
+    if offline <= MAX_OFFLINE_MEMBERS_KEPT {
+        return;
+    }
+    let mut gone: Vec<(Millis, UserId)> = members
+        .values()
+        .filter(|v| !v.state.is_online())
+        .map(|v| (v.last_seen.unwrap_or_default(), v.user.clone()))
+        .collect();
+    gone.sort();
+    for (_, user) in gone.into_iter().take(offline - MAX_OFFLINE_MEMBERS_KEPT) {
+        members.remove(&user);
+    }
+}
