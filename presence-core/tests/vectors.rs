@@ -61,6 +61,11 @@ fn server_vectors_round_trip_and_cover_every_message_and_diff() {
     for (name, json) in vectors("server") {
         let text = json.to_string();
         let msg: ServerMessage = decode_server(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let derived: ServerMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            msg, derived,
+            "{name}: the hand decoder agrees with serde's derive"
+        );
         kinds.insert(json["type"].as_str().unwrap().to_owned());
         if let ServerMessage::Diffs { diffs: d, .. } = &msg {
             diffs.extend(d.iter().map(diff_kind));

@@ -50,10 +50,11 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     Ok(msg)
 }
 
-/// Decodes one server frame (the SDK's side). No size limit beyond what the
-/// socket allows: snapshots of big rooms are large.
+/// Decodes one server frame (the clients' side). No size limit beyond what
+/// the socket allows: snapshots of big rooms are large. Unknown diff kinds
+/// and frame types are `unknown_type`, so a client can skip them.
 pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
-    serde_json::from_str(text).map_err(|e| classify(text, &e))
+    super::server_decode::decode(text)
 }
 
 /// Encodes a message as one JSON text frame.

@@ -9,6 +9,7 @@ mod client;
 mod codec;
 mod error;
 mod server;
+mod server_decode;
 
 pub use client::ClientMessage;
 pub use codec::{DecodeError, decode_client, decode_server, encode};
