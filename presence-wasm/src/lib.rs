@@ -1,17 +1,287 @@
 //! Browser SDK for presence-rs.
 //!
-//! A thin WebAssembly face over `presence-core`: the core decides, this crate wires it to the
-//! browser (WebSocket, timers, DOM activity). Built into an npm package by `cargo xtask npm`.
+//! A thin WebAssembly face over `presence-core`: the core's sans-I/O
+//! `Client` decides (idleness, heartbeats, reconnects, resume, typing
+//! throttle, the room cache); this crate wires it to the browser.
 //!
-//! The crate also builds natively so `cargo clippy --workspace` and `cargo test --workspace`
-//! cover it; browser-only code is tested in headless Chromium (`tests/browser.rs`).
+//! Layout: `lib.rs` is the JS API (`PresenceClient`), `js.rs` the JS shapes
+//! and TypeScript types, `runtime.rs` the socket, timer and callback glue,
+//! `page.rs` the DOM listeners. Built into an npm package by `cargo xtask npm`.
+//! The crate also builds natively so clippy and `cargo test --workspace`
+//! cover it; its behaviour is tested in headless Chromium (`tests/`).
 
 #![forbid(unsafe_code)]
 
-use wasm_bindgen::prelude::wasm_bindgen;
+mod js;
+mod page;
+mod runtime;
 
-/// The wire protocol version this SDK speaks, as defined by `presence-core`.
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use presence_core::client::{ActivityConfig, Client, ClientConfig};
+use presence_core::{Status, StatusText};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use crate::js::{
+    ConnectOptions, ConnectionCallback, ErrorCallback, JsConnectOptions, JsSnapshot, JsStatus,
+    PresenceCallback, PresenceList, ReceiptCallback, SelfStatusCallback, Topic, TypingCallback,
+    Unsubscribe, error,
+};
+use crate::runtime::{Shared, State};
+
+/// The wire protocol version this SDK speaks.
 #[wasm_bindgen(js_name = protocolVersion)]
 pub fn protocol_version() -> u32 {
     presence_core::PROTOCOL_VERSION
+}
+
+/// A live presence connection for this page.
+#[wasm_bindgen]
+pub struct PresenceClient {
+    shared: Shared,
+    _listeners: Vec<page::Listener>,
+}
+
+#[wasm_bindgen]
+impl PresenceClient {
+    /// Connects to the server and starts watching this page's activity.
+    /// Throws an `Error` with `code: "invalid_options"` for bad options.
+    pub fn connect(options: JsConnectOptions) -> Result<PresenceClient, JsValue> {
+        let o = ConnectOptions::read(&options.into())?;
+        if !(o.url.starts_with("ws://") || o.url.starts_with("wss://")) {
+            return Err(error(
+                "invalid_options",
+                "url must start with ws:// or wss://",
+            ));
+        }
+        let now = runtime::now();
+        let defaults = ActivityConfig::default();
+        let ms = |v: Option<u32>, d: Duration| v.map_or(d, |v| Duration::from_millis(v.into()));
+        let config = ClientConfig {
+            activity: ActivityConfig {
+                idle_after: ms(o.idle_after_ms, defaults.idle_after),
+                hidden_after: ms(o.hidden_after_ms, defaults.hidden_after),
+                blurred_after: ms(o.blurred_after_ms, defaults.blurred_after),
+            },
+            idle_after_from_server: o.idle_after_ms.is_none(),
+            seed: (js_sys::Math::random() * 9.007_199_254_740_991e15) as u64,
+            ..ClientConfig::default()
+        };
+        let mut client = Client::new(now, config);
+        let resume_key = o.resume.then(|| format!("presence:resume:{}", o.url));
+        if let Some(key) = &resume_key {
+            client.set_resume_token(runtime::take_resume_token(key));
+        }
+        let shared: Shared = Rc::new(RefCell::new(State::new(client, o.url, o.token, resume_key)));
+        let listeners = page::install(&shared);
+        runtime::with(&shared, |c, now| c.start(now));
+        Ok(PresenceClient {
+            shared,
+            _listeners: listeners,
+        })
+    }
+
+    /// Joins a room: its members' presence arrives as `onPresence` events.
+    pub fn join(&self, room: &str) -> Result<(), JsValue> {
+        let room = js::room(room)?;
+        runtime::with(&self.shared, |c, _| c.join(room));
+        Ok(())
+    }
+
+    /// Leaves a room.
+    pub fn leave(&self, room: &str) -> Result<(), JsValue> {
+        let room = js::room(room)?;
+        runtime::with(&self.shared, |c, _| c.leave(&room));
+        Ok(())
+    }
+
+    /// Watches users wherever they are (a contact list).
+    pub fn watch(&self, users: Vec<String>) -> Result<(), JsValue> {
+        let users = js::users(users)?;
+        let mut result = Ok(());
+        runtime::with(&self.shared, |c, _| result = c.watch(users));
+        result.map_err(|e| error("too_many_watched", e))
+    }
+
+    /// Stops watching users.
+    pub fn unwatch(&self, users: Vec<String>) -> Result<(), JsValue> {
+        let users = js::users(users)?;
+        runtime::with(&self.shared, |c, _| c.unwatch(users));
+        Ok(())
+    }
+
+    /// Sets the user's status (`available`, `away`, `busy`, `invisible`) and
+    /// an optional short text, for all their tabs and devices.
+    #[wasm_bindgen(js_name = setStatus)]
+    pub fn set_status(&self, status: JsStatus, text: Option<String>) -> Result<(), JsValue> {
+        let status: Status = js::status(&status.into())?;
+        let text = match text {
+            Some(t) => StatusText::new(&t).map_err(|e| error("invalid_argument", e))?,
+            None => None,
+        };
+        runtime::with(&self.shared, |c, _| c.set_status(status, text));
+        Ok(())
+    }
+
+    /// The user typed in a room's composer (call on every input; throttled).
+    pub fn typing(&self, room: &str) -> Result<(), JsValue> {
+        let room = js::room(room)?;
+        let mut result = Ok(());
+        runtime::with(&self.shared, |c, now| result = c.typing(now, &room));
+        result.map_err(|e| error("not_in_room", e))
+    }
+
+    /// The user stopped typing (composer blurred, message sent).
+    #[wasm_bindgen(js_name = stopTyping)]
+    pub fn stop_typing(&self, room: &str) -> Result<(), JsValue> {
+        let room = js::room(room)?;
+        runtime::with(&self.shared, |c, _| c.stop_typing(&room));
+        Ok(())
+    }
+
+    /// Binds typing to an `<input>` or `<textarea>`: input starts or refreshes
+    /// it, blur stops it. Returns a function that unbinds.
+    #[wasm_bindgen(js_name = bindTyping)]
+    pub fn bind_typing(
+        &self,
+        room: &str,
+        element: &web_sys::EventTarget,
+    ) -> Result<Unsubscribe, JsValue> {
+        let room = js::room(room)?;
+        let weak = Rc::downgrade(&self.shared);
+        let (w, r) = (weak.clone(), room.clone());
+        let on_input = page::listen(element, "input", false, move |_| {
+            if let Some(s) = w.upgrade() {
+                runtime::with(&s, |c, now| {
+                    let _ = c.typing(now, &r);
+                });
+            }
+        });
+        let on_blur = page::listen(element, "blur", false, move |_| {
+            if let Some(s) = weak.upgrade() {
+                runtime::with(&s, |c, _| c.stop_typing(&room));
+            }
+        });
+        let mut held = Some((on_input, on_blur));
+        let unbind = Closure::<dyn FnMut()>::new(move || drop(held.take()));
+        Ok(unbind.into_js_value().unchecked_into())
+    }
+
+    /// The user read `room` up to `marker` (a message sequence number).
+    #[wasm_bindgen(js_name = markRead)]
+    pub fn mark_read(&self, room: &str, marker: f64) -> Result<(), JsValue> {
+        let room = js::room(room)?;
+        if !(marker >= 0.0
+            && marker <= presence_core::limits::MAX_READ_MARKER as f64
+            && marker.fract() == 0.0)
+        {
+            return Err(error(
+                "invalid_marker",
+                "marker must be a non-negative safe integer",
+            ));
+        }
+        let mut result = Ok(());
+        runtime::with(&self.shared, |c, _| {
+            result = c.mark_read(&room, marker as u64)
+        });
+        result.map_err(|e| error("not_in_room", e))
+    }
+
+    /// A room's members as last heard (empty until its snapshot arrives).
+    pub fn members(&self, room: &str) -> Result<PresenceList, JsValue> {
+        let room = js::room(room)?;
+        let state = self.shared.borrow();
+        let list: Vec<js::Presence> = state
+            .client
+            .cache()
+            .room(&room)
+            .map(|r| r.members.values().map(Into::into).collect())
+            .unwrap_or_default();
+        Ok(js::to_js(&list).unchecked_into())
+    }
+
+    /// Presence changes in joined rooms and of watched users.
+    #[wasm_bindgen(js_name = onPresence)]
+    pub fn on_presence(&self, cb: PresenceCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::Presence, cb.unchecked_into())
+    }
+
+    /// Typing started or stopped in joined rooms.
+    #[wasm_bindgen(js_name = onTyping)]
+    pub fn on_typing(&self, cb: TypingCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::Typing, cb.unchecked_into())
+    }
+
+    /// Read markers moved in joined rooms.
+    #[wasm_bindgen(js_name = onReceipt)]
+    pub fn on_receipt(&self, cb: ReceiptCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::Receipt, cb.unchecked_into())
+    }
+
+    /// Connection state changes.
+    #[wasm_bindgen(js_name = onConnection)]
+    pub fn on_connection(&self, cb: ConnectionCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::Connection, cb.unchecked_into())
+    }
+
+    /// The user's own status changed (from this or another tab or device).
+    #[wasm_bindgen(js_name = onSelfStatus)]
+    pub fn on_self_status(&self, cb: SelfStatusCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::SelfStatus, cb.unchecked_into())
+    }
+
+    /// Errors the server reported, with stable codes.
+    #[wasm_bindgen(js_name = onError)]
+    pub fn on_error(&self, cb: ErrorCallback) -> Unsubscribe {
+        self.subscribe_to(Topic::Error, cb.unchecked_into())
+    }
+
+    /// `useSyncExternalStore`'s `subscribe`: calls `cb` after any change.
+    pub fn subscribe(&self, cb: js_sys::Function) -> Unsubscribe {
+        let id = self.shared.borrow_mut().on_store(cb);
+        self.unsubscriber(id)
+    }
+
+    /// `useSyncExternalStore`'s `getSnapshot`: the same object until
+    /// something changes.
+    #[wasm_bindgen(js_name = getSnapshot)]
+    pub fn get_snapshot(&self) -> JsSnapshot {
+        let mut state = self.shared.borrow_mut();
+        if let Some((v, snap)) = &state.snapshot
+            && *v == state.version
+        {
+            return snap.clone().unchecked_into();
+        }
+        let snap = js::snapshot(&state.client);
+        state.snapshot = Some((state.version, snap.clone()));
+        snap.unchecked_into()
+    }
+
+    /// Says `leaving`, closes the socket and stops all listeners.
+    pub fn close(&self) {
+        if let Ok(mut s) = self.shared.try_borrow_mut() {
+            s.closed = true;
+        }
+        runtime::with(&self.shared, |c, _| c.close());
+    }
+
+    fn subscribe_to(&self, topic: Topic, f: js_sys::Function) -> Unsubscribe {
+        let id = self.shared.borrow_mut().on(topic, f);
+        self.unsubscriber(id)
+    }
+
+    fn unsubscriber(&self, id: u32) -> Unsubscribe {
+        let weak = Rc::downgrade(&self.shared);
+        let off = Closure::<dyn FnMut()>::new(move || {
+            if let Some(s) = weak.upgrade()
+                && let Ok(mut s) = s.try_borrow_mut()
+            {
+                s.off(id);
+            }
+        });
+        off.into_js_value().unchecked_into()
+    }
 }

@@ -1,11 +1,11 @@
 //! The client's picture of the rooms it joined and the users it watches,
 //! kept current by snapshots and diffs.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::ids::{RoomId, UserId};
 use crate::presence::{Millis, PresenceState, PresenceView};
 use crate::protocol::{Diff, Receipt};
+
+use super::vecmap::{VecMap, VecSet};
 
 /// Offline members kept per room for "last seen …"; the oldest go first.
 pub const MAX_OFFLINE_MEMBERS_KEPT: usize = 500;
@@ -14,11 +14,11 @@ pub const MAX_OFFLINE_MEMBERS_KEPT: usize = 500;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoomView {
     /// Members, online and recently gone, by user.
-    pub members: BTreeMap<UserId, PresenceView>,
+    pub members: VecMap<UserId, PresenceView>,
     /// Members typing now.
-    pub typing: BTreeSet<UserId>,
+    pub typing: VecSet<UserId>,
     /// Read markers by user.
-    pub receipts: BTreeMap<UserId, u64>,
+    pub receipts: VecMap<UserId, u64>,
 }
 
 /// What one diff changed, for the app's callbacks.
@@ -36,8 +36,8 @@ pub enum Change {
 /// (React's `useSyncExternalStore`) can tell when to re-read.
 #[derive(Clone, Debug, Default)]
 pub struct Cache {
-    rooms: BTreeMap<RoomId, RoomView>,
-    watched: BTreeMap<UserId, PresenceView>,
+    rooms: VecMap<RoomId, RoomView>,
+    watched: VecMap<UserId, PresenceView>,
     version: u64,
 }
 
@@ -53,12 +53,12 @@ impl Cache {
     }
 
     /// Every joined room.
-    pub fn rooms(&self) -> &BTreeMap<RoomId, RoomView> {
+    pub fn rooms(&self) -> &VecMap<RoomId, RoomView> {
         &self.rooms
     }
 
     /// Watched users' presence.
-    pub fn watched(&self) -> &BTreeMap<UserId, PresenceView> {
+    pub fn watched(&self) -> &VecMap<UserId, PresenceView> {
         &self.watched
     }
 
@@ -70,11 +70,16 @@ impl Cache {
         typing: Vec<UserId>,
         receipts: Vec<Receipt>,
     ) {
-        let view = RoomView {
-            members: members.into_iter().map(|v| (v.user.clone(), v)).collect(),
-            typing: typing.into_iter().collect(),
-            receipts: receipts.into_iter().map(|r| (r.user, r.marker)).collect(),
-        };
+        let mut view = RoomView::default();
+        for v in members {
+            view.members.insert(v.user.clone(), v);
+        }
+        for u in typing {
+            view.typing.insert(u);
+        }
+        for r in receipts {
+            view.receipts.insert(r.user, r.marker);
+        }
         self.rooms.insert(room, view);
         self.version += 1;
     }
@@ -110,9 +115,10 @@ impl Cache {
             Some(room) => {
                 let view = self.rooms.get_mut(room)?;
                 let change = apply_to(now, &mut view.members, Some(&mut view.typing), diff);
-                if let Some(Change::Receipt(user, marker)) = &change {
-                    let slot = view.receipts.entry(user.clone()).or_insert(0);
-                    *slot = (*slot).max(*marker);
+                if let Some(Change::Receipt(user, marker)) = &change
+                    && view.receipts.get(user).is_none_or(|m| m < marker)
+                {
+                    view.receipts.insert(user.clone(), *marker);
                 }
                 trim_offline(&mut view.members);
                 change
@@ -126,24 +132,21 @@ impl Cache {
 
 fn apply_to(
     now: Millis,
-    members: &mut BTreeMap<UserId, PresenceView>,
-    typing: Option<&mut BTreeSet<UserId>>,
+    members: &mut VecMap<UserId, PresenceView>,
+    typing: Option<&mut VecSet<UserId>>,
     diff: Diff,
 ) -> Option<Change> {
     let mut typing = typing;
-    let entry = |members: &mut BTreeMap<UserId, PresenceView>, user: &UserId| {
-        members
-            .entry(user.clone())
-            .or_insert_with(|| PresenceView {
-                user: user.clone(),
-                state: PresenceState::Offline,
-                reason: None,
-                status: Default::default(),
-                text: None,
-                last_active: None,
-                last_seen: None,
-            })
-            .clone()
+    let entry = |members: &mut VecMap<UserId, PresenceView>, user: &UserId| {
+        members.get(user).cloned().unwrap_or_else(|| PresenceView {
+            user: user.clone(),
+            state: PresenceState::Offline,
+            reason: None,
+            status: Default::default(),
+            text: None,
+            last_active: None,
+            last_seen: None,
+        })
     };
     let view = match diff {
         Diff::UserConnected { presence } => presence,
@@ -194,18 +197,17 @@ fn apply_to(
     Some(Change::Presence(view))
 }
 
-fn trim_offline(members: &mut BTreeMap<UserId, PresenceView>) {
-    let offline = members.values().filter(|v| !v.state.is_online()).count();
-    if offline <= MAX_OFFLINE_MEMBERS_KEPT {
+/// Drops the longest-gone offline members beyond the limit. Diffs add at
+/// most one offline member each, so this removes at most one per call.
+fn trim_offline(members: &mut VecMap<UserId, PresenceView>) {
+    let offline = || members.values().filter(|v| !v.state.is_online());
+    if offline().count() <= MAX_OFFLINE_MEMBERS_KEPT {
         return;
     }
-    let mut gone: Vec<(Millis, UserId)> = members
-        .values()
-        .filter(|v| !v.state.is_online())
-        .map(|v| (v.last_seen.unwrap_or_default(), v.user.clone()))
-        .collect();
-    gone.sort();
-    for (_, user) in gone.into_iter().take(offline - MAX_OFFLINE_MEMBERS_KEPT) {
+    let oldest = offline()
+        .min_by_key(|v| v.last_seen.unwrap_or_default())
+        .map(|v| v.user.clone());
+    if let Some(user) = oldest {
         members.remove(&user);
     }
 }

@@ -12,13 +12,15 @@
 mod activity;
 mod backoff;
 mod cache;
+mod vecmap;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 pub use activity::{ActivityConfig, ActivityTracker};
 pub use backoff::Backoff;
 pub use cache::{Cache, Change, MAX_OFFLINE_MEMBERS_KEPT, RoomView};
+pub use vecmap::{VecMap, VecSet};
 
 use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::limits::{MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION};
@@ -177,12 +179,12 @@ pub struct Client {
     resume: Option<ResumeToken>,
     me: Option<UserId>,
     sent_activity: Option<Activity>,
-    rooms: BTreeSet<RoomId>,
-    watched: BTreeSet<UserId>,
+    rooms: VecSet<RoomId>,
+    watched: VecSet<UserId>,
     status: Option<(Status, Option<StatusText>)>,
     status_sent: bool,
-    typing: BTreeMap<RoomId, Typing>,
-    markers: BTreeMap<RoomId, u64>,
+    typing: VecMap<RoomId, Typing>,
+    markers: VecMap<RoomId, u64>,
     cache: Cache,
     actions: VecDeque<Action>,
     events: VecDeque<ClientEvent>,
@@ -212,12 +214,12 @@ impl Client {
             resume: None,
             me: None,
             sent_activity: None,
-            rooms: BTreeSet::new(),
-            watched: BTreeSet::new(),
+            rooms: VecSet::default(),
+            watched: VecSet::default(),
             status: None,
             status_sent: true,
-            typing: BTreeMap::new(),
-            markers: BTreeMap::new(),
+            typing: VecMap::default(),
+            markers: VecMap::default(),
             cache: Cache::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -288,7 +290,7 @@ impl Client {
             return; // a stale socket's late close, or already handled
         }
         self.ping_sent = None;
-        self.typing.clear();
+        self.typing = VecMap::default();
         // Close codes 4100–4199 mean "do not reconnect by yourself".
         let final_code = code.is_some_and(|c| (4100..4200).contains(&c));
         if final_code {
@@ -410,8 +412,8 @@ impl Client {
         };
         self.event(ClientEvent::Connection(ConnectionState::Connected));
         // Resend the desired state; the server ignores what it already has.
-        for room in self.rooms.clone() {
-            self.send(&ClientMessage::Join { room });
+        for room in self.rooms.clone().iter() {
+            self.send(&ClientMessage::Join { room: room.clone() });
         }
         let watched: Vec<UserId> = self.watched.iter().cloned().collect();
         for chunk in watched.chunks(MAX_USERS_PER_WATCH_FRAME) {
@@ -429,8 +431,11 @@ impl Client {
                 self.event(ClientEvent::SelfStatus { status, text });
             }
         }
-        for (room, marker) in self.markers.clone() {
-            self.send(&ClientMessage::Read { room, marker });
+        for (room, &marker) in self.markers.clone().iter() {
+            self.send(&ClientMessage::Read {
+                room: room.clone(),
+                marker,
+            });
         }
         self.sync_activity(now);
     }
@@ -491,16 +496,19 @@ impl Client {
 
     /// Watches users (a contact list).
     pub fn watch(&mut self, users: Vec<UserId>) -> Result<(), ClientError> {
-        let new: Vec<UserId> = users
-            .into_iter()
-            .filter(|u| !self.watched.contains(u))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut new = VecSet::default();
+        for u in users {
+            if !self.watched.contains(&u) {
+                new.insert(u);
+            }
+        }
+        let new: Vec<UserId> = new.iter().cloned().collect();
         if self.watched.len() + new.len() > MAX_WATCHED_PER_CONNECTION {
             return Err(ClientError::TooManyWatched);
         }
-        self.watched.extend(new.iter().cloned());
+        for u in &new {
+            self.watched.insert(u.clone());
+        }
         for chunk in new.chunks(MAX_USERS_PER_WATCH_FRAME) {
             self.send(&ClientMessage::Watch {
                 users: chunk.to_vec(),

@@ -235,10 +235,13 @@ fn snapshots_and_diffs_keep_the_cache_and_tell_the_app() {
     );
     let view = &c.cache().room(&room("general")).unwrap();
     let bob = UserId::new("bob").unwrap();
-    assert_eq!(view.members[&bob].state, crate::PresenceState::Idle);
-    assert_eq!(view.members[&bob].last_active, Some(at(2)));
+    assert_eq!(
+        view.members.get(&bob).unwrap().state,
+        crate::PresenceState::Idle
+    );
+    assert_eq!(view.members.get(&bob).unwrap().last_active, Some(at(2)));
     assert!(view.typing.contains(&bob));
-    assert_eq!(view.receipts[&bob], 4);
+    assert_eq!(*view.receipts.get(&bob).unwrap(), 4);
     let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
     assert_eq!(events.len(), 4, "{events:?}");
     c.received(
@@ -247,7 +250,7 @@ fn snapshots_and_diffs_keep_the_cache_and_tell_the_app() {
     );
     let view = &c.cache().room(&room("general")).unwrap();
     assert!(view.typing.is_empty(), "gone users stop typing");
-    assert_eq!(view.members[&bob].last_seen, Some(Millis(5)));
+    assert_eq!(view.members.get(&bob).unwrap().last_seen, Some(Millis(5)));
 }
 
 #[test]

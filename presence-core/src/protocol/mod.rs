@@ -8,6 +8,7 @@
 mod client;
 mod codec;
 mod error;
+pub mod json;
 mod server;
 mod server_decode;
 

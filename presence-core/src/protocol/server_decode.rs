@@ -1,147 +1,247 @@
 //! Decoding server frames by hand, for clients.
 //!
-//! serde's derive for internally tagged enums (`"type": …`) buffers every
-//! frame into an intermediate tree and instantiates that machinery per enum;
-//! in the browser SDK it cost over 100 KB of wasm. Clients instead parse into
-//! a `serde_json::Value` once and pick the fields here. The golden vectors
-//! check that this agrees with the derived encoding.
+//! serde's derives (internally tagged enums buffer every frame into an
+//! intermediate tree, and every visitor formats floats for its error
+//! messages) cost the browser SDK well over 100 KB of wasm. Clients instead
+//! read frames with the small [`Json`] reader and pick fields here. The
+//! golden vectors check that this agrees with the derived encoding.
 
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
-
+use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 use crate::protocol::codec::DecodeError;
+use crate::protocol::json::Json;
 use crate::protocol::{Diff, ErrorCode, Receipt, ServerMessage};
 
-type Object = Map<String, Value>;
+/// Field access that names the frame and field in its error.
+struct Fields<'a> {
+    obj: &'a Json,
+    frame: &'a str,
+}
 
-fn invalid(frame: &str, message: String) -> DecodeError {
-    DecodeError {
-        code: ErrorCode::InvalidField,
-        message,
-        frame: Some(frame.to_owned()),
+impl<'a> Fields<'a> {
+    fn bad(&self, key: &str) -> DecodeError {
+        DecodeError {
+            code: ErrorCode::InvalidField,
+            message: format!("{key}: missing or invalid"),
+            frame: Some(self.frame.to_owned()),
+        }
+    }
+
+    fn opt(&self, key: &str) -> Option<&'a Json> {
+        self.obj.get(key).filter(|v| **v != Json::Null)
+    }
+
+    fn pick<T>(&self, key: &str, f: impl FnOnce(&'a Json) -> Option<T>) -> Result<T, DecodeError> {
+        self.opt(key).and_then(f).ok_or_else(|| self.bad(key))
+    }
+
+    fn pick_opt<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&'a Json) -> Option<T>,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.opt(key) {
+            None => Ok(None),
+            Some(v) => f(v).map(Some).ok_or_else(|| self.bad(key)),
+        }
+    }
+
+    fn str(&self, key: &str) -> Result<&'a str, DecodeError> {
+        self.pick(key, Json::as_str)
+    }
+
+    fn u64(&self, key: &str) -> Result<u64, DecodeError> {
+        self.pick(key, Json::as_u64)
+    }
+
+    fn user(&self, key: &str) -> Result<UserId, DecodeError> {
+        self.pick(key, user)
+    }
+
+    fn list<T>(&self, key: &str, f: impl Fn(&'a Json) -> Option<T>) -> Result<Vec<T>, DecodeError> {
+        self.pick_opt(key, |v| {
+            v.as_array()?.iter().map(&f).collect::<Option<Vec<T>>>()
+        })
+        .map(Option::unwrap_or_default)
     }
 }
 
-/// Reads one field of `o` through its serde type (ids, enums, views).
-fn field<T: DeserializeOwned>(o: &Object, frame: &str, key: &str) -> Result<T, DecodeError> {
-    let value = o.get(key).cloned().unwrap_or(Value::Null);
-    // The message names the field, not serde's reason: formatting serde's
-    // errors pulls float printing into the browser bundle.
-    serde_json::from_value(value).map_err(|_| invalid(frame, format!("{key}: missing or invalid")))
+fn user(v: &Json) -> Option<UserId> {
+    UserId::new(v.as_str()?).ok()
 }
 
-fn diff(v: Value) -> Result<Diff, DecodeError> {
-    let Value::Object(o) = v else {
-        return Err(invalid("diffs", "a diff must be an object".into()));
+fn status_text(v: &Json) -> Option<StatusText> {
+    StatusText::new(v.as_str()?).ok().flatten()
+}
+
+fn status(v: &Json) -> Option<Status> {
+    Some(match v.as_str()? {
+        "available" => Status::Available,
+        "away" => Status::Away,
+        "busy" => Status::Busy,
+        "invisible" => Status::Invisible,
+        _ => return None,
+    })
+}
+
+fn reason(v: &Json) -> Option<IdleReason> {
+    Some(match v.as_str()? {
+        "no_input" => IdleReason::NoInput,
+        "hidden" => IdleReason::Hidden,
+        "blurred" => IdleReason::Blurred,
+        "locked" => IdleReason::Locked,
+        _ => return None,
+    })
+}
+
+fn state(v: &Json) -> Option<PresenceState> {
+    Some(match v.as_str()? {
+        "active" => PresenceState::Active,
+        "idle" => PresenceState::Idle,
+        "offline" => PresenceState::Offline,
+        _ => return None,
+    })
+}
+
+fn millis(v: &Json) -> Option<Millis> {
+    v.as_u64().map(Millis)
+}
+
+fn view(v: &Json) -> Option<PresenceView> {
+    let f = Fields { obj: v, frame: "" };
+    Some(PresenceView {
+        user: f.user("user").ok()?,
+        state: f.pick("state", state).ok()?,
+        reason: f.pick_opt("reason", reason).ok()?,
+        status: f.pick("status", status).ok()?,
+        text: f.pick_opt("text", status_text).ok()?,
+        last_active: f.pick_opt("last_active", millis).ok()?,
+        last_seen: f.pick_opt("last_seen", millis).ok()?,
+    })
+}
+
+fn receipt(v: &Json) -> Option<Receipt> {
+    let f = Fields { obj: v, frame: "" };
+    Some(Receipt {
+        user: f.user("user").ok()?,
+        marker: f.u64("marker").ok()?,
+    })
+}
+
+fn unknown(what: &str, kind: &str) -> DecodeError {
+    let mut shown = kind.to_owned();
+    shown.truncate(shown.floor_char_boundary(32));
+    DecodeError {
+        code: ErrorCode::UnknownType,
+        message: format!("unknown {what} type \"{shown}\""),
+        frame: Some(shown),
+    }
+}
+
+fn diff(v: &Json) -> Result<Diff, DecodeError> {
+    let kind = v.get("type").and_then(Json::as_str).unwrap_or_default();
+    let f = Fields {
+        obj: v,
+        frame: "diffs",
     };
-    let kind = o.get("type").and_then(Value::as_str).unwrap_or_default();
     Ok(match kind {
         "user_connected" => Diff::UserConnected {
-            presence: field(&o, kind, "presence")?,
+            presence: f.pick("presence", view)?,
         },
         "user_disconnected" => Diff::UserDisconnected {
-            user: field(&o, kind, "user")?,
-            last_seen: field(&o, kind, "last_seen")?,
+            user: f.user("user")?,
+            last_seen: f.pick("last_seen", millis)?,
         },
         "user_idle" => Diff::UserIdle {
-            user: field(&o, kind, "user")?,
-            reason: field(&o, kind, "reason")?,
+            user: f.user("user")?,
+            reason: f.pick("reason", reason)?,
         },
         "user_active" => Diff::UserActive {
-            user: field(&o, kind, "user")?,
+            user: f.user("user")?,
         },
         "status" => Diff::Status {
-            user: field(&o, kind, "user")?,
-            status: field(&o, kind, "status")?,
-            text: field(&o, kind, "text")?,
+            user: f.user("user")?,
+            status: f.pick("status", status)?,
+            text: f.pick_opt("text", status_text)?,
         },
         "typing_started" => Diff::TypingStarted {
-            user: field(&o, kind, "user")?,
+            user: f.user("user")?,
         },
         "typing_stopped" => Diff::TypingStopped {
-            user: field(&o, kind, "user")?,
+            user: f.user("user")?,
         },
         "read" => Diff::Read {
-            user: field(&o, kind, "user")?,
-            marker: field(&o, kind, "marker")?,
+            user: f.user("user")?,
+            marker: f.u64("marker")?,
         },
-        other => {
-            return Err(DecodeError {
-                code: ErrorCode::UnknownType,
-                message: format!("unknown diff type {other:?}"),
-                frame: Some("diffs".into()),
-            });
-        }
+        other => return Err(unknown("diff", other)),
     })
 }
 
 /// Decodes one server frame.
-pub(crate) fn decode(text: &str) -> Result<ServerMessage, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError {
+pub(crate) fn decode(frame: &str) -> Result<ServerMessage, DecodeError> {
+    let malformed = |message: &str| DecodeError {
         code: ErrorCode::Malformed,
-        message: format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+        message: message.to_owned(),
         frame: None,
-    })?;
-    let Value::Object(o) = value else {
-        return Err(DecodeError {
-            code: ErrorCode::Malformed,
-            message: "a frame must be a JSON object".into(),
-            frame: None,
-        });
     };
-    let Some(kind) = o.get("type").and_then(Value::as_str) else {
-        return Err(DecodeError {
-            code: ErrorCode::Malformed,
-            message: "a frame needs a string \"type\"".into(),
-            frame: None,
-        });
+    let obj = Json::parse(frame).ok_or_else(|| malformed("not valid JSON"))?;
+    if !matches!(obj, Json::Obj(_)) {
+        return Err(malformed("a frame must be a JSON object"));
+    }
+    let kind = obj
+        .get("type")
+        .and_then(Json::as_str)
+        .ok_or_else(|| malformed("a frame needs a string \"type\""))?;
+    let f = Fields {
+        obj: &obj,
+        frame: kind,
     };
+    let room = |v: &Json| RoomId::new(v.as_str()?).ok();
     Ok(match kind {
         "welcome" => ServerMessage::Welcome {
-            v: field(&o, kind, "v")?,
-            user: field(&o, kind, "user")?,
-            conn: field(&o, kind, "conn")?,
-            resume: field(&o, kind, "resume")?,
-            resumed: field(&o, kind, "resumed")?,
-            heartbeat_ms: field(&o, kind, "heartbeat_ms")?,
-            idle_after_ms: field(&o, kind, "idle_after_ms")?,
-            status: field(&o, kind, "status")?,
-            text: field(&o, kind, "text")?,
+            v: f.pick("v", |v| u32::try_from(v.as_u64()?).ok())?,
+            user: f.user("user")?,
+            conn: ConnId(f.u64("conn")?),
+            resume: f.pick("resume", |v| ResumeToken::new(v.as_str()?).ok())?,
+            resumed: f.pick("resumed", Json::as_bool)?,
+            heartbeat_ms: f.u64("heartbeat_ms")?,
+            idle_after_ms: f.u64("idle_after_ms")?,
+            status: f.pick("status", status)?,
+            text: f.pick_opt("text", status_text)?,
         },
         "snapshot" => ServerMessage::Snapshot {
-            room: field(&o, kind, "room")?,
-            members: field(&o, kind, "members")?,
-            typing: field::<Option<_>>(&o, kind, "typing")?.unwrap_or_default(),
-            receipts: field::<Option<Vec<Receipt>>>(&o, kind, "receipts")?.unwrap_or_default(),
+            room: f.pick("room", room)?,
+            members: f.list("members", view)?,
+            typing: f.list("typing", user)?,
+            receipts: f.list("receipts", receipt)?,
         },
-        "diffs" => {
-            let Some(Value::Array(list)) = o.get("diffs") else {
-                return Err(invalid(kind, "diffs: expected an array".into()));
-            };
-            ServerMessage::Diffs {
-                room: field(&o, kind, "room")?,
-                diffs: list.iter().cloned().map(diff).collect::<Result<_, _>>()?,
-            }
-        }
+        "diffs" => ServerMessage::Diffs {
+            room: f.pick_opt("room", room)?,
+            diffs: f
+                .pick("diffs", Json::as_array)?
+                .iter()
+                .map(diff)
+                .collect::<Result<_, _>>()?,
+        },
         "watching" => ServerMessage::Watching {
-            users: field(&o, kind, "users")?,
+            users: f.list("users", view)?,
         },
         "self_status" => ServerMessage::SelfStatus {
-            status: field(&o, kind, "status")?,
-            text: field(&o, kind, "text")?,
+            status: f.pick("status", status)?,
+            text: f.pick_opt("text", status_text)?,
         },
         "error" => ServerMessage::Error {
-            code: field::<Option<ErrorCode>>(&o, kind, "code")?.unwrap_or(ErrorCode::Internal),
-            message: field::<Option<String>>(&o, kind, "message")?.unwrap_or_default(),
-            frame: field(&o, kind, "frame")?,
+            code: f
+                .pick_opt("code", |v| {
+                    let s = v.as_str()?;
+                    ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+                })?
+                .unwrap_or(ErrorCode::Internal),
+            message: f.str("message").unwrap_or_default().to_owned(),
+            frame: f.pick_opt("frame", |v| v.as_str().map(str::to_owned))?,
         },
         "pong" => ServerMessage::Pong,
-        other => {
-            return Err(DecodeError {
-                code: ErrorCode::UnknownType,
-                message: format!("unknown frame type {other:?}"),
-                frame: Some(other.chars().take(32).collect()),
-            });
-        }
+        other => return Err(unknown("frame", other)),
     })
 }

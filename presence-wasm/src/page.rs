@@ -1,0 +1,160 @@
+//! Page signals: input, visibility, focus, page lifecycle and network.
+//!
+//! Listeners are passive and capture-phase, so the page's own handlers never
+//! wait on us. Input is forwarded at most every 250 ms: the client only keeps
+//! a timestamp, and an idle → active transition is forwarded at once because
+//! the first event after a quiet spell always passes the throttle.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{AddEventListenerOptions, EventTarget, PageTransitionEvent};
+
+use crate::runtime::{self, Shared};
+
+const INPUT_EVENTS: [&str; 6] = [
+    "pointermove",
+    "pointerdown",
+    "keydown",
+    "wheel",
+    "touchstart",
+    "scroll",
+];
+const INPUT_THROTTLE_MS: f64 = 250.0;
+
+/// A listener that removes itself when dropped.
+pub struct Listener {
+    target: EventTarget,
+    kind: &'static str,
+    closure: Closure<dyn FnMut(web_sys::Event)>,
+    capture: bool,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.target.remove_event_listener_with_callback_and_bool(
+            self.kind,
+            self.closure.as_ref().unchecked_ref(),
+            self.capture,
+        );
+    }
+}
+
+/// Adds a passive listener that feeds `shared`.
+pub fn listen(
+    target: &EventTarget,
+    kind: &'static str,
+    capture: bool,
+    f: impl FnMut(web_sys::Event) + 'static,
+) -> Option<Listener> {
+    let closure = Closure::<dyn FnMut(web_sys::Event)>::new(f);
+    let options = AddEventListenerOptions::new();
+    options.set_passive(true);
+    options.set_capture(capture);
+    target
+        .add_event_listener_with_callback_and_add_event_listener_options(
+            kind,
+            closure.as_ref().unchecked_ref(),
+            &options,
+        )
+        .ok()?;
+    Some(Listener {
+        target: target.clone(),
+        kind,
+        closure,
+        capture,
+    })
+}
+
+/// Installs the page listeners; they live as long as the returned vector.
+pub fn install(shared: &Shared) -> Vec<Listener> {
+    let Some(window) = web_sys::window() else {
+        return Vec::new();
+    };
+    let Some(document) = window.document() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let weak = Rc::downgrade(shared);
+    let last_input = Rc::new(Cell::new(f64::NEG_INFINITY));
+    for kind in INPUT_EVENTS {
+        let (weak, last) = (weak.clone(), last_input.clone());
+        out.extend(listen(&window, kind, true, move |_| {
+            let t = js_sys::Date::now();
+            if t - last.get() < INPUT_THROTTLE_MS {
+                return;
+            }
+            last.set(t);
+            if let Some(s) = weak.upgrade() {
+                runtime::with(&s, |c, now| c.input(now));
+            }
+        }));
+    }
+    let w = weak.clone();
+    let doc = document.clone();
+    out.extend(listen(&document, "visibilitychange", false, move |_| {
+        if let Some(s) = w.upgrade() {
+            let hidden = doc.hidden();
+            runtime::with(&s, |c, now| c.set_hidden(now, hidden));
+        }
+    }));
+    for (kind, focused) in [("focus", true), ("blur", false)] {
+        let w = weak.clone();
+        out.extend(listen(&window, kind, false, move |_| {
+            if let Some(s) = w.upgrade() {
+                runtime::with(&s, |c, now| c.set_focused(now, focused));
+            }
+        }));
+    }
+    let w = weak.clone();
+    out.extend(listen(&window, "pagehide", false, move |_| {
+        if let Some(s) = w.upgrade() {
+            // Save the token before closing: the reloaded page (or this page
+            // restored from the back/forward cache) resumes with it.
+            if let Ok(state) = s.try_borrow() {
+                state.save_resume_token();
+            }
+            runtime::with(&s, |c, _| c.page_hide());
+        }
+    }));
+    let w = weak.clone();
+    out.extend(listen(&window, "pageshow", false, move |e| {
+        let persisted = e
+            .dyn_ref::<PageTransitionEvent>()
+            .is_some_and(PageTransitionEvent::persisted);
+        if persisted && let Some(s) = w.upgrade() {
+            let Ok(key) = s
+                .try_borrow()
+                .map(|st| (!st.closed).then(|| st.resume_key.clone()))
+            else {
+                return;
+            };
+            let Some(key) = key else {
+                return; // the app closed the client: stay closed
+            };
+            let token = key.as_deref().and_then(runtime::take_resume_token);
+            runtime::with(&s, |c, now| {
+                if token.is_some() {
+                    c.set_resume_token(token);
+                }
+                c.start(now);
+            });
+        }
+    }));
+    let w = weak;
+    out.extend(listen(&window, "online", false, move |_| {
+        if let Some(s) = w.upgrade() {
+            runtime::with(&s, |c, now| c.network_online(now));
+        }
+    }));
+    // Starting state: a page opened in a background tab starts hidden.
+    runtime::with(shared, |c, now| {
+        c.set_hidden(now, document.hidden());
+        if !document.has_focus().unwrap_or(true) {
+            c.set_focused(now, false);
+        }
+    });
+    out
+}

@@ -1,0 +1,283 @@
+//! The glue between the sans-I/O `presence_core::client::Client` and the
+//! browser: a WebSocket, one timer, and the app's callbacks.
+//!
+//! Every entry point (a JS call, a socket event, a DOM event, the timer)
+//! borrows the state, feeds the client, performs its actions, reschedules the
+//! timer, releases the borrow, and only then calls the app's callbacks, so a
+//! callback may call back into the SDK without a borrow panic.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use gloo_timers::callback::Timeout;
+use presence_core::client::{Action, Client};
+use presence_core::{Millis, ResumeToken};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use crate::js::{self, Topic};
+
+/// Shared SDK state.
+pub type Shared = Rc<RefCell<State>>;
+
+/// The wall clock, in milliseconds since the epoch.
+pub fn now() -> Millis {
+    Millis(js_sys::Date::now() as u64)
+}
+
+/// An open (or opening) socket and the closures that keep its handlers alive.
+struct Socket {
+    ws: WebSocket,
+    _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
+    }
+}
+
+/// Everything the SDK holds.
+pub struct State {
+    pub client: Client,
+    url: String,
+    token: String,
+    socket: Option<Socket>,
+    /// Bumped per socket, so a stale socket's late events are ignored.
+    generation: u32,
+    timer: Option<(Millis, Timeout)>,
+    callbacks: Vec<(u32, Topic, js_sys::Function)>,
+    store_listeners: Vec<(u32, js_sys::Function)>,
+    next_id: u32,
+    /// Bumped on every change the snapshot can show.
+    pub version: u64,
+    pub snapshot: Option<(u64, JsValue)>,
+    pub resume_key: Option<String>,
+    pub closed: bool,
+}
+
+impl State {
+    pub fn new(client: Client, url: String, token: String, resume_key: Option<String>) -> Self {
+        Self {
+            client,
+            url,
+            token,
+            socket: None,
+            generation: 0,
+            timer: None,
+            callbacks: Vec::new(),
+            store_listeners: Vec::new(),
+            next_id: 0,
+            version: 0,
+            snapshot: None,
+            resume_key,
+            closed: false,
+        }
+    }
+
+    /// Registers a callback; returns its id for unsubscribing.
+    pub fn on(&mut self, topic: Topic, f: js_sys::Function) -> u32 {
+        self.next_id += 1;
+        self.callbacks.push((self.next_id, topic, f));
+        self.next_id
+    }
+
+    /// Registers a store listener (`useSyncExternalStore`'s `subscribe`).
+    pub fn on_store(&mut self, f: js_sys::Function) -> u32 {
+        self.next_id += 1;
+        self.store_listeners.push((self.next_id, f));
+        self.next_id
+    }
+
+    /// Removes a callback or store listener.
+    pub fn off(&mut self, id: u32) {
+        self.callbacks.retain(|(i, _, _)| *i != id);
+        self.store_listeners.retain(|(i, _)| *i != id);
+    }
+
+    /// Saves the resume token for a reload of this page.
+    pub fn save_resume_token(&self) {
+        if let (Some(key), Some(token)) = (&self.resume_key, self.client.resume_token())
+            && let Some(storage) = session_storage()
+        {
+            let _ = storage.set_item(key, token.as_str());
+        }
+    }
+}
+
+fn session_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.session_storage().ok()?
+}
+
+/// Takes (reads and removes) the token an earlier page of this tab saved:
+/// removing it means a duplicated tab cannot take over this tab's connection.
+pub fn take_resume_token(key: &str) -> Option<ResumeToken> {
+    let storage = session_storage()?;
+    let token = storage.get_item(key).ok()??;
+    let _ = storage.remove_item(key);
+    ResumeToken::new(token).ok()
+}
+
+/// Feeds the client through `f`, performs what it asks, then tells the app.
+///
+/// Thin and generic; the work is in [`flush`], which is not, so the many
+/// call sites do not each get a copy of it in the wasm binary.
+pub fn with(shared: &Shared, f: impl FnOnce(&mut Client, Millis)) {
+    let now = now();
+    let Ok(mut state) = shared.try_borrow_mut() else {
+        return; // unreachable by construction: callbacks run unborrowed
+    };
+    f(&mut state.client, now);
+    drop(state);
+    flush(shared, now);
+}
+
+fn flush(shared: &Shared, now: Millis) {
+    let (calls, store) = {
+        let Ok(mut state) = shared.try_borrow_mut() else {
+            return;
+        };
+        perform(shared, &mut state);
+        schedule(shared, &mut state, now);
+        let mut events = Vec::new();
+        while let Some(e) = state.client.poll_event() {
+            events.push(js::event(&e));
+        }
+        let store_changed = !events.is_empty();
+        if store_changed {
+            state.version += 1;
+        }
+        let calls: Vec<(js_sys::Function, JsValue)> = events
+            .into_iter()
+            .flat_map(|(topic, value)| {
+                state
+                    .callbacks
+                    .iter()
+                    .filter(move |(_, t, _)| *t == topic)
+                    .map(move |(_, _, f)| (f.clone(), value.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let store: Vec<js_sys::Function> = if store_changed {
+            state
+                .store_listeners
+                .iter()
+                .map(|(_, f)| f.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (calls, store)
+    };
+    for (f, value) in calls {
+        call(&f, &value);
+    }
+    for f in store {
+        call(&f, &JsValue::UNDEFINED);
+    }
+}
+
+/// Calls an app callback; an exception it throws is logged, never propagated.
+fn call(f: &js_sys::Function, arg: &JsValue) {
+    if let Err(e) = f.call1(&JsValue::NULL, arg) {
+        web_sys::console::error_2(&"presence: a callback threw".into(), &e);
+    }
+}
+
+fn perform(shared: &Shared, state: &mut State) {
+    while let Some(action) = state.client.poll_action() {
+        match action {
+            Action::Connect => open(shared, state),
+            Action::Send(text) => {
+                if let Some(s) = &state.socket {
+                    // A send on a closing socket fails; the client notices the
+                    // close and resends its state after reconnecting.
+                    let _ = s.ws.send_with_str(&text);
+                }
+            }
+            Action::Close(code) => {
+                if let Some(s) = state.socket.take() {
+                    let _ = s.ws.close_with_code(code);
+                }
+            }
+        }
+    }
+}
+
+fn open(shared: &Shared, state: &mut State) {
+    state.socket = None;
+    state.generation = state.generation.wrapping_add(1);
+    let url = format!(
+        "{}{}token={}",
+        state.url,
+        if state.url.contains('?') { '&' } else { '?' },
+        js_sys::encode_uri_component(&state.token)
+    );
+    let ws = match WebSocket::new(&url) {
+        Ok(ws) => ws,
+        Err(_) => {
+            // A malformed URL: the client backs off and reports "reconnecting".
+            state.client.closed(now(), None);
+            return;
+        }
+    };
+    let generation = state.generation;
+    let weak = Rc::downgrade(shared);
+    let handler = |weak: Weak<RefCell<State>>, f: fn(&mut Client, Millis, JsValue)| {
+        Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            let Some(shared) = weak.upgrade() else { return };
+            let current = shared
+                .try_borrow()
+                .is_ok_and(|s| s.generation == generation);
+            if current {
+                with(&shared, |c, now| f(c, now, e));
+            }
+        })
+    };
+    let on_open = handler(weak.clone(), |c, now, _| c.opened(now));
+    let on_message = handler(weak.clone(), |c, now, e| {
+        if let Some(text) = e
+            .dyn_ref::<MessageEvent>()
+            .and_then(|m| m.data().as_string())
+        {
+            c.received(now, &text);
+        }
+    });
+    let on_close = handler(weak, |c, now, e| {
+        let code = e.dyn_ref::<CloseEvent>().map(CloseEvent::code);
+        c.closed(now, code.filter(|&c| c != 1006));
+    });
+    ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    state.socket = Some(Socket {
+        ws,
+        _handlers: vec![on_open, on_message, on_close],
+    });
+}
+
+/// Keeps one timer armed for the client's next deadline.
+fn schedule(shared: &Shared, state: &mut State, now: Millis) {
+    let Some(at) = state.client.next_deadline(now) else {
+        state.timer = None;
+        return;
+    };
+    if state.timer.as_ref().is_some_and(|(t, _)| *t == at) {
+        return;
+    }
+    let weak = Rc::downgrade(shared);
+    let delay = at.since(now).as_millis().min(u32::MAX as u128) as u32;
+    let timeout = Timeout::new(delay, move || {
+        if let Some(shared) = weak.upgrade() {
+            if let Ok(mut s) = shared.try_borrow_mut() {
+                s.timer = None;
+            }
+            with(&shared, |c, now| c.tick(now));
+        }
+    });
+    state.timer = Some((at, timeout));
+}
