@@ -1,5 +1,4 @@
-//! Cross-crate integration tests for presence-rs (server + core + clients).
-//!
-//! Placeholder: future end-to-end tests live in `tests/tests/`.
+//! Cross-crate integration tests (`tests/tests/`) and the load generator
+//! (`src/bin/loadgen/`) that `cargo xtask bench` drives.
 
 #![forbid(unsafe_code)]

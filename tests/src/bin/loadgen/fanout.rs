@@ -1,0 +1,131 @@
+//! Figure 2: a room of M members where every member changes state once.
+//! Measures the time until every member has seen every change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Barrier, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::conn::{self, Target};
+use crate::report::figure;
+
+struct Seen {
+    done_after: Option<Duration>,
+    frames: u64,
+    bytes: u64,
+}
+
+pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
+    let room = format!("fanout-{m}-{}", std::process::id());
+    let ready = Arc::new(Barrier::new(m + 1));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let opening = Arc::new(Semaphore::new(128));
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut tasks = Vec::with_capacity(m);
+    for i in 0..m {
+        let (target, room, ready, go, opening, start) = (
+            target.clone(),
+            room.clone(),
+            ready.clone(),
+            go.clone(),
+            opening.clone(),
+            start.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let permit = opening.acquire_owned().await.ok();
+            let opened = async {
+                let mut ws =
+                    conn::open(&target, conn::source(i, sources), &format!("f{i}")).await?;
+                conn::join(&mut ws, &room).await?;
+                anyhow::Ok(ws)
+            }
+            .await;
+            drop(permit);
+            let waiting = go.notified();
+            ready.wait().await;
+            let mut ws = opened?;
+            waiting.await;
+            ws.send(conn::activity(true)).await?;
+            let t0 = *start.get().unwrap_or(&Instant::now());
+            let mut seen = Seen {
+                done_after: None,
+                frames: 0,
+                bytes: 0,
+            };
+            let mut idle = 0usize;
+            let deadline = tokio::time::sleep(Duration::from_secs(120));
+            tokio::pin!(deadline);
+            while idle < m {
+                tokio::select! {
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            if t.starts_with(r#"{"type":"diffs""#) {
+                                seen.frames += 1;
+                                seen.bytes += t.len() as u64;
+                                idle += t.matches(r#""type":"user_idle""#).count();
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => bail!("member {i} lost its socket"),
+                    },
+                    _ = &mut deadline => bail!("member {i} saw {idle} of {m} changes in 120 s"),
+                }
+            }
+            seen.done_after = Some(t0.elapsed());
+            Ok(seen)
+        }));
+    }
+    ready.wait().await;
+    // Let the joins' own diffs drain before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500 + m as u64 / 2)).await;
+    let _ = start.set(Instant::now());
+    go.notify_waiters();
+    let (mut slowest, mut frames, mut bytes, mut failed) = (Duration::ZERO, 0, 0, 0);
+    for t in tasks {
+        match t.await {
+            Ok(Ok(s)) => {
+                slowest = slowest.max(s.done_after.unwrap_or_default());
+                frames += s.frames;
+                bytes += s.bytes;
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                if failed == 1 {
+                    eprintln!("fanout: {e:#}");
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let updates = m as f64;
+    let deliveries = (m * m) as f64;
+    figure(
+        &format!("fanout.{m}.converge"),
+        slowest.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    figure(
+        &format!("fanout.{m}.deliveries_per_second"),
+        deliveries / slowest.as_secs_f64().max(1e-9),
+        "member-updates/s",
+    );
+    figure(
+        &format!("fanout.{m}.frames_per_update"),
+        frames as f64 / updates,
+        "frames",
+    );
+    figure(
+        &format!("fanout.{m}.bytes_per_update"),
+        bytes as f64 / updates,
+        "bytes",
+    );
+    figure(
+        &format!("fanout.{m}.failed_members"),
+        failed as f64,
+        "members",
+    );
+    Ok(())
+}
