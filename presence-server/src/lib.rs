@@ -1,5 +1,35 @@
-//! Presence server: tokio + axum WebSocket endpoint driving presence-core, with memory and Redis backends.
-//!
-//! Placeholder: the server is written in a later step.
-
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+// Layout, socket to core and back:
+//
+//   server.rs    builder, handle, router, WebSocket upgrade (auth → 401), shutdown, driver task
+//   session.rs   one task per socket: hello, decode, rate limit, frames → hub
+//   hub.rs       the shared state: presence_core::Machine, live sockets, watch lists
+//   broadcast.rs per-audience batches: coalesce, encode once, fan out
+//   broker.rs    the seam to other nodes (in-process default)
+//   http.rs      JSON API, /healthz, /metrics
+//   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
+
+mod audience;
+mod auth;
+mod broadcast;
+mod broker;
+mod clock;
+mod config;
+mod events;
+mod http;
+mod hub;
+mod metrics;
+mod server;
+mod session;
+
+pub use audience::{AudiencePolicy, OpenAudience};
+pub use auth::{AuthError, Authenticator, DevAuth, JwtAuth, WeakSecret};
+pub use broker::{Broker, LocalBroker};
+pub use clock::{Clock, SystemClock};
+pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
+pub use events::Events;
+pub use presence_core;
+pub use server::{BuildError, Builder, PresenceServer};

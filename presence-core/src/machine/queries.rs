@@ -12,3 +12,30 @@ impl Machine {
             .collect()
     }
 }
+
+impl Machine {
+    /// Rooms any of the user's connections (live or in grace) has joined.
+    pub fn rooms_of_user(&self, user: &UserId) -> Vec<RoomId> {
+        self.users
+            .get(user)
+            .map(|u| u.rooms.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the user has a connection (live or in grace) in `room`.
+    pub fn in_room(&self, room: &RoomId, user: &UserId) -> bool {
+        self.rooms.get(room).is_some_and(|m| m.contains(user))
+    }
+}
+
+impl Machine {
+    /// Whether any of the user's live connections is active, whatever their
+    /// status (invisible included): for a host deciding to send a push.
+    pub fn active_anywhere(&self, user: &UserId) -> bool {
+        self.connections_of(user).iter().any(|c| {
+            self.conns.get(c).is_some_and(|c| {
+                matches!(c.link, Link::Live { .. }) && c.activity == Activity::Active
+            })
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! The JSON API, `/healthz` and `/metrics`.
+//!
+//! Protected like the socket: `Authorization: Bearer <user token>` sees what
+//! that user could see over a socket (themselves, people sharing a room with
+//! them, people the audience policy lets them watch); the configured service
+//! key sees everything.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use presence_core::{Machine, PresenceView, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::hub::Hub;
+
+/// An API error: HTTP status plus `{"error":{"code","message"}}`.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid token is required",
+        )
+    }
+
+    fn forbidden(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token may not see {what}"),
+        )
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+/// Who is asking.
+enum Caller {
+    Service,
+    User(UserId),
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without an early exit, so timing does not reveal the key.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if let Some(key) = &hub.config.service_key
+        && same_secret(key.as_bytes(), token.as_bytes())
+    {
+        return Ok(Caller::Service);
+    }
+    match hub.auth.authenticate(token) {
+        Ok(user) => Ok(Caller::User(user)),
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP API token refused");
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+/// Whether `viewer` may see `target`: themselves, a room in common, or the
+/// audience policy's watch permission.
+fn may_see(hub: &Hub, machine: &Machine, viewer: &UserId, target: &UserId) -> bool {
+    viewer == target
+        || machine
+            .rooms_of_user(viewer)
+            .iter()
+            .any(|room| machine.in_room(room, target))
+        || hub.audience.may_watch(viewer, target)
+}
+
+fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
+    machine.view(user).unwrap_or_else(|| PresenceView {
+        user: user.clone(),
+        state: presence_core::PresenceState::Offline,
+        reason: None,
+        status: presence_core::Status::Available,
+        text: None,
+        last_active: None,
+        last_seen: None,
+    })
+}
+
+/// `GET /v1/users/{id}/presence`
+pub(crate) async fn user_presence(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<PresenceView>, ApiError> {
+    let caller = caller(&hub, &headers)?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    hub.read(|m| {
+        if let Caller::User(viewer) = &caller
+            && !may_see(&hub, m, viewer, &user)
+        {
+            return Err(ApiError::forbidden("this user"));
+        }
+        Ok(Json(view_of(m, &user)))
+    })
+}
+
+#[derive(Deserialize)]
+struct BulkRequest {
+    users: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BulkResponse {
+    users: Vec<PresenceView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    forbidden: Vec<UserId>,
+}
+
+/// `POST /v1/presence/bulk` with `{"users":[...]}`. Users the caller may not
+/// see are listed under `forbidden` instead.
+pub(crate) async fn bulk_presence(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BulkResponse>, ApiError> {
+    let caller = caller(&hub, &headers)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body refused: {e}"),
+        )
+    })?;
+    let req: BulkRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("expected {{\"users\":[...]}}: {e}"),
+        )
+    })?;
+    let max = hub.config.max_bulk_users;
+    if req.users.len() > max {
+        return Err(ApiError::invalid(format!(
+            "at most {max} users per request"
+        )));
+    }
+    let users = req
+        .users
+        .into_iter()
+        .map(UserId::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(hub.read(|m| {
+        let mut out = BulkResponse {
+            users: Vec::with_capacity(users.len()),
+            forbidden: Vec::new(),
+        };
+        for user in users {
+            match &caller {
+                Caller::User(viewer) if !may_see(&hub, m, viewer, &user) => {
+                    out.forbidden.push(user);
+                }
+                _ => out.users.push(view_of(m, &user)),
+            }
+        }
+        Json(out)
+    }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct RoomMembers {
+    room: RoomId,
+    members: Vec<PresenceView>,
+}
+
+/// `GET /v1/rooms/{room}/members`: the room's visible members, as a `join`
+/// snapshot would list them. A user may read rooms they are in or may join.
+pub(crate) async fn room_members(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Json<RoomMembers>, ApiError> {
+    let caller = caller(&hub, &headers)?;
+    let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
+    hub.read(|m| {
+        if let Caller::User(viewer) = &caller
+            && !m.in_room(&room, viewer)
+            && !hub.audience.may_join(viewer, &room)
+        {
+            return Err(ApiError::forbidden("this room"));
+        }
+        Ok(Json(RoomMembers {
+            members: m.members(&room),
+            room,
+        }))
+    })
+}
+
+/// `GET /healthz`: 200 while serving, 503 while shutting down.
+pub(crate) async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.is_shutting_down() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ok"})).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+pub(crate) async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    hub.update_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn bearer_needs_the_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer tok".parse().expect("header"));
+        assert_eq!(bearer(&h), Some("tok"));
+        h.insert(header::AUTHORIZATION, "Basic tok".parse().expect("header"));
+        assert_eq!(bearer(&h), None);
+    }
+}

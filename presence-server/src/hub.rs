@@ -1,0 +1,679 @@
+//! The shared state of one node: the presence machine, the live sockets, the
+//! watch lists and the pending batches, and the routing between them.
+//!
+//! Everything sits behind one `std::sync::Mutex`, not an async one, because
+//! no critical section ever awaits: the machine is pure computation, sending
+//! is `try_send` into bounded queues, and closing a socket is a signal to its
+//! task. A std mutex is cheaper than tokio's when it is held this briefly
+//! (the tokio docs say so too). One lock also gives every socket the same
+//! order of frames: a snapshot is queued under the lock that also orders the
+//! diffs after it. If this lock ever becomes the bottleneck, shard by room.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
+use presence_core::machine::MachineError;
+use presence_core::protocol::{CloseCode, Diff, ErrorCode, ServerMessage, encode};
+use presence_core::{
+    Activity, ConnId, Event, Machine, Millis, PresenceState, PresenceView, ResumeToken, RoomId,
+    Status, UserId,
+};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use crate::audience::AudiencePolicy;
+use crate::auth::Authenticator;
+use crate::broadcast::{Audience, Batch};
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// How a socket is to be closed: code and reason.
+pub(crate) type Close = (CloseCode, &'static str);
+
+/// What a session gets back from a successful `hello`.
+pub(crate) struct Registered {
+    pub conn: ConnId,
+    pub generation: u64,
+    pub outbound: mpsc::Receiver<Message>,
+    pub close: watch::Receiver<Option<Close>>,
+}
+
+/// One live socket. A machine connection outlives its sockets: a resume puts
+/// a new socket (with a new generation) under the same `ConnId`.
+struct Socket {
+    generation: u64,
+    user: UserId,
+    tx: mpsc::Sender<Message>,
+    close: watch::Sender<Option<Close>>,
+}
+
+struct State {
+    machine: Machine,
+    sockets: HashMap<ConnId, Socket>,
+    /// Per connection (not socket: watches survive a resume), who it watches.
+    watches: HashMap<ConnId, HashSet<UserId>>,
+    /// The reverse index: user → connections watching them.
+    watchers: HashMap<UserId, HashSet<ConnId>>,
+    batch: Batch,
+    /// When the oldest pending diff arrived.
+    batch_since: Option<Millis>,
+    /// When the driver plans to wake next.
+    planned_wake: Option<Millis>,
+    /// Sockets whose queue overflowed during the current operation.
+    slow: Vec<ConnId>,
+}
+
+/// The node's shared state and its collaborators.
+pub(crate) struct Hub {
+    pub config: ServerConfig,
+    pub clock: Arc<dyn Clock>,
+    pub auth: Arc<dyn Authenticator>,
+    pub audience: Arc<dyn AudiencePolicy>,
+    broker: Arc<dyn Broker>,
+    pub metrics: Metrics,
+    events: broadcast::Sender<Event>,
+    state: Mutex<State>,
+    /// Wakes the driver early: a batch started or a deadline moved earlier.
+    wake: Arc<Notify>,
+    next_conn: AtomicU64,
+    next_generation: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    sessions: AtomicUsize,
+    pub sessions_done: Notify,
+}
+
+/// Counts a live session task; shutdown waits for the count to reach zero.
+pub(crate) struct SessionGuard(Arc<Hub>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.sessions_done.notify_waiters();
+        }
+    }
+}
+
+fn offline_view(user: &UserId) -> PresenceView {
+    PresenceView {
+        user: user.clone(),
+        state: PresenceState::Offline,
+        reason: None,
+        status: Status::Available,
+        text: None,
+        last_active: None,
+        last_seen: None,
+    }
+}
+
+fn random_token() -> Option<ResumeToken> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ResumeToken::new(hex).ok()
+}
+
+impl Hub {
+    pub fn new(
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+        auth: Arc<dyn Authenticator>,
+        audience: Arc<dyn AudiencePolicy>,
+        broker: Arc<dyn Broker>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let (events, _) = broadcast::channel(config.event_buffer);
+        Self {
+            state: Mutex::new(State {
+                machine: Machine::new(config.timing),
+                sockets: HashMap::new(),
+                watches: HashMap::new(),
+                watchers: HashMap::new(),
+                batch: Batch::default(),
+                batch_since: None,
+                planned_wake: None,
+                slow: Vec::new(),
+            }),
+            config,
+            clock,
+            auth,
+            audience,
+            broker,
+            metrics: Metrics::new(),
+            events,
+            wake,
+            next_conn: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            sessions: AtomicUsize::new(0),
+            sessions_done: Notify::new(),
+        }
+    }
+
+    pub fn session_guard(self: &Arc<Self>) -> SessionGuard {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        SessionGuard(self.clone())
+    }
+
+    /// Stops taking sockets and tells waiting sessions and the driver.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in this crate; the
+        // state is still structurally sound, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the state, then routes what the machine emitted and closes
+    /// sockets whose queues overflowed.
+    fn apply<R>(&self, f: impl FnOnce(&mut State, Millis) -> R) -> R {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let r = f(&mut st, now);
+        self.settle(&mut st, now);
+        r
+    }
+
+    /// Read-only access for queries.
+    pub fn read<R>(&self, f: impl FnOnce(&Machine) -> R) -> R {
+        let st = self.lock();
+        f(&st.machine)
+    }
+
+    fn settle(&self, st: &mut State, now: Millis) {
+        let events: Vec<Event> = st.machine.drain_events().collect();
+        if !events.is_empty() {
+            self.broker.publish(&events);
+            for ev in &events {
+                self.record(ev);
+                let watched = st.watchers.contains_key(ev.diff.user());
+                st.batch.route(ev, watched);
+                // No receivers is fine: host apps subscribe if they want to.
+                let _ = self.events.send(ev.clone());
+            }
+        }
+        if !st.batch.is_empty() {
+            if self.config.batch_window.is_zero() {
+                self.flush(st);
+            } else if st.batch_since.is_none() {
+                st.batch_since = Some(now);
+                self.wake.notify_one();
+            }
+        }
+        if let Some(next) = st.machine.next_deadline()
+            && st.planned_wake.is_none_or(|w| next < w)
+        {
+            st.planned_wake = Some(next);
+            self.wake.notify_one();
+        }
+        while let Some(conn) = st.slow.pop() {
+            self.metrics.slow_consumers.inc();
+            tracing::info!(%conn, "outbound queue full; closing slow consumer");
+            self.close_socket(
+                st,
+                now,
+                conn,
+                (CloseCode::SlowConsumer, "slow consumer"),
+                true,
+            );
+        }
+        self.metrics.connections.set(st.sockets.len() as i64);
+    }
+
+    fn record(&self, ev: &Event) {
+        self.metrics
+            .events
+            .get_or_create(&[("kind", ev.name())])
+            .inc();
+        if let Diff::UserDisconnected { last_seen, .. } = ev.diff
+            && ev.global
+        {
+            self.metrics
+                .time_to_offline
+                .observe(ev.at.since(last_seen).as_secs_f64());
+        }
+    }
+
+    /// Sends every pending batch: one encoding per audience, the same bytes
+    /// to every recipient.
+    fn flush(&self, st: &mut State) {
+        st.batch_since = None;
+        for (audience, diffs) in st.batch.take() {
+            let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
+                Audience::Room(room) => {
+                    let conns = st.machine.room_connections(&room);
+                    (Some(room), conns)
+                }
+                Audience::Watchers(user) => (
+                    None,
+                    st.watchers
+                        .get(&user)
+                        .map(|w| w.iter().copied().collect())
+                        .unwrap_or_default(),
+                ),
+            };
+            let recipients: Vec<ConnId> = recipients
+                .into_iter()
+                .filter(|c| st.sockets.contains_key(c))
+                .collect();
+            if recipients.is_empty() {
+                continue;
+            }
+            let frame = Utf8Bytes::from(encode(&ServerMessage::Diffs { room, diffs }));
+            self.metrics.fanout.observe(recipients.len() as f64);
+            for conn in recipients {
+                self.send(st, conn, Message::Text(frame.clone()));
+            }
+        }
+    }
+
+    /// Queues a frame for a socket; a full queue marks it slow.
+    fn send(&self, st: &mut State, conn: ConnId, msg: Message) {
+        let Some(socket) = st.sockets.get(&conn) else {
+            return;
+        };
+        let len = match &msg {
+            Message::Text(t) => t.len() as u64,
+            _ => 0,
+        };
+        match socket.tx.try_send(msg) {
+            Ok(()) => {
+                self.metrics.frames_out.inc();
+                self.metrics.bytes_out.inc_by(len);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !st.slow.contains(&conn) {
+                    st.slow.push(conn);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Signals a socket's task to close with `close`. With `dropped`, the
+    /// machine connection enters its offline grace (the client may resume).
+    fn close_socket(&self, st: &mut State, now: Millis, conn: ConnId, close: Close, dropped: bool) {
+        if let Some(socket) = st.sockets.remove(&conn) {
+            let _ = socket.close.send(Some(close));
+            if dropped {
+                st.machine.dropped(now, conn);
+            }
+        }
+    }
+
+    /// A `hello` was accepted: start or resume the machine connection and
+    /// register the socket. The `welcome` is the first frame in its queue.
+    pub fn connect(
+        &self,
+        user: &UserId,
+        resume: Option<&ResumeToken>,
+        activity: Activity,
+    ) -> Result<Registered, ErrorCode> {
+        let token = random_token().ok_or(ErrorCode::Internal)?;
+        let fresh = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, outbound) = mpsc::channel(self.config.outbound_queue);
+        let (close_tx, close) = watch::channel(None);
+        self.apply(|st, now| {
+            // Checked under the lock that close_all takes, so no socket
+            // registers after the shutdown closed the others.
+            if self.is_shutting_down() {
+                return Err(ErrorCode::Internal);
+            }
+            let outcome = st
+                .machine
+                .connect(now, user.clone(), fresh, token, resume, activity)
+                .map_err(MachineError::code)?;
+            if outcome.resumed {
+                self.metrics.resumes.inc();
+            }
+            if outcome.superseded {
+                self.close_socket(
+                    st,
+                    now,
+                    outcome.conn,
+                    (CloseCode::Superseded, "resumed on another socket"),
+                    false,
+                );
+            }
+            let (status, text) = st.machine.status_of(user);
+            let policy = st.machine.policy();
+            let welcome = ServerMessage::Welcome {
+                v: presence_core::PROTOCOL_VERSION,
+                user: user.clone(),
+                conn: outcome.conn,
+                resume: outcome.token,
+                resumed: outcome.resumed,
+                heartbeat_ms: u64::try_from(policy.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                idle_after_ms: u64::try_from(policy.idle_after.as_millis()).unwrap_or(u64::MAX),
+                status,
+                text,
+            };
+            st.sockets.insert(
+                outcome.conn,
+                Socket {
+                    generation,
+                    user: user.clone(),
+                    tx,
+                    close: close_tx,
+                },
+            );
+            self.send(st, outcome.conn, text_frame(&welcome));
+            Ok(Registered {
+                conn: outcome.conn,
+                generation,
+                outbound,
+                close,
+            })
+        })
+    }
+
+    /// Runs a machine input for a socket's connection, if the socket is still
+    /// the connection's current one.
+    pub fn act<R>(
+        &self,
+        conn: ConnId,
+        generation: u64,
+        f: impl FnOnce(&mut Machine, Millis) -> Result<R, MachineError>,
+    ) -> Result<R, ErrorCode> {
+        self.apply(|st, now| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_none_or(|s| s.generation != generation)
+            {
+                return Err(ErrorCode::Internal);
+            }
+            let _ = st.machine.heartbeat(now, conn);
+            f(&mut st.machine, now).map_err(MachineError::code)
+        })
+    }
+
+    /// Queues a reply (pong, error, …) for a socket.
+    pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
+        self.apply(|st, _| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_some_and(|s| s.generation == generation)
+            {
+                self.send(st, conn, text_frame(msg));
+            }
+        });
+    }
+
+    /// Joins a room and queues its snapshot before any later diff.
+    pub fn join(&self, conn: ConnId, generation: u64, room: RoomId) -> Result<(), ErrorCode> {
+        self.apply(|st, now| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_none_or(|s| s.generation != generation)
+            {
+                return Err(ErrorCode::Internal);
+            }
+            st.machine
+                .join(now, conn, room.clone())
+                .map_err(MachineError::code)?;
+            let snapshot = ServerMessage::Snapshot {
+                members: st.machine.members(&room),
+                typing: st.machine.typing_in(&room),
+                receipts: st.machine.receipts_in(&room),
+                room,
+            };
+            self.send(st, conn, text_frame(&snapshot));
+            Ok(())
+        })
+    }
+
+    /// Sets the user's status and tells all of their sockets.
+    pub fn set_status(
+        &self,
+        conn: ConnId,
+        generation: u64,
+        status: Status,
+        text: Option<presence_core::StatusText>,
+    ) -> Result<(), ErrorCode> {
+        self.apply(|st, now| {
+            let Some(user) = st
+                .sockets
+                .get(&conn)
+                .filter(|s| s.generation == generation)
+                .map(|s| s.user.clone())
+            else {
+                return Err(ErrorCode::Internal);
+            };
+            let changed = st
+                .machine
+                .set_status(now, conn, status, text.clone())
+                .map_err(MachineError::code)?;
+            if changed {
+                let msg = text_frame(&ServerMessage::SelfStatus { status, text });
+                let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
+                for c in own {
+                    self.send(st, c, msg.clone());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds users to a connection's watch list (already authorised) and
+    /// returns their presence now.
+    pub fn watch(
+        &self,
+        conn: ConnId,
+        generation: u64,
+        users: Vec<UserId>,
+    ) -> Result<(), ErrorCode> {
+        self.apply(|st, _| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_none_or(|s| s.generation != generation)
+            {
+                return Err(ErrorCode::Internal);
+            }
+            let current = st.watches.get(&conn);
+            let added = users
+                .iter()
+                .filter(|u| current.is_none_or(|w| !w.contains(*u)))
+                .collect::<HashSet<_>>()
+                .len();
+            if current.map_or(0, HashSet::len) + added > MAX_WATCHED_PER_CONNECTION {
+                return Err(ErrorCode::TooManyWatched);
+            }
+            let mut views = Vec::with_capacity(users.len());
+            for user in users {
+                views.push(
+                    st.machine
+                        .view(&user)
+                        .unwrap_or_else(|| offline_view(&user)),
+                );
+                st.watchers.entry(user.clone()).or_default().insert(conn);
+                st.watches.entry(conn).or_default().insert(user);
+            }
+            self.send(
+                st,
+                conn,
+                text_frame(&ServerMessage::Watching { users: views }),
+            );
+            Ok(())
+        })
+    }
+
+    /// Removes users from a connection's watch list.
+    pub fn unwatch(&self, conn: ConnId, generation: u64, users: &[UserId]) {
+        self.apply(|st, _| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_none_or(|s| s.generation != generation)
+            {
+                return;
+            }
+            for user in users {
+                unwatch_one(st, conn, user);
+            }
+        });
+    }
+
+    /// Closes a socket on the session's own initiative (abuse, huge frame).
+    pub fn close(&self, conn: ConnId, generation: u64, close: Close) {
+        self.apply(|st, now| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_some_and(|s| s.generation == generation)
+            {
+                self.close_socket(st, now, conn, close, true);
+            }
+        });
+    }
+
+    /// The socket ended (closed by the client, or failed). Unless it had
+    /// already been replaced by a resume or closed by the server, its
+    /// connection enters the offline grace.
+    pub fn socket_gone(&self, conn: ConnId, generation: u64) {
+        self.apply(|st, now| {
+            if st
+                .sockets
+                .get(&conn)
+                .is_some_and(|s| s.generation == generation)
+            {
+                st.sockets.remove(&conn);
+                st.machine.dropped(now, conn);
+            }
+        });
+    }
+
+    /// The host app stored a message: the sender's typing stops now.
+    pub fn message_sent(&self, user: &UserId, room: &RoomId) {
+        self.apply(|st, now| st.machine.message_sent(now, user, room));
+    }
+
+    /// Events from another node: deliver them to this node's sockets.
+    pub fn deliver_remote(&self, events: Vec<Event>) {
+        self.apply(|st, _| {
+            for ev in &events {
+                let watched = st.watchers.contains_key(ev.diff.user());
+                st.batch.route(ev, watched);
+            }
+        });
+    }
+
+    /// When the driver should wake next, at the latest in one second.
+    pub fn plan(&self) -> Duration {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let mut wake = now.after(Duration::from_secs(1));
+        if let Some(next) = st.machine.next_deadline() {
+            wake = wake.min(next);
+        }
+        if let Some(since) = st.batch_since {
+            wake = wake.min(since.after(self.config.batch_window));
+        }
+        st.planned_wake = Some(wake);
+        wake.since(now)
+    }
+
+    /// Runs due deadlines, closes timed-out sockets, flushes due batches and
+    /// forgets the watch lists of connections that are gone for good.
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let timed_out = st.machine.tick(now);
+        for conn in timed_out {
+            self.close_socket(
+                &mut st,
+                now,
+                conn,
+                (CloseCode::HeartbeatTimeout, "heartbeat timeout"),
+                false,
+            );
+        }
+        self.settle(&mut st, now);
+        if st
+            .batch_since
+            .is_some_and(|since| since.after(self.config.batch_window) <= now)
+        {
+            self.flush(&mut st);
+            self.settle(&mut st, now);
+        }
+        let gone: Vec<ConnId> = st
+            .watches
+            .keys()
+            .filter(|c| st.machine.user_of(**c).is_none())
+            .copied()
+            .collect();
+        for conn in gone {
+            if let Some(users) = st.watches.get(&conn).cloned() {
+                for user in &users {
+                    unwatch_one(&mut st, conn, user);
+                }
+            }
+            st.watches.remove(&conn);
+        }
+    }
+
+    /// Closes every socket with 1001 (shutdown) after sending what is pending.
+    pub fn close_all(&self, close: Close) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        self.flush(&mut st);
+        let conns: Vec<ConnId> = st.sockets.keys().copied().collect();
+        for conn in conns {
+            self.close_socket(&mut st, now, conn, close, false);
+        }
+        self.metrics.connections.set(0);
+    }
+
+    /// Refreshes gauges before a scrape.
+    pub fn update_gauges(&self) {
+        let st = self.lock();
+        self.metrics
+            .online_users
+            .set(st.machine.stats().online_users as i64);
+        self.metrics.connections.set(st.sockets.len() as i64);
+    }
+}
+
+fn unwatch_one(st: &mut State, conn: ConnId, user: &UserId) {
+    if let Some(w) = st.watches.get_mut(&conn) {
+        w.remove(user);
+    }
+    if let Some(w) = st.watchers.get_mut(user) {
+        w.remove(&conn);
+        if w.is_empty() {
+            st.watchers.remove(user);
+        }
+    }
+}
+
+/// One message as a text frame.
+pub(crate) fn text_frame(msg: &ServerMessage) -> Message {
+    Message::Text(Utf8Bytes::from(encode(msg)))
+}

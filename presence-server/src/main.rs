@@ -1,0 +1,125 @@
+//! The `presence-server` binary: flags and tracing; the library does the rest.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use presence_server::{DevAuth, JwtAuth, PresenceServer, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// A presence server: who is online, active, idle or typing, over WebSocket.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:4000")]
+    bind: SocketAddr,
+    /// HS256 secret that signs user tokens (`sub` = user id, `exp` required).
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// DEVELOPMENT ONLY: accept the plain user name as the token. Anyone can be anyone.
+    #[arg(long, env = "PRESENCE_DEV_AUTH")]
+    dev_auth: bool,
+    /// Key that lets a backend read every user's presence over HTTP (`Authorization: Bearer <key>`).
+    #[arg(long, env = "PRESENCE_SERVICE_KEY", hide_env_values = true)]
+    service_key: Option<String>,
+    /// How often clients ping, in ms.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 25_000)]
+    heartbeat_interval_ms: u64,
+    /// Silence after which a connection counts as dropped, in ms.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_TIMEOUT_MS", default_value_t = 70_000)]
+    heartbeat_timeout_ms: u64,
+    /// Grace after a drop before observers see the user offline, in ms.
+    #[arg(long, env = "PRESENCE_OFFLINE_GRACE_MS", default_value_t = 10_000)]
+    offline_grace_ms: u64,
+    /// Grace after a clean "leaving" (page reload), in ms.
+    #[arg(long, env = "PRESENCE_LEAVE_GRACE_MS", default_value_t = 2_000)]
+    leave_grace_ms: u64,
+    /// Input-free time after which clients report idle, in ms.
+    #[arg(long, env = "PRESENCE_IDLE_AFTER_MS", default_value_t = 60_000)]
+    idle_after_ms: u64,
+    /// Typing indicator lifetime without a refresh, in ms.
+    #[arg(long, env = "PRESENCE_TYPING_TTL_MS", default_value_t = 6_000)]
+    typing_ttl_ms: u64,
+    /// Window in which changes are coalesced into one frame per room, in ms (0 = none).
+    #[arg(long, env = "PRESENCE_BATCH_WINDOW_MS", default_value_t = 25)]
+    batch_window_ms: u64,
+    /// Frames queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
+    outbound_queue: usize,
+    /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+
+    let mut config = ServerConfig::default();
+    let ms = Duration::from_millis;
+    config.timing.heartbeat_interval = ms(args.heartbeat_interval_ms);
+    config.timing.heartbeat_timeout = ms(args.heartbeat_timeout_ms);
+    config.timing.offline_grace = ms(args.offline_grace_ms);
+    config.timing.leave_grace = ms(args.leave_grace_ms);
+    config.timing.idle_after = ms(args.idle_after_ms);
+    config.timing.typing_ttl = ms(args.typing_ttl_ms);
+    config.batch_window = ms(args.batch_window_ms);
+    config.outbound_queue = args.outbound_queue;
+    config.service_key = args.service_key;
+
+    let builder = PresenceServer::builder().config(config);
+    let builder = match (args.jwt_secret, args.dev_auth) {
+        (Some(_), true) => bail!("give either --jwt-secret or --dev-auth, not both"),
+        (Some(secret), false) => {
+            builder.auth(JwtAuth::hs256(secret.as_bytes()).context("--jwt-secret")?)
+        }
+        (None, true) => {
+            tracing::warn!("!!! --dev-auth: the token IS the user name; anyone can be anyone !!!");
+            tracing::warn!("!!! development mode: never expose this server to real users !!!");
+            builder.auth(DevAuth)
+        }
+        (None, false) => {
+            bail!(
+                "no authentication configured: give --jwt-secret (or PRESENCE_JWT_SECRET), or --dev-auth for local development"
+            )
+        }
+    };
+    let server = builder.build()?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, "presence server listening");
+    server.serve(listener, shutdown_signal()).await?;
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: closing sockets with 1001");
+}

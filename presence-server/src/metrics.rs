@@ -1,0 +1,114 @@
+//! Prometheus metrics, served at `/metrics` in the text exposition format.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Every metric the server keeps. Names are listed in the crate README.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub online_users: Gauge,
+    pub events: Family<Labels, Counter>,
+    pub frames_out: Counter,
+    pub bytes_out: Counter,
+    pub slow_consumers: Counter,
+    pub rejected: Family<Labels, Counter>,
+    pub time_to_offline: Histogram,
+    pub resumes: Counter,
+    pub unauthorized: Counter,
+    pub fanout: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("presence");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let online_users = Gauge::default();
+        registry.register(
+            "online_users",
+            "Users shown online (active or idle)",
+            online_users.clone(),
+        );
+        let events = Family::<Labels, Counter>::default();
+        registry.register("events", "Presence events emitted, by kind", events.clone());
+        let frames_out = Counter::default();
+        registry.register("frames_out", "Frames queued to clients", frames_out.clone());
+        let bytes_out = Counter::default();
+        registry.register("bytes_out", "Bytes queued to clients", bytes_out.clone());
+        let slow_consumers = Counter::default();
+        registry.register(
+            "slow_consumers_closed",
+            "Connections closed with 4001 because their outbound queue overflowed",
+            slow_consumers.clone(),
+        );
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "rejected_frames",
+            "Client frames refused, by error code",
+            rejected.clone(),
+        );
+        // 50 ms .. ~200 s: covers short test policies and the 70 s + 10 s default.
+        let time_to_offline = Histogram::new(exponential_buckets(0.05, 2.0, 13));
+        registry.register(
+            "time_to_offline_seconds",
+            "From the last sign of life of a user's last connection to observers seeing them offline",
+            time_to_offline.clone(),
+        );
+        let resumes = Counter::default();
+        registry.register(
+            "resumes",
+            "Reconnects that took their old connection back, so observers saw no offline/online flap",
+            resumes.clone(),
+        );
+        let unauthorized = Counter::default();
+        registry.register(
+            "unauthorized_upgrades",
+            "WebSocket upgrades refused with 401",
+            unauthorized.clone(),
+        );
+        let fanout = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        registry.register(
+            "fanout_deliveries",
+            "Recipients of each batched diffs frame (deliveries per change batch)",
+            fanout.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            online_users,
+            events,
+            frames_out,
+            bytes_out,
+            slow_consumers,
+            rejected,
+            time_to_offline,
+            resumes,
+            unauthorized,
+            fanout,
+        }
+    }
+
+    pub fn reject(&self, code: presence_core::protocol::ErrorCode) {
+        self.rejected
+            .get_or_create(&[("code", code.as_str())])
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,316 @@
+//! The builder, the server handle, the router and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use presence_core::protocol::CloseCode;
+use presence_core::{Event, PresenceView, RoomId, UserId};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::audience::{AudiencePolicy, OpenAudience};
+use crate::auth::Authenticator;
+use crate::broker::{Broker, LocalBroker};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, ServerConfig};
+use crate::events::Events;
+use crate::http::{self, ApiError};
+use crate::hub::Hub;
+use crate::session;
+
+/// How long shutdown waits for sockets to take their 1001 and end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No authenticator was given: tokens could not be checked.
+    #[error("no authenticator: call .auth(JwtAuth::hs256(secret)) (or DevAuth for development)")]
+    NoAuthenticator,
+    /// `build` ran outside a Tokio runtime, where the driver cannot start.
+    #[error("build() must be called inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// Builds a [`PresenceServer`]. Only an authenticator is required.
+#[must_use]
+pub struct Builder {
+    config: ServerConfig,
+    auth: Option<Arc<dyn Authenticator>>,
+    audience: Arc<dyn AudiencePolicy>,
+    clock: Arc<dyn Clock>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Builder {
+    /// Replaces the configuration (default: [`ServerConfig::default`]).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets how tokens are verified (required).
+    pub fn auth(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// Sets who may join which room and watch whom (default: [`OpenAudience`]).
+    pub fn audience(mut self, audience: impl AudiencePolicy) -> Self {
+        self.audience = Arc::new(audience);
+        self
+    }
+
+    /// Sets the clock (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the broker that carries events to other nodes (default: [`LocalBroker`]).
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Arc::new(broker);
+        self
+    }
+
+    /// Validates the configuration and starts the driver task.
+    pub fn build(self) -> Result<PresenceServer, BuildError> {
+        self.config.validate()?;
+        let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let wake = Arc::new(Notify::new());
+        let hub = Arc::new(Hub::new(
+            self.config,
+            self.clock,
+            auth,
+            self.audience,
+            self.broker,
+            wake.clone(),
+        ));
+        runtime.spawn(drive(Arc::downgrade(&hub), wake, hub.shutdown_signal()));
+        Ok(PresenceServer { hub })
+    }
+}
+
+/// Ticks the machine at its deadlines and flushes batches at the end of
+/// their window. Holds only a weak reference, so it ends with the server.
+async fn drive(hub: Weak<Hub>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(wait) = hub.upgrade().map(|h| h.plan()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        hub.tick();
+    }
+}
+
+/// A running presence server: merge its [`router`](Self::router) into an
+/// axum app, or [`serve`](Self::serve) it on a listener. Cheap to clone.
+#[derive(Clone)]
+pub struct PresenceServer {
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for PresenceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceServer").finish_non_exhaustive()
+    }
+}
+
+impl PresenceServer {
+    /// Starts building a server.
+    pub fn builder() -> Builder {
+        Builder {
+            config: ServerConfig::default(),
+            auth: None,
+            audience: Arc::new(OpenAudience),
+            clock: Arc::new(SystemClock::new()),
+            broker: Arc::new(LocalBroker),
+        }
+    }
+
+    /// The routes: the WebSocket endpoint (`/ws` by default), `/v1/...`,
+    /// `/healthz` and `/metrics`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(&self.hub.config.ws_path, get(upgrade))
+            .route("/v1/users/{id}/presence", get(http::user_presence))
+            .route("/v1/presence/bulk", post(http::bulk_presence))
+            .route("/v1/rooms/{room}/members", get(http::room_members))
+            .route("/healthz", get(http::healthz))
+            .route("/metrics", get(http::metrics))
+            .layer(DefaultBodyLimit::max(self.hub.config.max_body_bytes))
+            .with_state(self.hub.clone())
+    }
+
+    /// Subscribes to every presence event from now on.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: presence_server::PresenceServer) {
+    /// // Send a push notification only if the recipient is active nowhere:
+    /// // keep the set of users with an active connection from the events...
+    /// use std::collections::HashSet;
+    /// use std::sync::{Arc, Mutex};
+    /// use presence_server::presence_core::{PresenceState, UserId, protocol::Diff};
+    ///
+    /// let active: Arc<Mutex<HashSet<UserId>>> = Arc::default();
+    /// let mut events = server.events();
+    /// let seen = active.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         if !event.global {
+    ///             continue; // a room entered or left, not the user's presence
+    ///         }
+    ///         let Ok(mut set) = seen.lock() else { return };
+    ///         match event.diff {
+    ///             Diff::UserActive { user } => { set.insert(user); }
+    ///             Diff::UserConnected { presence } if presence.state == PresenceState::Active => {
+    ///                 set.insert(presence.user);
+    ///             }
+    ///             Diff::UserIdle { user, .. } | Diff::UserDisconnected { user, .. } => {
+    ///                 set.remove(&user);
+    ///             }
+    ///             _ => {}
+    ///         }
+    ///     }
+    /// });
+    ///
+    /// // ...and when the app stores a message for `bob`:
+    /// let bob = UserId::new("bob").expect("valid id");
+    /// let active_somewhere = active.lock().map(|s| s.contains(&bob)).unwrap_or(false);
+    /// if !active_somewhere {
+    ///     // send_push(&bob, "ana: lunch?").await;
+    /// }
+    /// // (`server.is_active_anywhere(&bob)` asks the machine directly, and
+    /// // also sees through an invisible status.)
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        Events::new(self.hub.subscribe())
+    }
+
+    /// The host app stored a message from `user` in `room`: their typing
+    /// indicator there stops now instead of at its expiry.
+    pub fn message_sent(&self, user: &UserId, room: &RoomId) {
+        self.hub.message_sent(user, room);
+    }
+
+    /// A user's presence as others see it (`None` if never seen).
+    pub fn presence(&self, user: &UserId) -> Option<PresenceView> {
+        self.hub.read(|m| m.view(user))
+    }
+
+    /// Whether any live connection of the user is active, invisible or not.
+    pub fn is_active_anywhere(&self, user: &UserId) -> bool {
+        self.hub.read(|m| m.active_anywhere(user))
+    }
+
+    /// Delivers events published by another node to this node's sockets
+    /// (called by a [`Broker`] implementation's receiving side).
+    pub fn deliver_remote(&self, events: Vec<Event>) {
+        self.hub.deliver_remote(events);
+    }
+
+    /// Serves the router on `listener` until `shutdown` resolves, then shuts
+    /// down gracefully (see [`shutdown`](Self::shutdown)) and returns once
+    /// the sockets are drained.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let this = self.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                this.close_sockets();
+            })
+            .await?;
+        self.shutdown().await;
+        Ok(())
+    }
+
+    fn close_sockets(&self) {
+        self.hub.begin_shutdown();
+        self.hub
+            .close_all((CloseCode::GoingAway, "server shutting down"));
+    }
+
+    /// Graceful shutdown for an embedded router: refuse new sockets, close
+    /// every socket with 1001 (clients reconnect and resume elsewhere), and
+    /// wait (at most 5 s) for their tasks to end.
+    pub async fn shutdown(&self) {
+        self.close_sockets();
+        let hub = &self.hub;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            loop {
+                let done = hub.sessions_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if hub.live_sessions() == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The WebSocket upgrade: the token is checked here, so a refused client
+/// gets HTTP 401 and never a socket.
+async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if hub.is_shutting_down() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let token = query
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| http::bearer(&headers));
+    let user = match token.map(|t| hub.auth.authenticate(t)) {
+        Some(Ok(user)) => user,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "upgrade refused");
+            hub.metrics.unauthorized.inc();
+            return ApiError::unauthorized().into_response();
+        }
+        None => {
+            hub.metrics.unauthorized.inc();
+            return ApiError::unauthorized().into_response();
+        }
+    };
+    let b = hub.config.socket;
+    ws.read_buffer_size(b.read_buffer)
+        .write_buffer_size(b.write_buffer)
+        .max_write_buffer_size(b.max_write_buffer)
+        .max_message_size(b.max_message)
+        .max_frame_size(b.max_message)
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            session::run(hub, user, sink, stream)
+        })
+}
