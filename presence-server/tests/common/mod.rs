@@ -1,0 +1,376 @@
+//! Shared test helpers: a server on 127.0.0.1:0 with a short timing policy,
+//! and a small WebSocket client that reads JSON frames with timeouts.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use presence_server::presence_core::TimingPolicy;
+use presence_server::{Builder, JwtAuth, PresenceServer, ServerConfig};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &[u8] = b"test-secret-0123456789-abcdefghijklmnop";
+pub const SERVICE_KEY: &str = "service-key-0123456789";
+/// Longest any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(3);
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A token for `user` valid for an hour.
+pub fn token(user: &str) -> String {
+    token_exp(user, now_secs() + 3600)
+}
+
+pub fn token_exp(user: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).expect("secret"),
+    )
+    .expect("token encodes")
+}
+
+/// Short timings: a dead socket is noticed in 400 ms, graces are 300/100 ms.
+pub fn fast_config() -> ServerConfig {
+    ServerConfig {
+        timing: TimingPolicy {
+            heartbeat_interval: Duration::from_millis(150),
+            heartbeat_timeout: Duration::from_millis(400),
+            offline_grace: Duration::from_millis(300),
+            leave_grace: Duration::from_millis(100),
+            idle_after: Duration::from_secs(60),
+            typing_ttl: Duration::from_millis(300),
+        },
+        batch_window: Duration::from_millis(5),
+        service_key: Some(SERVICE_KEY.into()),
+        ..ServerConfig::default()
+    }
+}
+
+/// Like [`fast_config`] but a silent client lives for 10 s, for tests that
+/// do not ping.
+pub fn calm_config() -> ServerConfig {
+    let mut c = fast_config();
+    c.timing.heartbeat_interval = Duration::from_secs(5);
+    c.timing.heartbeat_timeout = Duration::from_secs(10);
+    c
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub server: PresenceServer,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        Self::start_with(PresenceServer::builder().config(config)).await
+    }
+
+    pub async fn start_with(builder: Builder) -> Self {
+        let server = builder
+            .auth(JwtAuth::hs256(SECRET).expect("secret"))
+            .build()
+            .expect("server builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            s.serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            addr,
+            server,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self, user: &str) -> String {
+        format!("ws://{}/ws?token={}", self.addr, token(user))
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        Client::connect(&self.url(user), user, None).await
+    }
+
+    /// Stops the server and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let r = tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("serve returns after shutdown");
+        r.expect("serve task").expect("serve ok");
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
+        http(self.addr, "GET", path, bearer, None).await
+    }
+
+    pub async fn post(&self, path: &str, bearer: &str, body: &str) -> (u16, Value) {
+        http(self.addr, "POST", path, bearer, Some(body)).await
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh TCP connection (no client crate needed).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let body = body.unwrap_or("");
+    let auth = if bearer.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {bearer}\r\n")
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub user: String,
+    pub welcome: Value,
+    diffs: VecDeque<(Option<String>, Value)>,
+}
+
+impl Client {
+    /// Connects, says hello (with `resume` if given) and waits for `welcome`.
+    pub async fn connect(url: &str, user: &str, resume: Option<&str>) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade accepted");
+        let mut c = Client {
+            ws,
+            user: user.into(),
+            welcome: Value::Null,
+            diffs: VecDeque::new(),
+        };
+        let mut hello = json!({"type": "hello", "v": 1});
+        if let Some(r) = resume {
+            hello["resume"] = json!(r);
+        }
+        c.send(hello).await;
+        c.welcome = c.frame("welcome").await;
+        c
+    }
+
+    pub fn resume_token(&self) -> String {
+        self.welcome["resume"]
+            .as_str()
+            .expect("resume token")
+            .into()
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_raw(&v.to_string()).await;
+    }
+
+    pub async fn send_raw(&mut self, s: &str) {
+        self.ws
+            .send(Message::text(s.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame as JSON; panics on close or after [`WAIT`].
+    pub async fn next(&mut self) -> Value {
+        self.next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: no frame within {WAIT:?}", self.user))
+    }
+
+    /// The next text frame, or `None` if none comes within `d`.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"));
+                }
+                Some(Ok(Message::Close(f))) => panic!("{}: closed: {f:?}", self.user),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("{}: socket error: {e}", self.user),
+                None => panic!("{}: socket ended", self.user),
+            }
+        }
+    }
+
+    /// Skips frames until one of type `kind`.
+    pub async fn frame(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .next_within(left)
+                .await
+                .unwrap_or_else(|| panic!("{}: no {kind} frame within {WAIT:?}", self.user));
+            if f["type"] == kind {
+                return f;
+            }
+            self.stash(&f);
+        }
+    }
+
+    fn stash(&mut self, f: &Value) {
+        if f["type"] == "diffs" {
+            let room = f["room"].as_str().map(String::from);
+            for d in f["diffs"].as_array().into_iter().flatten() {
+                self.diffs.push_back((room.clone(), d.clone()));
+            }
+        }
+    }
+
+    /// Skips diffs until one of `kind` about `user`; returns (room, diff).
+    pub async fn diff(&mut self, kind: &str, user: &str) -> (Option<String>, Value) {
+        self.diff_within(kind, user, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: no {kind} diff about {user} within {WAIT:?}", self.user))
+    }
+
+    pub async fn diff_within(
+        &mut self,
+        kind: &str,
+        user: &str,
+        d: Duration,
+    ) -> Option<(Option<String>, Value)> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            while let Some((room, diff)) = self.diffs.pop_front() {
+                if diff["type"] == kind && diff_user(&diff) == user {
+                    return Some((room, diff));
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_within(left).await?;
+            self.stash(&f);
+        }
+    }
+
+    /// Every diff received during `d`, in order (already stashed ones first).
+    pub async fn diffs_during(&mut self, d: Duration) -> Vec<(Option<String>, Value)> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.next_within(left).await {
+                Some(f) => self.stash(&f),
+                None => break,
+            }
+        }
+        self.diffs.drain(..).collect()
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> u16 {
+        self.close_code_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: no close frame within {WAIT:?}", self.user))
+    }
+
+    pub async fn close_code_within(&mut self, d: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Close(f))) => {
+                    return Some(f.map_or(1005, |f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("{}: socket error before close: {e}", self.user),
+                None => panic!("{}: socket ended without a close frame", self.user),
+            }
+        }
+    }
+
+    /// Closes cleanly (close frame), as a tab closing does after `leaving`.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type": "join", "room": room})).await;
+        self.frame("snapshot").await
+    }
+}
+
+/// The user a diff is about.
+pub fn diff_user(diff: &Value) -> &str {
+    diff["user"]
+        .as_str()
+        .or_else(|| diff["presence"]["user"].as_str())
+        .unwrap_or("")
+}
+
+/// Names of the users in a snapshot's or watching frame's list.
+pub fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["user"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
