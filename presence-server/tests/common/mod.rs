@@ -181,6 +181,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// Wraps a socket that has not said hello.
+    pub fn raw(ws: Ws, user: &str) -> Client {
+        Client {
+            ws,
+            user: user.into(),
+            welcome: Value::Null,
+            diffs: VecDeque::new(),
+        }
+    }
+
     /// Connects, says hello (with `resume` if given) and waits for `welcome`.
     pub async fn connect(url: &str, user: &str, resume: Option<&str>) -> Client {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
