@@ -1,0 +1,192 @@
+//! The HTTP API agrees with the sockets and shows each token only what its
+//! user may see.
+
+mod common;
+
+use common::*;
+use presence_server::presence_core::{RoomId, UserId};
+use presence_server::{AudiencePolicy, PresenceServer};
+use serde_json::json;
+
+/// Rooms named `secret-*` are for ana only; nobody may watch anybody.
+struct Strict;
+
+impl AudiencePolicy for Strict {
+    fn may_join(&self, user: &UserId, room: &RoomId) -> bool {
+        !room.as_str().starts_with("secret-") || user.as_str() == "ana"
+    }
+    fn may_watch(&self, _watcher: &UserId, _target: &UserId) -> bool {
+        false
+    }
+}
+
+async fn strict_server() -> TestServer {
+    TestServer::start_with(
+        PresenceServer::builder()
+            .config(calm_config())
+            .audience(Strict),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_http_api_agrees_with_what_socket_clients_see() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut ana = srv.client("ana").await;
+    let mut bob = srv.client("bob").await;
+    ana.join("r").await;
+    bob.join("r").await;
+    bob.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    bob.send(json!({"type": "status", "status": "busy", "text": "focus"}))
+        .await;
+    ana.diff("status", "bob").await;
+
+    let (status, view) = srv.get("/v1/users/bob/presence", &token("ana")).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["state"], "idle");
+    assert_eq!(view["reason"], "hidden");
+    assert_eq!(view["status"], "busy");
+    assert_eq!(view["text"], "focus");
+
+    let snap = ana.join("r").await;
+    let (status, room) = srv.get("/v1/rooms/r/members", &token("ana")).await;
+    assert_eq!(status, 200);
+    assert_eq!(room["members"], snap["members"], "same view as a snapshot");
+
+    let (status, bulk) = srv
+        .post(
+            "/v1/presence/bulk",
+            &token("ana"),
+            r#"{"users":["ana","bob","nobody"]}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let states: Vec<&str> = bulk["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|v| v["state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, ["active", "idle", "offline"]);
+
+    bob.send(json!({"type": "leave", "room": "r"})).await;
+    ana.diff("user_disconnected", "bob").await;
+    let (_, room) = srv.get("/v1/rooms/r/members", SERVICE_KEY).await;
+    assert_eq!(names(&room["members"]), ["ana"]);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_api_refuses_what_the_token_may_not_see() {
+    let srv = strict_server().await;
+    let mut ana = srv.client("ana").await;
+    ana.join("secret-plans").await;
+    let mut bob = srv.client("bob").await;
+    bob.join("lobby").await;
+    // Bob may not join ana's secret room over the socket...
+    bob.send(json!({"type": "join", "room": "secret-plans"}))
+        .await;
+    assert_eq!(bob.frame("error").await["code"], "forbidden");
+    bob.send(json!({"type": "watch", "users": ["ana"]})).await;
+    assert_eq!(bob.frame("error").await["code"], "forbidden");
+    // ...nor read it, nor ana, over HTTP.
+    let (status, body) = srv
+        .get("/v1/rooms/secret-plans/members", &token("bob"))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, _) = srv.get("/v1/users/ana/presence", &token("bob")).await;
+    assert_eq!(status, 403);
+    let (status, bulk) = srv
+        .post(
+            "/v1/presence/bulk",
+            &token("bob"),
+            r#"{"users":["ana","bob"]}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bulk["forbidden"], json!(["ana"]));
+    assert_eq!(names(&bulk["users"]), ["bob"]);
+    // Sharing a room makes them visible to each other.
+    ana.join("lobby").await;
+    let (status, view) = srv.get("/v1/users/ana/presence", &token("bob")).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["state"], "active");
+    // The service key sees everything; no token or a bad one sees nothing.
+    let (status, _) = srv.get("/v1/rooms/secret-plans/members", SERVICE_KEY).await;
+    assert_eq!(status, 200);
+    let (status, body) = srv.get("/v1/users/ana/presence", "").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = srv.get("/v1/users/ana/presence", "nope").await;
+    assert_eq!(status, 401);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bad_api_requests_get_clear_json_errors() {
+    let srv = TestServer::start(calm_config()).await;
+    let (status, body) = srv.post("/v1/presence/bulk", SERVICE_KEY, "{nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "malformed");
+    let many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    let (status, body) = srv
+        .post(
+            "/v1/presence/bulk",
+            SERVICE_KEY,
+            &json!({ "users": many }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_field");
+    let huge = format!(r#"{{"users":["{}"]}}"#, "x".repeat(100_000));
+    let (status, body) = srv.post("/v1/presence/bulk", SERVICE_KEY, &huge).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "too_large");
+    let (status, _) = srv.get("/healthz", "").await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_connections_events_and_resumes() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let token_ = ana.resume_token();
+    drop(ana);
+    let _ana = Client::connect(&srv.url("ana"), "ana", Some(&token_)).await;
+    let (status, _) = srv.get("/metrics", "").await;
+    assert_eq!(status, 200);
+    let text = metrics_text(&srv).await;
+    for needle in [
+        "presence_connections 1",
+        "presence_online_users 1",
+        "presence_resumes_total 1",
+        "presence_events_total{kind=\"user_connected\"}",
+        "presence_frames_out_total",
+        "presence_bytes_out_total",
+        "presence_time_to_offline_seconds_bucket",
+        "presence_fanout_deliveries_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    srv.stop().await;
+}
+
+async fn metrics_text(srv: &TestServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).to_string()
+}
