@@ -4,6 +4,7 @@
 //! - `cargo xtask demo`: builds the browser package and runs the demo.
 //! - `cargo xtask npm`: builds the npm package of the browser SDK (and checks its size budget).
 //! - `cargo xtask size`: builds the browser bundle and prints its sizes against the budget.
+//! - `cargo xtask bench [--quick]`: the benchmark suite (a table, and one JSON line per figure).
 //!
 //! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
 //! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
@@ -11,9 +12,11 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cmd;
 mod demo;
 mod npm;
+mod server;
 mod setup;
 mod test;
 mod workspace;
@@ -41,6 +44,12 @@ enum Command {
     Npm,
     /// Build the browser bundle and print its raw and gzipped sizes against the budget.
     Size,
+    /// Run the benchmark suite against a release server on loopback.
+    Bench {
+        /// A smoke run: small sizes, short durations.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,5 +77,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             setup::node_tools(&ws)?;
             npm::build(&ws, npm::Pack::No)
         }
+        Command::Bench { quick } => bench::run(&ws, quick),
     }
 }

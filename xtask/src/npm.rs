@@ -183,7 +183,7 @@ fn report_sizes(wasm: &Path, js: &Path) -> Result<()> {
 }
 
 /// Raw and gzipped (level 9) size of a file.
-fn sizes(path: &Path) -> Result<(usize, usize)> {
+pub fn sizes(path: &Path) -> Result<(usize, usize)> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut gz = GzEncoder::new(Vec::new(), Compression::best());
     gz.write_all(&bytes)?;

@@ -6,7 +6,23 @@ use anyhow::Result;
 
 use crate::cmd::{self, Steps};
 use crate::workspace::Workspace;
-use crate::{npm, setup};
+use crate::{npm, server, setup};
+
+/// Short timings so the browser tests see graces and idleness in well under a second.
+const BROWSER_TEST_TIMINGS: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "1000",
+    "--heartbeat-timeout-ms",
+    "3000",
+    "--offline-grace-ms",
+    "400",
+    "--leave-grace-ms",
+    "150",
+    "--typing-ttl-ms",
+    "3000",
+    "--batch-window-ms",
+    "10",
+];
 
 /// Runs the whole pipeline, stopping at the first failing step.
 pub fn run(ws: &Workspace) -> Result<()> {
@@ -15,7 +31,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         command.current_dir(&ws.root);
         command
     };
-    let mut steps = Steps::new(8);
+    let mut steps = Steps::new(9);
     steps.step(
         "setup: toolchain, Chromium, Redis, node tools, wasm test runner",
         || {
@@ -51,34 +67,61 @@ pub fn run(ws: &Workspace) -> Result<()> {
     steps.step("cargo test --workspace", || {
         cmd::run(cargo().args(["test", "--workspace"]))
     })?;
-    steps.step("browser tests (headless Chromium)", || {
-        // chromedriver leaves ~14 MB of profile folders per run in TMPDIR: keep them in target/.
-        let tmp = ws.target.join("tmp").join("wasm-test");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
-        }
-        fs::create_dir_all(&tmp)?;
-        cmd::run(
-            cargo()
-                .args([
-                    "test",
-                    "--package",
-                    "presence-wasm",
-                    "--target",
-                    "wasm32-unknown-unknown",
-                ])
-                .env("CHROMEDRIVER", setup::CHROMEDRIVER)
-                .env("TMPDIR", &tmp)
-                // Absolute path, so a custom CARGO_TARGET_DIR still finds the runner.
-                .env(
-                    "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-                    ws.wasm_test_runner(),
-                ),
-        )
-    })?;
+    steps.step(
+        "browser tests (headless Chromium, against a real server)",
+        || {
+            let binary = server::build(ws, "dev")?;
+            let server = server::start(&binary, BROWSER_TEST_TIMINGS)?;
+            // chromedriver leaves ~14 MB of profile folders per run in TMPDIR: keep them in target/.
+            let tmp = ws.target.join("tmp").join("wasm-test");
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp)?;
+            }
+            fs::create_dir_all(&tmp)?;
+            cmd::run(
+                cargo()
+                    .args([
+                        "test",
+                        "--package",
+                        "presence-wasm",
+                        "--target",
+                        "wasm32-unknown-unknown",
+                    ])
+                    .env("CHROMEDRIVER", setup::CHROMEDRIVER)
+                    // Read at compile time by the tests (`option_env!`).
+                    .env("PRESENCE_TEST_WS", server.ws_url())
+                    .env("TMPDIR", &tmp)
+                    // Absolute path, so a custom CARGO_TARGET_DIR still finds the runner.
+                    .env(
+                        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                        ws.wasm_test_runner(),
+                    ),
+            )
+        },
+    )?;
     steps.step("npm package and size budget", || {
         npm::build(ws, npm::Pack::Yes)
     })?;
+    steps.step(
+        "npm consumer: the README example from the packed tarball",
+        || {
+            let consumer = ws.root.join("presence-wasm").join("consumer");
+            let version = ws.package_field("presence-wasm", "version")?;
+            let tarball = ws
+                .target
+                .join(format!("presence-rs-presence-{version}.tgz"));
+            let binary = server::build(ws, "dev")?;
+            let server = server::start(&binary, &[])?;
+            cmd::run(cmd::in_dir("npm", &consumer).args(["ci", "--no-audit", "--no-fund"]))?;
+            cmd::run(
+                cmd::in_dir("node", &ws.root)
+                    .arg(consumer.join("run.mjs"))
+                    .env("PRESENCE_TEST_WS", server.ws_url())
+                    .env("PRESENCE_TARBALL", &tarball)
+                    .env("TMPDIR", ws.target.join("tmp")),
+            )
+        },
+    )?;
     steps.step("end-to-end (demo-web/e2e)", || {
         let e2e = ws.root.join("demo-web").join("e2e");
         if !e2e.join("package.json").exists() {
