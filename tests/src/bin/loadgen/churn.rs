@@ -84,7 +84,13 @@ pub async fn run(
     let elapsed = start.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
     let _ = stop_tx.send(());
-    let online = online_rx.await.unwrap_or_default();
+    let mut online = online_rx.await.unwrap_or_default();
+    online.remove("churn-observer"); // it sees its own join
+    if !online.is_empty() {
+        let mut names: Vec<&String> = online.iter().collect();
+        names.sort();
+        eprintln!("churn: still online after the graces: {names:?}");
+    }
     let mut errors = 0;
     while err_rx.try_recv().is_ok() {
         errors += 1;

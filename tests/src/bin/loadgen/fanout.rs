@@ -21,15 +21,17 @@ struct Seen {
 pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
     let room = format!("fanout-{m}-{}", std::process::id());
     let ready = Arc::new(Barrier::new(m + 1));
+    let quiet = Arc::new(Barrier::new(m + 1));
     let go = Arc::new(tokio::sync::Notify::new());
     let opening = Arc::new(Semaphore::new(128));
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut tasks = Vec::with_capacity(m);
     for i in 0..m {
-        let (target, room, ready, go, opening, start) = (
+        let (target, room, ready, quiet, go, opening, start) = (
             target.clone(),
             room.clone(),
             ready.clone(),
+            quiet.clone(),
             go.clone(),
             opening.clone(),
             start.clone(),
@@ -47,6 +49,12 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
             let waiting = go.notified();
             ready.wait().await;
             let mut ws = opened?;
+            // Everyone has joined: drain the joins' diffs until 300 ms of
+            // quiet, so only the measured changes are counted.
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+            {}
+            quiet.wait().await;
             waiting.await;
             ws.send(conn::activity(true)).await?;
             let t0 = *start.get().unwrap_or(&Instant::now());
@@ -79,8 +87,7 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
         }));
     }
     ready.wait().await;
-    // Let the joins' own diffs drain before the clock starts.
-    tokio::time::sleep(Duration::from_millis(500 + m as u64 / 2)).await;
+    quiet.wait().await;
     let _ = start.set(Instant::now());
     go.notify_waiters();
     let (mut slowest, mut frames, mut bytes, mut failed) = (Duration::ZERO, 0, 0, 0);
