@@ -1,10 +1,9 @@
 //! The JavaScript shapes: options in, events and snapshots out, errors with
-//! codes. Every shape here has its TypeScript twin in `types.d.ts` text below.
+//! codes. Every shape here has its TypeScript twin in the `TYPES` section below.
 
-use presence_core::client::VecMap;
+use js_sys::Object;
 use presence_core::client::{ClientEvent, ConnectionState};
 use presence_core::{PresenceView, RoomId, UserId};
-use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -191,34 +190,78 @@ pub fn users(list: Vec<String>) -> Result<Vec<UserId>, JsValue> {
         .collect()
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Presence<'a> {
-    user: &'a str,
-    state: presence_core::PresenceState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<presence_core::IdleReason>,
-    status: presence_core::Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_active: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_seen: Option<u64>,
-}
+/// A plain JS object built field by field: smaller in the bundle than a
+/// serde serializer, and exactly the shape the TypeScript types promise.
+struct Obj(Object);
 
-impl<'a> From<&'a PresenceView> for Presence<'a> {
-    fn from(v: &'a PresenceView) -> Self {
-        Self {
-            user: v.user.as_str(),
-            state: v.state,
-            reason: v.reason,
-            status: v.status,
-            text: v.text.as_ref().map(|t| t.as_str()),
-            last_active: v.last_active.map(|m| m.0),
-            last_seen: v.last_seen.map(|m| m.0),
+impl Obj {
+    fn new() -> Self {
+        Self(Object::new())
+    }
+
+    fn set(self, key: &str, value: impl Into<JsValue>) -> Self {
+        // Defining a property on a fresh plain object cannot fail.
+        let _ = js_sys::Reflect::set(&self.0, &key.into(), &value.into());
+        self
+    }
+
+    fn opt(self, key: &str, value: Option<impl Into<JsValue>>) -> Self {
+        match value {
+            Some(v) => self.set(key, v),
+            None => self,
         }
     }
+
+    fn done(self) -> JsValue {
+        self.0.into()
+    }
+}
+
+fn state_name(s: presence_core::PresenceState) -> &'static str {
+    use presence_core::PresenceState::*;
+    match s {
+        Active => "active",
+        Idle => "idle",
+        Offline => "offline",
+    }
+}
+
+fn reason_name(r: presence_core::IdleReason) -> &'static str {
+    use presence_core::IdleReason::*;
+    match r {
+        NoInput => "no_input",
+        Hidden => "hidden",
+        Blurred => "blurred",
+        Locked => "locked",
+    }
+}
+
+fn status_name(s: presence_core::Status) -> &'static str {
+    use presence_core::Status::*;
+    match s {
+        Available => "available",
+        Away => "away",
+        Busy => "busy",
+        Invisible => "invisible",
+    }
+}
+
+/// A `Presence` object.
+pub fn presence(v: &PresenceView) -> JsValue {
+    Obj::new()
+        .set("user", v.user.as_str())
+        .set("state", state_name(v.state))
+        .opt("reason", v.reason.map(reason_name))
+        .set("status", status_name(v.status))
+        .opt("text", v.text.as_ref().map(|t| t.as_str()))
+        .opt("lastActive", v.last_active.map(|m| m.0 as f64))
+        .opt("lastSeen", v.last_seen.map(|m| m.0 as f64))
+        .done()
+}
+
+/// A `Presence[]` array.
+pub fn presence_list<'a>(views: impl Iterator<Item = &'a PresenceView>) -> JsValue {
+    views.map(presence).collect::<js_sys::Array>().into()
 }
 
 /// Which callback list an event goes to.
@@ -230,44 +273,6 @@ pub enum Topic {
     Connection,
     SelfStatus,
     Error,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase", untagged)]
-enum Payload<'a> {
-    Presence {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        room: Option<&'a str>,
-        presence: Presence<'a>,
-    },
-    Typing {
-        room: &'a str,
-        user: &'a str,
-        typing: bool,
-    },
-    Receipt {
-        room: &'a str,
-        user: &'a str,
-        marker: u64,
-    },
-    Connection {
-        state: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        retry_in_ms: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        attempt: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        code: Option<u16>,
-    },
-    SelfStatus {
-        status: presence_core::Status,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        text: Option<&'a str>,
-    },
-    Error {
-        code: &'static str,
-        message: &'a str,
-    },
 }
 
 /// The name JS sees for a connection state.
@@ -282,111 +287,83 @@ pub fn connection_name(c: ConnectionState) -> &'static str {
 
 /// Converts a client event to its topic and JS object.
 pub fn event(e: &ClientEvent) -> (Topic, JsValue) {
-    let (topic, payload) = match e {
+    match e {
         ClientEvent::Presence { room, view } => (
             Topic::Presence,
-            Payload::Presence {
-                room: room.as_ref().map(RoomId::as_str),
-                presence: view.into(),
-            },
+            Obj::new()
+                .opt("room", room.as_ref().map(RoomId::as_str))
+                .set("presence", presence(view))
+                .done(),
         ),
         ClientEvent::Typing { room, user, active } => (
             Topic::Typing,
-            Payload::Typing {
-                room: room.as_str(),
-                user: user.as_str(),
-                typing: *active,
-            },
+            Obj::new()
+                .set("room", room.as_str())
+                .set("user", user.as_str())
+                .set("typing", *active)
+                .done(),
         ),
         ClientEvent::Receipt { room, user, marker } => (
             Topic::Receipt,
-            Payload::Receipt {
-                room: room.as_str(),
-                user: user.as_str(),
-                marker: *marker,
-            },
+            Obj::new()
+                .set("room", room.as_str())
+                .set("user", user.as_str())
+                .set("marker", *marker as f64)
+                .done(),
         ),
         ClientEvent::Connection(c) => {
-            let (retry_in_ms, attempt, code) = match *c {
+            let mut o = Obj::new().set("state", connection_name(*c));
+            match *c {
                 ConnectionState::Reconnecting { retry_in, attempt } => {
-                    (Some(retry_in.as_millis() as u64), Some(attempt), None)
+                    o = o
+                        .set("retryInMs", retry_in.as_millis() as f64)
+                        .set("attempt", attempt);
                 }
-                ConnectionState::Closed { code } => (None, None, code),
-                _ => (None, None, None),
-            };
-            (
-                Topic::Connection,
-                Payload::Connection {
-                    state: connection_name(*c),
-                    retry_in_ms,
-                    attempt,
-                    code,
-                },
-            )
+                ConnectionState::Closed { code } => o = o.opt("code", code),
+                _ => {}
+            }
+            (Topic::Connection, o.done())
         }
         ClientEvent::SelfStatus { status, text } => (
             Topic::SelfStatus,
-            Payload::SelfStatus {
-                status: *status,
-                text: text.as_ref().map(|t| t.as_str()),
-            },
+            Obj::new()
+                .set("status", status_name(*status))
+                .opt("text", text.as_ref().map(|t| t.as_str()))
+                .done(),
         ),
         ClientEvent::Error { code, message } => (
             Topic::Error,
-            Payload::Error {
-                code: code.as_str(),
-                message,
-            },
+            Obj::new()
+                .set("code", code.as_str())
+                .set("message", message.as_str())
+                .done(),
         ),
-    };
-    (topic, to_js(&payload))
-}
-
-/// Serializes to a plain JS object (maps as objects, not `Map`s).
-pub fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
-    let ser = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);
-    value.serialize(&ser).unwrap_or(JsValue::UNDEFINED)
-}
-
-#[derive(Serialize)]
-struct RoomSnapshot<'a> {
-    members: Vec<Presence<'a>>,
-    typing: Vec<&'a str>,
-    receipts: &'a VecMap<UserId, u64>,
-}
-
-#[derive(Serialize)]
-struct Snapshot<'a> {
-    connection: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    me: Option<&'a str>,
-    status: presence_core::Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<String>,
-    rooms: VecMap<&'a str, RoomSnapshot<'a>>,
-    watched: Vec<Presence<'a>>,
+    }
 }
 
 /// The whole client state as one plain object.
 pub fn snapshot(client: &presence_core::client::Client) -> JsValue {
     let cache = client.cache();
     let (status, text) = client.status();
-    let mut rooms = VecMap::default();
-    for (id, r) in cache.rooms().iter() {
-        let room = RoomSnapshot {
-            members: r.members.values().map(Into::into).collect(),
-            typing: r.typing.iter().map(UserId::as_str).collect(),
-            receipts: &r.receipts,
-        };
-        rooms.insert(id.as_str(), room);
-    }
-    let snap = Snapshot {
-        connection: connection_name(client.connection()),
-        me: client.me().map(UserId::as_str),
-        status,
-        text: text.map(|t| t.as_str().to_owned()),
-        rooms,
-        watched: cache.watched().values().map(Into::into).collect(),
-    };
-    to_js(&snap)
+    let rooms = Obj::new();
+    let rooms = cache.rooms().iter().fold(rooms, |rooms, (id, r)| {
+        let receipts = r
+            .receipts
+            .iter()
+            .fold(Obj::new(), |o, (u, m)| o.set(u.as_str(), *m as f64));
+        let typing: js_sys::Array = r.typing.iter().map(|u| JsValue::from(u.as_str())).collect();
+        let room = Obj::new()
+            .set("members", presence_list(r.members.values()))
+            .set("typing", typing)
+            .set("receipts", receipts.done());
+        rooms.set(id.as_str(), room.done())
+    });
+    Obj::new()
+        .set("connection", connection_name(client.connection()))
+        .opt("me", client.me().map(UserId::as_str))
+        .set("status", status_name(status))
+        .opt("text", text.as_ref().map(|t| t.as_str()))
+        .set("rooms", rooms.done())
+        .set("watched", presence_list(cache.watched().values()))
+        .done()
 }

@@ -194,13 +194,11 @@ impl PresenceClient {
     pub fn members(&self, room: &str) -> Result<PresenceList, JsValue> {
         let room = js::room(room)?;
         let state = self.shared.borrow();
-        let list: Vec<js::Presence> = state
-            .client
-            .cache()
-            .room(&room)
-            .map(|r| r.members.values().map(Into::into).collect())
-            .unwrap_or_default();
-        Ok(js::to_js(&list).unchecked_into())
+        let list = match state.client.cache().room(&room) {
+            Some(r) => js::presence_list(r.members.values()),
+            None => js_sys::Array::new().into(),
+        };
+        Ok(list.unchecked_into())
     }
 
     /// Presence changes in joined rooms and of watched users.

@@ -25,8 +25,8 @@ pub use vecmap::{VecMap, VecSet};
 use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::limits::{MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION};
 use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
+use crate::protocol::decode_server;
 use crate::protocol::{ClientMessage, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerMessage};
-use crate::protocol::{decode_server, encode};
 
 /// Client timings. Defaults suit a browser tab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -713,7 +713,7 @@ impl Client {
     }
 
     fn send_now(&mut self, msg: &ClientMessage) {
-        self.actions.push_back(Action::Send(encode(msg)));
+        self.actions.push_back(Action::Send(msg.to_json()));
     }
 
     fn sync_activity(&mut self, now: Millis) {

@@ -6,6 +6,7 @@
 //! can add optional fields; unknown `type`s are refused with `unknown_type`.
 
 mod client;
+mod client_encode;
 mod codec;
 mod error;
 pub mod json;
