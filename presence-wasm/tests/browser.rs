@@ -85,6 +85,25 @@ fn dispatch(target: &web_sys::EventTarget, kind: &str) {
         .unwrap();
 }
 
+/// Ana and Bob in a fresh room, each with extra connect options.
+struct Pair {
+    room: String,
+    a: String,
+    b: String,
+    ca: PresenceClient,
+    cb: PresenceClient,
+}
+
+fn pair(extra_a: &[(&str, JsValue)], extra_b: &[(&str, JsValue)]) -> Pair {
+    let room = unique("room");
+    let (a, b) = (unique("ana"), unique("bob"));
+    let ca = connect(&a, extra_a);
+    let cb = connect(&b, extra_b);
+    ca.join(&room).unwrap();
+    cb.join(&room).unwrap();
+    Pair { room, a, b, ca, cb }
+}
+
 #[wasm_bindgen_test]
 fn protocol_version_matches_core() {
     assert_eq!(
@@ -137,12 +156,7 @@ fn bad_options_and_arguments_throw_errors_with_codes() {
 
 #[wasm_bindgen_test]
 async fn users_see_each_other_join_and_leave() {
-    let room = unique("room");
-    let (a, b) = (unique("ana"), unique("bob"));
-    let ca = connect(&a, &[]);
-    let cb = connect(&b, &[]);
-    ca.join(&room).unwrap();
-    cb.join(&room).unwrap();
+    let Pair { room, a, b, ca, cb } = pair(&[], &[]);
     until("bob sees ana active", || {
         seen(&cb, &room, &a).as_deref() == Some("active")
     })
@@ -161,12 +175,9 @@ async fn users_see_each_other_join_and_leave() {
 
 #[wasm_bindgen_test]
 async fn no_input_goes_idle_and_a_real_keydown_makes_active_again() {
-    let room = unique("room");
-    let (a, b) = (unique("ana"), unique("bob"));
-    let ca = connect(&a, &[("idleAfterMs", 400.into())]);
-    let cb = connect(&b, &[]);
-    ca.join(&room).unwrap();
-    cb.join(&room).unwrap();
+    let Pair {
+        room, a, ca, cb, ..
+    } = pair(&[("idleAfterMs", 400.into())], &[]);
     until("ana idle for lack of input", || {
         seen(&cb, &room, &a).as_deref() == Some("idle:no_input")
     })
@@ -183,12 +194,12 @@ async fn no_input_goes_idle_and_a_real_keydown_makes_active_again() {
 
 #[wasm_bindgen_test]
 async fn a_hidden_page_goes_idle_with_reason_hidden() {
-    let room = unique("room");
-    let (a, b) = (unique("ana"), unique("bob"));
-    let ca = connect(&a, &[("hiddenAfterMs", 0.into())]);
-    let cb = connect(&b, &[("hiddenAfterMs", 60_000.into())]);
-    ca.join(&room).unwrap();
-    cb.join(&room).unwrap();
+    let Pair {
+        room, a, ca, cb, ..
+    } = pair(
+        &[("hiddenAfterMs", 0.into())],
+        &[("hiddenAfterMs", 60_000.into())],
+    );
     until("ana active", || {
         seen(&cb, &room, &a).as_deref() == Some("active")
     })
@@ -219,12 +230,9 @@ async fn a_hidden_page_goes_idle_with_reason_hidden() {
 
 #[wasm_bindgen_test]
 async fn typing_bound_to_a_textarea_starts_on_input_and_stops_on_blur() {
-    let room = unique("room");
-    let (a, b) = (unique("ana"), unique("bob"));
-    let ca = connect(&a, &[]);
-    let cb = connect(&b, &[]);
-    ca.join(&room).unwrap();
-    cb.join(&room).unwrap();
+    let Pair {
+        room, a, ca, cb, ..
+    } = pair(&[], &[]);
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let log = events.clone();
     let on_typing = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
@@ -291,12 +299,9 @@ async fn two_tabs_of_one_user_are_one_presence_active_if_either_is() {
 
 #[wasm_bindgen_test]
 async fn read_receipts_and_status_reach_others() {
-    let room = unique("room");
-    let (a, b) = (unique("ana"), unique("bob"));
-    let ca = connect(&a, &[]);
-    let cb = connect(&b, &[]);
-    ca.join(&room).unwrap();
-    cb.join(&room).unwrap();
+    let Pair {
+        room, a, ca, cb, ..
+    } = pair(&[], &[]);
     until("ana seen", || seen(&cb, &room, &a).is_some()).await;
     ca.mark_read(&room, 42.0).unwrap();
     ca.set_status(

@@ -27,15 +27,6 @@ pub struct Event {
 impl Event {
     /// The event's product name: `user_connected`, `user_idle`, `typing_started`, …
     pub fn name(&self) -> &'static str {
-        match self.diff {
-            Diff::UserConnected { .. } => "user_connected",
-            Diff::UserDisconnected { .. } => "user_disconnected",
-            Diff::UserIdle { .. } => "user_idle",
-            Diff::UserActive { .. } => "user_active",
-            Diff::Status { .. } => "status",
-            Diff::TypingStarted { .. } => "typing_started",
-            Diff::TypingStopped { .. } => "typing_stopped",
-            Diff::Read { .. } => "read",
-        }
+        self.diff.name()
     }
 }

@@ -406,14 +406,7 @@ impl Machine {
         room: &RoomId,
         active: bool,
     ) -> Result<(), MachineError> {
-        let c = self
-            .conns
-            .get(&conn)
-            .ok_or(MachineError::UnknownConnection)?;
-        if !c.rooms.contains(room) {
-            return Err(MachineError::NotInRoom);
-        }
-        let user_id = c.user.clone();
+        let user_id = self.member(conn, room)?;
         if !active {
             self.stop_typing(now, &user_id, room);
             return Ok(());
@@ -452,14 +445,7 @@ impl Machine {
         if marker > MAX_READ_MARKER {
             return Err(MachineError::InvalidMarker);
         }
-        let c = self
-            .conns
-            .get(&conn)
-            .ok_or(MachineError::UnknownConnection)?;
-        if !c.rooms.contains(room) {
-            return Err(MachineError::NotInRoom);
-        }
-        let user_id = c.user.clone();
+        let user_id = self.member(conn, room)?;
         let Some(user) = self.users.get_mut(&user_id) else {
             return Err(MachineError::UnknownConnection);
         };
@@ -620,6 +606,18 @@ impl Machine {
             known_users: self.users.len(),
             timers: self.timers.len(),
         }
+    }
+
+    /// The user of `conn`, if that connection has joined `room`.
+    fn member(&self, conn: ConnId, room: &RoomId) -> Result<UserId, MachineError> {
+        let c = self
+            .conns
+            .get(&conn)
+            .ok_or(MachineError::UnknownConnection)?;
+        if !c.rooms.contains(room) {
+            return Err(MachineError::NotInRoom);
+        }
+        Ok(c.user.clone())
     }
 
     fn room_users<'a>(&'a self, room: &RoomId) -> impl Iterator<Item = (&'a UserId, &'a User)> {

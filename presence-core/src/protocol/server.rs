@@ -148,6 +148,21 @@ pub enum Diff {
 }
 
 impl Diff {
+    /// The wire name (`user_connected`, `typing_started`, …), which is also
+    /// the event name host apps see.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Diff::UserConnected { .. } => "user_connected",
+            Diff::UserDisconnected { .. } => "user_disconnected",
+            Diff::UserIdle { .. } => "user_idle",
+            Diff::UserActive { .. } => "user_active",
+            Diff::Status { .. } => "status",
+            Diff::TypingStarted { .. } => "typing_started",
+            Diff::TypingStopped { .. } => "typing_stopped",
+            Diff::Read { .. } => "read",
+        }
+    }
+
     /// The user this diff is about.
     pub fn user(&self) -> &UserId {
         match self {
