@@ -81,6 +81,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
         ),
         s("fanout", &[], &["fanout", "--members", "100"]),
         s("fanout", &[], &["fanout", "--members", "1000"]),
+        s("fanout", &[], &["fanout", "--members", "10000"]),
         s(
             "latency",
             &[],

@@ -18,6 +18,34 @@ struct Seen {
     bytes: u64,
 }
 
+/// Waits at `barrier` while reading (and discarding) what arrives; a socket
+/// that fails meanwhile is dropped.
+async fn drain_until(barrier: &Barrier, ws: Option<&mut conn::Ws>) {
+    let wait = barrier.wait();
+    tokio::pin!(wait);
+    let Some(ws) = ws else {
+        wait.await;
+        return;
+    };
+    // Filling a big room takes minutes: heartbeat meanwhile, like a client.
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            _ = &mut wait => return,
+            _ = ping.tick() => {
+                if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                    wait.await;
+                    return;
+                }
+            }
+            frame = ws.next() => if !matches!(frame, Some(Ok(_))) {
+                wait.await;
+                return;
+            },
+        }
+    }
+}
+
 pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
     let room = format!("fanout-{m}-{}", std::process::id());
     let ready = Arc::new(Barrier::new(m + 1));
@@ -47,14 +75,29 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
             .await;
             drop(permit);
             let waiting = go.notified();
-            ready.wait().await;
-            let mut ws = opened?;
-            // Everyone has joined: drain the joins' diffs until 300 ms of
+            let mut ws = match opened {
+                Ok(ws) => Some(ws),
+                Err(e) => {
+                    // Still meet the others at both barriers, then fail.
+                    drain_until(&ready, None).await;
+                    drain_until(&quiet, None).await;
+                    return Err(e);
+                }
+            };
+            // Keep reading while the others join (a member that stops reading
+            // is rightly closed as a slow consumer), then until 300 ms of
             // quiet, so only the measured changes are counted.
-            while let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-            {}
-            quiet.wait().await;
+            drain_until(&ready, ws.as_mut()).await;
+            if let Some(ws) = ws.as_mut() {
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+                {
+                }
+            }
+            drain_until(&quiet, ws.as_mut()).await;
+            let Some(mut ws) = ws else {
+                bail!("member {i} lost its socket while the room filled");
+            };
             waiting.await;
             ws.send(conn::activity(true)).await?;
             let t0 = *start.get().unwrap_or(&Instant::now());
