@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::hub::Hub;
+use crate::redis::RedisStore;
 
 /// An API error: HTTP status plus `{"error":{"code","message"}}`.
 pub(crate) struct ApiError {
@@ -130,6 +131,56 @@ fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
     })
 }
 
+/// The Redis store, when the cluster-level state is to be read from it.
+fn store(hub: &Hub) -> Option<&RedisStore> {
+    hub.store
+        .as_ref()
+        .filter(|_| hub.cluster_up() == Some(true))
+}
+
+/// Cluster-wide `may_see`: a shared room anywhere in the cluster counts.
+/// `None` if the store could not answer (the caller falls back to this node).
+async fn may_see_cluster(
+    hub: &Hub,
+    store: &RedisStore,
+    viewer: &UserId,
+    target: &UserId,
+) -> Option<bool> {
+    if viewer == target || hub.audience.may_watch(viewer, target) {
+        return Some(true);
+    }
+    store.share_a_room(viewer, target).await.ok()
+}
+
+/// Cluster-level views of `users` for `caller`: (visible views, forbidden).
+/// `None` on a store failure.
+async fn cluster_views(
+    hub: &Hub,
+    caller: &Caller,
+    users: &[UserId],
+) -> Option<(Vec<PresenceView>, Vec<UserId>)> {
+    let store = store(hub)?;
+    let mut allowed = Vec::with_capacity(users.len());
+    let mut forbidden = Vec::new();
+    for user in users {
+        let ok = match caller {
+            Caller::Service => true,
+            Caller::User(viewer) => may_see_cluster(hub, store, viewer, user).await?,
+        };
+        if ok {
+            allowed.push(user.clone());
+        } else {
+            forbidden.push(user.clone());
+        }
+    }
+    let views = if allowed.is_empty() {
+        Vec::new()
+    } else {
+        store.views(&allowed).await.ok()?
+    };
+    (views.len() == allowed.len()).then_some((views, forbidden))
+}
+
 /// `GET /v1/users/{id}/presence`
 pub(crate) async fn user_presence(
     State(hub): State<Arc<Hub>>,
@@ -138,6 +189,16 @@ pub(crate) async fn user_presence(
 ) -> Result<Json<PresenceView>, ApiError> {
     let caller = caller(&hub, &headers)?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some((mut views, forbidden)) =
+        cluster_views(&hub, &caller, std::slice::from_ref(&user)).await
+    {
+        if !forbidden.is_empty() {
+            return Err(ApiError::forbidden("this user"));
+        }
+        if let Some(v) = views.pop() {
+            return Ok(Json(v));
+        }
+    }
     hub.read(|m| {
         if let Caller::User(viewer) = &caller
             && !may_see(&hub, m, viewer, &user)
@@ -194,6 +255,9 @@ pub(crate) async fn bulk_presence(
         .map(UserId::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some((users, forbidden)) = cluster_views(&hub, &caller, &users).await {
+        return Ok(Json(BulkResponse { users, forbidden }));
+    }
     Ok(hub.read(|m| {
         let mut out = BulkResponse {
             users: Vec::with_capacity(users.len()),
@@ -226,6 +290,17 @@ pub(crate) async fn room_members(
 ) -> Result<Json<RoomMembers>, ApiError> {
     let caller = caller(&hub, &headers)?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Caller::User(viewer) = &caller
+        && !hub.read(|m| m.in_room(&room, viewer))
+        && !hub.audience.may_join(viewer, &room)
+    {
+        return Err(ApiError::forbidden("this room"));
+    }
+    if let Some(store) = store(&hub)
+        && let Ok(members) = store.members(&room).await
+    {
+        return Ok(Json(RoomMembers { room, members }));
+    }
     hub.read(|m| {
         if let Caller::User(viewer) = &caller
             && !m.in_room(&room, viewer)
@@ -240,16 +315,24 @@ pub(crate) async fn room_members(
     })
 }
 
-/// `GET /healthz`: 200 while serving, 503 while shutting down.
+/// `GET /healthz`: 200 while serving, 503 while shutting down. With Redis,
+/// the body also says `"redis": "up"` or `"down"`: a node cut from Redis is
+/// degraded (it serves only its own users) but still healthy, so the load
+/// balancer keeps it.
 pub(crate) async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
-    if hub.is_shutting_down() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down"})),
-        )
-            .into_response()
+    let status = if hub.is_shutting_down() {
+        "shutting_down"
     } else {
-        Json(json!({"status": "ok"})).into_response()
+        "ok"
+    };
+    let mut body = json!({ "status": status });
+    if let Some(up) = hub.cluster_up() {
+        body["redis"] = json!(if up { "up" } else { "down" });
+    }
+    if hub.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else {
+        Json(body).into_response()
     }
 }
 

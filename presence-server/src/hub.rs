@@ -29,6 +29,7 @@ use crate::auth::Authenticator;
 use crate::broadcast::{Audience, Batch};
 use crate::broker::Broker;
 use crate::clock::Clock;
+use crate::cluster::{ClusterState, Outgoing, SnapRequest, WatchRequest};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
@@ -66,6 +67,8 @@ struct State {
     planned_wake: Option<Millis>,
     /// Sockets whose queue overflowed during the current operation.
     slow: Vec<ConnId>,
+    /// With a shared store: what to tell it and what we wait for from it.
+    cluster: Option<ClusterState>,
 }
 
 /// The node's shared state and its collaborators.
@@ -80,6 +83,12 @@ pub(crate) struct Hub {
     state: Mutex<State>,
     /// Wakes the driver early: a batch started or a deadline moved earlier.
     wake: Arc<Notify>,
+    /// Wakes the store's task: something is pending for it.
+    pub cluster_wake: Arc<Notify>,
+    /// The shared store, when the server runs as one node of several.
+    pub store: Option<crate::redis::RedisStore>,
+    /// The store's tasks, so a failure drill can stop them dead.
+    pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
     next_generation: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -125,7 +134,9 @@ impl Hub {
         audience: Arc<dyn AudiencePolicy>,
         broker: Arc<dyn Broker>,
         wake: Arc<Notify>,
+        store: Option<crate::redis::RedisStore>,
     ) -> Self {
+        let clustered = store.is_some();
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
             state: Mutex::new(State {
@@ -137,15 +148,19 @@ impl Hub {
                 batch_since: None,
                 planned_wake: None,
                 slow: Vec::new(),
+                cluster: clustered.then(ClusterState::default),
             }),
             config,
             clock,
             auth,
             audience,
             broker,
-            metrics: Metrics::new(),
+            metrics: Metrics::new(clustered),
             events,
             wake,
+            cluster_wake: Arc::new(Notify::new()),
+            store,
+            store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
@@ -206,12 +221,24 @@ impl Hub {
         let events: Vec<Event> = st.machine.drain_events().collect();
         if !events.is_empty() {
             self.broker.publish(&events);
+            // With a store that is up, observers hear the cluster-level
+            // events the store publishes instead of this node's: a node's
+            // `user_disconnected` is no news while the user is online elsewhere.
+            let local = st.cluster.as_ref().is_none_or(|c| !c.up());
             for ev in &events {
                 self.record(ev);
-                let watched = st.watchers.contains_key(ev.diff.user());
-                st.batch.route(ev, watched);
-                // No receivers is fine: host apps subscribe if they want to.
-                let _ = self.events.send(ev.clone());
+                if let Some(c) = st.cluster.as_mut() {
+                    track(c, ev);
+                }
+                if local {
+                    let watched = st.watchers.contains_key(ev.diff.user());
+                    st.batch.route(ev, watched);
+                    // No receivers is fine: host apps subscribe if they want to.
+                    let _ = self.events.send(ev.clone());
+                }
+            }
+            if st.cluster.is_some() {
+                self.cluster_wake.notify_one();
             }
         }
         if !st.batch.is_empty() {
@@ -277,6 +304,10 @@ impl Hub {
             let recipients: Vec<ConnId> = recipients
                 .into_iter()
                 .filter(|c| st.sockets.contains_key(c))
+                .filter(|c| match (&room, &st.cluster) {
+                    (Some(room), Some(cl)) => !cl.is_awaiting(c.0, room),
+                    _ => true,
+                })
                 .collect();
             if recipients.is_empty() {
                 continue;
@@ -315,6 +346,9 @@ impl Hub {
     /// Signals a socket's task to close with `close`. With `dropped`, the
     /// machine connection enters its offline grace (the client may resume).
     fn close_socket(&self, st: &mut State, now: Millis, conn: ConnId, close: Close, dropped: bool) {
+        if let Some(c) = st.cluster.as_mut() {
+            c.awaiting.remove(&conn.0);
+        }
         if let Some(socket) = st.sockets.remove(&conn) {
             let _ = socket.close.send(Some(close));
             if dropped {
@@ -341,6 +375,15 @@ impl Hub {
             // registers after the shutdown closed the others.
             if self.is_shutting_down() {
                 return Err(ErrorCode::Internal);
+            }
+            let new_here = st.machine.connections_of(user).is_empty();
+            if let Some(c) = st.cluster.as_mut() {
+                c.dirty.insert(user.clone());
+                if new_here {
+                    // Its status may have been set on another node.
+                    c.sync_status.insert(user.clone());
+                }
+                self.cluster_wake.notify_one();
             }
             let outcome = st
                 .machine
@@ -408,6 +451,13 @@ impl Hub {
                 return Err(ErrorCode::Internal);
             }
             let _ = st.machine.heartbeat(now, conn);
+            if let Some(c) = st.cluster.as_mut()
+                && let Some(user) = st.machine.user_of(conn)
+            {
+                // Leaving a room while invisible emits nothing, yet changes
+                // this node's record.
+                c.dirty.insert(user.clone());
+            }
             f(&mut st.machine, now).map_err(MachineError::code)
         })
     }
@@ -438,13 +488,18 @@ impl Hub {
             st.machine
                 .join(now, conn, room.clone())
                 .map_err(MachineError::code)?;
-            let snapshot = ServerMessage::Snapshot {
-                members: st.machine.members(&room),
-                typing: st.machine.typing_in(&room),
-                receipts: st.machine.receipts_in(&room),
-                room,
-            };
-            self.send(st, conn, text_frame(&snapshot));
+            if let Some(c) = st.cluster.as_mut().filter(|c| c.up()) {
+                // The snapshot comes from the store, in order with the
+                // cluster's diffs; until then this room's diffs wait.
+                if let Some(user) = st.machine.user_of(conn) {
+                    c.dirty.insert(user.clone());
+                }
+                c.awaiting.entry(conn.0).or_default().push(room.clone());
+                c.snaps.push(SnapRequest { c: conn.0, room });
+                self.cluster_wake.notify_one();
+                return Ok(());
+            }
+            self.local_snapshot(st, conn, room);
             Ok(())
         })
     }
@@ -470,6 +525,12 @@ impl Hub {
                 .machine
                 .set_status(now, conn, status, text.clone())
                 .map_err(MachineError::code)?;
+            if let Some(c) = st.cluster.as_mut() {
+                // Sent even when this node's machine saw no change: it may
+                // not know a status set on another node.
+                c.status(user.clone(), status, text.clone(), now);
+                self.cluster_wake.notify_one();
+            }
             if changed {
                 let msg = text_frame(&ServerMessage::SelfStatus { status, text });
                 let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
@@ -506,21 +567,16 @@ impl Hub {
             if current.map_or(0, HashSet::len) + added > MAX_WATCHED_PER_CONNECTION {
                 return Err(ErrorCode::TooManyWatched);
             }
-            let mut views = Vec::with_capacity(users.len());
-            for user in users {
-                views.push(
-                    st.machine
-                        .view(&user)
-                        .unwrap_or_else(|| offline_view(&user)),
-                );
+            for user in &users {
                 st.watchers.entry(user.clone()).or_default().insert(conn);
-                st.watches.entry(conn).or_default().insert(user);
+                st.watches.entry(conn).or_default().insert(user.clone());
             }
-            self.send(
-                st,
-                conn,
-                text_frame(&ServerMessage::Watching { users: views }),
-            );
+            if let Some(c) = st.cluster.as_mut().filter(|c| c.up()) {
+                c.watch.push(WatchRequest { c: conn.0, users });
+                self.cluster_wake.notify_one();
+                return Ok(());
+            }
+            self.local_watching(st, conn, &users);
             Ok(())
         })
     }
@@ -565,6 +621,9 @@ impl Hub {
                 .is_some_and(|s| s.generation == generation)
             {
                 st.sockets.remove(&conn);
+                if let Some(c) = st.cluster.as_mut() {
+                    c.awaiting.remove(&conn.0);
+                }
                 st.machine.dropped(now, conn);
             }
         });
@@ -582,6 +641,274 @@ impl Hub {
                 let watched = st.watchers.contains_key(ev.diff.user());
                 st.batch.route(ev, watched);
             }
+        });
+    }
+
+    fn local_snapshot(&self, st: &mut State, conn: ConnId, room: RoomId) {
+        let snapshot = ServerMessage::Snapshot {
+            members: st.machine.members(&room),
+            typing: st.machine.typing_in(&room),
+            receipts: st.machine.receipts_in(&room),
+            room,
+        };
+        self.send(st, conn, text_frame(&snapshot));
+    }
+
+    fn local_watching(&self, st: &mut State, conn: ConnId, users: &[UserId]) {
+        let views = users
+            .iter()
+            .map(|u| st.machine.view(u).unwrap_or_else(|| offline_view(u)))
+            .collect();
+        self.send(
+            st,
+            conn,
+            text_frame(&ServerMessage::Watching { users: views }),
+        );
+    }
+
+    /// Whether a store is configured and cluster delivery is in force.
+    pub fn cluster_up(&self) -> Option<bool> {
+        self.lock().cluster.as_ref().map(ClusterState::up)
+    }
+
+    /// Takes what the store must hear (`None` if nothing, or no store).
+    pub(crate) fn cluster_take(&self) -> Option<Outgoing> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let c = st.cluster.as_mut()?;
+        if !c.ready {
+            return None;
+        }
+        let out = c.take(&st.machine);
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// A call to the store failed: keep its content for the next try, and
+    /// answer its snapshot and watch requests from this node's machine.
+    pub(crate) fn cluster_failed(&self, out: Outgoing) {
+        self.apply(|st, _| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let (snaps, watch) = c.failed(out);
+            self.answer_locally(st, snaps, watch);
+        });
+    }
+
+    fn answer_locally(&self, st: &mut State, snaps: Vec<SnapRequest>, watch: Vec<WatchRequest>) {
+        for s in snaps {
+            let conn = ConnId(s.c);
+            let waiting = st.cluster.as_mut().is_some_and(|c| {
+                let Some(rooms) = c.awaiting.get_mut(&s.c) else {
+                    return false;
+                };
+                let before = rooms.len();
+                rooms.retain(|r| *r != s.room);
+                rooms.len() != before
+            });
+            if waiting {
+                self.local_snapshot(st, conn, s.room);
+            }
+        }
+        for w in watch {
+            self.local_watching(st, ConnId(w.c), &w.users);
+        }
+    }
+
+    /// The subscription (`sub`) or the command link (`!sub`) to the store
+    /// went up or down. Going down switches to local delivery and answers
+    /// pending requests locally; coming back re-sends this node's whole
+    /// state and resyncs every socket with fresh snapshots, so the cluster
+    /// and every observer converge whatever was missed meanwhile.
+    pub(crate) fn cluster_link(&self, sub: bool, ok: bool) {
+        self.apply(|st, _| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let was = c.up();
+            if sub {
+                c.sub_ok = ok;
+            } else {
+                c.cmd_ok = ok;
+            }
+            let is = c.up();
+            self.metrics.redis_up.set(i64::from(is));
+            if was && !is {
+                tracing::warn!("store unreachable: serving local users from this node only");
+                let snaps = std::mem::take(&mut c.snaps);
+                let watch = std::mem::take(&mut c.watch);
+                let awaiting: Vec<SnapRequest> = c
+                    .awaiting
+                    .drain()
+                    .flat_map(|(conn, rooms)| {
+                        rooms
+                            .into_iter()
+                            .map(move |room| SnapRequest { c: conn, room })
+                    })
+                    .collect();
+                for s in &awaiting {
+                    self.local_snapshot(st, ConnId(s.c), s.room.clone());
+                }
+                self.answer_locally(st, snaps, watch);
+            } else if !was && is {
+                tracing::info!("store reachable: re-publishing this node's state");
+                self.resync(st);
+            }
+        });
+    }
+
+    /// The store was cleaned of this node's previous incarnation: records
+    /// may be sent from now on.
+    pub(crate) fn cluster_ready(&self) {
+        self.apply(|st, _| {
+            if let Some(c) = st.cluster.as_mut() {
+                let was = c.up();
+                c.ready = true;
+                if !was && c.up() {
+                    self.resync(st);
+                }
+            }
+        });
+    }
+
+    /// The store lost this node's records (its lease had expired, or the
+    /// store restarted empty): send them all again.
+    pub(crate) fn cluster_republish(&self) {
+        self.apply(|st, _| self.mark_all_dirty(st));
+    }
+
+    fn mark_all_dirty(&self, st: &mut State) {
+        let State {
+            cluster, sockets, ..
+        } = st;
+        if let Some(c) = cluster.as_mut() {
+            let users: Vec<UserId> = c
+                .published
+                .keys()
+                .cloned()
+                .chain(sockets.values().map(|s| s.user.clone()))
+                .collect();
+            c.dirty.extend(users);
+            self.cluster_wake.notify_one();
+        }
+    }
+
+    fn resync(&self, st: &mut State) {
+        self.mark_all_dirty(st);
+        let conns: Vec<ConnId> = st.sockets.keys().copied().collect();
+        let Some(c) = st.cluster.as_mut() else {
+            return;
+        };
+        for conn in conns {
+            for room in st.machine.rooms_of(conn) {
+                let waiting = c.awaiting.entry(conn.0).or_default();
+                if !waiting.contains(room) {
+                    waiting.push(room.clone());
+                    c.snaps.push(SnapRequest {
+                        c: conn.0,
+                        room: room.clone(),
+                    });
+                }
+            }
+            if let Some(users) = st.watches.get(&conn).filter(|w| !w.is_empty()) {
+                c.watch.push(WatchRequest {
+                    c: conn.0,
+                    users: users.iter().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    /// Once a second: catch record changes no event announced.
+    pub(crate) fn cluster_reconcile(&self) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(c) = st.cluster.as_mut() {
+            c.reconcile(&st.machine);
+        }
+    }
+
+    /// Cluster-level events from the store: deliver them to this node's
+    /// sockets and host subscribers. `selfs` are users' own status changes:
+    /// this node's machine adopts them (so it shows an invisible user
+    /// offline too) and tells the user's sockets here.
+    pub(crate) fn deliver_cluster(
+        &self,
+        events: Vec<Event>,
+        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
+    ) {
+        self.apply(|st, now| {
+            if st.cluster.as_ref().is_some_and(|c| !c.up()) {
+                // Local delivery is in force; the resync after the link
+                // returns covers what this would have said.
+                return;
+            }
+            for ev in &events {
+                let watched = st.watchers.contains_key(ev.diff.user());
+                st.batch.route(ev, watched);
+                let _ = self.events.send(ev.clone());
+            }
+            self.adopt_statuses(st, now, selfs);
+        });
+    }
+
+    fn adopt_statuses(
+        &self,
+        st: &mut State,
+        now: Millis,
+        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
+    ) {
+        for (user, status, text) in selfs {
+            let Some(conn) = st.machine.connections_of(&user).first().copied() else {
+                continue;
+            };
+            if st.machine.set_status(now, conn, status, text.clone()) == Ok(true) {
+                let msg = text_frame(&ServerMessage::SelfStatus { status, text });
+                let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
+                for c in own {
+                    self.send(st, c, msg.clone());
+                }
+            }
+        }
+    }
+
+    /// Answers from the store to this node's requests, in order with the
+    /// cluster's diffs: pending batches go out first, then the snapshot, so a
+    /// socket never gets a diff older than its snapshot after it.
+    pub(crate) fn deliver_replies(
+        &self,
+        snaps: Vec<(ConnId, ServerMessage)>,
+        watching: Vec<(ConnId, Vec<PresenceView>)>,
+        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
+    ) {
+        self.apply(|st, now| {
+            if !snaps.is_empty() || !watching.is_empty() {
+                self.flush(st);
+            }
+            for (conn, snap) in snaps {
+                let ServerMessage::Snapshot { room, .. } = &snap else {
+                    continue;
+                };
+                let waiting = st.cluster.as_mut().is_some_and(|c| {
+                    let Some(rooms) = c.awaiting.get_mut(&conn.0) else {
+                        return false;
+                    };
+                    let before = rooms.len();
+                    rooms.retain(|r| r != room);
+                    let hit = rooms.len() != before;
+                    if rooms.is_empty() {
+                        c.awaiting.remove(&conn.0);
+                    }
+                    hit
+                });
+                if waiting {
+                    self.send(st, conn, text_frame(&snap));
+                }
+            }
+            for (conn, users) in watching {
+                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
+            }
+            self.adopt_statuses(st, now, selfs);
         });
     }
 
@@ -659,6 +986,26 @@ impl Hub {
             .set(st.machine.stats().online_users as i64);
         self.metrics.connections.set(st.sockets.len() as i64);
     }
+}
+
+/// Notes what the store must hear of a machine event.
+fn track(c: &mut ClusterState, ev: &Event) {
+    let user = ev.diff.user();
+    match &ev.diff {
+        Diff::TypingStarted { .. } | Diff::TypingStopped { .. } => {
+            let on = matches!(ev.diff, Diff::TypingStarted { .. });
+            for room in &ev.rooms {
+                c.typing(user, room, on);
+            }
+        }
+        Diff::Read { marker, .. } => {
+            for room in &ev.rooms {
+                c.read(user.clone(), room.clone(), *marker);
+            }
+        }
+        _ => {}
+    }
+    c.dirty.insert(user.clone());
 }
 
 fn unwatch_one(st: &mut State, conn: ConnId, user: &UserId) {

@@ -9,6 +9,8 @@
 //   hub.rs       the shared state: presence_core::Machine, live sockets, watch lists
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
 //   broker.rs    the seam to other nodes (in-process default)
+//   cluster.rs   with Redis: this node's records for the store, requests awaiting it
+//   redis/       the Redis store and bus: merge scripts, subscriber, lease and reaper
 //   http.rs      JSON API, /healthz, /metrics
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
 
@@ -17,11 +19,13 @@ mod auth;
 mod broadcast;
 mod broker;
 mod clock;
+mod cluster;
 mod config;
 mod events;
 mod http;
 mod hub;
 mod metrics;
+mod redis;
 mod server;
 mod session;
 
@@ -32,4 +36,5 @@ pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use events::Events;
 pub use presence_core;
+pub use redis::{RedisConfig, RedisSetupError, RedisStore};
 pub use server::{BuildError, Builder, PresenceServer};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use presence_server::{DevAuth, JwtAuth, PresenceServer, ServerConfig};
+use presence_server::{DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A presence server: who is online, active, idle or typing, over WebSocket.
@@ -48,6 +48,18 @@ struct Args {
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
+    /// Run as one node of several sharing this Redis (e.g. `redis://127.0.0.1:6379`). Default: a single node in memory.
+    #[arg(long, env = "PRESENCE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel; all nodes of a cluster use the same.
+    #[arg(long, env = "PRESENCE_REDIS_PREFIX", default_value = "presence")]
+    redis_prefix: String,
+    /// This node's id in the cluster; keep it across restarts (default: random).
+    #[arg(long, env = "PRESENCE_NODE_ID")]
+    node_id: Option<String>,
+    /// Lease TTL in ms: a dead node's users go offline elsewhere after at most 4/3 of this.
+    #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 5_000)]
+    lease_ttl_ms: u64,
     /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -88,6 +100,19 @@ async fn main() -> anyhow::Result<()> {
                 "no authentication configured: give --jwt-secret (or PRESENCE_JWT_SECRET), or --dev-auth for local development"
             )
         }
+    };
+    let builder = match args.redis_url {
+        Some(url) => {
+            let mut redis = RedisConfig::new(url);
+            redis.prefix = args.redis_prefix;
+            if let Some(id) = args.node_id {
+                redis.node_id = id;
+            }
+            redis.lease_ttl = ms(args.lease_ttl_ms);
+            tracing::info!(node = %redis.node_id, prefix = %redis.prefix, "cluster mode over Redis");
+            builder.redis(RedisStore::new(redis).context("--redis-url")?)
+        }
+        None => builder,
     };
     let server = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.bind)

@@ -23,10 +23,11 @@ pub(crate) struct Metrics {
     pub resumes: Counter,
     pub unauthorized: Counter,
     pub fanout: Histogram,
+    pub redis_up: Gauge,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(clustered: bool) -> Self {
         let mut registry = Registry::with_prefix("presence");
         let connections = Gauge::default();
         registry.register(
@@ -83,6 +84,14 @@ impl Metrics {
             "Recipients of each batched diffs frame (deliveries per change batch)",
             fanout.clone(),
         );
+        let redis_up = Gauge::default();
+        if clustered {
+            registry.register(
+            "redis_up",
+                "1 while the Redis store is reachable and cluster delivery is in force; 0 while this node serves only its own users (absent without Redis)",
+                redis_up.clone(),
+            );
+        }
         Self {
             registry,
             connections,
@@ -96,6 +105,7 @@ impl Metrics {
             resumes,
             unauthorized,
             fanout,
+            redis_up,
         }
     }
 

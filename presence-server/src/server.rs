@@ -25,6 +25,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::events::Events;
 use crate::http::{self, ApiError};
 use crate::hub::Hub;
+use crate::redis::RedisStore;
 use crate::session;
 
 /// How long shutdown waits for sockets to take their 1001 and end.
@@ -52,6 +53,7 @@ pub struct Builder {
     audience: Arc<dyn AudiencePolicy>,
     clock: Arc<dyn Clock>,
     broker: Arc<dyn Broker>,
+    store: Option<RedisStore>,
 }
 
 impl Builder {
@@ -85,7 +87,16 @@ impl Builder {
         self
     }
 
-    /// Validates the configuration and starts the driver task.
+    /// Runs this server as one node of several sharing `store`: observers
+    /// see cluster-level presence, snapshots and the HTTP API answer for the
+    /// whole cluster (see the crate docs, "Several nodes over Redis").
+    pub fn redis(mut self, store: RedisStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Validates the configuration and starts the driver task (and, with
+    /// [`redis`](Self::redis), the store's tasks).
     pub fn build(self) -> Result<PresenceServer, BuildError> {
         self.config.validate()?;
         let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
@@ -98,8 +109,13 @@ impl Builder {
             self.audience,
             self.broker,
             wake.clone(),
+            self.store.clone(),
         ));
         runtime.spawn(drive(Arc::downgrade(&hub), wake, hub.shutdown_signal()));
+        if let Some(store) = self.store {
+            let _guard = runtime.enter();
+            crate::redis::spawn(&hub, store);
+        }
         Ok(PresenceServer { hub })
     }
 }
@@ -145,6 +161,7 @@ impl PresenceServer {
             audience: Arc::new(OpenAudience),
             clock: Arc::new(SystemClock::new()),
             broker: Arc::new(LocalBroker),
+            store: None,
         }
     }
 
@@ -222,6 +239,29 @@ impl PresenceServer {
     /// Whether any live connection of the user is active, invisible or not.
     pub fn is_active_anywhere(&self, user: &UserId) -> bool {
         self.hub.read(|m| m.active_anywhere(user))
+    }
+
+    /// Whether this node reaches its Redis store (`None` without one). While
+    /// it does not, the node serves its own users from its own state.
+    pub fn redis_up(&self) -> Option<bool> {
+        self.hub.cluster_up()
+    }
+
+    /// Stops talking to Redis at once, without any cleanup, as if the process
+    /// had died (`kill -9`): the lease is no longer renewed and the other
+    /// nodes remove this node's users when it expires. For failure drills and
+    /// tests; the node is useless afterwards.
+    pub fn halt_redis(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .hub
+                .store_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for t in tasks {
+            t.abort();
+        }
     }
 
     /// Delivers events published by another node to this node's sockets

@@ -115,6 +115,11 @@ impl TestServer {
         Client::connect(&self.url(user), user, None).await
     }
 
+    /// Drops the serve task on the floor, without a graceful shutdown.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
     /// Stops the server and waits for `serve` to return.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
