@@ -230,6 +230,7 @@ async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once() {
         .await
         .expect("bob hears ana go");
     let took = killed.elapsed();
+    println!("killed node's user offline elsewhere after {took:?} (lease {LEASE:?})");
     assert!(d["last_seen"].as_u64().is_some());
     carol.diff("user_disconnected", "ana").await;
     let bound = LEASE + LEASE / 3 + Duration::from_millis(400);
@@ -388,4 +389,70 @@ async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// Cross-node propagation: a change on node A until an observer on node B
+/// reads it, over real sockets and Redis, with the default 25 ms batch window
+/// (or PRESENCE_BENCH_BATCH_MS). Run:
+/// `cargo test -p presence-server --release --test cluster -- --ignored --nocapture propagation`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints cross-node propagation p50/p99"]
+async fn propagation_benchmark() {
+    let window: u64 = std::env::var("PRESENCE_BENCH_BATCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let prefix = unique_prefix("bench");
+    let _keys = Cleanup(prefix.clone());
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        let mut config = calm_config();
+        config.batch_window = Duration::from_millis(window);
+        config.timing.heartbeat_interval = Duration::from_secs(20);
+        config.timing.heartbeat_timeout = Duration::from_secs(60);
+        config.rate.burst = 10_000;
+        config.rate.per_second = 10_000.0;
+        let mut rc = RedisConfig::new(redis_url());
+        rc.prefix = prefix.clone();
+        rc.node_id = id.into();
+        let store = RedisStore::new(rc).expect("store config");
+        nodes.push(
+            TestServer::start_with(PresenceServer::builder().config(config).redis(store)).await,
+        );
+    }
+    all_up(&[&nodes[0], &nodes[1]]).await;
+    let mut ana = nodes[0].client("ana").await;
+    ana.join("r").await;
+    let mut bob = nodes[1].client("bob").await;
+    bob.join("r").await;
+    bob.diffs_during(Duration::from_millis(200)).await;
+    let rounds = 300;
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let (msg, kind) = if i % 2 == 0 {
+            (
+                json!({"type": "activity", "state": "idle", "reason": "hidden"}),
+                "user_idle",
+            )
+        } else {
+            (
+                json!({"type": "activity", "state": "active"}),
+                "user_active",
+            )
+        };
+        let sent = Instant::now();
+        ana.send(msg).await;
+        bob.diff(kind, "ana").await;
+        samples.push(sent.elapsed());
+        // Spread the changes so each one is its own batch, as in a real room.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "cross-node propagation, batch window {window} ms, {rounds} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+    );
 }
