@@ -456,3 +456,37 @@ async fn propagation_benchmark() {
         samples[samples.len() - 1].as_secs_f64() * 1e3,
     );
 }
+
+#[tokio::test]
+async fn invisible_set_on_one_node_hides_the_user_everywhere_once() {
+    let (_keys, a, b, c) = three("invisible").await;
+    let mut carol = c.client("carol").await;
+    carol.join("r").await;
+    let mut tab_a = a.client("bob").await;
+    tab_a.join("r").await;
+    let mut tab_b = b.client("bob").await;
+    tab_b.join("r").await;
+    carol.diff("user_connected", "bob").await;
+
+    tab_b
+        .send(json!({"type": "status", "status": "invisible"}))
+        .await;
+    assert_eq!(tab_b.frame("self_status").await["status"], "invisible");
+    // The tab on the other node learns its own status...
+    let s = tab_a.frame("self_status").await;
+    assert_eq!(s["status"], "invisible");
+    // ...and observers see bob go, once, although node A still shows him.
+    let seen = kinds_about(&mut carol, "bob", Duration::from_millis(500)).await;
+    assert_eq!(seen, ["user_disconnected"]);
+    let (_, body) = c.get("/v1/rooms/r/members", SERVICE_KEY).await;
+    assert_eq!(names(&body["members"]), ["carol"]);
+
+    // Back to available from the other node: bob is back, once.
+    tab_a
+        .send(json!({"type": "status", "status": "available"}))
+        .await;
+    let s = tab_b.frame("self_status").await;
+    assert_eq!(s["status"], "available");
+    let seen = kinds_about(&mut carol, "bob", Duration::from_millis(500)).await;
+    assert_eq!(seen, ["user_connected"]);
+}
