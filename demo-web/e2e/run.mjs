@@ -1,0 +1,350 @@
+// End-to-end tests of the demo chat: builds and starts the real demo-web binary (presence-server
+// embedded, dev auth, short timings) on a free loopback port, then drives two headless Chromium
+// browsers, one per user (ana = A, bob = B), through the presence scenarios of issue 5.
+//
+//   node demo-web/e2e/run.mjs            (from the repository root; `cargo xtask test` runs it)
+//   UPDATE_DOCS=1 node demo-web/e2e/run.mjs   also copies the side-by-side screenshot to docs/demo.png
+//
+// Every wait is bounded (WAIT_MS) and fails with what the page showed instead. Screenshots go to
+// demo-web/e2e/artifacts/. The exit code is non-zero on any failure; the server is stopped in all cases.
+import { execFileSync, spawn } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "..", "..");
+const target = resolve(root, process.env.CARGO_TARGET_DIR ?? "target");
+const artifacts = join(here, "artifacts");
+const WAIT_MS = 10_000;
+const ROOM = "general";
+// Server timings short enough to see graces in about a second; idleness comes from the page's
+// `?idle=` URL parameter (so that path is tested too).
+const LEAVE_GRACE_MS = 500;
+const SERVER_ARGS = [
+  "--bind", "127.0.0.1:0",
+  "--offline-grace-ms", "1000",
+  "--leave-grace-ms", String(LEAVE_GRACE_MS),
+  "--heartbeat-interval-ms", "1000",
+  "--heartbeat-timeout-ms", "3000",
+  "--typing-ttl-ms", "3000",
+  "--batch-window-ms", "10",
+  "--pkg-dir", join(root, "presence-wasm", "pkg"),
+  "--log", "warn",
+];
+const PAGE_QUERY = "?idle=1500";
+const VIEWPORT = { width: 1060, height: 660 };
+const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+const started = Date.now();
+
+// ------------------------------------------------------------------ the server
+
+function build() {
+  const t = Date.now();
+  execFileSync("cargo", ["build", "--package", "demo-web", "--profile", "tools"], { cwd: root, stdio: "inherit" });
+  return Date.now() - t;
+}
+
+/** Starts the demo binary and resolves with its URL (printed on stdout). */
+function startServer(log) {
+  const child = spawn(join(target, "tools", "demo-web"), SERVER_ARGS, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  child.stderr.on("data", (d) => log.push(String(d)));
+  const url = new Promise((ok, fail) => {
+    let out = "";
+    const timer = setTimeout(() => fail(new Error(`demo-web printed no URL within ${WAIT_MS / 1000} s: ${out}${log.join("")}`)), WAIT_MS);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/http:\/\/127\.0\.0\.1:\d+\//);
+      if (m) {
+        clearTimeout(timer);
+        ok(m[0]);
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      fail(new Error(`demo-web exited with ${code} before printing its URL:\n${log.join("")}`));
+    });
+  });
+  return { child, url };
+}
+
+async function stopServer(child) {
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((ok) => child.once("exit", ok));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 7000);
+  await exited;
+  clearTimeout(timer);
+}
+
+// ------------------------------------------------------------------ page helpers
+
+/** What a page shows, for failure messages. */
+function pageState() {
+  const q = (s) => [...document.querySelectorAll(s)];
+  const members = q("[data-testid=member]").map((m) => `${m.dataset.user}=${m.dataset.state} "${m.querySelector("[data-testid=member-detail]")?.textContent}"`);
+  const strip = q("[data-testid=active-person]").map((p) => `${p.dataset.user}=${p.dataset.state}`);
+  const msgs = q("[data-testid=message]").map((m) => `${m.dataset.seq}:${m.dataset.user}:${m.querySelector(".message-text")?.textContent}`);
+  const conn = document.querySelector("[data-testid=connection]")?.dataset.state;
+  return `connection=${conn}; members=[${members.join(", ")}]; active-now=[${strip.join(", ")}]; ` +
+    `typing="${document.querySelector("[data-testid=typing]")?.textContent}"; ` +
+    `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; messages=[${msgs.slice(-4).join(" | ")}]`;
+}
+
+/** Waits until `fn(arg)` is truthy in `page`, at most `ms`; fails saying what was expected and seen. */
+async function until(page, what, fn, arg, ms = WAIT_MS) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const seen = await page.evaluate(pageState).catch(() => "(page unavailable)");
+    throw new Error(`${what}: not within ${ms / 1000} s.\n      page showed: ${seen}\n      (${e.message.split("\n")[0]})`);
+  }
+}
+
+// In-page predicates (serialised into the page by Playwright).
+/** Exactly one row for `user`, in `state` (or one of several), its detail text matching `detail`. */
+const memberIs = ({ user, state, detail }) => {
+  const rows = [...document.querySelectorAll("[data-testid=member]")].filter((r) => r.dataset.user === user);
+  const text = rows[0]?.querySelector("[data-testid=member-detail]")?.textContent ?? "";
+  const states = Array.isArray(state) ? state : [state];
+  return rows.length === 1 && states.includes(rows[0].dataset.state) && (!detail || new RegExp(detail).test(text));
+};
+const typingIs = (users) => document.querySelector("[data-testid=typing]")?.dataset.users === users;
+const hasMessage = ({ user, text }) =>
+  [...document.querySelectorAll("[data-testid=message]")].some((m) => m.dataset.user === user && m.querySelector(".message-text")?.textContent === text);
+const connected = () => document.querySelector("[data-testid=connection]")?.dataset.state === "connected";
+const inStrip = ({ user, state }) =>
+  [...document.querySelectorAll("[data-testid=active-person]")].some((p) => p.dataset.user === user && (!state || p.dataset.state === state));
+const count = (page, user) =>
+  page.evaluate((u) => [...document.querySelectorAll("[data-testid=member]")].filter((r) => r.dataset.user === u).length, user);
+
+async function signIn(page, url, name) {
+  await page.goto(url);
+  await page.getByTestId("signin-name").fill(name);
+  await page.getByTestId("signin-submit").click();
+  await until(page, `${name}'s page connects`, connected);
+}
+
+async function send(page, text) {
+  await page.getByTestId("composer").fill(text);
+  await page.getByTestId("composer").press("Enter");
+}
+
+const shot = async (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`) }).catch(() => {});
+
+// ------------------------------------------------------------------ run
+
+const results = [];
+async function scenario(name, fn) {
+  const t = Date.now();
+  process.stdout.write(`  ${name} … `);
+  try {
+    const note = await fn();
+    const ms = Date.now() - t;
+    results.push({ name, ms, ok: true });
+    console.log(`ok (${(ms / 1000).toFixed(2)} s)${note ? ` — ${note}` : ""}`);
+  } catch (e) {
+    results.push({ name, ms: Date.now() - t, ok: false });
+    console.log("FAILED");
+    throw e;
+  }
+}
+
+rmSync(artifacts, { recursive: true, force: true });
+mkdirSync(artifacts, { recursive: true });
+const tmp = join(target, "tmp");
+mkdirSync(tmp, { recursive: true });
+const profiles = [];
+const browsers = [];
+const serverLog = [];
+const pageErrors = [];
+let server = null;
+let failure = null;
+
+try {
+  console.log("e2e: building demo-web (cargo build -p demo-web --profile tools)");
+  const buildMs = build();
+  server = startServer(serverLog);
+  const base = await server.url;
+  const url = `${base}${PAGE_QUERY}#${ROOM}`;
+  console.log(`e2e: demo-web at ${base} (built in ${(buildMs / 1000).toFixed(1)} s); scenarios:`);
+
+  const browser = async (label) => {
+    const dir = mkdtempSync(join(tmp, `e2e-${label}-`));
+    profiles.push(dir);
+    const ctx = await chromium.launchPersistentContext(dir, { executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS, viewport: VIEWPORT });
+    browsers.push(ctx);
+    ctx.on("page", (p) => p.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`)));
+    for (const p of ctx.pages()) p.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
+    return ctx;
+  };
+  const ctxB = await browser("bob");
+  const ctxA = await browser("ana");
+  const pageB = ctxB.pages()[0] ?? (await ctxB.newPage());
+  const pageA = ctxA.pages()[0] ?? (await ctxA.newPage());
+  await signIn(pageB, url, "bob");
+
+  await scenario("B sees A come online (member list and the active-now strip)", async () => {
+    await signIn(pageA, url, "ana");
+    await until(pageB, "B sees ana active", memberIs, { user: "ana", state: "active", detail: "^active now$" });
+    await until(pageB, "B's active-now strip shows ana", inStrip, { user: "ana" });
+    await until(pageA, "A sees bob in the room", memberIs, { user: "bob", state: ["active", "idle"] });
+    await shot(pageB, "01-b-sees-a-online");
+  });
+
+  await scenario("A stops interacting → B sees A idle", async () => {
+    const t = Date.now();
+    await until(pageB, "B sees ana idle", memberIs, { user: "ana", state: "idle", detail: "^idle \\d+ s" });
+    await shot(pageB, "02-b-sees-a-idle");
+    return `after ${((Date.now() - t) / 1000).toFixed(1)} s (idle=1500 ms)`;
+  });
+
+  await scenario("A moves the mouse → B sees A active again", async () => {
+    await pageA.mouse.move(400, 300);
+    await pageA.mouse.move(420, 330, { steps: 5 });
+    await until(pageB, "B sees ana active", memberIs, { user: "ana", state: "active" });
+  });
+
+  await scenario("A types → B sees 'ana is typing…'; it stops when A sends", async () => {
+    const composer = pageA.getByTestId("composer");
+    await composer.pressSequentially("hi bob, lunch at noon?", { delay: 20 });
+    await until(pageB, "B sees ana typing", typingIs, "ana");
+    const text = await pageB.getByTestId("typing").textContent();
+    if (text !== "ana is typing…") throw new Error(`typing line reads "${text}"`);
+    await shot(pageB, "03-b-sees-a-typing");
+    const sent = Date.now();
+    await composer.press("Enter");
+    await until(pageB, "B receives ana's message", hasMessage, { user: "ana", text: "hi bob, lunch at noon?" });
+    // Well under the SDK's 4 s pause stop and the 3 s TTL: the send itself ended it.
+    await until(pageB, "B sees ana's typing stop after the send", typingIs, "", 1500);
+    return `stopped ${Date.now() - sent} ms after sending`;
+  });
+
+  await scenario("A types and waits → typing stops by itself", async () => {
+    await pageA.getByTestId("composer").pressSequentially("also", { delay: 20 });
+    await until(pageB, "B sees ana typing", typingIs, "ana");
+    const t = Date.now();
+    await until(pageB, "B sees ana's typing stop without a send", typingIs, "");
+    await pageA.getByTestId("composer").fill("");
+    return `stopped after ${((Date.now() - t) / 1000).toFixed(1)} s`;
+  });
+
+  await scenario("B sets busy with a text → A sees the chip and the text", async () => {
+    await pageB.getByTestId("status-text").fill("in a meeting until 2");
+    await pageB.getByTestId("status-select").selectOption("busy");
+    await until(pageA, "A sees bob busy with his text",
+      () => { const r = document.querySelector('[data-testid=member][data-user="bob"]'); return r?.dataset.status === "busy" && r.textContent.includes("in a meeting until 2"); });
+  });
+
+  await scenario("A reads B's message → B sees 'Seen by ana'", async () => {
+    await send(pageB, "noon works. see you at the usual place");
+    await until(pageA, "A receives bob's message", hasMessage, { user: "bob", text: "noon works. see you at the usual place" });
+    await until(pageB, "B shows its own message", hasMessage, { user: "bob", text: "noon works. see you at the usual place" });
+    const seq = await pageB.evaluate(() => [...document.querySelectorAll("[data-testid=message]")].at(-1)?.dataset.seq);
+    await until(pageB, "B sees 'Seen by ana' under the last message",
+      (seq) => { const s = document.querySelector("[data-testid=seen-by]"); return s.dataset.seq === seq && s.dataset.users === "ana" && s.textContent.endsWith("Seen by ana"); }, seq);
+    // The picture for the README: B sees the receipt and ana typing again; both active.
+    await pageA.mouse.move(500, 400, { steps: 3 });
+    await pageB.mouse.move(500, 400, { steps: 3 });
+    await pageA.getByTestId("composer").pressSequentially("great, I'll book", { delay: 20 });
+    await until(pageB, "B sees ana typing", typingIs, "ana");
+    await until(pageA, "A sees bob active", memberIs, { user: "bob", state: "active" });
+    await until(pageB, "B sees ana active", memberIs, { user: "ana", state: "active" });
+    await sideBySide(ctxB, pageA, pageB);
+    await pageA.getByTestId("composer").fill("");
+  });
+
+  let pageA2;
+  await scenario("A opens a second tab → still one ana in B's list", async () => {
+    pageA2 = await ctxA.newPage();
+    await pageA2.goto(url); // signed in from localStorage, like a real second tab
+    await until(pageA2, "A's second tab connects", connected);
+    await until(pageA2, "A's second tab sees bob", memberIs, { user: "bob", state: ["active", "idle"] });
+    // Give a duplicate every chance to show up: sample B's list for a second.
+    for (let i = 0; i < 10; i++) {
+      const n = await count(pageB, "ana");
+      if (n !== 1) throw new Error(`B's member list shows ana ${n} times: ${await pageB.evaluate(pageState)}`);
+      const strip = await pageB.evaluate(() => [...document.querySelectorAll("[data-testid=active-person]")].filter((p) => p.dataset.user === "ana").length);
+      if (strip !== 1) throw new Error(`B's active-now strip shows ana ${strip} times`);
+      await sleep(100);
+    }
+    await shot(pageB, "05-b-one-ana-two-tabs");
+  });
+
+  await scenario("A sets invisible → B sees A offline while A still receives", async () => {
+    await pageA.getByTestId("status-select").selectOption("invisible");
+    await until(pageB, "B sees ana offline", memberIs, { user: "ana", state: "offline" });
+    await until(pageB, "B's active-now strip drops ana", (a) => !document.querySelector(`[data-testid=active-person][data-user="${a}"]`), "ana");
+    await until(pageA2, "A's other tab shows the invisible status too", () => document.querySelector("[data-testid=status-select]").value === "invisible");
+    await send(pageB, "ana? are you around?");
+    await until(pageA, "invisible A receives bob's message (tab 1)", hasMessage, { user: "bob", text: "ana? are you around?" });
+    await until(pageA2, "invisible A receives bob's message (tab 2)", hasMessage, { user: "bob", text: "ana? are you around?" });
+    // While invisible, reading sends no receipt to others.
+    await sleep(500);
+    const seen = await pageB.getByTestId("seen-by").getAttribute("data-users");
+    if (seen.includes("ana")) throw new Error(`B sees a receipt from invisible ana: "${seen}"`);
+    const still = await pageB.evaluate(() => document.querySelector('[data-testid=member][data-user="ana"]')?.dataset.state);
+    if (still !== "offline") throw new Error(`B sees invisible ana as ${still}`);
+    await shot(pageB, "06-b-sees-invisible-a-offline");
+    await shot(pageA, "06-a-invisible");
+    await pageA.getByTestId("status-select").selectOption("available");
+    await until(pageB, "B sees ana back online", memberIs, { user: "ana", state: ["active", "idle"] });
+  });
+
+  await scenario("A closes both tabs → B sees A offline after the grace, with 'last seen'", async () => {
+    const t = Date.now();
+    await pageA2.close({ runBeforeUnload: true });
+    await pageA.close({ runBeforeUnload: true });
+    await until(pageB, "B sees ana offline with last seen", memberIs, { user: "ana", state: "offline", detail: "^last seen " });
+    const ms = Date.now() - t;
+    if (ms < LEAVE_GRACE_MS - 50) throw new Error(`ana went offline after ${ms} ms, before the ${LEAVE_GRACE_MS} ms grace`);
+    await shot(pageB, "07-b-sees-a-offline");
+    return `offline after ${ms} ms (leave grace ${LEAVE_GRACE_MS} ms)`;
+  });
+
+  if (pageErrors.length) throw new Error(`uncaught errors in the pages:\n      ${pageErrors.join("\n      ")}`);
+} catch (e) {
+  failure = e;
+  for (const [i, ctx] of browsers.entries()) for (const [j, p] of ctx.pages().entries()) await shot(p, `failure-${i}-${j}`);
+} finally {
+  for (const ctx of browsers) await ctx.close().catch(() => {});
+  await stopServer(server?.child);
+  for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
+}
+
+/** Two users side by side in one picture (composed in a blank page; no image library needed). */
+async function sideBySide(ctx, pageA, pageB) {
+  const a = (await pageA.screenshot()).toString("base64");
+  const b = (await pageB.screenshot()).toString("base64");
+  writeFileSync(join(artifacts, "04-a.png"), Buffer.from(a, "base64"));
+  writeFileSync(join(artifacts, "04-b.png"), Buffer.from(b, "base64"));
+  const page = await ctx.newPage();
+  const gap = 24;
+  await page.setViewportSize({ width: VIEWPORT.width * 2 + gap * 3, height: VIEWPORT.height + gap * 2 + 28 });
+  await page.setContent(`<body style="margin:0;background:#d9dcea;font:600 14px system-ui,sans-serif;color:#3b4160">
+    <div style="display:flex;gap:${gap}px;padding:${gap - 6}px ${gap}px ${gap}px">
+    ${[["ana", a], ["bob", b]].map(([who, png]) => `<figure style="margin:0"><figcaption style="margin:0 0 6px 4px">${who}'s window</figcaption>
+      <img style="display:block;border-radius:10px;box-shadow:0 8px 30px rgba(30,35,70,.18)" src="data:image/png;base64,${png}"></figure>`).join("")}
+    </div></body>`);
+  const out = join(artifacts, "side-by-side.png");
+  await page.screenshot({ path: out });
+  await page.close();
+  if (process.env.UPDATE_DOCS) {
+    mkdirSync(join(root, "docs"), { recursive: true });
+    copyFileSync(out, join(root, "docs", "demo.png"));
+  }
+}
+
+const total = ((Date.now() - started) / 1000).toFixed(1);
+const passed = results.filter((r) => r.ok).length;
+if (failure) {
+  console.error(`\ne2e FAILED: ${failure.message}`);
+  if (serverLog.length) console.error(`demo-web log:\n${serverLog.join("").split("\n").slice(-30).join("\n")}`);
+  console.error(`${passed} scenario(s) passed before the failure; screenshots in ${artifacts} (${total} s)`);
+  process.exit(1);
+}
+console.log(`e2e: ${passed} scenarios passed in ${total} s; screenshots in ${artifacts}`);
