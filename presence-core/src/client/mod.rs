@@ -377,6 +377,11 @@ impl Client {
                 self.cache.watching(users);
             }
             ServerMessage::SelfStatus { status, text } => {
+                // The server's word on the user's status (set here or in
+                // another tab) is the state; a later local change wins again.
+                if self.status_sent {
+                    self.status = Some((status, text.clone()));
+                }
                 self.event(ClientEvent::SelfStatus { status, text });
             }
             ServerMessage::Error { code, message, .. } => {

@@ -269,3 +269,20 @@ fn close_says_leaving_first() {
     assert_eq!(sent(&mut c), [r#"{"type":"leaving"}"#, "<close 1000>"]);
     assert_eq!(c.next_deadline(at(1)), None);
 }
+
+#[test]
+fn a_status_set_in_another_tab_becomes_this_tabs_status() {
+    let mut c = ready();
+    c.received(
+        at(1),
+        r#"{"type":"self_status","status":"busy","text":"focus"}"#,
+    );
+    assert_eq!(
+        c.status(),
+        (Status::Busy, StatusText::new("focus").unwrap())
+    );
+    assert!(matches!(
+        c.poll_event(),
+        Some(ClientEvent::SelfStatus { .. })
+    ));
+}
