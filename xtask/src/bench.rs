@@ -94,7 +94,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
         s(
             "churn",
             short_grace,
-            &["churn", "--rate", "500", "--seconds", "10"],
+            &["churn", "--rate", "1000", "--seconds", "10"],
         ),
         // Last: a 10,000-member room leaves gigabytes of freed memory and
         // thousands of closing sockets behind, which disturbs what follows.

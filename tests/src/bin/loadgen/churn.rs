@@ -53,6 +53,7 @@ pub async fn run(
     let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let start = Instant::now();
     let mut spawned = 0u64;
+    let mut tasks = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while start.elapsed() < seconds {
         tick.tick().await;
@@ -60,7 +61,7 @@ pub async fn run(
         while spawned < due {
             let (target, room, err) = (target.clone(), room.clone(), err_tx.clone());
             let i = spawned as usize;
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let run = async {
                     let mut ws =
                         conn::open(&target, conn::source(i, sources), &format!("c{i}")).await?;
@@ -77,8 +78,17 @@ pub async fn run(
                 if run.await.is_err() {
                     let _ = err.send(());
                 }
-            });
+            }));
             spawned += 1;
+        }
+    }
+    // The rate counts connections started; a ghost check is only fair once
+    // every churned connection has actually gone, so wait for them (bounded).
+    let mut unfinished = 0;
+    let all_done = tokio::time::Instant::now() + Duration::from_secs(60);
+    for task in tasks {
+        if tokio::time::timeout_at(all_done, task).await.is_err() {
+            unfinished += 1;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -89,7 +99,11 @@ pub async fn run(
     if !online.is_empty() {
         let mut names: Vec<&String> = online.iter().collect();
         names.sort();
-        eprintln!("churn: still online after the graces: {names:?}");
+        names.truncate(20);
+        eprintln!(
+            "churn: {} still online after the graces, e.g. {names:?}",
+            online.len()
+        );
     }
     let mut errors = 0;
     while err_rx.try_recv().is_ok() {
@@ -101,6 +115,7 @@ pub async fn run(
         "connects+disconnects/s",
     );
     figure("churn.errors", f64::from(errors), "connections");
+    figure("churn.unfinished", f64::from(unfinished), "connections");
     figure("churn.ghost_users", online.len() as f64, "users");
     Ok(())
 }
