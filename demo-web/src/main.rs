@@ -87,31 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // The e2e tests read this line for the port.
     println!("demo-web: open http://{addr}/ in two windows and sign in with two names");
-    demo.serve(listener, shutdown_signal()).await?;
+    demo.serve(listener, presence_server::shutdown_signal())
+        .await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -28,6 +28,7 @@ mod metrics;
 mod redis;
 mod server;
 mod session;
+mod signal;
 
 pub use audience::{AudiencePolicy, OpenAudience};
 pub use auth::{AuthError, Authenticator, DevAuth, JwtAuth, WeakSecret};
@@ -38,3 +39,4 @@ pub use events::Events;
 pub use presence_core;
 pub use redis::{RedisConfig, RedisSetupError, RedisStore};
 pub use server::{BuildError, Builder, PresenceServer};
+pub use signal::shutdown_signal;
