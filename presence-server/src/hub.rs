@@ -71,6 +71,16 @@ struct State {
     cluster: Option<ClusterState>,
 }
 
+impl State {
+    /// Whether `generation` is still the socket speaking for `conn` (not one
+    /// replaced by a resume, nor one the server already closed).
+    fn is_current(&self, conn: ConnId, generation: u64) -> bool {
+        self.sockets
+            .get(&conn)
+            .is_some_and(|s| s.generation == generation)
+    }
+}
+
 /// The node's shared state and its collaborators.
 pub(crate) struct Hub {
     pub config: ServerConfig,
@@ -443,11 +453,7 @@ impl Hub {
         f: impl FnOnce(&mut Machine, Millis) -> Result<R, MachineError>,
     ) -> Result<R, ErrorCode> {
         self.apply(|st, now| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_none_or(|s| s.generation != generation)
-            {
+            if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
             let _ = st.machine.heartbeat(now, conn);
@@ -465,11 +471,7 @@ impl Hub {
     /// Queues a reply (pong, error, …) for a socket.
     pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
         self.apply(|st, _| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_some_and(|s| s.generation == generation)
-            {
+            if st.is_current(conn, generation) {
                 self.send(st, conn, text_frame(msg));
             }
         });
@@ -478,11 +480,7 @@ impl Hub {
     /// Joins a room and queues its snapshot before any later diff.
     pub fn join(&self, conn: ConnId, generation: u64, room: RoomId) -> Result<(), ErrorCode> {
         self.apply(|st, now| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_none_or(|s| s.generation != generation)
-            {
+            if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
             st.machine
@@ -551,11 +549,7 @@ impl Hub {
         users: Vec<UserId>,
     ) -> Result<(), ErrorCode> {
         self.apply(|st, _| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_none_or(|s| s.generation != generation)
-            {
+            if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
             let current = st.watches.get(&conn);
@@ -584,11 +578,7 @@ impl Hub {
     /// Removes users from a connection's watch list.
     pub fn unwatch(&self, conn: ConnId, generation: u64, users: &[UserId]) {
         self.apply(|st, _| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_none_or(|s| s.generation != generation)
-            {
+            if !st.is_current(conn, generation) {
                 return;
             }
             for user in users {
@@ -600,11 +590,7 @@ impl Hub {
     /// Closes a socket on the session's own initiative (abuse, huge frame).
     pub fn close(&self, conn: ConnId, generation: u64, close: Close) {
         self.apply(|st, now| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_some_and(|s| s.generation == generation)
-            {
+            if st.is_current(conn, generation) {
                 self.close_socket(st, now, conn, close, true);
             }
         });
@@ -615,11 +601,7 @@ impl Hub {
     /// connection enters the offline grace.
     pub fn socket_gone(&self, conn: ConnId, generation: u64) {
         self.apply(|st, now| {
-            if st
-                .sockets
-                .get(&conn)
-                .is_some_and(|s| s.generation == generation)
-            {
+            if st.is_current(conn, generation) {
                 st.sockets.remove(&conn);
                 if let Some(c) = st.cluster.as_mut() {
                     c.awaiting.remove(&conn.0);
