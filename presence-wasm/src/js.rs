@@ -121,14 +121,14 @@ impl ConnectOptions {
     /// field.
     pub fn read(o: &JsValue) -> Result<Self, JsValue> {
         if !o.is_object() {
-            return Err(error("invalid_options", "options must be an object"));
+            return Err(error("invalid_options", &"options must be an object"));
         }
         let get = |k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
         let string = |k: &str| {
             get(k)
                 .as_string()
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| error("invalid_options", format!("{k} must be a non-empty string")))
+                .ok_or_else(|| error("invalid_options", &[k, " must be a non-empty string"].concat()))
         };
         let millis = |k: &str| -> Result<Option<u32>, JsValue> {
             let v = get(k);
@@ -139,7 +139,7 @@ impl ConnectOptions {
                 Some(n) if (0.0..=86_400_000.0).contains(&n) => Ok(Some(n as u32)),
                 _ => Err(error(
                     "invalid_options",
-                    format!("{k} must be a number of milliseconds (0 to 1 day)"),
+                    &[k, " must be a number of milliseconds (0 to 1 day)"].concat(),
                 )),
             }
         };
@@ -156,6 +156,7 @@ impl ConnectOptions {
 }
 
 /// Parses a status name from JS.
+#[inline(never)]
 pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
     use presence_core::Status::*;
     match v.as_string().as_deref() {
@@ -165,13 +166,14 @@ pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
         Some("invisible") => Ok(Invisible),
         _ => Err(error(
             "invalid_argument",
-            "status must be available, away, busy or invisible",
+            &"status must be available, away, busy or invisible",
         )),
     }
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
-pub fn error(code: &str, message: impl std::fmt::Display) -> JsValue {
+#[inline(never)] // one copy, not one per call site
+pub fn error(code: &str, message: &dyn std::fmt::Display) -> JsValue {
     let e = js_sys::Error::new(&message.to_string());
     // Setting a property on a fresh Error object cannot fail.
     let _ = js_sys::Reflect::set(&e, &"code".into(), &code.into());
@@ -179,14 +181,16 @@ pub fn error(code: &str, message: impl std::fmt::Display) -> JsValue {
 }
 
 /// Parses a room id from JS, or an `invalid_argument` error.
+#[inline(never)]
 pub fn room(s: &str) -> Result<RoomId, JsValue> {
-    RoomId::new(s).map_err(|e| error("invalid_argument", e))
+    RoomId::new(s).map_err(|e| error("invalid_argument", &e))
 }
 
 /// Parses user ids from JS, or an `invalid_argument` error.
+#[inline(never)]
 pub fn users(list: Vec<String>) -> Result<Vec<UserId>, JsValue> {
     list.into_iter()
-        .map(|s| UserId::new(s).map_err(|e| error("invalid_argument", e)))
+        .map(|s| UserId::new(s).map_err(|e| error("invalid_argument", &e)))
         .collect()
 }
 

@@ -12,6 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+/// Talc instead of Rust's default dlmalloc: the same job in a fraction of
+/// the bytes (measured in the README's size table).
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 mod js;
 mod page;
 mod runtime;
@@ -54,7 +60,7 @@ impl PresenceClient {
         if !(o.url.starts_with("ws://") || o.url.starts_with("wss://")) {
             return Err(error(
                 "invalid_options",
-                "url must start with ws:// or wss://",
+                &"url must start with ws:// or wss://",
             ));
         }
         let now = runtime::now();
@@ -103,7 +109,7 @@ impl PresenceClient {
         let users = js::users(users)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| result = c.watch(users));
-        result.map_err(|e| error("too_many_watched", e))
+        result.map_err(|e| error("too_many_watched", &e))
     }
 
     /// Stops watching users.
@@ -119,7 +125,7 @@ impl PresenceClient {
     pub fn set_status(&self, status: JsStatus, text: Option<String>) -> Result<(), JsValue> {
         let status: Status = js::status(&status.into())?;
         let text = match text {
-            Some(t) => StatusText::new(&t).map_err(|e| error("invalid_argument", e))?,
+            Some(t) => StatusText::new(&t).map_err(|e| error("invalid_argument", &e))?,
             None => None,
         };
         runtime::with(&self.shared, |c, _| c.set_status(status, text));
@@ -131,7 +137,7 @@ impl PresenceClient {
         let room = js::room(room)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, now| result = c.typing(now, &room));
-        result.map_err(|e| error("not_in_room", e))
+        result.map_err(|e| error("not_in_room", &e))
     }
 
     /// The user stopped typing (composer blurred, message sent).
@@ -180,14 +186,14 @@ impl PresenceClient {
         {
             return Err(error(
                 "invalid_marker",
-                "marker must be a non-negative safe integer",
+                &"marker must be a non-negative safe integer",
             ));
         }
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| {
             result = c.mark_read(&room, marker as u64)
         });
-        result.map_err(|e| error("not_in_room", e))
+        result.map_err(|e| error("not_in_room", &e))
     }
 
     /// A room's members as last heard (empty until its snapshot arrives).

@@ -1,4 +1,4 @@
-//! The browser package: wasm build → wasm-bindgen (web target) → wasm-opt → `package.json` →
+//! The browser package: wasm build → wasm-bindgen (web target) → wasm-opt → esbuild → `package.json` →
 //! `npm pack`, then the size report against the budget.
 
 use std::fs;
@@ -64,6 +64,8 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
         .typescript(true)
         // The CLI's default; without it `init()` with no argument cannot find the .wasm.
         .omit_default_module_path(false)
+        // `PRESENCE_SIZE_PROFILE=1` keeps function names for `twiggy top` (see the crate README).
+        .keep_debug(profile_names())
         .generate(&pkg)
         .context("wasm-bindgen")?;
 
@@ -73,11 +75,24 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     cmd::run(
         cmd::in_dir(&wasm_opt, &pkg)
             .arg("-Oz")
+            .args(profile_names().then_some("-g"))
             .arg(&wasm)
             .arg("-o")
             .arg(&optimized),
     )?;
     fs::rename(&optimized, &wasm).context("replacing the .wasm with the optimized one")?;
+
+    // The glue ships minified, as the hosted SDKs it is compared with do; the types live in the
+    // `.d.ts`, so nothing an editor shows is lost.
+    let glue = pkg.join(format!("{STEM}.js"));
+    let esbuild = ws.root.join("xtask/node/node_modules/.bin/esbuild");
+    cmd::run(cmd::in_dir(&esbuild, &pkg).arg(&glue).args([
+        "--minify",
+        "--format=esm",
+        "--target=es2020",
+        "--allow-overwrite",
+        &format!("--outfile={}", glue.display()),
+    ]))?;
 
     write_package_json(ws, &pkg)?;
     if pack == Pack::Yes {
@@ -86,6 +101,10 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
         cmd::run(cmd::in_dir("npm", &pkg).args(["pack", "--pack-destination", &pack_dir]))?;
     }
     report_sizes(&wasm, &pkg.join(format!("{STEM}.js")))
+}
+
+fn profile_names() -> bool {
+    std::env::var_os("PRESENCE_SIZE_PROFILE").is_some()
 }
 
 fn write_package_json(ws: &Workspace, pkg: &Path) -> Result<()> {

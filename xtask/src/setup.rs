@@ -78,9 +78,11 @@ fn redis_answers() -> bool {
         .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
 }
 
-/// The node tools in `xtask/node/` (binaryen's `wasm-opt`), installed from the committed lockfile.
+/// The node tools in `xtask/node/` (binaryen's `wasm-opt`, `esbuild`), installed from the
+/// committed lockfile.
 pub fn node_tools(ws: &Workspace) -> Result<()> {
-    npm_ci(&ws.root.join("xtask").join("node"), "wasm-opt")
+    // Probe the newest tool, so a checkout that predates it reinstalls.
+    npm_ci(&ws.root.join("xtask").join("node"), "esbuild")
 }
 
 /// `npm ci` in `dir` unless `node_modules/.bin/<probe>` is already there.
