@@ -1,7 +1,8 @@
 //! Identifier newtypes. Each validates its length and content when built, so a
 //! value of these types is always safe to log, store and send.
 
-use std::fmt;
+use crate::prelude::*;
+use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,13 +12,11 @@ use crate::limits::{MAX_RESUME_TOKEN_BYTES, MAX_ROOM_ID_BYTES, MAX_USER_ID_BYTES
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidId {
     /// The string was empty.
-    #[error("{kind} must not be empty")]
     Empty {
         /// Which kind of value was refused.
         kind: &'static str,
     },
     /// The string was longer than its limit.
-    #[error("{kind} is longer than {max} bytes")]
     TooLong {
         /// Which kind of value was refused.
         kind: &'static str,
@@ -25,11 +24,32 @@ pub enum InvalidId {
         max: usize,
     },
     /// The string held a control character or whitespace.
-    #[error("{kind} may not contain control characters or whitespace")]
     BadCharacter {
         /// Which kind of value was refused.
         kind: &'static str,
     },
+}
+
+// Written out with `write_str` (no `write!`): see `crate::text`.
+impl fmt::Display for InvalidId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty { kind } => {
+                f.write_str(kind)?;
+                f.write_str(" must not be empty")
+            }
+            Self::TooLong { kind, max } => {
+                f.write_str(kind)?;
+                f.write_str(" is longer than ")?;
+                f.write_str(crate::text::decimal(*max as u64, &mut [0; 20]))?;
+                f.write_str(" bytes")
+            }
+            Self::BadCharacter { kind } => {
+                f.write_str(kind)?;
+                f.write_str(" may not contain control characters or whitespace")
+            }
+        }
+    }
 }
 
 fn check(kind: &'static str, s: &str, max: usize) -> Result<(), InvalidId> {

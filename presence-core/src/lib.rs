@@ -1,16 +1,30 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+/// What `std`'s prelude gives, for the modules that also build without `std`.
+mod prelude {
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+}
 
 pub mod client;
 pub mod ids;
 pub mod limits;
+#[cfg(feature = "std")]
 pub mod machine;
 pub mod policy;
 pub mod presence;
 pub mod protocol;
+mod text;
 
 pub use ids::{ConnId, InvalidId, ResumeToken, RoomId, UserId};
+#[cfg(feature = "std")]
 pub use machine::{Event, Machine, Outcome};
 pub use policy::TimingPolicy;
 pub use presence::{Activity, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};

@@ -1,6 +1,6 @@
 //! The timing policy: every delay the machine and its clients use.
 
-use std::time::Duration;
+use core::time::Duration;
 
 use serde::{Deserialize, Serialize};
 

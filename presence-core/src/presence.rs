@@ -1,7 +1,8 @@
 //! The presence vocabulary: what a connection is doing, what a user chose to
 //! show, and what observers see.
 
-use std::time::Duration;
+use crate::prelude::*;
+use core::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,14 +82,29 @@ pub struct StatusText(Box<str>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidStatusText {
     /// Longer than the limit.
-    #[error("status text is longer than {MAX_STATUS_TEXT_CHARS} characters")]
     TooLong,
     /// Empty or only whitespace where a text was required.
-    #[error("status text must not be empty; omit the field instead")]
     Empty,
     /// Contains a control character (newlines included).
-    #[error("status text may not contain control characters")]
     BadCharacter,
+}
+
+// Written out with `write_str` (no `write!`): see `crate::text`.
+impl core::fmt::Display for InvalidStatusText {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLong => {
+                f.write_str("status text is longer than ")?;
+                f.write_str(crate::text::decimal(
+                    MAX_STATUS_TEXT_CHARS as u64,
+                    &mut [0; 20],
+                ))?;
+                f.write_str(" characters")
+            }
+            Self::Empty => f.write_str("status text must not be empty; omit the field instead"),
+            Self::BadCharacter => f.write_str("status text may not contain control characters"),
+        }
+    }
 }
 
 impl StatusText {

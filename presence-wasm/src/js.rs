@@ -1,6 +1,9 @@
 //! The JavaScript shapes: options in, events and snapshots out, errors with
 //! codes. Every shape here has its TypeScript twin in the `TYPES` section below.
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use js_sys::Object;
 use presence_core::client::{ClientEvent, ConnectionState};
 use presence_core::{PresenceView, RoomId, UserId};
@@ -97,6 +100,9 @@ extern "C" {
     /// `Presence[]`.
     #[wasm_bindgen(typescript_type = "Presence[]")]
     pub type PresenceList;
+    /// `string[]`: user ids.
+    #[wasm_bindgen(typescript_type = "string[]")]
+    pub type UserList;
     /// `PresenceSnapshot`.
     #[wasm_bindgen(typescript_type = "PresenceSnapshot")]
     pub type JsSnapshot;
@@ -121,14 +127,16 @@ impl ConnectOptions {
     /// field.
     pub fn read(o: &JsValue) -> Result<Self, JsValue> {
         if !o.is_object() {
-            return Err(error("invalid_options", &"options must be an object"));
+            return Err(error("invalid_options", "options must be an object"));
         }
         let get = |k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
         let string = |k: &str| {
-            get(k)
-                .as_string()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| error("invalid_options", &[k, " must be a non-empty string"].concat()))
+            get(k).as_string().filter(|s| !s.is_empty()).ok_or_else(|| {
+                error(
+                    "invalid_options",
+                    &[k, " must be a non-empty string"].concat(),
+                )
+            })
         };
         let millis = |k: &str| -> Result<Option<u32>, JsValue> {
             let v = get(k);
@@ -166,15 +174,15 @@ pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
         Some("invisible") => Ok(Invisible),
         _ => Err(error(
             "invalid_argument",
-            &"status must be available, away, busy or invisible",
+            "status must be available, away, busy or invisible",
         )),
     }
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
 #[inline(never)] // one copy, not one per call site
-pub fn error(code: &str, message: &dyn std::fmt::Display) -> JsValue {
-    let e = js_sys::Error::new(&message.to_string());
+pub fn error(code: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
     // Setting a property on a fresh Error object cannot fail.
     let _ = js_sys::Reflect::set(&e, &"code".into(), &code.into());
     e.into()
@@ -183,14 +191,27 @@ pub fn error(code: &str, message: &dyn std::fmt::Display) -> JsValue {
 /// Parses a room id from JS, or an `invalid_argument` error.
 #[inline(never)]
 pub fn room(s: &str) -> Result<RoomId, JsValue> {
-    RoomId::new(s).map_err(|e| error("invalid_argument", &e))
+    RoomId::new(s).map_err(|e| error("invalid_argument", &e.to_string()))
 }
 
 /// Parses user ids from JS, or an `invalid_argument` error.
 #[inline(never)]
-pub fn users(list: Vec<String>) -> Result<Vec<UserId>, JsValue> {
-    list.into_iter()
-        .map(|s| UserId::new(s).map_err(|e| error("invalid_argument", &e)))
+pub fn users(list: &JsValue) -> Result<Vec<UserId>, JsValue> {
+    let not_ids = || {
+        error(
+            "invalid_argument",
+            "users must be an array of user id strings",
+        )
+    };
+    if !js_sys::Array::is_array(list) {
+        return Err(not_ids());
+    }
+    list.unchecked_ref::<js_sys::Array>()
+        .iter()
+        .map(|v| {
+            let s = v.as_string().ok_or_else(not_ids)?;
+            UserId::new(s).map_err(|e| error("invalid_argument", &e.to_string()))
+        })
         .collect()
 }
 

@@ -11,6 +11,9 @@
 //! cover it; its behaviour is tested in headless Chromium (`tests/`).
 
 #![forbid(unsafe_code)]
+#![no_std]
+
+extern crate alloc;
 
 /// Talc instead of Rust's default dlmalloc: the same job in a fraction of
 /// the bytes (measured in the README's size table).
@@ -18,13 +21,23 @@
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
+/// Without `std` (the npm bundle) a panic, which no input can cause, traps
+/// instead of carrying formatting code for a message nobody would read.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
 mod js;
 mod page;
 mod runtime;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::Duration;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::time::Duration;
 
 use presence_core::client::{ActivityConfig, Client, ClientConfig};
 use presence_core::{Status, StatusText};
@@ -34,7 +47,7 @@ use wasm_bindgen::prelude::*;
 use crate::js::{
     ConnectOptions, ConnectionCallback, ErrorCallback, JsConnectOptions, JsSnapshot, JsStatus,
     PresenceCallback, PresenceList, ReceiptCallback, SelfStatusCallback, Topic, TypingCallback,
-    Unsubscribe, error,
+    Unsubscribe, UserList, error,
 };
 use crate::runtime::{Shared, State};
 
@@ -60,7 +73,7 @@ impl PresenceClient {
         if !(o.url.starts_with("ws://") || o.url.starts_with("wss://")) {
             return Err(error(
                 "invalid_options",
-                &"url must start with ws:// or wss://",
+                "url must start with ws:// or wss://",
             ));
         }
         let now = runtime::now();
@@ -77,7 +90,7 @@ impl PresenceClient {
             ..ClientConfig::default()
         };
         let mut client = Client::new(now, config);
-        let resume_key = o.resume.then(|| format!("presence:resume:{}", o.url));
+        let resume_key = o.resume.then(|| ["presence:resume:", &o.url].concat());
         if let Some(key) = &resume_key {
             client.set_resume_token(runtime::take_resume_token(key));
         }
@@ -105,16 +118,16 @@ impl PresenceClient {
     }
 
     /// Watches users wherever they are (a contact list).
-    pub fn watch(&self, users: Vec<String>) -> Result<(), JsValue> {
-        let users = js::users(users)?;
+    pub fn watch(&self, users: UserList) -> Result<(), JsValue> {
+        let users = js::users(&users)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| result = c.watch(users));
-        result.map_err(|e| error("too_many_watched", &e))
+        result.map_err(|e| error("too_many_watched", &e.to_string()))
     }
 
     /// Stops watching users.
-    pub fn unwatch(&self, users: Vec<String>) -> Result<(), JsValue> {
-        let users = js::users(users)?;
+    pub fn unwatch(&self, users: UserList) -> Result<(), JsValue> {
+        let users = js::users(&users)?;
         runtime::with(&self.shared, |c, _| c.unwatch(users));
         Ok(())
     }
@@ -125,7 +138,9 @@ impl PresenceClient {
     pub fn set_status(&self, status: JsStatus, text: Option<String>) -> Result<(), JsValue> {
         let status: Status = js::status(&status.into())?;
         let text = match text {
-            Some(t) => StatusText::new(&t).map_err(|e| error("invalid_argument", &e))?,
+            Some(t) => {
+                StatusText::new(&t).map_err(|e| error("invalid_argument", &e.to_string()))?
+            }
             None => None,
         };
         runtime::with(&self.shared, |c, _| c.set_status(status, text));
@@ -137,7 +152,7 @@ impl PresenceClient {
         let room = js::room(room)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, now| result = c.typing(now, &room));
-        result.map_err(|e| error("not_in_room", &e))
+        result.map_err(|e| error("not_in_room", &e.to_string()))
     }
 
     /// The user stopped typing (composer blurred, message sent).
@@ -182,18 +197,18 @@ impl PresenceClient {
         let room = js::room(room)?;
         if !(marker >= 0.0
             && marker <= presence_core::limits::MAX_READ_MARKER as f64
-            && marker.fract() == 0.0)
+            && marker == (marker as u64) as f64)
         {
             return Err(error(
                 "invalid_marker",
-                &"marker must be a non-negative safe integer",
+                "marker must be a non-negative safe integer",
             ));
         }
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| {
             result = c.mark_read(&room, marker as u64)
         });
-        result.map_err(|e| error("not_in_room", &e))
+        result.map_err(|e| error("not_in_room", &e.to_string()))
     }
 
     /// A room's members as last heard (empty until its snapshot arrives).

@@ -5,8 +5,9 @@
 //! a timestamp, and an idle → active transition is forwarded at once because
 //! the first event after a quiet spell always passes the throttle.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::Cell;
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -70,7 +71,7 @@ pub fn listen(
 
 /// Installs the page listeners; they live as long as the returned vector.
 pub fn install(shared: &Shared) -> Vec<Listener> {
-    let Some(window) = web_sys::window() else {
+    let Some(window) = runtime::window() else {
         return Vec::new();
     };
     let Some(document) = window.document() else {
@@ -121,9 +122,7 @@ pub fn install(shared: &Shared) -> Vec<Listener> {
     }));
     let w = weak.clone();
     out.extend(listen(&window, "pageshow", false, move |e| {
-        let persisted = e
-            .dyn_ref::<PageTransitionEvent>()
-            .is_some_and(PageTransitionEvent::persisted);
+        let persisted = e.unchecked_ref::<PageTransitionEvent>().persisted();
         if persisted && let Some(s) = w.upgrade() {
             let Ok(key) = s
                 .try_borrow()

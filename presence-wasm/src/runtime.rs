@@ -6,10 +6,12 @@
 //! timer, releases the borrow, and only then calls the app's callbacks, so a
 //! callback may call back into the SDK without a borrow panic.
 
-use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
-use gloo_timers::callback::Timeout;
 use presence_core::client::{Action, Client};
 use presence_core::{Millis, ResumeToken};
 use wasm_bindgen::JsCast;
@@ -38,6 +40,49 @@ impl Drop for Socket {
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
         self.ws.set_onerror(None);
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// `globalThis.window`: `undefined` off the main thread, and no `instanceof`
+    /// checks (web-sys's `window()` costs four imports more).
+    #[wasm_bindgen(thread_local_v2, js_namespace = globalThis, js_name = window)]
+    static WINDOW: JsValue;
+}
+
+/// The page's window, if there is one.
+pub fn window() -> Option<web_sys::Window> {
+    WINDOW.with(|w| (!w.is_undefined()).then(|| w.clone().unchecked_into()))
+}
+
+/// A `setTimeout` cleared on drop (gloo-timers' `Timeout`, which needs `std`).
+struct Timeout {
+    id: i32,
+    _callback: Closure<dyn FnMut()>,
+}
+
+impl Timeout {
+    fn new(ms: u32, f: impl FnMut() + 'static) -> Option<Self> {
+        let callback = Closure::<dyn FnMut()>::new(f);
+        let id = window()?
+            .set_timeout_with_callback_and_timeout_and_arguments_0(
+                callback.as_ref().unchecked_ref(),
+                ms.min(i32::MAX as u32) as i32,
+            )
+            .ok()?;
+        Some(Self {
+            id,
+            _callback: callback,
+        })
+    }
+}
+
+impl Drop for Timeout {
+    fn drop(&mut self) {
+        if let Some(window) = window() {
+            window.clear_timeout_with_handle(self.id);
+        }
     }
 }
 
@@ -110,7 +155,7 @@ impl State {
 }
 
 fn session_storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.session_storage().ok()?
+    window()?.session_storage().ok()?
 }
 
 /// Takes (reads and removes) the token an earlier page of this tab saved:
@@ -211,12 +256,10 @@ fn perform(shared: &Shared, state: &mut State) {
 fn open(shared: &Shared, state: &mut State) {
     state.socket = None;
     state.generation = state.generation.wrapping_add(1);
-    let url = format!(
-        "{}{}token={}",
-        state.url,
-        if state.url.contains('?') { '&' } else { '?' },
-        js_sys::encode_uri_component(&state.token)
-    );
+    let mut url = state.url.clone();
+    url.push(if url.contains('?') { '&' } else { '?' });
+    url.push_str("token=");
+    url.push_str(&String::from(js_sys::encode_uri_component(&state.token)));
     let ws = match WebSocket::new(&url) {
         Ok(ws) => ws,
         Err(_) => {
@@ -240,16 +283,15 @@ fn open(shared: &Shared, state: &mut State) {
     };
     let on_open = handler(weak.clone(), |c, now, _| c.opened(now));
     let on_message = handler(weak.clone(), |c, now, e| {
-        if let Some(text) = e
-            .dyn_ref::<MessageEvent>()
-            .and_then(|m| m.data().as_string())
-        {
+        // A socket's `message` handler only ever gets a `MessageEvent` (no
+        // `instanceof` check, which would cost the bundle an import).
+        if let Some(text) = e.unchecked_ref::<MessageEvent>().data().as_string() {
             c.received(now, &text);
         }
     });
     let on_close = handler(weak, |c, now, e| {
-        let code = e.dyn_ref::<CloseEvent>().map(CloseEvent::code);
-        c.closed(now, code.filter(|&c| c != 1006));
+        let code = e.unchecked_ref::<CloseEvent>().code();
+        c.closed(now, Some(code).filter(|&c| c != 1006));
     });
     ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -279,5 +321,5 @@ fn schedule(shared: &Shared, state: &mut State, now: Millis) {
             with(&shared, |c, now| c.tick(now));
         }
     });
-    state.timer = Some((at, timeout));
+    state.timer = timeout.map(|t| (at, t));
 }

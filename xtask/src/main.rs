@@ -15,6 +15,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod minify;
 mod npm;
 mod server;
 mod setup;

@@ -10,8 +10,8 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 
-use crate::cmd;
 use crate::workspace::Workspace;
+use crate::{cmd, minify};
 
 /// The size target (issue #4): gzipped `.wasm` plus gzipped JS glue.
 pub const BUDGET_GZ_BYTES: usize = 40 * 1024;
@@ -42,6 +42,8 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
         "wasm32-unknown-unknown",
         "--profile",
         "wasm-release",
+        // Without `std`: see the `std` feature in presence-wasm/Cargo.toml.
+        "--no-default-features",
     ]))?;
     let input = ws
         .target
@@ -82,9 +84,16 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     )?;
     fs::rename(&optimized, &wasm).context("replacing the .wasm with the optimized one")?;
 
+    let glue = pkg.join(format!("{STEM}.js"));
+    if !profile_names() {
+        minify::names(&wasm_opt, &wasm, &glue, &pkg.join(format!("{STEM}.d.ts")))?;
+        // It lists the raw exports under their old names, and no supported use imports the
+        // `.wasm` as a module.
+        fs::remove_file(pkg.join(format!("{STEM}_bg.wasm.d.ts")))?;
+    }
+
     // The glue ships minified, as the hosted SDKs it is compared with do; the types live in the
     // `.d.ts`, so nothing an editor shows is lost.
-    let glue = pkg.join(format!("{STEM}.js"));
     let esbuild = ws.root.join("xtask/node/node_modules/.bin/esbuild");
     cmd::run(cmd::in_dir(&esbuild, &pkg).arg(&glue).args([
         "--minify",

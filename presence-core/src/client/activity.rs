@@ -1,6 +1,6 @@
 //! What the page is doing, from raw signals, as one `Activity`.
 
-use std::time::Duration;
+use core::time::Duration;
 
 use crate::presence::{Activity, IdleReason, Millis};
 

@@ -1,6 +1,6 @@
 //! Reconnect delays: exponential backoff with full jitter, capped.
 
-use std::time::Duration;
+use core::time::Duration;
 
 /// Exponential backoff with full jitter: attempt `n` waits a uniformly random
 /// time in `[0, min(cap, base · 2ⁿ)]`, so a server restart does not bring every

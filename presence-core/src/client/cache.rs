@@ -2,6 +2,7 @@
 //! kept current by snapshots and diffs.
 
 use crate::ids::{RoomId, UserId};
+use crate::prelude::*;
 use crate::presence::{Millis, PresenceState, PresenceView};
 use crate::protocol::{Diff, Receipt};
 

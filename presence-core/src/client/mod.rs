@@ -14,8 +14,9 @@ mod backoff;
 mod cache;
 mod vecmap;
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use crate::prelude::*;
+use alloc::collections::VecDeque;
+use core::time::Duration;
 
 pub use activity::{ActivityConfig, ActivityTracker};
 pub use backoff::Backoff;
@@ -194,11 +195,24 @@ pub struct Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The watch list would exceed the server's limit.
-    #[error("at most {MAX_WATCHED_PER_CONNECTION} watched users")]
     TooManyWatched,
     /// Typing or read in a room that was not joined.
-    #[error("join the room first")]
     NotInRoom,
+}
+
+// Written out with `write_str` (no `write!`): see `crate::text`.
+impl core::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooManyWatched => {
+                f.write_str("at most ")?;
+                let max = MAX_WATCHED_PER_CONNECTION as u64;
+                f.write_str(crate::text::decimal(max, &mut [0; 20]))?;
+                f.write_str(" watched users")
+            }
+            Self::NotInRoom => f.write_str("join the room first"),
+        }
+    }
 }
 
 impl Client {

@@ -5,6 +5,7 @@
 //! instantiated for each key and value type. A sorted `Vec` with binary search
 //! is a few hundred bytes per instantiation and iterates in key order too.
 
+use crate::prelude::*;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// A map kept as a `Vec` sorted by key.
@@ -40,7 +41,7 @@ impl<K: Ord, V> VecMap<K, V> {
     /// Inserts or replaces; returns the old value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Ok(i) => Some(core::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
                 self.0.insert(i, (key, value));
                 None

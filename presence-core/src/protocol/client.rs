@@ -1,5 +1,6 @@
 //! Client → server messages.
 
+use crate::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ResumeToken, RoomId, UserId};

@@ -4,10 +4,11 @@
 //! share of the browser bundle for eleven small message shapes. The golden
 //! vectors check that this writes exactly what serde's derive writes.
 
-use std::fmt::Write;
+use crate::prelude::*;
 
 use crate::presence::{Activity, IdleReason, Status};
 use crate::protocol::ClientMessage;
+use crate::text::{push_decimal, push_hex_byte};
 
 /// Appends `s` as a JSON string. Ids and status texts hold no control
 /// characters (their constructors refuse them), but escape them anyway.
@@ -18,7 +19,8 @@ fn string(out: &mut String, s: &str) {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                out.push_str("\\u00");
+                push_hex_byte(out, c as u8);
             }
             c => out.push(c),
         }
@@ -76,7 +78,8 @@ impl ClientMessage {
                 resume,
                 activity: a,
             } => {
-                let _ = write!(out, ",\"v\":{v}");
+                out.push_str(",\"v\":");
+                push_decimal(&mut out, (*v).into());
                 if let Some(t) = resume {
                     field(&mut out, "resume", t.as_str());
                 }
@@ -111,11 +114,16 @@ impl ClientMessage {
             }
             ClientMessage::Typing { room, active } => {
                 field(&mut out, "room", room.as_str());
-                let _ = write!(out, ",\"active\":{active}");
+                out.push_str(if *active {
+                    ",\"active\":true"
+                } else {
+                    ",\"active\":false"
+                });
             }
             ClientMessage::Read { room, marker } => {
                 field(&mut out, "room", room.as_str());
-                let _ = write!(out, ",\"marker\":{marker}");
+                out.push_str(",\"marker\":");
+                push_decimal(&mut out, *marker);
             }
             ClientMessage::Ping | ClientMessage::Leaving => {}
         }

@@ -1,10 +1,16 @@
 //! Decoding and encoding frames. Decoding never panics: every failure is a
 //! [`DecodeError`] that maps to an error frame.
 
+#[cfg(feature = "std")]
 use serde::Deserialize;
 
-use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME};
-use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use crate::prelude::*;
+use crate::protocol::{ErrorCode, ServerMessage};
+#[cfg(feature = "std")]
+use crate::{
+    limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME},
+    protocol::ClientMessage,
+};
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +25,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
+    #[cfg(feature = "std")]
     fn new(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> Self {
         Self {
             code,
@@ -28,11 +35,13 @@ impl DecodeError {
     }
 }
 
+#[cfg(feature = "std")]
 const CLIENT_TYPES: [&str; 11] = [
     "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "ping",
     "leaving",
 ];
 
+#[cfg(feature = "std")]
 /// Decodes one client frame, checking size, shape and field limits.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
@@ -57,12 +66,14 @@ pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
     super::server_decode::decode(text)
 }
 
+#[cfg(feature = "std")]
 /// Encodes a message as one JSON text frame.
 pub fn encode<T: serde::Serialize>(msg: &T) -> String {
     // Our message types serialize infallibly: string keys, no non-finite floats.
     serde_json::to_string(msg).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
 }
 
+#[cfg(feature = "std")]
 /// Works out, on the failure path only, which stable code a bad frame gets.
 fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
     #[derive(Deserialize)]
@@ -94,6 +105,7 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
     }
 }
 
+#[cfg(feature = "std")]
 fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
     match msg {
         ClientMessage::Watch { users } | ClientMessage::Unwatch { users }

@@ -6,6 +6,7 @@
 //! hand. Numbers are kept only as non-negative integers: the protocol has no
 //! other kind, and a float in an unknown field is skipped, not parsed.
 
+use crate::prelude::*;
 /// A parsed JSON value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Json {
@@ -215,7 +216,7 @@ impl Parser<'_> {
                 self.i += 1;
             }
             // The input is a &str and we stopped at ASCII, so this is UTF-8.
-            out.push_str(std::str::from_utf8(&self.s[start..self.i]).ok()?);
+            out.push_str(core::str::from_utf8(&self.s[start..self.i]).ok()?);
             match *self.s.get(self.i)? {
                 b'"' => {
                     self.i += 1;

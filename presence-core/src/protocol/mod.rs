@@ -14,7 +14,9 @@ mod server;
 mod server_decode;
 
 pub use client::ClientMessage;
-pub use codec::{DecodeError, decode_client, decode_server, encode};
+pub use codec::{DecodeError, decode_server};
+#[cfg(feature = "std")]
+pub use codec::{decode_client, encode};
 pub use error::{CloseCode, ErrorCode};
 pub use server::{Diff, Receipt, ServerMessage};
 

@@ -1,5 +1,6 @@
 //! Server → client messages.
 
+use crate::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};

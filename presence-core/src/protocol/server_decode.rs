@@ -7,6 +7,7 @@
 //! golden vectors check that this agrees with the derived encoding.
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 use crate::protocol::codec::DecodeError;
 use crate::protocol::json::Json;
@@ -22,7 +23,7 @@ impl<'a> Fields<'a> {
     fn bad(&self, key: &str) -> DecodeError {
         DecodeError {
             code: ErrorCode::InvalidField,
-            message: format!("{key}: missing or invalid"),
+            message: [key, ": missing or invalid"].concat(),
             frame: Some(self.frame.to_owned()),
         }
     }
@@ -133,7 +134,7 @@ fn unknown(what: &str, kind: &str) -> DecodeError {
     shown.truncate(shown.floor_char_boundary(32));
     DecodeError {
         code: ErrorCode::UnknownType,
-        message: format!("unknown {what} type \"{shown}\""),
+        message: ["unknown ", what, " type \"", &shown, "\""].concat(),
         frame: Some(shown),
     }
 }

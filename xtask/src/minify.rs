@@ -1,0 +1,113 @@
+//! Short import and export names for the browser module.
+//!
+//! wasm-bindgen names every import after its Rust path plus a hash
+//! (`__wbg_setItem_cfa3cb31f271776a`), and each name sits in both the `.wasm`
+//! and the glue. Hashes do not compress, so these names were about 2 KB of the
+//! gzipped bundle. binaryen renames them (`a`, `b`, …) and prints the mapping;
+//! this applies the mapping to the glue and its types, and fails if any old
+//! name is left, so a change in wasm-bindgen's output cannot slip through.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::cmd;
+
+/// Minifies `wasm` in place and rewrites `glue` (the JS) and `types` (its `.d.ts`) to match.
+pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<()> {
+    let mapping = cmd::output(
+        cmd::in_dir(wasm_opt, wasm.parent().unwrap_or(Path::new(".")))
+            .arg(wasm)
+            .arg("--minify-imports-and-exports-and-modules")
+            .arg("-o")
+            .arg(wasm),
+    )?;
+    let mapping: Value = serde_json::from_str(&mapping).context("wasm-opt's name mapping")?;
+    let mut js = fs::read_to_string(glue).with_context(|| format!("reading {}", glue.display()))?;
+    let mut dts =
+        fs::read_to_string(types).with_context(|| format!("reading {}", types.display()))?;
+
+    let mut modules = Vec::new();
+    for entry in list(&mapping, "imports")? {
+        let [module, old, new] = strings::<3>(entry)?;
+        if !modules.contains(&module) {
+            modules.push(module);
+        }
+        // Each import is a key of the imports object: `name: function(…)`.
+        if replace_word(&mut js, "", old, new) == 0 {
+            bail!("import {old} is not in the glue");
+        }
+    }
+    // binaryen names every module `a`.
+    for module in modules {
+        if js.matches(&format!("\"{module}\"")).count() != 1 {
+            bail!("import module {module:?} is not named exactly once in the glue");
+        }
+        js = js.replace(&format!("\"{module}\""), "\"a\"");
+    }
+    for entry in list(&mapping, "exports")? {
+        let [old, new] = strings::<2>(entry)?;
+        replace_word(&mut js, "wasm.", old, new);
+        replace_word(&mut dts, "readonly ", old, new);
+        if find_word(&js, &format!(".{old}")).is_some() {
+            bail!("export {old} is used in the glue in a way this rewrite does not know");
+        }
+    }
+    fs::write(glue, js)?;
+    fs::write(types, dts)?;
+    Ok(())
+}
+
+fn list<'a>(mapping: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
+    mapping[key]
+        .as_array()
+        .with_context(|| format!("wasm-opt's mapping has no {key:?} list"))
+}
+
+fn strings<const N: usize>(entry: &Value) -> Result<[&str; N]> {
+    let items: Vec<&str> = entry
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    items
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("unexpected mapping entry {entry}"))
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '$'
+}
+
+/// Where `needle` (ending in an identifier) occurs as a whole word.
+fn find_word(text: &str, needle: &str) -> Option<usize> {
+    text.match_indices(needle).map(|(i, _)| i).find(|&i| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + needle.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// Replaces every whole-word `{prefix}{old}` with `{prefix}{new}`; returns how many.
+fn replace_word(text: &mut String, prefix: &str, old: &str, new: &str) -> usize {
+    let needle = format!("{prefix}{old}");
+    let mut count = 0;
+    while let Some(i) = find_word(text, &needle) {
+        text.replace_range(i + prefix.len()..i + needle.len(), new);
+        count += 1;
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_words_only() {
+        let mut s = String::from("wasm.a_b(x); wasm.a_bc(); xwasm.a_b; wasm.a_b");
+        assert_eq!(replace_word(&mut s, "wasm.", "a_b", "Q"), 2);
+        assert_eq!(s, "wasm.Q(x); wasm.a_bc(); xwasm.a_b; wasm.Q");
+    }
+}
