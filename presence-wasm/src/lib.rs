@@ -187,7 +187,7 @@ impl PresenceClient {
             }
         });
         let mut held = Some((on_input, on_blur));
-        let unbind = Closure::<dyn FnMut()>::new(move || drop(held.take()));
+        let unbind = runtime::callback(move |_| drop(held.take()));
         Ok(unbind.into_js_value().unchecked_into())
     }
 
@@ -294,7 +294,7 @@ impl PresenceClient {
 
     fn unsubscriber(&self, id: u32) -> Unsubscribe {
         let weak = Rc::downgrade(&self.shared);
-        let off = Closure::<dyn FnMut()>::new(move || {
+        let off = runtime::callback(move |_| {
             if let Some(s) = weak.upgrade()
                 && let Ok(mut s) = s.try_borrow_mut()
             {

@@ -11,8 +11,9 @@ use core::cell::Cell;
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{AddEventListenerOptions, EventTarget, PageTransitionEvent};
+use web_sys::{EventTarget, PageTransitionEvent};
 
+use crate::js;
 use crate::runtime::{self, Shared};
 
 const INPUT_EVENTS: [&str; 6] = [
@@ -29,7 +30,7 @@ const INPUT_THROTTLE_MS: f64 = 250.0;
 pub struct Listener {
     target: EventTarget,
     kind: &'static str,
-    closure: Closure<dyn FnMut(web_sys::Event)>,
+    closure: Closure<dyn FnMut(JsValue)>,
     capture: bool,
 }
 
@@ -48,17 +49,15 @@ pub fn listen(
     target: &EventTarget,
     kind: &'static str,
     capture: bool,
-    f: impl FnMut(web_sys::Event) + 'static,
+    f: impl FnMut(JsValue) + 'static,
 ) -> Option<Listener> {
-    let closure = Closure::<dyn FnMut(web_sys::Event)>::new(f);
-    let options = AddEventListenerOptions::new();
-    options.set_passive(true);
-    options.set_capture(capture);
+    let closure = runtime::callback(f);
+    let options = js::listener_options(capture);
     target
         .add_event_listener_with_callback_and_add_event_listener_options(
             kind,
             closure.as_ref().unchecked_ref(),
-            &options,
+            options.unchecked_ref(),
         )
         .ok()?;
     Some(Listener {

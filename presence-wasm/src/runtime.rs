@@ -56,15 +56,21 @@ pub fn window() -> Option<web_sys::Window> {
     WINDOW.with(|w| (!w.is_undefined()).then(|| w.clone().unchecked_into()))
 }
 
+/// A JS function calling `f`. Every callback the SDK hands to JS has this one
+/// type, since wasm-bindgen emits glue per closure signature.
+pub fn callback(f: impl FnMut(JsValue) + 'static) -> Closure<dyn FnMut(JsValue)> {
+    Closure::new(f)
+}
+
 /// A `setTimeout` cleared on drop (gloo-timers' `Timeout`, which needs `std`).
 struct Timeout {
     id: i32,
-    _callback: Closure<dyn FnMut()>,
+    _callback: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Timeout {
-    fn new(ms: u32, f: impl FnMut() + 'static) -> Option<Self> {
-        let callback = Closure::<dyn FnMut()>::new(f);
+    fn new(ms: u32, f: impl FnMut(JsValue) + 'static) -> Option<Self> {
+        let callback = callback(f);
         let id = window()?
             .set_timeout_with_callback_and_timeout_and_arguments_0(
                 callback.as_ref().unchecked_ref(),
@@ -182,7 +188,7 @@ pub fn with(shared: &Shared, f: impl FnOnce(&mut Client, Millis)) {
 }
 
 fn flush(shared: &Shared, now: Millis) {
-    let (calls, store) = {
+    let (events, callbacks, store) = {
         let Ok(mut state) = shared.try_borrow_mut() else {
             return;
         };
@@ -192,37 +198,26 @@ fn flush(shared: &Shared, now: Millis) {
         while let Some(e) = state.client.poll_event() {
             events.push(js::event(&e));
         }
-        let store_changed = !events.is_empty();
-        if store_changed {
-            state.version += 1;
+        if events.is_empty() {
+            return;
         }
-        let calls: Vec<(js_sys::Function, JsValue)> = events
-            .into_iter()
-            .flat_map(|(topic, value)| {
-                state
-                    .callbacks
-                    .iter()
-                    .filter(move |(_, t, _)| *t == topic)
-                    .map(move |(_, _, f)| (f.clone(), value.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let store: Vec<js_sys::Function> = if store_changed {
-            state
-                .store_listeners
-                .iter()
-                .map(|(_, f)| f.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        (calls, store)
+        state.version += 1;
+        // Copies, so a callback may subscribe or unsubscribe while they run.
+        (
+            events,
+            state.callbacks.clone(),
+            state.store_listeners.clone(),
+        )
     };
-    for (f, value) in calls {
-        call(&f, &value);
+    for (topic, value) in &events {
+        for (_, t, f) in &callbacks {
+            if t == topic {
+                call(f, value);
+            }
+        }
     }
-    for f in store {
-        call(&f, &JsValue::UNDEFINED);
+    for (_, f) in &store {
+        call(f, &JsValue::UNDEFINED);
     }
 }
 
@@ -271,7 +266,7 @@ fn open(shared: &Shared, state: &mut State) {
     let generation = state.generation;
     let weak = Rc::downgrade(shared);
     let handler = |weak: Weak<RefCell<State>>, f: fn(&mut Client, Millis, JsValue)| {
-        Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        callback(move |e: JsValue| {
             let Some(shared) = weak.upgrade() else { return };
             let current = shared
                 .try_borrow()
@@ -313,7 +308,7 @@ fn schedule(shared: &Shared, state: &mut State, now: Millis) {
     }
     let weak = Rc::downgrade(shared);
     let delay = at.since(now).as_millis().min(u32::MAX as u128) as u32;
-    let timeout = Timeout::new(delay, move || {
+    let timeout = Timeout::new(delay, move |_| {
         if let Some(shared) = weak.upgrade() {
             if let Ok(mut s) = shared.try_borrow_mut() {
                 s.timer = None;

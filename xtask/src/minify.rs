@@ -21,6 +21,8 @@ pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<
         cmd::in_dir(wasm_opt, wasm.parent().unwrap_or(Path::new(".")))
             .arg(wasm)
             .arg("--minify-imports-and-exports-and-modules")
+            // The last binaryen run, so the section that tells it the features can go.
+            .arg("--strip-target-features")
             .arg("-o")
             .arg(wasm),
     )?;

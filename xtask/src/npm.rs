@@ -76,7 +76,8 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     let wasm_opt = ws.root.join("xtask/node/node_modules/.bin/wasm-opt");
     cmd::run(
         cmd::in_dir(&wasm_opt, &pkg)
-            .arg("-Oz")
+            // `--converge` repeats -Oz while it still shrinks the module (~250 bytes gzipped).
+            .args(["-Oz", "--converge", "--strip-producers"])
             .args(profile_names().then_some("-g"))
             .arg(&wasm)
             .arg("-o")
