@@ -55,13 +55,19 @@ pub fn run(ws: &Workspace) -> Result<()> {
             "warnings",
         ]))
     })?;
-    steps.step("presence-core builds for wasm32", || {
+    steps.step("clippy for the browser bundle (wasm32, no std)", || {
         cmd::run(cargo().args([
-            "build",
+            "clippy",
             "--package",
             "presence-core",
+            "--package",
+            "presence-wasm",
+            "--no-default-features",
             "--target",
             "wasm32-unknown-unknown",
+            "--",
+            "-D",
+            "warnings",
         ]))
     })?;
     steps.step("cargo test --workspace", || {
