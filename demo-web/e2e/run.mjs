@@ -210,6 +210,20 @@ try {
     await until(pageB, "B sees ana active", memberIs, { user: "ana", state: "active" });
   });
 
+  await scenario("A's screen locks → B sees A idle (screen locked); unlocking makes A active", async () => {
+    // The permission arrives after connect (as when an app asks for it in a click): the SDK
+    // starts its IdleDetector on the permission's change event. The lock is Chromium's
+    // DevTools idle override, read by the real Idle Detection API.
+    const cdp = await ctxA.newCDPSession(pageA);
+    await cdp.send("Browser.grantPermissions", { permissions: ["idleDetection"], origin: new URL(base).origin });
+    await cdp.send("Emulation.setIdleOverride", { isUserActive: true, isScreenUnlocked: false });
+    await until(pageB, "B sees ana idle with the screen locked", memberIs, { user: "ana", state: "idle", detail: "screen locked" });
+    await shot(pageB, "02b-b-sees-a-screen-locked");
+    await cdp.send("Emulation.setIdleOverride", { isUserActive: true, isScreenUnlocked: true });
+    await until(pageB, "B sees ana active after the unlock", memberIs, { user: "ana", state: "active" });
+    await cdp.send("Emulation.clearIdleOverride");
+  });
+
   await scenario("A types → B sees 'ana is typing…'; it stops when A sends", async () => {
     const composer = pageA.getByTestId("composer");
     await composer.pressSequentially("hi bob, lunch at noon?", { delay: 20 });

@@ -28,7 +28,8 @@ function h(tag, attrs = {}, ...children) {
 
 function connectOptions(name) {
   const params = new URLSearchParams(location.search);
-  const options = { url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, token: name };
+  // idleDetection: "screen locked" where the page holds the permission; it never prompts.
+  const options = { url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, token: name, idleDetection: true };
   for (const [param, option] of [["idle", "idleAfterMs"], ["hidden", "hiddenAfterMs"], ["blurred", "blurredAfterMs"]]) {
     const v = Number(params.get(param));
     if (params.has(param) && Number.isFinite(v) && v > 0) options[option] = v;

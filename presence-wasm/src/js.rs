@@ -25,6 +25,12 @@ export interface ConnectOptions {
   blurredAfterMs?: number;
   /** Keep the resume token in sessionStorage so a reload resumes silently. Default true. */
   resume?: boolean;
+  /**
+   * Report `idle` with reason `locked` while the screen is locked, through the Idle Detection API
+   * where the page already holds the `idle-detection` permission (ask for it with
+   * `IdleDetector.requestPermission()` in a click handler). Never prompts. Default false.
+   */
+  idleDetection?: boolean;
 }
 
 export type PresenceState = "active" | "idle" | "offline";
@@ -119,6 +125,7 @@ pub struct ConnectOptions {
     pub hidden_after_ms: Option<u32>,
     pub blurred_after_ms: Option<u32>,
     pub resume: bool,
+    pub idle_detection: bool,
 }
 
 impl ConnectOptions {
@@ -151,14 +158,22 @@ impl ConnectOptions {
                 )),
             }
         };
-        let resume = get("resume");
+        let flag = |k: &str, default: bool| -> Result<bool, JsValue> {
+            let v = get(k);
+            if v.is_undefined() {
+                return Ok(default);
+            }
+            v.as_bool()
+                .ok_or_else(|| error("invalid_options", &[k, " must be a boolean"].concat()))
+        };
         Ok(Self {
             url: string("url")?,
             token: string("token")?,
             idle_after_ms: millis("idleAfterMs")?,
             hidden_after_ms: millis("hiddenAfterMs")?,
             blurred_after_ms: millis("blurredAfterMs")?,
-            resume: resume.as_bool().unwrap_or(true),
+            resume: flag("resume", true)?,
+            idle_detection: flag("idleDetection", false)?,
         })
     }
 }

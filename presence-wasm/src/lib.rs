@@ -62,6 +62,7 @@ pub fn protocol_version() -> u32 {
 pub struct PresenceClient {
     shared: Shared,
     _listeners: Vec<page::Listener>,
+    _screen_lock: Option<page::ScreenLock>,
 }
 
 #[wasm_bindgen]
@@ -96,10 +97,12 @@ impl PresenceClient {
         }
         let shared: Shared = Rc::new(RefCell::new(State::new(client, o.url, o.token, resume_key)));
         let listeners = page::install(&shared);
+        let screen_lock = o.idle_detection.then(|| page::ScreenLock::watch(&shared));
         runtime::with(&shared, |c, now| c.start(now));
         Ok(PresenceClient {
             shared,
             _listeners: listeners,
+            _screen_lock: screen_lock,
         })
     }
 

@@ -44,6 +44,42 @@ impl Drop for Listener {
     }
 }
 
+#[wasm_bindgen(module = "/src/screen_lock.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = watchScreenLock)]
+    fn watch_screen_lock(on_lock: &Closure<dyn FnMut(JsValue)>) -> js_sys::Function;
+}
+
+/// Screen-lock watching (the `idleDetection` option); stops when dropped.
+pub struct ScreenLock {
+    _on_lock: Closure<dyn FnMut(JsValue)>,
+    stop: js_sys::Function,
+}
+
+impl ScreenLock {
+    /// Feeds screen lock and unlock to `shared`'s client (see `screen_lock.js`).
+    pub fn watch(shared: &Shared) -> Self {
+        let weak = Rc::downgrade(shared);
+        let on_lock = runtime::callback(move |locked| {
+            if let Some(s) = weak.upgrade() {
+                let locked = locked.as_bool() == Some(true);
+                runtime::with(&s, |c, now| c.set_locked(now, locked));
+            }
+        });
+        let stop = watch_screen_lock(&on_lock);
+        Self {
+            _on_lock: on_lock,
+            stop,
+        }
+    }
+}
+
+impl Drop for ScreenLock {
+    fn drop(&mut self) {
+        let _ = self.stop.call0(&JsValue::NULL);
+    }
+}
+
 /// Adds a passive listener that feeds `shared`.
 pub fn listen(
     target: &EventTarget,

@@ -51,6 +51,12 @@ extern "C" {
     static WINDOW: JsValue;
 }
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = reportError)]
+    fn report_error(error: &JsValue);
+}
+
 /// The page's window, if there is one.
 pub fn window() -> Option<web_sys::Window> {
     WINDOW.with(|w| (!w.is_undefined()).then(|| w.clone().unchecked_into()))
@@ -221,10 +227,12 @@ fn flush(shared: &Shared, now: Millis) {
     }
 }
 
-/// Calls an app callback; an exception it throws is logged, never propagated.
+/// Calls an app callback. An exception it throws goes to `reportError`, as an
+/// uncaught one would (the console, `window.onerror`, error trackers), and
+/// never into the SDK, which goes on with the other callbacks.
 fn call(f: &js_sys::Function, arg: &JsValue) {
     if let Err(e) = f.call1(&JsValue::NULL, arg) {
-        web_sys::console::error_2(&"presence: a callback threw".into(), &e);
+        report_error(&e);
     }
 }
 

@@ -138,8 +138,26 @@ fn bad_options_and_arguments_throw_errors_with_codes() {
         ),
         "invalid_options"
     );
+    let bad_flag = options("ana", &[("idleDetection", "yes".into())]);
+    let err = PresenceClient::connect(bad_flag.unchecked_into())
+        .err()
+        .unwrap();
+    assert_eq!(
+        get(&err, "message").as_string().unwrap(),
+        "idleDetection must be a boolean"
+    );
 
     let c = connect(&unique("ana"), &[]);
+    let not_a_list = JsValue::from("ana");
+    assert_eq!(
+        code(c.watch(not_a_list.unchecked_into()).unwrap_err()),
+        "invalid_argument"
+    );
+    let not_ids: js_sys::Array = [JsValue::from("ana"), JsValue::from(5)].iter().collect();
+    assert_eq!(
+        code(c.watch(not_ids.unchecked_into()).unwrap_err()),
+        "invalid_argument"
+    );
     assert_eq!(code(c.join("").unwrap_err()), "invalid_argument");
     assert_eq!(code(c.join("a b").unwrap_err()), "invalid_argument");
     assert_eq!(code(c.typing("never-joined").unwrap_err()), "not_in_room");

@@ -31,24 +31,46 @@ pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<
     let mut dts =
         fs::read_to_string(types).with_context(|| format!("reading {}", types.display()))?;
 
-    let mut modules = Vec::new();
+    // Imports by module: wasm-bindgen's own (an object literal in the glue, `const import0 = {…}`)
+    // and the crate's JS snippets (namespaces, `import * as import1 from "./snippets/…"`).
+    let mut modules: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
     for entry in list(&mapping, "imports")? {
         let [module, old, new] = strings::<3>(entry)?;
-        if !modules.contains(&module) {
-            modules.push(module);
-        }
-        // Each import is a key of the imports object: `name: function(…)`.
-        if replace_word(&mut js, "", old, new) == 0 {
-            bail!("import {old} is not in the glue");
+        match modules.iter_mut().find(|(m, _)| *m == module) {
+            Some((_, names)) => names.push((old, new)),
+            None => modules.push((module, vec![(old, new)])),
         }
     }
-    // binaryen names every module `a`.
-    for module in modules {
-        if js.matches(&format!("\"{module}\"")).count() != 1 {
-            bail!("import module {module:?} is not named exactly once in the glue");
+    // binaryen names every module `a`: one object must hold every import.
+    let mut main = None;
+    let mut forwarded = String::new();
+    for (module, names) in &modules {
+        let (_, ident) = module_entry(&js, module)?;
+        if js.contains(&format!("const {ident} = {{")) {
+            for (old, new) in names {
+                // Each import is a key of the object: `name: function(…)`.
+                if replace_word(&mut js, "", old, new) == 0 {
+                    bail!("import {old} is not in the glue");
+                }
+            }
+            let (range, _) = module_entry(&js, module)?;
+            js.replace_range(range, &format!("\"a\": {ident},"));
+            main = Some(ident);
+        } else if js.contains(&format!("import * as {ident} from")) {
+            for (old, new) in names {
+                forwarded.push_str(&format!("{new}: {ident}.{old}, "));
+            }
+            let (range, _) = module_entry(&js, module)?;
+            js.replace_range(range, "");
+        } else {
+            bail!("the glue's import module {module:?} is neither an object nor a namespace");
         }
-        js = js.replace(&format!("\"{module}\""), "\"a\"");
     }
+    let main = main.context("no import object in the glue")?;
+    let open = format!("const {main} = {{");
+    let at = js.find(&open).context("import object")? + open.len();
+    js.insert_str(at, &forwarded);
+
     for entry in list(&mapping, "exports")? {
         let [old, new] = strings::<2>(entry)?;
         replace_word(&mut js, "wasm.", old, new);
@@ -60,6 +82,22 @@ pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<
     fs::write(glue, js)?;
     fs::write(types, dts)?;
     Ok(())
+}
+
+/// The `"module": ident,` entry of the glue's imports and the identifier it names.
+fn module_entry(js: &str, module: &str) -> Result<(std::ops::Range<usize>, String)> {
+    let key = format!("\"{module}\": ");
+    let mut found = js.match_indices(&key);
+    let (Some((start, _)), None) = (found.next(), found.next()) else {
+        bail!("import module {module:?} is not named exactly once in the glue");
+    };
+    let rest = &js[start + key.len()..];
+    let ident: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+    let mut end = start + key.len() + ident.len();
+    if js[end..].starts_with(',') {
+        end += 1;
+    }
+    Ok((start..end, ident))
 }
 
 fn list<'a>(mapping: &'a Value, key: &str) -> Result<&'a Vec<Value>> {

@@ -98,15 +98,24 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     }
 
     // The glue ships minified, as the hosted SDKs it is compared with do; the types live in the
-    // `.d.ts`, so nothing an editor shows is lost.
+    // `.d.ts`, so nothing an editor shows is lost. Bundling folds the crate's JS snippets
+    // (`snippets/`) into it: one file to load, and all of it counted in the size.
     let esbuild = ws.root.join("xtask/node/node_modules/.bin/esbuild");
     cmd::run(cmd::in_dir(&esbuild, &pkg).arg(&glue).args([
+        "--bundle",
         "--minify",
+        // wasm-bindgen's warnings about deprecated init arguments and MIME types; the SDK
+        // reports through `reportError` and `Error`s, never the console.
+        "--drop:console",
         "--format=esm",
         "--target=es2020",
         "--allow-overwrite",
         &format!("--outfile={}", glue.display()),
     ]))?;
+    let snippets = pkg.join("snippets");
+    if snippets.exists() {
+        fs::remove_dir_all(&snippets)?;
+    }
 
     write_package_json(ws, &pkg)?;
     if pack == Pack::Yes {
@@ -166,7 +175,7 @@ fn write_package_json(ws: &Workspace, pkg: &Path) -> Result<()> {
         ("types", pretty(json!(types))?),
         ("exports", exports),
         ("files", pretty(json!(files))?),
-        ("sideEffects", pretty(json!(["./snippets/*"]))?),
+        ("sideEffects", pretty(json!(false))?),
     ];
     let body: Vec<String> = fields
         .iter()
