@@ -177,12 +177,20 @@ pub fn install(shared: &Shared) -> Vec<Listener> {
             });
         }
     }));
-    let w = weak;
-    out.extend(listen(&window, "online", false, move |_| {
-        if let Some(s) = w.upgrade() {
-            runtime::with(&s, |c, now| c.network_online(now));
-        }
-    }));
+    for (kind, online) in [("online", true), ("offline", false)] {
+        let w = weak.clone();
+        out.extend(listen(&window, kind, false, move |_| {
+            if let Some(s) = w.upgrade() {
+                runtime::with(&s, |c, now| {
+                    if online {
+                        c.network_online(now);
+                    } else {
+                        c.network_offline(now);
+                    }
+                });
+            }
+        }));
+    }
     // Starting state: a page opened in a background tab starts hidden.
     runtime::with(shared, |c, now| {
         c.set_hidden(now, document.hidden());

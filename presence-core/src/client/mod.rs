@@ -331,6 +331,21 @@ impl Client {
         }
     }
 
+    /// The browser says the network is gone. A socket can look open for a
+    /// long while after that: probe it with a ping now, so a dead one is
+    /// dropped after `reply_timeout` rather than after the next heartbeat.
+    /// (Reconnect attempts go on: `navigator.onLine` is only a hint, and
+    /// a server on this machine stays reachable.)
+    pub fn network_offline(&mut self, now: Millis) {
+        if let Link::Ready { heartbeat, .. } = self.link {
+            self.link = Link::Ready {
+                next_ping: now,
+                heartbeat,
+            };
+            self.tick(now);
+        }
+    }
+
     /// A text frame arrived.
     pub fn received(&mut self, now: Millis, text: &str) {
         self.last_heard = now;

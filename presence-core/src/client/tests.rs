@@ -191,6 +191,35 @@ fn superseded_or_unauthorized_stops_reconnecting() {
 }
 
 #[test]
+fn going_offline_probes_the_socket_at_once() {
+    let mut c = ready();
+    c.network_offline(at(1_000));
+    assert_eq!(sent(&mut c), [r#"{"type":"ping"}"#]);
+    // An answer: the socket is alive, nothing more happens.
+    c.received(at(1_050), r#"{"type":"pong"}"#);
+    c.tick(at(1_000 + 10_000));
+    assert!(sent(&mut c).iter().all(|f| f == r#"{"type":"ping"}"#));
+    c.received(at(11_050), r#"{"type":"pong"}"#);
+    assert_eq!(c.connection(), ConnectionState::Connected);
+    // No answer: dropped once the reply timeout has passed since the probe, where without the
+    // probe it would have taken the rest of the heartbeat interval as well.
+    c.network_offline(at(12_000));
+    assert_eq!(sent(&mut c), [r#"{"type":"ping"}"#]);
+    c.tick(at(12_000 + 9_999));
+    assert!(c.next_deadline(at(12_000 + 9_999)) <= Some(at(12_000 + 10_000)));
+    assert_eq!(c.connection(), ConnectionState::Connected);
+    c.tick(at(12_000 + 10_000));
+    assert_eq!(
+        sent(&mut c).last().map(String::as_str),
+        Some("<close 4000>")
+    );
+    assert!(matches!(
+        c.connection(),
+        ConnectionState::Reconnecting { .. }
+    ));
+}
+
+#[test]
 fn typing_is_throttled_and_stops_by_itself() {
     let mut c = ready();
     assert_eq!(c.typing(T0, &room("r")), Err(ClientError::NotInRoom));
