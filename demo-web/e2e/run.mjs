@@ -290,6 +290,17 @@ try {
     await shot(pageB, "05-b-one-ana-two-tabs");
   });
 
+  await scenario("A locks the screen with both tabs open → B sees A idle (screen locked)", async () => {
+    // The second tab connected with the permission already granted, so its detector started at
+    // once. "screen locked" is the least present reason: B shows it only if every tab says so.
+    const sessions = [await ctxA.newCDPSession(pageA), await ctxA.newCDPSession(pageA2)];
+    for (const cdp of sessions) await cdp.send("Emulation.setIdleOverride", { isUserActive: true, isScreenUnlocked: false });
+    await until(pageB, "B sees ana idle with the screen locked", memberIs, { user: "ana", state: "idle", detail: "screen locked" });
+    for (const cdp of sessions) await cdp.send("Emulation.clearIdleOverride");
+    await pageA.mouse.move(300, 200, { steps: 3 });
+    await until(pageB, "B sees ana active again", memberIs, { user: "ana", state: "active" });
+  });
+
   await scenario("A sets invisible → B sees A offline while A still receives", async () => {
     await pageA.getByTestId("status-select").selectOption("invisible");
     await until(pageB, "B sees ana offline", memberIs, { user: "ana", state: "offline" });
