@@ -179,7 +179,6 @@ impl ConnectOptions {
 }
 
 /// Parses a status name from JS.
-#[inline(never)]
 pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
     use presence_core::Status::*;
     match v.as_string().as_deref() {
@@ -195,7 +194,6 @@ pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
-#[inline(never)] // one copy, not one per call site
 pub fn error(code: &str, message: &str) -> JsValue {
     let e = js_sys::Error::new(message);
     // Setting a property on a fresh Error object cannot fail.
@@ -204,13 +202,11 @@ pub fn error(code: &str, message: &str) -> JsValue {
 }
 
 /// Parses a room id from JS, or an `invalid_argument` error.
-#[inline(never)]
 pub fn room(s: &str) -> Result<RoomId, JsValue> {
     RoomId::new(s).map_err(|e| error("invalid_argument", &e.to_string()))
 }
 
 /// Parses user ids from JS, or an `invalid_argument` error.
-#[inline(never)]
 pub fn users(list: &JsValue) -> Result<Vec<UserId>, JsValue> {
     let not_ids = || {
         error(

@@ -49,10 +49,7 @@ extern "C" {
     /// checks (web-sys's `window()` costs four imports more).
     #[wasm_bindgen(thread_local_v2, js_namespace = globalThis, js_name = window)]
     static WINDOW: JsValue;
-}
 
-#[wasm_bindgen]
-extern "C" {
     #[wasm_bindgen(js_name = reportError)]
     fn report_error(error: &JsValue);
 }
