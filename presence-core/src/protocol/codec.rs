@@ -1,51 +1,31 @@
-//! Decoding and encoding frames. Decoding never panics: every failure is a
-//! [`DecodeError`] that maps to an error frame.
+//! The server's side of the codec: client frames decoded with serde_json
+//! (with size and field limits) and any message encoded. Decoding never
+//! panics: every failure is a [`DecodeError`] that maps to an error frame.
+//! Clients use the hand-written `server_decode` and `client_encode` instead.
 
-#[cfg(feature = "std")]
 use serde::Deserialize;
 
-use crate::prelude::*;
-use crate::protocol::{ErrorCode, ServerMessage};
-#[cfg(feature = "std")]
-use crate::{
-    limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME},
-    protocol::ClientMessage,
-};
+use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME};
+use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
-/// Why a frame could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code:?}: {message}")]
-pub struct DecodeError {
-    /// Stable code for the error frame.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
-    /// The frame's `type`, when it could be read.
-    pub frame: Option<String>,
-}
-
-impl DecodeError {
-    #[cfg(feature = "std")]
-    fn new(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            frame,
-        }
+/// A [`DecodeError`].
+fn error(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> DecodeError {
+    DecodeError {
+        code,
+        message: message.into(),
+        frame,
     }
 }
 
-#[cfg(feature = "std")]
 const CLIENT_TYPES: [&str; 11] = [
     "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "ping",
     "leaving",
 ];
 
-#[cfg(feature = "std")]
 /// Decodes one client frame, checking size, shape and field limits.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
-        return Err(DecodeError::new(
+        return Err(error(
             ErrorCode::FrameTooLarge,
             format!(
                 "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
@@ -59,21 +39,12 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     Ok(msg)
 }
 
-/// Decodes one server frame (the clients' side). No size limit beyond what
-/// the socket allows: snapshots of big rooms are large. Unknown diff kinds
-/// and frame types are `unknown_type`, so a client can skip them.
-pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
-    super::server_decode::decode(text)
-}
-
-#[cfg(feature = "std")]
 /// Encodes a message as one JSON text frame.
 pub fn encode<T: serde::Serialize>(msg: &T) -> String {
     // Our message types serialize infallibly: string keys, no non-finite floats.
     serde_json::to_string(msg).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
 }
 
-#[cfg(feature = "std")]
 /// Works out, on the failure path only, which stable code a bad frame gets.
 fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
     #[derive(Deserialize)]
@@ -83,9 +54,9 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
     }
     match serde_json::from_str::<Tagged>(text) {
         Err(_) if err.is_syntax() || err.is_eof() => {
-            DecodeError::new(ErrorCode::Malformed, format!("not valid JSON: {err}"), None)
+            error(ErrorCode::Malformed, format!("not valid JSON: {err}"), None)
         }
-        Err(_) => DecodeError::new(
+        Err(_) => error(
             ErrorCode::Malformed,
             "a frame must be a JSON object with a string \"type\"",
             None,
@@ -93,31 +64,28 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
         Ok(Tagged { kind }) if !CLIENT_TYPES.contains(&kind.as_str()) => {
             let mut shown = kind;
             shown.truncate(shown.floor_char_boundary(32));
-            DecodeError::new(
+            error(
                 ErrorCode::UnknownType,
                 format!("unknown frame type {shown:?}"),
                 Some(shown),
             )
         }
-        Ok(Tagged { kind }) => {
-            DecodeError::new(ErrorCode::InvalidField, err.to_string(), Some(kind))
-        }
+        Ok(Tagged { kind }) => error(ErrorCode::InvalidField, err.to_string(), Some(kind)),
     }
 }
 
-#[cfg(feature = "std")]
 fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
     match msg {
         ClientMessage::Watch { users } | ClientMessage::Unwatch { users }
             if users.len() > MAX_USERS_PER_WATCH_FRAME =>
         {
-            Err(DecodeError::new(
+            Err(error(
                 ErrorCode::InvalidField,
                 format!("at most {MAX_USERS_PER_WATCH_FRAME} users per frame"),
                 Some(msg.kind().into()),
             ))
         }
-        ClientMessage::Read { marker, .. } if *marker > MAX_READ_MARKER => Err(DecodeError::new(
+        ClientMessage::Read { marker, .. } if *marker > MAX_READ_MARKER => Err(error(
             ErrorCode::InvalidMarker,
             format!("marker must be at most {MAX_READ_MARKER}"),
             Some("read".into()),

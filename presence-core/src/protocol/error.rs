@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::prelude::*;
+
 /// Why a client frame was refused. The string form is stable: clients may
 /// match on it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -110,4 +112,16 @@ impl CloseCode {
     pub fn should_reconnect(self) -> bool {
         (self as u16) < 4100
     }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DecodeError {
+    /// Stable code for the error frame.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The frame's `type`, when it could be read.
+    pub frame: Option<String>,
 }

@@ -7,6 +7,7 @@
 
 mod client;
 mod client_encode;
+#[cfg(feature = "std")]
 mod codec;
 mod error;
 pub mod json;
@@ -14,11 +15,11 @@ mod server;
 mod server_decode;
 
 pub use client::ClientMessage;
-pub use codec::{DecodeError, decode_server};
 #[cfg(feature = "std")]
 pub use codec::{decode_client, encode};
-pub use error::{CloseCode, ErrorCode};
+pub use error::{CloseCode, DecodeError, ErrorCode};
 pub use server::{Diff, Receipt, ServerMessage};
+pub use server_decode::decode_server;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -9,9 +9,8 @@
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
-use crate::protocol::codec::DecodeError;
 use crate::protocol::json::Json;
-use crate::protocol::{Diff, ErrorCode, Receipt, ServerMessage};
+use crate::protocol::{DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
 
 /// Field access that names the frame and field in its error.
 struct Fields<'a> {
@@ -179,8 +178,10 @@ fn diff(v: &Json) -> Result<Diff, DecodeError> {
     })
 }
 
-/// Decodes one server frame.
-pub(crate) fn decode(frame: &str) -> Result<ServerMessage, DecodeError> {
+/// Decodes one server frame (the clients' side). No size limit beyond what
+/// the socket allows: snapshots of big rooms are large. Unknown diff kinds
+/// and frame types are `unknown_type`, so a client can skip them.
+pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
     let malformed = |message: &str| DecodeError {
         code: ErrorCode::Malformed,
         message: message.to_owned(),
