@@ -152,7 +152,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
             }
         }
     }
-    setup::node_tools(ws)?;
+    setup::package_tools(ws)?;
     npm::build(ws, npm::Pack::No)?;
     let pkg = ws.root.join("presence-wasm").join("pkg");
     for (file, name) in [

@@ -10,8 +10,7 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     if !ws.has_bin("demo-web")? {
         bail!("demo not built yet: the `demo-web` crate has no binary");
     }
-    setup::toolchain(ws)?;
-    setup::node_tools(ws)?;
+    setup::package_tools(ws)?;
     npm::build(ws, npm::Pack::No)?;
     cmd::run(
         cmd::cargo()

@@ -71,13 +71,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test => test::run(&ws),
         Command::Demo { args } => demo::run(&ws, &args),
         Command::Npm => {
-            setup::toolchain(&ws)?;
-            setup::node_tools(&ws)?;
+            setup::package_tools(&ws)?;
             npm::build(&ws, npm::Pack::Yes)
         }
         Command::Size => {
-            setup::toolchain(&ws)?;
-            setup::node_tools(&ws)?;
+            setup::package_tools(&ws)?;
             npm::build(&ws, npm::Pack::No)
         }
         Command::Bench { quick } => bench::run(&ws, quick),

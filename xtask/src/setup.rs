@@ -78,6 +78,12 @@ fn redis_answers() -> bool {
         .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
 }
 
+/// What building the browser package needs: the wasm target and the node tools.
+pub fn package_tools(ws: &Workspace) -> Result<()> {
+    toolchain(ws)?;
+    node_tools(ws)
+}
+
 /// The node tools in `xtask/node/` (binaryen's `wasm-opt`, `esbuild`), installed from the
 /// committed lockfile.
 pub fn node_tools(ws: &Workspace) -> Result<()> {
