@@ -41,7 +41,7 @@ impl fmt::Display for InvalidId {
             Self::TooLong { kind, max } => {
                 f.write_str(kind)?;
                 f.write_str(" is longer than ")?;
-                f.write_str(crate::text::decimal(*max as u64, &mut [0; 20]))?;
+                crate::text::write_decimal(f, *max as u64)?;
                 f.write_str(" bytes")
             }
             Self::BadCharacter { kind } => {

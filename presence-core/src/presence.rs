@@ -95,10 +95,7 @@ impl core::fmt::Display for InvalidStatusText {
         match self {
             Self::TooLong => {
                 f.write_str("status text is longer than ")?;
-                f.write_str(crate::text::decimal(
-                    MAX_STATUS_TEXT_CHARS as u64,
-                    &mut [0; 20],
-                ))?;
+                crate::text::write_decimal(f, MAX_STATUS_TEXT_CHARS as u64)?;
                 f.write_str(" characters")
             }
             Self::Empty => f.write_str("status text must not be empty; omit the field instead"),

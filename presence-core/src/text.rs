@@ -18,6 +18,11 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     core::str::from_utf8(&buf[i..]).unwrap_or_default()
 }
 
+/// Writes `n` in decimal to a formatter (for hand-written `Display`s).
+pub fn write_decimal(f: &mut core::fmt::Formatter<'_>, n: u64) -> core::fmt::Result {
+    f.write_str(decimal(n, &mut [0; 20]))
+}
+
 /// Appends `n` in decimal.
 pub fn push_decimal(out: &mut String, n: u64) {
     out.push_str(decimal(n, &mut [0; 20]));

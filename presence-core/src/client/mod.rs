@@ -206,8 +206,7 @@ impl core::fmt::Display for ClientError {
         match self {
             Self::TooManyWatched => {
                 f.write_str("at most ")?;
-                let max = MAX_WATCHED_PER_CONNECTION as u64;
-                f.write_str(crate::text::decimal(max, &mut [0; 20]))?;
+                crate::text::write_decimal(f, MAX_WATCHED_PER_CONNECTION as u64)?;
                 f.write_str(" watched users")
             }
             Self::NotInRoom => f.write_str("join the room first"),

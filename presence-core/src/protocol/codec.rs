@@ -8,15 +8,6 @@ use serde::Deserialize;
 use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME};
 use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
-/// A [`DecodeError`].
-fn error(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> DecodeError {
-    DecodeError {
-        code,
-        message: message.into(),
-        frame,
-    }
-}
-
 const CLIENT_TYPES: [&str; 11] = [
     "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "ping",
     "leaving",
@@ -25,7 +16,7 @@ const CLIENT_TYPES: [&str; 11] = [
 /// Decodes one client frame, checking size, shape and field limits.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     if text.len() > MAX_FRAME_BYTES {
-        return Err(error(
+        return Err(DecodeError::new(
             ErrorCode::FrameTooLarge,
             format!(
                 "frame is {} bytes; the limit is {MAX_FRAME_BYTES}",
@@ -54,9 +45,9 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
     }
     match serde_json::from_str::<Tagged>(text) {
         Err(_) if err.is_syntax() || err.is_eof() => {
-            error(ErrorCode::Malformed, format!("not valid JSON: {err}"), None)
+            DecodeError::new(ErrorCode::Malformed, format!("not valid JSON: {err}"), None)
         }
-        Err(_) => error(
+        Err(_) => DecodeError::new(
             ErrorCode::Malformed,
             "a frame must be a JSON object with a string \"type\"",
             None,
@@ -64,13 +55,15 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
         Ok(Tagged { kind }) if !CLIENT_TYPES.contains(&kind.as_str()) => {
             let mut shown = kind;
             shown.truncate(shown.floor_char_boundary(32));
-            error(
+            DecodeError::new(
                 ErrorCode::UnknownType,
                 format!("unknown frame type {shown:?}"),
                 Some(shown),
             )
         }
-        Ok(Tagged { kind }) => error(ErrorCode::InvalidField, err.to_string(), Some(kind)),
+        Ok(Tagged { kind }) => {
+            DecodeError::new(ErrorCode::InvalidField, err.to_string(), Some(kind))
+        }
     }
 }
 
@@ -79,13 +72,13 @@ fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
         ClientMessage::Watch { users } | ClientMessage::Unwatch { users }
             if users.len() > MAX_USERS_PER_WATCH_FRAME =>
         {
-            Err(error(
+            Err(DecodeError::new(
                 ErrorCode::InvalidField,
                 format!("at most {MAX_USERS_PER_WATCH_FRAME} users per frame"),
                 Some(msg.kind().into()),
             ))
         }
-        ClientMessage::Read { marker, .. } if *marker > MAX_READ_MARKER => Err(error(
+        ClientMessage::Read { marker, .. } if *marker > MAX_READ_MARKER => Err(DecodeError::new(
             ErrorCode::InvalidMarker,
             format!("marker must be at most {MAX_READ_MARKER}"),
             Some("read".into()),

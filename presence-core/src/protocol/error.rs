@@ -125,3 +125,13 @@ pub struct DecodeError {
     /// The frame's `type`, when it could be read.
     pub frame: Option<String>,
 }
+
+impl DecodeError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>, frame: Option<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            frame,
+        }
+    }
+}

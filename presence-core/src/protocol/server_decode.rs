@@ -20,11 +20,11 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn bad(&self, key: &str) -> DecodeError {
-        DecodeError {
-            code: ErrorCode::InvalidField,
-            message: [key, ": missing or invalid"].concat(),
-            frame: Some(self.frame.to_owned()),
-        }
+        DecodeError::new(
+            ErrorCode::InvalidField,
+            [key, ": missing or invalid"].concat(),
+            Some(self.frame.to_owned()),
+        )
     }
 
     fn opt(&self, key: &str) -> Option<&'a Json> {
@@ -131,11 +131,8 @@ fn receipt(v: &Json) -> Option<Receipt> {
 fn unknown(what: &str, kind: &str) -> DecodeError {
     let mut shown = kind.to_owned();
     shown.truncate(shown.floor_char_boundary(32));
-    DecodeError {
-        code: ErrorCode::UnknownType,
-        message: ["unknown ", what, " type \"", &shown, "\""].concat(),
-        frame: Some(shown),
-    }
+    let message = ["unknown ", what, " type \"", &shown, "\""].concat();
+    DecodeError::new(ErrorCode::UnknownType, message, Some(shown))
 }
 
 fn diff(v: &Json) -> Result<Diff, DecodeError> {
@@ -182,11 +179,7 @@ fn diff(v: &Json) -> Result<Diff, DecodeError> {
 /// the socket allows: snapshots of big rooms are large. Unknown diff kinds
 /// and frame types are `unknown_type`, so a client can skip them.
 pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
-    let malformed = |message: &str| DecodeError {
-        code: ErrorCode::Malformed,
-        message: message.to_owned(),
-        frame: None,
-    };
+    let malformed = |message: &str| DecodeError::new(ErrorCode::Malformed, message, None);
     let obj = Json::parse(frame).ok_or_else(|| malformed("not valid JSON"))?;
     if !matches!(obj, Json::Obj(_)) {
         return Err(malformed("a frame must be a JSON object"));
