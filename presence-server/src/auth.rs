@@ -38,7 +38,8 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// HS256 JSON Web Tokens: `sub` is the user id, `exp` is required and
-/// enforced with 30 s of leeway for clock skew between issuer and server.
+/// `nbf` honoured when present, both with 30 s of leeway for clock skew
+/// between issuer and server.
 pub struct JwtAuth {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
@@ -56,7 +57,7 @@ struct Claims {
 }
 
 impl JwtAuth {
-    /// Leeway applied to `exp`, in seconds.
+    /// Leeway applied to `exp` and `nbf`, in seconds.
     pub const LEEWAY_SECS: u64 = 30;
 
     /// Shortest secret accepted, in bytes (HS256 keys should be 256 bits).
@@ -71,6 +72,7 @@ impl JwtAuth {
         let key = jsonwebtoken::DecodingKey::from_secret(secret).map_err(|_| WeakSecret)?;
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = Self::LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Self { key, validation })
     }
@@ -82,6 +84,7 @@ impl Authenticator for JwtAuth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
                 _ => AuthError::Invalid(e.to_string()),
             },
         )?;
@@ -158,6 +161,26 @@ mod tests {
             auth.authenticate(&bad_sub),
             Err(AuthError::BadUser(_))
         ));
+    }
+
+    #[test]
+    fn jwt_honours_nbf_with_the_leeway() {
+        const S: &[u8] = b"0123456789abcdef0123456789abcdef";
+        let auth = JwtAuth::hs256(S).expect("long enough");
+        let with_nbf = |nbf: u64| {
+            encode(
+                &Header::default(),
+                &serde_json::json!({ "sub": "ana", "exp": now() + 3600, "nbf": nbf }),
+                &EncodingKey::from_secret(S).expect("non-empty secret"),
+            )
+            .expect("encodes")
+        };
+        assert!(auth.authenticate(&with_nbf(now() + 600)).is_err());
+        assert!(
+            auth.authenticate(&with_nbf(now() + 10)).is_ok(),
+            "within the leeway"
+        );
+        assert!(auth.authenticate(&with_nbf(now() - 10)).is_ok());
     }
 
     #[test]

@@ -79,12 +79,13 @@ enum Caller {
 
 /// The bearer token of a request, if any.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    // Auth scheme names are case-insensitive (RFC 9110, section 11.1).
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares without an early exit, so timing does not reveal the key.
@@ -365,7 +366,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer tok".parse().expect("header"));
         assert_eq!(bearer(&h), Some("tok"));
+        h.insert(header::AUTHORIZATION, "bearer tok".parse().expect("header"));
+        assert_eq!(bearer(&h), Some("tok"), "scheme names are case-insensitive");
         h.insert(header::AUTHORIZATION, "Basic tok".parse().expect("header"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().expect("header"));
         assert_eq!(bearer(&h), None);
     }
 }

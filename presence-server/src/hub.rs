@@ -61,6 +61,10 @@ struct State {
     /// The reverse index: user → connections watching them.
     watchers: HashMap<UserId, HashSet<ConnId>>,
     batch: Batch,
+    /// Snapshots owed to connections that joined a room, sent at the next
+    /// flush after that room's pending diffs went to the others: the
+    /// snapshot already shows those, so the joiner's first diffs are newer.
+    snapshots: HashMap<RoomId, HashSet<ConnId>>,
     /// When the oldest pending diff arrived.
     batch_since: Option<Millis>,
     /// When the driver plans to wake next.
@@ -155,6 +159,7 @@ impl Hub {
                 watches: HashMap::new(),
                 watchers: HashMap::new(),
                 batch: Batch::default(),
+                snapshots: HashMap::new(),
                 batch_since: None,
                 planned_wake: None,
                 slow: Vec::new(),
@@ -251,7 +256,7 @@ impl Hub {
                 self.cluster_wake.notify_one();
             }
         }
-        if !st.batch.is_empty() {
+        if !st.batch.is_empty() || !st.snapshots.is_empty() {
             if self.config.batch_window.is_zero() {
                 self.flush(st);
             } else if st.batch_since.is_none() {
@@ -297,6 +302,7 @@ impl Hub {
     /// to every recipient.
     fn flush(&self, st: &mut State) {
         st.batch_since = None;
+        let joiners = std::mem::take(&mut st.snapshots);
         for (audience, diffs) in st.batch.take() {
             let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
                 Audience::Room(room) => {
@@ -318,6 +324,11 @@ impl Hub {
                     (Some(room), Some(cl)) => !cl.is_awaiting(c.0, room),
                     _ => true,
                 })
+                .filter(|c| {
+                    room.as_ref()
+                        .and_then(|room| joiners.get(room))
+                        .is_none_or(|owed| !owed.contains(c))
+                })
                 .collect();
             if recipients.is_empty() {
                 continue;
@@ -326,6 +337,30 @@ impl Hub {
             self.metrics.fanout.observe(recipients.len() as f64);
             for conn in recipients {
                 self.send(st, conn, Message::Text(frame.clone()));
+            }
+        }
+        self.send_snapshots(st, joiners);
+    }
+
+    /// Sends owed snapshots, each room's encoded once for all its joiners.
+    fn send_snapshots(&self, st: &mut State, joiners: HashMap<RoomId, HashSet<ConnId>>) {
+        for (room, conns) in joiners {
+            // Left again (or gone) before the flush: nothing is owed.
+            let conns: Vec<ConnId> = conns
+                .into_iter()
+                .filter(|c| st.machine.rooms_of(*c).contains(&room))
+                .collect();
+            if conns.is_empty() {
+                continue;
+            }
+            let frame = text_frame(&ServerMessage::Snapshot {
+                members: st.machine.members(&room),
+                typing: st.machine.typing_in(&room),
+                receipts: st.machine.receipts_in(&room),
+                room,
+            });
+            for conn in conns {
+                self.send(st, conn, frame.clone());
             }
         }
     }
@@ -456,7 +491,6 @@ impl Hub {
             if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
-            let _ = st.machine.heartbeat(now, conn);
             if let Some(c) = st.cluster.as_mut()
                 && let Some(user) = st.machine.user_of(conn)
             {
@@ -475,6 +509,18 @@ impl Hub {
                 self.send(st, conn, text_frame(msg));
             }
         });
+    }
+
+    /// Queues a reply only if the socket's queue has room for it: for
+    /// replies that must never make a socket a slow consumer.
+    pub fn try_reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
+        let st = self.lock();
+        if st.is_current(conn, generation)
+            && let Some(socket) = st.sockets.get(&conn)
+            && socket.tx.try_send(text_frame(msg)).is_ok()
+        {
+            self.metrics.frames_out.inc();
+        }
     }
 
     /// Joins a room and queues its snapshot before any later diff.
@@ -626,14 +672,10 @@ impl Hub {
         });
     }
 
+    /// Owes `conn` a snapshot of `room` from this node's machine, sent at
+    /// the next flush (see [`State::snapshots`]).
     fn local_snapshot(&self, st: &mut State, conn: ConnId, room: RoomId) {
-        let snapshot = ServerMessage::Snapshot {
-            members: st.machine.members(&room),
-            typing: st.machine.typing_in(&room),
-            receipts: st.machine.receipts_in(&room),
-            room,
-        };
-        self.send(st, conn, text_frame(&snapshot));
+        st.snapshots.entry(room).or_default().insert(conn);
     }
 
     fn local_watching(&self, st: &mut State, conn: ConnId, users: &[UserId]) {

@@ -10,8 +10,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use presence_core::protocol::{ClientMessage, CloseCode, ErrorCode, ServerMessage, decode_client};
-use presence_core::{Activity, ConnId, ResumeToken, UserId};
+use presence_core::limits::{
+    MAX_ROOMS_PER_CONNECTION, MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION,
+};
+use presence_core::protocol::{
+    ClientMessage, CloseCode, DecodeError, ErrorCode, ServerMessage, decode_client,
+};
+use presence_core::{Activity, ConnId, ResumeToken, RoomId, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::RateLimit;
@@ -19,6 +24,45 @@ use crate::hub::{Close, Hub, Registered, text_frame};
 
 /// How long a closing socket gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a closing socket may still send us, read and discarded, so that its
+/// unread input does not make the kernel answer our close with a reset.
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Frames a socket may send once, outside the rate limit, so a client can
+/// restore the most state the limits allow right after a reconnect: a `join`
+/// and a `read` per room, the largest watch list, one `status`.
+struct Restore {
+    join: usize,
+    read: usize,
+    watch: usize,
+    status: usize,
+}
+
+impl Restore {
+    fn new() -> Self {
+        Self {
+            join: MAX_ROOMS_PER_CONNECTION,
+            read: MAX_ROOMS_PER_CONNECTION,
+            watch: MAX_WATCHED_PER_CONNECTION.div_ceil(MAX_USERS_PER_WATCH_FRAME),
+            status: 1,
+        }
+    }
+
+    /// Whether `msg` is paid for by the allowance (and takes from it).
+    fn take(&mut self, msg: &ClientMessage) -> bool {
+        let left = match msg {
+            ClientMessage::Join { .. } => &mut self.join,
+            ClientMessage::Read { .. } => &mut self.read,
+            ClientMessage::Watch { .. } => &mut self.watch,
+            ClientMessage::Status { .. } => &mut self.status,
+            _ => return false,
+        };
+        let paid = *left > 0;
+        *left = left.saturating_sub(1);
+        paid
+    }
+}
 
 /// A token bucket with a debt counter for abuse.
 struct Bucket {
@@ -63,10 +107,48 @@ impl Bucket {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, frame: Option<&str>) -> ServerMessage {
-    ServerMessage::Error {
-        code,
-        message: message.into(),
-        frame: frame.map(String::from),
+    let subject = Subject {
+        frame,
+        ..Subject::default()
+    };
+    subject.error(code, message)
+}
+
+/// The refused frame's type and what it named, so a client can tell which of
+/// several frames of one kind failed.
+#[derive(Default)]
+struct Subject<'m> {
+    frame: Option<&'m str>,
+    room: Option<&'m RoomId>,
+    users: &'m [UserId],
+}
+
+impl<'m> Subject<'m> {
+    fn of(msg: &'m ClientMessage) -> Self {
+        Self {
+            frame: Some(msg.kind()),
+            room: msg.room(),
+            users: &[],
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            frame: self.frame.map(String::from),
+            room: self.room.cloned(),
+            users: self.users.to_vec(),
+        }
+    }
+}
+
+/// The decode error for a binary frame, which v1 does not speak.
+fn binary_frame() -> DecodeError {
+    DecodeError {
+        code: ErrorCode::Malformed,
+        message: "binary frames are not supported".into(),
+        frame: None,
     }
 }
 
@@ -80,6 +162,7 @@ fn describe(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidMarker => "read marker out of range",
         ErrorCode::AlreadyGreeted => "hello was already received",
         ErrorCode::RateLimited => "too many frames; slow down",
+        ErrorCode::HelloRequired => "the first frame must be hello",
         _ => "the server could not process this frame",
     }
 }
@@ -133,8 +216,8 @@ where
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 let e = error(
-                    ErrorCode::Malformed,
-                    "binary frames are not supported",
+                    ErrorCode::HelloRequired,
+                    describe(ErrorCode::HelloRequired),
                     None,
                 );
                 return Err((Some(e), policy));
@@ -163,12 +246,24 @@ where
             Ok(other) => Err((
                 Some(error(
                     ErrorCode::HelloRequired,
-                    "the first frame must be hello",
+                    describe(ErrorCode::HelloRequired),
                     Some(other.kind()),
                 )),
                 policy,
             )),
-            Err(e) => Err((Some(error(e.code, e.message, e.frame.as_deref())), policy)),
+            // A `hello` with a bad field is told what is wrong with it;
+            // anything else first (not JSON, another type) is not a hello.
+            Err(e) if e.frame.as_deref() == Some("hello") => {
+                Err((Some(error(e.code, e.message, Some("hello"))), policy))
+            }
+            Err(_) => Err((
+                Some(error(
+                    ErrorCode::HelloRequired,
+                    describe(ErrorCode::HelloRequired),
+                    None,
+                )),
+                policy,
+            )),
         };
     }
 }
@@ -204,12 +299,45 @@ async fn write<W>(
     .await;
 }
 
-fn too_big(err: axum::Error) -> bool {
+/// The close a failed read calls for, if the socket can still take one.
+fn read_failure(err: axum::Error) -> Option<(ErrorCode, Close)> {
     use tokio_tungstenite::tungstenite::Error;
-    matches!(
-        err.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(_))
-    )
+    match err.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(_) => Some((
+            ErrorCode::FrameTooLarge,
+            (CloseCode::TooBig, "frame too large"),
+        )),
+        Error::Utf8(_) => Some((
+            ErrorCode::Malformed,
+            (CloseCode::InvalidData, "text frame is not valid UTF-8"),
+        )),
+        _ => None,
+    }
+}
+
+/// Reads and discards what a socket we are closing still sends, until its
+/// close frame or end, within the close timeout and [`DRAIN_BYTES`]: closing
+/// a TCP socket with unread input makes the kernel send a reset, and the
+/// client would see 1006 instead of our close code.
+async fn drain<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let mut budget = DRAIN_BYTES;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            let len = match &msg {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+                Message::Close(_) => return,
+            };
+            budget = match budget.checked_sub(len.max(1)) {
+                Some(left) => left,
+                None => return,
+            };
+        }
+    })
+    .await;
 }
 
 /// Runs one authenticated socket to its end.
@@ -269,19 +397,21 @@ where
         conn,
         generation,
         bucket: Bucket::new(hub.config.rate),
+        restore: Restore::new(),
     };
     let mut close = close;
     let killed = loop {
         let frame = tokio::select! {
+            biased;
             _ = closing(&mut close) => break true,
             f = stream.next() => f,
         };
         match frame {
             None | Some(Ok(Message::Close(_))) => break false,
             Some(Err(e)) => {
-                if too_big(e) {
-                    hub.metrics.reject(ErrorCode::FrameTooLarge);
-                    hub.close(conn, generation, (CloseCode::TooBig, "frame too large"));
+                if let Some((code, close)) = read_failure(e) {
+                    hub.metrics.reject(code);
+                    hub.close(conn, generation, close);
                     break true;
                 }
                 break false;
@@ -294,7 +424,9 @@ where
             }
         }
     };
-    if !killed {
+    if killed {
+        drain(&mut stream).await;
+    } else {
         hub.socket_gone(conn, generation);
     }
     // The writer ends by itself: with the queue's end, or after the close frame.
@@ -308,6 +440,7 @@ struct Session<'a> {
     conn: ConnId,
     generation: u64,
     bucket: Bucket,
+    restore: Restore,
 }
 
 impl Session<'_> {
@@ -315,129 +448,124 @@ impl Session<'_> {
         self.hub.reply(self.conn, self.generation, msg);
     }
 
-    fn refuse(&self, code: ErrorCode, message: impl Into<String>, frame: Option<&str>) {
+    fn refuse(&self, code: ErrorCode, message: impl Into<String>, subject: Subject<'_>) {
         self.hub.metrics.reject(code);
-        self.reply(&error(code, message, frame));
-    }
-
-    fn heartbeat(&self) {
-        let conn = self.conn;
-        let _ = self
-            .hub
-            .act(conn, self.generation, |m, now| m.heartbeat(now, conn));
+        self.reply(&subject.error(code, message));
     }
 
     /// Handles one frame; `Err` closes the socket.
     fn frame(&mut self, msg: Message) -> Result<(), Close> {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                self.heartbeat();
-                self.refuse(
-                    ErrorCode::Malformed,
-                    "binary frames are not supported",
-                    None,
-                );
-                return Ok(());
-            }
-            // Control frames: tungstenite answers pings; they still prove life.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {
-                self.heartbeat();
-                return Ok(());
-            }
+        let (hub, conn) = (self.hub, self.conn);
+        // Any frame proves the connection alive, whatever becomes of it.
+        let _ = hub.act(conn, self.generation, |m, now| m.heartbeat(now, conn));
+        let decoded = match msg {
+            Message::Text(t) => decode_client(t.as_str()),
+            Message::Binary(_) => Err(binary_frame()),
+            // Control frames: tungstenite answers pings.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
-        match self.bucket.take(Instant::now()) {
-            Verdict::Ok => {}
-            Verdict::Limited => {
-                self.heartbeat();
-                self.refuse(
-                    ErrorCode::RateLimited,
-                    describe(ErrorCode::RateLimited),
-                    None,
-                );
-                return Ok(());
-            }
-            Verdict::Abusive => {
-                self.hub.metrics.reject(ErrorCode::RateLimited);
-                return Err((CloseCode::PolicyViolation, "rate limit far exceeded"));
+        let restoring = decoded.as_ref().is_ok_and(|m| self.restore.take(m));
+        if !restoring {
+            match self.bucket.take(Instant::now()) {
+                Verdict::Ok => {}
+                Verdict::Limited => {
+                    // Only while the queue has room: a flooder's own error
+                    // replies must not make it a slow consumer (4001)
+                    // before its flood is closed as abuse (1008).
+                    let code = ErrorCode::RateLimited;
+                    let subject = decoded.as_ref().map(Subject::of).unwrap_or_default();
+                    hub.metrics.reject(code);
+                    hub.try_reply(conn, self.generation, &subject.error(code, describe(code)));
+                    return Ok(());
+                }
+                Verdict::Abusive => {
+                    hub.metrics.reject(ErrorCode::RateLimited);
+                    return Err((CloseCode::PolicyViolation, "rate limit far exceeded"));
+                }
             }
         }
-        let msg = match decode_client(text.as_str()) {
+        let msg = match decoded {
             Ok(m) => m,
             Err(e) => {
-                self.heartbeat();
-                self.refuse(e.code, e.message, e.frame.as_deref());
+                let subject = Subject {
+                    frame: e.frame.as_deref(),
+                    ..Subject::default()
+                };
+                self.refuse(e.code, e.message.clone(), subject);
                 return Ok(());
             }
         };
-        let kind = msg.kind();
-        if let Err(code) = self.handle(msg) {
-            self.refuse(code, describe(code), Some(kind));
+        if msg == ClientMessage::Leaving {
+            let _ = hub.act(conn, self.generation, |m, now| {
+                m.leaving(now, conn);
+                Ok(())
+            });
+            // The socket's work is done; the connection keeps its leave grace.
+            return Err((CloseCode::Normal, "left"));
+        }
+        if let Err(code) = self.handle(&msg) {
+            self.refuse(code, describe(code), Subject::of(&msg));
         }
         Ok(())
     }
 
-    fn handle(&mut self, msg: ClientMessage) -> Result<(), ErrorCode> {
+    fn handle(&mut self, msg: &ClientMessage) -> Result<(), ErrorCode> {
         let (hub, conn, generation) = (self.hub, self.conn, self.generation);
         match msg {
-            ClientMessage::Hello { .. } => {
-                self.heartbeat();
-                Err(ErrorCode::AlreadyGreeted)
-            }
+            ClientMessage::Hello { .. } => Err(ErrorCode::AlreadyGreeted),
             ClientMessage::Join { room } => {
-                if !hub.audience.may_join(self.user, &room) {
-                    self.heartbeat();
+                if !hub.audience.may_join(self.user, room) {
                     return Err(ErrorCode::Forbidden);
                 }
-                hub.join(conn, generation, room)
+                hub.join(conn, generation, room.clone())
             }
             ClientMessage::Leave { room } => {
-                hub.act(conn, generation, |m, now| m.leave(now, conn, &room))
+                hub.act(conn, generation, |m, now| m.leave(now, conn, room))
             }
             ClientMessage::Watch { users } => {
                 let (allowed, refused): (Vec<UserId>, Vec<UserId>) = users
-                    .into_iter()
+                    .iter()
+                    .cloned()
                     .partition(|u| hub.audience.may_watch(self.user, u));
                 if !refused.is_empty() {
                     let names: Vec<&str> = refused.iter().map(UserId::as_str).collect();
                     self.refuse(
                         ErrorCode::Forbidden,
                         format!("may not watch: {}", names.join(", ")),
-                        Some("watch"),
+                        Subject {
+                            frame: Some("watch"),
+                            room: None,
+                            users: &refused,
+                        },
                     );
                     if allowed.is_empty() {
-                        self.heartbeat();
                         return Ok(());
                     }
                 }
                 hub.watch(conn, generation, allowed)
             }
             ClientMessage::Unwatch { users } => {
-                self.heartbeat();
-                hub.unwatch(conn, generation, &users);
+                hub.unwatch(conn, generation, users);
                 Ok(())
             }
             ClientMessage::Activity { activity } => hub.act(conn, generation, |m, now| {
-                m.set_activity(now, conn, activity)
+                m.set_activity(now, conn, *activity)
             }),
             ClientMessage::Status { status, text } => {
-                hub.set_status(conn, generation, status, text)
+                hub.set_status(conn, generation, *status, text.clone())
             }
             ClientMessage::Typing { room, active } => hub.act(conn, generation, |m, now| {
-                m.typing(now, conn, &room, active)
+                m.typing(now, conn, room, *active)
             }),
             ClientMessage::Read { room, marker } => hub
-                .act(conn, generation, |m, now| m.read(now, conn, &room, marker))
+                .act(conn, generation, |m, now| m.read(now, conn, room, *marker))
                 .map(|_| ()),
             ClientMessage::Ping => {
-                self.heartbeat();
                 self.reply(&ServerMessage::Pong);
                 Ok(())
             }
-            ClientMessage::Leaving => hub.act(conn, generation, |m, now| {
-                m.leaving(now, conn);
-                Ok(())
-            }),
+            // Handled by `frame`: it ends the socket.
+            ClientMessage::Leaving => Ok(()),
         }
     }
 }

@@ -117,7 +117,10 @@ struct User {
     shown: Shown,
     last_active: Option<Millis>,
     last_seen: Option<Millis>,
-    typing: HashMap<RoomId, Millis>,
+    /// Per room, the connections typing there and when each one's typing
+    /// expires: the user types while any of them does, so one tab stopping
+    /// does not stop another's typing.
+    typing: HashMap<RoomId, Vec<(ConnId, Millis)>>,
     receipts: HashMap<RoomId, u64>,
 }
 
@@ -349,6 +352,7 @@ impl Machine {
         };
         c.rooms.swap_remove(at);
         let user = c.user.clone();
+        self.stop_conn_typing(now, &user, conn, room);
         if self.release_room(now, &user, room) {
             self.announce_left(now, &user, room);
         }
@@ -408,7 +412,7 @@ impl Machine {
     ) -> Result<(), MachineError> {
         let user_id = self.member(conn, room)?;
         if !active {
-            self.stop_typing(now, &user_id, room);
+            self.stop_conn_typing(now, &user_id, conn, room);
             return Ok(());
         }
         let Some(user) = self.users.get_mut(&user_id) else {
@@ -418,7 +422,12 @@ impl Machine {
             return Ok(());
         }
         let expires = now.after(self.policy.typing_ttl);
-        let started = user.typing.insert(room.clone(), expires).is_none();
+        let typers = user.typing.entry(room.clone()).or_default();
+        let started = typers.is_empty();
+        match typers.iter_mut().find(|(c, _)| *c == conn) {
+            Some((_, at)) => *at = expires,
+            None => typers.push((conn, expires)),
+        }
         self.timers
             .ensure(TimerKey::Typing(user_id.clone(), room.clone()), expires);
         if started {
@@ -514,17 +523,17 @@ impl Machine {
                     }
                 }
                 TimerKey::Typing(user, room) => {
-                    let expires = self
+                    let Some(typers) = self
                         .users
-                        .get(&user)
-                        .and_then(|u| u.typing.get(&room))
-                        .copied();
-                    match expires {
-                        Some(at) if at > now => {
-                            self.timers.ensure(TimerKey::Typing(user, room), at);
-                        }
-                        Some(_) => self.stop_typing(now, &user, &room),
-                        None => {}
+                        .get_mut(&user)
+                        .and_then(|u| u.typing.get_mut(&room))
+                    else {
+                        continue;
+                    };
+                    typers.retain(|&(_, at)| at > now);
+                    match typers.iter().map(|&(_, at)| at).min() {
+                        Some(at) => self.timers.ensure(TimerKey::Typing(user, room), at),
+                        None => self.stop_typing(now, &user, &room),
                     }
                 }
             }
@@ -665,6 +674,9 @@ impl Machine {
         if let Some(u) = self.users.get_mut(&c.user) {
             u.conns.retain(|x| *x != conn);
         }
+        for room in &c.rooms {
+            self.stop_conn_typing(now, &c.user, conn, room);
+        }
         let gone: Vec<RoomId> = c
             .rooms
             .iter()
@@ -729,6 +741,22 @@ impl Machine {
                 user: user_id.clone(),
             };
             self.emit(now, diff, vec![room.clone()], false);
+        }
+    }
+
+    /// One connection stopped typing in `room` (or left it): the user's
+    /// typing stops there only if no other connection still types.
+    fn stop_conn_typing(&mut self, now: Millis, user_id: &UserId, conn: ConnId, room: &RoomId) {
+        let Some(typers) = self
+            .users
+            .get_mut(user_id)
+            .and_then(|u| u.typing.get_mut(room))
+        else {
+            return;
+        };
+        typers.retain(|&(c, _)| c != conn);
+        if typers.is_empty() {
+            self.stop_typing(now, user_id, room);
         }
     }
 

@@ -355,6 +355,37 @@ fn typing_stops_on_send_on_stop_and_when_the_user_leaves() {
 }
 
 #[test]
+fn typing_is_the_users_while_any_of_their_connections_types() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.connect(T0, "ana", 2);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.join(T0, ConnId(2), room("r")).unwrap();
+    h.names();
+    h.m.typing(at(1), ConnId(1), &room("r"), true).unwrap();
+    h.m.typing(at(2), ConnId(2), &room("r"), true).unwrap();
+    h.m.typing(at(3), ConnId(1), &room("r"), false).unwrap();
+    assert_eq!(h.names(), ["typing_started"], "tab 2 still types");
+    h.m.typing(at(4), ConnId(2), &room("r"), true).unwrap();
+    h.m.typing(at(5), ConnId(2), &room("r"), false).unwrap();
+    assert_eq!(h.names(), ["typing_stopped"]);
+    // Expiry is per connection too: tab 1 expires, tab 2 refreshed later.
+    h.m.typing(at(10), ConnId(1), &room("r"), true).unwrap();
+    h.m.typing(at(13), ConnId(2), &room("r"), true).unwrap();
+    h.m.tick(at(16));
+    assert_eq!(h.names(), ["typing_started"], "tab 2 types until 19");
+    h.m.tick(at(19));
+    assert_eq!(h.names(), ["typing_stopped"]);
+    // A typing tab that leaves the room stops only its own typing.
+    h.m.typing(at(20), ConnId(1), &room("r"), true).unwrap();
+    h.m.typing(at(20), ConnId(2), &room("r"), true).unwrap();
+    h.m.leave(at(21), ConnId(1), &room("r")).unwrap();
+    assert_eq!(h.names(), ["typing_started"]);
+    h.m.leave(at(22), ConnId(2), &room("r")).unwrap();
+    assert_eq!(h.names(), ["typing_stopped", "user_disconnected"]);
+}
+
+#[test]
 fn read_markers_only_move_forward() {
     let mut h = Harness::new();
     h.connect(T0, "ana", 1);

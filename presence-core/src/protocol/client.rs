@@ -95,4 +95,15 @@ impl ClientMessage {
             ClientMessage::Leaving => "leaving",
         }
     }
+
+    /// The room this message names, if any: errors name it back.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            ClientMessage::Join { room }
+            | ClientMessage::Leave { room }
+            | ClientMessage::Typing { room, .. }
+            | ClientMessage::Read { room, .. } => Some(room),
+            _ => None,
+        }
+    }
 }

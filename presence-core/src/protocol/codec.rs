@@ -61,10 +61,28 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
                 Some(shown),
             )
         }
+        Ok(Tagged { kind }) if kind == "read" && marker_is_a_number(text) => DecodeError::new(
+            ErrorCode::InvalidMarker,
+            format!("marker must be an integer from 0 to {MAX_READ_MARKER}"),
+            Some(kind),
+        ),
         Ok(Tagged { kind }) => {
             DecodeError::new(ErrorCode::InvalidField, err.to_string(), Some(kind))
         }
     }
+}
+
+/// Whether a `read` frame with a valid room has a marker that is a JSON
+/// number (negative, fractional or past `u64`): a marker out of range, not a
+/// malformed field.
+fn marker_is_a_number(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Marker {
+        #[serde(rename = "room")]
+        _room: crate::ids::RoomId,
+        marker: serde_json::Value,
+    }
+    serde_json::from_str::<Marker>(text).is_ok_and(|m| m.marker.is_number())
 }
 
 fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
@@ -107,9 +125,29 @@ mod tests {
             code("{\"type\":\"join\",\"room\":\"\"}"),
             ErrorCode::InvalidField
         );
+        for marker in [
+            "9007199254740992",
+            "-1",
+            "18446744073709551616",
+            "1.5",
+            "1e300",
+        ] {
+            assert_eq!(
+                code(&format!(
+                    "{{\"type\":\"read\",\"room\":\"r\",\"marker\":{marker}}}"
+                )),
+                ErrorCode::InvalidMarker,
+                "{marker}"
+            );
+        }
         assert_eq!(
-            code("{\"type\":\"read\",\"room\":\"r\",\"marker\":9007199254740992}"),
-            ErrorCode::InvalidMarker
+            code("{\"type\":\"read\",\"room\":\"r\",\"marker\":\"7\"}"),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code("{\"type\":\"read\",\"room\":\"\",\"marker\":-1}"),
+            ErrorCode::InvalidField,
+            "the room is what is wrong"
         );
         assert_eq!(
             code(&format!(
@@ -118,6 +156,22 @@ mod tests {
             )),
             ErrorCode::FrameTooLarge
         );
+    }
+
+    #[test]
+    fn nesting_past_128_levels_is_an_invalid_field() {
+        let nested = |depth: usize| {
+            format!(
+                "{{\"type\":\"ping\",\"x\":{}{}}}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(
+            decode_client(&nested(100)).is_ok(),
+            "unknown fields may nest"
+        );
+        assert_eq!(code(&nested(200)), ErrorCode::InvalidField);
     }
 
     #[test]

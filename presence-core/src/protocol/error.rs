@@ -88,9 +88,14 @@ impl ErrorCode {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u16)]
 pub enum CloseCode {
+    /// The client said `leaving`: the socket has done its job; the connection
+    /// stays in its leave grace, so a new socket may still resume it.
+    Normal = 1000,
     /// Server shutting down or restarting: reconnect and resume.
     GoingAway = 1001,
-    /// Abusive traffic (rate far beyond the limit, or protocol violations).
+    /// A text frame that is not valid UTF-8 (RFC 6455, section 8.1).
+    InvalidData = 1007,
+    /// Abusive traffic (rate far beyond the limit), or no `hello` first.
     PolicyViolation = 1008,
     /// A frame beyond the size limit.
     TooBig = 1009,

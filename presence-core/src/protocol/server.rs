@@ -77,6 +77,13 @@ pub enum ServerMessage {
         /// The `type` of the frame that failed, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         frame: Option<String>,
+        /// The room the refused frame named (`join`, `leave`, `typing`, `read`),
+        /// so a client can tell which of several such frames failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        /// The users of a `watch` that were refused.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        users: Vec<UserId>,
     },
     /// Heartbeat answer.
     Pong,

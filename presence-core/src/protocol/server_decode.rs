@@ -235,6 +235,8 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
                 .unwrap_or(ErrorCode::Internal),
             message: f.str("message").unwrap_or_default().to_owned(),
             frame: f.pick_opt("frame", |v| v.as_str().map(str::to_owned))?,
+            room: f.pick_opt("room", room)?,
+            users: f.list("users", user)?,
         },
         "pong" => ServerMessage::Pong,
         other => return Err(unknown("frame", other)),

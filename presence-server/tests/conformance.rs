@@ -1,0 +1,390 @@
+//! What PROTOCOL.md promises, checked through a real socket: one test per
+//! statement an independent client found the server breaking, and the code
+//! tables read from PROTOCOL.md itself.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use presence_server::presence_core::protocol::{CloseCode, ErrorCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+const PROTOCOL: &str = include_str!("../../PROTOCOL.md");
+
+/// The first column of the table under `heading`, backticks removed.
+fn table(heading: &str) -> Vec<String> {
+    let start = PROTOCOL.find(heading).expect("heading in PROTOCOL.md");
+    PROTOCOL[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .filter_map(|l| l.split('|').nth(1))
+        .map(|c| c.trim().trim_matches('`').to_owned())
+        .collect()
+}
+
+#[test]
+fn the_error_code_table_lists_every_code_the_server_has() {
+    let documented: BTreeSet<String> = table("## Error codes").into_iter().collect();
+    let known: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(documented, known);
+}
+
+#[test]
+fn the_close_code_table_lists_every_code_the_server_sends() {
+    let documented: BTreeSet<u16> = table("## Close codes")
+        .iter()
+        .map(|c| c.parse().expect("numeric close code"))
+        .collect();
+    let sent: BTreeSet<u16> = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::InvalidData,
+        CloseCode::PolicyViolation,
+        CloseCode::TooBig,
+        CloseCode::HeartbeatTimeout,
+        CloseCode::SlowConsumer,
+        CloseCode::Superseded,
+        CloseCode::Unauthorized,
+        CloseCode::UnsupportedVersion,
+    ]
+    .into_iter()
+    .map(|c| c as u16)
+    .collect();
+    assert_eq!(documented, sent);
+}
+
+/// The item-1 timings: heartbeat 300 ms, timeout 1.2 s, graces 1 s / 400 ms.
+fn item_config() -> presence_server::ServerConfig {
+    let mut c = fast_config();
+    c.timing.heartbeat_interval = Duration::from_millis(300);
+    c.timing.heartbeat_timeout = Duration::from_millis(1200);
+    c.timing.offline_grace = Duration::from_millis(1000);
+    c.timing.leave_grace = Duration::from_millis(400);
+    c
+}
+
+#[tokio::test]
+async fn leaving_closes_the_socket_with_1000_and_the_user_goes_after_the_leave_grace() {
+    let srv = TestServer::start(item_config()).await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    bob.diff("user_connected", "ana").await;
+    ana.send(json!({"type": "leaving"})).await;
+    // The socket stays open on the client's side and keeps pinging: the
+    // server must end it rather than hold it forever.
+    ana.send(json!({"type": "ping"})).await;
+    assert_eq!(ana.close_code().await, 1000);
+    let (_, gone) = bob.diff("user_disconnected", "ana").await;
+    assert_eq!(gone["type"], "user_disconnected");
+    let (status, metrics) = http_text(srv.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("presence_connections 1\n"),
+        "only bob's socket is left:\n{metrics}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_within_the_leave_grace_after_leaving_is_silent() {
+    let srv = TestServer::start(item_config()).await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    bob.diff("user_connected", "ana").await;
+    let token = ana.resume_token();
+    ana.send(json!({"type": "leaving"})).await;
+    assert_eq!(ana.close_code().await, 1000);
+    let mut back = Client::connect(&srv.url("ana"), "ana", Some(&token)).await;
+    assert_eq!(back.welcome["resumed"], true);
+    let seen = bob.diffs_during(Duration::from_millis(700)).await;
+    assert!(seen.is_empty(), "observers saw nothing: {seen:?}");
+    back.send(json!({"type": "ping"})).await;
+    back.frame("pong").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn every_frame_counts_as_a_heartbeat() {
+    let srv = TestServer::start(item_config()).await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    let frames = [
+        json!({"type": "status", "status": "busy"}),
+        json!({"type": "join", "room": "r"}),
+        json!({"type": "watch", "users": ["bob"]}),
+    ];
+    let mut clients = Vec::new();
+    for (i, _) in frames.iter().enumerate() {
+        let mut c = srv.client(&format!("u{i}")).await;
+        c.join("r").await;
+        clients.push(c);
+    }
+    // 2.4 s of nothing but that one kind of frame every 300 ms: twice the
+    // heartbeat timeout.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2400);
+    while tokio::time::Instant::now() < until {
+        for (c, f) in clients.iter_mut().zip(&frames) {
+            c.send(f.clone()).await;
+        }
+        bob.send(json!({"type": "ping"})).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seen = bob.diffs_during(Duration::from_millis(50)).await;
+    assert!(
+        !seen.iter().any(|(_, d)| d["type"] == "user_disconnected"),
+        "nobody was taken for gone: {seen:?}"
+    );
+    for mut c in clients {
+        c.send(json!({"type": "ping"})).await;
+        c.frame("pong").await;
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn typing_in_two_tabs_of_one_user_does_not_flap() {
+    let mut config = fast_config();
+    config.timing.typing_ttl = Duration::from_secs(3);
+    config.timing.heartbeat_timeout = Duration::from_secs(10);
+    let srv = TestServer::start(config).await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    let mut tab1 = srv.client("ana").await;
+    let mut tab2 = srv.client("ana").await;
+    tab1.join("r").await;
+    tab2.join("r").await;
+    bob.diff("user_connected", "ana").await;
+    let typing = |on: bool| json!({"type": "typing", "room": "r", "active": on});
+    for (tab, on) in [(1, true), (2, true), (1, false), (2, true), (2, false)] {
+        let c = if tab == 1 { &mut tab1 } else { &mut tab2 };
+        c.send(typing(on)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seen: Vec<Value> = bob
+        .diffs_during(Duration::from_millis(200))
+        .await
+        .into_iter()
+        .map(|(_, d)| d["type"].clone())
+        .collect();
+    assert_eq!(seen, ["typing_started", "typing_stopped"]);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_written_at_once_is_closed_with_1008_not_a_reset() {
+    let srv = TestServer::start(calm_config()).await;
+    for _ in 0..3 {
+        let mut c = srv.client("ana").await;
+        for _ in 0..1000 {
+            c.ws.feed(Message::text(r#"{"type":"ping"}"#))
+                .await
+                .expect("feed");
+        }
+        c.ws.flush().await.expect("flush");
+        assert_eq!(c.close_code().await, 1008);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_far_beyond_the_limit_is_closed_with_1009_not_a_reset() {
+    let srv = TestServer::start(calm_config()).await;
+    for _ in 0..4 {
+        let mut c = srv.client("ana").await;
+        let chunk = "x".repeat(1000);
+        for i in 0..41 {
+            let opcode = if i == 0 { Data::Text } else { Data::Continue };
+            let frame = Frame::message(chunk.clone().into_bytes(), OpCode::Data(opcode), i == 40);
+            c.ws.feed(Message::Frame(frame)).await.expect("feed");
+        }
+        c.ws.flush().await.expect("flush");
+        assert_eq!(c.close_code().await, 1009);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_closed_with_1007() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut c = srv.client("ana").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(c.close_code().await, 1007);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn anything_but_hello_first_gets_hello_required_then_1008() {
+    let srv = TestServer::start(calm_config()).await;
+    let firsts = [
+        Message::text("garbage"),
+        Message::text("[]"),
+        Message::text(r#"{"type":"fly"}"#),
+        Message::text(r#"{"type":"ping"}"#),
+        Message::binary(vec![1, 2, 3]),
+    ];
+    for first in firsts {
+        let shown = format!("{first:?}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(srv.url("ana"))
+            .await
+            .expect("upgrade");
+        ws.send(first).await.expect("send");
+        let mut c = Client::raw(ws, "ana");
+        assert_eq!(c.frame("error").await["code"], "hello_required", "{shown}");
+        assert_eq!(c.close_code().await, 1008, "{shown}");
+    }
+    // A hello with a bad field is told what is wrong with it.
+    let (mut ws, _) = tokio_tungstenite::connect_async(srv.url("ana"))
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"hello","v":"one"}"#))
+        .await
+        .expect("send");
+    let mut c = Client::raw(ws, "ana");
+    assert_eq!(c.frame("error").await["code"], "invalid_field");
+    assert_eq!(c.close_code().await, 1008);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_range_markers_get_invalid_marker() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut c = srv.client("ana").await;
+    c.join("r").await;
+    for marker in [
+        "-1",
+        "18446744073709551616",
+        "9007199254740992",
+        "9007199254740993",
+        "9223372036854775808",
+    ] {
+        c.send_raw(&format!(
+            r#"{{"type":"read","room":"r","marker":{marker}}}"#
+        ))
+        .await;
+        let e = c.frame("error").await;
+        assert_eq!(e["code"], "invalid_marker", "{marker}");
+        assert_eq!(e["frame"], "read", "{marker}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_frame_names_its_room_or_users() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut c = srv.client("ana").await;
+    c.send(json!({"type": "typing", "room": "nowhere", "active": true}))
+        .await;
+    let e = c.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["frame"], &e["room"]),
+        (&json!("not_in_room"), &json!("typing"), &json!("nowhere"))
+    );
+    for i in 0..64 {
+        c.join(&format!("r{i}")).await;
+    }
+    c.send(json!({"type": "join", "room": "r64"})).await;
+    let e = c.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["frame"], &e["room"]),
+        (&json!("too_many_rooms"), &json!("join"), &json!("r64"))
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_socket_may_restore_the_most_state_the_limits_allow_at_once() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut c = srv.client("ana").await;
+    // Written at once, as the SDK does after a welcome: 64 joins, 64 reads,
+    // 1,000 watched users in 5 frames, one status, then a full burst.
+    let mut frames: Vec<Value> = Vec::new();
+    for i in 0..64 {
+        frames.push(json!({"type": "join", "room": format!("r{i}")}));
+    }
+    for i in 0..64 {
+        frames.push(json!({"type": "read", "room": format!("r{i}"), "marker": i}));
+    }
+    for chunk in 0..5 {
+        let users: Vec<String> = (0..200).map(|u| format!("w{}", chunk * 200 + u)).collect();
+        frames.push(json!({"type": "watch", "users": users}));
+    }
+    frames.push(json!({"type": "status", "status": "busy", "text": "focus"}));
+    for _ in 0..40 {
+        frames.push(json!({"type": "ping"}));
+    }
+    for f in &frames {
+        c.ws.feed(Message::text(f.to_string())).await.expect("feed");
+    }
+    c.ws.flush().await.expect("flush");
+    let (mut snapshots, mut watching, mut pongs) = (0, 0, 0);
+    // Pongs answer at once; snapshots come with the next batch.
+    while (snapshots, watching, pongs) != (64, 5, 40) {
+        let f = c.next().await;
+        match f["type"].as_str() {
+            Some("snapshot") => snapshots += 1,
+            Some("watching") => watching += 1,
+            Some("pong") => pongs += 1,
+            Some("error") => panic!("refused: {f}"),
+            _ => {}
+        }
+    }
+    assert_eq!((snapshots, watching), (64, 5));
+    // The allowance is spent: the rate limit applies again.
+    for _ in 0..3 {
+        c.send(json!({"type": "ping"})).await;
+    }
+    let mut limited = false;
+    while let Some(f) = c.next_within(Duration::from_millis(300)).await {
+        limited |= f["code"] == "rate_limited";
+    }
+    assert!(limited, "the 41st ping of the burst is limited");
+    let (_, user) = srv.get("/v1/users/ana/presence", SERVICE_KEY).await;
+    assert_eq!(
+        (&user["status"], &user["text"]),
+        (&json!("busy"), &json!("focus"))
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_joiner_gets_no_diff_its_snapshot_already_shows() {
+    let mut config = calm_config();
+    config.batch_window = Duration::from_millis(200);
+    let srv = TestServer::start(config).await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    // Within one batch window: bob changes, then ana joins.
+    bob.send(json!({"type": "status", "status": "away", "text": "lunch"}))
+        .await;
+    let mut ana = srv.client("ana").await;
+    let snap = ana.join("r").await;
+    assert_eq!(names(&snap["members"]), ["ana", "bob"]);
+    let shown = snap["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["user"] == "bob"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(shown["status"], "away");
+    let seen = ana.diffs_during(Duration::from_millis(500)).await;
+    assert!(seen.is_empty(), "nothing restated: {seen:?}");
+    // bob, already a member, hears both.
+    bob.diff("status", "bob").await;
+    bob.diff("user_connected", "ana").await;
+    srv.stop().await;
+}
