@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use demo_web::Demo;
-use presence_server::{DevAuth, PresenceServer, ServerConfig};
+use presence_server::{DataDir, DevAuth, PresenceServer, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// The presence-rs demo: a chat page with live presence, typing and read receipts.
@@ -45,6 +45,10 @@ struct Args {
     /// The npm package folder built by `cargo xtask npm`.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../presence-wasm/pkg"))]
     pkg_dir: PathBuf,
+    /// Keep statuses, last-seen times and read markers here across restarts (`cargo xtask demo`
+    /// uses `target/demo-data`). Default: in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Log filter, RUST_LOG syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -75,11 +79,11 @@ async fn main() -> anyhow::Result<()> {
     config.batch_window = ms(args.batch_window_ms);
 
     tracing::warn!("development auth: the token IS the user name; anyone can be anyone (a demo)");
-    let presence = PresenceServer::builder()
-        .config(config)
-        .auth(DevAuth)
-        .build()
-        .context("presence server")?;
+    let mut builder = PresenceServer::builder().config(config).auth(DevAuth);
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(DataDir::open(dir).context("--data-dir")?);
+    }
+    let presence = builder.build().context("presence server")?;
     let demo = Demo::new(presence, args.pkg_dir);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await

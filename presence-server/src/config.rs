@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use presence_core::TimingPolicy;
 use presence_core::limits::MAX_FRAME_BYTES;
+use presence_core::machine::Retention;
 use presence_core::policy::InvalidPolicy;
 
 /// Everything the server can be tuned with. `ServerConfig::default()` suits a
@@ -36,6 +37,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Buffered host-app events per subscriber before the slowest one skips. Default 4096.
     pub event_buffer: usize,
+    /// How long offline users (status, text, last seen, read markers) are
+    /// remembered, and how many at most. Default 30 days, 1,000,000 users.
+    pub retention: Retention,
 }
 
 /// A token bucket: `burst` frames at once, refilled at `per_second`.
@@ -112,6 +116,7 @@ impl Default for ServerConfig {
             max_bulk_users: 500,
             max_body_bytes: 64 * 1024,
             event_buffer: 4096,
+            retention: Retention::default(),
         }
     }
 }

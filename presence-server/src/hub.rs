@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
-use presence_core::machine::MachineError;
+use presence_core::machine::{ConnRecord, MachineError, UserRecord};
 use presence_core::protocol::{CloseCode, Diff, ErrorCode, ServerMessage, encode};
 use presence_core::{
     Activity, ConnId, Event, Machine, Millis, PresenceState, PresenceView, ResumeToken, RoomId,
@@ -31,6 +31,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::cluster::{ClusterState, Outgoing, SnapRequest, WatchRequest};
 use crate::config::ServerConfig;
+use crate::data_dir::{DataDir, Loaded};
 use crate::metrics::Metrics;
 
 /// How a socket is to be closed: code and reason.
@@ -73,6 +74,12 @@ struct State {
     slow: Vec<ConnId>,
     /// With a shared store: what to tell it and what we wait for from it.
     cluster: Option<ClusterState>,
+    /// With a data directory: users whose durable state changed since the
+    /// last write, and users forgotten by retention (to delete).
+    durable: HashSet<UserId>,
+    forgotten: Vec<UserId>,
+    /// When retention next looks for offline users to forget.
+    next_sweep: Millis,
 }
 
 impl State {
@@ -101,6 +108,8 @@ pub(crate) struct Hub {
     pub cluster_wake: Arc<Notify>,
     /// The shared store, when the server runs as one node of several.
     pub store: Option<crate::redis::RedisStore>,
+    /// Where user state outlives the process, on a single node.
+    pub data: Option<DataDir>,
     /// The store's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -108,6 +117,16 @@ pub(crate) struct Hub {
     shutdown: watch::Sender<bool>,
     sessions: AtomicUsize,
     pub sessions_done: Notify,
+}
+
+/// Where user state outlives this process.
+pub(crate) enum Kept {
+    /// Nowhere: a restart forgets it.
+    InMemory,
+    /// In a data directory, on a single node.
+    OnDisk(DataDir),
+    /// In Redis, shared with the other nodes.
+    InRedis(crate::redis::RedisStore),
 }
 
 /// Counts a live session task; shutdown waits for the count to reach zero.
@@ -148,8 +167,13 @@ impl Hub {
         audience: Arc<dyn AudiencePolicy>,
         broker: Arc<dyn Broker>,
         wake: Arc<Notify>,
-        store: Option<crate::redis::RedisStore>,
+        kept: Kept,
     ) -> Self {
+        let (store, data) = match kept {
+            Kept::InMemory => (None, None),
+            Kept::OnDisk(data) => (None, Some(data)),
+            Kept::InRedis(store) => (Some(store), None),
+        };
         let clustered = store.is_some();
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
@@ -164,6 +188,9 @@ impl Hub {
                 planned_wake: None,
                 slow: Vec::new(),
                 cluster: clustered.then(ClusterState::default),
+                durable: HashSet::new(),
+                forgotten: Vec::new(),
+                next_sweep: Millis(0),
             }),
             config,
             clock,
@@ -175,6 +202,7 @@ impl Hub {
             wake,
             cluster_wake: Arc::new(Notify::new()),
             store,
+            data,
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
@@ -244,6 +272,14 @@ impl Hub {
                 self.record(ev);
                 if let Some(c) = st.cluster.as_mut() {
                     track(c, ev);
+                }
+                if self.data.is_some()
+                    && matches!(
+                        ev.diff,
+                        Diff::Status { .. } | Diff::UserDisconnected { .. } | Diff::Read { .. }
+                    )
+                {
+                    st.durable.insert(ev.diff.user().clone());
                 }
                 if local {
                     let watched = st.watchers.contains_key(ev.diff.user());
@@ -511,6 +547,35 @@ impl Hub {
         });
     }
 
+    /// Moves a read marker. Kept durable even when nobody is told (an
+    /// invisible user's markers are kept, not shown).
+    pub fn read_marker(
+        &self,
+        conn: ConnId,
+        generation: u64,
+        room: &RoomId,
+        marker: u64,
+    ) -> Result<(), ErrorCode> {
+        self.apply(|st, now| {
+            if !st.is_current(conn, generation) {
+                return Err(ErrorCode::Internal);
+            }
+            let moved = st
+                .machine
+                .read(now, conn, room, marker)
+                .map_err(MachineError::code)?;
+            if let Some(user) = st.machine.user_of(conn).cloned() {
+                if let Some(c) = st.cluster.as_mut() {
+                    c.dirty.insert(user.clone());
+                }
+                if moved && self.data.is_some() {
+                    st.durable.insert(user);
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Queues a reply only if the socket's queue has room for it: for
     /// replies that must never make a socket a slow consumer.
     pub fn try_reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
@@ -569,6 +634,9 @@ impl Hub {
                 .machine
                 .set_status(now, conn, status, text.clone())
                 .map_err(MachineError::code)?;
+            if changed && self.data.is_some() {
+                st.durable.insert(user.clone());
+            }
             if let Some(c) = st.cluster.as_mut() {
                 // Sent even when this node's machine saw no change: it may
                 // not know a status set on another node.
@@ -956,6 +1024,16 @@ impl Hub {
     pub fn tick(&self) {
         let mut st = self.lock();
         let now = self.clock.now();
+        if now >= st.next_sweep {
+            st.next_sweep = now.after(RETENTION_SWEEP);
+            let forgotten = st.machine.forget_offline(now, self.config.retention);
+            if self.data.is_some() {
+                for user in &forgotten {
+                    st.durable.remove(user);
+                }
+                st.forgotten.extend(forgotten);
+            }
+        }
         let timed_out = st.machine.tick(now);
         for conn in timed_out {
             self.close_socket(
@@ -1009,6 +1087,70 @@ impl Hub {
             .online_users
             .set(st.machine.stats().online_users as i64);
         self.metrics.connections.set(st.sockets.len() as i64);
+    }
+}
+
+/// How often retention looks for offline users to forget: one pass over the
+/// users each time.
+const RETENTION_SWEEP: Duration = Duration::from_secs(60);
+
+impl Hub {
+    /// Takes back what a data directory kept: users' durable state, and the
+    /// connections of a graceful shutdown, in their offline grace from now so
+    /// clients that come back within it resume silently. Nothing is announced:
+    /// observers reconnect and get snapshots.
+    pub(crate) fn restore(&self, loaded: Loaded) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        for (user, record) in loaded.users {
+            st.machine.restore_user(now, user, record);
+        }
+        let mut max_conn = 0;
+        for record in loaded.conns {
+            let conn = record.conn.0;
+            match st.machine.restore_conn(now, record) {
+                Ok(()) => max_conn = max_conn.max(conn),
+                Err(e) => tracing::warn!(conn, error = %e, "saved connection not restored"),
+            }
+        }
+        self.next_conn.fetch_max(max_conn + 1, Ordering::Relaxed);
+        st.machine.drain_events().for_each(drop);
+        st.planned_wake = None;
+        self.wake.notify_one();
+    }
+
+    /// The users whose durable state changed (`Some`) or who were forgotten
+    /// (`None`) since the last call.
+    pub(crate) fn take_durable(&self) -> Vec<(UserId, Option<UserRecord>)> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut out: Vec<(UserId, Option<UserRecord>)> = st
+            .durable
+            .drain()
+            .map(|u| {
+                let record = st.machine.user_record(&u);
+                (u, record)
+            })
+            .collect();
+        out.extend(st.forgotten.drain(..).map(|u| (u, None)));
+        out
+    }
+
+    /// A write failed: try these users again with the next one.
+    pub(crate) fn retry_durable(&self, users: Vec<UserId>) {
+        let mut st = self.lock();
+        for user in users {
+            if st.machine.view(&user).is_some() {
+                st.durable.insert(user);
+            } else {
+                st.forgotten.push(user);
+            }
+        }
+    }
+
+    /// Every connection, live or in grace, for a planned restart.
+    pub(crate) fn conn_records(&self) -> Vec<ConnRecord> {
+        self.lock().machine.conn_records()
     }
 }
 

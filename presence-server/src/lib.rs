@@ -10,6 +10,7 @@
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
 //   broker.rs    the seam to other nodes (in-process default)
 //   cluster.rs   with Redis: this node's records for the store, requests awaiting it
+//   data_dir.rs  without Redis: user state (and, across a restart, connections) on disk
 //   redis/       the Redis store and bus: merge scripts, subscriber, lease and reaper
 //   http.rs      JSON API, /healthz, /metrics
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
@@ -21,6 +22,7 @@ mod broker;
 mod clock;
 mod cluster;
 mod config;
+mod data_dir;
 mod events;
 mod http;
 mod hub;
@@ -35,6 +37,7 @@ pub use auth::{AuthError, Authenticator, DevAuth, JwtAuth, WeakSecret};
 pub use broker::{Broker, LocalBroker};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
+pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
 pub use presence_core;
 pub use redis::{RedisConfig, RedisSetupError, RedisStore};

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use presence_server::{DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore, ServerConfig};
+use presence_server::{
+    DataDir, DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore, ServerConfig,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A presence server: who is online, active, idle or typing, over WebSocket.
@@ -60,6 +62,16 @@ struct Args {
     /// Lease TTL in ms: a dead node's users go offline elsewhere after at most 4/3 of this.
     #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 5_000)]
     lease_ttl_ms: u64,
+    /// Keep user state (status, text, last seen, read markers) in this directory, so a restart
+    /// loses at most the last batch window of changes. Default: in memory (single node) or Redis.
+    #[arg(long, env = "PRESENCE_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Forget offline users (status, text, last seen, markers) this many days after they left.
+    #[arg(long, env = "PRESENCE_RETENTION_DAYS", default_value_t = 30)]
+    retention_days: u64,
+    /// Remember at most this many offline users; the longest gone are forgotten first.
+    #[arg(long, env = "PRESENCE_MAX_OFFLINE_USERS", default_value_t = 1_000_000)]
+    max_offline_users: usize,
     /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -83,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
     config.batch_window = ms(args.batch_window_ms);
     config.outbound_queue = args.outbound_queue;
     config.service_key = args.service_key;
+    config.retention.keep_for = Duration::from_secs(args.retention_days.saturating_mul(86_400));
+    config.retention.max_offline = args.max_offline_users;
 
     let builder = PresenceServer::builder().config(config);
     let builder = match (args.jwt_secret, args.dev_auth) {
@@ -101,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             )
         }
     };
+    let clustered = args.redis_url.is_some();
     let builder = match args.redis_url {
         Some(url) => {
             let mut redis = RedisConfig::new(url);
@@ -113,6 +128,23 @@ async fn main() -> anyhow::Result<()> {
             builder.redis(RedisStore::new(redis).context("--redis-url")?)
         }
         None => builder,
+    };
+    let builder = match (&args.data_dir, clustered) {
+        (Some(_), true) => bail!(
+            "give --data-dir or --redis-url, not both: with Redis the user state lives in Redis"
+        ),
+        (Some(dir), false) => {
+            let data = DataDir::open(dir).context("--data-dir")?;
+            tracing::info!(file = %data.path().display(), "user state kept on disk");
+            builder.data_dir(data)
+        }
+        (None, true) => builder,
+        (None, false) => {
+            tracing::warn!(
+                "user state (status, text, last seen, read markers) lives in memory: a restart forgets it; give --data-dir to keep it"
+            );
+            builder
+        }
     };
     let server = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.bind)

@@ -22,9 +22,10 @@ use crate::auth::Authenticator;
 use crate::broker::{Broker, LocalBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, ServerConfig};
+use crate::data_dir::{DataDir, DataDirError};
 use crate::events::Events;
 use crate::http::{self, ApiError};
-use crate::hub::Hub;
+use crate::hub::{Hub, Kept};
 use crate::redis::RedisStore;
 use crate::session;
 
@@ -43,6 +44,13 @@ pub enum BuildError {
     /// `build` ran outside a Tokio runtime, where the driver cannot start.
     #[error("build() must be called inside a Tokio runtime")]
     NoRuntime,
+    /// The data directory could not be read.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// Both a data directory and Redis were given: with Redis, user state
+    /// lives in Redis, shared by every node.
+    #[error("give a data directory or Redis, not both: with Redis the user state lives in Redis")]
+    DataDirWithRedis,
 }
 
 /// Builds a [`PresenceServer`]. Only an authenticator is required.
@@ -54,6 +62,7 @@ pub struct Builder {
     clock: Arc<dyn Clock>,
     broker: Arc<dyn Broker>,
     store: Option<RedisStore>,
+    data: Option<DataDir>,
 }
 
 impl Builder {
@@ -95,12 +104,28 @@ impl Builder {
         self
     }
 
+    /// Keeps user state (status, text, last seen, read markers) in `data`,
+    /// so a restart, even a `kill -9`, forgets at most the last batch window
+    /// of changes; after a graceful shutdown, connections resume too. Without
+    /// it (and without Redis) that state lives in memory.
+    pub fn data_dir(mut self, data: DataDir) -> Self {
+        self.data = Some(data);
+        self
+    }
+
     /// Validates the configuration and starts the driver task (and, with
     /// [`redis`](Self::redis), the store's tasks).
     pub fn build(self) -> Result<PresenceServer, BuildError> {
         self.config.validate()?;
         let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let kept = match (self.data.clone(), self.store.clone()) {
+            (Some(_), Some(_)) => return Err(BuildError::DataDirWithRedis),
+            (Some(data), None) => Kept::OnDisk(data),
+            (None, Some(store)) => Kept::InRedis(store),
+            (None, None) => Kept::InMemory,
+        };
+        let loaded = self.data.as_ref().map(DataDir::load).transpose()?;
         let wake = Arc::new(Notify::new());
         let hub = Arc::new(Hub::new(
             self.config,
@@ -109,9 +134,26 @@ impl Builder {
             self.audience,
             self.broker,
             wake.clone(),
-            self.store.clone(),
+            kept,
         ));
+        if let Some(loaded) = loaded {
+            if loaded.skipped > 0 {
+                tracing::warn!(
+                    rows = loaded.skipped,
+                    "data directory: rows that did not decode were skipped"
+                );
+            }
+            tracing::info!(
+                users = loaded.users.len(),
+                connections = loaded.conns.len(),
+                "data directory: state restored"
+            );
+            hub.restore(loaded);
+        }
         runtime.spawn(drive(Arc::downgrade(&hub), wake, hub.shutdown_signal()));
+        if let Some(data) = self.data {
+            runtime.spawn(persist(Arc::downgrade(&hub), data, hub.shutdown_signal()));
+        }
         if let Some(store) = self.store {
             let _guard = runtime.enter();
             crate::redis::spawn(&hub, store);
@@ -139,6 +181,48 @@ async fn drive(hub: Weak<Hub>, wake: Arc<Notify>, mut shutdown: watch::Receiver<
     }
 }
 
+/// Writes changed user state to the data directory once per batch window
+/// (at least every 10 ms, at most every 25 ms when batching is off), off the
+/// hub's lock and on a blocking thread.
+async fn persist(hub: Weak<Hub>, data: DataDir, mut shutdown: watch::Receiver<bool>) {
+    let every = match hub.upgrade().map(|h| h.config.batch_window) {
+        Some(w) if w.is_zero() => Duration::from_millis(25),
+        Some(w) => w.max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        write_durable(&hub, &data).await;
+    }
+}
+
+async fn write_durable(hub: &Hub, data: &DataDir) {
+    let users = hub.take_durable();
+    if users.is_empty() {
+        return;
+    }
+    let ids: Vec<UserId> = users.iter().map(|(u, _)| u.clone()).collect();
+    let data = data.clone();
+    let done = tokio::task::spawn_blocking(move || data.write_users(&users)).await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "data directory write failed; retrying with the next");
+            hub.retry_durable(ids);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "data directory writer failed; retrying with the next");
+            hub.retry_durable(ids);
+        }
+    }
+}
+
 /// A running presence server: merge its [`router`](Self::router) into an
 /// axum app, or [`serve`](Self::serve) it on a listener. Cheap to clone.
 #[derive(Clone)]
@@ -162,6 +246,7 @@ impl PresenceServer {
             clock: Arc::new(SystemClock::new()),
             broker: Arc::new(LocalBroker),
             store: None,
+            data: None,
         }
     }
 
@@ -313,6 +398,18 @@ impl PresenceServer {
             }
         })
         .await;
+        if let Some(data) = hub.data.clone() {
+            write_durable(hub, &data).await;
+            let conns = hub.conn_records();
+            let count = conns.len();
+            match tokio::task::spawn_blocking(move || data.save_conns(&conns)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(connections = count, "data directory: saved for resume")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "data directory: connections not saved"),
+                Err(e) => tracing::error!(error = %e, "data directory: connections not saved"),
+            }
+        }
     }
 }
 

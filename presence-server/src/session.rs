@@ -557,9 +557,9 @@ impl Session<'_> {
             ClientMessage::Typing { room, active } => hub.act(conn, generation, |m, now| {
                 m.typing(now, conn, room, *active)
             }),
-            ClientMessage::Read { room, marker } => hub
-                .act(conn, generation, |m, now| m.read(now, conn, room, *marker))
-                .map(|_| ()),
+            ClientMessage::Read { room, marker } => {
+                hub.read_marker(conn, generation, room, *marker)
+            }
             ClientMessage::Ping => {
                 self.reply(&ServerMessage::Pong);
                 Ok(())

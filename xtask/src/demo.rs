@@ -12,10 +12,14 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     }
     setup::package_tools(ws)?;
     npm::build(ws, npm::Pack::No)?;
-    cmd::run(
-        cmd::cargo()
-            .current_dir(&ws.root)
-            .args(["run", "--package", "demo-web", "--profile", "tools", "--"])
-            .args(args),
-    )
+    let mut command = cmd::cargo();
+    command
+        .current_dir(&ws.root)
+        .args(["run", "--package", "demo-web", "--profile", "tools", "--"])
+        .args(args);
+    // Statuses, last-seen times and read markers survive restarts of the demo.
+    if !args.iter().any(|a| a.starts_with("--data-dir")) {
+        command.arg("--data-dir").arg(ws.target.join("demo-data"));
+    }
+    cmd::run(&mut command)
 }

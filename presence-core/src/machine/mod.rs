@@ -13,12 +13,14 @@
 mod aggregate;
 mod event;
 mod queries;
+mod records;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
 
 pub use aggregate::{Shown, aggregate};
 pub use event::Event;
+pub use records::{ConnRecord, Retention, UserRecord};
 use timers::{TimerKey, Timers};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
@@ -122,6 +124,10 @@ struct User {
     /// does not stop another's typing.
     typing: HashMap<RoomId, Vec<(ConnId, Millis)>>,
     receipts: HashMap<RoomId, u64>,
+    /// When the user's last connection went; `None` while they have one.
+    /// Retention ages offline users by it (not by `last_seen`, which an
+    /// invisible user must not move).
+    gone: Option<Millis>,
 }
 
 impl User {
@@ -136,6 +142,7 @@ impl User {
             last_seen: None,
             typing: HashMap::new(),
             receipts: HashMap::new(),
+            gone: None,
         }
     }
 
@@ -244,11 +251,9 @@ impl Machine {
                 None => return Err(MachineError::TooManyConnections),
             }
         }
-        self.users
-            .entry(user.clone())
-            .or_insert_with(User::new)
-            .conns
-            .push(conn);
+        let u = self.users.entry(user.clone()).or_insert_with(User::new);
+        u.conns.push(conn);
+        u.gone = None;
         self.tokens.insert(token.clone(), conn);
         self.conns.insert(
             conn,
@@ -673,6 +678,9 @@ impl Machine {
         self.timers.cancel(&TimerKey::Conn(conn));
         if let Some(u) = self.users.get_mut(&c.user) {
             u.conns.retain(|x| *x != conn);
+            if u.conns.is_empty() {
+                u.gone = Some(now);
+            }
         }
         for room in &c.rooms {
             self.stop_conn_typing(now, &c.user, conn, room);

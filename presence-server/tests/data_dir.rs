@@ -1,0 +1,161 @@
+//! `--data-dir`: user state survives a `kill -9` of the real binary, and a
+//! graceful restart lets clients resume without observers seeing a flap.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use presence_server::{DataDir, PresenceServer};
+use serde_json::{Value, json};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("presence-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The real binary with `--data-dir`, dev auth and short graces.
+struct Binary {
+    child: Child,
+    port: u16,
+}
+
+impl Binary {
+    async fn start(dir: &Path, port: u16) -> Binary {
+        let child = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+            .args(["--dev-auth", "--service-key", SERVICE_KEY, "--log", "warn"])
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--leave-grace-ms", "100", "--offline-grace-ms", "300"])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "listening in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Binary { child, port }
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?token={user}", self.port)
+    }
+
+    async fn presence(&self, user: &str) -> Value {
+        let addr = ([127, 0, 0, 1], self.port).into();
+        let path = format!("/v1/users/{user}/presence");
+        let (status, body) = http(addr, "GET", &path, SERVICE_KEY, None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// SIGKILL: nothing runs on the way out.
+    fn kill_9(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
+    }
+}
+
+#[tokio::test]
+async fn kill_9_keeps_status_text_last_seen_and_read_markers() {
+    let dir = temp_dir("kill-9");
+    let port = free_port();
+    let server = Binary::start(&dir, port).await;
+    let mut ana = Client::connect(&server.url("ana"), "ana", None).await;
+    ana.join("r").await;
+    ana.send(json!({"type": "status", "status": "busy", "text": "focus"}))
+        .await;
+    ana.frame("self_status").await;
+    ana.send(json!({"type": "read", "room": "r", "marker": 42}))
+        .await;
+    ana.send(json!({"type": "leaving"})).await;
+    assert_eq!(ana.close_code().await, 1000);
+    // Offline after the 100 ms leave grace, then one more write window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = server.presence("ana").await;
+    assert_eq!(before["state"], "offline");
+    assert!(before["last_seen"].is_u64(), "{before}");
+    server.kill_9();
+
+    let server = Binary::start(&dir, port).await;
+    let after = server.presence("ana").await;
+    assert_eq!(after, before, "status, text and last seen survive");
+    let mut bob = Client::connect(&server.url("bob"), "bob", None).await;
+    bob.join("r").await;
+    let mut ana = Client::connect(&server.url("ana"), "ana", None).await;
+    assert_eq!(
+        (&ana.welcome["status"], &ana.welcome["text"]),
+        (&json!("busy"), &json!("focus"))
+    );
+    let snapshot = ana.join("r").await;
+    assert_eq!(
+        snapshot["receipts"],
+        json!([{"user": "ana", "marker": 42}]),
+        "the read marker survives"
+    );
+    server.kill_9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn start_with_dir(dir: &Path) -> TestServer {
+    // The previous server's store closes when its last task lets go of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let data = loop {
+        match DataDir::open(dir) {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut config = calm_config();
+    config.timing.offline_grace = Duration::from_secs(2);
+    TestServer::start_with(PresenceServer::builder().config(config).data_dir(data)).await
+}
+
+#[tokio::test]
+async fn clients_back_within_the_grace_after_a_restart_resume_without_a_flap() {
+    let dir = temp_dir("restart");
+    let srv = start_with_dir(&dir).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let token = ana.resume_token();
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    srv.stop().await;
+    assert_eq!(ana.close_code().await, 1001);
+    assert_eq!(bob.close_code().await, 1001);
+
+    let srv = start_with_dir(&dir).await;
+    // bob is back first: ana is still shown, in her grace.
+    let mut bob = srv.client("bob").await;
+    let snapshot = bob.join("r").await;
+    assert_eq!(names(&snapshot["members"]), ["ana", "bob"]);
+    let mut ana = Client::connect(&srv.url("ana"), "ana", Some(&token)).await;
+    assert_eq!(ana.welcome["resumed"], true);
+    assert_eq!(ana.join("r").await["room"], "r");
+    let seen = bob.diffs_during(Duration::from_millis(2500)).await;
+    assert!(
+        seen.iter().all(|(_, d)| diff_user(d) != "ana"),
+        "bob saw no flap of ana: {seen:?}"
+    );
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
