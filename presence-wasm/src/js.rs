@@ -1,12 +1,13 @@
 //! The JavaScript shapes: options in, events and snapshots out, errors with
 //! codes. Every shape here has its TypeScript twin in the `TYPES` section below.
 
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use js_sys::Object;
-use presence_core::client::{ClientEvent, ConnectionState};
-use presence_core::{PresenceView, RoomId, UserId};
+use presence_core::client::{ClientError, ClientEvent, ConnectionState};
+use presence_core::presence::InvalidStatusText;
+use presence_core::{InvalidId, PresenceView, RoomId, UserId};
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -58,8 +59,13 @@ export type ConnectionEvent =
   | { state: "reconnecting"; retryInMs: number; attempt: number }
   | { state: "closed"; code?: number };
 export interface SelfStatusEvent { status: Status; text?: string; }
-/** An error the server reported, with its stable code (see PROTOCOL.md). */
-export interface ErrorEvent { code: string; message: string; }
+/**
+ * A frame the server refused for good, with its stable code (see PROTOCOL.md), the frame's `type`
+ * and the room or users it named. Refusals the SDK retries by itself (`rate_limited`, `internal`)
+ * are not reported; a refused `join` also rejects that call's promise, and the room is no longer
+ * joined; refused watched users are no longer watched.
+ */
+export interface ErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
 
 export interface RoomSnapshot {
   members: Presence[];
@@ -69,6 +75,12 @@ export interface RoomSnapshot {
 /** Everything the client knows; a new object only when something changed. */
 export interface PresenceSnapshot {
   connection: ConnectionEvent["state"];
+  /**
+   * `true` while what it shows may be out of date: not connected (the last known members are
+   * kept), or after a reconnect until every joined room's snapshot and the watched users are back.
+   * Render members greyed out, or as "reconnecting…", rather than as live.
+   */
+  stale: boolean;
   me?: string;
   status: Status;
   text?: string;
@@ -138,12 +150,10 @@ impl ConnectOptions {
         }
         let get = |k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
         let string = |k: &str| {
-            get(k).as_string().filter(|s| !s.is_empty()).ok_or_else(|| {
-                error(
-                    "invalid_options",
-                    &[k, " must be a non-empty string"].concat(),
-                )
-            })
+            get(k)
+                .as_string()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| error("invalid_options", &cat(k, " must be a non-empty string")))
         };
         let millis = |k: &str| -> Result<Option<u32>, JsValue> {
             let v = get(k);
@@ -154,7 +164,7 @@ impl ConnectOptions {
                 Some(n) if (0.0..=86_400_000.0).contains(&n) => Ok(Some(n as u32)),
                 _ => Err(error(
                     "invalid_options",
-                    &[k, " must be a number of milliseconds (0 to 1 day)"].concat(),
+                    &cat(k, " must be a number of milliseconds (0 to 1 day)"),
                 )),
             }
         };
@@ -164,7 +174,7 @@ impl ConnectOptions {
                 return Ok(default);
             }
             v.as_bool()
-                .ok_or_else(|| error("invalid_options", &[k, " must be a boolean"].concat()))
+                .ok_or_else(|| error("invalid_options", &cat(k, " must be a boolean")))
         };
         Ok(Self {
             url: string("url")?,
@@ -194,6 +204,7 @@ pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
+#[inline(never)]
 pub fn error(code: &str, message: &str) -> JsValue {
     let e = js_sys::Error::new(message);
     // Setting a property on a fresh Error object cannot fail.
@@ -201,9 +212,69 @@ pub fn error(code: &str, message: &str) -> JsValue {
     e.into()
 }
 
+/// `a` then `b` (`[a, b].concat()` costs the bundle a generic join).
+pub fn cat(a: &str, b: &str) -> String {
+    let mut s = String::from(a);
+    s.push_str(b);
+    s
+}
+
+/// A client call's refusal as a coded `Error`.
+pub fn client_error(e: ClientError) -> JsValue {
+    error(e.code(), e.message())
+}
+
+/// An id's refusal as an `invalid_argument` error. The message is built here
+/// rather than through its `Display` (which would bring `core::fmt` into the
+/// bundle); a native test checks that the two agree.
+pub fn id_error(e: InvalidId) -> JsValue {
+    error("invalid_argument", &id_message(&e))
+}
+
+fn id_message(e: &InvalidId) -> String {
+    let (kind, rest) = match e {
+        InvalidId::Empty { kind } => (kind, " must not be empty"),
+        InvalidId::TooLong { kind, max } => {
+            let mut s = cat(kind, " is longer than ");
+            push_decimal(&mut s, *max);
+            s.push_str(" bytes");
+            return s;
+        }
+        InvalidId::BadCharacter { kind } => {
+            (kind, " may not contain control characters or whitespace")
+        }
+    };
+    cat(kind, rest)
+}
+
+fn push_decimal(s: &mut String, n: usize) {
+    if n >= 10 {
+        push_decimal(s, n / 10);
+    }
+    s.push(char::from(b'0' + (n % 10) as u8));
+}
+
+/// A status text's refusal as an `invalid_argument` error (see [`id_error`]).
+pub fn text_error(e: InvalidStatusText) -> JsValue {
+    error("invalid_argument", &text_message(e))
+}
+
+fn text_message(e: InvalidStatusText) -> String {
+    match e {
+        InvalidStatusText::TooLong => {
+            let mut s = String::from("status text is longer than ");
+            push_decimal(&mut s, presence_core::limits::MAX_STATUS_TEXT_CHARS);
+            s.push_str(" characters");
+            s
+        }
+        InvalidStatusText::Empty => "status text must not be empty; omit the field instead".into(),
+        InvalidStatusText::BadCharacter => "status text may not contain control characters".into(),
+    }
+}
+
 /// Parses a room id from JS, or an `invalid_argument` error.
 pub fn room(s: &str) -> Result<RoomId, JsValue> {
-    RoomId::new(s).map_err(|e| error("invalid_argument", &e.to_string()))
+    RoomId::new(s).map_err(id_error)
 }
 
 /// Parses user ids from JS, or an `invalid_argument` error.
@@ -221,7 +292,7 @@ pub fn users(list: &JsValue) -> Result<Vec<UserId>, JsValue> {
         .iter()
         .map(|v| {
             let s = v.as_string().ok_or_else(not_ids)?;
-            UserId::new(s).map_err(|e| error("invalid_argument", &e.to_string()))
+            UserId::new(s).map_err(id_error)
         })
         .collect()
 }
@@ -236,8 +307,15 @@ impl Obj {
     }
 
     fn set(self, key: &str, value: impl Into<JsValue>) -> Self {
+        self.put(key, value.into())
+    }
+
+    /// The one copy of the property write: inlined at every `set`, it cost
+    /// the bundle kilobytes.
+    #[inline(never)]
+    fn put(self, key: &str, value: JsValue) -> Self {
         // Defining a property on a fresh plain object cannot fail.
-        let _ = js_sys::Reflect::set(&self.0, &key.into(), &value.into());
+        let _ = js_sys::Reflect::set(&self.0, &key.into(), &value);
         self
     }
 
@@ -318,6 +396,8 @@ pub enum Topic {
     Connection,
     SelfStatus,
     Error,
+    /// `subscribe`: called with no argument after any change.
+    Store,
 }
 
 /// The name JS sees for a connection state.
@@ -330,9 +410,10 @@ pub fn connection_name(c: ConnectionState) -> &'static str {
     }
 }
 
-/// Converts a client event to its topic and JS object.
-pub fn event(e: &ClientEvent) -> (Topic, JsValue) {
-    match e {
+/// Converts a client event to its topic and JS object (none for the ones
+/// the SDK handles itself).
+pub fn event(e: &ClientEvent) -> Option<(Topic, JsValue)> {
+    Some(match e {
         ClientEvent::Presence { room, view } => (
             Topic::Presence,
             Obj::new()
@@ -376,14 +457,32 @@ pub fn event(e: &ClientEvent) -> (Topic, JsValue) {
                 .opt("text", text.as_ref().map(|t| t.as_str()))
                 .done(),
         ),
-        ClientEvent::Error { code, message } => (
+        ClientEvent::Error {
+            code,
+            message,
+            frame,
+            room,
+            users,
+        } => (
             Topic::Error,
             Obj::new()
                 .set("code", code.as_str())
                 .set("message", message.as_str())
+                .opt("frame", frame.as_deref())
+                .opt("room", room.as_ref().map(RoomId::as_str))
+                .opt(
+                    "users",
+                    (!users.is_empty()).then(|| {
+                        users
+                            .iter()
+                            .map(|u| JsValue::from(u.as_str()))
+                            .collect::<js_sys::Array>()
+                    }),
+                )
                 .done(),
         ),
-    }
+        ClientEvent::Joined(_) => return None,
+    })
 }
 
 /// The whole client state as one plain object.
@@ -405,10 +504,38 @@ pub fn snapshot(client: &presence_core::client::Client) -> JsValue {
     });
     Obj::new()
         .set("connection", connection_name(client.connection()))
+        .set("stale", client.is_stale())
         .opt("me", client.me().map(UserId::as_str))
         .set("status", status_name(status))
         .opt("text", text.as_ref().map(|t| t.as_str()))
         .set("rooms", rooms.done())
         .set("watched", presence_list(cache.watched().values()))
         .done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn messages_built_without_fmt_match_the_display_impls() {
+        for e in [
+            InvalidId::Empty { kind: "room id" },
+            InvalidId::TooLong {
+                kind: "user id",
+                max: 128,
+            },
+            InvalidId::BadCharacter { kind: "room id" },
+        ] {
+            assert_eq!(id_message(&e), e.to_string());
+        }
+        for e in [
+            InvalidStatusText::TooLong,
+            InvalidStatusText::Empty,
+            InvalidStatusText::BadCharacter,
+        ] {
+            assert_eq!(text_message(e.clone()), e.to_string());
+        }
+    }
 }

@@ -34,8 +34,7 @@ mod page;
 mod runtime;
 
 use alloc::rc::Rc;
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
+use alloc::string::String;
 use core::cell::RefCell;
 use core::time::Duration;
 
@@ -58,11 +57,23 @@ pub fn protocol_version() -> u32 {
 }
 
 /// A live presence connection for this page.
+///
+/// `close()`, `free()` and `[Symbol.dispose]` (`using`) all end it the same
+/// way: `leaving`, the socket closed, listeners removed, never reconnected.
+/// wasm-bindgen's own `free` would drop the Rust object with the socket still
+/// open and turn every later call into "null pointer passed to rust"; the
+/// `free` below replaces it (a class body's later method wins), so the small
+/// object stays until garbage collection and later calls throw `closed`.
 #[wasm_bindgen]
 pub struct PresenceClient {
     shared: Shared,
-    _listeners: Vec<page::Listener>,
-    _screen_lock: Option<page::ScreenLock>,
+}
+
+impl Drop for PresenceClient {
+    /// Garbage-collected without `close()`: still say `leaving`.
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 #[wasm_bindgen]
@@ -91,30 +102,50 @@ impl PresenceClient {
             ..ClientConfig::default()
         };
         let mut client = Client::new(now, config);
-        let resume_key = o.resume.then(|| ["presence:resume:", &o.url].concat());
+        let resume_key = o.resume.then(|| js::cat("presence:resume:", &o.url));
         if let Some(key) = &resume_key {
             client.set_resume_token(runtime::take_resume_token(key));
         }
         let shared: Shared = Rc::new(RefCell::new(State::new(client, o.url, o.token, resume_key)));
         let listeners = page::install(&shared);
         let screen_lock = o.idle_detection.then(|| page::ScreenLock::watch(&shared));
+        if let Ok(mut state) = shared.try_borrow_mut() {
+            state.page = Some((listeners, screen_lock));
+        }
         runtime::with(&shared, |c, now| c.start(now));
-        Ok(PresenceClient {
-            shared,
-            _listeners: listeners,
-            _screen_lock: screen_lock,
-        })
+        Ok(PresenceClient { shared })
+    }
+
+    /// Throws `closed` once the app closed (or freed) this client. Not
+    /// inlined: every method calls it.
+    #[inline(never)]
+    fn live(&self) -> Result<(), JsValue> {
+        if self
+            .shared
+            .try_borrow()
+            .is_ok_and(|s| !s.client.is_closed())
+        {
+            Ok(())
+        } else {
+            Err(error("closed", "the client is closed"))
+        }
     }
 
     /// Joins a room: its members' presence arrives as `onPresence` events.
+    /// Throws `too_many_rooms` beyond 64; a refusal by the server comes to
+    /// `onError` with `frame: "join"` and the `room`, and the room is then
+    /// no longer joined.
     pub fn join(&self, room: &str) -> Result<(), JsValue> {
+        self.live()?;
         let room = js::room(room)?;
-        runtime::with(&self.shared, |c, _| c.join(room));
-        Ok(())
+        let mut result = Ok(());
+        runtime::with(&self.shared, |c, _| result = c.try_join(room));
+        result.map_err(js::client_error)
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) -> Result<(), JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         runtime::with(&self.shared, |c, _| c.leave(&room));
         Ok(())
@@ -122,14 +153,16 @@ impl PresenceClient {
 
     /// Watches users wherever they are (a contact list).
     pub fn watch(&self, users: UserList) -> Result<(), JsValue> {
+        self.live()?;
         let users = js::users(&users)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| result = c.watch(users));
-        result.map_err(|e| error("too_many_watched", &e.to_string()))
+        result.map_err(js::client_error)
     }
 
     /// Stops watching users.
     pub fn unwatch(&self, users: UserList) -> Result<(), JsValue> {
+        self.live()?;
         let users = js::users(&users)?;
         runtime::with(&self.shared, |c, _| c.unwatch(users));
         Ok(())
@@ -139,11 +172,10 @@ impl PresenceClient {
     /// an optional short text, for all their tabs and devices.
     #[wasm_bindgen(js_name = setStatus)]
     pub fn set_status(&self, status: JsStatus, text: Option<String>) -> Result<(), JsValue> {
+        self.live()?;
         let status: Status = js::status(&status.into())?;
         let text = match text {
-            Some(t) => {
-                StatusText::new(&t).map_err(|e| error("invalid_argument", &e.to_string()))?
-            }
+            Some(t) => StatusText::new(&t).map_err(js::text_error)?,
             None => None,
         };
         runtime::with(&self.shared, |c, _| c.set_status(status, text));
@@ -152,15 +184,17 @@ impl PresenceClient {
 
     /// The user typed in a room's composer (call on every input; throttled).
     pub fn typing(&self, room: &str) -> Result<(), JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         let mut result = Ok(());
         runtime::with(&self.shared, |c, now| result = c.typing(now, &room));
-        result.map_err(|e| error("not_in_room", &e.to_string()))
+        result.map_err(js::client_error)
     }
 
     /// The user stopped typing (composer blurred, message sent).
     #[wasm_bindgen(js_name = stopTyping)]
     pub fn stop_typing(&self, room: &str) -> Result<(), JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         runtime::with(&self.shared, |c, _| c.stop_typing(&room));
         Ok(())
@@ -174,6 +208,7 @@ impl PresenceClient {
         room: &str,
         element: &web_sys::EventTarget,
     ) -> Result<Unsubscribe, JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         let weak = Rc::downgrade(&self.shared);
         let (w, r) = (weak.clone(), room.clone());
@@ -197,6 +232,7 @@ impl PresenceClient {
     /// The user read `room` up to `marker` (a message sequence number).
     #[wasm_bindgen(js_name = markRead)]
     pub fn mark_read(&self, room: &str, marker: f64) -> Result<(), JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         if !(marker >= 0.0
             && marker <= presence_core::limits::MAX_READ_MARKER as f64
@@ -211,11 +247,12 @@ impl PresenceClient {
         runtime::with(&self.shared, |c, _| {
             result = c.mark_read(&room, marker as u64)
         });
-        result.map_err(|e| error("not_in_room", &e.to_string()))
+        result.map_err(js::client_error)
     }
 
     /// A room's members as last heard (empty until its snapshot arrives).
     pub fn members(&self, room: &str) -> Result<PresenceList, JsValue> {
+        self.live()?;
         let room = js::room(room)?;
         let state = self.shared.borrow();
         let list = match state.client.cache().room(&room) {
@@ -227,48 +264,48 @@ impl PresenceClient {
 
     /// Presence changes in joined rooms and of watched users.
     #[wasm_bindgen(js_name = onPresence)]
-    pub fn on_presence(&self, cb: PresenceCallback) -> Unsubscribe {
+    pub fn on_presence(&self, cb: PresenceCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Presence, cb.unchecked_into())
     }
 
     /// Typing started or stopped in joined rooms.
     #[wasm_bindgen(js_name = onTyping)]
-    pub fn on_typing(&self, cb: TypingCallback) -> Unsubscribe {
+    pub fn on_typing(&self, cb: TypingCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Typing, cb.unchecked_into())
     }
 
     /// Read markers moved in joined rooms.
     #[wasm_bindgen(js_name = onReceipt)]
-    pub fn on_receipt(&self, cb: ReceiptCallback) -> Unsubscribe {
+    pub fn on_receipt(&self, cb: ReceiptCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Receipt, cb.unchecked_into())
     }
 
     /// Connection state changes.
     #[wasm_bindgen(js_name = onConnection)]
-    pub fn on_connection(&self, cb: ConnectionCallback) -> Unsubscribe {
+    pub fn on_connection(&self, cb: ConnectionCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Connection, cb.unchecked_into())
     }
 
     /// The user's own status changed (from this or another tab or device).
     #[wasm_bindgen(js_name = onSelfStatus)]
-    pub fn on_self_status(&self, cb: SelfStatusCallback) -> Unsubscribe {
+    pub fn on_self_status(&self, cb: SelfStatusCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::SelfStatus, cb.unchecked_into())
     }
 
     /// Errors the server reported, with stable codes.
     #[wasm_bindgen(js_name = onError)]
-    pub fn on_error(&self, cb: ErrorCallback) -> Unsubscribe {
+    pub fn on_error(&self, cb: ErrorCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Error, cb.unchecked_into())
     }
 
     /// `useSyncExternalStore`'s `subscribe`: calls `cb` after any change.
-    pub fn subscribe(&self, cb: js_sys::Function) -> Unsubscribe {
-        let id = self.shared.borrow_mut().on_store(cb);
-        self.unsubscriber(id)
+    pub fn subscribe(&self, cb: js_sys::Function) -> Result<Unsubscribe, JsValue> {
+        self.subscribe_to(Topic::Store, cb)
     }
 
     /// `useSyncExternalStore`'s `getSnapshot`: the same object until
-    /// something changes.
+    /// something changes. Still answers after `close()` (React may read it
+    /// while unmounting): the last state, `connection: "closed"`, stale.
     #[wasm_bindgen(js_name = getSnapshot)]
     pub fn get_snapshot(&self) -> JsSnapshot {
         let mut state = self.shared.borrow_mut();
@@ -282,17 +319,24 @@ impl PresenceClient {
         snap.unchecked_into()
     }
 
-    /// Says `leaving`, closes the socket and stops all listeners.
+    /// Says `leaving`, closes the socket and stops all listeners and
+    /// timers, for good. Calling it again does nothing; any other method
+    /// but `getSnapshot` then throws `closed`.
     pub fn close(&self) {
-        if let Ok(mut s) = self.shared.try_borrow_mut() {
-            s.closed = true;
-        }
         runtime::with(&self.shared, |c, _| c.close());
+        runtime::release(&self.shared);
     }
 
-    fn subscribe_to(&self, topic: Topic, f: js_sys::Function) -> Unsubscribe {
+    /// The same as `close()` (and `[Symbol.dispose]`, for `using`).
+    #[wasm_bindgen(js_name = free)]
+    pub fn dispose(&self) {
+        self.close();
+    }
+
+    fn subscribe_to(&self, topic: Topic, f: js_sys::Function) -> Result<Unsubscribe, JsValue> {
+        self.live()?;
         let id = self.shared.borrow_mut().on(topic, f);
-        self.unsubscriber(id)
+        Ok(self.unsubscriber(id))
     }
 
     fn unsubscriber(&self, id: u32) -> Unsubscribe {

@@ -104,6 +104,18 @@ pub fn listen(
     })
 }
 
+/// What a page listener reports. One closure type and one handler for all of
+/// them: a closure per listener cost the bundle its own copy of the glue.
+#[derive(Clone, Copy)]
+enum Signal {
+    Input,
+    Visibility,
+    Focus(bool),
+    PageHide,
+    PageShow,
+    Online(bool),
+}
+
 /// Installs the page listeners; they live as long as the returned vector.
 pub fn install(shared: &Shared) -> Vec<Listener> {
     let Some(window) = runtime::window() else {
@@ -112,85 +124,35 @@ pub fn install(shared: &Shared) -> Vec<Listener> {
     let Some(document) = window.document() else {
         return Vec::new();
     };
-    let mut out = Vec::new();
     let weak = Rc::downgrade(shared);
     let last_input = Rc::new(Cell::new(f64::NEG_INFINITY));
-    for kind in INPUT_EVENTS {
-        let (weak, last) = (weak.clone(), last_input.clone());
-        out.extend(listen(&window, kind, true, move |_| {
-            let t = js_sys::Date::now();
-            if t - last.get() < INPUT_THROTTLE_MS {
-                return;
-            }
-            last.set(t);
-            if let Some(s) = weak.upgrade() {
-                runtime::with(&s, |c, now| c.input(now));
-            }
-        }));
-    }
-    let w = weak.clone();
-    let doc = document.clone();
-    out.extend(listen(&document, "visibilitychange", false, move |_| {
-        if let Some(s) = w.upgrade() {
-            let hidden = doc.hidden();
-            runtime::with(&s, |c, now| c.set_hidden(now, hidden));
-        }
-    }));
-    for (kind, focused) in [("focus", true), ("blur", false)] {
-        let w = weak.clone();
-        out.extend(listen(&window, kind, false, move |_| {
-            if let Some(s) = w.upgrade() {
-                runtime::with(&s, |c, now| c.set_focused(now, focused));
-            }
-        }));
-    }
-    let w = weak.clone();
-    out.extend(listen(&window, "pagehide", false, move |_| {
-        if let Some(s) = w.upgrade() {
-            // Save the token before closing: the reloaded page (or this page
-            // restored from the back/forward cache) resumes with it.
-            if let Ok(state) = s.try_borrow() {
-                state.save_resume_token();
-            }
-            runtime::with(&s, |c, _| c.page_hide());
-        }
-    }));
-    let w = weak.clone();
-    out.extend(listen(&window, "pageshow", false, move |e| {
-        let persisted = e.unchecked_ref::<PageTransitionEvent>().persisted();
-        if persisted && let Some(s) = w.upgrade() {
-            let Ok(key) = s
-                .try_borrow()
-                .map(|st| (!st.closed).then(|| st.resume_key.clone()))
-            else {
-                return;
-            };
-            let Some(key) = key else {
-                return; // the app closed the client: stay closed
-            };
-            let token = key.as_deref().and_then(runtime::take_resume_token);
-            runtime::with(&s, |c, now| {
-                if token.is_some() {
-                    c.set_resume_token(token);
+    let (w, d): (&EventTarget, &EventTarget) = (&window, &document);
+    let listeners = [
+        (w, INPUT_EVENTS[0], true, Signal::Input),
+        (w, INPUT_EVENTS[1], true, Signal::Input),
+        (w, INPUT_EVENTS[2], true, Signal::Input),
+        (w, INPUT_EVENTS[3], true, Signal::Input),
+        (w, INPUT_EVENTS[4], true, Signal::Input),
+        (w, INPUT_EVENTS[5], true, Signal::Input),
+        (d, "visibilitychange", false, Signal::Visibility),
+        (w, "focus", false, Signal::Focus(true)),
+        (w, "blur", false, Signal::Focus(false)),
+        (w, "pagehide", false, Signal::PageHide),
+        (w, "pageshow", false, Signal::PageShow),
+        (w, "online", false, Signal::Online(true)),
+        (w, "offline", false, Signal::Online(false)),
+    ];
+    let out = listeners
+        .into_iter()
+        .filter_map(|(target, kind, capture, signal)| {
+            let (weak, last) = (weak.clone(), last_input.clone());
+            listen(target, kind, capture, move |e| {
+                if let Some(s) = weak.upgrade() {
+                    handle(&s, signal, &e, &last);
                 }
-                c.start(now);
-            });
-        }
-    }));
-    for (kind, online) in [("online", true), ("offline", false)] {
-        let w = weak.clone();
-        out.extend(listen(&window, kind, false, move |_| {
-            if let Some(s) = w.upgrade() {
-                runtime::with(&s, |c, now| {
-                    if online {
-                        c.network_online(now);
-                    } else {
-                        c.network_offline(now);
-                    }
-                });
-            }
-        }));
-    }
+            })
+        })
+        .collect();
     // Starting state: a page opened in a background tab starts hidden.
     runtime::with(shared, |c, now| {
         c.set_hidden(now, document.hidden());
@@ -199,4 +161,55 @@ pub fn install(shared: &Shared) -> Vec<Listener> {
         }
     });
     out
+}
+
+fn handle(s: &Shared, signal: Signal, e: &JsValue, last_input: &Cell<f64>) {
+    match signal {
+        Signal::Input => {
+            let t = js_sys::Date::now();
+            if t - last_input.get() < INPUT_THROTTLE_MS {
+                return;
+            }
+            last_input.set(t);
+            runtime::with(s, |c, now| c.input(now));
+        }
+        Signal::Visibility => {
+            let hidden = runtime::window()
+                .and_then(|w| w.document())
+                .is_some_and(|d| d.hidden());
+            runtime::with(s, |c, now| c.set_hidden(now, hidden));
+        }
+        Signal::Focus(focused) => runtime::with(s, |c, now| c.set_focused(now, focused)),
+        Signal::PageHide => {
+            // Save the token before closing: the reloaded page (or this page
+            // restored from the back/forward cache) resumes with it.
+            if let Ok(state) = s.try_borrow() {
+                state.save_resume_token();
+            }
+            runtime::with(s, |c, _| c.page_hide());
+        }
+        Signal::PageShow => {
+            if !e.unchecked_ref::<PageTransitionEvent>().persisted() {
+                return;
+            }
+            let Ok(key) = s
+                .try_borrow()
+                .map(|st| (!st.client.is_closed()).then(|| st.resume_key.clone()))
+            else {
+                return;
+            };
+            let Some(key) = key else {
+                return; // the app closed the client: stay closed
+            };
+            let token = key.as_deref().and_then(runtime::take_resume_token);
+            runtime::with(s, |c, now| {
+                if token.is_some() {
+                    c.set_resume_token(token);
+                }
+                c.start(now);
+            });
+        }
+        Signal::Online(true) => runtime::with(s, |c, now| c.network_online(now)),
+        Signal::Online(false) => runtime::with(s, |c, now| c.network_offline(now)),
+    }
 }

@@ -19,6 +19,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::js::{self, Topic};
+use crate::page::{Listener, ScreenLock};
 
 /// Shared SDK state.
 pub type Shared = Rc<RefCell<State>>;
@@ -104,14 +105,15 @@ pub struct State {
     /// Bumped per socket, so a stale socket's late events are ignored.
     generation: u32,
     timer: Option<(Millis, Timeout)>,
+    /// The app's callbacks, store listeners (`Topic::Store`) included.
     callbacks: Vec<(u32, Topic, js_sys::Function)>,
-    store_listeners: Vec<(u32, js_sys::Function)>,
     next_id: u32,
     /// Bumped on every change the snapshot can show.
     pub version: u64,
     pub snapshot: Option<(u64, JsValue)>,
     pub resume_key: Option<String>,
-    pub closed: bool,
+    /// The page listeners and screen-lock watcher, until `close()`.
+    pub page: Option<(Vec<Listener>, Option<ScreenLock>)>,
 }
 
 impl State {
@@ -124,12 +126,11 @@ impl State {
             generation: 0,
             timer: None,
             callbacks: Vec::new(),
-            store_listeners: Vec::new(),
             next_id: 0,
             version: 0,
             snapshot: None,
             resume_key,
-            closed: false,
+            page: None,
         }
     }
 
@@ -140,17 +141,9 @@ impl State {
         self.next_id
     }
 
-    /// Registers a store listener (`useSyncExternalStore`'s `subscribe`).
-    pub fn on_store(&mut self, f: js_sys::Function) -> u32 {
-        self.next_id += 1;
-        self.store_listeners.push((self.next_id, f));
-        self.next_id
-    }
-
     /// Removes a callback or store listener.
     pub fn off(&mut self, id: u32) {
         self.callbacks.retain(|(i, _, _)| *i != id);
-        self.store_listeners.retain(|(i, _)| *i != id);
     }
 
     /// Saves the resume token for a reload of this page.
@@ -191,26 +184,24 @@ pub fn with(shared: &Shared, f: impl FnOnce(&mut Client, Millis)) {
 }
 
 fn flush(shared: &Shared, now: Millis) {
-    let (events, callbacks, store) = {
+    let (events, callbacks) = {
         let Ok(mut state) = shared.try_borrow_mut() else {
             return;
         };
         perform(shared, &mut state);
         schedule(shared, &mut state, now);
         let mut events = Vec::new();
+        let mut changed = false;
         while let Some(e) = state.client.poll_event() {
-            events.push(js::event(&e));
+            changed = true;
+            events.extend(js::event(&e));
         }
-        if events.is_empty() {
+        if !changed {
             return;
         }
         state.version += 1;
         // Copies, so a callback may subscribe or unsubscribe while they run.
-        (
-            events,
-            state.callbacks.clone(),
-            state.store_listeners.clone(),
-        )
+        (events, state.callbacks.clone())
     };
     for (topic, value) in &events {
         for (_, t, f) in &callbacks {
@@ -219,9 +210,26 @@ fn flush(shared: &Shared, now: Millis) {
             }
         }
     }
-    for (_, f) in &store {
-        call(f, &JsValue::UNDEFINED);
+    for (_, t, f) in &callbacks {
+        if *t == Topic::Store {
+            call(f, &JsValue::UNDEFINED);
+        }
     }
+}
+
+/// After `close()`: stops the page listeners, the screen-lock watcher and the
+/// timer, and forgets the app's callbacks.
+pub fn release(shared: &Shared) {
+    let page = {
+        let Ok(mut state) = shared.try_borrow_mut() else {
+            return;
+        };
+        state.timer = None;
+        state.socket = None;
+        state.callbacks.clear();
+        state.page.take()
+    };
+    drop(page);
 }
 
 /// Calls an app callback. An exception it throws goes to `reportError`, as an
@@ -275,7 +283,7 @@ fn open(shared: &Shared, state: &mut State) {
             let Some(shared) = weak.upgrade() else { return };
             let current = shared
                 .try_borrow()
-                .is_ok_and(|s| s.generation == generation);
+                .is_ok_and(|s| s.generation == generation && s.socket.is_some());
             if current {
                 with(&shared, |c, now| f(c, now, e));
             }

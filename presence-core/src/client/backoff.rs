@@ -38,7 +38,8 @@ impl Backoff {
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(self.random() % (ms + 1))
+        // `checked_rem`: no divide-by-zero panic branch (ms + 1 wraps only at u64::MAX).
+        Duration::from_millis(self.random().checked_rem(ms.wrapping_add(1)).unwrap_or(0))
     }
 
     /// A connection succeeded: start again from `base`.

@@ -8,6 +8,17 @@
 //! timestamp, not a frame. While disconnected nothing queues up: the client
 //! keeps the *desired* state (rooms, watches, status, markers, activity) and
 //! sends it once after the next `welcome`.
+//!
+//! That resend fits the server's restore allowance (PROTOCOL.md): at most one
+//! `join` per room (64 at most, enforced here), one `read` per room with a
+//! marker (sent when the room's snapshot confirms the join), watch frames of
+//! at most 200 users (1,000 watched at most: 5 frames) and one `status`. What
+//! the server refuses for now (`rate_limited`, `internal`) is reconciled again
+//! later, with backoff, in rounds of at most [`RETRY_BATCH`] frames; what it
+//! refuses for good (a `join` that is forbidden, a forbidden watch) leaves the
+//! desired state and is reported once. Rooms count as confirmed by their
+//! snapshot and watched users by `watching`, so a retry resends only what is
+//! still missing.
 
 mod activity;
 mod backoff;
@@ -24,10 +35,20 @@ pub use cache::{Cache, Change, MAX_OFFLINE_MEMBERS_KEPT, RoomView};
 pub use vecmap::{VecMap, VecSet};
 
 use crate::ids::{ResumeToken, RoomId, UserId};
-use crate::limits::{MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION};
+use crate::limits::{
+    MAX_ROOMS_PER_CONNECTION, MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION,
+};
 use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
 use crate::protocol::decode_server;
 use crate::protocol::{ClientMessage, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+
+/// Frames one retry round may send: under the server's default refill (20
+/// frames a second), so a round does not run into the limiter again.
+pub const RETRY_BATCH: usize = 16;
+/// First delay before retrying refused frames; doubles up to [`RETRY_CAP`].
+const RETRY_BASE_MS: u64 = 1_000;
+/// Longest delay between retry rounds.
+const RETRY_CAP_MS: u64 = 30_000;
 
 /// Client timings. Defaults suit a browser tab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,13 +157,24 @@ pub enum ClientEvent {
         /// Text.
         text: Option<StatusText>,
     },
-    /// The server refused a frame.
+    /// The server refused a frame for good (refusals the client retries by
+    /// itself, `rate_limited` and `internal`, are not reported), or sent one
+    /// the client could not read.
     Error {
         /// Stable code.
         code: ErrorCode,
         /// Detail.
         message: String,
+        /// The `type` of the refused frame, when the server named it.
+        frame: Option<String>,
+        /// The room the refused frame named (`join`, `leave`, `typing`, `read`).
+        room: Option<RoomId>,
+        /// The refused users of a `watch`.
+        users: Vec<UserId>,
     },
+    /// A room's snapshot arrived: the join is confirmed (after each
+    /// `welcome` again).
+    Joined(RoomId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +218,23 @@ pub struct Client {
     status_sent: bool,
     typing: VecMap<RoomId, Typing>,
     markers: VecMap<RoomId, u64>,
+    /// Closed by the app: never connects again.
+    ended: bool,
+    /// Rooms whose snapshot arrived since the last `welcome`.
+    confirmed: VecSet<RoomId>,
+    /// Watched users whose `watching` arrived since the last `welcome`.
+    watch_confirmed: VecSet<UserId>,
+    /// Rooms whose marker is still to be sent (once the room is confirmed).
+    reads_due: VecSet<RoomId>,
+    /// Rooms left (or whose `leave` was refused) the server may still hold.
+    leaves_due: VecSet<RoomId>,
+    /// Users unwatched (or whose `unwatch` was refused) the server may still hold.
+    unwatch_due: VecSet<UserId>,
+    /// When to retry what the server refused for now.
+    retry_at: Option<Millis>,
+    /// Retry rounds since the last `welcome` or the last round with nothing
+    /// to resend (the backoff exponent).
+    retries: u32,
     cache: Cache,
     actions: VecDeque<Action>,
     events: VecDeque<ClientEvent>,
@@ -198,19 +247,34 @@ pub enum ClientError {
     TooManyWatched,
     /// Typing or read in a room that was not joined.
     NotInRoom,
+    /// The room limit per connection is reached.
+    TooManyRooms,
 }
 
-// Written out with `write_str` (no `write!`): see `crate::text`.
+impl ClientError {
+    /// The stable code an SDK reports it with.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TooManyWatched => "too_many_watched",
+            Self::NotInRoom => "not_in_room",
+            Self::TooManyRooms => "too_many_rooms",
+        }
+    }
+
+    /// The message, as a constant: the browser bundle builds no strings
+    /// through `core::fmt` (a test checks the numbers against the limits).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::TooManyWatched => "at most 1000 watched users",
+            Self::NotInRoom => "join the room first",
+            Self::TooManyRooms => "at most 64 rooms",
+        }
+    }
+}
+
 impl core::fmt::Display for ClientError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::TooManyWatched => {
-                f.write_str("at most ")?;
-                crate::text::write_decimal(f, MAX_WATCHED_PER_CONNECTION as u64)?;
-                f.write_str(" watched users")
-            }
-            Self::NotInRoom => f.write_str("join the room first"),
-        }
+        f.write_str(self.message())
     }
 }
 
@@ -233,15 +297,24 @@ impl Client {
             status_sent: true,
             typing: VecMap::default(),
             markers: VecMap::default(),
+            ended: false,
+            confirmed: VecSet::default(),
+            watch_confirmed: VecSet::default(),
+            reads_due: VecSet::default(),
+            leaves_due: VecSet::default(),
+            unwatch_due: VecSet::default(),
+            retry_at: None,
+            retries: 0,
             cache: Cache::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
 
-    /// Connects (or reconnects now, skipping any backoff wait).
+    /// Connects (or reconnects now, skipping any backoff wait). Does nothing
+    /// once the app has [closed](Client::close) the client.
     pub fn start(&mut self, now: Millis) {
-        if matches!(self.link, Link::Closed | Link::Waiting { .. }) {
+        if !self.ended && matches!(self.link, Link::Closed | Link::Waiting { .. }) {
             self.link = Link::Opening { since: now };
             self.actions.push_back(Action::Connect);
             self.event(ClientEvent::Connection(ConnectionState::Connecting));
@@ -249,8 +322,32 @@ impl Client {
     }
 
     /// Closes for good (the app is done). Sends `leaving` first so observers
-    /// see the user go within the server's short leave grace.
+    /// see the user go within the server's short leave grace. Nothing
+    /// reconnects it afterwards: not `start`, the network, nor timers.
     pub fn close(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.shut();
+        }
+    }
+
+    /// Whether the app closed the client.
+    pub fn is_closed(&self) -> bool {
+        self.ended
+    }
+
+    /// The page is being hidden for navigation, close or the back/forward
+    /// cache (`pagehide`): say `leaving`, close, and keep the resume token so
+    /// `pageshow` (or the reloaded page) can resume with [`Client::start`].
+    /// The server closes the socket (1000) after `leaving`; that close comes
+    /// to a socket already given up, so it never starts a reconnect.
+    pub fn page_hide(&mut self) {
+        if !self.ended {
+            self.shut();
+        }
+    }
+
+    fn shut(&mut self) {
         if let Link::Ready { .. } = self.link {
             self.send(&ClientMessage::Leaving);
         }
@@ -258,16 +355,11 @@ impl Client {
             self.actions.push_back(Action::Close(1000));
         }
         self.link = Link::Closed;
+        self.ping_sent = None;
+        self.typing = VecMap::default();
         self.event(ClientEvent::Connection(ConnectionState::Closed {
             code: None,
         }));
-    }
-
-    /// The page is being hidden for navigation, close or the back/forward
-    /// cache (`pagehide`): say `leaving`, close, and keep the resume token so
-    /// `pageshow` (or the reloaded page) can resume.
-    pub fn page_hide(&mut self) {
-        self.close();
     }
 
     /// The token to persist across a reload (per page: `sessionStorage`).
@@ -347,6 +439,9 @@ impl Client {
 
     /// A text frame arrived.
     pub fn received(&mut self, now: Millis, text: &str) {
+        if !matches!(self.link, Link::Greeting { .. } | Link::Ready { .. }) {
+            return; // a late frame of a socket given up
+        }
         self.last_heard = now;
         let msg = match decode_server(text) {
             Ok(msg) => msg,
@@ -356,6 +451,9 @@ impl Client {
                     self.event(ClientEvent::Error {
                         code: e.code,
                         message: e.message,
+                        frame: None,
+                        room: None,
+                        users: Vec::new(),
                     });
                 }
                 return;
@@ -365,12 +463,16 @@ impl Client {
             ServerMessage::Welcome {
                 user,
                 resume,
+                resumed,
                 heartbeat_ms,
                 idle_after_ms,
                 status,
                 text,
                 ..
-            } => self.welcome(now, user, resume, heartbeat_ms, idle_after_ms, status, text),
+            } => {
+                let timings = (heartbeat_ms, idle_after_ms);
+                self.welcome(now, user, resume, resumed, timings, status, text);
+            }
             ServerMessage::Snapshot {
                 room,
                 members,
@@ -379,6 +481,17 @@ impl Client {
             } => {
                 if !self.rooms.contains(&room) {
                     return;
+                }
+                if self.confirmed.insert(room.clone()) {
+                    if self.reads_due.remove(&room)
+                        && let Some(&marker) = self.markers.get(&room)
+                    {
+                        self.send(&ClientMessage::Read {
+                            room: room.clone(),
+                            marker,
+                        });
+                    }
+                    self.event(ClientEvent::Joined(room.clone()));
                 }
                 for view in &members {
                     self.event(ClientEvent::Presence {
@@ -397,6 +510,9 @@ impl Client {
             }
             ServerMessage::Watching { users } => {
                 for view in &users {
+                    if self.watched.contains(&view.user) {
+                        self.watch_confirmed.insert(view.user.clone());
+                    }
                     self.event(ClientEvent::Presence {
                         room: None,
                         view: view.clone(),
@@ -412,8 +528,22 @@ impl Client {
                 }
                 self.event(ClientEvent::SelfStatus { status, text });
             }
-            ServerMessage::Error { code, message, .. } => {
-                self.event(ClientEvent::Error { code, message });
+            ServerMessage::Error {
+                code,
+                message,
+                frame,
+                room,
+                users,
+            } => {
+                if self.refused(now, code, frame.as_deref(), room.as_ref(), &users) {
+                    self.event(ClientEvent::Error {
+                        code,
+                        message,
+                        frame,
+                        room,
+                        users,
+                    });
+                }
             }
             ServerMessage::Pong => {}
         }
@@ -425,8 +555,8 @@ impl Client {
         now: Millis,
         user: UserId,
         resume: ResumeToken,
-        heartbeat_ms: u64,
-        idle_after_ms: u64,
+        resumed: bool,
+        (heartbeat_ms, idle_after_ms): (u64, u64),
         status: Status,
         text: Option<StatusText>,
     ) {
@@ -445,32 +575,168 @@ impl Client {
         };
         self.event(ClientEvent::Connection(ConnectionState::Connected));
         // Resend the desired state; the server ignores what it already has.
-        for room in self.rooms.clone().iter() {
-            self.send(&ClientMessage::Join { room: room.clone() });
+        // Only a resumed connection can still hold rooms and watches given up
+        // meanwhile.
+        self.confirmed = VecSet::default();
+        self.watch_confirmed = VecSet::default();
+        if !resumed {
+            self.leaves_due = VecSet::default();
+            self.unwatch_due = VecSet::default();
         }
-        let watched: Vec<UserId> = self.watched.iter().cloned().collect();
-        for chunk in watched.chunks(MAX_USERS_PER_WATCH_FRAME) {
-            self.send(&ClientMessage::Watch {
-                users: chunk.to_vec(),
-            });
+        self.reads_due = VecSet::default();
+        for room in self.markers.keys() {
+            self.reads_due.insert(room.clone());
         }
-        match self.status.clone() {
-            Some((status, text)) if !self.status_sent => {
-                self.send(&ClientMessage::Status { status, text });
-                self.status_sent = true;
+        self.retry_at = None;
+        self.retries = 0;
+        // The status: a change made while disconnected wins; otherwise a
+        // fresh connection (the server restarted, or the grace ran out)
+        // gets this page's known status back, and a resumed one tells us
+        // the server's, which another tab may have changed meanwhile.
+        let server = (status, text);
+        match &self.status {
+            Some(want) if !self.status_sent || (!resumed && *want != server) => {
+                self.status_sent = false;
             }
             _ => {
-                self.status = Some((status, text.clone()));
-                self.event(ClientEvent::SelfStatus { status, text });
+                self.status = Some(server.clone());
+                self.event(ClientEvent::SelfStatus {
+                    status: server.0,
+                    text: server.1,
+                });
             }
         }
-        for (room, &marker) in self.markers.clone().iter() {
-            self.send(&ClientMessage::Read {
-                room: room.clone(),
+        self.reconcile(usize::MAX);
+        self.sync_activity(now);
+    }
+
+    /// Sends what the server lacks of the desired state, at most `budget`
+    /// frames; returns how many it sent.
+    fn reconcile(&mut self, budget: usize) -> usize {
+        let confirmed = &self.confirmed;
+        let mut due: Vec<ClientMessage> = Vec::new();
+        let leaves = self.leaves_due.iter().filter(|r| !self.rooms.contains(r));
+        due.extend(leaves.map(|r| ClientMessage::Leave { room: r.clone() }));
+        let joins = self.rooms.iter().filter(|r| !confirmed.contains(r));
+        due.extend(joins.map(|r| ClientMessage::Join { room: r.clone() }));
+        due.extend(self.reads_due.iter().filter_map(|r| {
+            let marker = *self.markers.get(r).filter(|_| confirmed.contains(r))?;
+            Some(ClientMessage::Read {
+                room: r.clone(),
                 marker,
+            })
+        }));
+        let watch: Vec<UserId> = self
+            .watched
+            .iter()
+            .filter(|u| !self.watch_confirmed.contains(u))
+            .cloned()
+            .collect();
+        let unwatch: Vec<UserId> = self
+            .unwatch_due
+            .iter()
+            .filter(|u| !self.watched.contains(u))
+            .cloned()
+            .collect();
+        for c in watch.chunks(MAX_USERS_PER_WATCH_FRAME) {
+            due.push(ClientMessage::Watch { users: c.to_vec() });
+        }
+        for c in unwatch.chunks(MAX_USERS_PER_WATCH_FRAME) {
+            due.push(ClientMessage::Unwatch { users: c.to_vec() });
+        }
+        if let (false, Some((status, text))) = (self.status_sent, &self.status) {
+            due.push(ClientMessage::Status {
+                status: *status,
+                text: text.clone(),
             });
         }
-        self.sync_activity(now);
+        due.truncate(budget);
+        for msg in &due {
+            match msg {
+                ClientMessage::Leave { room } => {
+                    self.leaves_due.remove(room);
+                }
+                ClientMessage::Read { room, .. } => {
+                    self.reads_due.remove(room);
+                }
+                ClientMessage::Unwatch { users } => {
+                    for u in users {
+                        self.unwatch_due.remove(u);
+                    }
+                }
+                ClientMessage::Status { .. } => self.status_sent = true,
+                _ => {}
+            }
+            self.send(msg);
+        }
+        due.len()
+    }
+
+    /// An `error` frame: updates the desired state and schedules a retry.
+    /// Returns whether the app should hear of it.
+    fn refused(
+        &mut self,
+        now: Millis,
+        code: ErrorCode,
+        frame: Option<&str>,
+        room: Option<&RoomId>,
+        users: &[UserId],
+    ) -> bool {
+        let retry = matches!(code, ErrorCode::RateLimited | ErrorCode::Internal);
+        match (frame, room) {
+            // Refused for good: the app asked for something it may not have.
+            (Some("join"), Some(room)) if !retry => self.drop_room(room),
+            (Some("watch"), _) if !retry => {
+                for u in users {
+                    self.watched.remove(u);
+                }
+                self.cache.unwatch(users);
+            }
+            // Refused for now. Joins and watches need no note: what is not
+            // confirmed is resent anyway.
+            (Some("read"), Some(room)) if retry => {
+                self.reads_due.insert(room.clone());
+            }
+            (Some("leave"), Some(room)) if retry => {
+                self.leaves_due.insert(room.clone());
+            }
+            (Some("unwatch"), _) if retry => {
+                for u in users {
+                    self.unwatch_due.insert(u.clone());
+                }
+            }
+            (Some("status"), _) if retry => self.status_sent = false,
+            (Some("activity"), _) if retry => self.sent_activity = None,
+            (None | Some("read"), _) if retry => {
+                // The server did not say which frame: assume the worst of
+                // what has no confirmation of its own.
+                if self.status.is_some() {
+                    self.status_sent = false;
+                }
+                self.sent_activity = None;
+                for room in self.markers.keys() {
+                    self.reads_due.insert(room.clone());
+                }
+            }
+            _ => {}
+        }
+        if retry && self.retry_at.is_none() {
+            let ms = (RETRY_BASE_MS << self.retries.min(5)).min(RETRY_CAP_MS);
+            self.retry_at = Some(now.after(Duration::from_millis(ms)));
+            self.retries += 1;
+        }
+        // `not_in_room` follows a join still pending or refused (typing, a
+        // leave): nothing the app can act on.
+        !retry && code != ErrorCode::NotInRoom
+    }
+
+    fn drop_room(&mut self, room: &RoomId) {
+        self.rooms.remove(room);
+        self.confirmed.remove(room);
+        self.markers.remove(room);
+        self.reads_due.remove(room);
+        self.typing.remove(room);
+        self.cache.forget_room(room);
     }
 
     /// Input (key, pointer, wheel, touch, scroll).
@@ -511,19 +777,46 @@ impl Client {
         self.tracker.activity(now)
     }
 
-    /// Joins a room (again after every reconnect).
-    pub fn join(&mut self, room: RoomId) {
-        if self.rooms.insert(room.clone()) {
-            self.send(&ClientMessage::Join { room });
+    /// Joins a room (again after every reconnect); a
+    /// [`ClientEvent::Joined`] follows with its snapshot. At most
+    /// [`MAX_ROOMS_PER_CONNECTION`] rooms.
+    pub fn try_join(&mut self, room: RoomId) -> Result<(), ClientError> {
+        if self.rooms.contains(&room) {
+            return Ok(());
         }
+        if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
+            return Err(ClientError::TooManyRooms);
+        }
+        self.rooms.insert(room.clone());
+        self.send(&ClientMessage::Join { room });
+        Ok(())
     }
 
-    /// Leaves a room.
+    /// [`Client::try_join`], ignoring the room limit's refusal.
+    pub fn join(&mut self, room: RoomId) {
+        let _ = self.try_join(room);
+    }
+
+    /// Whether `room` is in the desired state (joined, or being joined).
+    pub fn is_joined(&self, room: &RoomId) -> bool {
+        self.rooms.contains(room)
+    }
+
+    /// Whether `room`'s snapshot arrived since the last `welcome`.
+    pub fn is_confirmed(&self, room: &RoomId) -> bool {
+        self.confirmed.contains(room)
+    }
+
+    /// Leaves a room (its read marker is forgotten with it).
     pub fn leave(&mut self, room: &RoomId) {
-        if self.rooms.remove(room) {
-            self.typing.remove(room);
-            self.cache.forget_room(room);
-            self.send(&ClientMessage::Leave { room: room.clone() });
+        if self.rooms.contains(room) {
+            self.drop_room(room);
+            if self.is_ready() {
+                self.send_now(&ClientMessage::Leave { room: room.clone() });
+            } else {
+                // A resumed connection would still hold it.
+                self.leaves_due.insert(room.clone());
+            }
         }
     }
 
@@ -557,6 +850,13 @@ impl Client {
             .filter(|u| self.watched.remove(u))
             .collect();
         self.cache.unwatch(&gone);
+        for u in &gone {
+            self.watch_confirmed.remove(u);
+            if !self.is_ready() {
+                // A resumed connection would still hold them.
+                self.unwatch_due.insert(u.clone());
+            }
+        }
         for chunk in gone.chunks(MAX_USERS_PER_WATCH_FRAME) {
             self.send(&ClientMessage::Unwatch {
                 users: chunk.to_vec(),
@@ -577,25 +877,22 @@ impl Client {
         if !self.rooms.contains(room) {
             return Err(ClientError::NotInRoom);
         }
-        let stop_at = now.after(self.config.typing_stop_after);
-        let refresh = self.config.typing_refresh;
-        let due = self
-            .typing
-            .get(room)
-            .is_none_or(|t| now >= t.sent_at.after(refresh));
-        let sent_at = if due && self.is_ready() {
-            self.send(&ClientMessage::Typing {
-                room: room.clone(),
-                active: true,
-            });
-            now
-        } else {
-            self.typing.get(room).map_or(now, |t| t.sent_at)
-        };
-        if self.is_ready() {
-            self.typing
-                .insert(room.clone(), Typing { sent_at, stop_at });
+        if !self.is_ready() {
+            return Ok(()); // nobody to tell; a reconnect starts afresh
         }
+        let stop_at = now.after(self.config.typing_stop_after);
+        let sent_at = match self.typing.get(room) {
+            Some(t) if now < t.sent_at.after(self.config.typing_refresh) => t.sent_at,
+            _ => {
+                self.send_now(&ClientMessage::Typing {
+                    room: room.clone(),
+                    active: true,
+                });
+                now
+            }
+        };
+        self.typing
+            .insert(room.clone(), Typing { sent_at, stop_at });
         Ok(())
     }
 
@@ -618,10 +915,15 @@ impl Client {
             return Ok(());
         }
         self.markers.insert(room.clone(), marker);
-        self.send(&ClientMessage::Read {
-            room: room.clone(),
-            marker,
-        });
+        if self.confirmed.contains(room) {
+            self.send(&ClientMessage::Read {
+                room: room.clone(),
+                marker,
+            });
+        } else {
+            // Sent once the room's snapshot confirms the join.
+            self.reads_due.insert(room.clone());
+        }
         Ok(())
     }
 
@@ -645,6 +947,17 @@ impl Client {
                 {
                     self.drop_socket(now);
                     return;
+                }
+                if self.retry_at.is_some_and(|at| now >= at) {
+                    self.retry_at = None;
+                    match self.reconcile(RETRY_BATCH) {
+                        0 => self.retries = 0,
+                        // More may be due: the next round after a pause.
+                        RETRY_BATCH => {
+                            self.retry_at = Some(now.after(Duration::from_millis(RETRY_BASE_MS)))
+                        }
+                        _ => {}
+                    }
                 }
                 if now >= next_ping {
                     self.send_now(&ClientMessage::Ping);
@@ -684,7 +997,8 @@ impl Client {
                     .ping_sent
                     .filter(|&p| self.last_heard < p)
                     .map(|p| p.after(self.config.reply_timeout));
-                Some(dead.map_or(next_ping, |d| d.min(next_ping)))
+                let soonest = dead.map_or(next_ping, |d| d.min(next_ping));
+                Some(self.retry_at.map_or(soonest, |r| r.min(soonest)))
             }
         };
         let activity = match self.link {
@@ -718,6 +1032,18 @@ impl Client {
     /// The user's own status as last known.
     pub fn status(&self) -> (Status, Option<StatusText>) {
         self.status.clone().unwrap_or((Status::Available, None))
+    }
+
+    /// Whether what the cache shows may be out of date: not connected, or a
+    /// joined room or watched user not yet confirmed since the last
+    /// `welcome`. An app shows members greyed out meanwhile.
+    pub fn is_stale(&self) -> bool {
+        !self.is_ready()
+            || self.rooms.iter().any(|r| !self.confirmed.contains(r))
+            || self
+                .watched
+                .iter()
+                .any(|u| !self.watch_confirmed.contains(u))
     }
 
     /// The connection state.

@@ -175,8 +175,17 @@ fn reconnect_backs_off_and_resends_the_desired_state_once() {
             r#"{"type":"join","room":"general"}"#,
             r#"{"type":"watch","users":["bob"]}"#,
             r#"{"type":"status","status":"away","text":"lunch"}"#,
-            r#"{"type":"read","room":"general","marker":9}"#,
         ]
+    );
+    // The marker goes once the snapshot confirms the join (a read before it
+    // would be refused with not_in_room if the join were).
+    c.received(
+        retry,
+        r#"{"type":"snapshot","room":"general","members":[]}"#,
+    );
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"read","room":"general","marker":9}"#]
     );
 }
 
@@ -272,7 +281,8 @@ fn snapshots_and_diffs_keep_the_cache_and_tell_the_app() {
     assert!(view.typing.contains(&bob));
     assert_eq!(*view.receipts.get(&bob).unwrap(), 4);
     let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
-    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[0], ClientEvent::Joined(room("general")));
+    assert_eq!(events.len(), 5, "{events:?}");
     c.received(
         at(3),
         r#"{"type":"diffs","room":"general","diffs":[{"type":"user_disconnected","user":"bob","last_seen":5}]}"#,
@@ -314,4 +324,411 @@ fn a_status_set_in_another_tab_becomes_this_tabs_status() {
         c.poll_event(),
         Some(ClientEvent::SelfStatus { .. })
     ));
+}
+
+fn user(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn snapshot(r: &str) -> String {
+    format!(r#"{{"type":"snapshot","room":"{r}","members":[]}}"#)
+}
+
+/// Frames of `kind` among `frames`.
+fn of<'a>(frames: &'a [String], kind: &str) -> Vec<&'a String> {
+    let tag = format!(r#"{{"type":"{kind}""#);
+    frames.iter().filter(|f| f.starts_with(&tag)).collect()
+}
+
+/// Drops the socket (the server restarted) and reconnects: returns what the
+/// client sent after `welcome` (resumed or not, with the server's status).
+fn reconnect(c: &mut Client, now: Millis, welcome: &str) -> Vec<String> {
+    c.closed(now, Some(1001));
+    let retry = c.next_deadline(now).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    sent(c);
+    c.received(retry, welcome);
+    sent(c)
+}
+
+fn refusal(code: &str, frame: &str, extra: &str) -> String {
+    format!(r#"{{"type":"error","code":"{code}","message":"x","frame":"{frame}"{extra}}}"#)
+}
+
+fn errors(c: &mut Client) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| c.poll_event())
+        .filter(|e| matches!(e, ClientEvent::Error { .. }))
+        .collect()
+}
+
+#[test]
+fn resend_of_the_largest_desired_state_fits_the_restore_allowance() {
+    let mut c = ready();
+    let rooms: Vec<RoomId> = (0..64).map(|i| room(&format!("r{i}"))).collect();
+    for (i, r) in rooms.iter().enumerate() {
+        c.try_join(r.clone()).unwrap();
+        c.received(at(1), &snapshot(r.as_str()));
+        c.mark_read(r, 100 + i as u64).unwrap();
+    }
+    assert_eq!(
+        c.try_join(room("one-too-many")),
+        Err(ClientError::TooManyRooms)
+    );
+    let users: Vec<UserId> = (0..1000).map(|i| user(&format!("u{i}"))).collect();
+    c.watch(users).unwrap();
+    c.set_status(Status::Busy, StatusText::new("focus").unwrap());
+    sent(&mut c);
+
+    // The server restarts and forgets everything (status back to available).
+    let frames = reconnect(&mut c, at(10), &welcome("tok2"));
+    assert_eq!(of(&frames, "join").len(), 64, "one join per room");
+    let watches = of(&frames, "watch");
+    assert_eq!(watches.len(), 5, "1000 users in frames of 200");
+    // `{"type":"watch","users":[…]}`: one comma before the list, one between users.
+    assert!(watches.iter().all(|w| w.matches(',').count() <= 200));
+    assert_eq!(
+        of(&frames, "status"),
+        [r#"{"type":"status","status":"busy","text":"focus"}"#]
+    );
+    assert!(
+        of(&frames, "read").is_empty(),
+        "reads wait for the snapshots"
+    );
+    assert!(
+        frames.len() <= 64 + 5 + 1 + 1,
+        "joins, watches, status and at most an activity: {}",
+        frames.len()
+    );
+    let mut reads = Vec::new();
+    for r in &rooms {
+        c.received(at(11), &snapshot(r.as_str()));
+        reads.extend(sent(&mut c));
+    }
+    assert_eq!(of(&reads, "read").len(), 64, "one read per marked room");
+    assert_eq!(reads.len(), 64);
+    assert!(reads.contains(&r#"{"type":"read","room":"r63","marker":163}"#.to_owned()));
+    // A second snapshot of a room (the app joined it again) sends nothing.
+    c.received(at(12), &snapshot("r0"));
+    assert!(sent(&mut c).is_empty());
+    assert!(errors(&mut c).is_empty());
+}
+
+#[test]
+fn rate_limited_frames_are_retried_with_backoff_until_the_state_converges() {
+    let mut c = ready();
+    for i in 0..50 {
+        c.join(room(&format!("r{i}")));
+    }
+    c.set_status(Status::Away, None);
+    assert_eq!(of(&sent(&mut c), "join").len(), 50);
+    // The server's burst lets 40 through; 10 joins and the status are refused.
+    for i in 0..40 {
+        c.received(at(1), &snapshot(&format!("r{i}")));
+    }
+    for i in 40..50 {
+        let extra = format!(r#","room":"r{i}""#);
+        c.received(at(1), &refusal("rate_limited", "join", &extra));
+    }
+    c.received(at(1), &refusal("rate_limited", "status", ""));
+    assert!(
+        errors(&mut c).is_empty(),
+        "retried refusals are not reported"
+    );
+    assert!(c.is_stale(), "10 rooms are not confirmed");
+    assert!(sent(&mut c).is_empty(), "nothing before the retry is due");
+    let first = c.next_deadline(at(1)).unwrap();
+    assert_eq!(first, at(1 + 1_000), "first retry after 1 s");
+    c.tick(first);
+    let frames = sent(&mut c);
+    assert_eq!(of(&frames, "join").len(), 10, "only the refused rooms");
+    assert!(frames.contains(&r#"{"type":"join","room":"r45"}"#.to_owned()));
+    assert_eq!(of(&frames, "status").len(), 1);
+    // Refused again: the next round waits twice as long.
+    c.received(first, &refusal("rate_limited", "join", r#","room":"r49""#));
+    assert_eq!(
+        c.next_deadline(first),
+        Some(first.after(Duration::from_secs(2)))
+    );
+    for i in 40..49 {
+        c.received(first, &snapshot(&format!("r{i}")));
+    }
+    c.tick(first.after(Duration::from_secs(2)));
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"join","room":"r49"}"#],
+        "the rest"
+    );
+    c.received(at(4_000), &snapshot("r49"));
+    assert!(!c.is_stale(), "converged");
+    // A round sends at most RETRY_BATCH frames; the rest follow a second later.
+    let mut c = ready();
+    for i in 0..40 {
+        c.join(room(&format!("s{i}")));
+    }
+    sent(&mut c);
+    c.received(at(1), &refusal("rate_limited", "join", r#","room":"s0""#));
+    c.tick(at(1_001));
+    assert_eq!(sent(&mut c).len(), RETRY_BATCH);
+    c.tick(at(2_001));
+    assert_eq!(sent(&mut c).len(), RETRY_BATCH, "unconfirmed rooms again");
+    for i in 0..40 {
+        c.received(at(2_002), &snapshot(&format!("s{i}")));
+    }
+    c.tick(at(3_001));
+    assert!(sent(&mut c).iter().all(|f| f.contains("ping")));
+    assert_eq!(
+        c.next_deadline(at(3_001)).map(|d| d > at(4_000)),
+        Some(true)
+    );
+}
+
+#[test]
+fn an_unnamed_rate_limited_refusal_resends_what_has_no_confirmation() {
+    let mut c = ready();
+    c.join(room("a"));
+    c.received(at(1), &snapshot("a"));
+    c.mark_read(&room("a"), 5).unwrap();
+    c.set_status(Status::Busy, None);
+    sent(&mut c);
+    // An older server names neither the frame nor the room.
+    c.received(
+        at(2),
+        r#"{"type":"error","code":"rate_limited","message":"slow down"}"#,
+    );
+    c.tick(at(1_002));
+    assert_eq!(
+        sent(&mut c),
+        [
+            r#"{"type":"read","room":"a","marker":5}"#,
+            r#"{"type":"status","status":"busy"}"#,
+            r#"{"type":"activity","state":"active"}"#,
+        ]
+    );
+}
+
+#[test]
+fn a_join_refused_for_good_leaves_the_desired_state_and_is_reported() {
+    let mut c = ready();
+    c.join(room("secret"));
+    c.join(room("open"));
+    c.watch(vec![user("boss"), user("bob")]).unwrap();
+    sent(&mut c);
+    c.received(at(1), &refusal("forbidden", "join", r#","room":"secret""#));
+    c.received(
+        at(1),
+        &refusal("forbidden", "watch", r#","users":["boss"]"#),
+    );
+    let errs = errors(&mut c);
+    assert_eq!(errs.len(), 2);
+    assert_eq!(
+        errs[0],
+        ClientEvent::Error {
+            code: ErrorCode::Forbidden,
+            message: "x".into(),
+            frame: Some("join".into()),
+            room: Some(room("secret")),
+            users: vec![],
+        }
+    );
+    assert!(matches!(&errs[1], ClientEvent::Error { users, .. } if users == &[user("boss")]));
+    assert!(!c.is_joined(&room("secret")));
+    assert_eq!(c.mark_read(&room("secret"), 1), Err(ClientError::NotInRoom));
+    // Not retried, and not resent after any number of reconnects.
+    assert_eq!(c.next_deadline(at(1)).map(|d| d >= at(9_000)), Some(true));
+    for n in 0..3 {
+        let frames = reconnect(&mut c, at(10 + n), &welcome("tok"));
+        assert_eq!(
+            frames,
+            [
+                r#"{"type":"join","room":"open"}"#,
+                r#"{"type":"watch","users":["bob"]}"#,
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_closed_client_never_reconnects() {
+    let mut c = ready();
+    c.close();
+    assert_eq!(sent(&mut c), [r#"{"type":"leaving"}"#, "<close 1000>"]);
+    assert!(c.is_closed());
+    // The server's own close after `leaving`, the network, timers, start.
+    c.closed(at(1), Some(1000));
+    c.network_online(at(2));
+    c.start(at(3));
+    c.tick(at(3_600_000));
+    c.page_hide();
+    assert!(
+        sent(&mut c).is_empty(),
+        "nothing reconnects a closed client"
+    );
+    assert_eq!(c.next_deadline(at(4)), None);
+    assert_eq!(c.connection(), ConnectionState::Closed { code: None });
+    c.close();
+    assert!(
+        !std::iter::from_fn(|| c.poll_event())
+            .any(|e| matches!(e, ClientEvent::Connection(ConnectionState::Connecting)))
+    );
+}
+
+#[test]
+fn pagehide_closes_quietly_and_pageshow_resumes() {
+    let mut c = ready();
+    c.join(room("general"));
+    sent(&mut c);
+    c.page_hide();
+    assert_eq!(sent(&mut c), [r#"{"type":"leaving"}"#, "<close 1000>"]);
+    // The server closes with 1000 after `leaving`: no reconnect storm.
+    for ms in [1, 2, 3] {
+        c.closed(at(ms), Some(1000));
+    }
+    c.tick(at(20_000));
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.next_deadline(at(20_000)), None);
+    // Restored from the back/forward cache: resumes with its token.
+    c.start(at(25_000));
+    c.opened(at(25_000));
+    assert_eq!(
+        sent(&mut c),
+        [
+            "<connect>",
+            r#"{"type":"hello","v":1,"resume":"tok1","activity":{"state":"active"}}"#
+        ]
+    );
+}
+
+#[test]
+fn the_snapshot_is_stale_while_reconnecting() {
+    let mut c = ready();
+    assert!(!c.is_stale());
+    c.join(room("general"));
+    assert!(c.is_stale(), "joined, snapshot not there yet");
+    c.received(at(1), &snapshot("general"));
+    assert!(!c.is_stale());
+    c.watch(vec![user("bob")]).unwrap();
+    c.received(
+        at(2),
+        r#"{"type":"watching","users":[{"user":"bob","state":"offline","status":"available"}]}"#,
+    );
+    assert!(!c.is_stale());
+    c.closed(at(3), None);
+    assert!(c.is_stale(), "reconnecting");
+    assert!(
+        c.cache().room(&room("general")).is_some(),
+        "kept to show greyed out"
+    );
+    let retry = c.next_deadline(at(3)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    assert!(c.is_stale(), "connecting");
+    c.received(retry, &welcome("tok1"));
+    assert!(c.is_stale(), "until the snapshot and watching are back");
+    c.received(retry, &snapshot("general"));
+    assert!(c.is_stale(), "bob not confirmed yet");
+    c.received(
+        retry,
+        r#"{"type":"watching","users":[{"user":"bob","state":"active","status":"available"}]}"#,
+    );
+    assert!(!c.is_stale());
+    c.close();
+    assert!(c.is_stale());
+}
+
+#[test]
+fn leave_and_unwatch_while_disconnected_reach_a_resumed_connection() {
+    let mut c = ready();
+    c.join(room("a"));
+    c.join(room("b"));
+    c.watch(vec![user("bob"), user("carol")]).unwrap();
+    sent(&mut c);
+    c.closed(at(1), None);
+    c.leave(&room("a"));
+    c.unwatch(vec![user("carol")]);
+    let resumed = welcome("tok1").replace(r#""resumed":false"#, r#""resumed":true"#);
+    let retry = c.next_deadline(at(1)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    sent(&mut c);
+    c.received(retry, &resumed);
+    assert_eq!(
+        sent(&mut c),
+        [
+            r#"{"type":"leave","room":"a"}"#,
+            r#"{"type":"join","room":"b"}"#,
+            r#"{"type":"watch","users":["bob"]}"#,
+            r#"{"type":"unwatch","users":["carol"]}"#,
+        ]
+    );
+    // A fresh connection holds nothing: no leave or unwatch needed.
+    c.leave(&room("b"));
+    let frames = reconnect(&mut c, at(20_000), &welcome("tok3"));
+    assert_eq!(frames, [r#"{"type":"watch","users":["bob"]}"#]);
+}
+
+#[test]
+fn the_status_survives_a_server_restart_and_a_resume_takes_the_servers() {
+    let mut c = ready();
+    c.set_status(Status::Busy, StatusText::new("focus").unwrap());
+    sent(&mut c);
+    // Restarted without a store: the server says available; ours goes back.
+    let frames = reconnect(&mut c, at(1), &welcome("tok2"));
+    assert_eq!(
+        frames,
+        [r#"{"type":"status","status":"busy","text":"focus"}"#]
+    );
+    // Resumed: the server kept the connection, and another tab set away.
+    let resumed = welcome("tok2")
+        .replace(r#""resumed":false"#, r#""resumed":true"#)
+        .replace(r#""status":"available""#, r#""status":"away""#);
+    let frames = reconnect(&mut c, at(40_000), &resumed);
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(c.status(), (Status::Away, None));
+}
+
+#[test]
+fn desired_state_after_many_reconnects_is_what_the_app_asked_for() {
+    let mut c = ready();
+    let mut now = at(0);
+    for n in 0..20u64 {
+        c.join(room(&format!("r{}", n % 7)));
+        if n % 3 == 0 {
+            c.leave(&room(&format!("r{}", (n + 2) % 7)));
+        }
+        if n == 5 {
+            c.join(room("denied"));
+        }
+        let frames = reconnect(&mut c, now, &welcome("t"));
+        let joined: Vec<&String> = of(&frames, "join");
+        let want: Vec<String> = c
+            .rooms
+            .iter()
+            .map(|r| format!(r#"{{"type":"join","room":"{}"}}"#, r.as_str()))
+            .collect();
+        assert_eq!(joined, want.iter().collect::<Vec<_>>(), "round {n}");
+        if c.is_joined(&room("denied")) {
+            c.received(now, &refusal("forbidden", "join", r#","room":"denied""#));
+        }
+        for r in want.iter().filter(|_| n % 2 == 0) {
+            let name = r.split('"').nth(7).unwrap();
+            c.received(now, &snapshot(name));
+        }
+        now = now.after(Duration::from_secs(40));
+    }
+    assert!(!c.is_joined(&room("denied")));
+}
+
+#[test]
+fn client_error_messages_name_the_real_limits() {
+    use crate::limits::{MAX_ROOMS_PER_CONNECTION, MAX_WATCHED_PER_CONNECTION};
+    assert_eq!(
+        ClientError::TooManyWatched.to_string(),
+        format!("at most {MAX_WATCHED_PER_CONNECTION} watched users")
+    );
+    assert_eq!(
+        ClientError::TooManyRooms.to_string(),
+        format!("at most {MAX_ROOMS_PER_CONNECTION} rooms")
+    );
+    assert_eq!(ClientError::NotInRoom.code(), "not_in_room");
 }

@@ -23,14 +23,20 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.binary_search_by(|(k, _)| k.cmp(key))
     }
 
+    // `get(i)` rather than `[i]` here and below: `find`'s index is always in
+    // range, but a bounds check the compiler cannot drop costs the browser
+    // bundle a panic branch (and its message) per instantiation.
+
     /// The value for `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.find(key).ok().map(|i| &self.0[i].1)
+        let i = self.find(key).ok()?;
+        self.0.get(i).map(|(_, v)| v)
     }
 
     /// The value for `key`, mutably.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.find(key).ok().map(|i| &mut self.0[i].1)
+        let i = self.find(key).ok()?;
+        self.0.get_mut(i).map(|(_, v)| v)
     }
 
     /// Whether `key` is present.
@@ -41,17 +47,20 @@ impl<K: Ord, V> VecMap<K, V> {
     /// Inserts or replaces; returns the old value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self.find(&key) {
-            Ok(i) => Some(core::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
+            Ok(i) => self.0.get_mut(i).map(|(_, v)| core::mem::replace(v, value)),
+            // The same condition as `Vec::insert`'s assert, so it folds away.
+            Err(i) if i <= self.0.len() => {
                 self.0.insert(i, (key, value));
                 None
             }
+            Err(_) => None,
         }
     }
 
     /// Removes `key`; returns its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        self.find(key).ok().map(|i| self.0.remove(i).1)
+        let i = self.find(key).ok().filter(|&i| i < self.0.len())?;
+        Some(self.0.remove(i).1)
     }
 
     /// Keeps the entries `f` accepts.
