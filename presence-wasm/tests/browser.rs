@@ -362,7 +362,9 @@ async fn snapshot_is_stable_until_a_change_and_throwing_callbacks_are_contained(
     let calls = Rc::new(RefCell::new(0));
     let n = calls.clone();
     let listener = Closure::<dyn FnMut()>::new(move || *n.borrow_mut() += 1);
-    let off = c.subscribe(listener.as_ref().clone().unchecked_into());
+    let off = c
+        .subscribe(listener.as_ref().clone().unchecked_into())
+        .unwrap();
     let connected = |c: &PresenceClient| {
         get(&c.get_snapshot().into(), "connection")
             .as_string()
@@ -385,5 +387,238 @@ async fn snapshot_is_stable_until_a_change_and_throwing_callbacks_are_contained(
     assert!(*calls.borrow() > 0, "subscribers were told");
     let off: js_sys::Function = off.unchecked_into();
     off.call0(&JsValue::NULL).unwrap();
+    c.close();
+}
+
+/// The JS object wasm-bindgen hands to apps, to call `free`, `[Symbol.dispose]` and methods
+/// through their JS names.
+fn js_object(c: PresenceClient) -> JsValue {
+    c.into()
+}
+
+fn call_js(obj: &JsValue, method: &JsValue, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let f: js_sys::Function = Reflect::get(obj, method)?.dyn_into()?;
+    f.apply(obj, &args.iter().collect())
+}
+
+fn code_of(e: &JsValue) -> Option<String> {
+    assert!(e.is_instance_of::<js_sys::Error>(), "a real Error: {e:?}");
+    get(e, "code").as_string()
+}
+
+fn snapshot_field(c: &PresenceClient, key: &str) -> JsValue {
+    get(&c.get_snapshot().into(), key)
+}
+
+/// Ana and Bob in one room, each seeing the other active.
+async fn met() -> Pair {
+    let p = pair(&[], &[]);
+    let (room, a, b) = (p.room.clone(), p.a.clone(), p.b.clone());
+    until("bob sees ana active", || {
+        seen(&p.cb, &room, &a).as_deref() == Some("active")
+    })
+    .await;
+    until("ana sees bob active", || {
+        seen(&p.ca, &room, &b).as_deref() == Some("active")
+    })
+    .await;
+    p
+}
+
+/// Ms from now until `observer` sees `user` offline in `room`.
+async fn ms_until_offline(observer: &PresenceClient, room: &str, user: &str, t0: f64) -> f64 {
+    let gone = Rc::new(RefCell::new(None::<f64>));
+    let (g, u) = (gone.clone(), user.to_owned());
+    let on_presence = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let p = get(&e, "presence");
+        if get(&p, "user").as_string().as_deref() == Some(u.as_str())
+            && get(&p, "state").as_string().as_deref() == Some("offline")
+            && g.borrow().is_none()
+        {
+            *g.borrow_mut() = Some(js_sys::Date::now());
+        }
+    });
+    let off: js_sys::Function = observer
+        .on_presence(on_presence.as_ref().clone().unchecked_into())
+        .unwrap()
+        .unchecked_into();
+    until("the user is seen offline", || {
+        gone.borrow().is_some() || seen(observer, room, user).as_deref() == Some("offline")
+    })
+    .await;
+    off.call0(&JsValue::NULL).unwrap();
+    let at = gone.borrow().unwrap_or_else(js_sys::Date::now);
+    at - t0
+}
+
+#[wasm_bindgen_test]
+async fn free_says_leaving_and_others_see_the_user_go_within_the_leave_grace() {
+    // The browser-test server: leave grace 150 ms, offline grace 400 ms. A socket left open
+    // (as `free()` once did) keeps the user active; a socket closed without `leaving` takes
+    // the 400 ms grace.
+    let Pair {
+        room, a, ca, cb, ..
+    } = met().await;
+    let ana = js_object(ca);
+    let t0 = js_sys::Date::now();
+    call_js(&ana, &"free".into(), &[]).unwrap();
+    let ms = ms_until_offline(&cb, &room, &a, t0).await;
+    assert!(
+        ms < 400.0,
+        "seen offline after {ms} ms, beyond the leave grace"
+    );
+    cb.close();
+    // `[Symbol.dispose]` (what `using` calls) does the same.
+    let Pair {
+        room, a, ca, cb, ..
+    } = met().await;
+    let ana = js_object(ca);
+    let dispose = js_sys::eval("Symbol.dispose").unwrap();
+    assert!(dispose.is_symbol(), "Chromium has Symbol.dispose");
+    let t0 = js_sys::Date::now();
+    call_js(&ana, &dispose, &[]).unwrap();
+    let ms = ms_until_offline(&cb, &room, &a, t0).await;
+    assert!(
+        ms < 400.0,
+        "seen offline after {ms} ms, beyond the leave grace"
+    );
+    cb.close();
+}
+
+#[wasm_bindgen_test]
+async fn calls_after_close_or_free_throw_closed() {
+    let c = connect(&unique("ana"), &[]);
+    until("connected", || {
+        snapshot_field(&c, "connection").as_string().as_deref() == Some("connected")
+    })
+    .await;
+    c.close();
+    c.close(); // again: nothing
+    let closed = |r: Result<(), JsValue>| code_of(&r.unwrap_err());
+    assert_eq!(closed(c.join("r")).as_deref(), Some("closed"));
+    assert_eq!(closed(c.leave("r")).as_deref(), Some("closed"));
+    assert_eq!(closed(c.mark_read("r", 1.0)).as_deref(), Some("closed"));
+    assert_eq!(closed(c.typing("r")).as_deref(), Some("closed"));
+    let nobody: js_sys::Array = [JsValue::from("bob")].iter().collect();
+    assert_eq!(
+        closed(c.watch(nobody.clone().unchecked_into())).as_deref(),
+        Some("closed")
+    );
+    let f = js_sys::Function::new_no_args("");
+    assert_eq!(
+        code_of(&c.on_presence(f.clone().unchecked_into()).err().unwrap()).as_deref(),
+        Some("closed")
+    );
+    assert_eq!(
+        code_of(&c.subscribe(f.clone()).err().unwrap()).as_deref(),
+        Some("closed")
+    );
+    // The snapshot still answers (React may read it while unmounting).
+    assert_eq!(
+        snapshot_field(&c, "connection").as_string().as_deref(),
+        Some("closed")
+    );
+    assert_eq!(snapshot_field(&c, "stale").as_bool(), Some(true));
+
+    // After `free()`, through the JS object as an app holds it: a coded Error, not
+    // "null pointer passed to rust", and never a reconnect.
+    let c = js_object(connect(&unique("ana"), &[]));
+    call_js(&c, &"free".into(), &[]).unwrap();
+    call_js(&c, &"free".into(), &[]).unwrap();
+    for (method, args) in [
+        ("join", vec![JsValue::from("r")]),
+        ("setStatus", vec![JsValue::from("busy")]),
+        ("members", vec![JsValue::from("r")]),
+        ("onError", vec![f.clone().into()]),
+    ] {
+        let e = call_js(&c, &method.into(), &args).unwrap_err();
+        assert_eq!(code_of(&e).as_deref(), Some("closed"), "{method}");
+    }
+    window()
+        .dispatch_event(&web_sys::Event::new("online").unwrap())
+        .unwrap();
+    TimeoutFuture::new(300).await;
+    let snap = call_js(&c, &"getSnapshot".into(), &[]).unwrap();
+    assert_eq!(
+        get(&snap, "connection").as_string().as_deref(),
+        Some("closed"),
+        "the online event does not bring a freed client back"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn the_snapshot_is_stale_while_reconnecting() {
+    // Nothing listens on port 1: the client keeps reconnecting.
+    let nowhere = connect(&unique("ana"), &[("url", "ws://127.0.0.1:1/ws".into())]);
+    nowhere.join(&unique("room")).unwrap();
+    until("reconnecting", || {
+        snapshot_field(&nowhere, "connection")
+            .as_string()
+            .as_deref()
+            == Some("reconnecting")
+    })
+    .await;
+    assert_eq!(snapshot_field(&nowhere, "stale").as_bool(), Some(true));
+    nowhere.close();
+
+    // A live client dropped by the server (a flood is closed with 1008) is stale until it has
+    // reconnected and its room's snapshot is back.
+    let Pair {
+        room, a, ca, cb, ..
+    } = met().await;
+    assert_eq!(snapshot_field(&ca, "stale").as_bool(), Some(false));
+    let states = Rc::new(RefCell::new(Vec::<(String, bool)>::new()));
+    let log = states.clone();
+    let c2 = Rc::new(ca);
+    let c3 = c2.clone();
+    let on_connection = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let state = get(&e, "state").as_string().unwrap_or_default();
+        let stale = snapshot_field(&c3, "stale").as_bool().unwrap_or(false);
+        log.borrow_mut().push((state, stale));
+    });
+    let _off = c2
+        .on_connection(on_connection.as_ref().clone().unchecked_into())
+        .unwrap();
+    for i in 0..600 {
+        let status = if i % 2 == 0 { "busy" } else { "away" };
+        c2.set_status(JsValue::from(status).unchecked_into(), None)
+            .unwrap();
+    }
+    until("dropped and reconnected", || {
+        let s = states.borrow();
+        s.iter().any(|(st, _)| st == "reconnecting")
+            && s.last().is_some_and(|(st, _)| st == "connected")
+    })
+    .await;
+    assert!(
+        states
+            .borrow()
+            .iter()
+            .filter(|(st, _)| st != "connected")
+            .all(|(_, stale)| *stale),
+        "stale whenever not connected: {:?}",
+        states.borrow()
+    );
+    until("the room is back and fresh", || {
+        snapshot_field(&c2, "stale").as_bool() == Some(false)
+    })
+    .await;
+    until("bob still sees ana", || {
+        seen(&cb, &room, &a).is_some_and(|s| s != "offline")
+    })
+    .await;
+    c2.close();
+    cb.close();
+}
+
+#[wasm_bindgen_test]
+fn a_65th_room_throws_too_many_rooms() {
+    let c = connect(&unique("ana"), &[]);
+    for i in 0..64 {
+        c.join(&format!("r{i}")).unwrap();
+    }
+    let e = c.join("r64").unwrap_err();
+    assert_eq!(code_of(&e).as_deref(), Some("too_many_rooms"));
+    c.join("r0").unwrap(); // already joined: fine
     c.close();
 }
