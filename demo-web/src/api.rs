@@ -130,13 +130,16 @@ fn user(headers: &HeaderMap) -> Result<UserId, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    DevAuth.authenticate(token.trim()).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!("not a usable name: {e}"),
-        )
-    })
+    DevAuth
+        .authenticate(token.trim())
+        .map(|who| who.user)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("not a usable name: {e}"),
+            )
+        })
 }
 
 async fn session(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -17,6 +17,7 @@ use presence_core::{Machine, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::Identity;
 use crate::hub::Hub;
 use crate::redis::RedisStore;
 
@@ -74,7 +75,7 @@ impl IntoResponse for ApiError {
 /// Who is asking.
 enum Caller {
     Service,
-    User(UserId),
+    User(Identity),
 }
 
 /// The bearer token of a request, if any.
@@ -111,13 +112,13 @@ fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
 
 /// Whether `viewer` may see `target`: themselves, a room in common, or the
 /// audience policy's watch permission.
-fn may_see(hub: &Hub, machine: &Machine, viewer: &UserId, target: &UserId) -> bool {
-    viewer == target
+fn may_see(hub: &Hub, machine: &Machine, viewer: &Identity, target: &UserId) -> bool {
+    viewer.user == *target
         || machine
-            .rooms_of_user(viewer)
+            .rooms_of_user(&viewer.user)
             .iter()
             .any(|room| machine.in_room(room, target))
-        || hub.audience.may_watch(viewer, target)
+        || hub.may_watch(viewer, target)
 }
 
 fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
@@ -144,13 +145,13 @@ fn store(hub: &Hub) -> Option<&RedisStore> {
 async fn may_see_cluster(
     hub: &Hub,
     store: &RedisStore,
-    viewer: &UserId,
+    viewer: &Identity,
     target: &UserId,
 ) -> Option<bool> {
-    if viewer == target || hub.audience.may_watch(viewer, target) {
+    if viewer.user == *target || hub.may_watch(viewer, target) {
         return Some(true);
     }
-    store.share_a_room(viewer, target).await.ok()
+    store.share_a_room(&viewer.user, target).await.ok()
 }
 
 /// Cluster-level views of `users` for `caller`: (visible views, forbidden).
@@ -292,8 +293,8 @@ pub(crate) async fn room_members(
     let caller = caller(&hub, &headers)?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
-        && !hub.read(|m| m.in_room(&room, viewer))
-        && !hub.audience.may_join(viewer, &room)
+        && !hub.read(|m| m.in_room(&room, &viewer.user))
+        && !hub.may_join(viewer, &room)
     {
         return Err(ApiError::forbidden("this room"));
     }
@@ -304,8 +305,8 @@ pub(crate) async fn room_members(
     }
     hub.read(|m| {
         if let Caller::User(viewer) = &caller
-            && !m.in_room(&room, viewer)
-            && !hub.audience.may_join(viewer, &room)
+            && !m.in_room(&room, &viewer.user)
+            && !hub.may_join(viewer, &room)
         {
             return Err(ApiError::forbidden("this room"));
         }

@@ -25,7 +25,7 @@ use presence_core::{
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::audience::AudiencePolicy;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::broadcast::{Audience, Batch};
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -232,6 +232,18 @@ impl Hub {
 
     pub fn live_sessions(&self) -> usize {
         self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Whether the token's scope and the audience policy both let
+    /// `who` join (and read) `room`.
+    pub fn may_join(&self, who: &Identity, room: &RoomId) -> bool {
+        who.rooms.allows(room.as_str()) && self.audience.may_join(&who.user, room)
+    }
+
+    /// Whether the token's scope and the audience policy both let `who`
+    /// watch `target`.
+    pub fn may_watch(&self, who: &Identity, target: &UserId) -> bool {
+        who.watch.allows(target.as_str()) && self.audience.may_watch(&who.user, target)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

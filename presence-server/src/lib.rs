@@ -33,12 +33,16 @@ mod session;
 mod signal;
 
 pub use audience::{AudiencePolicy, OpenAudience};
-pub use auth::{AuthError, Authenticator, DevAuth, JwtAuth, WeakSecret};
+pub use auth::{
+    AuthError, Authenticator, DefaultAudience, DevAuth, Identity, JwtAuth, JwtKeyError,
+    MAX_SCOPE_ENTRIES, Scope,
+};
 pub use broker::{Broker, LocalBroker};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
+pub use jsonwebtoken::Algorithm as JwtAlgorithm;
 pub use presence_core;
 pub use redis::{RedisConfig, RedisSetupError, RedisStore};
 pub use server::{BuildError, Builder, PresenceServer};

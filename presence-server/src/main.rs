@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use presence_server::{
-    DataDir, DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore, ServerConfig,
+    DataDir, DefaultAudience, DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore,
+    ServerConfig,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -17,9 +18,29 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:4000")]
     bind: SocketAddr,
-    /// HS256 secret that signs user tokens (`sub` = user id, `exp` required).
+    /// HMAC secret that signs user tokens (`sub` = user id, `exp` required).
     #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// A file holding the HMAC secret (trailing whitespace is ignored).
+    #[arg(long, env = "PRESENCE_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<std::path::PathBuf>,
+    /// The issuer's PEM public key, for RS*/PS*/ES* tokens.
+    #[arg(long, env = "PRESENCE_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// The one algorithm tokens must use: HS256/384/512 with a secret (default HS256),
+    /// RS256/384/512, PS256/384/512 or ES256/384 with a public key (default RS256).
+    #[arg(long, env = "PRESENCE_JWT_ALGORITHM", value_parser = parse_algorithm)]
+    jwt_algorithm: Option<jsonwebtoken::Algorithm>,
+    /// Require this `aud` in every token.
+    #[arg(long, env = "PRESENCE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Require this `iss` in every token.
+    #[arg(long, env = "PRESENCE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// What a token without `rooms`/`watch` claims may join and watch: `open` (anything) or
+    /// `none`. Default: `none` with JWTs, `open` with --dev-auth.
+    #[arg(long, env = "PRESENCE_DEFAULT_AUDIENCE", value_enum)]
+    default_audience: Option<Audience>,
     /// DEVELOPMENT ONLY: accept the plain user name as the token. Anyone can be anyone.
     #[arg(long, env = "PRESENCE_DEV_AUTH")]
     dev_auth: bool,
@@ -77,6 +98,65 @@ struct Args {
     log: String,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    Open,
+    None,
+}
+
+fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a JWT algorithm (HS256, RS256, ES256, ...)"))
+}
+
+/// The authenticator the flags describe.
+fn jwt_auth(args: &Args) -> anyhow::Result<Option<JwtAuth>> {
+    use jsonwebtoken::Algorithm;
+    let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+        (Some(_), Some(_)) => bail!("give --jwt-secret or --jwt-secret-file, not both"),
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--jwt-secret-file {}", file.display()))?
+                .trim_end()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let auth = match (secret, &args.jwt_public_key) {
+        (Some(_), Some(_)) => bail!("give a JWT secret or --jwt-public-key, not both"),
+        (Some(secret), None) => {
+            let alg = args.jwt_algorithm.unwrap_or(Algorithm::HS256);
+            JwtAuth::hmac(alg, secret.as_bytes()).context("--jwt-secret")?
+        }
+        (None, Some(file)) => {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("--jwt-public-key {}", file.display()))?;
+            let alg = args.jwt_algorithm.unwrap_or(Algorithm::RS256);
+            JwtAuth::public_key(alg, &pem).context("--jwt-public-key")?
+        }
+        (None, None) => return Ok(None),
+    };
+    let auth = match &args.jwt_audience {
+        Some(aud) => auth.audience(aud),
+        None => auth,
+    };
+    let auth = match &args.jwt_issuer {
+        Some(iss) => auth.issuer(iss),
+        None => auth,
+    };
+    let default = match args.default_audience.unwrap_or(Audience::None) {
+        Audience::Open => {
+            tracing::warn!(
+                "!!! --default-audience open: a valid token without rooms/watch claims may join any room and watch anyone !!!"
+            );
+            DefaultAudience::Open
+        }
+        Audience::None => DefaultAudience::None,
+    };
+    Ok(Some(auth.default_audience(default)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -94,24 +174,25 @@ async fn main() -> anyhow::Result<()> {
     config.timing.typing_ttl = ms(args.typing_ttl_ms);
     config.batch_window = ms(args.batch_window_ms);
     config.outbound_queue = args.outbound_queue;
-    config.service_key = args.service_key;
+    config.service_key = args.service_key.clone();
     config.retention.keep_for = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.retention.max_offline = args.max_offline_users;
 
     let builder = PresenceServer::builder().config(config);
-    let builder = match (args.jwt_secret, args.dev_auth) {
-        (Some(_), true) => bail!("give either --jwt-secret or --dev-auth, not both"),
-        (Some(secret), false) => {
-            builder.auth(JwtAuth::hs256(secret.as_bytes()).context("--jwt-secret")?)
-        }
+    let builder = match (jwt_auth(&args)?, args.dev_auth) {
+        (Some(_), true) => bail!("give either a JWT key or --dev-auth, not both"),
+        (Some(auth), false) => builder.auth(auth),
         (None, true) => {
+            if args.default_audience == Some(Audience::None) {
+                bail!("--default-audience none needs tokens with claims: use a JWT key, not --dev-auth");
+            }
             tracing::warn!("!!! --dev-auth: the token IS the user name; anyone can be anyone !!!");
             tracing::warn!("!!! development mode: never expose this server to real users !!!");
             builder.auth(DevAuth)
         }
         (None, false) => {
             bail!(
-                "no authentication configured: give --jwt-secret (or PRESENCE_JWT_SECRET), or --dev-auth for local development"
+                "no authentication configured: give --jwt-secret, --jwt-secret-file or --jwt-public-key, or --dev-auth for local development"
             )
         }
     };

@@ -19,6 +19,7 @@ use presence_core::protocol::{
 use presence_core::{Activity, ConnId, ResumeToken, RoomId, UserId};
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::Identity;
 use crate::config::RateLimit;
 use crate::hub::{Close, Hub, Registered, text_frame};
 
@@ -341,12 +342,13 @@ where
 }
 
 /// Runs one authenticated socket to its end.
-pub(crate) async fn run<W, R>(hub: Arc<Hub>, user: UserId, mut sink: W, mut stream: R)
+pub(crate) async fn run<W, R>(hub: Arc<Hub>, who: Identity, mut sink: W, mut stream: R)
 where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let _live = hub.session_guard();
+    let user = who.user.clone();
     let (resume, activity) = match read_hello(&hub, &mut stream).await {
         Ok(hello) => hello,
         Err((frame, close)) => {
@@ -393,7 +395,7 @@ where
     let writer = tokio::spawn(write(sink, outbound, close.clone()));
     let mut session = Session {
         hub: &hub,
-        user: &user,
+        who: &who,
         conn,
         generation,
         bucket: Bucket::new(hub.config.rate),
@@ -436,7 +438,7 @@ where
 
 struct Session<'a> {
     hub: &'a Hub,
-    user: &'a UserId,
+    who: &'a Identity,
     conn: ConnId,
     generation: u64,
     bucket: Bucket,
@@ -514,7 +516,7 @@ impl Session<'_> {
         match msg {
             ClientMessage::Hello { .. } => Err(ErrorCode::AlreadyGreeted),
             ClientMessage::Join { room } => {
-                if !hub.audience.may_join(self.user, room) {
+                if !hub.may_join(self.who, room) {
                     return Err(ErrorCode::Forbidden);
                 }
                 hub.join(conn, generation, room.clone())
@@ -526,7 +528,7 @@ impl Session<'_> {
                 let (allowed, refused): (Vec<UserId>, Vec<UserId>) = users
                     .iter()
                     .cloned()
-                    .partition(|u| hub.audience.may_watch(self.user, u));
+                    .partition(|u| hub.may_watch(self.who, u));
                 if !refused.is_empty() {
                     let names: Vec<&str> = refused.iter().map(UserId::as_str).collect();
                     self.refuse(

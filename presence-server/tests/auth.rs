@@ -94,3 +94,67 @@ async fn frames_naming_another_user_still_act_for_the_authenticated_one() {
     assert_eq!(e["code"], "already_greeted");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn rooms_and_watch_claims_are_enforced_on_the_socket_and_the_http_api() {
+    let srv = TestServer::start(calm_config()).await;
+    let token = token_with(json!({
+        "sub": "ana", "exp": now_secs() + 3600,
+        "rooms": ["team-42-*"], "watch": ["bob"],
+    }));
+    let url = format!("ws://{}/ws?token={token}", srv.addr);
+    let mut ana = Client::connect(&url, "ana", None).await;
+    ana.join("team-42-design").await;
+    ana.send(json!({"type": "join", "room": "general"})).await;
+    let e = ana.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["frame"], &e["room"]),
+        (&json!("forbidden"), &json!("join"), &json!("general"))
+    );
+    ana.send(json!({"type": "watch", "users": ["bob", "carol"]}))
+        .await;
+    let e = ana.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["users"]),
+        (&json!("forbidden"), &json!(["carol"]))
+    );
+    assert_eq!(names(&ana.frame("watching").await["users"]), ["bob"]);
+    let (status, _) = srv.get("/v1/rooms/general/members", &token).await;
+    assert_eq!(status, 403);
+    let (status, _) = srv.get("/v1/rooms/team-42-x/members", &token).await;
+    assert_eq!(status, 200);
+    let (status, _) = srv.get("/v1/users/carol/presence", &token).await;
+    assert_eq!(status, 403);
+    let (status, _) = srv.get("/v1/users/bob/presence", &token).await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn with_default_audience_none_a_token_without_claims_joins_nothing() {
+    use presence_server::{DefaultAudience, JwtAuth, PresenceServer};
+    let auth = JwtAuth::hs256(SECRET)
+        .expect("secret")
+        .default_audience(DefaultAudience::None);
+    let builder = PresenceServer::builder().config(calm_config());
+    let srv = TestServer::start_with_auth(builder, auth).await;
+    let mut ana = srv.client("ana").await;
+    ana.send(json!({"type": "join", "room": "general"})).await;
+    assert_eq!(ana.frame("error").await["code"], "forbidden");
+    let scoped = token_with(json!({"sub": "bob", "exp": now_secs() + 3600, "rooms": ["general"]}));
+    let url = format!("ws://{}/ws?token={scoped}", srv.addr);
+    let mut bob = Client::connect(&url, "bob", None).await;
+    assert_eq!(names(&bob.join("general").await["members"]), ["bob"]);
+    // One entry over the bound (the unit tests try 10,000), in a header.
+    let huge: Vec<String> = (0..1001).map(|i| format!("r{i}")).collect();
+    let bad = token_with(json!({"sub": "eve", "exp": now_secs() + 3600, "rooms": huge}));
+    let mut req = format!("ws://{}/ws", srv.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {bad}").parse().expect("header"),
+    );
+    assert_eq!(upgrade_status(req).await, 401);
+    srv.stop().await;
+}

@@ -36,9 +36,14 @@ pub fn token(user: &str) -> String {
 }
 
 pub fn token_exp(user: &str, exp: u64) -> String {
+    token_with(json!({ "sub": user, "exp": exp }))
+}
+
+/// A token with these claims, signed with [`SECRET`].
+pub fn token_with(claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({ "sub": user, "exp": exp }),
+        &claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET).expect("secret"),
     )
     .expect("token encodes")
@@ -83,10 +88,11 @@ impl TestServer {
     }
 
     pub async fn start_with(builder: Builder) -> Self {
-        let server = builder
-            .auth(JwtAuth::hs256(SECRET).expect("secret"))
-            .build()
-            .expect("server builds");
+        Self::start_with_auth(builder, JwtAuth::hs256(SECRET).expect("secret")).await
+    }
+
+    pub async fn start_with_auth(builder: Builder, auth: JwtAuth) -> Self {
+        let server = builder.auth(auth).build().expect("server builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
