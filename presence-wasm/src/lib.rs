@@ -59,11 +59,14 @@ pub fn protocol_version() -> u32 {
 /// A live presence connection for this page.
 ///
 /// `close()`, `free()` and `[Symbol.dispose]` (`using`) all end it the same
-/// way: `leaving`, the socket closed, listeners removed, never reconnected.
-/// wasm-bindgen's own `free` would drop the Rust object with the socket still
-/// open and turn every later call into "null pointer passed to rust"; the
-/// `free` below replaces it (a class body's later method wins), so the small
-/// object stays until garbage collection and later calls throw `closed`.
+/// way: `leaving`, the socket closed, listeners removed, never reconnected;
+/// any later call but `getSnapshot` throws an `Error` with `code: "closed"`.
+//
+// wasm-bindgen's own `free` would drop the Rust object with the socket still
+// open and turn every later call into "null pointer passed to rust". The
+// `free` below replaces it (in a JS class body the later method wins, and
+// `[Symbol.dispose]` is wired to `prototype.free`), so the small object stays
+// until garbage collection, whose finalizer drops it (and `Drop` closes).
 #[wasm_bindgen]
 pub struct PresenceClient {
     shared: Shared,

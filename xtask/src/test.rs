@@ -31,7 +31,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         command.current_dir(&ws.root);
         command
     };
-    let mut steps = Steps::new(9);
+    let mut steps = Steps::new(10);
     steps.step(
         "setup: toolchain, Chromium, Redis, node tools, wasm test runner",
         || {
@@ -123,6 +123,25 @@ pub fn run(ws: &Workspace) -> Result<()> {
                 cmd::in_dir("node", &ws.root)
                     .arg(consumer.join("run.mjs"))
                     .env("PRESENCE_TEST_WS", server.ws_url())
+                    .env("PRESENCE_TARBALL", &tarball)
+                    .env("TMPDIR", ws.target.join("tmp")),
+            )
+        },
+    )?;
+    steps.step(
+        "SDK across a server restart (presence-wasm/e2e-restart)",
+        || {
+            let dir = ws.root.join("presence-wasm").join("e2e-restart");
+            let version = ws.package_field("presence-wasm", "version")?;
+            let tarball = ws
+                .target
+                .join(format!("presence-rs-presence-{version}.tgz"));
+            let binary = server::build(ws, "dev")?;
+            cmd::run(cmd::in_dir("npm", &dir).args(["ci", "--no-audit", "--no-fund"]))?;
+            cmd::run(
+                cmd::in_dir("node", &ws.root)
+                    .arg(dir.join("run.mjs"))
+                    .env("PRESENCE_SERVER", &binary)
                     .env("PRESENCE_TARBALL", &tarball)
                     .env("TMPDIR", ws.target.join("tmp")),
             )
