@@ -622,3 +622,84 @@ fn a_65th_room_throws_too_many_rooms() {
     c.join("r0").unwrap(); // already joined: fine
     c.close();
 }
+
+/// Connection states a client reports from now on.
+fn record_connections(c: &PresenceClient) -> (Rc<RefCell<Vec<String>>>, JsValue) {
+    let states = Rc::new(RefCell::new(Vec::new()));
+    let log = states.clone();
+    let cb = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        log.borrow_mut()
+            .push(get(&e, "state").as_string().unwrap_or_default());
+    });
+    let off = c
+        .on_connection(cb.as_ref().clone().unchecked_into())
+        .unwrap();
+    cb.forget();
+    (states, off.into())
+}
+
+#[wasm_bindgen_test]
+async fn pagehide_closes_for_good_until_pageshow_from_the_back_forward_cache_resumes() {
+    let Pair {
+        room, a, b, ca, cb, ..
+    } = met().await;
+    let (states, _off) = record_connections(&ca);
+    let pageshow = || {
+        js_sys::eval(
+            "window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true }))",
+        )
+        .unwrap();
+    };
+    // The page goes into the cache: `leaving`, and the server's 1000 close that follows it
+    // starts no reconnect (a timer, an `online` event neither).
+    dispatch(&window(), "pagehide");
+    TimeoutFuture::new(300).await;
+    dispatch(&window(), "online");
+    TimeoutFuture::new(300).await;
+    assert_eq!(
+        snapshot_field(&ca, "connection").as_string().as_deref(),
+        Some("closed")
+    );
+    assert!(
+        !states.borrow().iter().any(|s| s == "connecting"),
+        "no reconnect after pagehide: {:?}",
+        states.borrow()
+    );
+    // (Bob's client is in the same page: it went too, and comes back with it.)
+    // Restored: it connects again by itself and is seen.
+    pageshow();
+    let live = |c: &PresenceClient| {
+        snapshot_field(c, "connection").as_string().as_deref() == Some("connected")
+            && snapshot_field(c, "stale").as_bool() == Some(false)
+    };
+    until("both connected again with fresh rooms", || {
+        live(&ca) && live(&cb)
+    })
+    .await;
+    assert_eq!(seen(&cb, &room, &a).as_deref(), Some("active"));
+    assert_eq!(seen(&ca, &room, &b).as_deref(), Some("active"));
+    // Hidden and shown again within the leave grace: resumed, so bob sees nothing.
+    let gone = Rc::new(RefCell::new(false));
+    let (g, user) = (gone.clone(), a.clone());
+    let watch_bob = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let p = get(&e, "presence");
+        if get(&p, "user").as_string().as_deref() == Some(user.as_str())
+            && get(&p, "state").as_string().as_deref() == Some("offline")
+        {
+            *g.borrow_mut() = true;
+        }
+    });
+    let _off_b = cb
+        .on_presence(watch_bob.as_ref().clone().unchecked_into())
+        .unwrap();
+    dispatch(&window(), "pagehide");
+    pageshow();
+    until("ana connected again", || {
+        snapshot_field(&ca, "connection").as_string().as_deref() == Some("connected")
+    })
+    .await;
+    TimeoutFuture::new(500).await;
+    assert!(!*gone.borrow(), "a resume within the leave grace is silent");
+    ca.close();
+    cb.close();
+}
