@@ -676,8 +676,11 @@ async fn pagehide_closes_for_good_until_pageshow_from_the_back_forward_cache_res
         live(&ca) && live(&cb)
     })
     .await;
-    assert_eq!(seen(&cb, &room, &a).as_deref(), Some("active"));
-    assert_eq!(seen(&ca, &room, &b).as_deref(), Some("active"));
+    until("each sees the other active again", || {
+        seen(&cb, &room, &a).as_deref() == Some("active")
+            && seen(&ca, &room, &b).as_deref() == Some("active")
+    })
+    .await;
     // Hidden and shown again within the leave grace: resumed, so bob sees nothing.
     let gone = Rc::new(RefCell::new(false));
     let (g, user) = (gone.clone(), a.clone());
