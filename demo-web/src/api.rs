@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt, stream};
 use presence_server::presence_core::UserId;
-use presence_server::{Authenticator, DevAuth};
+use presence_server::{DevAuth, TokenAuthenticator};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -131,7 +131,7 @@ fn user(headers: &HeaderMap) -> Result<UserId, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
     DevAuth
-        .authenticate(token.trim())
+        .check(token.trim())
         .map(|who| who.user)
         .map_err(|e| {
             ApiError::new(

@@ -9,6 +9,10 @@
 //!
 //! [`AudiencePolicy`]: crate::AudiencePolicy
 
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, header};
+use futures_util::future::BoxFuture;
 use presence_core::{Millis, RoomId, UserId};
 use serde::Deserialize;
 
@@ -131,6 +135,8 @@ pub struct Identity {
     /// When the token stops being valid; the socket is closed with 4101
     /// then, unless the client sent a fresh token first.
     pub expires: Option<Millis>,
+    /// The token's other claims (team, roles, ...), for the audience policy.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<UserId> for Identity {
@@ -141,15 +147,67 @@ impl From<UserId> for Identity {
             rooms: Scope::Any,
             watch: Scope::Any,
             expires: None,
+            claims: serde_json::Map::new(),
         }
     }
 }
 
-/// Verifies the token presented by a client and names its user. Embedding
-/// apps implement this to accept their own sessions.
+/// What an [`Authenticator`] may look at: the token (the `token` query
+/// parameter, or an `Authorization: Bearer` header), and the WebSocket
+/// upgrade's (or HTTP request's) headers, cookies included, and query.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    /// The presented token, if any.
+    pub token: Option<&'a str>,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// The request's query parameters.
+    pub query: &'a HashMap<String, String>,
+}
+
+impl AuthRequest<'_> {
+    /// The value of cookie `name`, if the request carries it.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
+}
+
+/// Decides who a request speaks for. Async, so an embedding app can look up
+/// a session; bounded by
+/// [`ServerConfig::policy_timeout`](crate::ServerConfig::policy_timeout)
+/// (a timeout is refused with 503). For tokens checked without I/O
+/// ([`JwtAuth`], [`DevAuth`]), implement [`TokenAuthenticator`] instead.
 pub trait Authenticator: Send + Sync + 'static {
+    /// Who `request` speaks for, or why it is refused.
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest<'a>,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>>;
+}
+
+/// An [`Authenticator`] that needs only the token and no I/O.
+pub trait TokenAuthenticator: Send + Sync + 'static {
     /// Who `token` speaks for, or why it is refused.
-    fn authenticate(&self, token: &str) -> Result<Identity, AuthError>;
+    fn check(&self, token: &str) -> Result<Identity, AuthError>;
+}
+
+impl<T: TokenAuthenticator> Authenticator for T {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest<'a>,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        let result = request
+            .token
+            .ok_or(AuthError::Missing)
+            .and_then(|t| self.check(t));
+        Box::pin(std::future::ready(result))
+    }
 }
 
 /// What a token without `rooms`/`watch` claims may do.
@@ -188,6 +246,8 @@ struct Claims {
     exp: Option<u64>,
     rooms: Option<Vec<String>>,
     watch: Option<Vec<String>>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 impl JwtAuth {
@@ -280,8 +340,8 @@ impl JwtAuth {
     }
 }
 
-impl Authenticator for JwtAuth {
-    fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+impl TokenAuthenticator for JwtAuth {
+    fn check(&self, token: &str) -> Result<Identity, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
@@ -303,6 +363,7 @@ impl Authenticator for JwtAuth {
             rooms: scope("rooms", claims.rooms, |id| RoomId::new(id).is_ok())?,
             watch: scope("watch", claims.watch, |id| UserId::new(id).is_ok())?,
             expires: claims.exp.map(|s| Millis(s.saturating_mul(1000))),
+            claims: claims.rest,
             user,
         })
     }
@@ -314,8 +375,8 @@ impl Authenticator for JwtAuth {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DevAuth;
 
-impl Authenticator for DevAuth {
-    fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+impl TokenAuthenticator for DevAuth {
+    fn check(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -363,25 +424,16 @@ mod tests {
         let auth = JwtAuth::hs256(S).expect("long enough");
         let ok = token(S, "ana", now() + 60);
         assert_eq!(
-            auth.authenticate(&ok).map(|i| i.user.to_string()),
+            auth.check(&ok).map(|i| i.user.to_string()),
             Ok("ana".into())
         );
         let expired = token(S, "ana", now() - 3600);
-        assert_eq!(auth.authenticate(&expired), Err(AuthError::Expired));
+        assert_eq!(auth.check(&expired), Err(AuthError::Expired));
         let forged = token(b"0123456789abcdef0123456789abcdeX", "ana", now() + 60);
-        assert!(matches!(
-            auth.authenticate(&forged),
-            Err(AuthError::Invalid(_))
-        ));
-        assert!(matches!(
-            auth.authenticate("garbage"),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(auth.check(&forged), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth.check("garbage"), Err(AuthError::Invalid(_))));
         let bad_sub = token(S, "a b", now() + 60);
-        assert!(matches!(
-            auth.authenticate(&bad_sub),
-            Err(AuthError::BadUser(_))
-        ));
+        assert!(matches!(auth.check(&bad_sub), Err(AuthError::BadUser(_))));
     }
 
     #[test]
@@ -396,12 +448,12 @@ mod tests {
             )
             .expect("encodes")
         };
-        assert!(auth.authenticate(&with_nbf(now() + 600)).is_err());
+        assert!(auth.check(&with_nbf(now() + 600)).is_err());
         assert!(
-            auth.authenticate(&with_nbf(now() + 10)).is_ok(),
+            auth.check(&with_nbf(now() + 10)).is_ok(),
             "within the leeway"
         );
-        assert!(auth.authenticate(&with_nbf(now() - 10)).is_ok());
+        assert!(auth.check(&with_nbf(now() - 10)).is_ok());
     }
 
     fn sign(alg: jsonwebtoken::Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
@@ -440,7 +492,7 @@ mod tests {
             let auth = auth.expect("a usable key");
             let ok = sign(alg, key, claims(serde_json::json!({})));
             assert_eq!(
-                auth.authenticate(&ok).map(|i| i.user.to_string()),
+                auth.check(&ok).map(|i| i.user.to_string()),
                 Ok("ana".into()),
                 "{alg:?}"
             );
@@ -453,15 +505,9 @@ mod tests {
             &EncodingKey::from_secret(RSA_PUBLIC).expect("key"),
             claims(serde_json::json!({})),
         );
-        assert!(matches!(
-            rs256.authenticate(&confused),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(rs256.check(&confused), Err(AuthError::Invalid(_))));
         let ps = sign(PS256, &rsa, claims(serde_json::json!({})));
-        assert!(matches!(
-            rs256.authenticate(&ps),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(rs256.check(&ps), Err(AuthError::Invalid(_))));
         // alg "none": header and payload with an empty signature.
         let b64 = |v: &str| {
             use std::fmt::Write;
@@ -483,12 +529,9 @@ mod tests {
             b64(r#"{"alg":"none","typ":"JWT"}"#),
             b64(&claims(serde_json::json!({})).to_string())
         );
+        assert!(matches!(rs256.check(&none), Err(AuthError::Invalid(_))));
         assert!(matches!(
-            rs256.authenticate(&none),
-            Err(AuthError::Invalid(_))
-        ));
-        assert!(matches!(
-            JwtAuth::hmac(HS256, S).expect("key").authenticate(&none),
+            JwtAuth::hmac(HS256, S).expect("key").check(&none),
             Err(AuthError::Invalid(_))
         ));
         // Keys that do not fit.
@@ -510,7 +553,7 @@ mod tests {
         );
         // Another key pair of the right kind.
         let other = sign(ES256, &ec, claims(serde_json::json!({})));
-        assert!(rs256.authenticate(&other).is_err());
+        assert!(rs256.check(&other).is_err());
     }
 
     #[test]
@@ -520,15 +563,9 @@ mod tests {
         let hs = |c| sign(jsonwebtoken::Algorithm::HS256, &key, c);
         let plain = JwtAuth::hs256(S).expect("key");
         let no_exp = hs(serde_json::json!({ "sub": "ana" }));
-        assert!(matches!(
-            plain.authenticate(&no_exp),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(plain.check(&no_exp), Err(AuthError::Invalid(_))));
         let no_sub = hs(serde_json::json!({ "exp": now() + 600 }));
-        assert!(matches!(
-            plain.authenticate(&no_sub),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(plain.check(&no_sub), Err(AuthError::Invalid(_))));
         for sub in [r"a\u0007b", &"x".repeat(129), ""] {
             let t = hs(serde_json::from_str(&format!(
                 r#"{{"sub":"{sub}","exp":{}}}"#,
@@ -536,7 +573,7 @@ mod tests {
             ))
             .expect("json"));
             assert!(
-                matches!(plain.authenticate(&t), Err(AuthError::BadUser(_))),
+                matches!(plain.check(&t), Err(AuthError::BadUser(_))),
                 "{sub:?}"
             );
         }
@@ -547,7 +584,7 @@ mod tests {
         let good = hs(claims(
             serde_json::json!({ "aud": "chat", "iss": "https://id.example" }),
         ));
-        assert!(strict.authenticate(&good).is_ok());
+        assert!(strict.check(&good).is_ok());
         for bad in [
             serde_json::json!({ "aud": "other", "iss": "https://id.example" }),
             serde_json::json!({ "aud": "chat", "iss": "https://evil.example" }),
@@ -556,7 +593,7 @@ mod tests {
         ] {
             let t = hs(claims(bad.clone()));
             assert!(
-                matches!(strict.authenticate(&t), Err(AuthError::Invalid(_))),
+                matches!(strict.check(&t), Err(AuthError::Invalid(_))),
                 "{bad}"
             );
         }
@@ -571,24 +608,24 @@ mod tests {
         let t = hs(claims(
             serde_json::json!({ "rooms": ["general", "team-42-*"], "watch": ["bob"] }),
         ));
-        let who = auth.authenticate(&t).expect("valid");
+        let who = auth.check(&t).expect("valid");
         assert!(who.rooms.allows("general") && who.rooms.allows("team-42-design"));
         assert!(!who.rooms.allows("team-43-x") && !who.rooms.allows("gen"));
         assert!(who.watch.allows("bob") && !who.watch.allows("carol"));
         assert_eq!(who.expires.map(|m| m.0 / 1000), Some(now() + 600));
         let open = auth
-            .authenticate(&hs(claims(serde_json::json!({}))))
+            .check(&hs(claims(serde_json::json!({}))))
             .expect("valid");
         assert_eq!((open.rooms, open.watch), (Scope::Any, Scope::Any));
         let closed = JwtAuth::hs256(S)
             .expect("key")
             .default_audience(DefaultAudience::None);
         let none = closed
-            .authenticate(&hs(claims(serde_json::json!({}))))
+            .check(&hs(claims(serde_json::json!({}))))
             .expect("valid");
         assert!(!none.rooms.allows("general") && !none.watch.allows("bob"));
         let star = closed
-            .authenticate(&hs(claims(serde_json::json!({ "rooms": ["*"] }))))
+            .check(&hs(claims(serde_json::json!({ "rooms": ["*"] }))))
             .expect("valid");
         assert!(star.rooms.allows("anything"));
         let huge: Vec<String> = (0..10_000).map(|i| format!("r{i}")).collect();
@@ -600,16 +637,16 @@ mod tests {
             serde_json::json!({ "watch": ["ok", "tab\tinside"] }),
         ] {
             let t = hs(claims(bad.clone()));
-            assert!(auth.authenticate(&t).is_err(), "{bad}");
+            assert!(auth.check(&t).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn dev_auth_takes_the_token_as_the_user_name() {
         assert_eq!(
-            DevAuth.authenticate("bob").map(|i| i.user.to_string()),
+            DevAuth.check("bob").map(|i| i.user.to_string()),
             Ok("bob".into())
         );
-        assert_eq!(DevAuth.authenticate(""), Err(AuthError::Missing));
+        assert_eq!(DevAuth.check(""), Err(AuthError::Missing));
     }
 }

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Buffered host-app events per subscriber before the slowest one skips. Default 4096.
     pub event_buffer: usize,
+    /// Longest wait for an async [`Authenticator`](crate::Authenticator) or
+    /// [`AudiencePolicy`](crate::AudiencePolicy) answer. Default 2 s.
+    pub policy_timeout: Duration,
     /// How long offline users (status, text, last seen, read markers) are
     /// remembered, and how many at most. Default 30 days, 1,000,000 users.
     pub retention: Retention,
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             max_bulk_users: 500,
             max_body_bytes: 64 * 1024,
             event_buffer: 4096,
+            policy_timeout: Duration::from_secs(2),
             retention: Retention::default(),
         }
     }
@@ -174,6 +178,9 @@ impl ServerConfig {
         }
         if self.hello_timeout.is_zero() {
             return Err(ConfigError::Zero("hello_timeout"));
+        }
+        if self.policy_timeout.is_zero() {
+            return Err(ConfigError::Zero("policy_timeout"));
         }
         if !(self.rate.per_second.is_finite() && self.rate.per_second > 0.0) {
             return Err(ConfigError::BadRate(self.rate.per_second));

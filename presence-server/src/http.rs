@@ -5,20 +5,21 @@
 //! them, people the audience policy lets them watch); the configured service
 //! key sees everything.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use presence_core::{Machine, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::Identity;
-use crate::hub::Hub;
+use crate::auth::{AuthRequest, Identity};
+use crate::hub::{Hub, PolicyTimeout};
 use crate::redis::RedisStore;
 
 /// An API error: HTTP status plus `{"error":{"code","message"}}`.
@@ -55,6 +56,20 @@ impl ApiError {
 
     fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+    }
+
+    pub(crate) fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the app's auth or audience hook did not answer in time; retry",
+        )
+    }
+}
+
+impl From<PolicyTimeout> for ApiError {
+    fn from(_: PolicyTimeout) -> Self {
+        Self::unavailable()
     }
 }
 
@@ -94,15 +109,24 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn caller(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Caller, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     if let Some(key) = &hub.config.service_key
         && same_secret(key.as_bytes(), token.as_bytes())
     {
         return Ok(Caller::Service);
     }
-    match hub.auth.authenticate(token) {
-        Ok(user) => Ok(Caller::User(user)),
+    let request = AuthRequest {
+        token: Some(token),
+        headers,
+        query,
+    };
+    match hub.bounded(hub.auth.authenticate(&request)).await? {
+        Ok(who) => Ok(Caller::User(who)),
         Err(e) => {
             tracing::debug!(error = %e, "HTTP API token refused");
             Err(ApiError::unauthorized())
@@ -110,15 +134,20 @@ fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
     }
 }
 
-/// Whether `viewer` may see `target`: themselves, a room in common, or the
-/// audience policy's watch permission.
-fn may_see(hub: &Hub, machine: &Machine, viewer: &Identity, target: &UserId) -> bool {
-    viewer.user == *target
-        || machine
-            .rooms_of_user(&viewer.user)
-            .iter()
-            .any(|room| machine.in_room(room, target))
-        || hub.may_watch(viewer, target)
+/// Whether `viewer` may see `target`: themselves, a room in common, or
+/// their token's watch scope and the audience policy.
+async fn may_see(hub: &Hub, viewer: &Identity, target: &UserId) -> Result<bool, ApiError> {
+    let shared = viewer.user == *target
+        || hub.read(|m| {
+            m.rooms_of_user(&viewer.user)
+                .iter()
+                .any(|room| m.in_room(room, target))
+        });
+    if shared || hub.may_watch(viewer, target).await? {
+        return Ok(true);
+    }
+    hub.metrics.deny("http");
+    Ok(false)
 }
 
 fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
@@ -148,7 +177,7 @@ async fn may_see_cluster(
     viewer: &Identity,
     target: &UserId,
 ) -> Option<bool> {
-    if viewer.user == *target || hub.may_watch(viewer, target) {
+    if viewer.user == *target || hub.may_watch(viewer, target).await.ok()? {
         return Some(true);
     }
     store.share_a_room(&viewer.user, target).await.ok()
@@ -187,9 +216,10 @@ async fn cluster_views(
 pub(crate) async fn user_presence(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     Path(id): Path<String>,
 ) -> Result<Json<PresenceView>, ApiError> {
-    let caller = caller(&hub, &headers)?;
+    let caller = caller(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Some((mut views, forbidden)) =
         cluster_views(&hub, &caller, std::slice::from_ref(&user)).await
@@ -201,14 +231,12 @@ pub(crate) async fn user_presence(
             return Ok(Json(v));
         }
     }
-    hub.read(|m| {
-        if let Caller::User(viewer) = &caller
-            && !may_see(&hub, m, viewer, &user)
-        {
-            return Err(ApiError::forbidden("this user"));
-        }
-        Ok(Json(view_of(m, &user)))
-    })
+    if let Caller::User(viewer) = &caller
+        && !may_see(&hub, viewer, &user).await?
+    {
+        return Err(ApiError::forbidden("this user"));
+    }
+    Ok(Json(hub.read(|m| view_of(m, &user))))
 }
 
 #[derive(Deserialize)]
@@ -228,9 +256,10 @@ pub(crate) struct BulkResponse {
 pub(crate) async fn bulk_presence(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BulkResponse>, ApiError> {
-    let caller = caller(&hub, &headers)?;
+    let caller = caller(&hub, &headers, &query).await?;
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -260,21 +289,23 @@ pub(crate) async fn bulk_presence(
     if let Some((users, forbidden)) = cluster_views(&hub, &caller, &users).await {
         return Ok(Json(BulkResponse { users, forbidden }));
     }
-    Ok(hub.read(|m| {
-        let mut out = BulkResponse {
-            users: Vec::with_capacity(users.len()),
-            forbidden: Vec::new(),
+    let mut allowed = Vec::with_capacity(users.len());
+    let mut forbidden = Vec::new();
+    for user in users {
+        let ok = match &caller {
+            Caller::Service => true,
+            Caller::User(viewer) => may_see(&hub, viewer, &user).await?,
         };
-        for user in users {
-            match &caller {
-                Caller::User(viewer) if !may_see(&hub, m, viewer, &user) => {
-                    out.forbidden.push(user);
-                }
-                _ => out.users.push(view_of(m, &user)),
-            }
+        if ok {
+            allowed.push(user);
+        } else {
+            forbidden.push(user);
         }
-        Json(out)
-    }))
+    }
+    Ok(Json(hub.read(|m| BulkResponse {
+        users: allowed.iter().map(|u| view_of(m, u)).collect(),
+        forbidden,
+    })))
 }
 
 #[derive(Serialize)]
@@ -288,14 +319,16 @@ pub(crate) struct RoomMembers {
 pub(crate) async fn room_members(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     Path(room): Path<String>,
 ) -> Result<Json<RoomMembers>, ApiError> {
-    let caller = caller(&hub, &headers)?;
+    let caller = caller(&hub, &headers, &query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
         && !hub.read(|m| m.in_room(&room, &viewer.user))
-        && !hub.may_join(viewer, &room)
+        && !hub.may_join(viewer, &room).await?
     {
+        hub.metrics.deny("http");
         return Err(ApiError::forbidden("this room"));
     }
     if let Some(store) = store(&hub)
@@ -303,18 +336,10 @@ pub(crate) async fn room_members(
     {
         return Ok(Json(RoomMembers { room, members }));
     }
-    hub.read(|m| {
-        if let Caller::User(viewer) = &caller
-            && !m.in_room(&room, &viewer.user)
-            && !hub.may_join(viewer, &room)
-        {
-            return Err(ApiError::forbidden("this room"));
-        }
-        Ok(Json(RoomMembers {
-            members: m.members(&room),
-            room,
-        }))
-    })
+    Ok(Json(hub.read(|m| RoomMembers {
+        members: m.members(&room),
+        room,
+    })))
 }
 
 /// `GET /healthz`: 200 while serving, 503 while shutting down. With Redis,

@@ -119,6 +119,11 @@ pub(crate) struct Hub {
     pub sessions_done: Notify,
 }
 
+/// An app hook (authenticator or audience policy) did not answer within
+/// `ServerConfig::policy_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyTimeout;
+
 /// Where user state outlives this process.
 pub(crate) enum Kept {
     /// Nowhere: a restart forgets it.
@@ -235,15 +240,32 @@ impl Hub {
     }
 
     /// Whether the token's scope and the audience policy both let
-    /// `who` join (and read) `room`.
-    pub fn may_join(&self, who: &Identity, room: &RoomId) -> bool {
-        who.rooms.allows(room.as_str()) && self.audience.may_join(&who.user, room)
+    /// `who` join (and read) `room`; `Err` if the policy did not answer in
+    /// time.
+    pub async fn may_join(&self, who: &Identity, room: &RoomId) -> Result<bool, PolicyTimeout> {
+        if !who.rooms.allows(room.as_str()) {
+            return Ok(false);
+        }
+        self.bounded(self.audience.may_join(who, room)).await
     }
 
     /// Whether the token's scope and the audience policy both let `who`
-    /// watch `target`.
-    pub fn may_watch(&self, who: &Identity, target: &UserId) -> bool {
-        who.watch.allows(target.as_str()) && self.audience.may_watch(&who.user, target)
+    /// watch `target`; `Err` if the policy did not answer in time.
+    pub async fn may_watch(&self, who: &Identity, target: &UserId) -> Result<bool, PolicyTimeout> {
+        if !who.watch.allows(target.as_str()) {
+            return Ok(false);
+        }
+        self.bounded(self.audience.may_watch(who, target)).await
+    }
+
+    /// Runs an app hook within the policy timeout, counting timeouts.
+    pub async fn bounded<T>(&self, hook: impl Future<Output = T>) -> Result<T, PolicyTimeout> {
+        let r = tokio::time::timeout(self.config.policy_timeout, hook).await;
+        if r.is_err() {
+            self.metrics.policy_timeouts.inc();
+            tracing::warn!(timeout = ?self.config.policy_timeout, "an app hook did not answer in time");
+        }
+        r.map_err(|_| PolicyTimeout)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -32,16 +32,17 @@ mod server;
 mod session;
 mod signal;
 
-pub use audience::{AudiencePolicy, OpenAudience};
+pub use audience::{AudiencePolicy, OpenAudience, SyncAudience};
 pub use auth::{
-    AuthError, Authenticator, DefaultAudience, DevAuth, Identity, JwtAuth, JwtKeyError,
-    MAX_SCOPE_ENTRIES, Scope,
+    AuthError, AuthRequest, Authenticator, DefaultAudience, DevAuth, Identity, JwtAuth,
+    JwtKeyError, MAX_SCOPE_ENTRIES, Scope, TokenAuthenticator,
 };
 pub use broker::{Broker, LocalBroker};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
+pub use futures_util::future::BoxFuture;
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
 pub use presence_core;
 pub use redis::{RedisConfig, RedisSetupError, RedisStore};

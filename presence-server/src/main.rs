@@ -184,7 +184,9 @@ async fn main() -> anyhow::Result<()> {
         (Some(auth), false) => builder.auth(auth),
         (None, true) => {
             if args.default_audience == Some(Audience::None) {
-                bail!("--default-audience none needs tokens with claims: use a JWT key, not --dev-auth");
+                bail!(
+                    "--default-audience none needs tokens with claims: use a JWT key, not --dev-auth"
+                );
             }
             tracing::warn!("!!! --dev-auth: the token IS the user name; anyone can be anyone !!!");
             tracing::warn!("!!! development mode: never expose this server to real users !!!");

@@ -22,6 +22,8 @@ pub(crate) struct Metrics {
     pub time_to_offline: Histogram,
     pub resumes: Counter,
     pub unauthorized: Counter,
+    pub denied: Family<Labels, Counter>,
+    pub policy_timeouts: Counter,
     pub fanout: Histogram,
     pub redis_up: Gauge,
 }
@@ -78,6 +80,18 @@ impl Metrics {
             "WebSocket upgrades refused with 401",
             unauthorized.clone(),
         );
+        let denied = Family::<Labels, Counter>::default();
+        registry.register(
+            "denied",
+            "Requests the token's scope or the audience policy refused, by what (join, watch, http)",
+            denied.clone(),
+        );
+        let policy_timeouts = Counter::default();
+        registry.register(
+            "policy_timeouts",
+            "Authenticator or audience policy answers that took longer than policy_timeout",
+            policy_timeouts.clone(),
+        );
         let fanout = Histogram::new(exponential_buckets(1.0, 4.0, 9));
         registry.register(
             "fanout_deliveries",
@@ -104,9 +118,15 @@ impl Metrics {
             time_to_offline,
             resumes,
             unauthorized,
+            denied,
+            policy_timeouts,
             fanout,
             redis_up,
         }
+    }
+
+    pub fn deny(&self, what: &'static str) {
+        self.denied.get_or_create(&[("what", what)]).inc();
     }
 
     pub fn reject(&self, code: presence_core::protocol::ErrorCode) {

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::audience::{AudiencePolicy, OpenAudience};
-use crate::auth::Authenticator;
+use crate::auth::{AuthRequest, Authenticator};
 use crate::broker::{Broker, LocalBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, ServerConfig};
@@ -428,17 +428,19 @@ async fn upgrade(
         .get("token")
         .map(String::as_str)
         .or_else(|| http::bearer(&headers));
-    let user = match token.map(|t| hub.auth.authenticate(t)) {
-        Some(Ok(user)) => user,
-        Some(Err(e)) => {
+    let request = AuthRequest {
+        token,
+        headers: &headers,
+        query: &query,
+    };
+    let user = match hub.bounded(hub.auth.authenticate(&request)).await {
+        Ok(Ok(user)) => user,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "upgrade refused");
             hub.metrics.unauthorized.inc();
             return ApiError::unauthorized().into_response();
         }
-        None => {
-            hub.metrics.unauthorized.inc();
-            return ApiError::unauthorized().into_response();
-        }
+        Err(_) => return ApiError::unavailable().into_response(),
     };
     let b = hub.config.socket;
     ws.read_buffer_size(b.read_buffer)

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::Identity;
 use crate::config::RateLimit;
-use crate::hub::{Close, Hub, Registered, text_frame};
+use crate::hub::{Close, Hub, PolicyTimeout, Registered, text_frame};
 
 /// How long a closing socket gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -141,6 +141,25 @@ impl<'m> Subject<'m> {
             room: self.room.cloned(),
             users: self.users.to_vec(),
         }
+    }
+}
+
+/// Why a frame was refused.
+enum Refusal {
+    Code(ErrorCode),
+    /// The app's audience policy did not answer in time.
+    PolicyTimeout,
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal::Code(code)
+    }
+}
+
+impl From<PolicyTimeout> for Refusal {
+    fn from(_: PolicyTimeout) -> Self {
+        Refusal::PolicyTimeout
     }
 }
 
@@ -419,7 +438,7 @@ where
                 break false;
             }
             Some(Ok(msg)) => {
-                if let Err(close) = session.frame(msg) {
+                if let Err(close) = session.frame(msg).await {
                     hub.close(conn, generation, close);
                     break true;
                 }
@@ -455,8 +474,9 @@ impl Session<'_> {
         self.reply(&subject.error(code, message));
     }
 
-    /// Handles one frame; `Err` closes the socket.
-    fn frame(&mut self, msg: Message) -> Result<(), Close> {
+    /// Handles one frame; `Err` closes the socket. Awaits only the app's
+    /// audience policy (bounded), so this socket's frames stay in order.
+    async fn frame(&mut self, msg: Message) -> Result<(), Close> {
         let (hub, conn) = (self.hub, self.conn);
         // Any frame proves the connection alive, whatever becomes of it.
         let _ = hub.act(conn, self.generation, |m, now| m.heartbeat(now, conn));
@@ -505,31 +525,44 @@ impl Session<'_> {
             // The socket's work is done; the connection keeps its leave grace.
             return Err((CloseCode::Normal, "left"));
         }
-        if let Err(code) = self.handle(&msg) {
-            self.refuse(code, describe(code), Subject::of(&msg));
+        match self.handle(&msg).await {
+            Ok(()) => {}
+            Err(Refusal::Code(code)) => self.refuse(code, describe(code), Subject::of(&msg)),
+            Err(Refusal::PolicyTimeout) => self.refuse(
+                ErrorCode::Internal,
+                "the audience policy did not answer in time; retry",
+                Subject::of(&msg),
+            ),
         }
         Ok(())
     }
 
-    fn handle(&mut self, msg: &ClientMessage) -> Result<(), ErrorCode> {
+    async fn handle(&mut self, msg: &ClientMessage) -> Result<(), Refusal> {
         let (hub, conn, generation) = (self.hub, self.conn, self.generation);
         match msg {
-            ClientMessage::Hello { .. } => Err(ErrorCode::AlreadyGreeted),
+            ClientMessage::Hello { .. } => Err(ErrorCode::AlreadyGreeted.into()),
             ClientMessage::Join { room } => {
-                if !hub.may_join(self.who, room) {
-                    return Err(ErrorCode::Forbidden);
+                if !hub.may_join(self.who, room).await? {
+                    hub.metrics.deny("join");
+                    return Err(ErrorCode::Forbidden.into());
                 }
-                hub.join(conn, generation, room.clone())
+                Ok(hub.join(conn, generation, room.clone())?)
             }
             ClientMessage::Leave { room } => {
-                hub.act(conn, generation, |m, now| m.leave(now, conn, room))
+                Ok(hub.act(conn, generation, |m, now| m.leave(now, conn, room))?)
             }
             ClientMessage::Watch { users } => {
-                let (allowed, refused): (Vec<UserId>, Vec<UserId>) = users
-                    .iter()
-                    .cloned()
-                    .partition(|u| hub.may_watch(self.who, u));
+                let mut allowed = Vec::with_capacity(users.len());
+                let mut refused = Vec::new();
+                for u in users {
+                    if hub.may_watch(self.who, u).await? {
+                        allowed.push(u.clone());
+                    } else {
+                        refused.push(u.clone());
+                    }
+                }
                 if !refused.is_empty() {
+                    hub.metrics.deny("watch");
                     let names: Vec<&str> = refused.iter().map(UserId::as_str).collect();
                     self.refuse(
                         ErrorCode::Forbidden,
@@ -544,23 +577,23 @@ impl Session<'_> {
                         return Ok(());
                     }
                 }
-                hub.watch(conn, generation, allowed)
+                Ok(hub.watch(conn, generation, allowed)?)
             }
             ClientMessage::Unwatch { users } => {
                 hub.unwatch(conn, generation, users);
                 Ok(())
             }
-            ClientMessage::Activity { activity } => hub.act(conn, generation, |m, now| {
+            ClientMessage::Activity { activity } => Ok(hub.act(conn, generation, |m, now| {
                 m.set_activity(now, conn, *activity)
-            }),
+            })?),
             ClientMessage::Status { status, text } => {
-                hub.set_status(conn, generation, *status, text.clone())
+                Ok(hub.set_status(conn, generation, *status, text.clone())?)
             }
-            ClientMessage::Typing { room, active } => hub.act(conn, generation, |m, now| {
+            ClientMessage::Typing { room, active } => Ok(hub.act(conn, generation, |m, now| {
                 m.typing(now, conn, room, *active)
-            }),
+            })?),
             ClientMessage::Read { room, marker } => {
-                hub.read_marker(conn, generation, room, *marker)
+                Ok(hub.read_marker(conn, generation, room, *marker)?)
             }
             ClientMessage::Ping => {
                 self.reply(&ServerMessage::Pong);

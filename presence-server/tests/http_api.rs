@@ -5,17 +5,17 @@ mod common;
 
 use common::*;
 use presence_server::presence_core::{RoomId, UserId};
-use presence_server::{AudiencePolicy, PresenceServer};
+use presence_server::{Identity, PresenceServer, SyncAudience};
 use serde_json::json;
 
 /// Rooms named `secret-*` are for ana only; nobody may watch anybody.
 struct Strict;
 
-impl AudiencePolicy for Strict {
-    fn may_join(&self, user: &UserId, room: &RoomId) -> bool {
-        !room.as_str().starts_with("secret-") || user.as_str() == "ana"
+impl SyncAudience for Strict {
+    fn may_join(&self, who: &Identity, room: &RoomId) -> bool {
+        !room.as_str().starts_with("secret-") || who.user.as_str() == "ana"
     }
-    fn may_watch(&self, _watcher: &UserId, _target: &UserId) -> bool {
+    fn may_watch(&self, _watcher: &Identity, _target: &UserId) -> bool {
         false
     }
 }

@@ -78,6 +78,49 @@ fn redis_answers() -> bool {
         .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
 }
 
+/// PostgreSQL on 127.0.0.1:5432, for the audience-policy test: the machine
+/// has a cluster; start it if it is down.
+pub fn postgres() -> Result<()> {
+    if postgres_answers() {
+        println!("postgres answers on 127.0.0.1:5432");
+        return Ok(());
+    }
+    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(version) = versions.first() else {
+        bail!(
+            "PostgreSQL is not on 127.0.0.1:5432 and no cluster is configured in /etc/postgresql"
+        );
+    };
+    cmd::run(Command::new("pg_ctlcluster").args([
+        "--skip-systemctl-redirect",
+        version,
+        "main",
+        "start",
+    ]))?;
+    for _ in 0..100 {
+        if postgres_answers() {
+            println!("postgres started");
+            return Ok(());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    bail!("PostgreSQL was started but does not accept connections on 127.0.0.1:5432")
+}
+
+fn postgres_answers() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
 /// What building the browser package needs: the wasm target and the node tools.
 pub fn package_tools(ws: &Workspace) -> Result<()> {
     toolchain(ws)?;

@@ -33,11 +33,12 @@ pub fn run(ws: &Workspace) -> Result<()> {
     };
     let mut steps = Steps::new(10);
     steps.step(
-        "setup: toolchain, Chromium, Redis, node tools, wasm test runner",
+        "setup: toolchain, Chromium, Redis, PostgreSQL, node tools, wasm test runner",
         || {
             setup::toolchain(ws)?;
             setup::chromium()?;
             setup::redis()?;
+            setup::postgres()?;
             setup::node_tools(ws)?;
             setup::wasm_test_runner(ws)
         },

@@ -92,7 +92,11 @@ impl TestServer {
     }
 
     pub async fn start_with_auth(builder: Builder, auth: JwtAuth) -> Self {
-        let server = builder.auth(auth).build().expect("server builds");
+        Self::start_server(builder.auth(auth).build().expect("server builds")).await
+    }
+
+    /// Serves a server built by the test itself.
+    pub async fn start_server(server: PresenceServer) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
