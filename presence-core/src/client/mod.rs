@@ -575,8 +575,9 @@ impl Client {
         };
         self.event(ClientEvent::Connection(ConnectionState::Connected));
         // Resend the desired state; the server ignores what it already has.
-        // Only a resumed connection can still hold rooms and watches given up
-        // meanwhile.
+        // Rooms and watched users count as confirmed once their snapshot or
+        // `watching` is back; only a resumed connection can still hold rooms
+        // and users given up meanwhile.
         self.confirmed = VecSet::default();
         self.watch_confirmed = VecSet::default();
         if !resumed {
