@@ -732,3 +732,167 @@ fn client_error_messages_name_the_real_limits() {
     );
     assert_eq!(ClientError::NotInRoom.code(), "not_in_room");
 }
+
+/// A scripted server with the real one's limits on frames: the restore allowance (64 `join`,
+/// 64 `read`, 5 `watch`, 1 `status` per socket), then a bucket of 40 refilled at 20 a second;
+/// a refused frame gets `rate_limited` naming its frame and room, as presence-server sends it.
+struct Model {
+    allowance: [usize; 4],
+    tokens: f64,
+    last: Millis,
+    rooms: std::collections::BTreeMap<String, u64>,
+    watched: std::collections::BTreeSet<String>,
+    status: String,
+    refused: usize,
+}
+
+impl Model {
+    fn new(now: Millis) -> Self {
+        Model {
+            allowance: [64, 64, 5, 1],
+            tokens: 40.0,
+            last: now,
+            rooms: Default::default(),
+            watched: Default::default(),
+            status: "available".into(),
+            refused: 0,
+        }
+    }
+
+    /// Handles what the client sent; returns the replies.
+    fn handle(&mut self, now: Millis, frames: Vec<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in frames.into_iter().filter(|f| f.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+            let kind = v["type"].as_str().unwrap().to_owned();
+            let room = v["room"].as_str().map(str::to_owned);
+            let slot = ["join", "read", "watch", "status"]
+                .iter()
+                .position(|k| *k == kind);
+            let restoring = slot.is_some_and(|i| {
+                let paid = self.allowance[i] > 0;
+                self.allowance[i] = self.allowance[i].saturating_sub(1);
+                paid
+            });
+            if !restoring && kind != "ping" {
+                self.tokens = (self.tokens + now.since(self.last).as_secs_f64() * 20.0).min(40.0);
+                self.last = now;
+                if self.tokens < 1.0 {
+                    self.refused += 1;
+                    let room = room
+                        .map(|r| format!(r#","room":"{r}""#))
+                        .unwrap_or_default();
+                    out.push(refusal("rate_limited", &kind, &room));
+                    continue;
+                }
+                self.tokens -= 1.0;
+            }
+            match kind.as_str() {
+                "join" => {
+                    let r = room.unwrap();
+                    self.rooms.entry(r.clone()).or_insert(0);
+                    out.push(snapshot(&r));
+                }
+                "leave" => {
+                    self.rooms.remove(&room.unwrap());
+                }
+                "read" => {
+                    let m = v["marker"].as_u64().unwrap();
+                    if let Some(at) = self.rooms.get_mut(&room.unwrap()) {
+                        *at = (*at).max(m);
+                    }
+                }
+                "watch" | "unwatch" => {
+                    let users = v["users"].as_array().unwrap().iter();
+                    let users: Vec<String> = users.map(|u| u.as_str().unwrap().into()).collect();
+                    if kind == "watch" {
+                        let views: Vec<String> = users
+                            .iter()
+                            .map(|u| {
+                                format!(
+                                    r#"{{"user":"{u}","state":"offline","status":"available"}}"#
+                                )
+                            })
+                            .collect();
+                        self.watched.extend(users);
+                        out.push(format!(
+                            r#"{{"type":"watching","users":[{}]}}"#,
+                            views.join(",")
+                        ));
+                    } else {
+                        for u in users {
+                            self.watched.remove(&u);
+                        }
+                    }
+                }
+                "status" => self.status = v["status"].as_str().unwrap().into(),
+                "ping" => out.push(r#"{"type":"pong"}"#.into()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Runs client and model for `ms`, 100 ms a step, the replies arriving a millisecond later.
+fn run(c: &mut Client, server: &mut Model, from: Millis, ms: u64) -> Millis {
+    let mut now = from;
+    while now < from.after(Duration::from_millis(ms)) {
+        c.tick(now);
+        loop {
+            let frames = sent(c);
+            if frames.is_empty() {
+                break;
+            }
+            for reply in server.handle(now, frames) {
+                c.received(now.after(Duration::from_millis(1)), &reply);
+            }
+        }
+        now = now.after(Duration::from_millis(100));
+    }
+    now
+}
+
+#[test]
+fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_allowance() {
+    let mut c = ready();
+    let mut server = Model::new(T0);
+    let mut now = run(&mut c, &mut server, T0, 100);
+    // The allowance goes on the first 64 rooms; then the app moves to 30 other rooms at once:
+    // 60 frames against a bucket of 40.
+    for i in 0..64 {
+        c.join(room(&format!("a{i}")));
+    }
+    now = run(&mut c, &mut server, now, 200);
+    for i in 0..30 {
+        c.leave(&room(&format!("a{i}")));
+        c.join(room(&format!("b{i}")));
+        c.mark_read(&room(&format!("b{i}")), 500 + i).unwrap();
+    }
+    let users: Vec<UserId> = (0..1000).map(|i| user(&format!("u{i}"))).collect();
+    c.watch(users).unwrap();
+    c.set_status(Status::Busy, StatusText::new("focus").unwrap());
+    now = run(&mut c, &mut server, now, 30_000);
+    assert!(server.refused > 0, "the burst was rate-limited");
+    assert!(errors(&mut c).is_empty(), "and nothing reported");
+    assert!(!c.is_stale(), "converged");
+    let want: Vec<String> = c.rooms.iter().map(|r| r.as_str().to_owned()).collect();
+    assert_eq!(server.rooms.keys().cloned().collect::<Vec<_>>(), want);
+    assert_eq!(server.rooms.get("b29"), Some(&529));
+    assert_eq!(server.watched.len(), 1000);
+    assert_eq!(server.status, "busy");
+
+    // The server restarts empty: the resend fits the new socket's allowance, nothing refused.
+    let mut fresh = Model::new(now);
+    c.closed(now, Some(1001));
+    let retry = c.next_deadline(now).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    sent(&mut c);
+    c.received(retry, &welcome("tok2"));
+    run(&mut c, &mut fresh, retry, 1_000);
+    assert_eq!(fresh.refused, 0, "the resend fits the allowance");
+    assert_eq!(fresh.rooms, server.rooms, "rooms and markers back");
+    assert_eq!(fresh.watched, server.watched);
+    assert_eq!(fresh.status, "busy");
+}
