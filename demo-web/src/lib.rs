@@ -89,6 +89,7 @@ impl Demo {
         };
         Router::new()
             .merge(self.presence.router())
+            .merge(self.presence.ops_router())
             .merge(api::router(state))
             .merge(assets::router(self.pkg_dir.clone()))
     }

@@ -260,20 +260,7 @@ pub(crate) async fn bulk_presence(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BulkResponse>, ApiError> {
     let caller = caller(&hub, &headers, &query).await?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body refused: {e}"),
-        )
-    })?;
-    let req: BulkRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("expected {{\"users\":[...]}}: {e}"),
-        )
-    })?;
+    let req: BulkRequest = json_body(body, r#"{"users":[...]}"#)?;
     let max = hub.config.max_bulk_users;
     if req.users.len() > max {
         return Err(ApiError::invalid(format!(
@@ -340,6 +327,134 @@ pub(crate) async fn room_members(
         members: m.members(&room),
         room,
     })))
+}
+
+/// A JSON request body, or the error that says what was expected.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body refused: {e}"),
+        )
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("expected {expected}: {e}"),
+        )
+    })
+}
+
+/// Server actions are for the app's backend only.
+async fn service_only(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    match caller(hub, headers, query).await? {
+        Caller::Service => Ok(()),
+        Caller::User(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "server actions need the service key",
+        )),
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct RoomCounts {
+    room: RoomId,
+    online: usize,
+    active: usize,
+    idle: usize,
+}
+
+/// `GET /v1/rooms/{room}/counts`: how many visible members are online,
+/// active and idle; readable by whoever may read the members.
+pub(crate) async fn room_counts(
+    state: State<Arc<Hub>>,
+    headers: HeaderMap,
+    query: Query<HashMap<String, String>>,
+    path: Path<String>,
+) -> Result<Json<RoomCounts>, ApiError> {
+    let Json(RoomMembers { room, members }) = room_members(state, headers, query, path).await?;
+    let count = |s: presence_core::PresenceState| members.iter().filter(|m| m.state == s).count();
+    Ok(Json(RoomCounts {
+        online: members
+            .iter()
+            .filter(|m| m.state != presence_core::PresenceState::Offline)
+            .count(),
+        active: count(presence_core::PresenceState::Active),
+        idle: count(presence_core::PresenceState::Idle),
+        room,
+    }))
+}
+
+#[derive(Deserialize)]
+struct MessageSent {
+    user: String,
+}
+
+/// `POST /v1/rooms/{room}/messages/sent` `{"user":...}` (service key): the
+/// app stored a message from `user`; their typing in the room stops now.
+pub(crate) async fn message_sent(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(room): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    service_only(&hub, &headers, &query).await?;
+    let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let req: MessageSent = json_body(body, r#"{"user":"..."}"#)?;
+    let user = UserId::new(req.user).map_err(|e| ApiError::invalid(e.to_string()))?;
+    hub.message_sent(&user, &room);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct Disconnect {
+    code: Option<u16>,
+}
+
+/// `POST /v1/users/{id}/disconnect` `{"code":4101}` (service key): closes
+/// every socket of the user on this node with `code` — 4101 (the default:
+/// revoked, get a new token), 1008 (abuse), 1001 or 1000 — and answers how
+/// many. Their connections then go offline after the grace, as after a drop.
+pub(crate) async fn disconnect_user(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use presence_core::protocol::CloseCode;
+    service_only(&hub, &headers, &query).await?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let empty = matches!(&body, Ok(b) if b.is_empty());
+    let req: Disconnect = if empty {
+        Disconnect::default()
+    } else {
+        json_body(body, r#"{"code":4101}"#)?
+    };
+    let close = match req.code.unwrap_or(4101) {
+        4101 => (CloseCode::Unauthorized, "disconnected by the server"),
+        1008 => (CloseCode::PolicyViolation, "disconnected by the server"),
+        1001 => (CloseCode::GoingAway, "disconnected by the server"),
+        1000 => (CloseCode::Normal, "disconnected by the server"),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "code {other}: use 4101, 1008, 1001 or 1000"
+            )));
+        }
+    };
+    let closed = hub.disconnect_user(&user, close);
+    Ok(Json(json!({ "user": user, "closed": closed })))
 }
 
 /// `GET /healthz`: 200 while serving, 503 while shutting down. With Redis,

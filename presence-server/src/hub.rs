@@ -1102,6 +1102,24 @@ impl Hub {
         }
     }
 
+    /// Closes every socket of `user` on this node with `close` (their
+    /// connections enter the offline grace); returns how many.
+    pub fn disconnect_user(&self, user: &UserId, close: Close) -> usize {
+        self.apply(|st, now| {
+            let conns: Vec<ConnId> = st
+                .machine
+                .connections_of(user)
+                .iter()
+                .filter(|c| st.sockets.contains_key(c))
+                .copied()
+                .collect();
+            for &conn in &conns {
+                self.close_socket(st, now, conn, close, true);
+            }
+            conns.len()
+        })
+    }
+
     /// Closes every socket with 1001 (shutdown) after sending what is pending.
     pub fn close_all(&self, close: Close) {
         let mut st = self.lock();

@@ -93,9 +93,34 @@ struct Args {
     /// Remember at most this many offline users; the longest gone are forgotten first.
     #[arg(long, env = "PRESENCE_MAX_OFFLINE_USERS", default_value_t = 1_000_000)]
     max_offline_users: usize,
+    /// Frames a connection may send in a burst before `rate_limited`.
+    #[arg(long, env = "PRESENCE_RATE_BURST", default_value_t = 40)]
+    rate_burst: u32,
+    /// Frames per second a connection's burst refills at.
+    #[arg(long, env = "PRESENCE_RATE_PER_SECOND", default_value_t = 20.0)]
+    rate_per_second: f64,
+    /// Debt, in bursts, after which a flooding connection is closed with 1008.
+    #[arg(long, env = "PRESENCE_RATE_ABUSE_FACTOR", default_value_t = 10)]
+    rate_abuse_factor: u32,
+    /// Time a new socket has to send its `hello`, in ms.
+    #[arg(long, env = "PRESENCE_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    hello_timeout_ms: u64,
     /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Ask the server listening on `--bind` for `/healthz` and exit 0 if it answers 200 (for
+    /// container health checks; nothing else runs).
+    #[arg(long)]
+    healthcheck: bool,
+    /// `text` (colours only on a terminal) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,12 +182,44 @@ fn jwt_auth(args: &Args) -> anyhow::Result<Option<JwtAuth>> {
     Ok(Some(auth.default_audience(default)))
 }
 
+/// `GET /healthz` on the local listener; an error unless it answers 200.
+async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).await?;
+        anyhow::Ok(head.ends_with(b" 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => bail!("{addr}/healthz did not answer 200"),
+        Ok(Err(e)) => bail!("{addr}/healthz: {e}"),
+        Err(_) => bail!("{addr}/healthz: no answer within 3 s"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
-        .init();
+    if args.healthcheck {
+        return healthcheck(args.bind).await;
+    }
+    let filter = EnvFilter::try_new(&args.log).context("--log")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stdout().is_terminal()).init()
+        }
+    }
 
     let mut config = ServerConfig::default();
     let ms = Duration::from_millis;
@@ -175,6 +232,10 @@ async fn main() -> anyhow::Result<()> {
     config.batch_window = ms(args.batch_window_ms);
     config.outbound_queue = args.outbound_queue;
     config.service_key = args.service_key.clone();
+    config.rate.burst = args.rate_burst;
+    config.rate.per_second = args.rate_per_second;
+    config.rate.abuse_factor = args.rate_abuse_factor;
+    config.hello_timeout = ms(args.hello_timeout_ms);
     config.retention.keep_for = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.retention.max_offline = args.max_offline_users;
 

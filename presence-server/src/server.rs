@@ -250,17 +250,30 @@ impl PresenceServer {
         }
     }
 
-    /// The routes: the WebSocket endpoint (`/ws` by default), `/v1/...`,
-    /// `/healthz` and `/metrics`.
+    /// The app-facing routes: the WebSocket endpoint (`/ws` by default) and
+    /// the `/v1/...` API. Merge it into your app; mount
+    /// [`ops_router`](Self::ops_router) where (and if) you want health and
+    /// metrics, so an app with its own `/healthz` does not collide.
     pub fn router(&self) -> Router {
         Router::new()
             .route(&self.hub.config.ws_path, get(upgrade))
             .route("/v1/users/{id}/presence", get(http::user_presence))
+            .route("/v1/users/{id}/disconnect", post(http::disconnect_user))
             .route("/v1/presence/bulk", post(http::bulk_presence))
             .route("/v1/rooms/{room}/members", get(http::room_members))
+            .route("/v1/rooms/{room}/counts", get(http::room_counts))
+            .route("/v1/rooms/{room}/messages/sent", post(http::message_sent))
+            .layer(DefaultBodyLimit::max(self.hub.config.max_body_bytes))
+            .with_state(self.hub.clone())
+    }
+
+    /// `/healthz` and `/metrics`, for the operator: e.g.
+    /// `app.nest("/presence", server.ops_router())`. [`serve`](Self::serve)
+    /// mounts both routers at the root.
+    pub fn ops_router(&self) -> Router {
+        Router::new()
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
-            .layer(DefaultBodyLimit::max(self.hub.config.max_body_bytes))
             .with_state(self.hub.clone())
     }
 
@@ -364,7 +377,7 @@ impl PresenceServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let this = self.clone();
-        axum::serve(listener, self.router())
+        axum::serve(listener, self.router().merge(self.ops_router()))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 this.close_sockets();

@@ -178,7 +178,7 @@ async fn a_slow_consumer_is_closed_with_4001_while_the_room_keeps_flowing() {
     let listener = listener.tap_io(|tcp| {
         let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(4096);
     });
-    let router = server.router();
+    let router = server.router().merge(server.ops_router());
     let serving = tokio::spawn(async move { axum::serve(listener, router).await });
     let url = |u: &str| format!("ws://{addr}/ws?token={}", token(u));
 

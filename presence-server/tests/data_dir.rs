@@ -1,5 +1,6 @@
 //! `--data-dir`: user state survives a `kill -9` of the real binary, and a
 //! graceful restart lets clients resume without observers seeing a flap.
+//! Also the binary's own `--healthcheck`, which container images run.
 
 mod common;
 
@@ -157,5 +158,23 @@ async fn clients_back_within_the_grace_after_a_restart_resume_without_a_flap() {
         "bob saw no flap of ana: {seen:?}"
     );
     srv.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_binary_answers_its_own_healthcheck() {
+    let dir = temp_dir("healthcheck");
+    let port = free_port();
+    let server = Binary::start(&dir, port).await;
+    let check = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_presence-server"))
+            .args(["--healthcheck", "--bind", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .status()
+            .expect("runs")
+    };
+    assert!(check(port).success());
+    server.kill_9();
+    assert!(!check(port).success(), "nobody listens any more");
     let _ = std::fs::remove_dir_all(&dir);
 }

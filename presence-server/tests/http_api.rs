@@ -190,3 +190,91 @@ async fn metrics_text(srv: &TestServer) -> String {
         .expect("read");
     String::from_utf8_lossy(&out).to_string()
 }
+
+#[tokio::test]
+async fn server_actions_over_http_act_like_the_rust_api() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut ana = srv.client("ana").await;
+    let mut bob = srv.client("bob").await;
+    ana.join("r").await;
+    bob.join("r").await;
+    bob.send(json!({"type": "activity", "state": "idle", "reason": "blurred"}))
+        .await;
+    ana.diff("user_idle", "bob").await;
+    let (status, counts) = srv.get("/v1/rooms/r/counts", SERVICE_KEY).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        counts,
+        json!({"room": "r", "online": 2, "active": 1, "idle": 1})
+    );
+
+    // The app stored bob's message: his typing stops for everyone.
+    bob.send(json!({"type": "typing", "room": "r", "active": true}))
+        .await;
+    ana.diff("typing_started", "bob").await;
+    let (status, _) = srv
+        .post(
+            "/v1/rooms/r/messages/sent",
+            SERVICE_KEY,
+            r#"{"user":"bob"}"#,
+        )
+        .await;
+    assert_eq!(status, 204);
+    ana.diff("typing_stopped", "bob").await;
+
+    // Only the service key may act.
+    let (status, _) = srv
+        .post(
+            "/v1/rooms/r/messages/sent",
+            &token("ana"),
+            r#"{"user":"bob"}"#,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = srv
+        .post("/v1/users/bob/disconnect", SERVICE_KEY, r#"{"code":4999}"#)
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = srv
+        .post("/v1/users/bob/disconnect", SERVICE_KEY, r#"{"code":4101}"#)
+        .await;
+    assert_eq!((status, &body["closed"]), (200, &json!(1)));
+    assert_eq!(bob.close_code().await, 4101);
+    // After the grace, observers see bob go.
+    ana.diff("user_disconnected", "bob").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_router_merges_into_an_app_with_its_own_healthz() {
+    use axum::routing::get;
+    let server = PresenceServer::builder()
+        .config(calm_config())
+        .auth(presence_server::JwtAuth::hs256(SECRET).expect("secret"))
+        .build()
+        .expect("builds");
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "the app's own" }))
+        .merge(server.router())
+        .nest("/presence", server.ops_router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_, own) = http_text(addr, "/healthz").await;
+    assert!(own.ends_with("the app's own"), "{own}");
+    let (status, health) = http(addr, "GET", "/presence/healthz", "", None).await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")));
+    let (status, _) = http_text(addr, "/presence/metrics").await;
+    assert_eq!(status, 200);
+    let mut c = Client::connect(
+        &format!("ws://{addr}/ws?token={}", token("ana")),
+        "ana",
+        None,
+    )
+    .await;
+    c.send(json!({"type": "ping"})).await;
+    c.frame("pong").await;
+    serving.abort();
+}
