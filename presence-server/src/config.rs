@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Buffered host-app events per subscriber before the slowest one skips. Default 4096.
     pub event_buffer: usize,
+    /// Events the backend feed (`GET /v1/events`) keeps for `Last-Event-ID`
+    /// resume, and how far a reader may fall behind before it is dropped.
+    /// Default 10,000.
+    pub event_replay: usize,
     /// Longest wait for an async [`Authenticator`](crate::Authenticator) or
     /// [`AudiencePolicy`](crate::AudiencePolicy) answer. Default 2 s.
     pub policy_timeout: Duration,
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             max_bulk_users: 500,
             max_body_bytes: 64 * 1024,
             event_buffer: 4096,
+            event_replay: 10_000,
             policy_timeout: Duration::from_secs(2),
             retention: Retention::default(),
         }
@@ -165,6 +170,7 @@ impl ServerConfig {
         }
         for (name, v) in [
             ("outbound_queue", self.outbound_queue),
+            ("event_replay", self.event_replay),
             ("rate.burst", self.rate.burst as usize),
             ("rate.abuse_factor", self.rate.abuse_factor as usize),
             ("socket.read_buffer", self.socket.read_buffer),

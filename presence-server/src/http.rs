@@ -457,6 +457,30 @@ pub(crate) async fn disconnect_user(
     Ok(Json(json!({ "user": user, "closed": closed })))
 }
 
+/// `GET /v1/events` (service key): every host event as Server-Sent Events;
+/// `Last-Event-ID` (or `?last_event_id=`) resumes after that id.
+pub(crate) async fn events_feed(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    service_only(&hub, &headers, &query).await?;
+    let Some(feed) = &hub.feed else {
+        return Err(ApiError::unauthorized());
+    };
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.get("last_event_id").map(String::as_str))
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid(format!("Last-Event-ID {s:?} is not an event id")))
+        })
+        .transpose()?;
+    Ok(crate::feed::stream(feed.resume(last), hub.shutdown_signal()).into_response())
+}
+
 /// `GET /healthz`: 200 while serving, 503 while shutting down. With Redis,
 /// the body also says `"redis": "up"` or `"down"`: a node cut from Redis is
 /// degraded (it serves only its own users) but still healthy, so the load

@@ -32,6 +32,7 @@ use crate::clock::Clock;
 use crate::cluster::{ClusterState, Outgoing, SnapRequest, WatchRequest};
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, Loaded};
+use crate::feed::Feed;
 use crate::metrics::Metrics;
 
 /// How a socket is to be closed: code and reason.
@@ -110,6 +111,8 @@ pub(crate) struct Hub {
     pub store: Option<crate::redis::RedisStore>,
     /// Where user state outlives the process, on a single node.
     pub data: Option<DataDir>,
+    /// The numbered feed for backends (`GET /v1/events`), with a service key.
+    pub feed: Option<Feed>,
     /// The store's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -180,6 +183,10 @@ impl Hub {
             Kept::InRedis(store) => (Some(store), None),
         };
         let clustered = store.is_some();
+        let feed = config
+            .service_key
+            .is_some()
+            .then(|| Feed::new(config.event_replay, clock.now()));
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
             state: Mutex::new(State {
@@ -208,6 +215,7 @@ impl Hub {
             cluster_wake: Arc::new(Notify::new()),
             store,
             data,
+            feed,
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
@@ -268,6 +276,15 @@ impl Hub {
         r.map_err(|_| PolicyTimeout)
     }
 
+    /// Hands a host-level event to the app's subscribers and the feed.
+    fn publish(&self, ev: &Event) {
+        // No receivers is fine: host apps subscribe if they want to.
+        let _ = self.events.send(ev.clone());
+        if let Some(feed) = &self.feed {
+            feed.push(ev);
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -318,8 +335,7 @@ impl Hub {
                 if local {
                     let watched = st.watchers.contains_key(ev.diff.user());
                     st.batch.route(ev, watched);
-                    // No receivers is fine: host apps subscribe if they want to.
-                    let _ = self.events.send(ev.clone());
+                    self.publish(ev);
                 }
             }
             if st.cluster.is_some() {
@@ -972,7 +988,7 @@ impl Hub {
             for ev in &events {
                 let watched = st.watchers.contains_key(ev.diff.user());
                 st.batch.route(ev, watched);
-                let _ = self.events.send(ev.clone());
+                self.publish(ev);
             }
             self.adopt_statuses(st, now, selfs);
         });

@@ -13,6 +13,7 @@
 //   data_dir.rs  without Redis: user state (and, across a restart, connections) on disk
 //   redis/       the Redis store and bus: merge scripts, subscriber, lease and reaper
 //   http.rs      JSON API, /healthz, /metrics
+//   feed.rs      numbered host events in a replay window, served as SSE
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
 
 mod audience;
@@ -24,6 +25,7 @@ mod cluster;
 mod config;
 mod data_dir;
 mod events;
+mod feed;
 mod http;
 mod hub;
 mod metrics;

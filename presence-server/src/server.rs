@@ -263,6 +263,7 @@ impl PresenceServer {
             .route("/v1/rooms/{room}/members", get(http::room_members))
             .route("/v1/rooms/{room}/counts", get(http::room_counts))
             .route("/v1/rooms/{room}/messages/sent", post(http::message_sent))
+            .route("/v1/events", get(http::events_feed))
             .layer(DefaultBodyLimit::max(self.hub.config.max_body_bytes))
             .with_state(self.hub.clone())
     }

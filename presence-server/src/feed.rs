@@ -1,0 +1,158 @@
+//! The event feed for backends: every host event numbered and encoded once,
+//! kept in a bounded replay window, and served as Server-Sent Events at
+//! `GET /v1/events` (service key) with `Last-Event-ID` resume.
+//!
+//! Ids grow across restarts: a node starts counting at its start time in
+//! milliseconds × 1000, so an id from an earlier incarnation is always
+//! older (unless that one averaged over 1,000 events per millisecond).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use presence_core::{Event, Millis};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+/// One numbered event, encoded once for every reader.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub id: u64,
+    pub kind: &'static str,
+    pub json: String,
+}
+
+struct Ring {
+    next: u64,
+    entries: VecDeque<Arc<Entry>>,
+}
+
+/// The replay window and the live fan-out. Both are bounded by the same
+/// capacity: a reader that falls that far behind is dropped and resumes.
+pub(crate) struct Feed {
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<Arc<Entry>>,
+    capacity: usize,
+}
+
+/// What a reader resuming after `last` gets: the kept entries after it, and
+/// whether some it asked for are gone (or it named an id from the future).
+pub(crate) struct Resume {
+    pub replay: Vec<Arc<Entry>>,
+    pub gap: Option<Value>,
+    pub live: broadcast::Receiver<Arc<Entry>>,
+}
+
+impl Feed {
+    pub fn new(capacity: usize, started: Millis) -> Self {
+        Self {
+            ring: Mutex::new(Ring {
+                next: started.0.saturating_mul(1000),
+                entries: VecDeque::with_capacity(capacity.min(1024)),
+            }),
+            tx: broadcast::channel(capacity.max(1)).0,
+            capacity,
+        }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers, encodes and keeps one host event.
+    pub fn push(&self, ev: &Event) {
+        let mut ring = self.ring();
+        let id = ring.next;
+        ring.next += 1;
+        let mut body = serde_json::to_value(&ev.diff).unwrap_or(Value::Null);
+        if let Value::Object(fields) = &mut body {
+            fields.insert("id".into(), json!(id));
+            fields.insert("at".into(), json!(ev.at));
+            fields.insert("global".into(), json!(ev.global));
+            fields.insert("rooms".into(), json!(ev.rooms));
+        }
+        let entry = Arc::new(Entry {
+            id,
+            kind: ev.name(),
+            json: body.to_string(),
+        });
+        if ring.entries.len() == self.capacity {
+            ring.entries.pop_front();
+        }
+        ring.entries.push_back(entry.clone());
+        // No reader is fine.
+        let _ = self.tx.send(entry);
+    }
+
+    /// Subscribes and takes the replay after `last` at one instant, so no
+    /// event falls between the two.
+    pub fn resume(&self, last: Option<u64>) -> Resume {
+        let ring = self.ring();
+        let live = self.tx.subscribe();
+        let Some(last) = last else {
+            return Resume {
+                replay: Vec::new(),
+                gap: None,
+                live,
+            };
+        };
+        let oldest = ring.entries.front().map_or(ring.next, |e| e.id);
+        let gap = (last + 1 < oldest || last >= ring.next)
+            .then(|| json!({ "after": last, "oldest": oldest, "next": ring.next }));
+        let replay = ring
+            .entries
+            .iter()
+            .filter(|e| e.id > last)
+            .cloned()
+            .collect();
+        Resume { replay, gap, live }
+    }
+}
+
+fn sse(entry: &Entry) -> SseEvent {
+    SseEvent::default()
+        .id(entry.id.to_string())
+        .event(entry.kind)
+        .data(&entry.json)
+}
+
+/// The SSE response: a `gap` event if the replay cannot cover what was
+/// asked (resync from the HTTP API), the replay, then live events. Ends
+/// when the reader falls a whole window behind (it resumes with its
+/// `Last-Event-ID`) and when the server shuts down.
+pub(crate) fn stream(
+    resume: Resume,
+    mut shutdown: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let Resume { replay, gap, live } = resume;
+    let last = replay.last().map(|e| e.id);
+    let head = gap
+        .map(|g| SseEvent::default().event("gap").data(g.to_string()))
+        .into_iter()
+        .chain(replay.iter().map(|e| sse(e)))
+        .map(Ok)
+        .collect::<Vec<_>>();
+    let tail = futures_util::stream::unfold((live, last), |(mut live, last)| async move {
+        loop {
+            match live.recv().await {
+                Ok(e) if last.is_some_and(|l| e.id <= l) => continue,
+                Ok(e) => return Some((Ok(sse(&e)), (live, None))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::info!(skipped = n, "event feed reader fell behind; dropped");
+                    return None;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let events = futures_util::stream::iter(head)
+        .chain(tail)
+        .take_until(stop);
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
