@@ -6,7 +6,7 @@
 //! stalling our reads, and the hub closes it as a slow consumer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -16,7 +16,7 @@ use presence_core::limits::{
 use presence_core::protocol::{
     ClientMessage, CloseCode, DecodeError, ErrorCode, ServerMessage, decode_client,
 };
-use presence_core::{Activity, ConnId, ResumeToken, RoomId, UserId};
+use presence_core::{Activity, ConnId, Millis, ResumeToken, RoomId, UserId};
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Identity;
@@ -70,7 +70,7 @@ struct Bucket {
     limit: RateLimit,
     tokens: f64,
     debt: f64,
-    last: Instant,
+    last: Millis,
 }
 
 enum Verdict {
@@ -80,17 +80,18 @@ enum Verdict {
 }
 
 impl Bucket {
-    fn new(limit: RateLimit) -> Self {
+    fn new(limit: RateLimit, now: Millis) -> Self {
         Self {
             limit,
             tokens: f64::from(limit.burst),
             debt: 0.0,
-            last: Instant::now(),
+            last: now,
         }
     }
 
-    fn take(&mut self, now: Instant) -> Verdict {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.limit.per_second;
+    /// Takes a token at `now` (the server's clock, so tests can drive it).
+    fn take(&mut self, now: Millis) -> Verdict {
+        let refill = now.since(self.last).as_secs_f64() * self.limit.per_second;
         self.last = now;
         self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst));
         self.debt = (self.debt - refill).max(0.0);
@@ -417,7 +418,7 @@ where
         who: &who,
         conn,
         generation,
-        bucket: Bucket::new(hub.config.rate),
+        bucket: Bucket::new(hub.config.rate, hub.clock.now()),
         restore: Restore::new(),
     };
     let mut close = close;
@@ -488,7 +489,7 @@ impl Session<'_> {
         };
         let restoring = decoded.as_ref().is_ok_and(|m| self.restore.take(m));
         if !restoring {
-            match self.bucket.take(Instant::now()) {
+            match self.bucket.take(hub.clock.now()) {
                 Verdict::Ok => {}
                 Verdict::Limited => {
                     // Only while the queue has room: a flooder's own error
@@ -616,8 +617,8 @@ mod tests {
             per_second: 1.0,
             abuse_factor: 3,
         };
-        let mut b = Bucket::new(limit);
-        let t = b.last;
+        let t = Millis(1_000_000);
+        let mut b = Bucket::new(limit, t);
         assert!(matches!(b.take(t), Verdict::Ok));
         assert!(matches!(b.take(t), Verdict::Ok));
         assert!(matches!(b.take(t), Verdict::Limited));
@@ -625,7 +626,7 @@ mod tests {
             assert!(matches!(b.take(t), Verdict::Limited));
         }
         assert!(matches!(b.take(t), Verdict::Abusive));
-        let later = t + Duration::from_secs(60);
+        let later = t.after(Duration::from_secs(60));
         assert!(matches!(b.take(later), Verdict::Ok));
     }
 }
