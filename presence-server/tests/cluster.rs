@@ -372,25 +372,6 @@ async fn a_node_cut_from_redis_serves_locally_says_so_and_converges_when_it_retu
     assert!(metrics.contains("presence_redis_up 1"));
 }
 
-async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 /// Cross-node propagation: a change on node A until an observer on node B
 /// reads it, over real sockets and Redis, with the default 25 ms batch window
 /// (or PRESENCE_BENCH_BATCH_MS). Run:

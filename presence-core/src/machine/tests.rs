@@ -490,3 +490,106 @@ fn duplicate_ids_are_refused() {
         Err(MachineError::DuplicateConnection)
     );
 }
+
+#[test]
+fn a_user_record_round_trips_through_a_new_machine() {
+    let mut m = Machine::new(policy());
+    m.connect(T0, user("ana"), ConnId(1), token(1), None, Activity::Active)
+        .unwrap();
+    m.join(T0, ConnId(1), room("r")).unwrap();
+    m.set_status(
+        T0,
+        ConnId(1),
+        Status::Busy,
+        StatusText::new("focus").unwrap(),
+    )
+    .unwrap();
+    m.read(T0, ConnId(1), &room("r"), 42).unwrap();
+    m.leaving(T0.after(Duration::from_secs(1)), ConnId(1));
+    m.tick(T0.after(Duration::from_secs(3)));
+    let record = m.user_record(&user("ana")).unwrap();
+    assert_eq!(record.status, Status::Busy);
+    assert_eq!(record.receipts, [(room("r"), 42)]);
+    assert!(record.last_seen.is_some() && record.gone.is_some());
+    let json = serde_json::to_string(&record).unwrap();
+    let back: UserRecord = serde_json::from_str(&json).unwrap();
+    let mut fresh = Machine::new(policy());
+    fresh.restore_user(T0, user("ana"), back);
+    assert_eq!(fresh.view(&user("ana")), m.view(&user("ana")));
+    assert_eq!(fresh.user_record(&user("ana")), Some(record));
+}
+
+#[test]
+fn a_restored_connection_resumes_silently_within_the_grace() {
+    let mut m = Machine::new(policy());
+    let idle = Activity::Idle(IdleReason::Hidden);
+    m.connect(T0, user("ana"), ConnId(7), token(7), None, idle)
+        .unwrap();
+    m.join(T0, ConnId(7), room("r")).unwrap();
+    let saved = m.conn_records();
+    let mut fresh = Machine::new(policy());
+    for c in saved {
+        fresh.restore_conn(T0, c).unwrap();
+    }
+    fresh.drain_events().for_each(drop);
+    assert_eq!(fresh.members(&room("r")).len(), 1, "shown during the grace");
+    let out = fresh
+        .connect(
+            T0.after(Duration::from_secs(5)),
+            user("ana"),
+            ConnId(8),
+            token(8),
+            Some(&token(7)),
+            idle,
+        )
+        .unwrap();
+    assert!(out.resumed);
+    assert_eq!(out.conn, ConnId(7));
+    assert_eq!(fresh.rooms_of(ConnId(7)), [room("r")]);
+    assert_eq!(fresh.drain_events().count(), 0, "observers see nothing");
+    // One that does not come back goes offline after the grace.
+    let mut lonely = Machine::new(policy());
+    for c in m.conn_records() {
+        lonely.restore_conn(T0, c).unwrap();
+    }
+    lonely.drain_events().for_each(drop);
+    lonely.tick(T0.after(Duration::from_secs(10)));
+    let names: Vec<&str> = lonely.drain_events().map(|e| e.name()).collect();
+    assert_eq!(names, ["user_disconnected"]);
+}
+
+#[test]
+fn offline_users_are_forgotten_by_age_then_by_count() {
+    let mut m = Machine::new(policy());
+    for (n, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let rec = UserRecord {
+            status: Status::Away,
+            text: None,
+            last_seen: None,
+            gone: Some(Millis(1000 * (n as u64 + 1))),
+            receipts: Vec::new(),
+        };
+        m.restore_user(Millis(0), user(name), rec);
+    }
+    m.connect(
+        Millis(0),
+        user("online"),
+        ConnId(1),
+        token(1),
+        None,
+        Activity::Active,
+    )
+    .unwrap();
+    let keep = |secs, max| Retention {
+        keep_for: Duration::from_secs(secs),
+        max_offline: max,
+    };
+    // At 4.5 s with 2 s kept: a (1 s) and b (2 s) are too old.
+    assert_eq!(
+        m.forget_offline(Millis(4500), keep(2, 10)),
+        [user("a"), user("b")]
+    );
+    assert_eq!(m.forget_offline(Millis(4500), keep(60, 1)), [user("c")]);
+    assert!(m.view(&user("d")).is_some());
+    assert!(m.view(&user("online")).is_some(), "connected users stay");
+}
