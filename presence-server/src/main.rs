@@ -13,8 +13,12 @@ use tracing_subscriber::EnvFilter;
 
 /// A presence server: who is online, active, idle or typing, over WebSocket.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Args {
+    /// A TOML file of settings, named like the flags (`bind = "0.0.0.0:4000"`,
+    /// `heartbeat-interval-ms = 25000`); environment variables and flags override it.
+    #[arg(long, env = "PRESENCE_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:4000")]
     bind: SocketAddr,
@@ -182,6 +186,65 @@ fn jwt_auth(args: &Args) -> anyhow::Result<Option<JwtAuth>> {
     Ok(Some(auth.default_audience(default)))
 }
 
+/// The command line with the `--config` file's settings put in front, so
+/// flags (which come later, and override) and environment variables (whose
+/// settings are left out of the file's) win over the file.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use clap::CommandFactory;
+    let path = argv
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| argv.get(i + 1).cloned())
+        .or_else(|| {
+            argv.iter().find_map(|a| {
+                a.to_str()?
+                    .strip_prefix("--config=")
+                    .map(std::ffi::OsString::from)
+            })
+        })
+        .or_else(|| std::env::var_os("PRESENCE_CONFIG"));
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let shown = std::path::Path::new(&path).display().to_string();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--config {shown}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("--config {shown}: not valid TOML"))?;
+    let command = Args::command();
+    let mut out: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
+    for (key, value) in table {
+        let name = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
+            .with_context(|| format!("--config {shown}: unknown setting {key:?}"))?;
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
+            continue;
+        }
+        let value = match value {
+            toml::Value::Boolean(true) if arg.get_num_args().is_some_and(|n| n.takes_values()) => {
+                "true".to_owned()
+            }
+            toml::Value::Boolean(true) => {
+                out.push(format!("--{name}").into());
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => bail!("--config {shown}: {key} = {other} is not a string, number or boolean"),
+        };
+        out.push(format!("--{name}={value}").into());
+    }
+    out.extend(argv.into_iter().skip(1));
+    Ok(out)
+}
+
 /// `GET /healthz` on the local listener; an error unless it answers 200.
 async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -207,7 +270,7 @@ async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
     if args.healthcheck {
         return healthcheck(args.bind).await;
     }

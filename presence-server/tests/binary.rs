@@ -1,6 +1,7 @@
-//! `--data-dir`: user state survives a `kill -9` of the real binary, and a
-//! graceful restart lets clients resume without observers seeing a flap.
-//! Also the binary's own `--healthcheck`, which container images run.
+//! The real binary and what outlives it: with `--data-dir`, user state
+//! survives a `kill -9`, and a graceful restart lets clients resume without
+//! observers seeing a flap. Also the binary's own `--healthcheck` (which
+//! container images run) and its `--config` file.
 
 mod common;
 
@@ -33,12 +34,18 @@ struct Binary {
 
 impl Binary {
     async fn start(dir: &Path, port: u16) -> Binary {
-        let child = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_presence-server"));
+        command
             .args(["--dev-auth", "--service-key", SERVICE_KEY, "--log", "warn"])
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--leave-grace-ms", "100", "--offline-grace-ms", "300"])
             .arg("--data-dir")
-            .arg(dir)
+            .arg(dir);
+        Self::spawn(command, port).await
+    }
+
+    async fn spawn(mut command: Command, port: u16) -> Binary {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -176,5 +183,66 @@ async fn the_binary_answers_its_own_healthcheck() {
     assert!(check(port).success());
     server.kill_9();
     assert!(!check(port).success(), "nobody listens any more");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_config_file_is_read_and_env_and_flags_override_it() {
+    let dir = temp_dir("config");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("presence.toml");
+    std::fs::write(
+        &file,
+        r#"
+dev-auth = true
+service_key = "config-file-service-key"
+heartbeat-interval-ms = 5000
+idle-after-ms = 7000
+log = "warn"
+"#,
+    )
+    .expect("write");
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_presence-server"));
+    command
+        .arg("--config")
+        .arg(&file)
+        .env("PRESENCE_IDLE_AFTER_MS", "8000")
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--heartbeat-interval-ms", "6000"]);
+    let server = Binary::spawn(command, port).await;
+    let c = Client::connect(&server.url("ana"), "ana", None).await;
+    assert_eq!(
+        c.welcome["heartbeat_ms"], 6000,
+        "the flag wins over the file"
+    );
+    assert_eq!(
+        c.welcome["idle_after_ms"], 8000,
+        "the environment wins over the file"
+    );
+    let addr = ([127, 0, 0, 1], port).into();
+    let (status, _) = http(
+        addr,
+        "GET",
+        "/v1/users/ana/presence",
+        "config-file-service-key",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the file's service key");
+    server.kill_9();
+
+    std::fs::write(&file, "dev-auth = true\nheartbeat-interval = 5\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown setting \"heartbeat-interval\""),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
