@@ -1,5 +1,7 @@
 //! Figure 2: a room of M members where every member changes state once.
-//! Measures the time until every member has seen every change.
+//! Measures the time until all M have opened, joined and got their
+//! snapshot (128 handshakes in flight), and the time until every member has
+//! seen every change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +56,7 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
     let opening = Arc::new(Semaphore::new(128));
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut tasks = Vec::with_capacity(m);
+    let filling = Instant::now();
     for i in 0..m {
         let (target, room, ready, quiet, go, opening, start) = (
             target.clone(),
@@ -130,6 +133,7 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
         }));
     }
     ready.wait().await;
+    let joined = filling.elapsed();
     quiet.wait().await;
     let _ = start.set(Instant::now());
     go.notify_waiters();
@@ -152,6 +156,11 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
     }
     let updates = m as f64;
     let deliveries = (m * m) as f64;
+    figure(
+        &format!("fanout.{m}.join"),
+        joined.as_secs_f64() * 1000.0,
+        "ms",
+    );
     figure(
         &format!("fanout.{m}.converge"),
         slowest.as_secs_f64() * 1000.0,
