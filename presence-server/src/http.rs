@@ -299,6 +299,9 @@ pub(crate) async fn bulk_presence(
 pub(crate) struct RoomMembers {
     room: RoomId,
     members: Vec<PresenceView>,
+    /// Visible members' read markers (one node; not yet from Redis).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    receipts: Vec<presence_core::protocol::Receipt>,
 }
 
 /// `GET /v1/rooms/{room}/members`: the room's visible members, as a `join`
@@ -321,10 +324,15 @@ pub(crate) async fn room_members(
     if let Some(store) = store(&hub)
         && let Ok(members) = store.members(&room).await
     {
-        return Ok(Json(RoomMembers { room, members }));
+        return Ok(Json(RoomMembers {
+            room,
+            members,
+            receipts: Vec::new(),
+        }));
     }
     Ok(Json(hub.read(|m| RoomMembers {
         members: m.members(&room),
+        receipts: m.receipts_in(&room),
         room,
     })))
 }
@@ -382,7 +390,8 @@ pub(crate) async fn room_counts(
     query: Query<HashMap<String, String>>,
     path: Path<String>,
 ) -> Result<Json<RoomCounts>, ApiError> {
-    let Json(RoomMembers { room, members }) = room_members(state, headers, query, path).await?;
+    let Json(RoomMembers { room, members, .. }) =
+        room_members(state, headers, query, path).await?;
     let count = |s: presence_core::PresenceState| members.iter().filter(|m| m.state == s).count();
     Ok(Json(RoomCounts {
         online: members

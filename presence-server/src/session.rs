@@ -126,11 +126,15 @@ struct Subject<'m> {
 }
 
 impl<'m> Subject<'m> {
+    /// A refused frame as a whole: its room, or all the users of a `watch`.
     fn of(msg: &'m ClientMessage) -> Self {
         Self {
             frame: Some(msg.kind()),
             room: msg.room(),
-            users: &[],
+            users: match msg {
+                ClientMessage::Watch { users } => users,
+                _ => &[],
+            },
         }
     }
 

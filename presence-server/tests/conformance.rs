@@ -304,6 +304,18 @@ async fn a_refused_frame_names_its_room_or_users() {
         (&e["code"], &e["frame"], &e["room"]),
         (&json!("too_many_rooms"), &json!("join"), &json!("r64"))
     );
+    for chunk in 0..5 {
+        let users: Vec<String> = (0..200).map(|u| format!("w{}", chunk * 200 + u)).collect();
+        c.send(json!({"type": "watch", "users": users})).await;
+        c.frame("watching").await;
+    }
+    c.send(json!({"type": "watch", "users": ["one-more"]}))
+        .await;
+    let e = c.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["users"]),
+        (&json!("too_many_watched"), &json!(["one-more"]))
+    );
     srv.stop().await;
 }
 

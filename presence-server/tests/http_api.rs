@@ -49,10 +49,15 @@ async fn the_http_api_agrees_with_what_socket_clients_see() {
     assert_eq!(view["status"], "busy");
     assert_eq!(view["text"], "focus");
 
+    bob.send(json!({"type": "read", "room": "r", "marker": 41}))
+        .await;
+    ana.diff("read", "bob").await;
     let snap = ana.join("r").await;
     let (status, room) = srv.get("/v1/rooms/r/members", &token("ana")).await;
     assert_eq!(status, 200);
     assert_eq!(room["members"], snap["members"], "same view as a snapshot");
+    assert_eq!(room["receipts"], json!([{"user": "bob", "marker": 41}]));
+    assert_eq!(room["receipts"], snap["receipts"]);
 
     let (status, bulk) = srv
         .post(
