@@ -190,12 +190,8 @@ async fn a_flood_written_at_once_is_closed_with_1008_not_a_reset() {
     let srv = TestServer::start(calm_config()).await;
     for _ in 0..3 {
         let mut c = srv.client("ana").await;
-        for _ in 0..1000 {
-            c.ws.feed(Message::text(r#"{"type":"ping"}"#))
-                .await
-                .expect("feed");
-        }
-        c.ws.flush().await.expect("flush");
+        c.send_all((0..1000).map(|_| Message::text(r#"{"type":"ping"}"#)))
+            .await;
         assert_eq!(c.close_code().await, 1008);
     }
     srv.stop().await;
@@ -207,12 +203,15 @@ async fn a_fragmented_message_far_beyond_the_limit_is_closed_with_1009_not_a_res
     for _ in 0..4 {
         let mut c = srv.client("ana").await;
         let chunk = "x".repeat(1000);
-        for i in 0..41 {
+        c.send_all((0..41).map(|i| {
             let opcode = if i == 0 { Data::Text } else { Data::Continue };
-            let frame = Frame::message(chunk.clone().into_bytes(), OpCode::Data(opcode), i == 40);
-            c.ws.feed(Message::Frame(frame)).await.expect("feed");
-        }
-        c.ws.flush().await.expect("flush");
+            Message::Frame(Frame::message(
+                chunk.clone().into_bytes(),
+                OpCode::Data(opcode),
+                i == 40,
+            ))
+        }))
+        .await;
         assert_eq!(c.close_code().await, 1009);
     }
     srv.stop().await;
@@ -340,10 +339,8 @@ async fn a_new_socket_may_restore_the_most_state_the_limits_allow_at_once() {
     for _ in 0..40 {
         frames.push(json!({"type": "ping"}));
     }
-    for f in &frames {
-        c.ws.feed(Message::text(f.to_string())).await.expect("feed");
-    }
-    c.ws.flush().await.expect("flush");
+    c.send_all(frames.iter().map(|f| Message::text(f.to_string())))
+        .await;
     let (mut snapshots, mut watching, mut pongs) = (0, 0, 0);
     // Pongs answer at once; snapshots come with the next batch.
     while (snapshots, watching, pongs) != (64, 5, 40) {

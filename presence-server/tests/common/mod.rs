@@ -238,6 +238,14 @@ impl Client {
         self.send_raw(&v.to_string()).await;
     }
 
+    /// Writes `messages` in one go (one flush), as a flood or a restore would.
+    pub async fn send_all(&mut self, messages: impl IntoIterator<Item = Message>) {
+        for m in messages {
+            self.ws.feed(m).await.expect("feed");
+        }
+        self.ws.flush().await.expect("flush");
+    }
+
     pub async fn send_raw(&mut self, s: &str) {
         self.ws
             .send(Message::text(s.to_owned()))
