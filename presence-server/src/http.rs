@@ -390,8 +390,7 @@ pub(crate) async fn room_counts(
     query: Query<HashMap<String, String>>,
     path: Path<String>,
 ) -> Result<Json<RoomCounts>, ApiError> {
-    let Json(RoomMembers { room, members, .. }) =
-        room_members(state, headers, query, path).await?;
+    let Json(RoomMembers { room, members, .. }) = room_members(state, headers, query, path).await?;
     let count = |s: presence_core::PresenceState| members.iter().filter(|m| m.state == s).count();
     Ok(Json(RoomCounts {
         online: members

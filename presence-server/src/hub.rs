@@ -1163,8 +1163,8 @@ impl Hub {
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 
 impl Hub {
-    /// Takes back what a data directory kept: users' durable state, and the
-    /// connections of a graceful shutdown, in their offline grace from now so
+    /// Takes back what a data directory (or, for connections, Redis) kept:
+    /// users' durable state, and the connections of a graceful shutdown, in their offline grace from now so
     /// clients that come back within it resume silently. Nothing is announced:
     /// observers reconnect and get snapshots.
     pub(crate) fn restore(&self, loaded: Loaded) {
@@ -1176,11 +1176,19 @@ impl Hub {
         let mut max_conn = 0;
         for record in loaded.conns {
             let conn = record.conn.0;
+            let user = record.user.clone();
             match st.machine.restore_conn(now, record) {
-                Ok(()) => max_conn = max_conn.max(conn),
+                Ok(()) => {
+                    max_conn = max_conn.max(conn);
+                    // The shared store hears of them as of any other user.
+                    if let Some(c) = st.cluster.as_mut() {
+                        c.dirty.insert(user);
+                    }
+                }
                 Err(e) => tracing::warn!(conn, error = %e, "saved connection not restored"),
             }
         }
+        self.cluster_wake.notify_one();
         self.next_conn.fetch_max(max_conn + 1, Ordering::Relaxed);
         st.machine.drain_events().for_each(drop);
         st.planned_wake = None;

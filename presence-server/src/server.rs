@@ -30,7 +30,7 @@ use crate::redis::RedisStore;
 use crate::session;
 
 /// How long shutdown waits for sockets to take their 1001 and end.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -412,6 +412,16 @@ impl PresenceServer {
             }
         })
         .await;
+        if let Some(store) = hub.store.clone() {
+            // Kept for the grace plus the lease: a restart with the same
+            // node id within it resumes these without a flap.
+            let ttl = hub.config.timing.offline_grace + store.config().lease_ttl;
+            let conns = hub.conn_records();
+            match store.save_resume(&conns, ttl).await {
+                Ok(()) => tracing::info!(connections = conns.len(), "saved in Redis for resume"),
+                Err(e) => tracing::warn!(error = %e, "connections not saved for resume"),
+            }
+        }
         if let Some(data) = hub.data.clone() {
             write_durable(hub, &data).await;
             let conns = hub.conn_records();

@@ -58,12 +58,21 @@ impl Drop for Cleanup {
 }
 
 async fn node_at(url: String, prefix: &str, id: &str) -> TestServer {
+    node_with(url, prefix, id, calm_config()).await
+}
+
+async fn node_with(
+    url: String,
+    prefix: &str,
+    id: &str,
+    config: presence_server::ServerConfig,
+) -> TestServer {
     let mut rc = RedisConfig::new(url);
     rc.prefix = prefix.into();
     rc.node_id = id.into();
     rc.lease_ttl = LEASE;
     let store = RedisStore::new(rc).expect("store config");
-    TestServer::start_with(PresenceServer::builder().config(calm_config()).redis(store)).await
+    TestServer::start_with(PresenceServer::builder().config(config).redis(store)).await
 }
 
 async fn node(prefix: &str, id: &str) -> TestServer {
@@ -266,6 +275,49 @@ async fn a_restarted_node_does_not_resurrect_its_previous_connections() {
     let (_, body) = b.get("/v1/rooms/r/members", SERVICE_KEY).await;
     assert_eq!(names(&body["members"]), ["bob"]);
     drop(ana);
+}
+
+#[tokio::test]
+async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap() {
+    let prefix = unique_prefix("resume");
+    let _keys = Cleanup(prefix.clone());
+    let mut config = calm_config();
+    config.timing.offline_grace = Duration::from_secs(3);
+    let a = node_with(redis_url(), &prefix, "a", config.clone()).await;
+    let b = node(&prefix, "b").await;
+    all_up(&[&a, &b]).await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    let token = ana.resume_token();
+    let mut bob = b.client("bob").await;
+    assert_eq!(names(&bob.join("r").await["members"]), ["ana", "bob"]);
+    a.stop().await;
+    assert_eq!(ana.close_code().await, 1001);
+    // Same id, within the grace: the saved connections come back.
+    let a2 = node_with(redis_url(), &prefix, "a", config).await;
+    all_up(&[&a2]).await;
+    let mut back = Client::connect(&a2.url("ana"), "ana", Some(&token)).await;
+    assert_eq!(back.welcome["resumed"], true);
+    assert_eq!(names(&back.join("r").await["members"]), ["ana", "bob"]);
+    let seen = bob.diffs_during(Duration::from_millis(1500)).await;
+    assert!(
+        seen.iter().all(|(_, d)| diff_user(d) != "ana"),
+        "bob saw no flap of ana: {seen:?}"
+    );
+    // And a client that does not come back goes offline after its grace.
+    let mut carol = a2.client("carol").await;
+    carol.join("r").await;
+    bob.diff("user_connected", "carol").await;
+    a2.stop().await;
+    let a3 = node_with(redis_url(), &prefix, "a", {
+        let mut c = calm_config();
+        c.timing.offline_grace = Duration::from_millis(300);
+        c
+    })
+    .await;
+    all_up(&[&a3]).await;
+    bob.diff("user_disconnected", "carol").await;
+    drop((back, carol, a3));
 }
 
 /// A TCP proxy to Redis that can cut every connection and refuse new ones.

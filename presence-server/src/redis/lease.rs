@@ -11,8 +11,12 @@
 //! A user who reconnected to another node within the lease stays online
 //! without a flap. Bound: lease TTL + one reaper period (TTL/3).
 //!
-//! A node starting with the id of a previous incarnation first removes that
-//! incarnation's records (a forced reap), so stale connections are not
+//! A node starting with the id of a previous incarnation takes back the
+//! connections that incarnation left at a graceful shutdown
+//! (`{prefix}:resume:{id}`, kept for the offline grace plus the lease): they
+//! resume in their grace, its records are simply re-sent, and observers see
+//! nothing. Without them (the previous one was killed) it first removes
+//! that incarnation's records (a forced reap), so stale connections are not
 //! resurrected. A node whose own lease expired while it lived (cut from
 //! Redis for longer than the TTL) was reaped: when the update script reports
 //! that it had to take the lease again, the node re-sends all its records.
@@ -38,7 +42,7 @@ pub(super) async fn run(hub: Weak<Hub>, store: RedisStore) {
         let Some(now) = hub.upgrade().map(|h| now_ms(&h)) else {
             return;
         };
-        match clear_previous(&store, now, &node).await {
+        match resume_or_clear(&hub, &store, now, &node).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "store unreachable at start; serving locally meanwhile");
@@ -52,13 +56,15 @@ pub(super) async fn run(hub: Weak<Hub>, store: RedisStore) {
             }
         }
     }
-    match hub.upgrade() {
+    let keep_after_shutdown = match hub.upgrade() {
         Some(h) => {
             h.cluster_link(false, true);
             h.cluster_ready();
+            h.config.timing.offline_grace + crate::server::DRAIN_TIMEOUT
         }
         None => return,
-    }
+    };
+    let mut stopping_since: Option<std::time::Instant> = None;
     loop {
         let Some(now) = hub.upgrade().map(|h| now_ms(&h)) else {
             return;
@@ -82,10 +88,43 @@ pub(super) async fn run(hub: Weak<Hub>, store: RedisStore) {
                 h.cluster_link(false, false);
             }
         }
-        if !pause(&hub, period).await {
-            return;
+        // Not `pause`: the lease is renewed through a graceful shutdown's
+        // drain and the offline grace after it, so the users this node still
+        // holds (saved for its next incarnation) are not reaped while a
+        // restart can still resume them; then it lapses and the others reap.
+        if hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
+            let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > keep_after_shutdown {
+                return;
+            }
         }
+        tokio::time::sleep(period).await;
     }
+}
+
+/// Takes back the previous incarnation's saved connections, or clears its
+/// records when it left none.
+async fn resume_or_clear(
+    hub: &Weak<Hub>,
+    store: &RedisStore,
+    now: u64,
+    node: &str,
+) -> Result<(), super::StoreError> {
+    let saved = store.take_resume().await?;
+    if saved.is_empty() {
+        return clear_previous(store, now, node).await;
+    }
+    tracing::info!(
+        connections = saved.len(),
+        "resuming the previous incarnation's connections"
+    );
+    if let Some(h) = hub.upgrade() {
+        h.restore(crate::data_dir::Loaded {
+            conns: saved,
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 async fn clear_previous(store: &RedisStore, now: u64, node: &str) -> Result<(), super::StoreError> {

@@ -33,6 +33,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use presence_core::machine::ConnRecord;
 use presence_core::{PresenceView, RoomId, UserId};
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
@@ -253,6 +254,42 @@ impl RedisStore {
         Ok(tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| StoreError::Timeout)??)
+    }
+
+    /// Leaves this node's connections for its next incarnation (a graceful
+    /// restart), for `ttl`: long enough to restart within the grace.
+    pub(crate) async fn save_resume(
+        &self,
+        conns: &[ConnRecord],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(conns).map_err(|_| StoreError::Encode)?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = self.key(&format!("resume:{}", self.inner.config.node_id));
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(payload).arg("PX").arg(ms);
+        let call = cmd.query_async::<()>(&mut conn);
+        Ok(tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| StoreError::Timeout)??)
+    }
+
+    /// Takes what the previous incarnation of this node left (see
+    /// [`save_resume`](Self::save_resume)); empty if nothing.
+    pub(crate) async fn take_resume(&self) -> Result<Vec<ConnRecord>, StoreError> {
+        let key = self.key(&format!("resume:{}", self.inner.config.node_id));
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(key);
+        let call = cmd.query_async::<Option<String>>(&mut conn);
+        let saved = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| StoreError::Timeout)??;
+        match saved {
+            None => Ok(Vec::new()),
+            Some(json) => serde_json::from_str(&json).map_err(|_| StoreError::Decode),
+        }
     }
 
     /// Cluster-level presence of `users`, in order.
