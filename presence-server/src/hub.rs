@@ -606,24 +606,14 @@ impl Hub {
         room: &RoomId,
         marker: u64,
     ) -> Result<(), ErrorCode> {
-        self.apply(|st, now| {
-            if !st.is_current(conn, generation) {
-                return Err(ErrorCode::Internal);
-            }
-            let moved = st
-                .machine
-                .read(now, conn, room, marker)
-                .map_err(MachineError::code)?;
+        let moved = self.act(conn, generation, |m, now| m.read(now, conn, room, marker))?;
+        if moved && self.data.is_some() {
+            let mut st = self.lock();
             if let Some(user) = st.machine.user_of(conn).cloned() {
-                if let Some(c) = st.cluster.as_mut() {
-                    c.dirty.insert(user.clone());
-                }
-                if moved && self.data.is_some() {
-                    st.durable.insert(user);
-                }
+                st.durable.insert(user);
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Queues a reply only if the socket's queue has room for it: for
