@@ -61,14 +61,23 @@ pub fn redis() -> Result<()> {
         "--appendonly",
         "no",
     ]))?;
-    for _ in 0..50 {
-        if redis_answers() {
-            println!("redis started");
-            return Ok(());
-        }
-        sleep(Duration::from_millis(100));
+    if answers_within(Duration::from_secs(5), redis_answers) {
+        println!("redis started");
+        return Ok(());
     }
     bail!("redis-server was started but does not answer `redis-cli ping`")
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` has passed.
+fn answers_within(limit: Duration, check: fn() -> bool) -> bool {
+    let step = Duration::from_millis(100);
+    for _ in 0..limit.as_millis() / step.as_millis() {
+        if check() {
+            return true;
+        }
+        sleep(step);
+    }
+    check()
 }
 
 fn redis_answers() -> bool {
@@ -103,12 +112,9 @@ pub fn postgres() -> Result<()> {
         "main",
         "start",
     ]))?;
-    for _ in 0..100 {
-        if postgres_answers() {
-            println!("postgres started");
-            return Ok(());
-        }
-        sleep(Duration::from_millis(100));
+    if answers_within(Duration::from_secs(10), postgres_answers) {
+        println!("postgres started");
+        return Ok(());
     }
     bail!("PostgreSQL was started but does not accept connections on 127.0.0.1:5432")
 }
