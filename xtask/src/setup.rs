@@ -5,7 +5,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 use crate::workspace::Workspace;
@@ -69,7 +69,7 @@ pub fn redis() -> Result<()> {
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` has passed.
-fn answers_within(limit: Duration, check: fn() -> bool) -> bool {
+fn answers_within(limit: Duration, check: impl Fn() -> bool) -> bool {
     let step = Duration::from_millis(100);
     for _ in 0..limit.as_millis() / step.as_millis() {
         if check() {
@@ -81,10 +81,165 @@ fn answers_within(limit: Duration, check: fn() -> bool) -> bool {
 }
 
 fn redis_answers() -> bool {
+    redis_port_answers(6379)
+}
+
+fn redis_port_answers(port: u16) -> bool {
+    redis_cli(port, &["ping"]).is_some_and(|out| out.starts_with("PONG"))
+}
+
+/// `redis-cli -h 127.0.0.1 -p <port> <args>`'s output, if it ran and succeeded.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
     Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
         .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The masters of the tests' private Redis Cluster, on loopback.
+const REDIS_CLUSTER_PORTS: [u16; 3] = [7101, 7102, 7103];
+
+/// Tells the tests where the cluster is: its masters as `host:port`, comma-separated.
+pub const REDIS_CLUSTER_ENV: &str = "PRESENCE_TEST_REDIS_CLUSTER";
+
+/// The value of [`REDIS_CLUSTER_ENV`]: `127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103`.
+pub fn redis_cluster_nodes() -> String {
+    redis_cluster_addrs().join(",")
+}
+
+fn redis_cluster_addrs() -> Vec<String> {
+    REDIS_CLUSTER_PORTS
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect()
+}
+
+/// A private 3-master Redis Cluster on 127.0.0.1:7101-7103 (no replicas, no persistence), for
+/// the tests of cluster routing that one standalone Redis cannot show. A healthy one left by an
+/// earlier run is reused; otherwise its nodes are stopped and the cluster is made afresh in
+/// `target/redis-cluster`. The nodes outlive xtask, like the Redis on 6379.
+pub fn redis_cluster(ws: &Workspace) -> Result<()> {
+    if redis_cluster_healthy() {
+        println!("redis cluster answers on {}", redis_cluster_nodes());
+        return Ok(());
+    }
+    if !cmd::succeeds(Command::new("redis-server").arg("--version")) {
+        bail!("redis-server not found (needed for the Redis Cluster on ports 7101-7103)");
+    }
+    if !cmd::succeeds(Command::new("redis-cli").arg("--version")) {
+        bail!("redis-cli not found (needed to create the Redis Cluster on ports 7101-7103)");
+    }
+    stop_redis_cluster()?;
+    let dir = ws.target.join("redis-cluster");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    for port in REDIS_CLUSTER_PORTS {
+        start_cluster_node(&dir, port)?;
+    }
+    create_redis_cluster()?;
+    if answers_within(Duration::from_secs(20), redis_cluster_healthy) {
+        println!("redis cluster started on {}", redis_cluster_nodes());
+        return Ok(());
+    }
+    bail!(
+        "the Redis Cluster on ports 7101-7103 was created but does not reach cluster_state:ok \
+         with 3 masters within 20 s (logs in {})",
+        dir.display()
+    )
+}
+
+/// Every node says `cluster_state:ok` and counts 3 masters serving slots, so a client may start
+/// at any of them.
+fn redis_cluster_healthy() -> bool {
+    REDIS_CLUSTER_PORTS.iter().all(|&port| {
+        redis_cli(port, &["cluster", "info"]).is_some_and(|info| {
+            let lines: Vec<&str> = info.lines().map(str::trim).collect();
+            lines.contains(&"cluster_state:ok") && lines.contains(&"cluster_size:3")
+        })
+    })
+}
+
+/// Shuts down whatever Redis answers on the cluster's ports (a broken cluster of an earlier run),
+/// so the ports and a fresh `nodes-<port>.conf` are free.
+fn stop_redis_cluster() -> Result<()> {
+    for port in REDIS_CLUSTER_PORTS {
+        if !redis_port_answers(port) {
+            continue;
+        }
+        println!("stopping the stale redis on 127.0.0.1:{port}");
+        redis_cli(port, &["shutdown", "nosave"]);
+        if !answers_within(Duration::from_secs(5), || !redis_port_answers(port)) {
+            bail!("the redis on 127.0.0.1:{port} does not stop after `shutdown nosave`");
+        }
+    }
+    Ok(())
+}
+
+/// One cluster-enabled `redis-server`, daemonized, its files and log in `dir`.
+fn start_cluster_node(dir: &Path, port: u16) -> Result<()> {
+    let port_arg = port.to_string();
+    let in_dir = |name: String| dir.join(name).display().to_string();
+    cmd::run(Command::new("redis-server").args([
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        &in_dir(format!("nodes-{port}.conf")),
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--daemonize",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.display().to_string(),
+        "--logfile",
+        &in_dir(format!("redis-{port}.log")),
+    ]))?;
+    if answers_within(Duration::from_secs(5), || redis_port_answers(port)) {
+        return Ok(());
+    }
+    bail!(
+        "redis-server on 127.0.0.1:{port} was started but does not answer `redis-cli ping` \
+         (see {})",
+        in_dir(format!("redis-{port}.log"))
+    )
+}
+
+/// Joins the three nodes into one cluster, the 16384 slots split between them.
+fn create_redis_cluster() -> Result<()> {
+    let nodes = redis_cluster_addrs();
+    let mut command = Command::new("redis-cli");
+    command.arg("--cluster").arg("create").args(&nodes).args([
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+    ]);
+    println!(
+        "$ redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes",
+        nodes.join(" ")
+    );
+    let out = command
+        .output()
+        .context("could not start `redis-cli --cluster create`")?;
+    if !out.status.success() {
+        // redis-cli prints its `[ERR] …` lines on stdout.
+        bail!(
+            "`redis-cli --cluster create` failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// PostgreSQL on 127.0.0.1:5432, for the audience-policy test: the machine

@@ -33,11 +33,12 @@ pub fn run(ws: &Workspace) -> Result<()> {
     };
     let mut steps = Steps::new(10);
     steps.step(
-        "setup: toolchain, Chromium, Redis, PostgreSQL, node tools, wasm test runner",
+        "setup: toolchain, Chromium, Redis, Redis Cluster, PostgreSQL, node tools, wasm test runner",
         || {
             setup::toolchain(ws)?;
             setup::chromium()?;
             setup::redis()?;
+            setup::redis_cluster(ws)?;
             setup::postgres()?;
             setup::node_tools(ws)?;
             setup::wasm_test_runner(ws)
@@ -72,7 +73,11 @@ pub fn run(ws: &Workspace) -> Result<()> {
         ]))
     })?;
     steps.step("cargo test --workspace", || {
-        cmd::run(cargo().args(["test", "--workspace"]))
+        cmd::run(
+            cargo()
+                .args(["test", "--workspace"])
+                .env(setup::REDIS_CLUSTER_ENV, setup::redis_cluster_nodes()),
+        )
     })?;
     steps.step(
         "browser tests (headless Chromium, against a real server)",
