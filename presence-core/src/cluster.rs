@@ -1,0 +1,422 @@
+//! The cluster rule: several nodes' records of one user → one view, and the
+//! transitions observers must see when it changes.
+//!
+//! Each node (each *incarnation*: a node id plus the epoch of one process
+//! run) publishes a [`NodeRecord`] per user it holds: the user's presence on
+//! that node alone, its rooms and typing there, and the status it last knew.
+//! A node's record is its whole truth about the user, never a delta, and is
+//! numbered by a sequence that only grows, so a record arriving twice or late
+//! changes nothing ([`Records::apply`]). The cluster view is a pure function
+//! of the records and of which incarnations are alive ([`Records::view`]),
+//! with the same ranking as the connection → user merge
+//! ([`crate::machine::aggregate`]); [`transitions`] turns two views into the
+//! diffs observers get. So every node that holds the same records computes
+//! the same view, whatever order they arrived in, and announces each change
+//! once: it compares with what it last announced, never with a message.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RoomId, UserId};
+use crate::machine::{Event, Shown, aggregate};
+use crate::presence::{Activity, IdleReason, Millis, PresenceView, Status, StatusText};
+use crate::protocol::Diff;
+
+/// One node's record of one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The user's presence from this node's connections alone, before
+    /// invisibility (the cluster applies the status once, merged).
+    #[serde(rename = "s", with = "shown_wire")]
+    pub shown: Shown,
+    /// Last active on this node.
+    #[serde(rename = "la", default, skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<Millis>,
+    /// Last seen on this node (set once it holds no live connection).
+    #[serde(rename = "ls", default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Millis>,
+    /// Rooms the user is in on this node, sorted.
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<RoomId>,
+    /// Rooms the user types in on this node, sorted.
+    #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
+    pub typing: Vec<RoomId>,
+    /// The status this node last knew, and when it was set (0: unknown, so
+    /// any known setting wins over it).
+    #[serde(rename = "st", default)]
+    pub status: Status,
+    /// The status text.
+    #[serde(rename = "tx", default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<StatusText>,
+    /// When the status was set, ms.
+    #[serde(rename = "sa", default)]
+    pub status_at: Millis,
+}
+
+impl NodeRecord {
+    /// A record holding nothing: the node let the user go.
+    pub fn released(
+        last_seen: Option<Millis>,
+        status: Status,
+        text: Option<StatusText>,
+        status_at: Millis,
+    ) -> Self {
+        Self {
+            shown: Shown::Offline,
+            last_active: None,
+            last_seen,
+            rooms: Vec::new(),
+            typing: Vec::new(),
+            status,
+            text,
+            status_at,
+        }
+    }
+
+    /// Whether the node holds the user (connected, or in a room while
+    /// invisible): a store must keep such a record as long as the node lives.
+    pub fn holds(&self) -> bool {
+        self.shown != Shown::Offline || !self.rooms.is_empty()
+    }
+
+    /// This record after its node died at `at`: it holds nothing any more.
+    /// The user was last seen then, unless invisible (an invisible user's
+    /// last-seen never moves, as on one node).
+    pub fn expired(&self, at: Millis) -> Self {
+        self.expire(at, self.status == Status::Invisible)
+    }
+
+    fn expire(&self, at: Millis, invisible: bool) -> Self {
+        let mut r = Self::released(
+            self.last_seen,
+            self.status,
+            self.text.clone(),
+            self.status_at,
+        );
+        if self.shown != Shown::Offline && !invisible {
+            r.last_seen = Some(self.last_seen.map_or(at, |s| s.max(at)));
+        }
+        r
+    }
+}
+
+/// Whether an incarnation is alive, for [`Records::view`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its records count.
+    Live,
+    /// It died (its lease ran out) at this time: its records hold nothing.
+    Gone(Millis),
+}
+
+/// All the records of one user, one per incarnation, each with its sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    by: BTreeMap<String, (u64, NodeRecord)>,
+}
+
+impl Records {
+    /// Takes `record` if it is newer than what `incarnation` had; returns
+    /// whether it was taken. Duplicates and late arrivals are ignored.
+    pub fn apply(&mut self, incarnation: &str, seq: u64, record: NodeRecord) -> bool {
+        match self.by.get_mut(incarnation) {
+            Some((s, _)) if *s >= seq => false,
+            Some(slot) => {
+                *slot = (seq, record);
+                true
+            }
+            None => {
+                self.by.insert(incarnation.to_owned(), (seq, record));
+                true
+            }
+        }
+    }
+
+    /// Drops an incarnation's record; returns whether there was one.
+    pub fn remove(&mut self, incarnation: &str) -> bool {
+        self.by.remove(incarnation).is_some()
+    }
+
+    /// One incarnation's record and its sequence.
+    pub fn get(&self, incarnation: &str) -> Option<(u64, &NodeRecord)> {
+        self.by.get(incarnation).map(|(s, r)| (*s, r))
+    }
+
+    /// Every record, by incarnation.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, &NodeRecord)> {
+        self.by.iter().map(|(i, (s, r))| (i.as_str(), *s, r))
+    }
+
+    /// Whether no incarnation has a record.
+    pub fn is_empty(&self) -> bool {
+        self.by.is_empty()
+    }
+
+    /// The cluster view: active if any live node is active, idle with the
+    /// most present reason if any live node holds a connection, offline
+    /// otherwise or when the latest status is invisible. The status is the
+    /// latest setting any node knew (ties go to the greater incarnation, so
+    /// the result never depends on arrival order).
+    pub fn view(&self, live: impl Fn(&str) -> Liveness) -> ClusterView {
+        let mut v = ClusterView::offline();
+        let mut status_key: Option<(Millis, &str)> = None;
+        for (inc, (_, rec)) in &self.by {
+            let key = (rec.status_at, inc.as_str());
+            if status_key.is_none_or(|k| key > k) {
+                status_key = Some(key);
+                v.status = rec.status;
+                v.text = rec.text.clone();
+                v.status_at = rec.status_at;
+            }
+        }
+        // The merged status, not each record's, decides whether a dead
+        // node's connections moved the last-seen.
+        let invisible = v.status == Status::Invisible;
+        let mut activities = Vec::new();
+        for (inc, (_, rec)) in &self.by {
+            let rec = match live(inc) {
+                Liveness::Live => std::borrow::Cow::Borrowed(rec),
+                Liveness::Gone(at) => std::borrow::Cow::Owned(rec.expire(at, invisible)),
+            };
+            match rec.shown {
+                Shown::Active => activities.push(Activity::Active),
+                Shown::Idle(r) => activities.push(Activity::Idle(r)),
+                Shown::Offline => {}
+            }
+            v.last_active = v.last_active.max(rec.last_active);
+            v.last_seen = v.last_seen.max(rec.last_seen);
+            v.rooms.extend(rec.rooms.iter().cloned());
+            v.typing.extend(rec.typing.iter().cloned());
+        }
+        v.shown = if invisible {
+            // Observers last saw the user when they went invisible: the
+            // machine records that time as its last-seen, but a node still
+            // holding connections publishes none, so take the setting's.
+            if v.status_at > Millis(0) {
+                v.last_seen = v.last_seen.max(Some(v.status_at));
+            }
+            Shown::Offline
+        } else {
+            aggregate(activities)
+        };
+        let rooms = &v.rooms;
+        v.typing.retain(|r| rooms.contains(r));
+        v
+    }
+}
+
+/// A user's presence across the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// What observers are shown (invisibility applied).
+    pub shown: Shown,
+    /// The user's status (invisible included).
+    pub status: Status,
+    /// The status text.
+    pub text: Option<StatusText>,
+    /// When the status was set (0: unknown).
+    pub status_at: Millis,
+    /// Latest last-active time on any live node.
+    pub last_active: Option<Millis>,
+    /// Latest last-seen time on any node.
+    pub last_seen: Option<Millis>,
+    /// Rooms the user is in on any live node (also while invisible).
+    pub rooms: BTreeSet<RoomId>,
+    /// Rooms the user types in on any live node.
+    pub typing: BTreeSet<RoomId>,
+}
+
+impl ClusterView {
+    /// A user nobody holds and nothing is known of.
+    pub fn offline() -> Self {
+        Self {
+            shown: Shown::Offline,
+            status: Status::Available,
+            text: None,
+            status_at: Millis(0),
+            last_active: None,
+            last_seen: None,
+            rooms: BTreeSet::new(),
+            typing: BTreeSet::new(),
+        }
+    }
+
+    /// Whether observers see the user online.
+    pub fn visible(&self) -> bool {
+        self.shown != Shown::Offline
+    }
+
+    /// Whether the members of `room` see the user there.
+    pub fn shown_in(&self, room: &RoomId) -> bool {
+        self.visible() && self.rooms.contains(room)
+    }
+
+    /// Whether the members of `room` see the user typing there.
+    pub fn typing_in(&self, room: &RoomId) -> bool {
+        self.visible() && self.typing.contains(room)
+    }
+
+    /// The presence observers get, as the machine renders it.
+    pub fn presence(&self, user: &UserId) -> PresenceView {
+        let invisible = self.status == Status::Invisible;
+        let online = self.visible();
+        PresenceView {
+            user: user.clone(),
+            state: self.shown.state(),
+            reason: self.shown.reason(),
+            status: if invisible {
+                Status::Available
+            } else {
+                self.status
+            },
+            text: if invisible { None } else { self.text.clone() },
+            last_active: if online { self.last_active } else { None },
+            last_seen: if online { None } else { self.last_seen },
+        }
+    }
+
+    /// Whether the user's own status or text changed (their own sockets are
+    /// told, invisible included).
+    pub fn status_changed(&self, before: &ClusterView) -> bool {
+        self.status != before.status || self.text != before.text
+    }
+
+    fn shown_typing(&self) -> BTreeSet<&RoomId> {
+        if self.visible() {
+            self.typing.iter().collect()
+        } else {
+            BTreeSet::new()
+        }
+    }
+}
+
+/// What observers must be told when `user`'s view goes from `before` to
+/// `after`, in the order the machine tells it: typing that stopped, the
+/// status, the presence change (with rooms left and joined), typing that
+/// started. Empty when nothing visible changed.
+pub fn transitions(
+    user: &UserId,
+    before: &ClusterView,
+    after: &ClusterView,
+    now: Millis,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut emit = |diff: Diff, rooms: Vec<RoomId>, global: bool| {
+        out.push(Event {
+            at: now,
+            diff,
+            rooms,
+            global,
+        });
+    };
+    let (vis0, vis1) = (before.visible(), after.visible());
+    let (typing0, typing1) = (before.shown_typing(), after.shown_typing());
+    for room in typing0.difference(&typing1) {
+        emit(
+            Diff::TypingStopped { user: user.clone() },
+            vec![(*room).clone()],
+            false,
+        );
+    }
+    if vis0 && vis1 && after.status_changed(before) {
+        let diff = Diff::Status {
+            user: user.clone(),
+            status: after.status,
+            text: after.text.clone(),
+        };
+        emit(diff, after.rooms.iter().cloned().collect(), true);
+    }
+    let left: Vec<RoomId> = before.rooms.difference(&after.rooms).cloned().collect();
+    let joined: Vec<RoomId> = after.rooms.difference(&before.rooms).cloned().collect();
+    let both: Vec<RoomId> = after.rooms.intersection(&before.rooms).cloned().collect();
+    let gone = |last_seen| Diff::UserDisconnected {
+        user: user.clone(),
+        last_seen,
+    };
+    match (vis0, vis1) {
+        (true, false) => {
+            let last_seen = after.last_seen.unwrap_or(now);
+            emit(
+                gone(last_seen),
+                before.rooms.iter().cloned().collect(),
+                true,
+            );
+        }
+        (false, true) => {
+            let diff = Diff::UserConnected {
+                presence: after.presence(user),
+            };
+            emit(diff, after.rooms.iter().cloned().collect(), true);
+        }
+        (true, true) => {
+            if !left.is_empty() {
+                emit(gone(now), left, false);
+            }
+            if before.shown != after.shown {
+                let diff = match after.shown {
+                    Shown::Idle(reason) => Diff::UserIdle {
+                        user: user.clone(),
+                        reason,
+                    },
+                    _ => Diff::UserActive { user: user.clone() },
+                };
+                emit(diff, both, true);
+            }
+            if !joined.is_empty() {
+                emit(
+                    Diff::UserConnected {
+                        presence: after.presence(user),
+                    },
+                    joined,
+                    false,
+                );
+            }
+        }
+        (false, false) => {}
+    }
+    for room in typing1.difference(&typing0) {
+        emit(
+            Diff::TypingStarted { user: user.clone() },
+            vec![(*room).clone()],
+            false,
+        );
+    }
+    out
+}
+
+/// `Shown` on the wire: `a`, an idle reason, or `o`.
+mod shown_wire {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(s: &Shown, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(match s {
+            Shown::Active => "a",
+            Shown::Offline => "o",
+            Shown::Idle(IdleReason::NoInput) => "no_input",
+            Shown::Idle(IdleReason::Blurred) => "blurred",
+            Shown::Idle(IdleReason::Hidden) => "hidden",
+            Shown::Idle(IdleReason::Locked) => "locked",
+        })
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Shown, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(de)?;
+        Ok(match &*s {
+            "a" => Shown::Active,
+            "o" => Shown::Offline,
+            "no_input" => Shown::Idle(IdleReason::NoInput),
+            "blurred" => Shown::Idle(IdleReason::Blurred),
+            "hidden" => Shown::Idle(IdleReason::Hidden),
+            "locked" => Shown::Idle(IdleReason::Locked),
+            other => {
+                return Err(serde::de::Error::custom(format_args!(
+                    "unknown state {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
