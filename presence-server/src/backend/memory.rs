@@ -1,0 +1,455 @@
+//! The in-process backend: several nodes in one process sharing one
+//! [`MemoryCluster`]. It is the reference for what a backend does (the
+//! conformance suite holds Redis to the same behaviour), and what tests use
+//! to run a cluster without an engine.
+//!
+//! Same semantics as Redis, including lease TTLs and record retention, timed
+//! with [`tokio::time::Instant`] so tests may pause time. Records are kept as
+//! values, not encoded: there is nothing to corrupt. [`MemoryBackend::set_down`]
+//! simulates a lost link for one node: its calls fail, its subscriptions are
+//! dropped, and it gets [`Incoming::Reset`] when the link is back.
+//!
+//! Bounds: it holds what the nodes write, and forgets it as Redis would
+//! (expired records and saved connections are swept every
+//! [`SWEEP_EVERY`] calls); each node's incoming queue holds
+//! [`INCOMING_CAPACITY`] messages.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use presence_core::{RoomId, UserId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::inbox::{INCOMING_CAPACITY, Inbox};
+use super::{
+    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
+    UserRecords, Written,
+};
+
+/// Expired entries are swept once per this many calls (reads also skip them).
+const SWEEP_EVERY: u64 = 1024;
+
+/// What the nodes of one in-process cluster share. Cheap to clone; every
+/// clone is the same cluster.
+#[derive(Clone, Default)]
+pub struct MemoryCluster {
+    world: Arc<Mutex<World>>,
+}
+
+impl MemoryCluster {
+    /// An empty cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new node's link to the cluster, with its own subscriptions and
+    /// incoming queue.
+    pub fn node(&self) -> MemoryBackend {
+        let inbox = Inbox::new(INCOMING_CAPACITY);
+        let id = {
+            let mut w = lock(&self.world);
+            w.next_link += 1;
+            let id = w.next_link;
+            w.links.insert(
+                id,
+                Link {
+                    inbox: inbox.clone(),
+                    topics: HashSet::new(),
+                },
+            );
+            id
+        };
+        MemoryBackend {
+            world: self.world.clone(),
+            id,
+            inbox,
+            down: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One node's link to a [`MemoryCluster`].
+pub struct MemoryBackend {
+    world: Arc<Mutex<World>>,
+    id: u64,
+    inbox: Inbox,
+    down: AtomicBool,
+}
+
+impl MemoryBackend {
+    /// Cuts (`true`) or restores (`false`) this node's link, as an outage of
+    /// its engine would: while down every call fails with
+    /// `BackendError::Engine("down")` and nothing arrives; the subscriptions
+    /// are lost, and once restored the node gets [`Incoming::Reset`].
+    pub fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, Ordering::SeqCst);
+        if down && !was {
+            lock(&self.world).drop_subscriptions(self.id);
+        } else if !down && was {
+            self.inbox.reset();
+        }
+    }
+
+    /// Runs `f` on the shared state, or fails if the link is down.
+    fn with<T>(&self, f: impl FnOnce(&mut World, Instant) -> T) -> BackendResult<T> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Engine("down".into()));
+        }
+        let now = Instant::now();
+        let mut w = lock(&self.world);
+        w.calls += 1;
+        if w.calls.is_multiple_of(SWEEP_EVERY) {
+            w.sweep(now);
+        }
+        Ok(f(&mut w, now))
+    }
+
+    /// [`Self::with`] as the boxed future the trait returns.
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        f: impl FnOnce(&mut World, Instant) -> T + Send + 'a,
+    ) -> BoxFuture<'a, BackendResult<T>> {
+        async move { self.with(f) }.boxed()
+    }
+}
+
+impl Drop for MemoryBackend {
+    fn drop(&mut self) {
+        let mut w = lock(&self.world);
+        w.drop_subscriptions(self.id);
+        w.links.remove(&self.id);
+    }
+}
+
+#[derive(Default)]
+struct World {
+    next_link: u64,
+    calls: u64,
+    users: HashMap<UserId, UserKey>,
+    /// Per incarnation: the users whose record of it holds them.
+    index: HashMap<Incarnation, BTreeSet<UserId>>,
+    members: HashMap<RoomId, BTreeSet<(UserId, Incarnation)>>,
+    markers: HashMap<RoomId, BTreeMap<UserId, u64>>,
+    /// Registered incarnations, and the deadline of each one's lease.
+    registry: BTreeSet<Incarnation>,
+    leases: HashMap<Incarnation, Instant>,
+    nodes: HashMap<String, Incarnation>,
+    resume: HashMap<String, (String, Instant)>,
+    subscribers: HashMap<Topic, BTreeSet<u64>>,
+    links: HashMap<u64, Link>,
+}
+
+/// One user's records, as one Redis hash with its expiry.
+#[derive(Default)]
+struct UserKey {
+    records: BTreeMap<Incarnation, Stored>,
+    expires: Option<Instant>,
+}
+
+struct Link {
+    inbox: Inbox,
+    topics: HashSet<Topic>,
+}
+
+impl UserKey {
+    fn all(&self) -> UserRecords {
+        self.records
+            .iter()
+            .map(|(i, s)| (i.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Keeps the key while a record holds the user, else lets it expire.
+    fn retain(&mut self, now: Instant, retention: Duration) {
+        let holds = self.records.values().any(|s| s.record.holds());
+        self.expires = (!holds).then(|| now + retention);
+    }
+}
+
+impl World {
+    /// The user's key, empty if it expired.
+    fn user(&mut self, user: &UserId, now: Instant) -> &mut UserKey {
+        let key = self.users.entry(user.clone()).or_default();
+        if key.expires.is_some_and(|e| e <= now) {
+            *key = UserKey::default();
+        }
+        key
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.users
+            .retain(|_, k| !k.records.is_empty() && k.expires.is_none_or(|e| e > now));
+        self.resume.retain(|_, (_, e)| *e > now);
+    }
+
+    fn live(&self, inc: &str, now: Instant) -> bool {
+        self.leases.get(inc).is_some_and(|d| *d > now)
+    }
+
+    fn drop_subscriptions(&mut self, id: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        for topic in link.topics.drain() {
+            if let Some(s) = self.subscribers.get_mut(&topic) {
+                s.remove(&id);
+                if s.is_empty() {
+                    self.subscribers.remove(&topic);
+                }
+            }
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn write<'a>(
+        &'a self,
+        inc: &'a str,
+        writes: Vec<(UserId, Stored)>,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Vec<Written>>> {
+        self.call(move |w, now| {
+            let mut out = Vec::with_capacity(writes.len());
+            for (user, stored) in writes {
+                let holds = stored.record.holds();
+                let key = w.user(&user, now);
+                let previous = key.records.insert(inc.to_owned(), stored);
+                key.retain(now, retention);
+                let all = key.all();
+                let index = w.index.entry(inc.to_owned()).or_default();
+                if holds {
+                    index.insert(user.clone());
+                } else {
+                    index.remove(&user);
+                    if index.is_empty() {
+                        w.index.remove(inc);
+                    }
+                }
+                out.push(Written {
+                    user,
+                    previous,
+                    all,
+                });
+            }
+            out
+        })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        user: &'a UserId,
+        inc: &'a str,
+        expected: u64,
+        new: Stored,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>> {
+        self.call(move |w, now| {
+            let key = w.user(user, now);
+            let slot = key.records.get_mut(inc).filter(|s| s.seq == expected)?;
+            *slot = new;
+            key.retain(now, retention);
+            Some(key.all())
+        })
+    }
+
+    fn read<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<UserRecords>>> {
+        self.call(move |w, now| users.iter().map(|u| w.user(u, now).all()).collect())
+    }
+
+    fn memberships<'a>(
+        &'a self,
+        inc: &'a str,
+        changes: Vec<(RoomId, UserId, bool)>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            for (room, user, add) in changes {
+                let set = w.members.entry(room.clone()).or_default();
+                if add {
+                    set.insert((user, inc.to_owned()));
+                } else {
+                    set.remove(&(user, inc.to_owned()));
+                    if set.is_empty() {
+                        w.members.remove(&room);
+                    }
+                }
+            }
+        })
+    }
+
+    fn members<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, BackendResult<Vec<(UserId, Incarnation)>>> {
+        self.call(move |w, _| {
+            w.members
+                .get(room)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn mark_read<'a>(
+        &'a self,
+        marks: Vec<(RoomId, UserId, u64)>,
+    ) -> BoxFuture<'a, BackendResult<Vec<(RoomId, UserId, u64)>>> {
+        self.call(move |w, _| {
+            let mut moved = Vec::new();
+            for (room, user, marker) in marks {
+                let room_markers = w.markers.entry(room.clone()).or_default();
+                if room_markers.get(&user).is_none_or(|m| marker > *m) {
+                    room_markers.insert(user.clone(), marker);
+                    moved.push((room, user, marker));
+                }
+            }
+            moved
+        })
+    }
+
+    fn receipts<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, BackendResult<Vec<(UserId, u64)>>> {
+        self.call(move |w, _| {
+            w.markers
+                .get(room)
+                .map(|m| m.iter().map(|(u, m)| (u.clone(), *m)).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>> {
+        self.call(move |w, now| {
+            let reacquired = !w.live(inc, now);
+            w.leases.insert(inc.to_owned(), now + ttl);
+            w.registry.insert(inc.to_owned());
+            let (live, dead) = w.registry.iter().cloned().partition(|i| w.live(i, now));
+            Leases {
+                reacquired,
+                live,
+                dead,
+            }
+        })
+    }
+
+    fn end_lease<'a>(&'a self, inc: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            w.leases.remove(inc);
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
+        inc: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<Incarnation>>> {
+        self.call(move |w, _| w.nodes.insert(node.to_owned(), inc.to_owned()))
+    }
+
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
+        self.call(move |w, now| {
+            if n == 0 {
+                return Vec::new();
+            }
+            let mut taken = Vec::new();
+            if let Some(set) = w.index.get_mut(dead) {
+                while taken.len() < n
+                    && let Some(u) = set.pop_first()
+                {
+                    taken.push(u);
+                }
+                if set.is_empty() {
+                    w.index.remove(dead);
+                }
+            }
+            // As on Redis: unregistered once a call finds nothing, unless
+            // the incarnation came back meanwhile.
+            if taken.is_empty() && !w.live(dead, now) {
+                w.registry.remove(dead);
+                w.leases.remove(dead);
+            }
+            taken
+        })
+    }
+
+    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            for (topic, payload) in messages {
+                let Some(ids) = w.subscribers.get(&topic) else {
+                    continue;
+                };
+                for id in ids {
+                    if let Some(link) = w.links.get(id) {
+                        link.inbox.message(topic.clone(), payload.clone());
+                    }
+                }
+            }
+        })
+    }
+
+    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            let Some(link) = w.links.get_mut(&self.id) else {
+                return;
+            };
+            for topic in topics {
+                link.topics.insert(topic.clone());
+                w.subscribers.entry(topic).or_default().insert(self.id);
+            }
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            let Some(link) = w.links.get_mut(&self.id) else {
+                return;
+            };
+            for topic in topics {
+                link.topics.remove(&topic);
+                if let Some(s) = w.subscribers.get_mut(&topic) {
+                    s.remove(&self.id);
+                    if s.is_empty() {
+                        w.subscribers.remove(&topic);
+                    }
+                }
+            }
+        })
+    }
+
+    fn incoming(&self) -> mpsc::Receiver<Incoming> {
+        self.inbox.take_receiver()
+    }
+
+    fn save_resume<'a>(
+        &'a self,
+        node: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, now| {
+            w.resume.insert(node.to_owned(), (payload, now + ttl));
+        })
+    }
+
+    fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>> {
+        self.call(move |w, now| {
+            w.resume
+                .remove(node)
+                .filter(|(_, e)| *e > now)
+                .map(|(p, _)| p)
+        })
+    }
+}
+
+/// Locks ignoring poison: every change to the world is complete before a
+/// call can panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,617 @@
+//! The Redis backend: one Redis (7.0 or later) or a Redis Cluster.
+//!
+//! Storage and compare-and-set only; presence is decided in Rust. Key layout
+//! in [`keys`]: every call touches one hash slot, so a cluster shards users,
+//! rooms and topics over its masters, and only the registry (`{reg}`: leases,
+//! node claims, saved connections, O(nodes)) lives in one slot. Scripts
+//! (`scripts/*.lua`, run with `EVALSHA` and their keys declared) keep the
+//! few steps that must be atomic on one key: a write answering the user's
+//! records as of that write, the compare-and-set of a dead record,
+//! forward-only read markers. Topics are sharded pub/sub channels
+//! (`SPUBLISH`/`SSUBSCRIBE`), so a node receives only what it subscribed to.
+//!
+//! Batches (writes and reads of many users, publications, marks of many
+//! rooms) go out as pipelines of at most [`MAX_PIPELINE`] commands, one per
+//! slot on a cluster ([`batch`]). A call that fails may have applied part
+//! of its batch: the caller repeats it, which stores the same records again.
+//!
+//! Bad replies: see [`reply`]. Connections and `Reset`: see [`link`].
+
+mod batch;
+mod config;
+mod keys;
+mod link;
+mod reply;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use presence_core::{RoomId, UserId};
+use redis::{Cmd, Script, Value};
+use tokio::sync::mpsc;
+
+use self::batch::{each, evals, pipeline, subscriptions};
+pub use self::config::{RedisConfig, RedisSetupError, RedisTarget};
+use self::config::{cluster_client, single_client};
+use self::keys::{Keys, valid_prefix};
+use self::link::{Link, MAX_PIPELINE, Target};
+use self::reply::{bad, bytes, decode, encode, int, items, opt_bytes, opt_string, pairs};
+use super::inbox::{INCOMING_CAPACITY, Inbox};
+use super::{
+    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
+    UserRecords, Written,
+};
+
+/// At most this many users are taken from a dead incarnation per call.
+const MAX_TAKE: usize = 1024;
+
+/// A node's link to Redis: the [`Backend`] over one Redis or a Cluster.
+/// Connects lazily and repairs itself: a node starts and serves locally while
+/// Redis is down, its calls fail until Redis is up, and it gets
+/// [`Incoming::Reset`] whenever the link comes back.
+pub struct RedisBackend {
+    link: Arc<Link>,
+    keys: Keys,
+    inbox: Inbox,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    write: Script,
+    replace: Script,
+    mark_read: Script,
+    unregister: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let retain = include_str!("scripts/retain.lua");
+        Self {
+            write: Script::new(&format!("{retain}{}", include_str!("scripts/write.lua"))),
+            replace: Script::new(&format!("{retain}{}", include_str!("scripts/replace.lua"))),
+            mark_read: Script::new(include_str!("scripts/mark_read.lua")),
+            unregister: Script::new(include_str!("scripts/unregister.lua")),
+        }
+    }
+}
+
+impl RedisBackend {
+    /// Checks the config and prepares the client; connects nothing yet.
+    pub fn new(config: RedisConfig) -> Result<Self, RedisSetupError> {
+        if !valid_prefix(&config.prefix) {
+            return Err(RedisSetupError::BadPrefix(config.prefix));
+        }
+        if matches!(&config.target, RedisTarget::Cluster(s) if s.is_empty()) {
+            return Err(RedisSetupError::NoSeeds);
+        }
+        let keys = Keys::new(&config.prefix);
+        let inbox = Inbox::new(INCOMING_CAPACITY);
+        let target = config.target;
+        let link = Link::new(keys.clone(), inbox.clone(), |pushes| match target {
+            RedisTarget::Single(url) => single_client(&url).map(Target::Single),
+            RedisTarget::Cluster(seeds) => {
+                cluster_client(&seeds, pushes).map(|c| Target::Cluster(Box::new(c)))
+            }
+        })
+        .map_err(RedisSetupError::Url)?;
+        Ok(Self {
+            link,
+            keys,
+            inbox,
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// `EVALSHA` of `script` with its keys and arguments.
+    fn eval(script: &Script, keys: &[String], args: &[&[u8]]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    }
+}
+
+/// A duration as PX/PEXPIRE milliseconds (at least 1: 0 would delete).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// One `{old, all}` reply of `write.lua`.
+fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
+    let mut parts = items(v)?.into_iter();
+    let (Some(old), Some(all), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("write: expected {old, all}"));
+    };
+    let previous = match opt_bytes(&old)?.map(decode) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            tracing::warn!(%user, "backend: previous record was corrupted: {e}");
+            None
+        }
+    };
+    let all = reply::user_records(&user, all)?;
+    Ok(Written {
+        user,
+        previous,
+        all,
+    })
+}
+
+impl Backend for RedisBackend {
+    fn write<'a>(
+        &'a self,
+        inc: &'a str,
+        writes: Vec<(UserId, Stored)>,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Vec<Written>>> {
+        self.link
+            .run(move |mut c| async move {
+                if writes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // The index holds the users whose record of `inc` holds
+                // them: added before the record is written (a crash between
+                // leaves a harmless extra entry), removed after a release.
+                let mut last: HashMap<UserId, bool> = HashMap::new();
+                for (u, s) in &writes {
+                    last.insert(u.clone(), s.record.holds());
+                }
+                let (held, released): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, h)| *h);
+                let index = self.keys.index(inc);
+                if !held.is_empty() {
+                    let mut sadd = redis::cmd("SADD");
+                    sadd.arg(&index);
+                    for (u, _) in &held {
+                        sadd.arg(u.as_str());
+                    }
+                    sadd.query_async::<Value>(&mut c).await?;
+                }
+                let ms = millis(retention).to_string();
+                let cmds = writes
+                    .iter()
+                    .map(|(u, s)| {
+                        let value = encode(s)?;
+                        Ok(Self::eval(
+                            &self.scripts.write,
+                            &[self.keys.user(u)],
+                            &[inc.as_bytes(), value.as_bytes(), ms.as_bytes()],
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, BackendError>>()?;
+                let replies = evals(&mut c, &self.scripts.write, &cmds).await?;
+                let out = writes
+                    .into_iter()
+                    .zip(replies)
+                    .map(|((u, _), v)| written(u, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !released.is_empty() {
+                    let mut srem = redis::cmd("SREM");
+                    srem.arg(&index);
+                    for (u, _) in &released {
+                        srem.arg(u.as_str());
+                    }
+                    // The records are written: an index entry left behind
+                    // only costs a cleaner one look at a released record.
+                    if let Err(e) = srem.query_async::<Value>(&mut c).await {
+                        tracing::warn!("backend: could not unindex released users: {e}");
+                    }
+                }
+                Ok(out)
+            })
+            .boxed()
+    }
+
+    fn replace<'a>(
+        &'a self,
+        user: &'a UserId,
+        inc: &'a str,
+        expected: u64,
+        new: Stored,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>> {
+        self.link
+            .run(move |mut c| async move {
+                let key = self.keys.user(user);
+                // Read the value, check its sequence here, then set it only
+                // if it is still exactly that string (the script never reads
+                // the JSON).
+                let current: Value = redis::cmd("HGET").arg(&key).arg(inc).query_async(&mut c).await?;
+                let Some(raw) = opt_bytes(&current)? else {
+                    return Ok(None);
+                };
+                match decode(raw) {
+                    Ok(s) if s.seq == expected => {}
+                    Ok(_) => return Ok(None),
+                    Err(e) => {
+                        tracing::warn!(%user, inc, "backend: not replacing a corrupted record: {e}");
+                        return Ok(None);
+                    }
+                }
+                let value = encode(&new)?;
+                let ms = millis(retention).to_string();
+                let cmd = Self::eval(
+                    &self.scripts.replace,
+                    &[key],
+                    &[inc.as_bytes(), raw, value.as_bytes(), ms.as_bytes()],
+                );
+                let mut replies = evals(&mut c, &self.scripts.replace, &[cmd]).await?;
+                match replies.pop() {
+                    Some(Value::Nil) => Ok(None),
+                    Some(v) => Ok(Some(reply::user_records(user, v)?)),
+                    None => Err(bad("replace: no reply").into()),
+                }
+            })
+            .boxed()
+    }
+
+    fn read<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<UserRecords>>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = users
+                    .iter()
+                    .map(|u| redis::cmd("HGETALL").arg(self.keys.user(u)).clone())
+                    .collect();
+                let replies = each(pipeline(&mut c, &cmds).await?)?;
+                let mut out = Vec::with_capacity(users.len());
+                for (u, v) in users.iter().zip(replies) {
+                    out.push(reply::user_records(u, v)?);
+                }
+                Ok(out)
+            })
+            .boxed()
+    }
+
+    fn memberships<'a>(
+        &'a self,
+        inc: &'a str,
+        changes: Vec<(RoomId, UserId, bool)>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                // The last change of a (room, user) wins, as if applied in order.
+                let mut last: BTreeMap<(RoomId, UserId), bool> = BTreeMap::new();
+                for (r, u, add) in changes {
+                    last.insert((r, u), add);
+                }
+                let mut by_room: BTreeMap<&RoomId, (Vec<String>, Vec<String>)> = BTreeMap::new();
+                for ((r, u), add) in &last {
+                    let (adds, removes) = by_room.entry(r).or_default();
+                    let member = format!("{u} {inc}");
+                    if *add {
+                        adds.push(member)
+                    } else {
+                        removes.push(member)
+                    }
+                }
+                let mut cmds = Vec::new();
+                for (room, (adds, removes)) in by_room {
+                    let key = self.keys.members(room);
+                    if !adds.is_empty() {
+                        cmds.push(redis::cmd("SADD").arg(&key).arg(adds).clone());
+                    }
+                    if !removes.is_empty() {
+                        cmds.push(redis::cmd("SREM").arg(&key).arg(removes).clone());
+                    }
+                }
+                each(pipeline(&mut c, &cmds).await?)?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn members<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, BackendResult<Vec<(UserId, Incarnation)>>> {
+        self.link
+            .run(move |mut c| async move {
+                let v: Value = redis::cmd("SMEMBERS")
+                    .arg(self.keys.members(room))
+                    .query_async(&mut c)
+                    .await?;
+                let mut out = Vec::new();
+                for m in items(v)? {
+                    let parsed = bytes(&m)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| s.split_once(' '))
+                        .and_then(|(u, i)| Some((UserId::new(u).ok()?, i)))
+                        .filter(|(_, i)| !i.is_empty());
+                    match parsed {
+                        Some((u, i)) => out.push((u, Incarnation::from(i))),
+                        None => tracing::warn!(%room, "backend: skipping a bad room member"),
+                    }
+                }
+                Ok(out)
+            })
+            .boxed()
+    }
+
+    fn mark_read<'a>(
+        &'a self,
+        marks: Vec<(RoomId, UserId, u64)>,
+    ) -> BoxFuture<'a, BackendResult<Vec<(RoomId, UserId, u64)>>> {
+        self.link
+            .run(move |mut c| async move {
+                // One script call per room (and per MAX_PIPELINE marks of
+                // it), keeping the marks' order within a room.
+                let mut by_room: BTreeMap<&RoomId, Vec<usize>> = BTreeMap::new();
+                for (i, (r, _, _)) in marks.iter().enumerate() {
+                    by_room.entry(r).or_default().push(i);
+                }
+                let mut calls: Vec<Vec<usize>> = Vec::new();
+                let mut cmds = Vec::new();
+                for (room, idx) in &by_room {
+                    for chunk in idx.chunks(MAX_PIPELINE) {
+                        let mut args: Vec<Vec<u8>> = Vec::with_capacity(chunk.len() * 2);
+                        for &i in chunk {
+                            args.push(marks[i].1.as_str().as_bytes().to_vec());
+                            args.push(marks[i].2.to_string().into_bytes());
+                        }
+                        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                        cmds.push(Self::eval(
+                            &self.scripts.mark_read,
+                            &[self.keys.markers(room)],
+                            &args,
+                        ));
+                        calls.push(chunk.to_vec());
+                    }
+                }
+                let replies = evals(&mut c, &self.scripts.mark_read, &cmds).await?;
+                let mut moved = Vec::new();
+                for (chunk, v) in calls.iter().zip(replies) {
+                    for pos in items(v)? {
+                        let i = usize::try_from(int(&pos)?)
+                            .ok()
+                            .and_then(|p| chunk.get(p.checked_sub(1)?))
+                            .ok_or_else(|| bad("mark_read: position out of range"))?;
+                        moved.push(*i);
+                    }
+                }
+                moved.sort_unstable();
+                Ok(moved.into_iter().map(|i| marks[i].clone()).collect())
+            })
+            .boxed()
+    }
+
+    fn receipts<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, BackendResult<Vec<(UserId, u64)>>> {
+        self.link
+            .run(move |mut c| async move {
+                let v: Value = redis::cmd("HGETALL")
+                    .arg(self.keys.markers(room))
+                    .query_async(&mut c)
+                    .await?;
+                let mut out = Vec::new();
+                for (k, m) in pairs(v)? {
+                    let user = bytes(&k)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| UserId::new(s).ok());
+                    let marker = bytes(&m)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| s.parse::<u64>().ok());
+                    match (user, marker) {
+                        (Some(u), Some(m)) => out.push((u, m)),
+                        _ => tracing::warn!(%room, "backend: skipping a bad read marker"),
+                    }
+                }
+                Ok(out)
+            })
+            .boxed()
+    }
+
+    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>> {
+        self.link
+            .run(move |mut c| async move {
+                let registry = self.keys.registry();
+                let cmds = [
+                    redis::cmd("SET")
+                        .arg(self.keys.lease(inc))
+                        .arg("1")
+                        .arg("PX")
+                        .arg(millis(ttl))
+                        .arg("GET")
+                        .clone(),
+                    redis::cmd("SADD").arg(&registry).arg(inc).clone(),
+                    redis::cmd("SMEMBERS").arg(&registry).clone(),
+                ];
+                let mut replies = each(pipeline(&mut c, &cmds).await?)?.into_iter();
+                let (Some(before), Some(_), Some(members)) =
+                    (replies.next(), replies.next(), replies.next())
+                else {
+                    return Err(bad("lease: expected three replies").into());
+                };
+                let reacquired = opt_bytes(&before)?.is_none();
+                let mut incs = Vec::new();
+                for m in items(members)? {
+                    match bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) {
+                        Some(i) => incs.push(Incarnation::from(i)),
+                        None => tracing::warn!("backend: skipping a bad registry entry"),
+                    }
+                }
+                let mut leases = Leases {
+                    reacquired,
+                    ..Leases::default()
+                };
+                // All in the registry's slot: one MGET per chunk.
+                for chunk in incs.chunks(MAX_PIPELINE) {
+                    let keys: Vec<String> = chunk.iter().map(|i| self.keys.lease(i)).collect();
+                    let v: Value = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+                    let found = items(v)?;
+                    if found.len() != chunk.len() {
+                        return Err(bad("lease: MGET answered a different count").into());
+                    }
+                    for (i, v) in chunk.iter().zip(found) {
+                        // The caller's lease was set just before.
+                        if i == inc || v != Value::Nil {
+                            leases.live.push(i.clone());
+                        } else {
+                            leases.dead.push(i.clone());
+                        }
+                    }
+                }
+                Ok(leases)
+            })
+            .boxed()
+    }
+
+    fn end_lease<'a>(&'a self, inc: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                redis::cmd("DEL")
+                    .arg(self.keys.lease(inc))
+                    .query_async::<Value>(&mut c)
+                    .await?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
+        inc: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<Incarnation>>> {
+        self.link
+            .run(move |mut c| async move {
+                let v: Value = redis::cmd("SET")
+                    .arg(self.keys.node(node))
+                    .arg(inc)
+                    .arg("GET")
+                    .query_async(&mut c)
+                    .await?;
+                Ok(opt_string(&v)?)
+            })
+            .boxed()
+    }
+
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
+        self.link
+            .run(move |mut c| async move {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                let index = self.keys.index(dead);
+                // SPOP is atomic: two cleaners never get the same user. An
+                // entry that is not a user id is dropped; pop again then, so
+                // an empty answer always means an empty index.
+                for _ in 0..4 {
+                    let v: Value = redis::cmd("SPOP")
+                        .arg(&index)
+                        .arg(n.min(MAX_TAKE))
+                        .query_async(&mut c)
+                        .await?;
+                    let popped = items(v)?;
+                    if popped.is_empty() {
+                        break;
+                    }
+                    let users: Vec<UserId> = popped
+                        .iter()
+                        .filter_map(|v| {
+                            let u = bytes(v)
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                                .and_then(|s| UserId::new(s).ok());
+                            if u.is_none() {
+                                tracing::warn!(dead, "backend: dropping a bad index entry");
+                            }
+                            u
+                        })
+                        .collect();
+                    if !users.is_empty() {
+                        return Ok(users);
+                    }
+                }
+                // Empty: unregister (a second call, in the registry's slot).
+                let cmd = Self::eval(
+                    &self.scripts.unregister,
+                    &[self.keys.registry(), self.keys.lease(dead)],
+                    &[dead.as_bytes()],
+                );
+                evals(&mut c, &self.scripts.unregister, &[cmd]).await?;
+                Ok(Vec::new())
+            })
+            .boxed()
+    }
+
+    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = messages
+                    .iter()
+                    .map(|(t, p)| {
+                        redis::cmd("SPUBLISH")
+                            .arg(self.keys.channel(t))
+                            .arg(p)
+                            .clone()
+                    })
+                    .collect();
+                each(pipeline(&mut c, &cmds).await?)?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |c| subscriptions(c, self.channels(&topics), true))
+            .boxed()
+    }
+
+    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |c| subscriptions(c, self.channels(&topics), false))
+            .boxed()
+    }
+
+    fn incoming(&self) -> mpsc::Receiver<Incoming> {
+        self.inbox.take_receiver()
+    }
+
+    fn save_resume<'a>(
+        &'a self,
+        node: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                redis::cmd("SET")
+                    .arg(self.keys.resume(node))
+                    .arg(payload)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async::<Value>(&mut c)
+                    .await?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>> {
+        self.link
+            .run(move |mut c| async move {
+                let v: Value = redis::cmd("GETDEL")
+                    .arg(self.keys.resume(node))
+                    .query_async(&mut c)
+                    .await?;
+                Ok(opt_string(&v)?)
+            })
+            .boxed()
+    }
+}
+
+impl RedisBackend {
+    fn channels(&self, topics: &[Topic]) -> Vec<String> {
+        topics.iter().map(|t| self.keys.channel(t)).collect()
+    }
+}
