@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: builds a release server and the load generator, runs
-//! each scenario against a fresh server on loopback, and prints a table plus
-//! one JSON line per figure (also written to `target/bench/results.jsonl`).
+//! each scenario against a fresh server on loopback, then the cluster scenarios
+//! (`bench/cluster.rs`) against several, and prints a table plus one JSON line
+//! per figure (also written to `target/bench/results.jsonl`).
+
+mod cluster;
 
 use std::fs;
 use std::process::Command;
@@ -102,8 +105,8 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
     ]
 }
 
-/// Runs the suite.
-pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
+/// Runs the suite (`cluster_only`: just the cluster scenarios).
+pub fn run(ws: &Workspace, quick: bool, cluster_only: bool) -> Result<()> {
     let binary = server::build(ws, "release")?;
     cmd::run(cmd::cargo().current_dir(&ws.root).args([
         "build",
@@ -131,7 +134,12 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
         );
     }
     let mut figures: Vec<Value> = Vec::new();
-    for sc in scenarios(quick, max_connections) {
+    let single = if cluster_only {
+        Vec::new()
+    } else {
+        scenarios(quick, max_connections)
+    };
+    for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
         // Let the previous server's sockets and memory go first.
         std::thread::sleep(std::time::Duration::from_secs(3));
@@ -152,6 +160,21 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
             }
         }
     }
+    figures.extend(cluster::run(ws, &binary, &loadgen, quick)?);
+    if !cluster_only {
+        sdk_sizes(ws, &mut figures)?;
+    }
+    // A cluster-only run leaves the whole suite's results in place.
+    let file = if cluster_only {
+        "cluster.jsonl"
+    } else {
+        "results.jsonl"
+    };
+    print_and_save(ws, &figures, file)
+}
+
+/// The browser SDK's raw and gzipped sizes.
+fn sdk_sizes(ws: &Workspace, figures: &mut Vec<Value>) -> Result<()> {
     setup::package_tools(ws)?;
     npm::build(ws, npm::Pack::No)?;
     let pkg = ws.root.join("presence-wasm").join("pkg");
@@ -163,8 +186,13 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
         figures.push(json!({"figure": format!("{name}.raw"), "value": raw, "unit": "bytes"}));
         figures.push(json!({"figure": format!("{name}.gzip"), "value": gz, "unit": "bytes"}));
     }
+    Ok(())
+}
+
+/// The table of every figure, and `target/bench/<file>`.
+fn print_and_save(ws: &Workspace, figures: &[Value], file: &str) -> Result<()> {
     println!("\n{:<44} {:>14}  unit", "figure", "value");
-    for f in &figures {
+    for f in figures {
         let value = f["value"].as_f64().unwrap_or(f64::NAN);
         println!(
             "{:<44} {:>14.1}  {}",
@@ -176,7 +204,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<()> {
     let dir = ws.target.join("bench");
     fs::create_dir_all(&dir)?;
     let lines: Vec<String> = figures.iter().map(Value::to_string).collect();
-    fs::write(dir.join("results.jsonl"), lines.join("\n") + "\n")?;
-    println!("\nwritten to {}", dir.join("results.jsonl").display());
+    fs::write(dir.join(file), lines.join("\n") + "\n")?;
+    println!("\nwritten to {}", dir.join(file).display());
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! - `cargo xtask demo`: builds the browser package and runs the demo.
 //! - `cargo xtask npm`: builds the npm package of the browser SDK (and checks its size budget).
 //! - `cargo xtask size`: builds the browser bundle and prints its sizes against the budget.
-//! - `cargo xtask bench [--quick]`: the benchmark suite (a table, and one JSON line per figure).
+//! - `cargo xtask bench [--quick] [--cluster]`: the benchmark suite (a table, and one JSON line per
+//!   figure); `--cluster` runs only the multi-node part.
 //!
 //! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
 //! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
@@ -50,6 +51,9 @@ enum Command {
         /// A smoke run: small sizes, short durations.
         #[arg(long)]
         quick: bool,
+        /// Only the cluster benchmark (several nodes over Redis and the Redis Cluster).
+        #[arg(long)]
+        cluster: bool,
     },
 }
 
@@ -78,6 +82,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             setup::package_tools(&ws)?;
             npm::build(&ws, npm::Pack::No)
         }
-        Command::Bench { quick } => bench::run(&ws, quick),
+        Command::Bench { quick, cluster } => bench::run(&ws, quick, cluster),
     }
 }

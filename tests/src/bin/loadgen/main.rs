@@ -8,23 +8,25 @@
 #![forbid(unsafe_code)]
 
 mod churn;
+mod cluster;
 mod conn;
 mod fanout;
 mod hold;
 mod latency;
+mod probe;
 mod report;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Load scenarios.
 #[derive(Parser)]
 struct Args {
-    /// `ws://127.0.0.1:PORT/ws` of a server in dev-auth mode.
+    /// `ws://127.0.0.1:PORT/ws` of a server in dev-auth mode (every scenario but `cluster`).
     #[arg(long)]
-    url: String,
+    url: Option<String>,
     /// Loopback source addresses to spread connections over (127.0.0.1..).
     #[arg(long, default_value_t = 1)]
     sources: usize,
@@ -82,11 +84,43 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         settle: u64,
     },
+    /// Several nodes of one cluster: every room's observer on another node than its actors.
+    Cluster {
+        /// One `ws://127.0.0.1:PORT/ws` per node, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        urls: Vec<String>,
+        /// State changes per second, over all nodes.
+        #[arg(long)]
+        rate: u32,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rooms whose actors are on each node (the same on every node).
+        #[arg(long, default_value_t = 20)]
+        rooms_per_node: usize,
+        /// Actors per room.
+        #[arg(long, default_value_t = 10)]
+        actors: usize,
+        /// Milliseconds after which an unobserved change counts as lost.
+        #[arg(long, default_value_t = 2000)]
+        lost_after_ms: u64,
+        /// Redis servers (`127.0.0.1:PORT`, comma-separated) whose CPU time to sample.
+        #[arg(long, value_delimiter = ',')]
+        redis: Vec<std::net::SocketAddr>,
+        /// Figure names start with this.
+        #[arg(long, default_value = "cluster")]
+        label: String,
+    },
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let target = conn::Target::parse(&args.url)?;
+    let target = args.url.as_deref().map(conn::Target::parse).transpose()?;
+    let target = || {
+        target
+            .as_ref()
+            .context("--url is required for this scenario")
+    };
     // Each connection is a file descriptor: raise the soft limit to the hard one.
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
     rlimit::Resource::NOFILE.set(hard, hard)?;
@@ -103,7 +137,7 @@ fn main() -> Result<()> {
                 heartbeat_ms,
             } => {
                 hold::run(
-                    &target,
+                    target()?,
                     sources,
                     connections,
                     server_pid,
@@ -112,7 +146,7 @@ fn main() -> Result<()> {
                 )
                 .await
             }
-            Scenario::Fanout { members } => fanout::run(&target, sources, members).await,
+            Scenario::Fanout { members } => fanout::run(target()?, sources, members).await,
             Scenario::Latency {
                 rate,
                 seconds,
@@ -120,7 +154,7 @@ fn main() -> Result<()> {
                 actors,
             } => {
                 latency::run(
-                    &target,
+                    target()?,
                     sources,
                     rate,
                     Duration::from_secs(seconds),
@@ -135,12 +169,37 @@ fn main() -> Result<()> {
                 settle,
             } => {
                 churn::run(
-                    &target,
+                    target()?,
                     sources,
                     rate,
                     Duration::from_secs(seconds),
                     Duration::from_secs(settle),
                 )
+                .await
+            }
+            Scenario::Cluster {
+                urls,
+                rate,
+                seconds,
+                rooms_per_node,
+                actors,
+                lost_after_ms,
+                redis,
+                label,
+            } => {
+                cluster::run(cluster::Plan {
+                    nodes: urls
+                        .iter()
+                        .map(|u| conn::Target::parse(u))
+                        .collect::<Result<_>>()?,
+                    rate,
+                    seconds: Duration::from_secs(seconds),
+                    rooms_per_node,
+                    actors,
+                    lost_after: Duration::from_millis(lost_after_ms),
+                    redis,
+                    label,
+                })
                 .await
             }
         }

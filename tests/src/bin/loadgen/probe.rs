@@ -1,0 +1,154 @@
+//! Counters read around a measurement window: each node's bus counters from
+//! its `/metrics`, and each Redis's CPU time from `INFO cpu`. Both are a
+//! blocking request on loopback, run on a plain thread so the load's runtime
+//! keeps timestamping observations meanwhile.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// What one probe read, and when.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Instant,
+    /// Per node: (`presence_backend_bytes_in_total`, `presence_backend_messages_in_total`).
+    pub nodes: Vec<(f64, f64)>,
+    /// Sum over the Redis servers of `used_cpu_user + used_cpu_sys`, seconds.
+    pub redis_cpu: f64,
+}
+
+/// Where to read from.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub nodes: Vec<SocketAddr>,
+    pub redis: Vec<SocketAddr>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Probe {
+    /// Reads every counter on a separate thread; the result arrives on the returned channel.
+    pub fn spawn(&self) -> tokio::sync::oneshot::Receiver<Result<Sample>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let probe = self.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(probe.read());
+        });
+        rx
+    }
+
+    fn read(&self) -> Result<Sample> {
+        let at = Instant::now();
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|&addr| {
+                let text = http_get(addr, "/metrics")?;
+                Ok((
+                    counter(&text, "presence_backend_bytes_in_total")
+                        .with_context(|| format!("{addr}/metrics"))?,
+                    counter(&text, "presence_backend_messages_in_total")
+                        .with_context(|| format!("{addr}/metrics"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut redis_cpu = 0.0;
+        for &addr in &self.redis {
+            let info = redis_info_cpu(addr)?;
+            redis_cpu += field(&info, "used_cpu_user")? + field(&info, "used_cpu_sys")?;
+        }
+        Ok(Sample {
+            at,
+            nodes,
+            redis_cpu,
+        })
+    }
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("{addr}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    Ok(s)
+}
+
+/// A `Connection: close` GET; the body as text (bounded to 1 MiB).
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.take(1 << 20).read_to_string(&mut body)?;
+    if !body.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{addr}{path}: {}",
+            body.lines().next().unwrap_or("no answer")
+        );
+    }
+    Ok(body)
+}
+
+/// A Prometheus text line `NAME VALUE` (no labels).
+fn counter(text: &str, name: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {name}"))
+}
+
+/// `INFO cpu` in RESP: one bulk string back (bounded to 64 KiB).
+fn redis_info_cpu(addr: SocketAddr) -> Result<String> {
+    let mut s = connect(addr)?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$3\r\ncpu\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        let Some((head, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|l| l.parse().ok())
+            .with_context(|| format!("{addr}: INFO answered {head}"))?;
+        if body.len() >= len {
+            return Ok(body[..len].to_owned());
+        }
+    }
+    bail!("{addr}: INFO cpu reply ended early")
+}
+
+fn field(info: &str, name: &str) -> Result<f64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("INFO cpu without {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters_and_info_fields() {
+        let text = "# TYPE presence_backend_bytes_in counter\n\
+                    presence_backend_bytes_in_total 1234\n\
+                    presence_backend_bytes_in_total_x 9\n";
+        assert_eq!(
+            counter(text, "presence_backend_bytes_in_total").unwrap(),
+            1234.0
+        );
+        let info = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\n";
+        assert_eq!(field(info, "used_cpu_user").unwrap(), 2.25);
+        assert_eq!(field(info, "used_cpu_sys").unwrap(), 1.5);
+    }
+}

@@ -1,0 +1,227 @@
+//! The cluster part of `cargo xtask bench`: several `presence-server`
+//! processes over Redis, driven by `loadgen cluster`.
+//!
+//! - Scaling: 2, 4 and 8 nodes over the 3-master Redis Cluster, each node with the
+//!   same rooms, actors and change rate, so a node's inbound bus traffic must stay
+//!   flat while the cluster's throughput grows with N.
+//! - Ramp: 4 nodes over one Redis and over the Cluster, rising total rates until
+//!   p99 passes 100 ms or a change is lost; the last passing rate is the figure.
+//!
+//! Every run gets fresh processes and a fresh key prefix, so none sees another's
+//! records.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::server::{self, Server};
+use crate::workspace::Workspace;
+use crate::{cmd, setup};
+
+/// Rooms whose actors live on each node, and actors per room: 220 sockets per
+/// node, well inside the 20,000 open files of every process here.
+const ROOMS_PER_NODE: u32 = 20;
+const ACTORS: u32 = 10;
+/// Changes per second each node's actors make in the scaling runs.
+const RATE_PER_NODE: u32 = 200;
+/// The ramp's total rates, and the p99 it must stay under.
+const RAMP: [u32; 5] = [500, 1000, 2000, 4000, 8000];
+const P99_LIMIT_MS: f64 = 100.0;
+const STANDALONE: &str = "127.0.0.1:6379";
+
+/// Where the nodes keep their records.
+#[derive(Clone, Copy)]
+enum Store {
+    /// The standalone Redis on 6379.
+    One,
+    /// The 3-master Redis Cluster on 7101-7103.
+    Cluster,
+}
+
+impl Store {
+    fn name(self) -> &'static str {
+        match self {
+            Store::One => "redis",
+            Store::Cluster => "redis_cluster",
+        }
+    }
+
+    /// Server flags for it.
+    fn flags(self) -> Vec<String> {
+        match self {
+            Store::One => vec!["--redis-url".into(), format!("redis://{STANDALONE}")],
+            Store::Cluster => vec!["--redis-cluster".into(), setup::redis_cluster_nodes()],
+        }
+    }
+
+    /// The Redis servers whose CPU time counts.
+    fn masters(self) -> String {
+        match self {
+            Store::One => STANDALONE.to_owned(),
+            Store::Cluster => setup::redis_cluster_nodes(),
+        }
+    }
+}
+
+/// One run's outcome: the figures `loadgen cluster` printed.
+struct Run(Vec<Value>);
+
+impl Run {
+    fn get(&self, suffix: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|f| f["figure"].as_str().is_some_and(|n| n.ends_with(suffix)))
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Runs the scaling series and (unless `quick`) the ramp; returns every figure.
+pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result<Vec<Value>> {
+    setup::redis()?;
+    setup::redis_cluster(ws)?;
+    let mut figures = Vec::new();
+    let (counts, seconds): (&[usize], u64) = if quick {
+        (&[2, 4], 3)
+    } else {
+        (&[2, 4, 8], 10)
+    };
+    let mut scaling = Vec::new();
+    for &n in counts {
+        let label = format!("cluster.n{n}");
+        let run = one(
+            binary,
+            loadgen,
+            Store::Cluster,
+            n,
+            RATE_PER_NODE * n as u32,
+            seconds,
+            &label,
+        )?;
+        scaling.push((n, run));
+    }
+    println!(
+        "\ncluster scaling: {RATE_PER_NODE} changes/s, {ROOMS_PER_NODE} rooms x {ACTORS} actors per node"
+    );
+    println!(
+        "{:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>6} {:>14} {:>16} {:>16}",
+        "nodes",
+        "offered/s",
+        "deliv./s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "lost",
+        "redis µs/chg",
+        "node B/s mean",
+        "node B/s max"
+    );
+    for (n, r) in &scaling {
+        println!(
+            "{n:>5} {:>10.0} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>14.1} {:>16.0} {:>16.0}",
+            r.get(".offered_rate"),
+            r.get(".delivered_rate"),
+            r.get(".p50"),
+            r.get(".p99"),
+            r.get(".max"),
+            r.get(".lost"),
+            r.get(".redis_cpu_per_change"),
+            r.get(".node_bytes_in.mean"),
+            r.get(".node_bytes_in.max"),
+        );
+    }
+    figures.extend(scaling.into_iter().flat_map(|(_, r)| r.0));
+    if quick {
+        return Ok(figures);
+    }
+    for store in [Store::One, Store::Cluster] {
+        let mut passed = 0;
+        for rate in RAMP {
+            let label = format!("ramp.{}.r{rate}", store.name());
+            let run = one(binary, loadgen, store, 4, rate, 5, &label)?;
+            let ok = run.get(".p99") <= P99_LIMIT_MS
+                && run.get(".lost") == 0.0
+                && run.get(".skipped") == 0.0;
+            println!(
+                "ramp {} at {rate}/s: p99 {:.1} ms, lost {}, skipped {} -> {}",
+                store.name(),
+                run.get(".p99"),
+                run.get(".lost"),
+                run.get(".skipped"),
+                if ok { "sustained" } else { "not sustained" }
+            );
+            figures.extend(run.0);
+            if !ok {
+                break;
+            }
+            passed = rate;
+        }
+        figures.push(json!({
+            "figure": format!("ramp.{}.max_rate", store.name()),
+            "value": passed,
+            "unit": format!("changes/s with 4 nodes, p99 <= {P99_LIMIT_MS} ms, none lost"),
+        }));
+    }
+    Ok(figures)
+}
+
+/// N fresh nodes over `store` with a prefix of their own, one `loadgen cluster` run.
+fn one(
+    binary: &Path,
+    loadgen: &Path,
+    store: Store,
+    n: usize,
+    rate: u32,
+    seconds: u64,
+    label: &str,
+) -> Result<Run> {
+    println!(
+        "\n== {label}: {n} nodes over {}, {rate} changes/s",
+        store.name()
+    );
+    // Let the previous run's sockets close first.
+    std::thread::sleep(Duration::from_secs(2));
+    let prefix = format!("bench-{}-{}", std::process::id(), label.replace('.', "-"));
+    let nodes: Vec<Server> = (0..n)
+        .map(|i| {
+            let mut flags = store.flags();
+            flags.extend([
+                "--redis-prefix".into(),
+                prefix.clone(),
+                "--node-id".into(),
+                format!("n{i}"),
+            ]);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            server::start(binary, &flags)
+        })
+        .collect::<Result<_>>()?;
+    let urls: Vec<String> = nodes.iter().map(Server::ws_url).collect();
+    let out = cmd::output(Command::new(loadgen).args([
+        "cluster",
+        "--urls",
+        &urls.join(","),
+        "--rate",
+        &rate.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+        "--rooms-per-node",
+        &ROOMS_PER_NODE.to_string(),
+        "--actors",
+        &ACTORS.to_string(),
+        "--redis",
+        &store.masters(),
+        "--label",
+        label,
+    ]))
+    .with_context(|| format!("loadgen cluster ({label})"))?;
+    drop(nodes);
+    let figures: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .inspect(|v: &Value| println!("{v}"))
+        .collect();
+    Ok(Run(figures))
+}
