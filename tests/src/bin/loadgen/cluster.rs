@@ -251,6 +251,11 @@ fn report(plan: &Plan, elapsed: f64, t: &mut Tally, before: &Sample, after: &Sam
     figure(&format!("{l}.skipped"), t.skipped as f64, "changes");
     figure(&format!("{l}.stray"), t.stray as f64, "observations");
     let window = after.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    figure(
+        &format!("{l}.host_cpu"),
+        after.host_busy_since(before),
+        "% of the machine busy",
+    );
     if !plan.redis.is_empty() {
         let cpu = after.redis_cpu - before.redis_cpu;
         figure(

@@ -1,6 +1,7 @@
 //! Counters read around a measurement window: each node's bus counters from
-//! its `/metrics`, and each Redis's CPU time from `INFO cpu`. Both are a
-//! blocking request on loopback, run on a plain thread so the load's runtime
+//! its `/metrics`, each Redis's CPU time from `INFO cpu`, and the machine's
+//! CPU from `/proc/stat` (every process here shares its cores). The requests
+//! are blocking, on loopback, run on a plain thread so the load's runtime
 //! keeps timestamping observations meanwhile.
 
 use std::io::{Read, Write};
@@ -17,6 +18,17 @@ pub struct Sample {
     pub nodes: Vec<(f64, f64)>,
     /// Sum over the Redis servers of `used_cpu_user + used_cpu_sys`, seconds.
     pub redis_cpu: f64,
+    /// The machine's (busy, total) CPU time so far, in clock ticks.
+    pub host: (u64, u64),
+}
+
+impl Sample {
+    /// The share of the machine's CPU time that was busy since `before`, in %.
+    pub fn host_busy_since(&self, before: &Sample) -> f64 {
+        let busy = self.host.0.saturating_sub(before.host.0) as f64;
+        let total = self.host.1.saturating_sub(before.host.1).max(1) as f64;
+        busy / total * 100.0
+    }
 }
 
 /// Where to read from.
@@ -63,6 +75,7 @@ impl Probe {
             at,
             nodes,
             redis_cpu,
+            host: host_cpu(&std::fs::read_to_string("/proc/stat").unwrap_or_default()),
         })
     }
 }
@@ -134,6 +147,22 @@ fn field(info: &str, name: &str) -> Result<f64> {
         .with_context(|| format!("INFO cpu without {name}"))
 }
 
+/// `/proc/stat`'s first line: every field but idle and iowait is busy.
+fn host_cpu(stat: &str) -> (u64, u64) {
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +179,9 @@ mod tests {
         let info = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\n";
         assert_eq!(field(info, "used_cpu_user").unwrap(), 2.25);
         assert_eq!(field(info, "used_cpu_sys").unwrap(), 1.5);
+        assert_eq!(
+            host_cpu("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 2 3"),
+            (15, 100)
+        );
     }
 }
