@@ -14,6 +14,8 @@ mod prelude {
 }
 
 pub mod client;
+#[cfg(feature = "std")]
+pub mod cluster;
 pub mod ids;
 pub mod limits;
 #[cfg(feature = "std")]

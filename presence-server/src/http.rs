@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::{AuthRequest, Identity};
+use crate::backend::Backend;
 use crate::hub::{Hub, PolicyTimeout};
-use crate::redis::RedisStore;
 
 /// An API error: HTTP status plus `{"error":{"code","message"}}`.
 pub(crate) struct ApiError {
@@ -162,25 +162,32 @@ fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
     })
 }
 
-/// The Redis store, when the cluster-level state is to be read from it.
-fn store(hub: &Hub) -> Option<&RedisStore> {
-    hub.store
+/// The cluster backend, when the cluster-level state is to be read from it.
+fn backend(hub: &Hub) -> Option<&dyn Backend> {
+    hub.cluster
         .as_ref()
         .filter(|_| hub.cluster_up() == Some(true))
+        .map(|l| &*l.backend)
 }
 
 /// Cluster-wide `may_see`: a shared room anywhere in the cluster counts.
-/// `None` if the store could not answer (the caller falls back to this node).
+/// `None` if the backend could not answer (the caller falls back to this node).
 async fn may_see_cluster(
     hub: &Hub,
-    store: &RedisStore,
+    backend: &dyn Backend,
     viewer: &Identity,
     target: &UserId,
 ) -> Option<bool> {
     if viewer.user == *target || hub.may_watch(viewer, target).await.ok()? {
         return Some(true);
     }
-    store.share_a_room(&viewer.user, target).await.ok()
+    let pair = [viewer.user.clone(), target.clone()];
+    let recs = backend.read(&pair).await.ok()?;
+    let [a, b] = recs.as_slice() else {
+        return None;
+    };
+    let (a, b) = (hub.cluster_rooms(a), hub.cluster_rooms(b));
+    Some(a.iter().any(|r| b.contains(r)))
 }
 
 /// Cluster-level views of `users` for `caller`: (visible views, forbidden).
@@ -190,13 +197,13 @@ async fn cluster_views(
     caller: &Caller,
     users: &[UserId],
 ) -> Option<(Vec<PresenceView>, Vec<UserId>)> {
-    let store = store(hub)?;
+    let backend = backend(hub)?;
     let mut allowed = Vec::with_capacity(users.len());
     let mut forbidden = Vec::new();
     for user in users {
         let ok = match caller {
             Caller::Service => true,
-            Caller::User(viewer) => may_see_cluster(hub, store, viewer, user).await?,
+            Caller::User(viewer) => may_see_cluster(hub, backend, viewer, user).await?,
         };
         if ok {
             allowed.push(user.clone());
@@ -207,7 +214,11 @@ async fn cluster_views(
     let views = if allowed.is_empty() {
         Vec::new()
     } else {
-        store.views(&allowed).await.ok()?
+        let recs = backend.read(&allowed).await.ok()?;
+        if recs.len() != allowed.len() {
+            return None;
+        }
+        hub.cluster_views(&allowed, &recs)
     };
     (views.len() == allowed.len()).then_some((views, forbidden))
 }
@@ -299,7 +310,7 @@ pub(crate) async fn bulk_presence(
 pub(crate) struct RoomMembers {
     room: RoomId,
     members: Vec<PresenceView>,
-    /// Visible members' read markers (one node; not yet from Redis).
+    /// Visible members' read markers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     receipts: Vec<presence_core::protocol::Receipt>,
 }
@@ -321,20 +332,61 @@ pub(crate) async fn room_members(
         hub.metrics.deny("http");
         return Err(ApiError::forbidden("this room"));
     }
-    if let Some(store) = store(&hub)
-        && let Ok(members) = store.members(&room).await
+    if let Some(backend) = backend(&hub)
+        && let Some(found) = cluster_members(&hub, backend, &room).await
     {
-        return Ok(Json(RoomMembers {
-            room,
-            members,
-            receipts: Vec::new(),
-        }));
+        return Ok(Json(found));
     }
     Ok(Json(hub.read(|m| RoomMembers {
         members: m.members(&room),
         receipts: m.receipts_in(&room),
         room,
     })))
+}
+
+/// A room's visible members and their markers, cluster-wide; `None` if the
+/// backend could not answer.
+async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Option<RoomMembers> {
+    let mut users: Vec<UserId> = backend
+        .members(room)
+        .await
+        .ok()?
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    users.sort();
+    users.dedup();
+    let recs = backend.read(&users).await.ok()?;
+    let marks = backend.receipts(room).await.ok()?;
+    let shown: Vec<(UserId, bool)> = users
+        .iter()
+        .zip(&recs)
+        .map(|(u, r)| (u.clone(), hub.cluster_rooms(r).contains(room)))
+        .collect();
+    let visible: Vec<UserId> = shown
+        .into_iter()
+        .filter(|(_, s)| *s)
+        .map(|(u, _)| u)
+        .collect();
+    let members = {
+        let kept: Vec<(UserId, crate::backend::UserRecords)> = users
+            .into_iter()
+            .zip(recs)
+            .filter(|(u, _)| visible.contains(u))
+            .collect();
+        let (u, r): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
+        hub.cluster_views(&u, &r)
+    };
+    let receipts = marks
+        .into_iter()
+        .filter(|(u, _)| visible.contains(u))
+        .map(|(user, marker)| presence_core::protocol::Receipt { user, marker })
+        .collect();
+    Some(RoomMembers {
+        room: room.clone(),
+        members,
+        receipts,
+    })
 }
 
 /// A JSON request body, or the error that says what was expected.

@@ -8,18 +8,18 @@
 //   session.rs   one task per socket: hello, decode, rate limit, frames → hub
 //   hub.rs       the shared state: presence_core::Machine, live sockets, watch lists
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
-//   broker.rs    the seam to other nodes (in-process default)
-//   cluster.rs   with Redis: this node's records for the store, requests awaiting it
-//   data_dir.rs  without Redis: user state (and, across a restart, connections) on disk
-//   redis/       the Redis store and bus: merge scripts, subscriber, lease and reaper
+//   backend/     the seam to what nodes share (store + bus): in-process and Redis
+//   cluster/     the cluster task (rounds, bus, lease, cleaning) and the replica
+//   hub/cluster.rs  the hub's side of it: routes what the replica decides
+//   data_dir.rs  single node: user state (and, across a restart, connections) on disk
 //   http.rs      JSON API, /healthz, /metrics
 //   feed.rs      numbered host events in a replay window, served as SSE
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
 
 mod audience;
 mod auth;
+pub mod backend;
 mod broadcast;
-mod broker;
 mod clock;
 mod cluster;
 mod config;
@@ -29,7 +29,6 @@ mod feed;
 mod http;
 mod hub;
 mod metrics;
-mod redis;
 mod server;
 mod session;
 mod signal;
@@ -39,14 +38,14 @@ pub use auth::{
     AuthError, AuthRequest, Authenticator, DefaultAudience, DevAuth, Identity, JwtAuth,
     JwtKeyError, MAX_SCOPE_ENTRIES, Scope, TokenAuthenticator,
 };
-pub use broker::{Broker, LocalBroker};
+pub use backend::{Backend, MemoryCluster, RedisBackend, RedisConfig, RedisSetupError};
 pub use clock::{Clock, SystemClock};
+pub use cluster::{ClusterConfig, ClusterConfigError};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
 pub use futures_util::future::BoxFuture;
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
 pub use presence_core;
-pub use redis::{RedisConfig, RedisSetupError, RedisStore};
 pub use server::{BuildError, Builder, PresenceServer};
 pub use signal::shutdown_signal;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use presence_server::{
-    DataDir, DefaultAudience, DevAuth, JwtAuth, PresenceServer, RedisConfig, RedisStore,
-    ServerConfig,
+    ClusterConfig, DataDir, DefaultAudience, DevAuth, JwtAuth, PresenceServer, RedisBackend,
+    RedisConfig, ServerConfig,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -76,8 +76,11 @@ struct Args {
     #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
     /// Run as one node of several sharing this Redis (e.g. `redis://127.0.0.1:6379`). Default: a single node in memory.
-    #[arg(long, env = "PRESENCE_REDIS_URL")]
+    #[arg(long, env = "PRESENCE_REDIS_URL", conflicts_with = "redis_cluster")]
     redis_url: Option<String>,
+    /// Run as one node of several sharing this Redis Cluster: seed nodes as `HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, env = "PRESENCE_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Prefix of every Redis key and channel; all nodes of a cluster use the same.
     #[arg(long, env = "PRESENCE_REDIS_PREFIX", default_value = "presence")]
     redis_prefix: String,
@@ -322,23 +325,30 @@ async fn main() -> anyhow::Result<()> {
             )
         }
     };
-    let clustered = args.redis_url.is_some();
-    let builder = match args.redis_url {
-        Some(url) => {
-            let mut redis = RedisConfig::new(url);
+    let redis = match (args.redis_url, args.redis_cluster) {
+        (Some(url), _) => Some((RedisConfig::single(url), "--redis-url")),
+        (None, Some(seeds)) => Some((RedisConfig::cluster(seeds), "--redis-cluster")),
+        (None, None) => None,
+    };
+    let clustered = redis.is_some();
+    let builder = match redis {
+        Some((mut redis, flag)) => {
             redis.prefix = args.redis_prefix;
+            let mut cluster = ClusterConfig::default();
             if let Some(id) = args.node_id {
-                redis.node_id = id;
+                cluster.node_id = id;
             }
-            redis.lease_ttl = ms(args.lease_ttl_ms);
-            tracing::info!(node = %redis.node_id, prefix = %redis.prefix, "cluster mode over Redis");
-            builder.redis(RedisStore::new(redis).context("--redis-url")?)
+            cluster.lease_ttl = ms(args.lease_ttl_ms);
+            cluster.validate().context("--node-id / --lease-ttl-ms")?;
+            tracing::info!(node = %cluster.node_id, prefix = %redis.prefix, "cluster mode over Redis ({flag})");
+            let backend = RedisBackend::new(redis).context(flag)?;
+            builder.cluster(std::sync::Arc::new(backend), cluster)
         }
         None => builder,
     };
     let builder = match (&args.data_dir, clustered) {
         (Some(_), true) => bail!(
-            "give --data-dir or --redis-url, not both: with Redis the user state lives in Redis"
+            "give --data-dir or --redis-url/--redis-cluster, not both: with Redis the user state lives in Redis"
         ),
         (Some(dir), false) => {
             let data = DataDir::open(dir).context("--data-dir")?;

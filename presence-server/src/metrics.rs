@@ -26,6 +26,9 @@ pub(crate) struct Metrics {
     pub policy_timeouts: Counter,
     pub fanout: Histogram,
     pub redis_up: Gauge,
+    pub bad_backend_replies: Counter,
+    pub backend_bytes_in: Counter,
+    pub backend_messages_in: Counter,
 }
 
 impl Metrics {
@@ -99,11 +102,29 @@ impl Metrics {
             fanout.clone(),
         );
         let redis_up = Gauge::default();
+        let bad_backend_replies = Counter::default();
+        let backend_bytes_in = Counter::default();
+        let backend_messages_in = Counter::default();
         if clustered {
             registry.register(
-            "redis_up",
-                "1 while the Redis store is reachable and cluster delivery is in force; 0 while this node serves only its own users (absent without Redis)",
+                "backend_bytes_in",
+                "Payload bytes this node received from the cluster bus (grows with its own interest, not with the cluster)",
+                backend_bytes_in.clone(),
+            );
+            registry.register(
+                "backend_messages_in",
+                "Messages this node received from the cluster bus",
+                backend_messages_in.clone(),
+            );
+            registry.register(
+                "redis_up",
+                "1 while the cluster backend is reachable; 0 while this node serves from what it knows (absent on a single node)",
                 redis_up.clone(),
+            );
+            registry.register(
+                "bad_backend_messages",
+                "Messages from the cluster bus that did not decode and were skipped",
+                bad_backend_replies.clone(),
             );
         }
         Self {
@@ -122,6 +143,9 @@ impl Metrics {
             policy_timeouts,
             fanout,
             redis_up,
+            bad_backend_replies,
+            backend_bytes_in,
+            backend_messages_in,
         }
     }
 

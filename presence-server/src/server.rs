@@ -13,20 +13,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use presence_core::protocol::CloseCode;
-use presence_core::{Event, PresenceView, RoomId, UserId};
+use presence_core::{PresenceView, RoomId, UserId};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::audience::{AudiencePolicy, OpenAudience};
 use crate::auth::{AuthRequest, Authenticator};
-use crate::broker::{Broker, LocalBroker};
+use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{ClusterConfig, ClusterConfigError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::events::Events;
 use crate::http::{self, ApiError};
 use crate::hub::{Hub, Kept};
-use crate::redis::RedisStore;
 use crate::session;
 
 /// How long shutdown waits for sockets to take their 1001 and end.
@@ -47,10 +47,15 @@ pub enum BuildError {
     /// The data directory could not be read.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    /// Both a data directory and Redis were given: with Redis, user state
-    /// lives in Redis, shared by every node.
-    #[error("give a data directory or Redis, not both: with Redis the user state lives in Redis")]
+    /// Both a data directory and a cluster backend were given: in a
+    /// cluster, user state lives in the backend, shared by every node.
+    #[error(
+        "give a data directory or a cluster backend, not both: in a cluster the user state lives in the backend"
+    )]
     DataDirWithRedis,
+    /// The cluster configuration cannot work.
+    #[error("invalid cluster configuration: {0}")]
+    Cluster(#[from] ClusterConfigError),
 }
 
 /// Builds a [`PresenceServer`]. Only an authenticator is required.
@@ -60,8 +65,7 @@ pub struct Builder {
     auth: Option<Arc<dyn Authenticator>>,
     audience: Arc<dyn AudiencePolicy>,
     clock: Arc<dyn Clock>,
-    broker: Arc<dyn Broker>,
-    store: Option<RedisStore>,
+    cluster: Option<(Arc<dyn Backend>, ClusterConfig)>,
     data: Option<DataDir>,
 }
 
@@ -90,17 +94,13 @@ impl Builder {
         self
     }
 
-    /// Sets the broker that carries events to other nodes (default: [`LocalBroker`]).
-    pub fn broker(mut self, broker: impl Broker) -> Self {
-        self.broker = Arc::new(broker);
-        self
-    }
-
-    /// Runs this server as one node of several sharing `store`: observers
-    /// see cluster-level presence, snapshots and the HTTP API answer for the
-    /// whole cluster (see the crate docs, "Several nodes over Redis").
-    pub fn redis(mut self, store: RedisStore) -> Self {
-        self.store = Some(store);
+    /// Runs this server as one node of several sharing `backend` (a
+    /// [`RedisBackend`](crate::backend::RedisBackend), or a
+    /// [`MemoryCluster`](crate::backend::MemoryCluster) node in tests):
+    /// observers see cluster-level presence, and snapshots and the HTTP API
+    /// answer for the whole cluster (see the crate docs, "Several nodes").
+    pub fn cluster(mut self, backend: Arc<dyn Backend>, config: ClusterConfig) -> Self {
+        self.cluster = Some((backend, config));
         self
     }
 
@@ -114,15 +114,23 @@ impl Builder {
     }
 
     /// Validates the configuration and starts the driver task (and, with
-    /// [`redis`](Self::redis), the store's tasks).
+    /// [`cluster`](Self::cluster), the cluster tasks).
     pub fn build(self) -> Result<PresenceServer, BuildError> {
         self.config.validate()?;
         let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let kept = match (self.data.clone(), self.store.clone()) {
+        let clustered = self.cluster.is_some();
+        let kept = match (self.data.clone(), self.cluster) {
             (Some(_), Some(_)) => return Err(BuildError::DataDirWithRedis),
             (Some(data), None) => Kept::OnDisk(data),
-            (None, Some(store)) => Kept::InRedis(store),
+            (None, Some((backend, config))) => {
+                config.validate()?;
+                Kept::Shared(crate::cluster::Link {
+                    backend,
+                    config,
+                    wake: Arc::new(Notify::new()),
+                })
+            }
             (None, None) => Kept::InMemory,
         };
         let loaded = self.data.as_ref().map(DataDir::load).transpose()?;
@@ -132,7 +140,6 @@ impl Builder {
             self.clock,
             auth,
             self.audience,
-            self.broker,
             wake.clone(),
             kept,
         ));
@@ -154,9 +161,9 @@ impl Builder {
         if let Some(data) = self.data {
             runtime.spawn(persist(Arc::downgrade(&hub), data, hub.shutdown_signal()));
         }
-        if let Some(store) = self.store {
+        if clustered {
             let _guard = runtime.enter();
-            crate::redis::spawn(&hub, store);
+            crate::cluster::spawn(&hub);
         }
         Ok(PresenceServer { hub })
     }
@@ -244,8 +251,7 @@ impl PresenceServer {
             auth: None,
             audience: Arc::new(OpenAudience),
             clock: Arc::new(SystemClock::new()),
-            broker: Arc::new(LocalBroker),
-            store: None,
+            cluster: None,
             data: None,
         }
     }
@@ -340,17 +346,17 @@ impl PresenceServer {
         self.hub.read(|m| m.active_anywhere(user))
     }
 
-    /// Whether this node reaches its Redis store (`None` without one). While
-    /// it does not, the node serves its own users from its own state.
-    pub fn redis_up(&self) -> Option<bool> {
+    /// Whether this node reaches its cluster backend (`None` without one).
+    /// While it does not, the node serves from what it knows.
+    pub fn cluster_up(&self) -> Option<bool> {
         self.hub.cluster_up()
     }
 
-    /// Stops talking to Redis at once, without any cleanup, as if the process
-    /// had died (`kill -9`): the lease is no longer renewed and the other
-    /// nodes remove this node's users when it expires. For failure drills and
-    /// tests; the node is useless afterwards.
-    pub fn halt_redis(&self) {
+    /// Stops talking to the cluster at once, without any cleanup, as if the
+    /// process had died (`kill -9`): the lease is no longer renewed and the
+    /// other nodes count this node's users offline when it lapses. For
+    /// failure drills and tests; the node is useless afterwards.
+    pub fn halt_cluster(&self) {
         let tasks = std::mem::take(
             &mut *self
                 .hub
@@ -361,12 +367,6 @@ impl PresenceServer {
         for t in tasks {
             t.abort();
         }
-    }
-
-    /// Delivers events published by another node to this node's sockets
-    /// (called by a [`Broker`] implementation's receiving side).
-    pub fn deliver_remote(&self, events: Vec<Event>) {
-        self.hub.deliver_remote(events);
     }
 
     /// Serves the router on `listener` until `shutdown` resolves, then shuts
@@ -412,13 +412,15 @@ impl PresenceServer {
             }
         })
         .await;
-        if let Some(store) = hub.store.clone() {
+        if let Some(link) = &hub.cluster {
             // Kept for the grace plus the lease: a restart with the same
             // node id within it resumes these without a flap.
-            let ttl = hub.config.timing.offline_grace + store.config().lease_ttl;
+            let ttl = hub.config.timing.offline_grace + link.config.lease_ttl;
             let conns = hub.conn_records();
-            match store.save_resume(&conns, ttl).await {
-                Ok(()) => tracing::info!(connections = conns.len(), "saved in Redis for resume"),
+            match crate::cluster::save_resume(hub, &conns, ttl).await {
+                Ok(()) => {
+                    tracing::info!(connections = conns.len(), "saved in the backend for resume")
+                }
                 Err(e) => tracing::warn!(error = %e, "connections not saved for resume"),
             }
         }

@@ -1,6 +1,9 @@
-//! Several nodes over one real Redis (127.0.0.1:6379, or PRESENCE_TEST_REDIS):
-//! three servers in this process sharing a key prefix unique to each test,
-//! real WebSocket clients, short leases so node death is seen in a second.
+//! Several nodes sharing presence, through each backend: the in-process
+//! [`MemoryCluster`], one real Redis (127.0.0.1:6379, or PRESENCE_TEST_REDIS)
+//! and a real 3-master Redis Cluster (PRESENCE_TEST_REDIS_CLUSTER, which
+//! `cargo xtask test` starts). Three servers in this process, a key prefix
+//! unique to each test, real WebSocket clients, short leases so node death
+//! is seen in a second. Each scenario runs on every backend.
 
 mod common;
 
@@ -10,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use presence_server::{PresenceServer, RedisConfig, RedisStore};
+use presence_server::backend::MemoryBackend;
+use presence_server::{
+    Backend, ClusterConfig, MemoryCluster, PresenceServer, RedisBackend, RedisConfig,
+};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -19,6 +25,11 @@ const LEASE: Duration = Duration::from_millis(600);
 
 fn redis_url() -> String {
     std::env::var("PRESENCE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn cluster_seeds() -> Option<Vec<String>> {
+    let v = std::env::var("PRESENCE_TEST_REDIS_CLUSTER").ok()?;
+    Some(v.split(',').map(str::to_owned).collect())
 }
 
 fn unique_prefix(test: &str) -> String {
@@ -36,68 +47,174 @@ fn getrandom_fill(b: &mut [u8]) {
     }
 }
 
-/// Deletes a test's keys (best effort) when it ends.
-struct Cleanup(String);
+/// What the nodes of one test share.
+#[derive(Clone)]
+enum Fabric {
+    Memory(MemoryCluster),
+    Redis { url: String, prefix: String },
+    Cluster { seeds: Vec<String>, prefix: String },
+}
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
+impl Fabric {
+    fn memory() -> Self {
+        Fabric::Memory(MemoryCluster::new())
+    }
+
+    fn redis(test: &str) -> Self {
+        Fabric::Redis {
+            url: redis_url(),
+            prefix: unique_prefix(test),
+        }
+    }
+
+    fn cluster(test: &str) -> Option<Self> {
+        let Some(seeds) = cluster_seeds() else {
+            println!(
+                "PRESENCE_TEST_REDIS_CLUSTER unset: no Redis Cluster here (cargo xtask test starts one)"
+            );
+            return None;
         };
-        let Ok(mut c) = client.get_connection() else {
-            return;
+        Some(Fabric::Cluster {
+            seeds,
+            prefix: unique_prefix(test),
+        })
+    }
+
+    /// A backend for this fabric's keys reached through another Redis URL
+    /// (a proxy). Not a `Fabric`: dropping one would clean the keys.
+    fn backend_via(&self, url: String) -> Arc<dyn Backend> {
+        let Fabric::Redis { prefix, .. } = self else {
+            panic!("only one Redis is reached through a proxy");
         };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
+        let mut c = RedisConfig::single(url);
+        c.prefix = prefix.clone();
+        Arc::new(RedisBackend::new(c).expect("redis config"))
+    }
+
+    fn backend(&self) -> Arc<dyn Backend> {
+        match self {
+            Fabric::Memory(m) => Arc::new(m.node()),
+            Fabric::Redis { url, prefix } => {
+                let mut c = RedisConfig::single(url.clone());
+                c.prefix = prefix.clone();
+                Arc::new(RedisBackend::new(c).expect("redis config"))
+            }
+            Fabric::Cluster { seeds, prefix } => {
+                let mut c = RedisConfig::cluster(seeds.clone());
+                c.prefix = prefix.clone();
+                Arc::new(RedisBackend::new(c).expect("redis cluster config"))
+            }
         }
     }
 }
 
-async fn node_at(url: String, prefix: &str, id: &str) -> TestServer {
-    node_with(url, prefix, id, calm_config()).await
+impl Drop for Fabric {
+    /// Deletes a test's keys (best effort).
+    fn drop(&mut self) {
+        let (urls, prefix) = match self {
+            Fabric::Memory(_) => return,
+            Fabric::Redis { url, prefix } => (vec![url.clone()], prefix.clone()),
+            Fabric::Cluster { seeds, prefix } => (
+                seeds.iter().map(|s| format!("redis://{s}")).collect(),
+                prefix.clone(),
+            ),
+        };
+        for url in urls {
+            let Ok(client) = redis::Client::open(url) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_connection() else {
+                continue;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query(&mut c)
+                .unwrap_or_default();
+            for key in keys {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut c);
+            }
+        }
+    }
 }
 
-async fn node_with(
-    url: String,
-    prefix: &str,
+/// Runs a scenario on every backend: memory, one Redis, a Redis Cluster.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                super::$name(Fabric::memory()).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                super::$name(Fabric::redis(stringify!($name))).await;
+            }
+
+            #[tokio::test]
+            async fn redis_cluster() {
+                if let Some(f) = Fabric::cluster(stringify!($name)) {
+                    super::$name(f).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    every_event_kind_crosses_nodes_once,
+    a_user_with_tabs_on_two_nodes_is_one_user,
+    users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once,
+    a_restarted_node_does_not_resurrect_its_previous_connections,
+    a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
+    invisible_set_on_one_node_hides_the_user_everywhere_once,
+);
+
+async fn node_on(
+    backend: Arc<dyn Backend>,
     id: &str,
     config: presence_server::ServerConfig,
 ) -> TestServer {
-    let mut rc = RedisConfig::new(url);
-    rc.prefix = prefix.into();
-    rc.node_id = id.into();
-    rc.lease_ttl = LEASE;
-    let store = RedisStore::new(rc).expect("store config");
-    TestServer::start_with(PresenceServer::builder().config(config).redis(store)).await
+    let cluster = ClusterConfig {
+        node_id: id.into(),
+        lease_ttl: LEASE,
+    };
+    TestServer::start_with(
+        PresenceServer::builder()
+            .config(config)
+            .cluster(backend, cluster),
+    )
+    .await
 }
 
-async fn node(prefix: &str, id: &str) -> TestServer {
-    node_at(redis_url(), prefix, id).await
+async fn node_with(f: &Fabric, id: &str, config: presence_server::ServerConfig) -> TestServer {
+    node_on(f.backend(), id, config).await
 }
 
-/// Waits until every node reaches Redis (bounded).
+async fn node(f: &Fabric, id: &str) -> TestServer {
+    node_with(f, id, calm_config()).await
+}
+
+/// Waits until every node reaches the backend (bounded).
 async fn all_up(nodes: &[&TestServer]) {
     let deadline = Instant::now() + WAIT;
-    while !nodes.iter().all(|n| n.server.redis_up() == Some(true)) {
+    while !nodes.iter().all(|n| n.server.cluster_up() == Some(true)) {
         assert!(
             Instant::now() < deadline,
-            "nodes did not reach Redis in time"
+            "nodes did not reach the backend in time"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn three(test: &str) -> (Cleanup, TestServer, TestServer, TestServer) {
-    let prefix = unique_prefix(test);
-    let a = node(&prefix, "a").await;
-    let b = node(&prefix, "b").await;
-    let c = node(&prefix, "c").await;
+async fn three(f: &Fabric) -> (TestServer, TestServer, TestServer) {
+    let a = node(f, "a").await;
+    let b = node(f, "b").await;
+    let c = node(f, "c").await;
     all_up(&[&a, &b, &c]).await;
-    (Cleanup(prefix), a, b, c)
+    (a, b, c)
 }
 
 /// The diff kinds about `user` a client receives during `d`.
@@ -111,9 +228,8 @@ async fn kinds_about(client: &mut Client, user: &str, d: Duration) -> Vec<String
         .collect()
 }
 
-#[tokio::test]
-async fn every_event_kind_crosses_nodes_once() {
-    let (_keys, a, b, c) = three("kinds").await;
+async fn every_event_kind_crosses_nodes_once(f: Fabric) {
+    let (a, b, c) = three(&f).await;
     let mut ana = a.client("ana").await;
     let snap = ana.join("r").await;
     assert_eq!(names(&snap["members"]), ["ana"]);
@@ -182,9 +298,8 @@ async fn every_event_kind_crosses_nodes_once() {
     assert_eq!(health["redis"], "up");
 }
 
-#[tokio::test]
-async fn a_user_with_tabs_on_two_nodes_is_one_user() {
-    let (_keys, a, b, c) = three("tabs").await;
+async fn a_user_with_tabs_on_two_nodes_is_one_user(f: Fabric) {
+    let (a, b, c) = three(&f).await;
     let mut carol = c.client("carol").await;
     carol.join("r").await;
     let mut tab_a = a.client("bob").await;
@@ -219,9 +334,8 @@ async fn a_user_with_tabs_on_two_nodes_is_one_user() {
     assert_eq!(seen, ["user_idle", "user_disconnected"]);
 }
 
-#[tokio::test]
-async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once() {
-    let (_keys, a, b, c) = three("kill").await;
+async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once(f: Fabric) {
+    let (a, b, c) = three(&f).await;
     let mut ana = a.client("ana").await;
     ana.join("r").await;
     let mut bob = b.client("bob").await;
@@ -233,7 +347,7 @@ async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once() {
 
     // kill -9 in-process: no more lease renewals, no cleanup, no goodbye.
     let killed = Instant::now();
-    a.server.halt_redis();
+    a.server.halt_cluster();
     a.abort();
     let (_, d) = tokio::time::timeout(Duration::from_secs(3), bob.diff("user_disconnected", "ana"))
         .await
@@ -254,22 +368,19 @@ async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once() {
     drop(ana);
 }
 
-#[tokio::test]
-async fn a_restarted_node_does_not_resurrect_its_previous_connections() {
-    let prefix = unique_prefix("restart");
-    let _keys = Cleanup(prefix.clone());
-    let a = node(&prefix, "a").await;
-    let b = node(&prefix, "b").await;
+async fn a_restarted_node_does_not_resurrect_its_previous_connections(f: Fabric) {
+    let a = node(&f, "a").await;
+    let b = node(&f, "b").await;
     all_up(&[&a, &b]).await;
     let mut ana = a.client("ana").await;
     ana.join("r").await;
     let mut bob = b.client("bob").await;
     let snap = bob.join("r").await;
     assert_eq!(names(&snap["members"]), ["ana", "bob"]);
-    a.server.halt_redis();
+    a.server.halt_cluster();
     a.abort();
     // Same id again, at once: the old incarnation's records go.
-    let a2 = node(&prefix, "a").await;
+    let a2 = node(&f, "a").await;
     all_up(&[&a2]).await;
     bob.diff("user_disconnected", "ana").await;
     let (_, body) = b.get("/v1/rooms/r/members", SERVICE_KEY).await;
@@ -277,14 +388,11 @@ async fn a_restarted_node_does_not_resurrect_its_previous_connections() {
     drop(ana);
 }
 
-#[tokio::test]
-async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap() {
-    let prefix = unique_prefix("resume");
-    let _keys = Cleanup(prefix.clone());
+async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: Fabric) {
     let mut config = calm_config();
     config.timing.offline_grace = Duration::from_secs(3);
-    let a = node_with(redis_url(), &prefix, "a", config.clone()).await;
-    let b = node(&prefix, "b").await;
+    let a = node_with(&f, "a", config.clone()).await;
+    let b = node(&f, "b").await;
     all_up(&[&a, &b]).await;
     let mut ana = a.client("ana").await;
     ana.join("r").await;
@@ -294,7 +402,7 @@ async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap() {
     a.stop().await;
     assert_eq!(ana.close_code().await, 1001);
     // Same id, within the grace: the saved connections come back.
-    let a2 = node_with(redis_url(), &prefix, "a", config).await;
+    let a2 = node_with(&f, "a", config).await;
     all_up(&[&a2]).await;
     let mut back = Client::connect(&a2.url("ana"), "ana", Some(&token)).await;
     assert_eq!(back.welcome["resumed"], true);
@@ -309,7 +417,7 @@ async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap() {
     carol.join("r").await;
     bob.diff("user_connected", "carol").await;
     a2.stop().await;
-    let a3 = node_with(redis_url(), &prefix, "a", {
+    let a3 = node_with(&f, "a", {
         let mut c = calm_config();
         c.timing.offline_grace = Duration::from_millis(300);
         c
@@ -372,10 +480,35 @@ impl Proxy {
 
 async fn wait_redis(node: &TestServer, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while node.server.redis_up() != Some(up) {
+    while node.server.cluster_up() != Some(up) {
         assert!(Instant::now() < deadline, "redis_up never became {up}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// How a test cuts one node from the backend and lets it back.
+enum Cut {
+    Memory(Arc<MemoryBackend>),
+    Proxy(Proxy),
+}
+
+impl Cut {
+    fn set(&self, down: bool) {
+        match (self, down) {
+            (Cut::Memory(m), _) => m.set_down(down),
+            (Cut::Proxy(p), true) => p.cut(),
+            (Cut::Proxy(p), false) => p.restore(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_from_the_memory_backend_serves_and_converges() {
+    let cluster = MemoryCluster::new();
+    let cut = Arc::new(cluster.node());
+    let a = node_on(cut.clone(), "a", calm_config()).await;
+    let f = Fabric::Memory(cluster);
+    cut_and_return(&f, a, Cut::Memory(cut)).await;
 }
 
 #[tokio::test]
@@ -383,11 +516,14 @@ async fn a_node_cut_from_redis_serves_locally_says_so_and_converges_when_it_retu
     if std::env::var("PRESENCE_TEST_REDIS").is_ok() {
         return; // the proxy points at the default Redis only
     }
-    let prefix = unique_prefix("outage");
-    let _keys = Cleanup(prefix.clone());
+    let f = Fabric::redis("outage");
     let proxy = Proxy::start().await;
-    let a = node_at(proxy.url(), &prefix, "a").await;
-    let b = node(&prefix, "b").await;
+    let a = node_on(f.backend_via(proxy.url()), "a", calm_config()).await;
+    cut_and_return(&f, a, Cut::Proxy(proxy)).await;
+}
+
+async fn cut_and_return(f: &Fabric, a: TestServer, cut: Cut) {
+    let b = node(f, "b").await;
     all_up(&[&a, &b]).await;
     let mut ana = a.client("ana").await;
     ana.join("r").await;
@@ -395,31 +531,47 @@ async fn a_node_cut_from_redis_serves_locally_says_so_and_converges_when_it_retu
     bob.join("r").await;
     ana.diff("user_connected", "bob").await;
 
-    proxy.cut();
+    cut.set(true);
+    // Any call fails now; the lease round notices within a third of the TTL.
     wait_redis(&a, false).await;
     let (status, health) = a.get("/healthz", "").await;
     assert_eq!((status, health["redis"].as_str()), (200, Some("down")));
     let (_, metrics) = http_text(a.addr, "/metrics").await;
     assert!(metrics.contains("presence_redis_up 0"), "{metrics}");
 
-    // Node A keeps serving its own users, from its own state.
+    // Node A keeps serving, from what it knows: its own users and the last
+    // known state of the others (nobody is declared gone on a guess).
     let mut dan = a.client("dan").await;
     let snap = dan.join("r").await;
-    assert!(names(&snap["members"]).contains(&"ana".to_owned()));
+    assert_eq!(names(&snap["members"]), ["ana", "bob", "dan"]);
     ana.diff("user_connected", "dan").await;
     ana.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
         .await;
     dan.diff("user_idle", "ana").await;
 
-    proxy.restore();
+    cut.set(false);
     wait_redis(&a, true).await;
     // The cluster converges: B learns what happened on A meanwhile...
-    bob.diff("user_connected", "dan").await;
+    let mut seen: Vec<(String, String)> = bob
+        .diffs_during(Duration::from_millis(1_500))
+        .await
+        .iter()
+        .map(|(_, d)| {
+            (
+                d["type"].as_str().unwrap_or("").to_owned(),
+                diff_user(d).to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = [("user_connected", "dan"), ("user_idle", "ana")]
+        .map(|(k, u)| (k.to_owned(), u.to_owned()));
+    assert_eq!(seen, want, "each change once");
     let (_, body) = b.get("/v1/users/ana/presence", SERVICE_KEY).await;
     assert_eq!(body["state"], "idle");
-    // ...and A's sockets are resynced with cluster snapshots.
-    let snap = dan.frame("snapshot").await;
-    assert_eq!(names(&snap["members"]), ["ana", "bob", "dan"]);
+    // ...and A's sockets hear only what changed: nothing here.
+    let seen = dan.diffs_during(Duration::from_millis(300)).await;
+    assert!(seen.is_empty(), "no restatement after the outage: {seen:?}");
     let (_, metrics) = http_text(a.addr, "/metrics").await;
     assert!(metrics.contains("presence_redis_up 1"));
 }
@@ -435,8 +587,7 @@ async fn propagation_benchmark() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
-    let prefix = unique_prefix("bench");
-    let _keys = Cleanup(prefix.clone());
+    let f = Fabric::redis("bench");
     let mut nodes = Vec::new();
     for id in ["a", "b"] {
         let mut config = calm_config();
@@ -445,13 +596,7 @@ async fn propagation_benchmark() {
         config.timing.heartbeat_timeout = Duration::from_secs(60);
         config.rate.burst = 10_000;
         config.rate.per_second = 10_000.0;
-        let mut rc = RedisConfig::new(redis_url());
-        rc.prefix = prefix.clone();
-        rc.node_id = id.into();
-        let store = RedisStore::new(rc).expect("store config");
-        nodes.push(
-            TestServer::start_with(PresenceServer::builder().config(config).redis(store)).await,
-        );
+        nodes.push(node_with(&f, id, config).await);
     }
     all_up(&[&nodes[0], &nodes[1]]).await;
     let mut ana = nodes[0].client("ana").await;
@@ -490,9 +635,8 @@ async fn propagation_benchmark() {
     );
 }
 
-#[tokio::test]
-async fn invisible_set_on_one_node_hides_the_user_everywhere_once() {
-    let (_keys, a, b, c) = three("invisible").await;
+async fn invisible_set_on_one_node_hides_the_user_everywhere_once(f: Fabric) {
+    let (a, b, c) = three(&f).await;
     let mut carol = c.client("carol").await;
     carol.join("r").await;
     let mut tab_a = a.client("bob").await;
@@ -522,4 +666,107 @@ async fn invisible_set_on_one_node_hides_the_user_everywhere_once() {
     assert_eq!(s["status"], "available");
     let seen = kinds_about(&mut carol, "bob", Duration::from_millis(500)).await;
     assert_eq!(seen, ["user_connected"]);
+}
+
+/// A node as its own `presence-server` process, for SIGKILL.
+struct NodeProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NodeProcess {
+    async fn start(f: &Fabric, id: &str) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_presence-server"));
+        command
+            .args(["--dev-auth", "--log", "warn", "--node-id", id])
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--lease-ttl-ms", &LEASE.as_millis().to_string()]);
+        match f {
+            Fabric::Redis { url, prefix } => {
+                command.args(["--redis-url", url, "--redis-prefix", prefix])
+            }
+            Fabric::Cluster { seeds, prefix } => command.args([
+                "--redis-cluster",
+                &seeds.join(","),
+                "--redis-prefix",
+                prefix,
+            ]),
+            Fabric::Memory(_) => unreachable!("a process cannot share memory"),
+        };
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            if TcpStream::connect(addr).await.is_ok() {
+                let (_, health) = http(addr, "GET", "/healthz", "", None).await;
+                if health["redis"] == "up" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "node process up in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        NodeProcess { child, port }
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?token={user}", self.port)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two node processes; one dies by SIGKILL: its users go offline on the
+/// other within the lease, once.
+async fn a_killed_node_process_goes_offline_elsewhere(f: Fabric) {
+    let a = NodeProcess::start(&f, "pa").await;
+    let b = NodeProcess::start(&f, "pb").await;
+    let mut ana = Client::connect(&a.url("ana"), "ana", None).await;
+    ana.join("r").await;
+    let mut bob = Client::connect(&b.url("bob"), "bob", None).await;
+    let snap = bob.join("r").await;
+    assert_eq!(names(&snap["members"]), ["ana", "bob"]);
+    ana.diff("user_connected", "bob").await;
+    let mut a = a;
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    let killed = Instant::now();
+    let (_, d) = tokio::time::timeout(Duration::from_secs(3), bob.diff("user_disconnected", "ana"))
+        .await
+        .expect("bob hears ana go");
+    let took = killed.elapsed();
+    println!("killed process's user offline elsewhere after {took:?} (lease {LEASE:?})");
+    assert!(d["last_seen"].as_u64().is_some());
+    assert!(
+        took <= LEASE + LEASE / 3 + Duration::from_millis(400),
+        "took {took:?}"
+    );
+    let again = kinds_about(&mut bob, "ana", Duration::from_millis(800)).await;
+    assert!(again.is_empty(), "said once, got {again:?}");
+    drop(ana);
+}
+
+#[tokio::test]
+async fn a_killed_node_process_goes_offline_elsewhere_on_redis() {
+    a_killed_node_process_goes_offline_elsewhere(Fabric::redis("sigkill")).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_process_goes_offline_elsewhere_on_the_redis_cluster() {
+    if let Some(f) = Fabric::cluster("sigkill") {
+        a_killed_node_process_goes_offline_elsewhere(f).await;
+    }
 }

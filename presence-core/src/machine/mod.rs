@@ -116,6 +116,9 @@ struct User {
     rooms: HashMap<RoomId, u16>,
     status: Status,
     text: Option<StatusText>,
+    /// When the status was last set here (0: never), for the cluster's
+    /// latest-setting-wins merge.
+    status_at: Millis,
     shown: Shown,
     last_active: Option<Millis>,
     last_seen: Option<Millis>,
@@ -137,6 +140,7 @@ impl User {
             rooms: HashMap::new(),
             status: Status::Available,
             text: None,
+            status_at: Millis(0),
             shown: Shown::Offline,
             last_active: None,
             last_seen: None,
@@ -386,6 +390,7 @@ impl Machine {
         }
         user.status = status;
         user.text = text;
+        user.status_at = now;
         let was_visible = user.visible();
         if status == Status::Invisible {
             self.stop_all_typing(now, &user_id);
@@ -404,6 +409,32 @@ impl Machine {
             self.emit(now, diff, rooms, true);
         }
         Ok(true)
+    }
+
+    /// Takes a status set elsewhere in the cluster at `at`, if it is newer
+    /// than the one this machine knows; returns whether it changed anything.
+    pub fn adopt_status(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        status: Status,
+        text: Option<StatusText>,
+        at: Millis,
+    ) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
+        let Some(&conn) = u.conns.first() else {
+            return false;
+        };
+        if u.status_at > at || (u.status == status && u.text == text) {
+            return false;
+        }
+        let changed = self.set_status(now, conn, status, text) == Ok(true);
+        if let Some(u) = self.users.get_mut(user) {
+            u.status_at = at;
+        }
+        changed
     }
 
     /// Typing started or was refreshed (`active`), or stopped, in a room the

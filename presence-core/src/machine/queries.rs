@@ -39,3 +39,35 @@ impl Machine {
         })
     }
 }
+
+impl Machine {
+    /// This node's record of `user` for the cluster (see
+    /// [`crate::cluster`]); `None` if the user was never seen here.
+    pub fn node_record(&self, user: &UserId) -> Option<crate::cluster::NodeRecord> {
+        let u = self.users.get(user)?;
+        let shown = aggregate(
+            u.conns
+                .iter()
+                .filter_map(|c| self.conns.get(c).map(|c| c.activity)),
+        );
+        let mut rooms: Vec<RoomId> = u.rooms.keys().cloned().collect();
+        rooms.sort();
+        let mut typing: Vec<RoomId> = u.typing.keys().cloned().collect();
+        typing.sort();
+        Some(crate::cluster::NodeRecord {
+            shown,
+            last_active: u.last_active,
+            // An invisible user was last seen when they went invisible.
+            last_seen: if u.conns.is_empty() || u.status == Status::Invisible {
+                u.last_seen
+            } else {
+                None
+            },
+            rooms,
+            typing,
+            status: u.status,
+            text: u.text.clone(),
+            status_at: u.status_at,
+        })
+    }
+}

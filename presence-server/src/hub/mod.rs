@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
-use presence_core::machine::{ConnRecord, MachineError, UserRecord};
+use presence_core::machine::MachineError;
 use presence_core::protocol::{CloseCode, Diff, ErrorCode, ServerMessage, encode};
 use presence_core::{
     Activity, ConnId, Event, Machine, Millis, PresenceState, PresenceView, ResumeToken, RoomId,
@@ -24,14 +23,20 @@ use presence_core::{
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
+mod cluster;
+mod durable;
+mod fanout;
+mod watching;
+
+use watching::unwatch_one;
+
 use crate::audience::AudiencePolicy;
 use crate::auth::{Authenticator, Identity};
-use crate::broadcast::{Audience, Batch};
-use crate::broker::Broker;
+use crate::broadcast::Batch;
 use crate::clock::Clock;
-use crate::cluster::{ClusterState, Outgoing, SnapRequest, WatchRequest};
+use crate::cluster::replica::Replica;
 use crate::config::ServerConfig;
-use crate::data_dir::{DataDir, Loaded};
+use crate::data_dir::DataDir;
 use crate::feed::Feed;
 use crate::metrics::Metrics;
 
@@ -73,8 +78,10 @@ struct State {
     planned_wake: Option<Millis>,
     /// Sockets whose queue overflowed during the current operation.
     slow: Vec<ConnId>,
-    /// With a shared store: what to tell it and what we wait for from it.
-    cluster: Option<ClusterState>,
+    /// In a cluster: what this node follows of it and owes it.
+    cluster: Option<Replica>,
+    /// In a cluster: users whose record this node must recompute.
+    touched: HashSet<UserId>,
     /// With a data directory: users whose durable state changed since the
     /// last write, and users forgotten by retention (to delete).
     durable: HashSet<UserId>,
@@ -99,21 +106,18 @@ pub(crate) struct Hub {
     pub clock: Arc<dyn Clock>,
     pub auth: Arc<dyn Authenticator>,
     pub audience: Arc<dyn AudiencePolicy>,
-    broker: Arc<dyn Broker>,
     pub metrics: Metrics,
     events: broadcast::Sender<Event>,
     state: Mutex<State>,
     /// Wakes the driver early: a batch started or a deadline moved earlier.
     wake: Arc<Notify>,
-    /// Wakes the store's task: something is pending for it.
-    pub cluster_wake: Arc<Notify>,
-    /// The shared store, when the server runs as one node of several.
-    pub store: Option<crate::redis::RedisStore>,
+    /// The shared backend, when the server runs as one node of several.
+    pub cluster: Option<crate::cluster::Link>,
     /// Where user state outlives the process, on a single node.
     pub data: Option<DataDir>,
     /// The numbered feed for backends (`GET /v1/events`), with a service key.
     pub feed: Option<Feed>,
-    /// The store's tasks, so a failure drill can stop them dead.
+    /// The cluster's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
     next_generation: AtomicU64,
@@ -133,8 +137,8 @@ pub(crate) enum Kept {
     InMemory,
     /// In a data directory, on a single node.
     OnDisk(DataDir),
-    /// In Redis, shared with the other nodes.
-    InRedis(crate::redis::RedisStore),
+    /// In a backend shared with the other nodes.
+    Shared(crate::cluster::Link),
 }
 
 /// Counts a live session task; shutdown waits for the count to reach zero.
@@ -173,16 +177,18 @@ impl Hub {
         clock: Arc<dyn Clock>,
         auth: Arc<dyn Authenticator>,
         audience: Arc<dyn AudiencePolicy>,
-        broker: Arc<dyn Broker>,
         wake: Arc<Notify>,
         kept: Kept,
     ) -> Self {
-        let (store, data) = match kept {
+        let (cluster, data) = match kept {
             Kept::InMemory => (None, None),
             Kept::OnDisk(data) => (None, Some(data)),
-            Kept::InRedis(store) => (Some(store), None),
+            Kept::Shared(link) => (Some(link), None),
         };
-        let clustered = store.is_some();
+        let replica = cluster
+            .as_ref()
+            .map(|l| Replica::new(l.config.incarnation(), clock.now()));
+        let clustered = cluster.is_some();
         let feed = config
             .service_key
             .is_some()
@@ -199,7 +205,8 @@ impl Hub {
                 batch_since: None,
                 planned_wake: None,
                 slow: Vec::new(),
-                cluster: clustered.then(ClusterState::default),
+                cluster: replica,
+                touched: HashSet::new(),
                 durable: HashSet::new(),
                 forgotten: Vec::new(),
                 next_sweep: Millis(0),
@@ -208,12 +215,10 @@ impl Hub {
             clock,
             auth,
             audience,
-            broker,
             metrics: Metrics::new(clustered),
             events,
             wake,
-            cluster_wake: Arc::new(Notify::new()),
-            store,
+            cluster,
             data,
             feed,
             store_tasks: Mutex::new(Vec::new()),
@@ -313,34 +318,30 @@ impl Hub {
 
     fn settle(&self, st: &mut State, now: Millis) {
         let events: Vec<Event> = st.machine.drain_events().collect();
-        if !events.is_empty() {
-            self.broker.publish(&events);
-            // With a store that is up, observers hear the cluster-level
-            // events the store publishes instead of this node's: a node's
-            // `user_disconnected` is no news while the user is online elsewhere.
-            let local = st.cluster.as_ref().is_none_or(|c| !c.up());
-            for ev in &events {
-                self.record(ev);
-                if let Some(c) = st.cluster.as_mut() {
-                    track(c, ev);
-                }
-                if self.data.is_some()
-                    && matches!(
-                        ev.diff,
-                        Diff::Status { .. } | Diff::UserDisconnected { .. } | Diff::Read { .. }
-                    )
-                {
-                    st.durable.insert(ev.diff.user().clone());
-                }
-                if local {
-                    let watched = st.watchers.contains_key(ev.diff.user());
-                    st.batch.route(ev, watched);
-                    self.publish(ev);
-                }
+        for ev in &events {
+            if self.data.is_some()
+                && matches!(
+                    ev.diff,
+                    Diff::Status { .. } | Diff::UserDisconnected { .. } | Diff::Read { .. }
+                )
+            {
+                st.durable.insert(ev.diff.user().clone());
             }
             if st.cluster.is_some() {
-                self.cluster_wake.notify_one();
+                // In a cluster, observers hear the cluster view, which this
+                // node recomputes from its record: a node's own
+                // `user_disconnected` is no news while the user is online
+                // elsewhere.
+                self.local_to_cluster(st, ev);
+            } else {
+                self.record(ev);
+                let watched = st.watchers.contains_key(ev.diff.user());
+                st.batch.route(ev, watched);
+                self.publish(ev);
             }
+        }
+        if st.cluster.is_some() {
+            self.cluster_refresh(st, now);
         }
         if !st.batch.is_empty() || !st.snapshots.is_empty() {
             if self.config.batch_window.is_zero() {
@@ -384,101 +385,11 @@ impl Hub {
         }
     }
 
-    /// Sends every pending batch: one encoding per audience, the same bytes
-    /// to every recipient.
-    fn flush(&self, st: &mut State) {
-        st.batch_since = None;
-        let joiners = std::mem::take(&mut st.snapshots);
-        for (audience, diffs) in st.batch.take() {
-            let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
-                Audience::Room(room) => {
-                    let conns = st.machine.room_connections(&room);
-                    (Some(room), conns)
-                }
-                Audience::Watchers(user) => (
-                    None,
-                    st.watchers
-                        .get(&user)
-                        .map(|w| w.iter().copied().collect())
-                        .unwrap_or_default(),
-                ),
-            };
-            let recipients: Vec<ConnId> = recipients
-                .into_iter()
-                .filter(|c| st.sockets.contains_key(c))
-                .filter(|c| match (&room, &st.cluster) {
-                    (Some(room), Some(cl)) => !cl.is_awaiting(c.0, room),
-                    _ => true,
-                })
-                .filter(|c| {
-                    room.as_ref()
-                        .and_then(|room| joiners.get(room))
-                        .is_none_or(|owed| !owed.contains(c))
-                })
-                .collect();
-            if recipients.is_empty() {
-                continue;
-            }
-            let frame = Utf8Bytes::from(encode(&ServerMessage::Diffs { room, diffs }));
-            self.metrics.fanout.observe(recipients.len() as f64);
-            for conn in recipients {
-                self.send(st, conn, Message::Text(frame.clone()));
-            }
-        }
-        self.send_snapshots(st, joiners);
-    }
-
-    /// Sends owed snapshots, each room's encoded once for all its joiners.
-    fn send_snapshots(&self, st: &mut State, joiners: HashMap<RoomId, HashSet<ConnId>>) {
-        for (room, conns) in joiners {
-            // Left again (or gone) before the flush: nothing is owed.
-            let conns: Vec<ConnId> = conns
-                .into_iter()
-                .filter(|c| st.machine.rooms_of(*c).contains(&room))
-                .collect();
-            if conns.is_empty() {
-                continue;
-            }
-            let frame = text_frame(&ServerMessage::Snapshot {
-                members: st.machine.members(&room),
-                typing: st.machine.typing_in(&room),
-                receipts: st.machine.receipts_in(&room),
-                room,
-            });
-            for conn in conns {
-                self.send(st, conn, frame.clone());
-            }
-        }
-    }
-
-    /// Queues a frame for a socket; a full queue marks it slow.
-    fn send(&self, st: &mut State, conn: ConnId, msg: Message) {
-        let Some(socket) = st.sockets.get(&conn) else {
-            return;
-        };
-        let len = match &msg {
-            Message::Text(t) => t.len() as u64,
-            _ => 0,
-        };
-        match socket.tx.try_send(msg) {
-            Ok(()) => {
-                self.metrics.frames_out.inc();
-                self.metrics.bytes_out.inc_by(len);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !st.slow.contains(&conn) {
-                    st.slow.push(conn);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-
     /// Signals a socket's task to close with `close`. With `dropped`, the
     /// machine connection enters its offline grace (the client may resume).
     fn close_socket(&self, st: &mut State, now: Millis, conn: ConnId, close: Close, dropped: bool) {
         if let Some(c) = st.cluster.as_mut() {
-            c.awaiting.remove(&conn.0);
+            c.forget_conn(conn);
         }
         if let Some(socket) = st.sockets.remove(&conn) {
             let _ = socket.close.send(Some(close));
@@ -507,14 +418,8 @@ impl Hub {
             if self.is_shutting_down() {
                 return Err(ErrorCode::Internal);
             }
-            let new_here = st.machine.connections_of(user).is_empty();
-            if let Some(c) = st.cluster.as_mut() {
-                c.dirty.insert(user.clone());
-                if new_here {
-                    // Its status may have been set on another node.
-                    c.sync_status.insert(user.clone());
-                }
-                self.cluster_wake.notify_one();
+            if st.cluster.is_some() {
+                st.touched.insert(user.clone());
             }
             let outcome = st
                 .machine
@@ -577,12 +482,12 @@ impl Hub {
             if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
-            if let Some(c) = st.cluster.as_mut()
+            if st.cluster.is_some()
                 && let Some(user) = st.machine.user_of(conn)
             {
                 // Leaving a room while invisible emits nothing, yet changes
                 // this node's record.
-                c.dirty.insert(user.clone());
+                st.touched.insert(user.clone());
             }
             f(&mut st.machine, now).map_err(MachineError::code)
         })
@@ -637,16 +542,14 @@ impl Hub {
             st.machine
                 .join(now, conn, room.clone())
                 .map_err(MachineError::code)?;
-            if let Some(c) = st.cluster.as_mut().filter(|c| c.up()) {
-                // The snapshot comes from the store, in order with the
-                // cluster's diffs; until then this room's diffs wait.
+            if let Some(c) = st.cluster.as_mut() {
                 if let Some(user) = st.machine.user_of(conn) {
-                    c.dirty.insert(user.clone());
+                    st.touched.insert(user.clone());
                 }
-                c.awaiting.entry(conn.0).or_default().push(room.clone());
-                c.snaps.push(SnapRequest { c: conn.0, room });
-                self.cluster_wake.notify_one();
-                return Ok(());
+                // Until the room's members are read, its diffs wait.
+                if !c.joined(conn, &room) {
+                    return Ok(());
+                }
             }
             self.local_snapshot(st, conn, room);
             Ok(())
@@ -677,11 +580,8 @@ impl Hub {
             if changed && self.data.is_some() {
                 st.durable.insert(user.clone());
             }
-            if let Some(c) = st.cluster.as_mut() {
-                // Sent even when this node's machine saw no change: it may
-                // not know a status set on another node.
-                c.status(user.clone(), status, text.clone(), now);
-                self.cluster_wake.notify_one();
+            if st.cluster.is_some() {
+                st.touched.insert(user.clone());
             }
             if changed {
                 let msg = text_frame(&ServerMessage::SelfStatus { status, text });
@@ -692,53 +592,6 @@ impl Hub {
             }
             Ok(())
         })
-    }
-
-    /// Adds users to a connection's watch list (already authorised) and
-    /// returns their presence now.
-    pub fn watch(
-        &self,
-        conn: ConnId,
-        generation: u64,
-        users: Vec<UserId>,
-    ) -> Result<(), ErrorCode> {
-        self.apply(|st, _| {
-            if !st.is_current(conn, generation) {
-                return Err(ErrorCode::Internal);
-            }
-            let current = st.watches.get(&conn);
-            let added = users
-                .iter()
-                .filter(|u| current.is_none_or(|w| !w.contains(*u)))
-                .collect::<HashSet<_>>()
-                .len();
-            if current.map_or(0, HashSet::len) + added > MAX_WATCHED_PER_CONNECTION {
-                return Err(ErrorCode::TooManyWatched);
-            }
-            for user in &users {
-                st.watchers.entry(user.clone()).or_default().insert(conn);
-                st.watches.entry(conn).or_default().insert(user.clone());
-            }
-            if let Some(c) = st.cluster.as_mut().filter(|c| c.up()) {
-                c.watch.push(WatchRequest { c: conn.0, users });
-                self.cluster_wake.notify_one();
-                return Ok(());
-            }
-            self.local_watching(st, conn, &users);
-            Ok(())
-        })
-    }
-
-    /// Removes users from a connection's watch list.
-    pub fn unwatch(&self, conn: ConnId, generation: u64, users: &[UserId]) {
-        self.apply(|st, _| {
-            if !st.is_current(conn, generation) {
-                return;
-            }
-            for user in users {
-                unwatch_one(st, conn, user);
-            }
-        });
     }
 
     /// Closes a socket on the session's own initiative (abuse, huge frame).
@@ -758,7 +611,7 @@ impl Hub {
             if st.is_current(conn, generation) {
                 st.sockets.remove(&conn);
                 if let Some(c) = st.cluster.as_mut() {
-                    c.awaiting.remove(&conn.0);
+                    c.forget_conn(conn);
                 }
                 st.machine.dropped(now, conn);
             }
@@ -768,280 +621,6 @@ impl Hub {
     /// The host app stored a message: the sender's typing stops now.
     pub fn message_sent(&self, user: &UserId, room: &RoomId) {
         self.apply(|st, now| st.machine.message_sent(now, user, room));
-    }
-
-    /// Events from another node: deliver them to this node's sockets.
-    pub fn deliver_remote(&self, events: Vec<Event>) {
-        self.apply(|st, _| {
-            for ev in &events {
-                let watched = st.watchers.contains_key(ev.diff.user());
-                st.batch.route(ev, watched);
-            }
-        });
-    }
-
-    /// Owes `conn` a snapshot of `room` from this node's machine, sent at
-    /// the next flush (see [`State::snapshots`]).
-    fn local_snapshot(&self, st: &mut State, conn: ConnId, room: RoomId) {
-        st.snapshots.entry(room).or_default().insert(conn);
-    }
-
-    fn local_watching(&self, st: &mut State, conn: ConnId, users: &[UserId]) {
-        let views = users
-            .iter()
-            .map(|u| st.machine.view(u).unwrap_or_else(|| offline_view(u)))
-            .collect();
-        self.send(
-            st,
-            conn,
-            text_frame(&ServerMessage::Watching { users: views }),
-        );
-    }
-
-    /// Whether a store is configured and cluster delivery is in force.
-    pub fn cluster_up(&self) -> Option<bool> {
-        self.lock().cluster.as_ref().map(ClusterState::up)
-    }
-
-    /// Takes what the store must hear (`None` if nothing, or no store).
-    pub(crate) fn cluster_take(&self) -> Option<Outgoing> {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let c = st.cluster.as_mut()?;
-        if !c.ready {
-            return None;
-        }
-        let out = c.take(&st.machine);
-        (!out.is_empty()).then_some(out)
-    }
-
-    /// A call to the store failed: keep its content for the next try, and
-    /// answer its snapshot and watch requests from this node's machine.
-    pub(crate) fn cluster_failed(&self, out: Outgoing) {
-        self.apply(|st, _| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let (snaps, watch) = c.failed(out);
-            self.answer_locally(st, snaps, watch);
-        });
-    }
-
-    fn answer_locally(&self, st: &mut State, snaps: Vec<SnapRequest>, watch: Vec<WatchRequest>) {
-        for s in snaps {
-            let conn = ConnId(s.c);
-            let waiting = st.cluster.as_mut().is_some_and(|c| {
-                let Some(rooms) = c.awaiting.get_mut(&s.c) else {
-                    return false;
-                };
-                let before = rooms.len();
-                rooms.retain(|r| *r != s.room);
-                rooms.len() != before
-            });
-            if waiting {
-                self.local_snapshot(st, conn, s.room);
-            }
-        }
-        for w in watch {
-            self.local_watching(st, ConnId(w.c), &w.users);
-        }
-    }
-
-    /// The subscription (`sub`) or the command link (`!sub`) to the store
-    /// went up or down. Going down switches to local delivery and answers
-    /// pending requests locally; coming back re-sends this node's whole
-    /// state and resyncs every socket with fresh snapshots, so the cluster
-    /// and every observer converge whatever was missed meanwhile.
-    pub(crate) fn cluster_link(&self, sub: bool, ok: bool) {
-        self.apply(|st, _| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let was = c.up();
-            if sub {
-                c.sub_ok = ok;
-            } else {
-                c.cmd_ok = ok;
-            }
-            let is = c.up();
-            self.metrics.redis_up.set(i64::from(is));
-            if was && !is {
-                tracing::warn!("store unreachable: serving local users from this node only");
-                let snaps = std::mem::take(&mut c.snaps);
-                let watch = std::mem::take(&mut c.watch);
-                let awaiting: Vec<SnapRequest> = c
-                    .awaiting
-                    .drain()
-                    .flat_map(|(conn, rooms)| {
-                        rooms
-                            .into_iter()
-                            .map(move |room| SnapRequest { c: conn, room })
-                    })
-                    .collect();
-                for s in &awaiting {
-                    self.local_snapshot(st, ConnId(s.c), s.room.clone());
-                }
-                self.answer_locally(st, snaps, watch);
-            } else if !was && is {
-                tracing::info!("store reachable: re-publishing this node's state");
-                self.resync(st);
-            }
-        });
-    }
-
-    /// The store was cleaned of this node's previous incarnation: records
-    /// may be sent from now on.
-    pub(crate) fn cluster_ready(&self) {
-        self.apply(|st, _| {
-            if let Some(c) = st.cluster.as_mut() {
-                let was = c.up();
-                c.ready = true;
-                if !was && c.up() {
-                    self.resync(st);
-                }
-            }
-        });
-    }
-
-    /// The store lost this node's records (its lease had expired, or the
-    /// store restarted empty): send them all again.
-    pub(crate) fn cluster_republish(&self) {
-        self.apply(|st, _| self.mark_all_dirty(st));
-    }
-
-    fn mark_all_dirty(&self, st: &mut State) {
-        let State {
-            cluster, sockets, ..
-        } = st;
-        if let Some(c) = cluster.as_mut() {
-            let users: Vec<UserId> = c
-                .published
-                .keys()
-                .cloned()
-                .chain(sockets.values().map(|s| s.user.clone()))
-                .collect();
-            c.dirty.extend(users);
-            self.cluster_wake.notify_one();
-        }
-    }
-
-    fn resync(&self, st: &mut State) {
-        self.mark_all_dirty(st);
-        let conns: Vec<ConnId> = st.sockets.keys().copied().collect();
-        let Some(c) = st.cluster.as_mut() else {
-            return;
-        };
-        for conn in conns {
-            for room in st.machine.rooms_of(conn) {
-                let waiting = c.awaiting.entry(conn.0).or_default();
-                if !waiting.contains(room) {
-                    waiting.push(room.clone());
-                    c.snaps.push(SnapRequest {
-                        c: conn.0,
-                        room: room.clone(),
-                    });
-                }
-            }
-            if let Some(users) = st.watches.get(&conn).filter(|w| !w.is_empty()) {
-                c.watch.push(WatchRequest {
-                    c: conn.0,
-                    users: users.iter().cloned().collect(),
-                });
-            }
-        }
-    }
-
-    /// Once a second: catch record changes no event announced.
-    pub(crate) fn cluster_reconcile(&self) {
-        let mut st = self.lock();
-        let st = &mut *st;
-        if let Some(c) = st.cluster.as_mut() {
-            c.reconcile(&st.machine);
-        }
-    }
-
-    /// Cluster-level events from the store: deliver them to this node's
-    /// sockets and host subscribers. `selfs` are users' own status changes:
-    /// this node's machine adopts them (so it shows an invisible user
-    /// offline too) and tells the user's sockets here.
-    pub(crate) fn deliver_cluster(
-        &self,
-        events: Vec<Event>,
-        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
-    ) {
-        self.apply(|st, now| {
-            if st.cluster.as_ref().is_some_and(|c| !c.up()) {
-                // Local delivery is in force; the resync after the link
-                // returns covers what this would have said.
-                return;
-            }
-            for ev in &events {
-                let watched = st.watchers.contains_key(ev.diff.user());
-                st.batch.route(ev, watched);
-                self.publish(ev);
-            }
-            self.adopt_statuses(st, now, selfs);
-        });
-    }
-
-    fn adopt_statuses(
-        &self,
-        st: &mut State,
-        now: Millis,
-        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
-    ) {
-        for (user, status, text) in selfs {
-            let Some(conn) = st.machine.connections_of(&user).first().copied() else {
-                continue;
-            };
-            if st.machine.set_status(now, conn, status, text.clone()) == Ok(true) {
-                let msg = text_frame(&ServerMessage::SelfStatus { status, text });
-                let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
-                for c in own {
-                    self.send(st, c, msg.clone());
-                }
-            }
-        }
-    }
-
-    /// Answers from the store to this node's requests, in order with the
-    /// cluster's diffs: pending batches go out first, then the snapshot, so a
-    /// socket never gets a diff older than its snapshot after it.
-    pub(crate) fn deliver_replies(
-        &self,
-        snaps: Vec<(ConnId, ServerMessage)>,
-        watching: Vec<(ConnId, Vec<PresenceView>)>,
-        selfs: Vec<(UserId, Status, Option<presence_core::StatusText>)>,
-    ) {
-        self.apply(|st, now| {
-            if !snaps.is_empty() || !watching.is_empty() {
-                self.flush(st);
-            }
-            for (conn, snap) in snaps {
-                let ServerMessage::Snapshot { room, .. } = &snap else {
-                    continue;
-                };
-                let waiting = st.cluster.as_mut().is_some_and(|c| {
-                    let Some(rooms) = c.awaiting.get_mut(&conn.0) else {
-                        return false;
-                    };
-                    let before = rooms.len();
-                    rooms.retain(|r| r != room);
-                    let hit = rooms.len() != before;
-                    if rooms.is_empty() {
-                        c.awaiting.remove(&conn.0);
-                    }
-                    hit
-                });
-                if waiting {
-                    self.send(st, conn, text_frame(&snap));
-                }
-            }
-            for (conn, users) in watching {
-                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
-            }
-            self.adopt_statuses(st, now, selfs);
-        });
     }
 
     /// When the driver should wake next, at the latest in one second.
@@ -1151,106 +730,6 @@ impl Hub {
 /// How often retention looks for offline users to forget: one pass over the
 /// users each time.
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
-
-impl Hub {
-    /// Takes back what a data directory (or, for connections, Redis) kept:
-    /// users' durable state, and the connections of a graceful shutdown, in their offline grace from now so
-    /// clients that come back within it resume silently. Nothing is announced:
-    /// observers reconnect and get snapshots.
-    pub(crate) fn restore(&self, loaded: Loaded) {
-        let mut st = self.lock();
-        let now = self.clock.now();
-        for (user, record) in loaded.users {
-            st.machine.restore_user(now, user, record);
-        }
-        let mut max_conn = 0;
-        for record in loaded.conns {
-            let conn = record.conn.0;
-            let user = record.user.clone();
-            match st.machine.restore_conn(now, record) {
-                Ok(()) => {
-                    max_conn = max_conn.max(conn);
-                    // The shared store hears of them as of any other user.
-                    if let Some(c) = st.cluster.as_mut() {
-                        c.dirty.insert(user);
-                    }
-                }
-                Err(e) => tracing::warn!(conn, error = %e, "saved connection not restored"),
-            }
-        }
-        self.cluster_wake.notify_one();
-        self.next_conn.fetch_max(max_conn + 1, Ordering::Relaxed);
-        st.machine.drain_events().for_each(drop);
-        st.planned_wake = None;
-        self.wake.notify_one();
-    }
-
-    /// The users whose durable state changed (`Some`) or who were forgotten
-    /// (`None`) since the last call.
-    pub(crate) fn take_durable(&self) -> Vec<(UserId, Option<UserRecord>)> {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let mut out: Vec<(UserId, Option<UserRecord>)> = st
-            .durable
-            .drain()
-            .map(|u| {
-                let record = st.machine.user_record(&u);
-                (u, record)
-            })
-            .collect();
-        out.extend(st.forgotten.drain(..).map(|u| (u, None)));
-        out
-    }
-
-    /// A write failed: try these users again with the next one.
-    pub(crate) fn retry_durable(&self, users: Vec<UserId>) {
-        let mut st = self.lock();
-        for user in users {
-            if st.machine.view(&user).is_some() {
-                st.durable.insert(user);
-            } else {
-                st.forgotten.push(user);
-            }
-        }
-    }
-
-    /// Every connection, live or in grace, for a planned restart.
-    pub(crate) fn conn_records(&self) -> Vec<ConnRecord> {
-        self.lock().machine.conn_records()
-    }
-}
-
-/// Notes what the store must hear of a machine event.
-fn track(c: &mut ClusterState, ev: &Event) {
-    let user = ev.diff.user();
-    match &ev.diff {
-        Diff::TypingStarted { .. } | Diff::TypingStopped { .. } => {
-            let on = matches!(ev.diff, Diff::TypingStarted { .. });
-            for room in &ev.rooms {
-                c.typing(user, room, on);
-            }
-        }
-        Diff::Read { marker, .. } => {
-            for room in &ev.rooms {
-                c.read(user.clone(), room.clone(), *marker);
-            }
-        }
-        _ => {}
-    }
-    c.dirty.insert(user.clone());
-}
-
-fn unwatch_one(st: &mut State, conn: ConnId, user: &UserId) {
-    if let Some(w) = st.watches.get_mut(&conn) {
-        w.remove(user);
-    }
-    if let Some(w) = st.watchers.get_mut(user) {
-        w.remove(&conn);
-        if w.is_empty() {
-            st.watchers.remove(user);
-        }
-    }
-}
 
 /// One message as a text frame.
 pub(crate) fn text_frame(msg: &ServerMessage) -> Message {

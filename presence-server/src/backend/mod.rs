@@ -1,0 +1,227 @@
+//! The seam between a node and what the nodes of a cluster share: a store
+//! of records and a bus of topics. The hub never talks to an engine; its
+//! cluster task (`crate::cluster`) drives one [`Backend`].
+//!
+//! A backend only stores and carries: each node writes its own
+//! [`NodeRecord`] of each user it holds, reads the others', and publishes
+//! what changed on the topics of the rooms and users concerned. What a user's
+//! presence *is* across the cluster is decided in Rust
+//! ([`presence_core::cluster`]), on every node, from the records. So an
+//! implementation needs per-user atomicity (a write returns the user's
+//! records as of that write) and per-key compare-and-set, nothing global:
+//! each user's records, each room's members and markers, and each topic live
+//! under one key (one hash slot on a Redis Cluster).
+//!
+//! Two implementations: [`MemoryCluster`] (several nodes in one process: the
+//! reference, and what tests use) and [`RedisBackend`] (one Redis or a
+//! Redis Cluster). `tests/backend.rs` runs one conformance suite on both.
+
+mod inbox;
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use presence_core::cluster::NodeRecord;
+use presence_core::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use memory::{MemoryBackend, MemoryCluster};
+pub use redis::{RedisBackend, RedisConfig, RedisSetupError, RedisTarget};
+
+/// One incarnation of a node: its id plus the epoch of one process run, e.g.
+/// `eu-1.5f3a9c`. Records are keyed by it, so a restarted node never speaks
+/// for its previous run's connections.
+pub type Incarnation = String;
+
+/// A record with the sequence its incarnation gave it (only grows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The incarnation's sequence number for this record.
+    #[serde(rename = "q")]
+    pub seq: u64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: NodeRecord,
+}
+
+/// Every incarnation's record of one user.
+pub type UserRecords = Vec<(Incarnation, Stored)>;
+
+/// The answer to one user's write: what the incarnation held before and what
+/// all incarnations hold after, as of that write (atomically).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The user.
+    pub user: UserId,
+    /// This incarnation's record before the write.
+    pub previous: Option<Stored>,
+    /// Every incarnation's record after it.
+    pub all: UserRecords,
+}
+
+/// What a topic is about. A node subscribes to the rooms its sockets joined
+/// and the users they watch (and its own users, for their status).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Everything about the members of a room.
+    Room(RoomId),
+    /// Everything about one user.
+    User(UserId),
+}
+
+/// What arrives from the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message published on a topic this node subscribed to.
+    Message(Topic, Vec<u8>),
+    /// The bus connection was lost and re-established: subscriptions are
+    /// gone and messages may have been missed. The node subscribes again
+    /// and re-reads what it follows.
+    Reset,
+}
+
+/// Liveness, as one lease renewal sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// This incarnation's lease did not exist before this renewal: on any
+    /// renewal but the first, it lapsed (the node was cut off longer than the
+    /// TTL), others may have cleaned its records, and it writes them all again.
+    pub reacquired: bool,
+    /// Incarnations whose lease is alive (this one included).
+    pub live: Vec<Incarnation>,
+    /// Registered incarnations whose lease lapsed, still to be cleaned.
+    pub dead: Vec<Incarnation>,
+}
+
+/// A failed backend call. Never fatal: the node serves locally meanwhile.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The engine answered with an error, or the connection failed.
+    #[error("backend: {0}")]
+    Engine(String),
+    /// The call did not finish in time.
+    #[error("backend call timed out")]
+    Timeout,
+    /// The engine's reply had an unexpected shape; it is never trusted.
+    #[error("unexpected reply from the backend: {0}")]
+    Decode(String),
+}
+
+/// Shorthand for backend results.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// What the nodes of a cluster share. Every call is bounded in time by the
+/// implementation and may fail; the caller retries.
+pub trait Backend: Send + Sync + 'static {
+    /// Writes `inc`'s records (atomically per user, in order) and notes the
+    /// users in `inc`'s index for cleaning after its death. A record that no
+    /// longer [`holds`](NodeRecord::holds) the user is kept (it carries the
+    /// status and last-seen time) but lets the user's key expire after
+    /// `retention` once no record holds the user.
+    ///
+    /// The index holds the users whose record of `inc` holds them: a holding
+    /// record adds its user before it is written, a released one removes it
+    /// after, so the index is bounded by what `inc` holds now. This assumes
+    /// one incarnation's writes come one call at a time (its cluster task
+    /// awaits each). A failed call may have applied part of the batch;
+    /// repeating it stores the same records again.
+    fn write<'a>(
+        &'a self,
+        inc: &'a str,
+        writes: Vec<(UserId, Stored)>,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Vec<Written>>>;
+
+    /// Replaces `inc`'s record of `user` with `new` only if its sequence is
+    /// still `expected` (for expiring a dead incarnation's record); `None` if
+    /// it changed meanwhile, else the user's records after.
+    fn replace<'a>(
+        &'a self,
+        user: &'a UserId,
+        inc: &'a str,
+        expected: u64,
+        new: Stored,
+        retention: Duration,
+    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>>;
+
+    /// The records of each user, in order (empty for an unknown user).
+    fn read<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<UserRecords>>>;
+
+    /// Adds (`true`) or removes `inc`'s membership of users in rooms.
+    fn memberships<'a>(
+        &'a self,
+        inc: &'a str,
+        changes: Vec<(RoomId, UserId, bool)>,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// A room's members, with the incarnations that hold each there.
+    fn members<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, BackendResult<Vec<(UserId, Incarnation)>>>;
+
+    /// Moves read markers forward (never back); returns those that moved,
+    /// in the order given.
+    fn mark_read<'a>(
+        &'a self,
+        marks: Vec<(RoomId, UserId, u64)>,
+    ) -> BoxFuture<'a, BackendResult<Vec<(RoomId, UserId, u64)>>>;
+
+    /// A room's read markers.
+    fn receipts<'a>(&'a self, room: &'a RoomId)
+    -> BoxFuture<'a, BackendResult<Vec<(UserId, u64)>>>;
+
+    /// Renews `inc`'s lease for `ttl` (registering it) and says who lives.
+    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>>;
+
+    /// Ends `inc`'s lease now: it is dead for everyone from the next renewal.
+    fn end_lease<'a>(&'a self, inc: &'a str) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Records that `inc` is now the incarnation of node `node`; returns the
+    /// previous one, if any.
+    fn claim<'a>(
+        &'a self,
+        node: &'a str,
+        inc: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<Incarnation>>>;
+
+    /// Takes up to `n` users from a dead incarnation's index (those whose
+    /// record of it held them), for cleaning; once it is empty the
+    /// incarnation is unregistered (unless its lease is back) and this
+    /// returns nothing. Two nodes cleaning at once never get the same user.
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>>;
+
+    /// Publishes messages, each on its topic, in order per topic.
+    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Subscribes to topics; returns once the subscriptions are in force
+    /// (messages published after this returns are received).
+    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Drops subscriptions.
+    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// The stream of what arrives on subscribed topics. Called once (a second
+    /// call gets a closed receiver); bounded (an overflowing receiver gets
+    /// [`Incoming::Reset`] and resyncs).
+    fn incoming(&self) -> mpsc::Receiver<Incoming>;
+
+    /// Keeps `payload` (this node's connections at a graceful shutdown) for
+    /// the node's next incarnation, for `ttl`.
+    fn save_resume<'a>(
+        &'a self,
+        node: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Takes what the previous incarnation of `node` saved, if anything.
+    fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>>;
+}

@@ -1,0 +1,524 @@
+//! Several nodes sharing presence through a [`Backend`].
+//!
+//! Each node writes, once per batch window, its own record of every user
+//! whose record changed here ([`presence_core::cluster::NodeRecord`]), and
+//! publishes the user's full record set (as the write returned it) on the
+//! topics of the user and of every room the user is or was in. Each node
+//! subscribes to the topics its sockets need — rooms they joined, users they
+//! watch, its own users — and nothing else, so its inbound traffic grows
+//! with its own interest, not with the cluster. From the records, every
+//! node computes the same cluster view in Rust ([`replica`]) and tells its
+//! sockets what changed since it last told them: duplicates, reordering and
+//! a message seen both on a room and on a user topic announce nothing twice.
+//!
+//! Liveness: each incarnation renews a lease every third of its TTL and, in
+//! the same call, learns which incarnations live. A dead one's records count
+//! as offline everywhere from the next round (offline within TTL + TTL/3),
+//! and one node cleans it from the store, user by user, each user taken by
+//! exactly one cleaner. A node restarted with the same id claims the id:
+//! without saved connections it ends the previous incarnation's lease at
+//! once (no resurrection); with them (a graceful restart) it restores them
+//! first, writes their records, then ends it, so observers see no flap.
+//!
+//! Host events (`events()`, the feed): each cluster-level change is
+//! announced by the one node whose write (or cleaning) caused it, computed
+//! from the records the write returned atomically, so a backend reading
+//! every node's feed sees each change once.
+//!
+//! Outage: while the backend is unreachable the node keeps serving: its
+//! own changes are merged with the last known records of the others and
+//! shown at once; liveness is frozen (nobody is declared dead on a guess).
+//! When the link returns it writes all its records again, resubscribes and
+//! re-reads everything it follows, and announces only the differences.
+
+pub(crate) mod replica;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use presence_core::machine::ConnRecord;
+use tokio::sync::Notify;
+
+use crate::backend::{Backend, BackendError, Stored, Topic};
+use crate::hub::Hub;
+use replica::{BusMessage, Take};
+
+/// Reconnect attempts back off from this...
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// ...to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Users of a dead incarnation one cleaning call takes.
+const CLEAN_BATCH: usize = 500;
+/// Cleaning calls per lease round at most; the rest waits for the next.
+const CLEAN_CALLS: usize = 10;
+/// How long a user nobody holds keeps their status and last seen.
+const RETENTION: Duration = Duration::from_secs(86_400);
+
+/// Who this node is in the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster and stable across restarts if
+    /// possible (a restart then settles its previous run at once instead of
+    /// after the lease). Default: random.
+    pub node_id: String,
+    /// How long a node's records outlive it: when it stops renewing its
+    /// lease, the others count its users offline after this (plus at most a
+    /// third of it). Also the time a client has to reconnect to another node
+    /// without observers seeing it flap. Default 5 s; at least 300 ms.
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: random_hex(6),
+            lease_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A bad [`ClusterConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterConfigError {
+    /// The node id is empty, too long or holds whitespace or braces.
+    #[error("node_id must be 1-64 characters without whitespace, '.', '{{' or '}}'")]
+    BadNodeId,
+    /// The lease is too short to be renewed reliably.
+    #[error("lease_ttl must be at least 300 ms, got {0:?}")]
+    LeaseTooShort(Duration),
+}
+
+impl ClusterConfig {
+    /// Checks the id and the lease.
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        let id = &self.node_id;
+        if id.is_empty()
+            || id.len() > 64
+            || id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '{' | '}'))
+        {
+            return Err(ClusterConfigError::BadNodeId);
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err(ClusterConfigError::LeaseTooShort(self.lease_ttl));
+        }
+        Ok(())
+    }
+
+    /// This run's incarnation: the id and a fresh epoch.
+    pub(crate) fn incarnation(&self) -> String {
+        format!("{}.{}", self.node_id, random_hex(4))
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    if getrandom::fill(&mut b).is_err() {
+        // Unique enough for an id when the OS has no randomness to give.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("{t:x}");
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The node's link to its backend, held by the hub.
+pub(crate) struct Link {
+    pub backend: Arc<dyn Backend>,
+    pub config: ClusterConfig,
+    /// Wakes the round task: something is pending.
+    pub wake: Arc<Notify>,
+}
+
+/// Starts the node's cluster tasks: rounds, incoming, lease. Each holds the
+/// hub weakly and ends with it or at shutdown.
+pub(crate) fn spawn(hub: &Arc<Hub>) {
+    let handles = vec![
+        tokio::spawn(rounds(Arc::downgrade(hub))),
+        tokio::spawn(incoming(Arc::downgrade(hub))),
+        tokio::spawn(lease(Arc::downgrade(hub))),
+    ];
+    let mut tasks = hub.store_tasks.lock().unwrap_or_else(|p| p.into_inner());
+    tasks.extend(handles);
+}
+
+fn link(hub: &Weak<Hub>) -> Option<(Arc<dyn Backend>, Arc<Notify>)> {
+    let h = hub.upgrade()?;
+    let l = h.cluster.as_ref()?;
+    Some((l.backend.clone(), l.wake.clone()))
+}
+
+/// Sleeps `d`, or returns `false` at once if the hub shuts down or is gone.
+async fn pause(hub: &Weak<Hub>, d: Duration) -> bool {
+    let Some(mut shutdown) = hub.upgrade().map(|h| h.shutdown_signal()) else {
+        return false;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(d) => hub.upgrade().is_some_and(|h| !h.is_shutting_down()),
+        _ = shutdown.wait_for(|s| *s) => false,
+    }
+}
+
+/// Once per batch window: take what is pending and send it.
+async fn rounds(hub: Weak<Hub>) {
+    let Some((backend, wake)) = link(&hub) else {
+        return;
+    };
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some(window) = hub.upgrade().map(|h| h.config.batch_window) else {
+            return;
+        };
+        let woken = tokio::time::timeout(Duration::from_secs(1), wake.notified())
+            .await
+            .is_ok();
+        // Coalesce: everything that happens within the window rides along.
+        if woken && !pause(&hub, window).await {
+            return;
+        }
+        let Some(h) = hub.upgrade() else { return };
+        if h.is_shutting_down() {
+            return;
+        }
+        let Some(take) = h.cluster_take() else {
+            continue;
+        };
+        drop(h);
+        match round(&hub, &*backend, &take).await {
+            Ok(()) => {
+                backoff = MIN_BACKOFF;
+                let Some(h) = hub.upgrade() else { return };
+                h.cluster_cmd(true);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster round failed");
+                let Some(h) = hub.upgrade() else { return };
+                h.cluster_failed(take);
+                h.cluster_cmd(false);
+                drop(h);
+                if !pause(&hub, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// One round, in the order that keeps readers exact: subscribe before
+/// reading; write a record, then its room memberships, then publish it (a
+/// reader that subscribed and then read the members sees the user one way
+/// or the other).
+async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<(), BackendError> {
+    let gone = || BackendError::Engine("node stopped".into());
+    let me = hub.upgrade().ok_or_else(gone)?.cluster_me();
+    if !take.subscribe.is_empty() {
+        backend.subscribe(take.subscribe.clone()).await?;
+    }
+    let mut messages: BTreeMap<Topic, BusMessage> = BTreeMap::new();
+    if !take.writes.is_empty() {
+        let replies = backend.write(&me, take.writes.clone(), RETENTION).await?;
+        messages = hub.upgrade().ok_or_else(gone)?.cluster_written(replies);
+    }
+    if !take.memberships.is_empty() {
+        backend.memberships(&me, take.memberships.clone()).await?;
+    }
+    if !take.reads.is_empty() {
+        for (room, user, marker) in backend.mark_read(take.reads.clone()).await? {
+            let topic = Topic::Room(room.clone());
+            messages
+                .entry(topic)
+                .or_default()
+                .rd
+                .push((room, user, marker));
+        }
+    }
+    publish(backend, messages).await?;
+    if let Some(h) = hub.upgrade() {
+        h.cluster_took(take);
+    }
+    if !take.fetch.is_empty() {
+        let recs = backend.read(&take.fetch).await?;
+        let got = take.fetch.iter().cloned().zip(recs).collect();
+        hub.upgrade().ok_or_else(gone)?.cluster_fetched(got);
+    }
+    for (room, shown) in &take.sync {
+        let members = backend.members(room).await?;
+        let mut users: Vec<_> = members
+            .into_iter()
+            .map(|(u, _)| u)
+            .chain(shown.iter().cloned())
+            .collect();
+        users.sort();
+        users.dedup();
+        let recs = backend.read(&users).await?;
+        let receipts = backend.receipts(room).await?;
+        let members = users.into_iter().zip(recs).collect();
+        hub.upgrade()
+            .ok_or_else(gone)?
+            .cluster_synced(room, members, receipts);
+    }
+    if !take.unsubscribe.is_empty() {
+        backend.unsubscribe(take.unsubscribe.clone()).await?;
+    }
+    Ok(())
+}
+
+async fn publish(
+    backend: &dyn Backend,
+    messages: BTreeMap<Topic, BusMessage>,
+) -> Result<(), BackendError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (topic, msg) in messages {
+        let bytes = serde_json::to_vec(&msg).map_err(|e| BackendError::Decode(e.to_string()))?;
+        out.push((topic, bytes));
+    }
+    backend.publish(out).await
+}
+
+/// Hands what arrives on the bus to the hub, in order.
+async fn incoming(hub: Weak<Hub>) {
+    let Some(mut rx) = hub
+        .upgrade()
+        .and_then(|h| h.cluster.as_ref().map(|l| l.backend.incoming()))
+    else {
+        return;
+    };
+    let Some(mut shutdown) = hub.upgrade().map(|h| h.shutdown_signal()) else {
+        return;
+    };
+    loop {
+        let got = tokio::select! {
+            m = rx.recv() => m,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Some(got) = got else { return };
+        let Some(h) = hub.upgrade() else { return };
+        match got {
+            crate::backend::Incoming::Message(_, bytes) => {
+                h.metrics.backend_messages_in.inc();
+                h.metrics.backend_bytes_in.inc_by(bytes.len() as u64);
+                match serde_json::from_slice::<BusMessage>(&bytes) {
+                    Ok(msg) => h.cluster_incoming(msg),
+                    Err(e) => {
+                        h.metrics.bad_backend_replies.inc();
+                        tracing::warn!(error = %e, "undecodable bus message skipped");
+                    }
+                }
+            }
+            crate::backend::Incoming::Reset => {
+                tracing::info!("bus reconnected: resubscribing and re-reading");
+                h.cluster_resync();
+            }
+        }
+    }
+}
+
+/// Registers, settles the previous incarnation, then renews the lease every
+/// third of the TTL, learning who lives and cleaning the dead.
+async fn lease(hub: Weak<Hub>) {
+    let Some((backend, _)) = link(&hub) else {
+        return;
+    };
+    let Some((config, me, grace)) = hub.upgrade().and_then(|h| {
+        let l = h.cluster.as_ref()?;
+        Some((
+            l.config.clone(),
+            h.cluster_me(),
+            h.config.timing.offline_grace + crate::server::DRAIN_TIMEOUT,
+        ))
+    }) else {
+        return;
+    };
+    let period = config.lease_ttl / 3;
+    let mut backoff = MIN_BACKOFF;
+    let previous = loop {
+        match start(&hub, &*backend, &config, &me).await {
+            Ok(previous) => break previous,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unreachable at start; serving locally meanwhile");
+                if let Some(h) = hub.upgrade() {
+                    h.cluster_cmd(false);
+                }
+                if !pause(&hub, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    if let Some(h) = hub.upgrade() {
+        h.cluster_ready();
+    }
+    // A graceful restart's previous incarnation is ended once this one's
+    // records are out, so observers merge both meanwhile and see no flap.
+    let mut retire = previous;
+    let mut first = true;
+    let mut stopping_since: Option<std::time::Instant> = None;
+    loop {
+        let Some(started) = hub.upgrade().map(|h| h.clock.now()) else {
+            return;
+        };
+        match backend.lease(&me, config.lease_ttl).await {
+            Ok(leases) => {
+                let Some(h) = hub.upgrade() else { return };
+                h.cluster_cmd(true);
+                if leases.reacquired && !first {
+                    tracing::warn!("lease had lapsed: writing this node's records again");
+                    h.cluster_rewrite_own();
+                }
+                first = false;
+                h.cluster_liveness(leases.live, started);
+                let idle = h.cluster_idle();
+                drop(h);
+                if idle
+                    && let Some(prev) = retire.take()
+                    && let Err(e) = backend.end_lease(&prev).await
+                {
+                    tracing::debug!(error = %e, "could not end the previous lease");
+                    retire = Some(prev);
+                }
+                for dead in leases.dead.iter().filter(|d| **d != me) {
+                    clean(&hub, &*backend, dead).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "lease renewal failed");
+                if let Some(h) = hub.upgrade() {
+                    h.cluster_cmd(false);
+                }
+            }
+        }
+        // Not `pause`: the lease is renewed through a graceful shutdown's
+        // drain and the offline grace after it, so the users this node still
+        // holds (saved for its next incarnation) count as online while a
+        // restart can still resume them; then it lapses.
+        if hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
+            let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > grace {
+                return;
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Registers this incarnation and claims the node id; returns the previous
+/// incarnation if it is to be ended once this one's records are out.
+async fn start(
+    hub: &Weak<Hub>,
+    backend: &dyn Backend,
+    config: &ClusterConfig,
+    me: &str,
+) -> Result<Option<String>, BackendError> {
+    backend.lease(me, config.lease_ttl).await?;
+    let previous = backend.claim(&config.node_id, me).await?;
+    let saved = backend.take_resume(&config.node_id).await?;
+    let conns: Vec<ConnRecord> = match saved {
+        None => Vec::new(),
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "saved connections unreadable; not resumed");
+            Vec::new()
+        }),
+    };
+    if conns.is_empty() {
+        if let Some(prev) = &previous {
+            backend.end_lease(prev).await?;
+        }
+        return Ok(None);
+    }
+    tracing::info!(
+        connections = conns.len(),
+        "resuming the previous incarnation's connections"
+    );
+    if let Some(h) = hub.upgrade() {
+        h.restore(crate::data_dir::Loaded {
+            conns,
+            ..Default::default()
+        });
+    }
+    Ok(previous)
+}
+
+/// Cleans a dead incarnation: each of its records that still holds a user
+/// becomes a released one (compare-and-set, so a live writer always wins),
+/// its room memberships go, and the change is announced once.
+async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
+    for _ in 0..CLEAN_CALLS {
+        let users = match backend.take_users_of(dead, CLEAN_BATCH).await {
+            Ok(users) if users.is_empty() => return,
+            Ok(users) => users,
+            Err(e) => {
+                tracing::debug!(error = %e, "cleaning failed");
+                return;
+            }
+        };
+        let Ok(all) = backend.read(&users).await else {
+            return;
+        };
+        let Some(now) = hub.upgrade().map(|h| h.clock.now()) else {
+            return;
+        };
+        let mut messages: BTreeMap<Topic, BusMessage> = BTreeMap::new();
+        let mut leave = Vec::new();
+        for (user, recs) in users.iter().zip(all) {
+            let Some((_, old)) = recs.iter().find(|(inc, _)| inc == dead) else {
+                continue;
+            };
+            if !old.record.holds() {
+                continue;
+            }
+            let new = Stored {
+                seq: old.seq + 1,
+                record: old.record.expired(now),
+            };
+            for room in &old.record.rooms {
+                leave.push((room.clone(), user.clone(), false));
+            }
+            match backend.replace(user, dead, old.seq, new, RETENTION).await {
+                Ok(Some(after)) => {
+                    if let Some(h) = hub.upgrade() {
+                        h.cluster_cleaned(user, dead, &recs, &after, &mut messages);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cleaning a record failed");
+                    return;
+                }
+            }
+        }
+        if !leave.is_empty() && backend.memberships(dead, leave).await.is_err() {
+            return;
+        }
+        if publish(backend, messages).await.is_err() {
+            return;
+        }
+        tracing::info!(
+            users = users.len(),
+            incarnation = dead,
+            "cleaned a dead node's users"
+        );
+    }
+}
+
+/// Leaves this node's connections for its next incarnation (a graceful
+/// restart), for `ttl`: long enough to restart within the grace.
+pub(crate) async fn save_resume(
+    hub: &Hub,
+    conns: &[ConnRecord],
+    ttl: Duration,
+) -> Result<(), BackendError> {
+    let Some(l) = hub.cluster.as_ref() else {
+        return Ok(());
+    };
+    let payload = serde_json::to_string(conns).map_err(|e| BackendError::Decode(e.to_string()))?;
+    l.backend.save_resume(&l.config.node_id, payload, ttl).await
+}

@@ -1,0 +1,743 @@
+//! What one node follows of the cluster, and what it owes the backend. No
+//! I/O: the hub calls it under its lock; the cluster task ([`super`]) takes
+//! what is pending and hands back what arrived.
+//!
+//! The node keeps the records (every incarnation's, see
+//! [`presence_core::cluster`]) of the users its sockets care about: members
+//! of the rooms they joined, users they watch, and its own users. For each
+//! such user it remembers the view it last announced here; whenever a record
+//! or a lease changes it recomputes the view and announces the difference
+//! to its own sockets. Its own records come straight from its machine, so a
+//! local change is shown locally at once and to the others one write later.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use presence_core::cluster::{ClusterView, Liveness, NodeRecord, Records, transitions};
+use presence_core::protocol::{Receipt, ServerMessage};
+use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Incarnation, Stored, Topic, UserRecords, Written};
+
+/// Users whose records one call reads at most; the rest waits a window.
+const MAX_FETCH: usize = 2_000;
+/// How often users nobody here follows any more are dropped.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// One message on the bus: the full record sets of some users, and read
+/// markers that moved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct BusMessage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub u: Vec<UserUpdate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rd: Vec<(RoomId, UserId, u64)>,
+}
+
+/// Every incarnation's record of one user, as of one write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct UserUpdate {
+    pub user: UserId,
+    pub recs: UserRecords,
+}
+
+struct Known {
+    records: Records,
+    /// What this node last announced of the user.
+    shown: ClusterView,
+}
+
+/// A room some local connection is in.
+#[derive(Default)]
+struct RoomState {
+    /// Its members' records have been read since the subscription.
+    synced: bool,
+    receipts: HashMap<UserId, u64>,
+}
+
+/// The links to the backend.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Link {
+    /// The last command succeeded.
+    pub cmd_ok: bool,
+    /// The node has registered and settled its previous incarnation.
+    pub ready: bool,
+}
+
+/// What one round of the cluster task sends.
+#[derive(Debug, Default)]
+pub(crate) struct Take {
+    pub writes: Vec<(UserId, Stored)>,
+    pub memberships: Vec<(RoomId, UserId, bool)>,
+    pub reads: Vec<(RoomId, UserId, u64)>,
+    pub subscribe: Vec<Topic>,
+    pub unsubscribe: Vec<Topic>,
+    pub fetch: Vec<UserId>,
+    /// Rooms to read, each with the members this node already shows there
+    /// (read too: one may have left while nobody here followed the room).
+    pub sync: Vec<(RoomId, Vec<UserId>)>,
+}
+
+impl Take {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.memberships.is_empty()
+            && self.reads.is_empty()
+            && self.subscribe.is_empty()
+            && self.unsubscribe.is_empty()
+            && self.fetch.is_empty()
+            && self.sync.is_empty()
+    }
+}
+
+/// The node's replica. See the module docs.
+pub(crate) struct Replica {
+    pub me: Incarnation,
+    seq: u64,
+    users: HashMap<UserId, Known>,
+    /// Room → users shown in it here (an index over `users`).
+    members: HashMap<RoomId, HashSet<UserId>>,
+    /// Incarnations the last lease round found alive.
+    live: HashSet<Incarnation>,
+    /// Incarnations found dead, since when.
+    gone: HashMap<Incarnation, Millis>,
+    /// When each incarnation's first record arrived: one is only judged dead
+    /// by a lease round that started after it.
+    first_seen: HashMap<Incarnation, Millis>,
+    rooms: HashMap<RoomId, RoomState>,
+    subscribed: HashSet<Topic>,
+    /// Own records changed since the last write.
+    dirty: HashSet<UserId>,
+    /// Own records as last written.
+    written: HashMap<UserId, NodeRecord>,
+    reads: Vec<(RoomId, UserId, u64)>,
+    fetch: BTreeSet<UserId>,
+    sync: BTreeSet<RoomId>,
+    /// Topics whose interest may have changed.
+    check: HashSet<Topic>,
+    /// Connections that joined a room not yet synced: its diffs wait.
+    pub awaiting: HashMap<ConnId, Vec<RoomId>>,
+    /// `watching` answers waiting for their users' records.
+    watching: Vec<(ConnId, Vec<UserId>)>,
+    pub link: Link,
+    /// Users whose status or text changed since the hub last looked.
+    statuses: Vec<UserId>,
+    next_sweep: Millis,
+}
+
+impl Replica {
+    pub fn new(me: Incarnation, now: Millis) -> Self {
+        Self {
+            me,
+            // Above any sequence a previous run of this process gave.
+            seq: now.0.saturating_mul(1_000),
+            users: HashMap::new(),
+            members: HashMap::new(),
+            live: HashSet::new(),
+            gone: HashMap::new(),
+            first_seen: HashMap::new(),
+            rooms: HashMap::new(),
+            subscribed: HashSet::new(),
+            dirty: HashSet::new(),
+            written: HashMap::new(),
+            reads: Vec::new(),
+            fetch: BTreeSet::new(),
+            sync: BTreeSet::new(),
+            check: HashSet::new(),
+            awaiting: HashMap::new(),
+            watching: Vec::new(),
+            link: Link::default(),
+            statuses: Vec::new(),
+            next_sweep: Millis(0),
+        }
+    }
+
+    /// Whether cluster delivery is healthy (for `/healthz`).
+    pub fn up(&self) -> bool {
+        self.link.cmd_ok && self.link.ready
+    }
+
+    fn liveness(&self, inc: &str) -> Liveness {
+        match self.gone.get(inc) {
+            Some(at) if inc != self.me => Liveness::Gone(*at),
+            _ => Liveness::Live,
+        }
+    }
+
+    fn view_of(&self, records: &Records) -> ClusterView {
+        records.view(|inc| self.liveness(inc))
+    }
+
+    /// The view of a set of records fetched for a query.
+    pub fn view_of_records(&self, recs: &UserRecords) -> ClusterView {
+        self.view_assuming(recs, None)
+    }
+
+    /// The view of fetched records, counting `alive` as live whatever the
+    /// last lease round said.
+    pub fn view_assuming(&self, recs: &UserRecords, alive: Option<&str>) -> ClusterView {
+        let mut r = Records::default();
+        for (inc, s) in recs {
+            r.apply(inc, s.seq, s.record.clone());
+        }
+        r.view(|inc| {
+            if Some(inc) == alive {
+                Liveness::Live
+            } else {
+                self.liveness(inc)
+            }
+        })
+    }
+
+    /// The user's view here, if followed.
+    pub fn view(&self, user: &UserId) -> Option<&ClusterView> {
+        self.users.get(user).map(|k| &k.shown)
+    }
+
+    /// Whether members of `room` here see `user` in it.
+    pub fn shown_in(&self, user: &UserId, room: &RoomId) -> bool {
+        self.view(user).is_some_and(|v| v.shown_in(room))
+    }
+
+    /// The machine changed something of `user`: refresh this node's record
+    /// and announce what the cluster view now shows. Returns the events.
+    pub fn touch(&mut self, machine: &Machine, user: &UserId, now: Millis) -> Vec<Event> {
+        let Some(rec) = machine.node_record(user) else {
+            return Vec::new();
+        };
+        let known = self.users.entry(user.clone()).or_insert_with(|| Known {
+            records: Records::default(),
+            shown: ClusterView::offline(),
+        });
+        let same = known.records.get(&self.me).is_some_and(|(_, r)| *r == rec);
+        if !same && (rec.holds() || known.records.get(&self.me).is_some()) {
+            self.seq += 1;
+            known.records.apply(&self.me, self.seq, rec);
+            self.dirty.insert(user.clone());
+        }
+        self.check.insert(Topic::User(user.clone()));
+        for room in machine.rooms_of_user(user) {
+            self.check.insert(Topic::Room(room));
+        }
+        if let Some(w) = self.written.get(user) {
+            for room in &w.rooms {
+                self.check.insert(Topic::Room(room.clone()));
+            }
+        }
+        self.refresh(user, now)
+    }
+
+    /// Recomputes `user`'s view; returns what to announce here.
+    fn refresh(&mut self, user: &UserId, now: Millis) -> Vec<Event> {
+        let Some(known) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let after = self.view_of(&known.records);
+        if after == known.shown {
+            return Vec::new();
+        }
+        let events = transitions(user, &known.shown, &after, now);
+        if after.status_changed(&known.shown) {
+            self.statuses.push(user.clone());
+        }
+        let before_rooms: Vec<RoomId> = known.shown.rooms.iter().cloned().collect();
+        for room in before_rooms {
+            if !after.shown_in(&room)
+                && let Some(m) = self.members.get_mut(&room)
+            {
+                m.remove(user);
+                if m.is_empty() {
+                    self.members.remove(&room);
+                }
+            }
+        }
+        for room in after.rooms.iter().filter(|_| after.visible()) {
+            self.members
+                .entry(room.clone())
+                .or_default()
+                .insert(user.clone());
+        }
+        if let Some(known) = self.users.get_mut(user) {
+            known.shown = after;
+        }
+        events
+    }
+
+    /// Takes other incarnations' records (this node's own come from its
+    /// machine); returns what to announce here.
+    pub fn apply(&mut self, user: &UserId, recs: &UserRecords, now: Millis) -> Vec<Event> {
+        let known = self.users.entry(user.clone()).or_insert_with(|| Known {
+            records: Records::default(),
+            shown: ClusterView::offline(),
+        });
+        let mut changed = false;
+        for (inc, s) in recs {
+            if *inc == self.me {
+                continue;
+            }
+            self.first_seen.entry(inc.clone()).or_insert(now);
+            changed |= known.records.apply(inc, s.seq, s.record.clone());
+        }
+        if changed {
+            self.refresh(user, now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A message from the bus; returns what to announce here, and the read
+    /// markers to show (room, user, marker).
+    pub fn incoming(
+        &mut self,
+        msg: BusMessage,
+        now: Millis,
+    ) -> (Vec<Event>, Vec<(RoomId, UserId, u64)>) {
+        let mut events = Vec::new();
+        for u in msg.u {
+            events.extend(self.apply(&u.user, &u.recs, now));
+        }
+        let mut reads = Vec::new();
+        for (room, user, marker) in msg.rd {
+            if self.receipt(&room, &user, marker) && self.shown_in(&user, &room) {
+                reads.push((room, user, marker));
+            }
+        }
+        (events, reads)
+    }
+
+    /// Notes a read marker seen here; returns whether it moved.
+    pub fn receipt(&mut self, room: &RoomId, user: &UserId, marker: u64) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let m = r.receipts.entry(user.clone()).or_insert(0);
+        if marker > *m {
+            *m = marker;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A local read marker moved: tell the backend.
+    pub fn read(&mut self, room: RoomId, user: UserId, marker: u64) {
+        self.receipt(&room, &user, marker);
+        self.reads.push((room, user, marker));
+    }
+
+    /// A lease round that started at `started` found `live` alive; returns
+    /// what to announce here for users whose incarnations died or returned.
+    pub fn set_liveness(
+        &mut self,
+        live: Vec<Incarnation>,
+        started: Millis,
+        now: Millis,
+    ) -> Vec<Event> {
+        let live: HashSet<Incarnation> = live.into_iter().collect();
+        let mut flipped = HashSet::new();
+        for (inc, seen) in &self.first_seen {
+            let dead = *inc != self.me && !live.contains(inc) && *seen < started;
+            match (dead, self.gone.contains_key(inc)) {
+                (true, false) => {
+                    self.gone.insert(inc.clone(), now);
+                    flipped.insert(inc.clone());
+                }
+                (false, true) if live.contains(inc) => {
+                    self.gone.remove(inc);
+                    flipped.insert(inc.clone());
+                }
+                _ => {}
+            }
+        }
+        self.live = live;
+        if flipped.is_empty() {
+            return Vec::new();
+        }
+        let users: Vec<UserId> = self
+            .users
+            .iter()
+            .filter(|(_, k)| k.records.iter().any(|(inc, _, _)| flipped.contains(inc)))
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.iter().flat_map(|u| self.refresh(u, now)).collect()
+    }
+
+    /// Whether the node's sockets see `room`'s members already.
+    pub fn synced(&self, room: &RoomId) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.synced)
+    }
+
+    /// A connection joined `room`: `true` if its snapshot can be built now.
+    pub fn joined(&mut self, conn: ConnId, room: &RoomId) -> bool {
+        self.check.insert(Topic::Room(room.clone()));
+        if self.synced(room) {
+            return true;
+        }
+        let waiting = self.awaiting.entry(conn).or_default();
+        if !waiting.contains(room) {
+            waiting.push(room.clone());
+        }
+        false
+    }
+
+    pub fn is_awaiting(&self, conn: ConnId, room: &RoomId) -> bool {
+        self.awaiting.get(&conn).is_some_and(|r| r.contains(room))
+    }
+
+    /// A room's members were read: takes their records and receipts, marks it
+    /// synced; returns the events and the connections now owed its snapshot.
+    pub fn room_synced(
+        &mut self,
+        room: &RoomId,
+        members: Vec<(UserId, UserRecords)>,
+        receipts: Vec<(UserId, u64)>,
+        now: Millis,
+    ) -> (Vec<Event>, Vec<ConnId>) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return (Vec::new(), Vec::new());
+        };
+        state.synced = true;
+        for (user, marker) in receipts {
+            let m = state.receipts.entry(user).or_insert(0);
+            *m = (*m).max(marker);
+        }
+        let mut events = Vec::new();
+        for (user, recs) in members {
+            events.extend(self.apply(&user, &recs, now));
+        }
+        let mut owed = Vec::new();
+        self.awaiting.retain(|conn, rooms| {
+            if let Some(i) = rooms.iter().position(|r| r == room) {
+                rooms.remove(i);
+                owed.push(*conn);
+            }
+            !rooms.is_empty()
+        });
+        (events, owed)
+    }
+
+    /// A room's snapshot from the replica.
+    pub fn snapshot(&self, room: &RoomId) -> ServerMessage {
+        let users = self.members.get(room);
+        let shown = || users.into_iter().flatten();
+        let mut members: Vec<PresenceView> = shown()
+            .filter_map(|u| Some(self.view(u)?.presence(u)))
+            .collect();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        let mut typing: Vec<UserId> = shown()
+            .filter(|u| self.view(u).is_some_and(|v| v.typing_in(room)))
+            .cloned()
+            .collect();
+        typing.sort();
+        let mut receipts: Vec<Receipt> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|r| r.receipts.iter())
+            .filter(|(u, _)| self.shown_in(u, room))
+            .map(|(u, m)| Receipt {
+                user: u.clone(),
+                marker: *m,
+            })
+            .collect();
+        receipts.sort_by(|a, b| a.user.cmp(&b.user));
+        ServerMessage::Snapshot {
+            room: room.clone(),
+            members,
+            typing,
+            receipts,
+        }
+    }
+
+    /// A connection started watching `users`: `Some(views)` to answer now,
+    /// or `None` when their records must be read first.
+    pub fn watch(&mut self, conn: ConnId, users: Vec<UserId>) -> Option<Vec<PresenceView>> {
+        for u in &users {
+            self.check.insert(Topic::User(u.clone()));
+        }
+        if users
+            .iter()
+            .all(|u| self.subscribed.contains(&Topic::User(u.clone())))
+        {
+            return Some(self.views(&users));
+        }
+        self.watching.push((conn, users));
+        None
+    }
+
+    fn views(&self, users: &[UserId]) -> Vec<PresenceView> {
+        users
+            .iter()
+            .map(|u| {
+                self.view(u)
+                    .map_or_else(|| ClusterView::offline().presence(u), |v| v.presence(u))
+            })
+            .collect()
+    }
+
+    /// Users' records were read; returns the events and the `watching`
+    /// answers now ready.
+    pub fn fetched(
+        &mut self,
+        got: Vec<(UserId, UserRecords)>,
+        now: Millis,
+    ) -> (Vec<Event>, Vec<(ConnId, Vec<PresenceView>)>) {
+        let mut events = Vec::new();
+        for (user, recs) in got {
+            self.users.entry(user.clone()).or_insert_with(|| Known {
+                records: Records::default(),
+                shown: ClusterView::offline(),
+            });
+            events.extend(self.apply(&user, &recs, now));
+        }
+        let ready: Vec<(ConnId, Vec<UserId>)> = {
+            let fetch = &self.fetch;
+            let (ready, waiting) = std::mem::take(&mut self.watching)
+                .into_iter()
+                .partition(|(_, users)| users.iter().all(|u| !fetch.contains(u)));
+            self.watching = waiting;
+            ready
+        };
+        let answers = ready
+            .into_iter()
+            .map(|(conn, users)| (conn, self.views(&users)))
+            .collect();
+        (events, answers)
+    }
+
+    /// Answers every waiting `watching` from what is known (the backend is
+    /// unreachable).
+    pub fn watching_now(&mut self) -> Vec<(ConnId, Vec<PresenceView>)> {
+        std::mem::take(&mut self.watching)
+            .into_iter()
+            .map(|(conn, users)| {
+                let v = self.views(&users);
+                (conn, v)
+            })
+            .collect()
+    }
+
+    /// Owns this node's write: the hub's own users' records as they stand.
+    /// `wanted` says whether local sockets still care about a topic.
+    pub fn take(&mut self, now: Millis, wanted: impl Fn(&Topic) -> bool) -> Take {
+        let mut t = Take::default();
+        for topic in std::mem::take(&mut self.check) {
+            let want = wanted(&topic);
+            let has = self.subscribed.contains(&topic);
+            if want && !has {
+                self.subscribed.insert(topic.clone());
+                match &topic {
+                    Topic::Room(room) => {
+                        self.rooms.entry(room.clone()).or_default();
+                        self.sync.insert(room.clone());
+                    }
+                    Topic::User(user) => {
+                        self.fetch.insert(user.clone());
+                    }
+                }
+                t.subscribe.push(topic);
+            } else if !want && has {
+                self.subscribed.remove(&topic);
+                if let Topic::Room(room) = &topic {
+                    self.rooms.remove(room);
+                    self.sync.remove(room);
+                }
+                t.unsubscribe.push(topic);
+            }
+        }
+        for user in std::mem::take(&mut self.dirty) {
+            let Some((seq, rec)) = self
+                .users
+                .get(&user)
+                .and_then(|k| k.records.get(&self.me))
+                .map(|(s, r)| (s, r.clone()))
+            else {
+                continue;
+            };
+            let old: BTreeSet<&RoomId> = self
+                .written
+                .get(&user)
+                .map(|w| w.rooms.iter().collect())
+                .unwrap_or_default();
+            let new: BTreeSet<&RoomId> = rec.rooms.iter().collect();
+            for room in new.difference(&old) {
+                t.memberships.push(((*room).clone(), user.clone(), true));
+            }
+            for room in old.difference(&new) {
+                t.memberships.push(((*room).clone(), user.clone(), false));
+            }
+            t.writes.push((user, Stored { seq, record: rec }));
+        }
+        t.reads = std::mem::take(&mut self.reads);
+        t.fetch = self.fetch.iter().take(MAX_FETCH).cloned().collect();
+        t.sync = std::mem::take(&mut self.sync)
+            .into_iter()
+            .map(|room| {
+                let shown = self
+                    .members
+                    .get(&room)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                (room, shown)
+            })
+            .collect();
+        if now >= self.next_sweep {
+            self.next_sweep = now.after(SWEEP);
+            self.sweep(&wanted);
+        }
+        t
+    }
+
+    /// The write went through: remember what the backend holds now.
+    pub fn took(&mut self, t: &Take) {
+        for (user, s) in &t.writes {
+            if s.record.holds() {
+                self.written.insert(user.clone(), s.record.clone());
+            } else {
+                self.written.remove(user);
+            }
+        }
+        for user in &t.fetch {
+            self.fetch.remove(user);
+        }
+    }
+
+    /// The round failed: everything in it is owed again.
+    pub fn failed(&mut self, t: Take) {
+        self.dirty.extend(t.writes.into_iter().map(|(u, _)| u));
+        self.reads.extend(t.reads);
+        for topic in t.subscribe {
+            self.subscribed.remove(&topic);
+            self.check.insert(topic);
+        }
+        for topic in t.unsubscribe {
+            self.check.insert(topic);
+        }
+        self.sync.extend(t.sync.into_iter().map(|(room, _)| room));
+    }
+
+    /// Users whose status changed, for their own sockets here.
+    pub fn take_statuses(&mut self) -> Vec<UserId> {
+        std::mem::take(&mut self.statuses)
+    }
+
+    /// Whether every own record has been handed to the backend.
+    pub fn idle(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// The answers to this node's writes: other incarnations' records to
+    /// take, the cluster-level events this node's writes caused (for the
+    /// host: each is announced by the one node whose write caused it), and
+    /// the messages to publish.
+    pub fn written(
+        &mut self,
+        replies: Vec<Written>,
+        now: Millis,
+    ) -> (Vec<Event>, Vec<Event>, BTreeMap<Topic, BusMessage>) {
+        let mut local = Vec::new();
+        let mut host = Vec::new();
+        let mut out: BTreeMap<Topic, BusMessage> = BTreeMap::new();
+        for w in replies {
+            let mut after = Records::default();
+            for (inc, s) in &w.all {
+                after.apply(inc, s.seq, s.record.clone());
+            }
+            let mut before = after.clone();
+            before.remove(&self.me);
+            if let Some(p) = &w.previous {
+                before.apply(&self.me, p.seq, p.record.clone());
+            }
+            let (v0, v1) = (self.view_of(&before), self.view_of(&after));
+            if v0 == v1 {
+                continue;
+            }
+            host.extend(transitions(&w.user, &v0, &v1, now));
+            let update = UserUpdate {
+                user: w.user.clone(),
+                recs: w.all.clone(),
+            };
+            let topics = v0
+                .rooms
+                .iter()
+                .chain(v1.rooms.iter())
+                .map(|r| Topic::Room(r.clone()))
+                .chain(std::iter::once(Topic::User(w.user.clone())));
+            for topic in topics {
+                out.entry(topic).or_default().u.push(update.clone());
+            }
+            local.extend(self.apply(&w.user, &w.all, now));
+        }
+        (local, host, out)
+    }
+
+    /// Every own user's record must be written again (the backend lost
+    /// them, or the link came back), and every followed topic subscribed
+    /// and re-read.
+    pub fn resync(&mut self) {
+        let me = self.me.clone();
+        let mine: Vec<UserId> = self
+            .users
+            .iter()
+            .filter(|(_, k)| k.records.get(&me).is_some())
+            .map(|(u, _)| u.clone())
+            .collect();
+        self.dirty.extend(mine);
+        self.written.clear();
+        for topic in std::mem::take(&mut self.subscribed) {
+            if let Topic::Room(room) = &topic
+                && let Some(r) = self.rooms.get_mut(room)
+            {
+                r.synced = false;
+            }
+            self.check.insert(topic);
+        }
+    }
+
+    /// Only own records, for [`resync`](Self::resync) after the lease lapsed.
+    pub fn rewrite_own(&mut self) {
+        let me = self.me.clone();
+        let mine = self
+            .users
+            .iter()
+            .filter(|(_, k)| k.records.get(&me).is_some())
+            .map(|(u, _)| u.clone());
+        self.dirty.extend(mine.collect::<Vec<_>>());
+        self.written.clear();
+    }
+
+    /// Drops users nothing here follows any more.
+    fn sweep(&mut self, wanted: &impl Fn(&Topic) -> bool) {
+        let me = self.me.clone();
+        let members = &self.members;
+        let rooms = &self.rooms;
+        self.users.retain(|user, k| {
+            k.records.get(&me).is_some_and(|(_, r)| r.holds())
+                || wanted(&Topic::User(user.clone()))
+                || k.shown.rooms.iter().any(|r| {
+                    rooms.contains_key(r) && members.get(r).is_some_and(|m| m.contains(user))
+                })
+        });
+        let users = &self.users;
+        self.members.retain(|room, m| {
+            m.retain(|u| users.contains_key(u));
+            rooms.contains_key(room) && !m.is_empty()
+        });
+        let live = &self.live;
+        let users = &self.users;
+        self.first_seen.retain(|inc, _| {
+            live.contains(inc) || users.values().any(|k| k.records.get(inc).is_some())
+        });
+        let first_seen = &self.first_seen;
+        self.gone.retain(|inc, _| first_seen.contains_key(inc));
+    }
+
+    /// Connections that left or closed wait for nothing.
+    pub fn forget_conn(&mut self, conn: ConnId) {
+        self.awaiting.remove(&conn);
+        self.watching.retain(|(c, _)| *c != conn);
+    }
+}

@@ -1,0 +1,377 @@
+//! The hub's side of a cluster: routes what the replica decides
+//! ([`crate::cluster::replica`]) to this node's sockets and host, and hands
+//! the cluster task what it must send. All under the hub's lock, no I/O.
+
+use std::collections::BTreeMap;
+
+use presence_core::protocol::{Diff, ServerMessage};
+use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
+
+use super::{Hub, State, text_frame};
+use crate::backend::{Incarnation, Topic, UserRecords, Written};
+use crate::cluster::replica::{BusMessage, Take, UserUpdate};
+
+impl Hub {
+    /// Wakes the cluster task: something is pending for it.
+    pub(super) fn cluster_wake(&self) {
+        if let Some(l) = &self.cluster {
+            l.wake.notify_one();
+        }
+    }
+
+    /// A machine event in a cluster: its user's record is recomputed (at the
+    /// end of the operation); a read marker, which no record carries, is
+    /// shown here at once and sent to the others.
+    pub(super) fn local_to_cluster(&self, st: &mut State, ev: &Event) {
+        let user = ev.diff.user().clone();
+        if let Diff::Read { marker, .. } = ev.diff
+            && let Some(c) = st.cluster.as_mut()
+        {
+            for room in &ev.rooms {
+                c.read(room.clone(), user.clone(), marker);
+                if c.shown_in(&user, room) {
+                    let shown = Event {
+                        rooms: vec![room.clone()],
+                        ..ev.clone()
+                    };
+                    self.record(&shown);
+                    st.batch.route(&shown, false);
+                }
+            }
+        }
+        st.touched.insert(user);
+    }
+
+    /// Recomputes the records of touched users and routes what changed.
+    pub(super) fn cluster_refresh(&self, st: &mut State, now: Millis) {
+        if st.touched.is_empty() {
+            return;
+        }
+        let Some(c) = st.cluster.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        for user in std::mem::take(&mut st.touched) {
+            events.extend(c.touch(&st.machine, &user, now));
+        }
+        self.route(st, &events);
+        self.cluster_wake();
+    }
+
+    /// Files cluster-level events for this node's sockets.
+    fn route(&self, st: &mut State, events: &[Event]) {
+        for ev in events {
+            self.record(ev);
+            let watched = st.watchers.contains_key(ev.diff.user());
+            st.batch.route(ev, watched);
+        }
+    }
+
+    /// Takes over a status set on another node: the machine adopts it (so
+    /// an invisible user is offline here too) and the user's sockets here
+    /// are told.
+    fn adopt_statuses(&self, st: &mut State, now: Millis) {
+        let users = st
+            .cluster
+            .as_mut()
+            .map(|c| c.take_statuses())
+            .unwrap_or_default();
+        for user in &users {
+            let Some(v) = st.cluster.as_ref().and_then(|c| c.view(user)).cloned() else {
+                continue;
+            };
+            if st.machine.connections_of(user).is_empty() {
+                continue;
+            }
+            if st
+                .machine
+                .adopt_status(now, user, v.status, v.text.clone(), v.status_at)
+            {
+                let msg = text_frame(&ServerMessage::SelfStatus {
+                    status: v.status,
+                    text: v.text,
+                });
+                for c in st.machine.connections_of(user).to_vec() {
+                    self.send(st, c, msg.clone());
+                }
+                st.machine.drain_events().for_each(drop);
+                st.touched.insert(user.clone());
+            }
+        }
+    }
+
+    /// Routes events that came from the cluster, with status adoption.
+    fn deliver_cluster(&self, st: &mut State, now: Millis, events: Vec<Event>) {
+        self.route(st, &events);
+        self.adopt_statuses(st, now);
+        self.cluster_refresh(st, now);
+    }
+
+    /// This run's incarnation.
+    pub(crate) fn cluster_me(&self) -> Incarnation {
+        self.lock()
+            .cluster
+            .as_ref()
+            .map(|c| c.me.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a backend is configured and reachable (`None` without one).
+    pub fn cluster_up(&self) -> Option<bool> {
+        self.lock().cluster.as_ref().map(|c| c.up())
+    }
+
+    /// Whether every own record has been written (nothing pending).
+    pub(crate) fn cluster_idle(&self) -> bool {
+        let st = self.lock();
+        st.touched.is_empty() && st.cluster.as_ref().is_none_or(|c| c.idle())
+    }
+
+    /// Takes what the cluster task must send (`None` if nothing, or not
+    /// ready yet).
+    pub(crate) fn cluster_take(&self) -> Option<Take> {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let st = &mut *st;
+        let c = st.cluster.as_mut()?;
+        if !c.link.ready {
+            return None;
+        }
+        let machine = &st.machine;
+        let watchers = &st.watchers;
+        let take = c.take(now, |topic| match topic {
+            Topic::Room(room) => !machine.room_connections(room).is_empty(),
+            Topic::User(user) => {
+                watchers.contains_key(user) || !machine.connections_of(user).is_empty()
+            }
+        });
+        (!take.is_empty()).then_some(take)
+    }
+
+    /// The round went through.
+    pub(crate) fn cluster_took(&self, take: &Take) {
+        if let Some(c) = self.lock().cluster.as_mut() {
+            c.took(take);
+        }
+    }
+
+    /// The round failed: keep its content for the next, and answer waiting
+    /// `watching` requests from what is known.
+    pub(crate) fn cluster_failed(&self, take: Take) {
+        self.apply(|st, _| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            c.failed(take);
+            let waiting: Vec<(presence_core::ConnId, Vec<RoomId>)> = c.awaiting.drain().collect();
+            for (conn, users) in c.watching_now() {
+                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
+            }
+            // Joiners get what is known now; the room's diffs follow.
+            for (conn, rooms) in waiting {
+                for room in rooms {
+                    self.local_snapshot(st, conn, room);
+                }
+            }
+        });
+    }
+
+    /// The answers to this node's writes; returns the messages to publish.
+    pub(crate) fn cluster_written(&self, replies: Vec<Written>) -> BTreeMap<Topic, BusMessage> {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return BTreeMap::new();
+            };
+            let (local, host, out) = c.written(replies, now);
+            for ev in &host {
+                self.publish(ev);
+            }
+            self.deliver_cluster(st, now, local);
+            out
+        })
+    }
+
+    /// Users' records were read.
+    pub(crate) fn cluster_fetched(&self, got: Vec<(UserId, UserRecords)>) {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let (events, answers) = c.fetched(got, now);
+            self.deliver_cluster(st, now, events);
+            for (conn, users) in answers {
+                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
+            }
+        });
+    }
+
+    /// A room's members were read: its waiting joiners get their snapshot
+    /// with the next flush.
+    pub(crate) fn cluster_synced(
+        &self,
+        room: &RoomId,
+        members: Vec<(UserId, UserRecords)>,
+        receipts: Vec<(UserId, u64)>,
+    ) {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let (events, owed) = c.room_synced(room, members, receipts, now);
+            self.deliver_cluster(st, now, events);
+            for conn in owed {
+                self.local_snapshot(st, conn, room.clone());
+            }
+        });
+    }
+
+    /// A message from the bus.
+    pub(crate) fn cluster_incoming(&self, msg: BusMessage) {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let (events, reads) = c.incoming(msg, now);
+            self.deliver_cluster(st, now, events);
+            for (room, user, marker) in reads {
+                let ev = Event {
+                    at: now,
+                    diff: Diff::Read { user, marker },
+                    rooms: vec![room],
+                    global: false,
+                };
+                self.record(&ev);
+                st.batch.route(&ev, false);
+            }
+        });
+    }
+
+    /// A lease round that started at `started` found `live` alive.
+    pub(crate) fn cluster_liveness(&self, live: Vec<Incarnation>, started: Millis) {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let events = c.set_liveness(live, started, now);
+            self.deliver_cluster(st, now, events);
+        });
+    }
+
+    /// A dead incarnation's record of `user` was cleaned: the change is
+    /// announced to the host (by this node only), and published.
+    pub(crate) fn cluster_cleaned(
+        &self,
+        user: &UserId,
+        dead: &str,
+        before: &UserRecords,
+        after: &UserRecords,
+        messages: &mut BTreeMap<Topic, BusMessage>,
+    ) {
+        let st = self.lock();
+        let Some(c) = st.cluster.as_ref() else {
+            return;
+        };
+        let now = self.clock.now();
+        // As the cluster showed it before the cleaning: with `dead` alive.
+        let v0 = c.view_assuming(before, Some(dead));
+        let v1 = c.view_of_records(after);
+        let update = UserUpdate {
+            user: user.clone(),
+            recs: after.clone(),
+        };
+        for topic in v0
+            .rooms
+            .iter()
+            .map(|r| Topic::Room(r.clone()))
+            .chain(std::iter::once(Topic::User(user.clone())))
+        {
+            messages.entry(topic).or_default().u.push(update.clone());
+        }
+        drop(st);
+        for ev in presence_core::cluster::transitions(user, &v0, &v1, now) {
+            self.publish(&ev);
+        }
+    }
+
+    /// The command link went up or down (for `/healthz` and metrics).
+    pub(crate) fn cluster_cmd(&self, ok: bool) {
+        let mut st = self.lock();
+        let Some(c) = st.cluster.as_mut() else {
+            return;
+        };
+        let was = c.up();
+        c.link.cmd_ok = ok;
+        let is = c.up();
+        self.metrics.redis_up.set(i64::from(is));
+        if was && !is {
+            tracing::warn!("backend unreachable: serving from what this node knows");
+        } else if !was && is && c.link.ready {
+            tracing::info!("backend reachable: writing and re-reading everything");
+            c.resync();
+            drop(st);
+            self.cluster_wake();
+        }
+    }
+
+    /// The node registered and settled its previous incarnation.
+    pub(crate) fn cluster_ready(&self) {
+        let mut st = self.lock();
+        if let Some(c) = st.cluster.as_mut() {
+            c.link.ready = true;
+            c.link.cmd_ok = true;
+            c.resync();
+            self.metrics.redis_up.set(1);
+        }
+        drop(st);
+        self.cluster_wake();
+    }
+
+    /// The bus reconnected: subscribe and re-read everything followed.
+    pub(crate) fn cluster_resync(&self) {
+        if let Some(c) = self.lock().cluster.as_mut() {
+            c.resync();
+        }
+        self.cluster_wake();
+    }
+
+    /// The lease had lapsed: write every own record again.
+    pub(crate) fn cluster_rewrite_own(&self) {
+        if let Some(c) = self.lock().cluster.as_mut() {
+            c.rewrite_own();
+        }
+        self.cluster_wake();
+    }
+
+    /// Cluster-level presence of `users` from fetched records.
+    pub(crate) fn cluster_views(
+        &self,
+        users: &[UserId],
+        recs: &[UserRecords],
+    ) -> Vec<PresenceView> {
+        let st = self.lock();
+        let Some(c) = st.cluster.as_ref() else {
+            return Vec::new();
+        };
+        users
+            .iter()
+            .zip(recs)
+            .map(|(u, r)| c.view_of_records(r).presence(u))
+            .collect()
+    }
+
+    /// The rooms `user` is in across the cluster, from fetched records.
+    pub(crate) fn cluster_rooms(&self, recs: &UserRecords) -> Vec<RoomId> {
+        let st = self.lock();
+        st.cluster
+            .as_ref()
+            .map(|c| {
+                let v = c.view_of_records(recs);
+                if v.visible() {
+                    v.rooms.into_iter().collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .unwrap_or_default()
+    }
+}
