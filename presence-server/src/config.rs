@@ -238,3 +238,6 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
     }
 }
+
+/// How long shutdown waits for sockets to take their 1001 and end.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,11 +6,12 @@
 //
 //   server.rs    builder, handle, router, WebSocket upgrade (auth → 401), shutdown, driver task
 //   session.rs   one task per socket: hello, decode, rate limit, frames → hub
-//   hub.rs       the shared state: presence_core::Machine, live sockets, watch lists
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
 //   backend/     the seam to what nodes share (store + bus): in-process and Redis
-//   cluster/     the cluster task (rounds, bus, lease, cleaning) and the replica
-//   hub/cluster.rs  the hub's side of it: routes what the replica decides
+//   cluster.rs   the cluster tasks: rounds, bus, lease, cleaning (drive a Backend for the hub)
+//   hub/         the shared state, by concern: sockets and inputs (mod), fanout, watching,
+//                durable, replica (what the node follows of the cluster), cluster (routing it)
+//   node.rs      who a node is in a cluster: id, lease, incarnation
 //   data_dir.rs  single node: user state (and, across a restart, connections) on disk
 //   http.rs      JSON API, /healthz, /metrics
 //   feed.rs      numbered host events in a replay window, served as SSE
@@ -29,6 +30,7 @@ mod feed;
 mod http;
 mod hub;
 mod metrics;
+mod node;
 mod server;
 mod session;
 mod signal;
@@ -40,12 +42,12 @@ pub use auth::{
 };
 pub use backend::{Backend, MemoryCluster, RedisBackend, RedisConfig, RedisSetupError};
 pub use clock::{Clock, SystemClock};
-pub use cluster::{ClusterConfig, ClusterConfigError};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
 pub use futures_util::future::BoxFuture;
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
+pub use node::{ClusterConfig, ClusterConfigError};
 pub use presence_core;
 pub use server::{BuildError, Builder, PresenceServer};
 pub use signal::shutdown_signal;

@@ -21,16 +21,13 @@ use crate::audience::{AudiencePolicy, OpenAudience};
 use crate::auth::{AuthRequest, Authenticator};
 use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{ClusterConfig, ClusterConfigError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::events::Events;
 use crate::http::{self, ApiError};
 use crate::hub::{Hub, Kept};
+use crate::node::{ClusterConfig, ClusterConfigError};
 use crate::session;
-
-/// How long shutdown waits for sockets to take their 1001 and end.
-pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +122,7 @@ impl Builder {
             (Some(data), None) => Kept::OnDisk(data),
             (None, Some((backend, config))) => {
                 config.validate()?;
-                Kept::Shared(crate::cluster::Link {
+                Kept::Shared(crate::hub::Link {
                     backend,
                     config,
                     wake: Arc::new(Notify::new()),
@@ -400,7 +397,7 @@ impl PresenceServer {
     pub async fn shutdown(&self) {
         self.close_sockets();
         let hub = &self.hub;
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = tokio::time::timeout(crate::config::DRAIN_TIMEOUT, async {
             loop {
                 let done = hub.sessions_done.notified();
                 tokio::pin!(done);

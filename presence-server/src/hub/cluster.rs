@@ -1,15 +1,27 @@
 //! The hub's side of a cluster: routes what the replica decides
-//! ([`crate::cluster::replica`]) to this node's sockets and host, and hands
+//! ([`super::replica`]) to this node's sockets and host, and hands
 //! the cluster task what it must send. All under the hub's lock, no I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
+use super::replica::{BusMessage, Take, UserUpdate};
 use super::{Hub, State, text_frame};
-use crate::backend::{Incarnation, Topic, UserRecords, Written};
-use crate::cluster::replica::{BusMessage, Take, UserUpdate};
+use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
+use crate::node::ClusterConfig;
+
+/// The node's link to its backend, held by the hub.
+pub(crate) struct Link {
+    pub backend: Arc<dyn Backend>,
+    pub config: ClusterConfig,
+    /// Wakes the round task: something is pending.
+    pub wake: Arc<Notify>,
+}
 
 impl Hub {
     /// Wakes the cluster task: something is pending for it.

@@ -24,6 +24,9 @@ use presence_core::{
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 mod cluster;
+pub(crate) mod replica;
+
+pub(crate) use cluster::Link;
 mod durable;
 mod fanout;
 mod watching;
@@ -34,11 +37,11 @@ use crate::audience::AudiencePolicy;
 use crate::auth::{Authenticator, Identity};
 use crate::broadcast::Batch;
 use crate::clock::Clock;
-use crate::cluster::replica::Replica;
 use crate::config::ServerConfig;
 use crate::data_dir::DataDir;
 use crate::feed::Feed;
 use crate::metrics::Metrics;
+use replica::Replica;
 
 /// How a socket is to be closed: code and reason.
 pub(crate) type Close = (CloseCode, &'static str);
@@ -112,7 +115,7 @@ pub(crate) struct Hub {
     /// Wakes the driver early: a batch started or a deadline moved earlier.
     wake: Arc<Notify>,
     /// The shared backend, when the server runs as one node of several.
-    pub cluster: Option<crate::cluster::Link>,
+    pub cluster: Option<Link>,
     /// Where user state outlives the process, on a single node.
     pub data: Option<DataDir>,
     /// The numbered feed for backends (`GET /v1/events`), with a service key.
@@ -138,7 +141,7 @@ pub(crate) enum Kept {
     /// In a data directory, on a single node.
     OnDisk(DataDir),
     /// In a backend shared with the other nodes.
-    Shared(crate::cluster::Link),
+    Shared(Link),
 }
 
 /// Counts a live session task; shutdown waits for the count to reach zero.

@@ -31,8 +31,6 @@
 //! When the link returns it writes all its records again, resubscribes and
 //! re-reads everything it follows, and announces only the differences.
 
-pub(crate) mod replica;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -42,7 +40,8 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, BackendError, Stored, Topic};
 use crate::hub::Hub;
-use replica::{BusMessage, Take};
+use crate::hub::replica::{BusMessage, Take};
+use crate::node::ClusterConfig;
 
 /// Reconnect attempts back off from this...
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -54,84 +53,6 @@ const CLEAN_BATCH: usize = 500;
 const CLEAN_CALLS: usize = 10;
 /// How long a user nobody holds keeps their status and last seen.
 const RETENTION: Duration = Duration::from_secs(86_400);
-
-/// Who this node is in the cluster.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    /// This node's id, unique in the cluster and stable across restarts if
-    /// possible (a restart then settles its previous run at once instead of
-    /// after the lease). Default: random.
-    pub node_id: String,
-    /// How long a node's records outlive it: when it stops renewing its
-    /// lease, the others count its users offline after this (plus at most a
-    /// third of it). Also the time a client has to reconnect to another node
-    /// without observers seeing it flap. Default 5 s; at least 300 ms.
-    pub lease_ttl: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            node_id: random_hex(6),
-            lease_ttl: Duration::from_secs(5),
-        }
-    }
-}
-
-/// A bad [`ClusterConfig`].
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterConfigError {
-    /// The node id is empty, too long or holds whitespace or braces.
-    #[error("node_id must be 1-64 characters without whitespace, '.', '{{' or '}}'")]
-    BadNodeId,
-    /// The lease is too short to be renewed reliably.
-    #[error("lease_ttl must be at least 300 ms, got {0:?}")]
-    LeaseTooShort(Duration),
-}
-
-impl ClusterConfig {
-    /// Checks the id and the lease.
-    pub fn validate(&self) -> Result<(), ClusterConfigError> {
-        let id = &self.node_id;
-        if id.is_empty()
-            || id.len() > 64
-            || id
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '{' | '}'))
-        {
-            return Err(ClusterConfigError::BadNodeId);
-        }
-        if self.lease_ttl < Duration::from_millis(300) {
-            return Err(ClusterConfigError::LeaseTooShort(self.lease_ttl));
-        }
-        Ok(())
-    }
-
-    /// This run's incarnation: the id and a fresh epoch.
-    pub(crate) fn incarnation(&self) -> String {
-        format!("{}.{}", self.node_id, random_hex(4))
-    }
-}
-
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    if getrandom::fill(&mut b).is_err() {
-        // Unique enough for an id when the OS has no randomness to give.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        return format!("{t:x}");
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The node's link to its backend, held by the hub.
-pub(crate) struct Link {
-    pub backend: Arc<dyn Backend>,
-    pub config: ClusterConfig,
-    /// Wakes the round task: something is pending.
-    pub wake: Arc<Notify>,
-}
 
 /// Starts the node's cluster tasks: rounds, incoming, lease. Each holds the
 /// hub weakly and ends with it or at shutdown.
@@ -332,7 +253,7 @@ async fn lease(hub: Weak<Hub>) {
         Some((
             l.config.clone(),
             h.cluster_me(),
-            h.config.timing.offline_grace + crate::server::DRAIN_TIMEOUT,
+            h.config.timing.offline_grace + crate::config::DRAIN_TIMEOUT,
         ))
     }) else {
         return;
