@@ -207,6 +207,9 @@ impl ServerConfig {
     }
 }
 
+/// How long shutdown waits for sockets to take their 1001 and end.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +241,3 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
     }
 }
-
-/// How long shutdown waits for sockets to take their 1001 and end.
-pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
