@@ -170,6 +170,7 @@ on_every_backend!(
     a_restarted_node_does_not_resurrect_its_previous_connections,
     a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
+    host_events_are_announced_once_across_the_nodes,
 );
 
 async fn node_on(
@@ -769,4 +770,52 @@ async fn a_killed_node_process_goes_offline_elsewhere_on_the_redis_cluster() {
     if let Some(f) = Fabric::cluster("sigkill") {
         a_killed_node_process_goes_offline_elsewhere(f).await;
     }
+}
+
+/// The events about `user` that any of `nodes`' host streams yield within `d`.
+async fn host_kinds(
+    streams: &mut [presence_server::Events],
+    user: &str,
+    d: Duration,
+) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + d;
+    for events in streams.iter_mut() {
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            if ev.global && ev.diff.user().as_str() == user {
+                kinds.push(ev.name().to_owned());
+            }
+        }
+    }
+    kinds.sort();
+    kinds
+}
+
+/// Each cluster-level change reaches the host apps once in all: it is
+/// announced by the node whose write caused it (or that cleaned a dead one).
+async fn host_events_are_announced_once_across_the_nodes(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut streams = [a.server.events(), b.server.events(), c.server.events()];
+    let mut tab_a = a.client("bob").await;
+    tab_a.join("r").await;
+    let mut tab_b = b.client("bob").await;
+    tab_b.join("s").await;
+    tab_b
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    tab_a
+        .send(json!({"type": "activity", "state": "idle", "reason": "locked"}))
+        .await;
+    let seen = host_kinds(&mut streams, "bob", Duration::from_millis(600)).await;
+    assert_eq!(
+        seen,
+        ["user_connected", "user_idle"],
+        "one tab idle, then both"
+    );
+    tab_a.send(json!({"type": "leaving"})).await;
+    tab_a.close().await;
+    tab_b.send(json!({"type": "leaving"})).await;
+    tab_b.close().await;
+    let seen = host_kinds(&mut streams, "bob", Duration::from_millis(800)).await;
+    assert_eq!(seen, ["user_disconnected"]);
 }
