@@ -67,17 +67,10 @@ impl Feed {
         let mut ring = self.ring();
         let id = ring.next;
         ring.next += 1;
-        let mut body = serde_json::to_value(&ev.diff).unwrap_or(Value::Null);
-        if let Value::Object(fields) = &mut body {
-            fields.insert("id".into(), json!(id));
-            fields.insert("at".into(), json!(ev.at));
-            fields.insert("global".into(), json!(ev.global));
-            fields.insert("rooms".into(), json!(ev.rooms));
-        }
         let entry = Arc::new(Entry {
             id,
             kind: ev.name(),
-            json: body.to_string(),
+            json: encode(ev, json!(id)),
         });
         if ring.entries.len() == self.capacity {
             ring.entries.pop_front();
@@ -110,6 +103,19 @@ impl Feed {
             .collect();
         Resume { replay, gap, live }
     }
+}
+
+/// A host event as backends read it (feed and webhooks): the diff's fields
+/// plus `id`, `at`, `global` and `rooms`.
+pub(crate) fn encode(ev: &Event, id: Value) -> String {
+    let mut body = serde_json::to_value(&ev.diff).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut body {
+        fields.insert("id".into(), id);
+        fields.insert("at".into(), json!(ev.at));
+        fields.insert("global".into(), json!(ev.global));
+        fields.insert("rooms".into(), json!(ev.rooms));
+    }
+    body.to_string()
 }
 
 fn sse(entry: &Entry) -> SseEvent {

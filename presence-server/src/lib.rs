@@ -15,6 +15,7 @@
 //   data_dir.rs  single node: user state (and, across a restart, connections) on disk
 //   http.rs      JSON API, /healthz, /metrics
 //   feed.rs      numbered host events in a replay window, served as SSE
+//   webhook.rs   host events POSTed to endpoints: batched, signed, retried, bounded
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
 
 mod audience;
@@ -34,6 +35,7 @@ mod node;
 mod server;
 mod session;
 mod signal;
+mod webhook;
 
 pub use audience::{AudiencePolicy, OpenAudience, SyncAudience};
 pub use auth::{
@@ -51,3 +53,4 @@ pub use node::{ClusterConfig, ClusterConfigError};
 pub use presence_core;
 pub use server::{BuildError, Builder, PresenceServer};
 pub use signal::shutdown_signal;
+pub use webhook::{WebhookConfig, WebhookError, sign as webhook_signature};

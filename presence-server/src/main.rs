@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use presence_server::{
     ClusterConfig, DataDir, DefaultAudience, DevAuth, JwtAuth, PresenceServer, RedisBackend,
-    RedisConfig, ServerConfig,
+    RedisConfig, ServerConfig, WebhookConfig,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -112,6 +112,32 @@ struct Args {
     /// Time a new socket has to send its `hello`, in ms.
     #[arg(long, env = "PRESENCE_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
     hello_timeout_ms: u64,
+    /// POST presence events, signed and batched, to this endpoint (repeatable, or comma-separated).
+    #[arg(long, env = "PRESENCE_WEBHOOK_URL", value_delimiter = ',')]
+    webhook_url: Vec<String>,
+    /// Secret webhook requests are signed with (HMAC-SHA256 over `<timestamp>.<body>`).
+    #[arg(long, env = "PRESENCE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// File holding the webhook secret (trailing newline ignored).
+    #[arg(long, env = "PRESENCE_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<std::path::PathBuf>,
+    /// Event kinds webhooks carry: connected, disconnected, idle, active, status, typing, read.
+    #[arg(
+        long,
+        env = "PRESENCE_WEBHOOK_EVENTS",
+        value_delimiter = ',',
+        default_value = "connected,disconnected,idle,active,status"
+    )]
+    webhook_events: Vec<String>,
+    /// Events within this many ms go out in one webhook request.
+    #[arg(long, env = "PRESENCE_WEBHOOK_WINDOW_MS", default_value_t = 1_000)]
+    webhook_window_ms: u64,
+    /// A webhook request that takes longer than this many ms is retried.
+    #[arg(long, env = "PRESENCE_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    webhook_timeout_ms: u64,
+    /// Events queued per webhook endpoint at most; more are dropped and counted.
+    #[arg(long, env = "PRESENCE_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    webhook_queue: usize,
     /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -139,6 +165,29 @@ enum Audience {
 fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a JWT algorithm (HS256, RS256, ES256, ...)"))
+}
+
+/// The webhooks the flags describe, if any endpoint is given.
+fn webhooks(args: &Args) -> anyhow::Result<Option<WebhookConfig>> {
+    if args.webhook_url.is_empty() {
+        return Ok(None);
+    }
+    let secret = match (&args.webhook_secret, &args.webhook_secret_file) {
+        (Some(_), Some(_)) => bail!("give --webhook-secret or --webhook-secret-file, not both"),
+        (Some(s), None) => s.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("--webhook-secret-file {}", file.display()))?
+            .trim_end()
+            .to_owned(),
+        (None, None) => bail!("--webhook-url needs --webhook-secret or --webhook-secret-file"),
+    };
+    let mut w = WebhookConfig::new(args.webhook_url.clone(), secret);
+    w.kinds = args.webhook_events.clone();
+    w.window = Duration::from_millis(args.webhook_window_ms);
+    w.timeout = Duration::from_millis(args.webhook_timeout_ms);
+    w.queue = args.webhook_queue;
+    w.validate().context("--webhook-*")?;
+    Ok(Some(w))
 }
 
 /// The authenticator the flags describe.
@@ -240,6 +289,15 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) => {
+                for item in items {
+                    let toml::Value::String(v) = item else {
+                        bail!("--config {shown}: {key} must be a list of strings");
+                    };
+                    out.push(format!("--{name}={v}").into());
+                }
+                continue;
+            }
             other => bail!("--config {shown}: {key} = {other} is not a string, number or boolean"),
         };
         out.push(format!("--{name}={value}").into());
@@ -325,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             )
         }
     };
+    let hooks = webhooks(&args)?;
     let redis = match (args.redis_url, args.redis_cluster) {
         (Some(url), _) => Some((RedisConfig::single(url), "--redis-url")),
         (None, Some(seeds)) => Some((RedisConfig::cluster(seeds), "--redis-cluster")),
@@ -333,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
     let clustered = redis.is_some();
     let builder = match redis {
         Some((mut redis, flag)) => {
-            redis.prefix = args.redis_prefix;
+            redis.prefix = args.redis_prefix.clone();
             let mut cluster = ClusterConfig::default();
             if let Some(id) = args.node_id {
                 cluster.node_id = id;
@@ -362,6 +421,13 @@ async fn main() -> anyhow::Result<()> {
             );
             builder
         }
+    };
+    let builder = match hooks {
+        Some(w) => {
+            tracing::info!(endpoints = w.urls.len(), kinds = ?w.kinds, "webhooks on");
+            builder.webhooks(w)
+        }
+        None => builder,
     };
     let server = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.bind)

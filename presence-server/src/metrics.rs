@@ -29,6 +29,10 @@ pub(crate) struct Metrics {
     pub bad_backend_replies: Counter,
     pub backend_bytes_in: Counter,
     pub backend_messages_in: Counter,
+    pub webhook_delivered: Counter,
+    pub webhook_requests: Family<Labels, Counter>,
+    pub webhook_drops: Family<Labels, Counter>,
+    pub webhook_latency: Histogram,
 }
 
 impl Metrics {
@@ -127,6 +131,30 @@ impl Metrics {
                 bad_backend_replies.clone(),
             );
         }
+        let webhook_delivered = Counter::default();
+        registry.register(
+            "webhook_delivered_events",
+            "Events delivered to webhook endpoints (2xx)",
+            webhook_delivered.clone(),
+        );
+        let webhook_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by outcome: delivered, retried, refused (non-retryable status), failed (gave up)",
+            webhook_requests.clone(),
+        );
+        let webhook_drops = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_dropped_events",
+            "Webhook events dropped, by reason: queue_full, lagged, refused, gave_up",
+            webhook_drops.clone(),
+        );
+        let webhook_latency = Histogram::new(exponential_buckets(0.001, 4.0, 9));
+        registry.register(
+            "webhook_request_seconds",
+            "Time each webhook request took (one attempt)",
+            webhook_latency.clone(),
+        );
         Self {
             registry,
             connections,
@@ -146,7 +174,23 @@ impl Metrics {
             bad_backend_replies,
             backend_bytes_in,
             backend_messages_in,
+            webhook_delivered,
+            webhook_requests,
+            webhook_drops,
+            webhook_latency,
         }
+    }
+
+    pub fn webhook_request(&self, outcome: &'static str) {
+        self.webhook_requests
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn webhook_dropped(&self, reason: &'static str, events: u64) {
+        self.webhook_drops
+            .get_or_create(&[("reason", reason)])
+            .inc_by(events);
     }
 
     pub fn deny(&self, what: &'static str) {

@@ -28,6 +28,7 @@ use crate::http::{self, ApiError};
 use crate::hub::{Hub, Kept};
 use crate::node::{ClusterConfig, ClusterConfigError};
 use crate::session;
+use crate::webhook::{WebhookConfig, WebhookError};
 
 /// Why a server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,9 @@ pub enum BuildError {
     /// The cluster configuration cannot work.
     #[error("invalid cluster configuration: {0}")]
     Cluster(#[from] ClusterConfigError),
+    /// The webhook configuration cannot work.
+    #[error("invalid webhook configuration: {0}")]
+    Webhook(#[from] WebhookError),
 }
 
 /// Builds a [`PresenceServer`]. Only an authenticator is required.
@@ -63,6 +67,7 @@ pub struct Builder {
     audience: Arc<dyn AudiencePolicy>,
     clock: Arc<dyn Clock>,
     cluster: Option<(Arc<dyn Backend>, ClusterConfig)>,
+    webhooks: Option<WebhookConfig>,
     data: Option<DataDir>,
 }
 
@@ -101,6 +106,13 @@ impl Builder {
         self
     }
 
+    /// Delivers host events to webhook endpoints, signed and batched (see
+    /// [`WebhookConfig`]).
+    pub fn webhooks(mut self, webhooks: WebhookConfig) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Keeps user state (status, text, last seen, read markers) in `data`,
     /// so a restart, even a `kill -9`, forgets at most the last batch window
     /// of changes; after a graceful shutdown, connections resume too. Without
@@ -114,6 +126,9 @@ impl Builder {
     /// [`cluster`](Self::cluster), the cluster tasks).
     pub fn build(self) -> Result<PresenceServer, BuildError> {
         self.config.validate()?;
+        if let Some(w) = &self.webhooks {
+            w.validate()?;
+        }
         let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let clustered = self.cluster.is_some();
@@ -158,9 +173,12 @@ impl Builder {
         if let Some(data) = self.data {
             runtime.spawn(persist(Arc::downgrade(&hub), data, hub.shutdown_signal()));
         }
+        let _guard = runtime.enter();
         if clustered {
-            let _guard = runtime.enter();
             crate::cluster::spawn(&hub);
+        }
+        if let Some(w) = self.webhooks {
+            crate::webhook::spawn(&hub, w);
         }
         Ok(PresenceServer { hub })
     }
@@ -249,6 +267,7 @@ impl PresenceServer {
             audience: Arc::new(OpenAudience),
             clock: Arc::new(SystemClock::new()),
             cluster: None,
+            webhooks: None,
             data: None,
         }
     }

@@ -1,0 +1,481 @@
+//! Signed webhooks: host events `POST`ed as JSON batches to each endpoint.
+//!
+//! Every host event of a selected kind is encoded once (the feed's shape,
+//! with a string `id` unique across nodes and restarts) and queued for each
+//! endpoint. Each endpoint has its own task: it waits one window after the
+//! first pending event, sends what is queued (at most `max_batch` events) in
+//! one request, and retries a failed request with exponential backoff and
+//! jitter, so at most one request per window is in flight per endpoint.
+//!
+//! A request body is `{"events":[...]}`. It is signed: header
+//! `presence-timestamp` (unix seconds) and `presence-signature`, the
+//! lowercase hex HMAC-SHA256 with the shared secret over
+//! `<timestamp>.<body>`. A receiver recomputes it, compares in constant
+//! time, rejects old timestamps, and drops events whose `id` it has seen
+//! (delivery is at least once: a retried request may have arrived).
+//!
+//! Bounds: each endpoint queues at most `queue` events (more are dropped and
+//! counted, never buffered without limit); each request waits at most
+//! `timeout`; a request is tried at most `max_attempts` times, then its
+//! events are dropped and counted. 2xx is delivered; 408, 429 and 5xx,
+//! timeouts and connection errors are retried; any other status is a
+//! permanent refusal (dropped, counted).
+//!
+//! In a cluster each node delivers the events its own writes caused (see
+//! the crate docs, "Host events"), so each cluster-level change is delivered
+//! once per endpoint, not once per node. Events a node had queued when it
+//! died are lost (at most its queue); its users' going offline is then
+//! announced, and delivered, by the node that cleans it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use presence_core::Event;
+use sha2::Sha256;
+use tokio::sync::{Notify, broadcast};
+
+use crate::hub::Hub;
+
+/// Kinds a webhook may select, by product name, and the events each covers.
+const KINDS: &[(&str, &[&str])] = &[
+    ("connected", &["user_connected"]),
+    ("disconnected", &["user_disconnected"]),
+    ("idle", &["user_idle"]),
+    ("active", &["user_active"]),
+    ("status", &["status"]),
+    ("typing", &["typing_started", "typing_stopped"]),
+    ("read", &["read"]),
+];
+
+/// Where and what to deliver.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Endpoints (`http://host:port/path`); each gets every selected event.
+    pub urls: Vec<String>,
+    /// The shared secret requests are signed with.
+    pub secret: String,
+    /// Selected kinds (see [`WebhookConfig::new`]; `typing` and `read` are
+    /// chatty, so they are not selected by default).
+    pub kinds: Vec<String>,
+    /// Events within this window go out in one request. Default 1 s.
+    pub window: Duration,
+    /// How long one request may take. Default 5 s.
+    pub timeout: Duration,
+    /// Events queued per endpoint at most. Default 10,000.
+    pub queue: usize,
+    /// Events per request at most. Default 500.
+    pub max_batch: usize,
+    /// Tries per request. Default 8 (about a minute of backoff).
+    pub max_attempts: u32,
+}
+
+/// A [`WebhookConfig`] that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A URL does not parse or is not `http://host[:port]/...`.
+    #[error("webhook URL {0:?}: {1}")]
+    BadUrl(String, &'static str),
+    /// No secret: receivers could not tell our requests from anyone's.
+    #[error("webhooks need a secret (--webhook-secret or --webhook-secret-file)")]
+    NoSecret,
+    /// A kind not in the list.
+    #[error(
+        "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read)"
+    )]
+    UnknownKind(String),
+    /// A bound of zero.
+    #[error("webhook {0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl WebhookConfig {
+    /// Endpoints and secret with the defaults: kinds `connected`,
+    /// `disconnected`, `idle`, `active`, `status`.
+    pub fn new(urls: Vec<String>, secret: impl Into<String>) -> Self {
+        Self {
+            urls,
+            secret: secret.into(),
+            kinds: ["connected", "disconnected", "idle", "active", "status"]
+                .map(str::to_owned)
+                .to_vec(),
+            window: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            queue: 10_000,
+            max_batch: 500,
+            max_attempts: 8,
+        }
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), WebhookError> {
+        if self.secret.is_empty() {
+            return Err(WebhookError::NoSecret);
+        }
+        for url in &self.urls {
+            parse_url(url)?;
+        }
+        self.selected()?;
+        for (name, v) in [
+            ("queue", self.queue),
+            ("max_batch", self.max_batch),
+            ("max_attempts", self.max_attempts as usize),
+        ] {
+            if v == 0 {
+                return Err(WebhookError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The event names the selected kinds cover.
+    fn selected(&self) -> Result<Vec<&'static str>, WebhookError> {
+        let mut names = Vec::new();
+        for kind in &self.kinds {
+            let (_, events) = KINDS
+                .iter()
+                .find(|(k, _)| k == kind)
+                .ok_or_else(|| WebhookError::UnknownKind(kind.clone()))?;
+            names.extend_from_slice(events);
+        }
+        Ok(names)
+    }
+}
+
+fn parse_url(url: &str) -> Result<Uri, WebhookError> {
+    let bad = |why| WebhookError::BadUrl(url.to_owned(), why);
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not built in: point it at a TLS-terminating forward proxy on http",
+            ));
+        }
+        _ => return Err(bad("must start with http://")),
+    }
+    if uri.host().is_none() {
+        return Err(bad("has no host"));
+    }
+    Ok(uri)
+}
+
+/// The lowercase hex HMAC-SHA256 of `<timestamp>.<body>`.
+pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    // Any key length is valid for HMAC.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct Endpoint {
+    url: String,
+    uri: Uri,
+    queue: Mutex<VecDeque<Arc<str>>>,
+    wake: Notify,
+}
+
+impl Endpoint {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<str>>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Starts the webhook tasks (validate the config first). Each holds the hub
+/// weakly and ends with it, after a last try at what is queued.
+pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
+    let Ok(names) = config.selected() else {
+        return;
+    };
+    let endpoints: Vec<Arc<Endpoint>> = config
+        .urls
+        .iter()
+        .filter_map(|url| {
+            Some(Arc::new(Endpoint {
+                url: url.clone(),
+                uri: parse_url(url).ok()?,
+                queue: Mutex::new(VecDeque::new()),
+                wake: Notify::new(),
+            }))
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return;
+    }
+    let config = Arc::new(config);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for ep in &endpoints {
+        tokio::spawn(deliver(
+            Arc::downgrade(hub),
+            ep.clone(),
+            config.clone(),
+            client.clone(),
+        ));
+    }
+    tokio::spawn(fan_out(
+        Arc::downgrade(hub),
+        hub.subscribe(),
+        endpoints,
+        config,
+        names,
+    ));
+}
+
+/// Encodes each selected host event once and queues it for every endpoint.
+async fn fan_out(
+    hub: Weak<Hub>,
+    mut events: broadcast::Receiver<Event>,
+    endpoints: Vec<Arc<Endpoint>>,
+    config: Arc<WebhookConfig>,
+    names: Vec<&'static str>,
+) {
+    let Some(h) = hub.upgrade() else { return };
+    // Unique across nodes and restarts: the node's incarnation (or, alone,
+    // its start time) and a counter.
+    let origin = match h.cluster_me() {
+        me if me.is_empty() => format!("n{}", h.clock.now().0),
+        me => me,
+    };
+    let mut shutdown = h.shutdown_signal();
+    drop(h);
+    let mut n: u64 = 0;
+    loop {
+        let got = tokio::select! {
+            got = events.recv() => got,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(h) = hub.upgrade() else { break };
+        match got {
+            Ok(ev) if names.contains(&ev.name()) => {
+                n += 1;
+                let json: Arc<str> =
+                    crate::feed::encode(&ev, serde_json::json!(format!("{origin}-{n}"))).into();
+                for ep in &endpoints {
+                    let mut q = ep.queue();
+                    if q.len() >= config.queue {
+                        h.metrics.webhook_dropped("queue_full", 1);
+                    } else {
+                        q.push_back(json.clone());
+                        ep.wake.notify_one();
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "webhooks fell behind the host events");
+                h.metrics
+                    .webhook_dropped("lagged", missed * endpoints.len() as u64);
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    for ep in &endpoints {
+        ep.wake.notify_one();
+    }
+}
+
+/// One endpoint's sender: one request per window, retried with backoff.
+async fn deliver(
+    hub: Weak<Hub>,
+    ep: Arc<Endpoint>,
+    config: Arc<WebhookConfig>,
+    client: Client<HttpConnector, Full<Bytes>>,
+) {
+    let Some(mut shutdown) = hub.upgrade().map(|h| h.shutdown_signal()) else {
+        return;
+    };
+    loop {
+        let stopping = *shutdown.borrow();
+        if !stopping {
+            tokio::select! {
+                _ = ep.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            // Coalesce: what happens within the window rides along.
+            tokio::select! {
+                _ = tokio::time::sleep(config.window) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
+        let batch: Vec<Arc<str>> = {
+            let mut q = ep.queue();
+            let n = q.len().min(config.max_batch);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            if stopping || hub.upgrade().is_none() {
+                return;
+            }
+            continue;
+        }
+        let mut body = String::from("{\"events\":[");
+        for (i, e) in batch.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e);
+        }
+        body.push_str("]}");
+        let body = Bytes::from(body);
+        let tries = if stopping { 1 } else { config.max_attempts };
+        send_with_retries(&hub, &ep, &config, &client, body, batch.len() as u64, tries).await;
+        if !ep.queue().is_empty() {
+            ep.wake.notify_one();
+        }
+    }
+}
+
+enum Outcome {
+    Delivered,
+    Refused(u16),
+    Retry(String),
+}
+
+async fn send_with_retries(
+    hub: &Weak<Hub>,
+    ep: &Endpoint,
+    config: &WebhookConfig,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    body: Bytes,
+    events: u64,
+    tries: u32,
+) {
+    let mut backoff = Duration::from_millis(250);
+    for attempt in 1..=tries {
+        let Some(h) = hub.upgrade() else { return };
+        let now_s = h.clock.now().0 / 1000;
+        let started = tokio::time::Instant::now();
+        let outcome = send(ep, config, client, body.clone(), now_s).await;
+        h.metrics
+            .webhook_latency
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Delivered => {
+                h.metrics.webhook_request("delivered");
+                h.metrics.webhook_delivered.inc_by(events);
+                return;
+            }
+            Outcome::Refused(status) => {
+                tracing::warn!(url = %ep.url, status, events, "webhook refused; events dropped");
+                h.metrics.webhook_request("refused");
+                h.metrics.webhook_dropped("refused", events);
+                return;
+            }
+            Outcome::Retry(why) if attempt < tries => {
+                tracing::debug!(url = %ep.url, attempt, why, "webhook failed; retrying");
+                h.metrics.webhook_request("retried");
+                drop(h);
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Outcome::Retry(why) => {
+                tracing::warn!(url = %ep.url, attempts = tries, why, events, "webhook gave up; events dropped");
+                h.metrics.webhook_request("failed");
+                h.metrics.webhook_dropped("gave_up", events);
+            }
+        }
+    }
+}
+
+async fn send(
+    ep: &Endpoint,
+    config: &WebhookConfig,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    body: Bytes,
+    now_s: u64,
+) -> Outcome {
+    let signature = sign(config.secret.as_bytes(), now_s, &body);
+    let request = hyper::Request::post(ep.uri.clone())
+        .header("content-type", "application/json")
+        .header("user-agent", "presence-server")
+        .header("presence-timestamp", now_s.to_string())
+        .header("presence-signature", signature)
+        .body(Full::new(body));
+    let Ok(request) = request else {
+        return Outcome::Refused(0);
+    };
+    match tokio::time::timeout(config.timeout, client.request(request)).await {
+        Err(_) => Outcome::Retry("timed out".into()),
+        Ok(Err(e)) => Outcome::Retry(e.to_string()),
+        Ok(Ok(response)) => {
+            let status = response.status();
+            if status.is_success() {
+                Outcome::Delivered
+            } else if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
+                Outcome::Retry(format!("status {status}"))
+            } else {
+                Outcome::Refused(status.as_u16())
+            }
+        }
+    }
+}
+
+/// A random wait between half and all of `d`, so endpoints that failed
+/// together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+    } else {
+        0.5
+    };
+    d.mul_f64(0.5 + r / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_hex_over_timestamp_dot_body() {
+        let sig = sign(b"Jefe", 0, b"what do ya want for nothing?");
+        assert_eq!(sig.len(), 64);
+        assert_ne!(sig, sign(b"Jefe", 1, b"what do ya want for nothing?"));
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"k").expect("key");
+        mac.update(b"12.{}");
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sign(b"k", 12, b"{}"), want);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_what_is_wrong() {
+        let ok = WebhookConfig::new(vec!["http://127.0.0.1:9/hook".into()], "s");
+        assert!(ok.validate().is_ok());
+        let mut c = ok.clone();
+        c.secret.clear();
+        assert!(matches!(c.validate(), Err(WebhookError::NoSecret)));
+        for url in ["https://x/hook", "ftp://x", "not a url", "/relative"] {
+            let c = WebhookConfig::new(vec![url.into()], "s");
+            assert!(
+                matches!(c.validate(), Err(WebhookError::BadUrl(..))),
+                "{url}"
+            );
+        }
+        let mut c = ok.clone();
+        c.kinds.push("typo".into());
+        assert!(matches!(c.validate(), Err(WebhookError::UnknownKind(_))));
+        let mut c = ok;
+        c.queue = 0;
+        assert!(matches!(c.validate(), Err(WebhookError::Zero("queue"))));
+    }
+}

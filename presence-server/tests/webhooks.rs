@@ -1,0 +1,314 @@
+//! Webhooks against a real HTTP receiver on loopback: batched, signed,
+//! filtered by kind, retried with backoff, bounded, and once per endpoint
+//! across the nodes of a cluster.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::*;
+use hmac::{Hmac, KeyInit, Mac};
+use presence_server::{ClusterConfig, MemoryCluster, PresenceServer, WebhookConfig};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const HOOK_SECRET: &str = "hook-secret";
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Got {
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    /// Statuses to answer with, first to last; then 200.
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    r.got.lock().expect("lock").push(Got {
+        timestamp: h("presence-timestamp"),
+        signature: h("presence-signature"),
+        body,
+    });
+    let mut answers = r.answers.lock().expect("lock");
+    let status = if answers.is_empty() {
+        200
+    } else {
+        answers.remove(0)
+    };
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}
+
+impl Receiver {
+    async fn start(answers: &[u16]) -> (Receiver, String) {
+        let r = Receiver::default();
+        r.answers.lock().expect("lock").extend_from_slice(answers);
+        let app = axum::Router::new()
+            .route("/hook", post(hook))
+            .with_state(r.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (r, format!("http://{addr}/hook"))
+    }
+
+    fn requests(&self) -> Vec<Got> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// Waits until the delivered events (bodies of 2xx-answered requests are
+    /// not distinguished here: every request's events) satisfy `done`.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = events_of(&self.requests());
+            if done(&events) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "{what}: got {events:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn events_of(requests: &[Got]) -> Vec<Value> {
+    requests
+        .iter()
+        .flat_map(|g| {
+            let v: Value = serde_json::from_str(&g.body).expect("a JSON body");
+            v["events"].as_array().cloned().expect("an events array")
+        })
+        .collect()
+}
+
+/// The user-level (global) event kinds about `user`; room-level ones (a
+/// user joining a room while online) come too, marked `"global": false`.
+fn kinds(events: &[Value], user: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["global"] == true)
+        .filter(|e| e["user"] == user || e["presence"]["user"] == user)
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn hooks(url: &str) -> WebhookConfig {
+    let mut w = WebhookConfig::new(vec![url.to_owned()], HOOK_SECRET);
+    w.window = Duration::from_millis(150);
+    w.timeout = Duration::from_millis(500);
+    w
+}
+
+async fn server(w: WebhookConfig) -> TestServer {
+    TestServer::start_with(PresenceServer::builder().config(fast_config()).webhooks(w)).await
+}
+
+/// The signature a receiver computes, independently of the server's code.
+fn expected_signature(timestamp: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).expect("key");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn events_arrive_batched_signed_with_unique_ids_and_only_the_selected_kinds() {
+    let (receiver, url) = Receiver::start(&[]).await;
+    let srv = server(hooks(&url)).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    ana.send(json!({"type": "typing", "room": "r", "active": true}))
+        .await;
+    ana.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    let events = receiver
+        .wait_for("connected and idle", |e| kinds(e, "ana").len() >= 2)
+        .await;
+    assert_eq!(kinds(&events, "ana"), ["user_connected", "user_idle"]);
+    assert_eq!(receiver.requests().len(), 1, "one window, one request");
+    ana.send(json!({"type": "leaving"})).await;
+    ana.close().await;
+    let events = receiver
+        .wait_for("disconnected", |e| kinds(e, "ana").len() >= 3)
+        .await;
+    assert_eq!(
+        kinds(&events, "ana"),
+        ["user_connected", "user_idle", "user_disconnected"],
+        "typing is not selected by default"
+    );
+    let now = now_secs();
+    for g in receiver.requests() {
+        assert_eq!(g.signature, expected_signature(&g.timestamp, &g.body));
+        let ts: u64 = g.timestamp.parse().expect("unix seconds");
+        assert!(now.abs_diff(ts) < 60, "timestamp {ts} vs now {now}");
+    }
+    let mut ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "every event has a string id");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "ids are unique");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["global"] == false && e["rooms"] == json!(["r"])),
+        "joining a room while online is a room-level event: {events:?}"
+    );
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    let delivered = format!("presence_webhook_delivered_events_total {}", events.len());
+    assert!(metrics.contains(&delivered), "{delivered} in {metrics}");
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_with_backoff_and_gets_the_same_events() {
+    let (receiver, url) = Receiver::start(&[503, 500]).await;
+    let srv = server(hooks(&url)).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.requests().len() < 3 {
+        assert!(Instant::now() < deadline, "three tries in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = receiver.requests();
+    assert_eq!(got[0].body, got[1].body, "a retry carries the same events");
+    assert_eq!(got[1].body, got[2].body);
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"presence_webhook_requests_total{outcome="retried"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"presence_webhook_requests_total{outcome="delivered"} 1"#));
+}
+
+#[tokio::test]
+async fn a_refusing_endpoint_is_not_retried_and_the_drop_is_counted() {
+    let (receiver, url) = Receiver::start(&[400]).await;
+    let srv = server(hooks(&url)).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let refused = receiver.wait_for("one request", |e| !e.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.requests().len(), 1, "no retry after a 400");
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    let dropped = format!(
+        r#"presence_webhook_dropped_events_total{{reason="refused"}} {}"#,
+        refused.len()
+    );
+    assert!(metrics.contains(&dropped), "{dropped} in {metrics}");
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_keeps_at_most_the_queue_and_counts_the_rest() {
+    // Nothing listens there: every try fails to connect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a port");
+    let mut w = hooks(&format!("http://127.0.0.1:{port}/hook"));
+    w.queue = 2;
+    w.max_attempts = 2;
+    let srv = server(w).await;
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        clients.push(srv.client(user).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_text(srv.addr, "/metrics").await;
+        let dropped = |reason: &str| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        r#"presence_webhook_dropped_events_total{{reason="{reason}"}}"#
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // Five events: at most two queued at once, so at least three are
+        // dropped at the queue, and what was queued is dropped after two tries.
+        if dropped("queue_full") >= 3 && dropped("queue_full") + dropped("gave_up") == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drops counted in time: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(clients);
+}
+
+#[tokio::test]
+async fn in_a_cluster_each_change_is_delivered_once_per_endpoint() {
+    let (receiver, url) = Receiver::start(&[]).await;
+    let cluster = MemoryCluster::new();
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        let cc = ClusterConfig {
+            node_id: id.into(),
+            lease_ttl: Duration::from_millis(600),
+        };
+        let builder = PresenceServer::builder()
+            .config(calm_config())
+            .cluster(Arc::new(cluster.node()), cc)
+            .webhooks(hooks(&url));
+        nodes.push(TestServer::start_with(builder).await);
+    }
+    let deadline = Instant::now() + WAIT;
+    while !nodes.iter().all(|n| n.server.cluster_up() == Some(true)) {
+        assert!(Instant::now() < deadline, "nodes up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tab_a = nodes[0].client("bob").await;
+    tab_a.join("r").await;
+    let mut tab_b = nodes[1].client("bob").await;
+    tab_b.join("r").await;
+    tab_a
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    tab_b
+        .send(json!({"type": "activity", "state": "idle", "reason": "no_input"}))
+        .await;
+    let events = receiver
+        .wait_for("bob idle", |e| {
+            kinds(e, "bob").contains(&"user_idle".to_owned())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = if events.len() < events_of(&receiver.requests()).len() {
+        events_of(&receiver.requests())
+    } else {
+        events
+    };
+    assert_eq!(
+        kinds(&events, "bob"),
+        ["user_connected", "user_idle"],
+        "once per endpoint, whichever node caused it"
+    );
+}
