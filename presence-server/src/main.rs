@@ -190,6 +190,27 @@ fn webhooks(args: &Args) -> anyhow::Result<Option<WebhookConfig>> {
     Ok(Some(w))
 }
 
+/// Fails at start-up, clearly, when a webhook host does not resolve.
+async fn check_webhook_hosts(w: &WebhookConfig) -> anyhow::Result<()> {
+    for url in &w.urls {
+        let uri: axum::http::Uri = url
+            .parse()
+            .with_context(|| format!("--webhook-url {url}"))?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let found = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(addrs)) => addrs.count() > 0,
+            Ok(Err(_)) => false,
+            Err(_) => bail!("--webhook-url {url}: resolving {host:?} took over 5 s"),
+        };
+        if !found {
+            bail!("--webhook-url {url}: host {host:?} does not resolve");
+        }
+    }
+    Ok(())
+}
+
 /// The authenticator the flags describe.
 fn jwt_auth(args: &Args) -> anyhow::Result<Option<JwtAuth>> {
     use jsonwebtoken::Algorithm;
@@ -384,6 +405,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let hooks = webhooks(&args)?;
+    if let Some(w) = &hooks {
+        check_webhook_hosts(w).await?;
+    }
     let redis = match (args.redis_url, args.redis_cluster) {
         (Some(url), _) => Some((RedisConfig::single(url), "--redis-url")),
         (None, Some(seeds)) => Some((RedisConfig::cluster(seeds), "--redis-cluster")),

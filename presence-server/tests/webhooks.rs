@@ -13,11 +13,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
-use presence_server::{ClusterConfig, MemoryCluster, PresenceServer, WebhookConfig};
+use presence_server::{
+    Backend, ClusterConfig, MemoryCluster, PresenceServer, RedisBackend, RedisConfig, WebhookConfig,
+};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 const HOOK_SECRET: &str = "hook-secret";
+/// An answer that comes too late.
+const HANG: u16 = 0;
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -30,7 +34,8 @@ struct Got {
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
-    /// Statuses to answer with, first to last; then 200.
+    /// Statuses to answer with, first to last; then 200. `HANG` answers
+    /// 200 after a second (longer than the tests' request timeout).
     answers: Arc<Mutex<Vec<u16>>>,
 }
 
@@ -47,12 +52,18 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
         signature: h("presence-signature"),
         body,
     });
-    let mut answers = r.answers.lock().expect("lock");
-    let status = if answers.is_empty() {
-        200
-    } else {
-        answers.remove(0)
+    let status = {
+        let mut answers = r.answers.lock().expect("lock");
+        if answers.is_empty() {
+            200
+        } else {
+            answers.remove(0)
+        }
     };
+    if status == HANG {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return StatusCode::OK;
+    }
     StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
 }
 
@@ -205,6 +216,30 @@ async fn a_failing_endpoint_is_retried_with_backoff_and_gets_the_same_events() {
 }
 
 #[tokio::test]
+async fn a_slow_endpoint_times_out_and_is_retried_while_presence_flows() {
+    let (receiver, url) = Receiver::start(&[HANG]).await;
+    let srv = server(hooks(&url)).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    // While the first request hangs, sockets hear everything as usual.
+    ana.diff("user_connected", "bob").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.requests().len() < 2 {
+        assert!(Instant::now() < deadline, "retried after the timeout");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = receiver.requests();
+    assert_eq!(got[0].body, got[1].body, "the timed-out events again");
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"presence_webhook_requests_total{outcome="retried"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_refusing_endpoint_is_not_retried_and_the_drop_is_counted() {
     let (receiver, url) = Receiver::start(&[400]).await;
     let srv = server(hooks(&url)).await;
@@ -265,9 +300,36 @@ async fn a_dead_endpoint_keeps_at_most_the_queue_and_counts_the_rest() {
 }
 
 #[tokio::test]
-async fn in_a_cluster_each_change_is_delivered_once_per_endpoint() {
-    let (receiver, url) = Receiver::start(&[]).await;
+async fn in_a_memory_cluster_each_change_is_delivered_once_per_endpoint() {
     let cluster = MemoryCluster::new();
+    once_per_endpoint(|| Arc::new(cluster.node())).await;
+}
+
+#[tokio::test]
+async fn over_redis_each_change_is_delivered_once_per_endpoint() {
+    let prefix = format!("ptest:hooks:{}:{}", std::process::id(), now_secs());
+    let url =
+        std::env::var("PRESENCE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    once_per_endpoint(|| {
+        let mut c = RedisConfig::single(url.clone());
+        c.prefix = prefix.clone();
+        Arc::new(RedisBackend::new(c).expect("redis config"))
+    })
+    .await;
+    // Best effort: the test's keys go with it.
+    if let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut c)
+            .unwrap_or_default();
+        for key in keys {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut c);
+        }
+    }
+}
+
+async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
+    let (receiver, url) = Receiver::start(&[]).await;
     let mut nodes = Vec::new();
     for id in ["a", "b"] {
         let cc = ClusterConfig {
@@ -276,7 +338,7 @@ async fn in_a_cluster_each_change_is_delivered_once_per_endpoint() {
         };
         let builder = PresenceServer::builder()
             .config(calm_config())
-            .cluster(Arc::new(cluster.node()), cc)
+            .cluster(backend(), cc)
             .webhooks(hooks(&url));
         nodes.push(TestServer::start_with(builder).await);
     }
