@@ -313,6 +313,9 @@ pub(crate) struct RoomMembers {
     /// Visible members' read markers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     receipts: Vec<presence_core::protocol::Receipt>,
+    /// When more members follow: pass it as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<UserId>,
 }
 
 /// `GET /v1/rooms/{room}/members`: the room's visible members, as a `join`
@@ -323,7 +326,58 @@ pub(crate) async fn room_members(
     Query(query): Query<HashMap<String, String>>,
     Path(room): Path<String>,
 ) -> Result<Json<RoomMembers>, ApiError> {
-    let caller = caller(&hub, &headers, &query).await?;
+    let page = Page::from_query(&query)?;
+    let mut all = members_of(&hub, &headers, &query, room).await?;
+    all.members.sort_by(|a, b| a.user.cmp(&b.user));
+    if let Some(after) = &page.after {
+        all.members.retain(|m| m.user > *after);
+    }
+    if all.members.len() > page.limit {
+        all.members.truncate(page.limit);
+        all.next = all.members.last().map(|m| m.user.clone());
+    }
+    let shown: Vec<&UserId> = all.members.iter().map(|m| &m.user).collect();
+    all.receipts.retain(|r| shown.contains(&&r.user));
+    Ok(Json(all))
+}
+
+/// Members per page at most (and by default).
+const MAX_PAGE: usize = 1_000;
+
+/// `?after=<user>&limit=<n>`: members sorted by id, after `after`, at most
+/// `limit` (1-1000, default 1000).
+struct Page {
+    after: Option<UserId>,
+    limit: usize,
+}
+
+impl Page {
+    fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let after = query
+            .get("after")
+            .map(|a| UserId::new(a.as_str()))
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("after: {e}")))?;
+        let limit = match query.get("limit") {
+            None => MAX_PAGE,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=MAX_PAGE).contains(l))
+                .ok_or_else(|| ApiError::invalid(format!("limit must be 1-{MAX_PAGE}")))?,
+        };
+        Ok(Self { after, limit })
+    }
+}
+
+/// Every visible member of a room, for a caller who may read it.
+async fn members_of(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    room: String,
+) -> Result<RoomMembers, ApiError> {
+    let caller = caller(hub, headers, query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
         && !hub.read(|m| m.in_room(&room, &viewer.user))
@@ -332,16 +386,17 @@ pub(crate) async fn room_members(
         hub.metrics.deny("http");
         return Err(ApiError::forbidden("this room"));
     }
-    if let Some(backend) = backend(&hub)
-        && let Some(found) = cluster_members(&hub, backend, &room).await
+    if let Some(backend) = backend(hub)
+        && let Some(found) = cluster_members(hub, backend, &room).await
     {
-        return Ok(Json(found));
+        return Ok(found);
     }
-    Ok(Json(hub.read(|m| RoomMembers {
+    Ok(hub.read(|m| RoomMembers {
         members: m.members(&room),
         receipts: m.receipts_in(&room),
+        next: None,
         room,
-    })))
+    }))
 }
 
 /// A room's visible members and their markers, cluster-wide; `None` if the
@@ -386,6 +441,7 @@ async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Opt
         room: room.clone(),
         members,
         receipts,
+        next: None,
     })
 }
 
@@ -429,28 +485,36 @@ async fn service_only(
 #[derive(Serialize)]
 pub(crate) struct RoomCounts {
     room: RoomId,
+    counts: Counts,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Counts {
     online: usize,
     active: usize,
     idle: usize,
 }
 
-/// `GET /v1/rooms/{room}/counts`: how many visible members are online,
-/// active and idle; readable by whoever may read the members.
+/// `GET /v1/rooms/{room}/count`: how many visible members are online,
+/// active and idle, without the list; readable by whoever may read the
+/// members.
 pub(crate) async fn room_counts(
-    state: State<Arc<Hub>>,
+    State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
-    query: Query<HashMap<String, String>>,
-    path: Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    Path(room): Path<String>,
 ) -> Result<Json<RoomCounts>, ApiError> {
-    let Json(RoomMembers { room, members, .. }) = room_members(state, headers, query, path).await?;
+    let RoomMembers { room, members, .. } = members_of(&hub, &headers, &query, room).await?;
     let count = |s: presence_core::PresenceState| members.iter().filter(|m| m.state == s).count();
     Ok(Json(RoomCounts {
-        online: members
-            .iter()
-            .filter(|m| m.state != presence_core::PresenceState::Offline)
-            .count(),
-        active: count(presence_core::PresenceState::Active),
-        idle: count(presence_core::PresenceState::Idle),
+        counts: Counts {
+            online: members
+                .iter()
+                .filter(|m| m.state != presence_core::PresenceState::Offline)
+                .count(),
+            active: count(presence_core::PresenceState::Active),
+            idle: count(presence_core::PresenceState::Idle),
+        },
         room,
     }))
 }

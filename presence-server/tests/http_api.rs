@@ -206,11 +206,11 @@ async fn server_actions_over_http_act_like_the_rust_api() {
     bob.send(json!({"type": "activity", "state": "idle", "reason": "blurred"}))
         .await;
     ana.diff("user_idle", "bob").await;
-    let (status, counts) = srv.get("/v1/rooms/r/counts", SERVICE_KEY).await;
+    let (status, counts) = srv.get("/v1/rooms/r/count", SERVICE_KEY).await;
     assert_eq!(status, 200);
     assert_eq!(
         counts,
-        json!({"room": "r", "online": 2, "active": 1, "idle": 1})
+        json!({"room": "r", "counts": {"online": 2, "active": 1, "idle": 1}})
     );
 
     // The app stored bob's message: his typing stops for everyone.
@@ -282,4 +282,53 @@ async fn the_router_merges_into_an_app_with_its_own_healthz() {
     c.send(json!({"type": "ping"})).await;
     c.frame("pong").await;
     serving.abort();
+}
+
+#[tokio::test]
+async fn member_lists_come_in_pages_sorted_by_id() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut clients = Vec::new();
+    for user in ["dan", "ana", "eve", "bob", "cat"] {
+        let mut c = srv.client(user).await;
+        c.join("r").await;
+        c.send(json!({"type": "read", "room": "r", "marker": 7}))
+            .await;
+        clients.push(c);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/rooms/r/members?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, page) = srv.get(&path, SERVICE_KEY).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let names = names(&page["members"]);
+        assert!(names.len() <= 2);
+        let marked: Vec<&str> = page["receipts"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["user"].as_str()).collect())
+            .unwrap_or_default();
+        for user in &marked {
+            assert!(
+                names.iter().any(|n| n == user),
+                "receipts of this page only"
+            );
+        }
+        seen.extend(names);
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/rooms/r/members?limit=2&after={next}"),
+            None => break,
+        }
+        assert!(pages < 10, "pages end");
+    }
+    assert_eq!(seen, ["ana", "bob", "cat", "dan", "eve"]);
+    assert_eq!(pages, 3);
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=a%20b"] {
+        let (status, body) = srv
+            .get(&format!("/v1/rooms/r/members?{bad}"), SERVICE_KEY)
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_field");
+    }
+    drop(clients);
 }
