@@ -87,6 +87,112 @@ export interface PresenceSnapshot {
   rooms: Record<string, RoomSnapshot>;
   watched: Presence[];
 }
+
+/**
+ * A live presence connection for this page.
+ *
+ * `close()`, `free()` and `[Symbol.dispose]` (`using`) all end it the same way: `leaving`, the
+ * socket closed, listeners removed, never reconnected; any later call but `getSnapshot` throws an
+ * `Error` with `code: "closed"`.
+ */
+export class PresenceClient {
+    private constructor();
+    [Symbol.dispose](): void;
+    /**
+     * Binds typing to an `<input>` or `<textarea>`: input starts or refreshes
+     * it, blur stops it. Returns a function that unbinds.
+     */
+    bindTyping(room: string, element: EventTarget): () => void;
+    /**
+     * Says `leaving`, closes the socket and stops all listeners and
+     * timers, for good. Calling it again does nothing; any other method
+     * but `getSnapshot` then throws `closed`.
+     */
+    close(): void;
+    /**
+     * Connects to the server and starts watching this page's activity.
+     * Throws an `Error` with `code: "invalid_options"` for bad options.
+     */
+    static connect(options: ConnectOptions): PresenceClient;
+    /**
+     * The same as `close()` (and `[Symbol.dispose]`, for `using`).
+     */
+    free(): void;
+    /**
+     * `useSyncExternalStore`'s `getSnapshot`: the same object until
+     * something changes. Still answers after `close()` (React may read it
+     * while unmounting): the last state, `connection: "closed"`, stale.
+     */
+    getSnapshot(): PresenceSnapshot;
+    /**
+     * Joins a room: its members' presence arrives as `onPresence` events.
+     * Throws `too_many_rooms` beyond 64; a refusal by the server comes to
+     * `onError` with `frame: "join"` and the `room`, and the room is then
+     * no longer joined.
+     */
+    join(room: string): void;
+    /**
+     * Leaves a room.
+     */
+    leave(room: string): void;
+    /**
+     * The user read `room` up to `marker` (a message sequence number).
+     */
+    markRead(room: string, marker: number): void;
+    /**
+     * A room's members as last heard (empty until its snapshot arrives).
+     */
+    members(room: string): Presence[];
+    /**
+     * Connection state changes.
+     */
+    onConnection(cb: (event: ConnectionEvent) => void): () => void;
+    /**
+     * Errors the server reported, with stable codes.
+     */
+    onError(cb: (event: ErrorEvent) => void): () => void;
+    /**
+     * Presence changes in joined rooms and of watched users.
+     */
+    onPresence(cb: (event: PresenceEvent) => void): () => void;
+    /**
+     * Read markers moved in joined rooms.
+     */
+    onReceipt(cb: (event: ReceiptEvent) => void): () => void;
+    /**
+     * The user's own status changed (from this or another tab or device).
+     */
+    onSelfStatus(cb: (event: SelfStatusEvent) => void): () => void;
+    /**
+     * Typing started or stopped in joined rooms.
+     */
+    onTyping(cb: (event: TypingEvent) => void): () => void;
+    /**
+     * Sets the user's status (`available`, `away`, `busy`, `invisible`) and
+     * an optional short text, for all their tabs and devices.
+     */
+    setStatus(status: Status, text?: string | null): void;
+    /**
+     * The user stopped typing (composer blurred, message sent).
+     */
+    stopTyping(room: string): void;
+    /**
+     * `useSyncExternalStore`'s `subscribe`: calls `cb` after any change.
+     */
+    subscribe(cb: Function): () => void;
+    /**
+     * The user typed in a room's composer (call on every input; throttled).
+     */
+    typing(room: string): void;
+    /**
+     * Stops watching users.
+     */
+    unwatch(users: string[]): void;
+    /**
+     * Watches users wherever they are (a contact list).
+     */
+    watch(users: string[]): void;
+}
 "#;
 
 #[wasm_bindgen]
@@ -270,6 +376,12 @@ fn text_message(e: InvalidStatusText) -> String {
         InvalidStatusText::Empty => "status text must not be empty; omit the field instead".into(),
         InvalidStatusText::BadCharacter => "status text may not contain control characters".into(),
     }
+}
+
+/// A string argument, or an `invalid_argument` error naming it.
+pub fn string(v: &JsValue, name: &str) -> Result<String, JsValue> {
+    v.as_string()
+        .ok_or_else(|| error("invalid_argument", &cat(name, " must be a string")))
 }
 
 /// Parses a room id from JS, or an `invalid_argument` error.

@@ -67,7 +67,7 @@ pub fn protocol_version() -> u32 {
 // `free` below replaces it (in a JS class body the later method wins, and
 // `[Symbol.dispose]` is wired to `prototype.free`), so the small object stays
 // until garbage collection, whose finalizer drops it (and `Drop` closes).
-#[wasm_bindgen]
+#[wasm_bindgen(skip_typescript)]
 pub struct PresenceClient {
     shared: Shared,
 }
@@ -79,8 +79,131 @@ impl Drop for PresenceClient {
     }
 }
 
+/// The JS face: `connect`, `free` and one entry point for every other
+/// method. `src/client.js` defines the methods on the class, each calling
+/// `c(op, a, b)` with its index in `METHODS` there (the order of [`Op`]):
+/// an export per method cost the bundle a wasm-bindgen shim and glue each
+/// (0.9 KB gzipped in all). The class's types are in `js.rs`.
 #[wasm_bindgen]
 impl PresenceClient {
+    /// `PresenceClient.connect(options)`: [`PresenceClient::connect`], as
+    /// the JS object with its methods.
+    #[wasm_bindgen(js_name = connect, skip_typescript)]
+    pub fn connect_js(options: JsConnectOptions) -> Result<JsValue, JsValue> {
+        Ok(Self::connect(options)?.into_js())
+    }
+
+    /// The one entry point of the methods `src/client.js` defines.
+    #[wasm_bindgen(js_name = c, skip_typescript)]
+    pub fn call(&self, op: u32, a: JsValue, b: JsValue) -> Result<JsValue, JsValue> {
+        let done = |r: Result<(), JsValue>| r.map(|()| JsValue::UNDEFINED);
+        let room = || js::string(&a, "room");
+        let sub = |t, cb: JsValue| self.subscribe_to(t, cb.unchecked_into()).map(JsValue::from);
+        match Op::ALL.get(op as usize).copied() {
+            Some(Op::Join) => done(self.join(&room()?)),
+            Some(Op::Leave) => done(self.leave(&room()?)),
+            Some(Op::Watch) => done(self.watch(a.unchecked_into())),
+            Some(Op::Unwatch) => done(self.unwatch(a.unchecked_into())),
+            Some(Op::SetStatus) => {
+                let text = match b.is_null_or_undefined() {
+                    true => None,
+                    false => Some(js::string(&b, "text")?),
+                };
+                done(self.set_status(a.unchecked_into(), text))
+            }
+            Some(Op::Typing) => done(self.typing(&room()?)),
+            Some(Op::StopTyping) => done(self.stop_typing(&room()?)),
+            Some(Op::BindTyping) => Ok(self.bind_typing(&room()?, b.unchecked_ref())?.into()),
+            Some(Op::MarkRead) => done(self.mark_read(&room()?, b.as_f64().unwrap_or(f64::NAN))),
+            Some(Op::Members) => Ok(self.members(&room()?)?.into()),
+            Some(Op::OnPresence) => sub(Topic::Presence, a),
+            Some(Op::OnTyping) => sub(Topic::Typing, a),
+            Some(Op::OnReceipt) => sub(Topic::Receipt, a),
+            Some(Op::OnConnection) => sub(Topic::Connection, a),
+            Some(Op::OnSelfStatus) => sub(Topic::SelfStatus, a),
+            Some(Op::OnError) => sub(Topic::Error, a),
+            Some(Op::Subscribe) => sub(Topic::Store, a),
+            Some(Op::GetSnapshot) => Ok(self.get_snapshot().into()),
+            Some(Op::Close) => {
+                self.close();
+                Ok(JsValue::UNDEFINED)
+            }
+            None => Ok(JsValue::UNDEFINED),
+        }
+    }
+
+    /// The same as `close()` (and `[Symbol.dispose]`, for `using`).
+    #[wasm_bindgen(js_name = free, skip_typescript)]
+    pub fn dispose(&self) {
+        self.close();
+    }
+}
+
+/// The methods behind [`PresenceClient::call`], in the order of `METHODS`
+/// in `src/client.js` (a native test checks that the two agree).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Join,
+    Leave,
+    Watch,
+    Unwatch,
+    SetStatus,
+    Typing,
+    StopTyping,
+    BindTyping,
+    MarkRead,
+    Members,
+    OnPresence,
+    OnTyping,
+    OnReceipt,
+    OnConnection,
+    OnSelfStatus,
+    OnError,
+    Subscribe,
+    GetSnapshot,
+    Close,
+}
+
+impl Op {
+    const ALL: [Op; 19] = [
+        Op::Join,
+        Op::Leave,
+        Op::Watch,
+        Op::Unwatch,
+        Op::SetStatus,
+        Op::Typing,
+        Op::StopTyping,
+        Op::BindTyping,
+        Op::MarkRead,
+        Op::Members,
+        Op::OnPresence,
+        Op::OnTyping,
+        Op::OnReceipt,
+        Op::OnConnection,
+        Op::OnSelfStatus,
+        Op::OnError,
+        Op::Subscribe,
+        Op::GetSnapshot,
+        Op::Close,
+    ];
+}
+
+#[wasm_bindgen(module = "/src/client.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = defineMethods)]
+    fn define_methods(client: &JsValue);
+}
+
+/// The Rust API, which the browser tests call directly; JS reaches it through
+/// [`PresenceClient::call`].
+impl PresenceClient {
+    /// The JS object apps hold, with its methods (`src/client.js`).
+    pub fn into_js(self) -> JsValue {
+        let v = JsValue::from(self);
+        define_methods(&v);
+        v
+    }
+
     /// Connects to the server and starts watching this page's activity.
     /// Throws an `Error` with `code: "invalid_options"` for bad options.
     pub fn connect(options: JsConnectOptions) -> Result<PresenceClient, JsValue> {
@@ -173,7 +296,6 @@ impl PresenceClient {
 
     /// Sets the user's status (`available`, `away`, `busy`, `invisible`) and
     /// an optional short text, for all their tabs and devices.
-    #[wasm_bindgen(js_name = setStatus)]
     pub fn set_status(&self, status: JsStatus, text: Option<String>) -> Result<(), JsValue> {
         self.live()?;
         let status: Status = js::status(&status.into())?;
@@ -195,7 +317,6 @@ impl PresenceClient {
     }
 
     /// The user stopped typing (composer blurred, message sent).
-    #[wasm_bindgen(js_name = stopTyping)]
     pub fn stop_typing(&self, room: &str) -> Result<(), JsValue> {
         self.live()?;
         let room = js::room(room)?;
@@ -205,7 +326,6 @@ impl PresenceClient {
 
     /// Binds typing to an `<input>` or `<textarea>`: input starts or refreshes
     /// it, blur stops it. Returns a function that unbinds.
-    #[wasm_bindgen(js_name = bindTyping)]
     pub fn bind_typing(
         &self,
         room: &str,
@@ -233,7 +353,6 @@ impl PresenceClient {
     }
 
     /// The user read `room` up to `marker` (a message sequence number).
-    #[wasm_bindgen(js_name = markRead)]
     pub fn mark_read(&self, room: &str, marker: f64) -> Result<(), JsValue> {
         self.live()?;
         let room = js::room(room)?;
@@ -266,37 +385,31 @@ impl PresenceClient {
     }
 
     /// Presence changes in joined rooms and of watched users.
-    #[wasm_bindgen(js_name = onPresence)]
     pub fn on_presence(&self, cb: PresenceCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Presence, cb.unchecked_into())
     }
 
     /// Typing started or stopped in joined rooms.
-    #[wasm_bindgen(js_name = onTyping)]
     pub fn on_typing(&self, cb: TypingCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Typing, cb.unchecked_into())
     }
 
     /// Read markers moved in joined rooms.
-    #[wasm_bindgen(js_name = onReceipt)]
     pub fn on_receipt(&self, cb: ReceiptCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Receipt, cb.unchecked_into())
     }
 
     /// Connection state changes.
-    #[wasm_bindgen(js_name = onConnection)]
     pub fn on_connection(&self, cb: ConnectionCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Connection, cb.unchecked_into())
     }
 
     /// The user's own status changed (from this or another tab or device).
-    #[wasm_bindgen(js_name = onSelfStatus)]
     pub fn on_self_status(&self, cb: SelfStatusCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::SelfStatus, cb.unchecked_into())
     }
 
     /// Errors the server reported, with stable codes.
-    #[wasm_bindgen(js_name = onError)]
     pub fn on_error(&self, cb: ErrorCallback) -> Result<Unsubscribe, JsValue> {
         self.subscribe_to(Topic::Error, cb.unchecked_into())
     }
@@ -309,7 +422,6 @@ impl PresenceClient {
     /// `useSyncExternalStore`'s `getSnapshot`: the same object until
     /// something changes. Still answers after `close()` (React may read it
     /// while unmounting): the last state, `connection: "closed"`, stale.
-    #[wasm_bindgen(js_name = getSnapshot)]
     pub fn get_snapshot(&self) -> JsSnapshot {
         let mut state = self.shared.borrow_mut();
         if let Some((v, snap)) = &state.snapshot
@@ -330,12 +442,6 @@ impl PresenceClient {
         runtime::release(&self.shared);
     }
 
-    /// The same as `close()` (and `[Symbol.dispose]`, for `using`).
-    #[wasm_bindgen(js_name = free)]
-    pub fn dispose(&self) {
-        self.close();
-    }
-
     fn subscribe_to(&self, topic: Topic, f: js_sys::Function) -> Result<Unsubscribe, JsValue> {
         self.live()?;
         let id = self.shared.borrow_mut().on(topic, f);
@@ -352,5 +458,25 @@ impl PresenceClient {
             }
         });
         off.into_js_value().unchecked_into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    /// `src/client.js` calls `c(op, …)` with each method's index in its `METHODS`.
+    #[test]
+    fn the_js_method_list_is_in_the_order_of_op() {
+        let js = include_str!("client.js");
+        let list = &js[js.find("const METHODS = [").expect("METHODS")..];
+        let list = &list[..list.find("];").expect("end of METHODS")];
+        let names: alloc::vec::Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        assert_eq!(names.len(), Op::ALL.len());
+        for (op, name) in Op::ALL.iter().zip(names) {
+            let mut rust = alloc::format!("{op:?}");
+            rust[..1].make_ascii_lowercase();
+            assert_eq!(rust, name);
+        }
     }
 }

@@ -393,7 +393,7 @@ async fn snapshot_is_stable_until_a_change_and_throwing_callbacks_are_contained(
 /// The JS object wasm-bindgen hands to apps, to call `free`, `[Symbol.dispose]` and methods
 /// through their JS names.
 fn js_object(c: PresenceClient) -> JsValue {
-    c.into()
+    c.into_js()
 }
 
 fn call_js(obj: &JsValue, method: &JsValue, args: &[JsValue]) -> Result<JsValue, JsValue> {
