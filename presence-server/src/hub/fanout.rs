@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use presence_core::protocol::{ServerMessage, encode};
+use presence_core::protocol::{Diff, ServerMessage, encode};
 use presence_core::{ConnId, RoomId, UserId};
 use tokio::sync::mpsc;
 
@@ -47,10 +47,11 @@ impl Hub {
             if recipients.is_empty() {
                 continue;
             }
-            let frame = Utf8Bytes::from(encode(&ServerMessage::Diffs { room, diffs }));
             self.metrics.fanout.observe(recipients.len() as f64);
-            for conn in recipients {
-                self.send(st, conn, Message::Text(frame.clone()));
+            for frame in diff_frames(room, diffs) {
+                for &conn in &recipients {
+                    self.send(st, conn, Message::Text(frame.clone()));
+                }
             }
         }
         self.send_snapshots(st, joiners);
@@ -120,6 +121,72 @@ impl Hub {
             st,
             conn,
             text_frame(&ServerMessage::Watching { users: views }),
+        );
+    }
+}
+
+/// A `diffs` frame's size at most, roughly: a socket's write buffer keeps
+/// the capacity of the largest frame it ever wrote (tungstenite-rs#500), so
+/// one big batch would pin that much memory per recipient for good. A
+/// bigger batch goes out as several frames, in order (receivers apply each
+/// in turn, so nothing changes for them).
+const MAX_DIFFS_FRAME: usize = 8 * 1024;
+
+/// `diffs` encoded into frames of about `MAX_DIFFS_FRAME` at most, each
+/// encoded once for all its recipients.
+fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
+    let msg = ServerMessage::Diffs { room, diffs };
+    let whole = encode(&msg);
+    let ServerMessage::Diffs { room, diffs } = msg else {
+        return vec![Utf8Bytes::from(whole)];
+    };
+    if whole.len() <= MAX_DIFFS_FRAME || diffs.len() < 2 {
+        return vec![Utf8Bytes::from(whole)];
+    }
+    let per = diffs
+        .len()
+        .div_ceil(whole.len().div_ceil(MAX_DIFFS_FRAME))
+        .max(1);
+    diffs
+        .chunks(per)
+        .map(|chunk| {
+            Utf8Bytes::from(encode(&ServerMessage::Diffs {
+                room: room.clone(),
+                diffs: chunk.to_vec(),
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::protocol::decode_server;
+
+    #[test]
+    fn a_big_batch_goes_out_as_bounded_frames_in_order() {
+        let diffs: Vec<Diff> = (0..2_000)
+            .map(|i| Diff::UserActive {
+                user: UserId::new(format!("user-{i:05}")).expect("valid"),
+            })
+            .collect();
+        let room = RoomId::new("r").ok();
+        let frames = diff_frames(room.clone(), diffs.clone());
+        assert!(frames.len() > 1, "split");
+        let mut back = Vec::new();
+        for f in &frames {
+            assert!(f.len() <= MAX_DIFFS_FRAME + 64, "{} bytes", f.len());
+            let Ok(ServerMessage::Diffs { room: r, diffs }) = decode_server(f.as_str()) else {
+                panic!("a diffs frame");
+            };
+            assert_eq!(r, room);
+            back.extend(diffs);
+        }
+        assert_eq!(back, diffs, "every diff, in order");
+        assert_eq!(
+            diff_frames(None, diffs[..3].to_vec()).len(),
+            1,
+            "small stays whole"
         );
     }
 }
