@@ -443,15 +443,6 @@ impl Obj {
     }
 }
 
-/// `{ passive: true, capture }` for `addEventListener` (a plain object: web-sys's
-/// `AddEventListenerOptions` setters cost the bundle an import each).
-pub fn listener_options(capture: bool) -> JsValue {
-    Obj::new()
-        .set("passive", true)
-        .set("capture", capture)
-        .done()
-}
-
 fn state_name(s: presence_core::PresenceState) -> &'static str {
     use presence_core::PresenceState::*;
     match s {

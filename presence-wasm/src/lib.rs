@@ -4,9 +4,11 @@
 //! `Client` decides (idleness, heartbeats, reconnects, resume, typing
 //! throttle, the room cache); this crate wires it to the browser.
 //!
-//! Layout: `lib.rs` is the JS API (`PresenceClient`), `js.rs` the JS shapes
-//! and TypeScript types, `runtime.rs` the socket, timer and callback glue,
-//! `page.rs` the DOM listeners. Built into an npm package by `cargo xtask npm`.
+//! Layout: `lib.rs` is the JS API (`PresenceClient`; `client.js` defines
+//! its methods over one entry point), `js.rs` the JS shapes and TypeScript
+//! types, `runtime.rs` the socket, timer and callback glue, `page.rs` the page
+//! signals; `browser.js` makes the DOM, socket and storage calls for both.
+//! Built into an npm package by `cargo xtask npm`.
 //! The crate also builds natively so clippy and `cargo test --workspace`
 //! cover it; its behaviour is tested in headless Chromium (`tests/`).
 
@@ -234,7 +236,7 @@ impl PresenceClient {
         }
         let shared: Shared = Rc::new(RefCell::new(State::new(client, o.url, o.token, resume_key)));
         let listeners = page::install(&shared);
-        let screen_lock = o.idle_detection.then(|| page::ScreenLock::watch(&shared));
+        let screen_lock = o.idle_detection.then(|| page::watch_lock(&shared));
         if let Ok(mut state) = shared.try_borrow_mut() {
             state.page = Some((listeners, screen_lock));
         }
@@ -333,21 +335,7 @@ impl PresenceClient {
     ) -> Result<Unsubscribe, JsValue> {
         self.live()?;
         let room = js::room(room)?;
-        let weak = Rc::downgrade(&self.shared);
-        let (w, r) = (weak.clone(), room.clone());
-        let on_input = page::listen(element, "input", false, move |_| {
-            if let Some(s) = w.upgrade() {
-                runtime::with(&s, |c, now| {
-                    let _ = c.typing(now, &r);
-                });
-            }
-        });
-        let on_blur = page::listen(element, "blur", false, move |_| {
-            if let Some(s) = weak.upgrade() {
-                runtime::with(&s, |c, _| c.stop_typing(&room));
-            }
-        });
-        let mut held = Some((on_input, on_blur));
+        let mut held = Some(page::watch_typing_in(&self.shared, room, element));
         let unbind = runtime::callback(move |_| drop(held.take()));
         Ok(unbind.into_js_value().unchecked_into())
     }

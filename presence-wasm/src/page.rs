@@ -1,48 +1,18 @@
-//! Page signals: input, visibility, focus, page lifecycle and network.
+//! Page signals: input, visibility, focus, page lifecycle and network, and
+//! typing bound to an element.
 //!
-//! Listeners are passive and capture-phase, so the page's own handlers never
-//! wait on us. Input is forwarded at most every 250 ms: the client only keeps
-//! a timestamp, and an idle → active transition is forwarded at once because
-//! the first event after a quiet spell always passes the throttle.
+//! The listeners themselves are in `browser.js` (passive, input throttled to
+//! one call into wasm per 250 ms: the client only keeps a timestamp, and an
+//! idle → active transition is forwarded at once because the first event
+//! after a quiet spell always passes the throttle); each reports here through
+//! one callback with a number.
 
 use alloc::rc::Rc;
-use alloc::vec::Vec;
-use core::cell::Cell;
 
-use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{EventTarget, PageTransitionEvent};
+use web_sys::EventTarget;
 
-use crate::js;
 use crate::runtime::{self, Shared};
-
-const INPUT_EVENTS: [&str; 6] = [
-    "pointermove",
-    "pointerdown",
-    "keydown",
-    "wheel",
-    "touchstart",
-    "scroll",
-];
-const INPUT_THROTTLE_MS: f64 = 250.0;
-
-/// A listener that removes itself when dropped.
-pub struct Listener {
-    target: EventTarget,
-    kind: &'static str,
-    closure: Closure<dyn FnMut(JsValue)>,
-    capture: bool,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.target.remove_event_listener_with_callback_and_bool(
-            self.kind,
-            self.closure.as_ref().unchecked_ref(),
-            self.capture,
-        );
-    }
-}
 
 #[wasm_bindgen(module = "/src/screen_lock.js")]
 extern "C" {
@@ -50,137 +20,97 @@ extern "C" {
     fn watch_screen_lock(on_lock: &Closure<dyn FnMut(JsValue)>) -> js_sys::Function;
 }
 
-/// Screen-lock watching (the `idleDetection` option); stops when dropped.
-pub struct ScreenLock {
-    _on_lock: Closure<dyn FnMut(JsValue)>,
+#[wasm_bindgen(module = "/src/browser.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = watchPage)]
+    fn watch_page(on: &Closure<dyn FnMut(JsValue)>) -> js_sys::Function;
+    #[wasm_bindgen(js_name = watchTyping)]
+    fn watch_typing(element: &EventTarget, on: &Closure<dyn FnMut(JsValue)>) -> js_sys::Function;
+}
+
+/// JS listeners feeding one callback; removed when dropped.
+pub struct Watch {
+    _on: Closure<dyn FnMut(JsValue)>,
     stop: js_sys::Function,
 }
 
-impl ScreenLock {
-    /// Feeds screen lock and unlock to `shared`'s client (see `screen_lock.js`).
-    pub fn watch(shared: &Shared) -> Self {
-        let weak = Rc::downgrade(shared);
-        let on_lock = runtime::callback(move |locked| {
-            if let Some(s) = weak.upgrade() {
-                let locked = locked.as_bool() == Some(true);
-                runtime::with(&s, |c, now| c.set_locked(now, locked));
-            }
-        });
-        let stop = watch_screen_lock(&on_lock);
-        Self {
-            _on_lock: on_lock,
-            stop,
-        }
+impl Watch {
+    fn new(
+        f: impl FnMut(JsValue) + 'static,
+        start: impl FnOnce(&Closure<dyn FnMut(JsValue)>) -> js_sys::Function,
+    ) -> Self {
+        let on = runtime::callback(f);
+        let stop = start(&on);
+        Self { _on: on, stop }
     }
 }
 
-impl Drop for ScreenLock {
+impl Drop for Watch {
     fn drop(&mut self) {
         let _ = self.stop.call0(&JsValue::NULL);
     }
 }
 
-/// Adds a passive listener that feeds `shared`.
-pub fn listen(
-    target: &EventTarget,
-    kind: &'static str,
-    capture: bool,
-    f: impl FnMut(JsValue) + 'static,
-) -> Option<Listener> {
-    let closure = runtime::callback(f);
-    let options = js::listener_options(capture);
-    target
-        .add_event_listener_with_callback_and_add_event_listener_options(
-            kind,
-            closure.as_ref().unchecked_ref(),
-            options.unchecked_ref(),
-        )
-        .ok()?;
-    Some(Listener {
-        target: target.clone(),
-        kind,
-        closure,
-        capture,
-    })
-}
-
-/// What a page listener reports. One closure type and one handler for all of
-/// them: a closure per listener cost the bundle its own copy of the glue.
-#[derive(Clone, Copy)]
-enum Signal {
-    Input,
-    Visibility,
-    Focus(bool),
-    PageHide,
-    PageShow,
-    Online(bool),
-}
-
-/// Installs the page listeners; they live as long as the returned vector.
-pub fn install(shared: &Shared) -> Vec<Listener> {
-    let Some(window) = runtime::window() else {
-        return Vec::new();
-    };
-    let Some(document) = window.document() else {
-        return Vec::new();
-    };
+/// Feeds screen lock and unlock to `shared`'s client (the `idleDetection`
+/// option; see `screen_lock.js`).
+pub fn watch_lock(shared: &Shared) -> Watch {
     let weak = Rc::downgrade(shared);
-    let last_input = Rc::new(Cell::new(f64::NEG_INFINITY));
-    let (w, d): (&EventTarget, &EventTarget) = (&window, &document);
-    let listeners = [
-        (w, INPUT_EVENTS[0], true, Signal::Input),
-        (w, INPUT_EVENTS[1], true, Signal::Input),
-        (w, INPUT_EVENTS[2], true, Signal::Input),
-        (w, INPUT_EVENTS[3], true, Signal::Input),
-        (w, INPUT_EVENTS[4], true, Signal::Input),
-        (w, INPUT_EVENTS[5], true, Signal::Input),
-        (d, "visibilitychange", false, Signal::Visibility),
-        (w, "focus", false, Signal::Focus(true)),
-        (w, "blur", false, Signal::Focus(false)),
-        (w, "pagehide", false, Signal::PageHide),
-        (w, "pageshow", false, Signal::PageShow),
-        (w, "online", false, Signal::Online(true)),
-        (w, "offline", false, Signal::Online(false)),
-    ];
-    let out = listeners
-        .into_iter()
-        .filter_map(|(target, kind, capture, signal)| {
-            let (weak, last) = (weak.clone(), last_input.clone());
-            listen(target, kind, capture, move |e| {
-                if let Some(s) = weak.upgrade() {
-                    handle(&s, signal, &e, &last);
-                }
-            })
-        })
-        .collect();
-    // Starting state: a page opened in a background tab starts hidden.
-    runtime::with(shared, |c, now| {
-        c.set_hidden(now, document.hidden());
-        if !document.has_focus().unwrap_or(true) {
-            c.set_focused(now, false);
-        }
-    });
-    out
+    Watch::new(
+        move |locked| {
+            if let Some(s) = weak.upgrade() {
+                let locked = locked.as_bool() == Some(true);
+                runtime::with(&s, |c, now| c.set_locked(now, locked));
+            }
+        },
+        watch_screen_lock,
+    )
 }
 
-fn handle(s: &Shared, signal: Signal, e: &JsValue, last_input: &Cell<f64>) {
-    match signal {
-        Signal::Input => {
-            let t = js_sys::Date::now();
-            if t - last_input.get() < INPUT_THROTTLE_MS {
-                return;
+/// Typing in `element` for `room`: input starts or refreshes it, blur stops it.
+pub fn watch_typing_in(
+    shared: &Shared,
+    room: presence_core::RoomId,
+    element: &EventTarget,
+) -> Watch {
+    let weak = Rc::downgrade(shared);
+    Watch::new(
+        move |input| {
+            if let Some(s) = weak.upgrade() {
+                runtime::with(&s, |c, now| {
+                    if input.as_bool() == Some(true) {
+                        let _ = c.typing(now, &room);
+                    } else {
+                        c.stop_typing(&room);
+                    }
+                });
             }
-            last_input.set(t);
-            runtime::with(s, |c, now| c.input(now));
-        }
-        Signal::Visibility => {
-            let hidden = runtime::window()
-                .and_then(|w| w.document())
-                .is_some_and(|d| d.hidden());
-            runtime::with(s, |c, now| c.set_hidden(now, hidden));
-        }
-        Signal::Focus(focused) => runtime::with(s, |c, now| c.set_focused(now, focused)),
-        Signal::PageHide => {
+        },
+        |on| watch_typing(element, on),
+    )
+}
+
+/// Installs the page listeners (and reports the starting state: a page
+/// opened in a background tab starts hidden); they live as long as the
+/// returned watch.
+pub fn install(shared: &Shared) -> Watch {
+    let weak = Rc::downgrade(shared);
+    Watch::new(
+        move |signal| {
+            if let Some(s) = weak.upgrade() {
+                handle(&s, signal.as_f64().unwrap_or(-1.0) as i32);
+            }
+        },
+        watch_page,
+    )
+}
+
+/// A signal numbered as in `watchPage` (`browser.js`).
+fn handle(s: &Shared, signal: i32) {
+    match signal {
+        0 => runtime::with(s, |c, now| c.input(now)),
+        1 | 2 => runtime::with(s, |c, now| c.set_hidden(now, signal == 1)),
+        3 | 4 => runtime::with(s, |c, now| c.set_focused(now, signal == 3)),
+        5 => {
             // Save the token before closing: the reloaded page (or this page
             // restored from the back/forward cache) resumes with it.
             if let Ok(state) = s.try_borrow() {
@@ -188,10 +118,8 @@ fn handle(s: &Shared, signal: Signal, e: &JsValue, last_input: &Cell<f64>) {
             }
             runtime::with(s, |c, _| c.page_hide());
         }
-        Signal::PageShow => {
-            if !e.unchecked_ref::<PageTransitionEvent>().persisted() {
-                return;
-            }
+        6 => {
+            // `pageshow` from the back/forward cache.
             let Ok(key) = s
                 .try_borrow()
                 .map(|st| (!st.client.is_closed()).then(|| st.resume_key.clone()))
@@ -209,7 +137,8 @@ fn handle(s: &Shared, signal: Signal, e: &JsValue, last_input: &Cell<f64>) {
                 c.start(now);
             });
         }
-        Signal::Online(true) => runtime::with(s, |c, now| c.network_online(now)),
-        Signal::Online(false) => runtime::with(s, |c, now| c.network_offline(now)),
+        7 => runtime::with(s, |c, now| c.network_online(now)),
+        8 => runtime::with(s, |c, now| c.network_offline(now)),
+        _ => {}
     }
 }

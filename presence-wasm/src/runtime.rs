@@ -6,9 +6,8 @@
 //! timer, releases the borrow, and only then calls the app's callbacks, so a
 //! callback may call back into the SDK without a borrow panic.
 
-use alloc::rc::{Rc, Weak};
+use alloc::rc::Rc;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
@@ -16,10 +15,10 @@ use presence_core::client::{Action, Client};
 use presence_core::{Millis, ResumeToken};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::WebSocket;
 
 use crate::js::{self, Topic};
-use crate::page::{Listener, ScreenLock};
+use crate::page::Watch;
 
 /// Shared SDK state.
 pub type Shared = Rc<RefCell<State>>;
@@ -29,19 +28,28 @@ pub fn now() -> Millis {
     Millis(js_sys::Date::now() as u64)
 }
 
-/// An open (or opening) socket and the closures that keep its handlers alive.
+/// An open (or opening) socket and the closure that keeps its handlers alive.
 struct Socket {
     ws: WebSocket,
-    _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    _on: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        self.ws.set_onopen(None);
-        self.ws.set_onmessage(None);
-        self.ws.set_onclose(None);
-        self.ws.set_onerror(None);
+        detach_socket(&self.ws);
     }
+}
+
+#[wasm_bindgen(module = "/src/browser.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = openSocket)]
+    fn open_socket(url: &str, token: &str, on: &Closure<dyn FnMut(JsValue)>) -> Option<WebSocket>;
+    #[wasm_bindgen(js_name = detachSocket)]
+    fn detach_socket(ws: &WebSocket);
+    #[wasm_bindgen(js_name = takeToken)]
+    fn take_token(key: &str) -> Option<String>;
+    #[wasm_bindgen(js_name = saveToken)]
+    fn save_token(key: &str, token: &str);
 }
 
 #[wasm_bindgen]
@@ -113,7 +121,7 @@ pub struct State {
     pub snapshot: Option<(u64, JsValue)>,
     pub resume_key: Option<String>,
     /// The page listeners and screen-lock watcher, until `close()`.
-    pub page: Option<(Vec<Listener>, Option<ScreenLock>)>,
+    pub page: Option<(Watch, Option<Watch>)>,
 }
 
 impl State {
@@ -148,25 +156,16 @@ impl State {
 
     /// Saves the resume token for a reload of this page.
     pub fn save_resume_token(&self) {
-        if let (Some(key), Some(token)) = (&self.resume_key, self.client.resume_token())
-            && let Some(storage) = session_storage()
-        {
-            let _ = storage.set_item(key, token.as_str());
+        if let (Some(key), Some(token)) = (&self.resume_key, self.client.resume_token()) {
+            save_token(key, token.as_str());
         }
     }
-}
-
-fn session_storage() -> Option<web_sys::Storage> {
-    window()?.session_storage().ok()?
 }
 
 /// Takes (reads and removes) the token an earlier page of this tab saved:
 /// removing it means a duplicated tab cannot take over this tab's connection.
 pub fn take_resume_token(key: &str) -> Option<ResumeToken> {
-    let storage = session_storage()?;
-    let token = storage.get_item(key).ok()??;
-    let _ = storage.remove_item(key);
-    ResumeToken::new(token).ok()
+    ResumeToken::new(take_token(key)?).ok()
 }
 
 /// Feeds the client through `f`, performs what it asks, then tells the app.
@@ -264,50 +263,30 @@ fn perform(shared: &Shared, state: &mut State) {
 fn open(shared: &Shared, state: &mut State) {
     state.socket = None;
     state.generation = state.generation.wrapping_add(1);
-    let mut url = state.url.clone();
-    url.push(if url.contains('?') { '&' } else { '?' });
-    url.push_str("token=");
-    url.push_str(&String::from(js_sys::encode_uri_component(&state.token)));
-    let ws = match WebSocket::new(&url) {
-        Ok(ws) => ws,
-        Err(_) => {
-            // A malformed URL: the client backs off and reports "reconnecting".
-            state.client.closed(now(), None);
-            return;
-        }
-    };
     let generation = state.generation;
     let weak = Rc::downgrade(shared);
-    let handler = |weak: Weak<RefCell<State>>, f: fn(&mut Client, Millis, JsValue)| {
-        callback(move |e: JsValue| {
-            let Some(shared) = weak.upgrade() else { return };
-            let current = shared
-                .try_borrow()
-                .is_ok_and(|s| s.generation == generation && s.socket.is_some());
-            if current {
-                with(&shared, |c, now| f(c, now, e));
-            }
-        })
-    };
-    let on_open = handler(weak.clone(), |c, now, _| c.opened(now));
-    let on_message = handler(weak.clone(), |c, now, e| {
-        // A socket's `message` handler only ever gets a `MessageEvent` (no
-        // `instanceof` check, which would cost the bundle an import).
-        if let Some(text) = e.unchecked_ref::<MessageEvent>().data().as_string() {
-            c.received(now, &text);
+    // One handler for the socket's events (see `openSocket` in `browser.js`):
+    // a text message, `0` when open, the close code when closed.
+    let on = callback(move |e: JsValue| {
+        let Some(shared) = weak.upgrade() else { return };
+        let current = shared
+            .try_borrow()
+            .is_ok_and(|s| s.generation == generation && s.socket.is_some());
+        if !current {
+            return;
         }
+        with(&shared, |c, now| match (e.as_string(), e.as_f64()) {
+            (Some(text), _) => c.received(now, &text),
+            (None, Some(0.0)) => c.opened(now),
+            (None, code) => c.closed(now, code.map(|n| n as u16).filter(|&c| c != 1006)),
+        });
     });
-    let on_close = handler(weak, |c, now, e| {
-        let code = e.unchecked_ref::<CloseEvent>().code();
-        c.closed(now, Some(code).filter(|&c| c != 1006));
-    });
-    ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-    ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-    state.socket = Some(Socket {
-        ws,
-        _handlers: vec![on_open, on_message, on_close],
-    });
+    let Some(ws) = open_socket(&state.url, &state.token, &on) else {
+        // A malformed URL: the client backs off and reports "reconnecting".
+        state.client.closed(now(), None);
+        return;
+    };
+    state.socket = Some(Socket { ws, _on: on });
 }
 
 /// Keeps one timer armed for the client's next deadline.

@@ -60,8 +60,11 @@ pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<
             for (old, new) in names {
                 forwarded.push_str(&format!("{new}: {ident}.{old}, "));
             }
-            let (range, _) = module_entry(&js, module)?;
-            js.replace_range(range, "");
+            // wasm-bindgen names a snippet once per direct import (`"…/browser.js": import1,
+            // "…/browser.js": import2`, each `import * as` the same module): drop every entry.
+            while let Some((range, _)) = module_entries(&js, module).into_iter().next() {
+                js.replace_range(range, "");
+            }
         } else {
             bail!("the glue's import module {module:?} is neither an object nor a namespace");
         }
@@ -84,20 +87,35 @@ pub fn names(wasm_opt: &Path, wasm: &Path, glue: &Path, types: &Path) -> Result<
     Ok(())
 }
 
-/// The `"module": ident,` entry of the glue's imports and the identifier it names.
+/// The first `"module": ident,` entry of the glue's imports and the identifier it names; for
+/// wasm-bindgen's own module (an object literal) the only one.
 fn module_entry(js: &str, module: &str) -> Result<(std::ops::Range<usize>, String)> {
-    let key = format!("\"{module}\": ");
-    let mut found = js.match_indices(&key);
-    let (Some((start, _)), None) = (found.next(), found.next()) else {
-        bail!("import module {module:?} is not named exactly once in the glue");
-    };
-    let rest = &js[start + key.len()..];
-    let ident: String = rest.chars().take_while(|&c| is_ident(c)).collect();
-    let mut end = start + key.len() + ident.len();
-    if js[end..].starts_with(',') {
-        end += 1;
+    let entries = module_entries(js, module);
+    let first = entries.first().cloned();
+    match first {
+        Some((range, ident))
+            if entries.len() == 1 || js.contains(&format!("import * as {ident} from")) =>
+        {
+            Ok((range, ident))
+        }
+        _ => bail!("import module {module:?} is not named exactly once in the glue"),
     }
-    Ok((start..end, ident))
+}
+
+/// Every `"module": ident,` entry of the glue's imports, with the identifier it names.
+fn module_entries(js: &str, module: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    let key = format!("\"{module}\": ");
+    js.match_indices(&key)
+        .map(|(start, _)| {
+            let rest = &js[start + key.len()..];
+            let ident: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+            let mut end = start + key.len() + ident.len();
+            if js[end..].starts_with(',') {
+                end += 1;
+            }
+            (start..end, ident)
+        })
+        .collect()
 }
 
 fn list<'a>(mapping: &'a Value, key: &str) -> Result<&'a Vec<Value>> {

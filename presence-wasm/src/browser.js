@@ -1,0 +1,83 @@
+// The browser calls of `page.rs` and `runtime.rs`, written in JS: through web-sys each DOM call
+// was an import with its own glue, and each listener a wasm-bindgen closure. Rust hands one
+// callback per job and gets numbers and strings back; the decisions stay in Rust.
+
+// Page signals, as the numbers `page.rs` matches on: 0 input (at most one per 250 ms: the
+// client keeps only a timestamp, and the first input after a quiet spell always passes),
+// 1 hidden, 2 visible, 3 focus, 4 blur, 5 pagehide, 6 pageshow from the back/forward cache,
+// 7 online, 8 offline. Listeners are passive, input ones capture-phase, so the page's own
+// handlers never wait on us. Reports the starting visibility and a missing focus at once.
+// Returns a function that removes the listeners.
+export function watchPage(on) {
+  const w = globalThis.window;
+  if (!w) return () => {};
+  const d = w.document;
+  let last = -Infinity;
+  const input = () => {
+    const t = Date.now();
+    if (t - last >= 250) (last = t), on(0);
+  };
+  const listeners = [
+    ...["pointermove", "pointerdown", "keydown", "wheel", "touchstart", "scroll"].map((k) => [w, k, input, true]),
+    [d, "visibilitychange", () => on(d.hidden ? 1 : 2)],
+    [w, "focus", () => on(3)],
+    [w, "blur", () => on(4)],
+    [w, "pagehide", () => on(5)],
+    [w, "pageshow", (e) => e.persisted && on(6)],
+    [w, "online", () => on(7)],
+    [w, "offline", () => on(8)],
+  ];
+  on(d.hidden ? 1 : 2);
+  if (!d.hasFocus()) on(4);
+  return listen(listeners);
+}
+
+// Typing in `element`: `on(true)` on input, `on(false)` on blur. Returns a function that unbinds.
+export function watchTyping(element, on) {
+  return listen([
+    [element, "input", () => on(true)],
+    [element, "blur", () => on(false)],
+  ]);
+}
+
+function listen(listeners) {
+  for (const [target, kind, f, capture = false] of listeners) {
+    target.addEventListener(kind, f, { passive: true, capture });
+  }
+  return () => {
+    for (const [target, kind, f, capture = false] of listeners) target.removeEventListener(kind, f, capture);
+  };
+}
+
+// A WebSocket to `url` with `token` in the query, calling `on` with each text message, `0` when
+// open and the close code when closed; `undefined` for a malformed URL.
+export function openSocket(url, token, on) {
+  try {
+    const ws = new WebSocket(`${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`);
+    ws.onopen = () => on(0);
+    ws.onmessage = (e) => typeof e.data == "string" && on(e.data);
+    ws.onclose = (e) => on(e.code);
+    return ws;
+  } catch {}
+}
+
+// A socket given up: its late events reach nobody.
+export function detachSocket(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = null;
+}
+
+// The resume token saved under `key` in sessionStorage, removed as it is read (so a duplicated
+// tab cannot take over this tab's connection); `undefined` where there is none or no storage.
+export function takeToken(key) {
+  try {
+    const token = sessionStorage.getItem(key);
+    sessionStorage.removeItem(key);
+    return token ?? undefined;
+  } catch {}
+}
+
+export function saveToken(key, token) {
+  try {
+    sessionStorage.setItem(key, token);
+  } catch {}
+}
