@@ -63,15 +63,21 @@ impl Cache {
         &self.watched
     }
 
-    /// Replaces a room's state with a snapshot.
+    /// Replaces a room's state with a snapshot (or, with `extends`, adds a
+    /// later part of one to it).
     pub fn snapshot(
         &mut self,
         room: RoomId,
         members: Vec<PresenceView>,
         typing: Vec<UserId>,
         receipts: Vec<Receipt>,
+        extends: bool,
     ) {
-        let mut view = RoomView::default();
+        let mut view = if extends {
+            self.rooms.remove(&room).unwrap_or_default()
+        } else {
+            RoomView::default()
+        };
         for v in members {
             view.members.insert(v.user.clone(), v);
         }

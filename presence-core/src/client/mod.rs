@@ -222,6 +222,8 @@ pub struct Client {
     ended: bool,
     /// Rooms whose snapshot arrived since the last `welcome`.
     confirmed: VecSet<RoomId>,
+    /// The room whose snapshot said `more`: its next snapshot extends it.
+    more_for: Option<RoomId>,
     /// Watched users whose `watching` arrived since the last `welcome`.
     watch_confirmed: VecSet<UserId>,
     /// Rooms whose marker is still to be sent (once the room is confirmed).
@@ -299,6 +301,7 @@ impl Client {
             markers: VecMap::default(),
             ended: false,
             confirmed: VecSet::default(),
+            more_for: None,
             watch_confirmed: VecSet::default(),
             reads_due: VecSet::default(),
             leaves_due: VecSet::default(),
@@ -478,7 +481,12 @@ impl Client {
                 members,
                 typing,
                 receipts,
+                more,
             } => {
+                let extends = self.more_for.take().as_ref() == Some(&room);
+                if more {
+                    self.more_for = Some(room.clone());
+                }
                 if !self.rooms.contains(&room) {
                     return;
                 }
@@ -499,7 +507,8 @@ impl Client {
                         view: view.clone(),
                     });
                 }
-                self.cache.snapshot(room, members, typing, receipts);
+                self.cache
+                    .snapshot(room, members, typing, receipts, extends);
             }
             ServerMessage::Diffs { room, diffs } => {
                 for diff in diffs {

@@ -293,6 +293,39 @@ fn snapshots_and_diffs_keep_the_cache_and_tell_the_app() {
 }
 
 #[test]
+fn a_snapshot_in_parts_adds_up_and_a_new_one_replaces_it() {
+    let mut c = ready();
+    c.join(room("big"));
+    let part = |users: &[&str], more: bool| {
+        let members: Vec<String> = users
+            .iter()
+            .map(|u| format!(r#"{{"user":"{u}","state":"active","status":"available"}}"#))
+            .collect();
+        let more = if more { r#","more":true"# } else { "" };
+        format!(
+            r#"{{"type":"snapshot","room":"big","members":[{}],"typing":["{}"]{more}}}"#,
+            members.join(","),
+            users[0]
+        )
+    };
+    c.received(at(1), &part(&["ana", "bob"], true));
+    c.received(at(1), &part(&["cat"], true));
+    c.received(at(1), &part(&["dan"], false));
+    let names = |c: &Client| -> Vec<String> {
+        let view = c.cache().room(&room("big")).expect("room");
+        let mut n: Vec<String> = view.members.keys().map(|u| u.as_str().to_owned()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&c), ["ana", "bob", "cat", "dan"]);
+    let view = c.cache().room(&room("big")).expect("room");
+    assert_eq!(view.typing.len(), 3, "each part's typing adds up");
+    // A later snapshot (a join again, a resync) starts over.
+    c.received(at(2), &part(&["eve"], false));
+    assert_eq!(names(&c), ["eve"]);
+}
+
+#[test]
 fn unknown_server_types_are_skipped_and_garbage_is_reported() {
     let mut c = ready();
     c.received(at(1), r#"{"type":"from_the_future","x":1}"#);

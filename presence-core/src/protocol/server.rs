@@ -45,6 +45,10 @@ pub enum ServerMessage {
         /// Each member's last read marker.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         receipts: Vec<Receipt>,
+        /// More `snapshot` frames of this room follow at once and extend
+        /// this one (a big room's snapshot comes in parts of bounded size).
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     /// A batch of changes in one room (`room` set) or among watched users
     /// (`room` absent), in the order they happened.
@@ -184,4 +188,10 @@ impl Diff {
             | Diff::Read { user, .. } => user,
         }
     }
+}
+
+// serde's `skip_serializing_if` takes a function of `&T`.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }

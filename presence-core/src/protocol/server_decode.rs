@@ -210,6 +210,7 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             members: f.list("members", view)?,
             typing: f.list("typing", user)?,
             receipts: f.list("receipts", receipt)?,
+            more: f.pick_opt("more", Json::as_bool)?.unwrap_or(false),
         },
         "diffs" => ServerMessage::Diffs {
             room: f.pick_opt("room", room)?,

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use presence_core::protocol::{Diff, ServerMessage, encode};
-use presence_core::{ConnId, RoomId, UserId};
+use presence_core::protocol::{Diff, Receipt, ServerMessage, encode};
+use presence_core::{ConnId, PresenceView, RoomId, UserId};
 use tokio::sync::mpsc;
 
 use super::{Hub, State, offline_view, text_frame};
@@ -68,17 +68,22 @@ impl Hub {
             if conns.is_empty() {
                 continue;
             }
-            let frame = text_frame(&match &st.cluster {
+            let snapshot = match &st.cluster {
                 Some(c) => c.snapshot(&room),
                 None => ServerMessage::Snapshot {
                     members: st.machine.members(&room),
                     typing: st.machine.typing_in(&room),
                     receipts: st.machine.receipts_in(&room),
                     room,
+                    more: false,
                 },
-            });
+            };
+            let frames = snapshot_frames(snapshot);
+            // Each joiner gets the parts back to back: nothing comes between.
             for conn in conns {
-                self.send(st, conn, frame.clone());
+                for frame in &frames {
+                    self.send(st, conn, Message::Text(frame.clone()));
+                }
             }
         }
     }
@@ -125,14 +130,15 @@ impl Hub {
     }
 }
 
-/// A `diffs` frame's size at most, roughly: a socket's write buffer keeps
-/// the capacity of the largest frame it ever wrote (tungstenite-rs#500), so
-/// one big batch would pin that much memory per recipient for good. A
-/// bigger batch goes out as several frames, in order (receivers apply each
-/// in turn, so nothing changes for them).
-const MAX_DIFFS_FRAME: usize = 8 * 1024;
+/// A `diffs` or `snapshot` frame's size at most, roughly: a socket's write
+/// buffer keeps the capacity of the largest frame it ever wrote
+/// (tungstenite-rs#500), so one big frame would pin that much memory per
+/// recipient for good (a 5,000-member room's snapshot is ~500 KB). A bigger
+/// batch goes out as several `diffs` frames, in order; a bigger snapshot in
+/// parts marked `more` (PROTOCOL.md, "Diffs").
+const MAX_FRAME: usize = 8 * 1024;
 
-/// `diffs` encoded into frames of about `MAX_DIFFS_FRAME` at most, each
+/// `diffs` encoded into frames of about `MAX_FRAME` at most, each
 /// encoded once for all its recipients.
 fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
     let msg = ServerMessage::Diffs { room, diffs };
@@ -140,19 +146,69 @@ fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
     let ServerMessage::Diffs { room, diffs } = msg else {
         return vec![Utf8Bytes::from(whole)];
     };
-    if whole.len() <= MAX_DIFFS_FRAME || diffs.len() < 2 {
+    if whole.len() <= MAX_FRAME || diffs.len() < 2 {
         return vec![Utf8Bytes::from(whole)];
     }
-    let per = diffs
-        .len()
-        .div_ceil(whole.len().div_ceil(MAX_DIFFS_FRAME))
-        .max(1);
+    let per = diffs.len().div_ceil(whole.len().div_ceil(MAX_FRAME)).max(1);
     diffs
         .chunks(per)
         .map(|chunk| {
             Utf8Bytes::from(encode(&ServerMessage::Diffs {
                 room: room.clone(),
                 diffs: chunk.to_vec(),
+            }))
+        })
+        .collect()
+}
+
+/// A snapshot as frames of about `MAX_FRAME` at most: members split in
+/// order, each part with its members' typing and markers.
+fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
+    let whole = encode(&msg);
+    let ServerMessage::Snapshot {
+        room,
+        members,
+        typing,
+        receipts,
+        ..
+    } = msg
+    else {
+        return vec![Utf8Bytes::from(whole)];
+    };
+    if whole.len() <= MAX_FRAME || members.len() < 2 {
+        return vec![Utf8Bytes::from(whole)];
+    }
+    let per = members
+        .len()
+        .div_ceil(whole.len().div_ceil(MAX_FRAME))
+        .max(1);
+    let parts: Vec<&[PresenceView]> = members.chunks(per).collect();
+    let last = parts.len() - 1;
+    let part_of = |user: &UserId| {
+        parts
+            .iter()
+            .position(|p| p.iter().any(|m| m.user == *user))
+            .unwrap_or(0)
+    };
+    let mut typing_by: Vec<Vec<UserId>> = vec![Vec::new(); parts.len()];
+    for u in typing {
+        typing_by[part_of(&u)].push(u);
+    }
+    let mut receipts_by: Vec<Vec<Receipt>> = vec![Vec::new(); parts.len()];
+    for r in receipts {
+        receipts_by[part_of(&r.user)].push(r);
+    }
+    parts
+        .iter()
+        .zip(typing_by.into_iter().zip(receipts_by))
+        .enumerate()
+        .map(|(i, (part, (typing, receipts)))| {
+            Utf8Bytes::from(encode(&ServerMessage::Snapshot {
+                room: room.clone(),
+                members: part.to_vec(),
+                typing,
+                receipts,
+                more: i < last,
             }))
         })
         .collect()
@@ -175,7 +231,7 @@ mod tests {
         assert!(frames.len() > 1, "split");
         let mut back = Vec::new();
         for f in &frames {
-            assert!(f.len() <= MAX_DIFFS_FRAME + 64, "{} bytes", f.len());
+            assert!(f.len() <= MAX_FRAME + 64, "{} bytes", f.len());
             let Ok(ServerMessage::Diffs { room: r, diffs }) = decode_server(f.as_str()) else {
                 panic!("a diffs frame");
             };
@@ -188,5 +244,60 @@ mod tests {
             1,
             "small stays whole"
         );
+    }
+
+    #[test]
+    fn a_big_snapshot_goes_out_in_parts_that_add_up() {
+        let user = |i: usize| UserId::new(format!("member-{i:05}")).expect("valid");
+        let members: Vec<PresenceView> = (0..500)
+            .map(|i| PresenceView {
+                user: user(i),
+                state: presence_core::PresenceState::Active,
+                reason: None,
+                status: presence_core::Status::Available,
+                text: None,
+                last_active: Some(presence_core::Millis(1_764_338_400_000)),
+                last_seen: None,
+            })
+            .collect();
+        let typing: Vec<UserId> = (0..500).step_by(7).map(user).collect();
+        let receipts: Vec<Receipt> = (0..500)
+            .step_by(3)
+            .map(|i| Receipt {
+                user: user(i),
+                marker: i as u64,
+            })
+            .collect();
+        let room = RoomId::new("big").expect("valid");
+        let frames = snapshot_frames(ServerMessage::Snapshot {
+            room: room.clone(),
+            members: members.clone(),
+            typing: typing.clone(),
+            receipts: receipts.clone(),
+            more: false,
+        });
+        assert!(frames.len() > 3, "{} parts", frames.len());
+        let (mut m, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, f) in frames.iter().enumerate() {
+            assert!(f.len() <= MAX_FRAME + 512, "{} bytes", f.len());
+            let Ok(ServerMessage::Snapshot {
+                room: got,
+                members,
+                typing,
+                receipts,
+                more,
+            }) = decode_server(f.as_str())
+            else {
+                panic!("a snapshot");
+            };
+            assert_eq!(got, room);
+            assert_eq!(more, i + 1 < frames.len(), "more on all but the last");
+            m.extend(members);
+            t.extend(typing);
+            r.extend(receipts);
+        }
+        assert_eq!(m, members);
+        assert_eq!(t, typing);
+        assert_eq!(r, receipts);
     }
 }

@@ -447,6 +447,7 @@ impl Replica {
             members,
             typing,
             receipts,
+            more: false,
         }
     }
 
