@@ -81,3 +81,12 @@ export function saveToken(key, token) {
     sessionStorage.setItem(key, token);
   } catch {}
 }
+
+// `setTimeout(f, ms)` on the page's window (none off the main thread: no timer), and its clear.
+export function setTimer(ms, f) {
+  return globalThis.window?.setTimeout(f, ms);
+}
+
+export function clearTimer(id) {
+  globalThis.window?.clearTimeout(id);
+}

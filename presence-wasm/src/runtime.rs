@@ -13,7 +13,6 @@ use core::cell::RefCell;
 
 use presence_core::client::{Action, Client};
 use presence_core::{Millis, ResumeToken};
-use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
@@ -50,22 +49,16 @@ extern "C" {
     fn take_token(key: &str) -> Option<String>;
     #[wasm_bindgen(js_name = saveToken)]
     fn save_token(key: &str, token: &str);
+    #[wasm_bindgen(js_name = setTimer)]
+    fn set_timer(ms: u32, f: &Closure<dyn FnMut(JsValue)>) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimer)]
+    fn clear_timer(id: &JsValue);
 }
 
 #[wasm_bindgen]
 extern "C" {
-    /// `globalThis.window`: `undefined` off the main thread, and no `instanceof`
-    /// checks (web-sys's `window()` costs four imports more).
-    #[wasm_bindgen(thread_local_v2, js_namespace = globalThis, js_name = window)]
-    static WINDOW: JsValue;
-
     #[wasm_bindgen(js_name = reportError)]
     fn report_error(error: &JsValue);
-}
-
-/// The page's window, if there is one.
-pub fn window() -> Option<web_sys::Window> {
-    WINDOW.with(|w| (!w.is_undefined()).then(|| w.clone().unchecked_into()))
 }
 
 /// A JS function calling `f`. Every callback the SDK hands to JS has this one
@@ -74,33 +67,12 @@ pub fn callback(f: impl FnMut(JsValue) + 'static) -> Closure<dyn FnMut(JsValue)>
     Closure::new(f)
 }
 
-/// A `setTimeout` cleared on drop (gloo-timers' `Timeout`, which needs `std`).
-struct Timeout {
-    id: i32,
-    _callback: Closure<dyn FnMut(JsValue)>,
-}
+/// A `setTimeout` (see `setTimer` in `browser.js`) cleared on drop.
+struct Timer(JsValue);
 
-impl Timeout {
-    fn new(ms: u32, f: impl FnMut(JsValue) + 'static) -> Option<Self> {
-        let callback = callback(f);
-        let id = window()?
-            .set_timeout_with_callback_and_timeout_and_arguments_0(
-                callback.as_ref().unchecked_ref(),
-                ms.min(i32::MAX as u32) as i32,
-            )
-            .ok()?;
-        Some(Self {
-            id,
-            _callback: callback,
-        })
-    }
-}
-
-impl Drop for Timeout {
+impl Drop for Timer {
     fn drop(&mut self) {
-        if let Some(window) = window() {
-            window.clear_timeout_with_handle(self.id);
-        }
+        clear_timer(&self.0);
     }
 }
 
@@ -112,7 +84,9 @@ pub struct State {
     socket: Option<Socket>,
     /// Bumped per socket, so a stale socket's late events are ignored.
     generation: u32,
-    timer: Option<(Millis, Timeout)>,
+    timer: Option<(Millis, Timer)>,
+    /// What the timer calls: one closure for every timer of this client.
+    on_timer: Option<Closure<dyn FnMut(JsValue)>>,
     /// The app's callbacks, store listeners (`Topic::Store`) included.
     callbacks: Vec<(u32, Topic, js_sys::Function)>,
     next_id: u32,
@@ -133,6 +107,7 @@ impl State {
             socket: None,
             generation: 0,
             timer: None,
+            on_timer: None,
             callbacks: Vec::new(),
             next_id: 0,
             version: 0,
@@ -298,15 +273,17 @@ fn schedule(shared: &Shared, state: &mut State, now: Millis) {
     if state.timer.as_ref().is_some_and(|(t, _)| *t == at) {
         return;
     }
-    let weak = Rc::downgrade(shared);
-    let delay = at.since(now).as_millis().min(u32::MAX as u128) as u32;
-    let timeout = Timeout::new(delay, move |_| {
-        if let Some(shared) = weak.upgrade() {
-            if let Ok(mut s) = shared.try_borrow_mut() {
-                s.timer = None;
+    let delay = at.since(now).as_millis().min(i32::MAX as u128) as u32;
+    let on_timer = state.on_timer.get_or_insert_with(|| {
+        let weak = Rc::downgrade(shared);
+        callback(move |_| {
+            if let Some(shared) = weak.upgrade() {
+                if let Ok(mut s) = shared.try_borrow_mut() {
+                    s.timer = None;
+                }
+                with(&shared, |c, now| c.tick(now));
             }
-            with(&shared, |c, now| c.tick(now));
-        }
+        })
     });
-    state.timer = timeout.map(|t| (at, t));
+    state.timer = Some((at, Timer(set_timer(delay, on_timer))));
 }
