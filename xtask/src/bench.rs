@@ -44,7 +44,11 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
                     "{pid}",
                 ],
             ),
-            s("fanout", &[], &["fanout", "--members", "100"]),
+            s(
+                "fanout",
+                &[],
+                &["fanout", "--members", "100", "--server-pid", "{pid}"],
+            ),
             s(
                 "latency",
                 &[],
@@ -82,8 +86,21 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
                 "{pid}",
             ],
         ),
-        s("fanout", &[], &["fanout", "--members", "100"]),
-        s("fanout", &[], &["fanout", "--members", "1000"]),
+        s(
+            "fanout",
+            &[],
+            &["fanout", "--members", "100", "--server-pid", "{pid}"],
+        ),
+        s(
+            "fanout",
+            &[],
+            &["fanout", "--members", "1000", "--server-pid", "{pid}"],
+        ),
+        s(
+            "fanout",
+            &[],
+            &["fanout", "--members", "5000", "--server-pid", "{pid}"],
+        ),
         s(
             "latency",
             &[],
@@ -101,7 +118,11 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
         ),
         // Last: a 10,000-member room leaves gigabytes of freed memory and
         // thousands of closing sockets behind, which disturbs what follows.
-        s("fanout", &[], &["fanout", "--members", "10000"]),
+        s(
+            "fanout",
+            &[],
+            &["fanout", "--members", "10000", "--server-pid", "{pid}"],
+        ),
     ]
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::{Barrier, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
-use crate::report::figure;
+use crate::report::{figure, process};
 
 struct Seen {
     done_after: Option<Duration>,
@@ -48,7 +48,9 @@ async fn drain_until(barrier: &Barrier, ws: Option<&mut conn::Ws>) {
     }
 }
 
-pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
+pub async fn run(target: &Target, sources: usize, m: usize, server: Option<u32>) -> Result<()> {
+    let rss = || server.map(|pid| process(pid).0);
+    let rss0 = rss();
     let room = format!("fanout-{m}-{}", std::process::id());
     let ready = Arc::new(Barrier::new(m + 1));
     let quiet = Arc::new(Barrier::new(m + 1));
@@ -135,6 +137,7 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
     ready.wait().await;
     let joined = filling.elapsed();
     quiet.wait().await;
+    let rss_joined = rss();
     let _ = start.set(Instant::now());
     go.notify_waiters();
     let (mut slowest, mut frames, mut bytes, mut failed) = (Duration::ZERO, 0, 0, 0);
@@ -186,5 +189,20 @@ pub async fn run(target: &Target, sources: usize, m: usize) -> Result<()> {
         failed as f64,
         "members",
     );
+    // Memory the server holds per member: what the room costs beyond an
+    // empty server, once everyone joined and once every change went out.
+    if let (Some(r0), Some(joined), Some(done)) = (rss0, rss_joined, rss()) {
+        let per = |r: u64| r.saturating_sub(r0) as f64 / m as f64;
+        figure(
+            &format!("fanout.{m}.server_rss_per_member_joined"),
+            per(joined),
+            "bytes",
+        );
+        figure(
+            &format!("fanout.{m}.server_rss_per_member_after"),
+            per(done),
+            "bytes",
+        );
+    }
     Ok(())
 }

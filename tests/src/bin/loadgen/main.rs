@@ -56,6 +56,10 @@ enum Scenario {
         /// Room size.
         #[arg(long)]
         members: usize,
+        /// The server's pid, to report its RSS per member after the join
+        /// and after the changes.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Change-to-observation latency at a steady rate of changes.
     Latency {
@@ -146,7 +150,10 @@ fn main() -> Result<()> {
                 )
                 .await
             }
-            Scenario::Fanout { members } => fanout::run(target()?, sources, members).await,
+            Scenario::Fanout {
+                members,
+                server_pid,
+            } => fanout::run(target()?, sources, members, server_pid).await,
             Scenario::Latency {
                 rate,
                 seconds,
