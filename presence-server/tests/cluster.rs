@@ -819,3 +819,30 @@ async fn host_events_are_announced_once_across_the_nodes(f: Fabric) {
     let seen = host_kinds(&mut streams, "bob", Duration::from_millis(800)).await;
     assert_eq!(seen, ["user_disconnected"]);
 }
+
+/// A node that starts while its backend is down serves its own sockets at
+/// once (snapshots, `watching`) and joins the cluster when it comes up.
+#[tokio::test]
+async fn a_node_started_without_its_backend_serves_and_joins_later() {
+    let cluster = MemoryCluster::new();
+    let cut = Arc::new(cluster.node());
+    cut.set_down(true);
+    let a = node_on(cut.clone(), "a", calm_config()).await;
+    let f = Fabric::Memory(cluster);
+    let b = node(&f, "b").await;
+    all_up(&[&b]).await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+    let mut ana = a.client("ana").await;
+    let snap = tokio::time::timeout(WAIT, ana.join("r"))
+        .await
+        .expect("a snapshot while the backend is down");
+    assert_eq!(names(&snap["members"]), ["ana"]);
+    ana.send(json!({"type": "watch", "users": ["bob"]})).await;
+    let w = ana.frame("watching").await;
+    assert_eq!(w["users"][0]["state"], "offline", "not known yet");
+    cut.set_down(false);
+    all_up(&[&a]).await;
+    ana.diff("user_connected", "bob").await;
+    bob.diff("user_connected", "ana").await;
+}

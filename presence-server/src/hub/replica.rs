@@ -371,7 +371,9 @@ impl Replica {
     /// A connection joined `room`: `true` if its snapshot can be built now.
     pub fn joined(&mut self, conn: ConnId, room: &RoomId) -> bool {
         self.check.insert(Topic::Room(room.clone()));
-        if self.synced(room) {
+        // Unreachable backend: serve what is known; the resync once it is
+        // back tells the difference.
+        if self.synced(room) || !self.up() {
             return true;
         }
         let waiting = self.awaiting.entry(conn).or_default();
@@ -457,9 +459,10 @@ impl Replica {
         for u in &users {
             self.check.insert(Topic::User(u.clone()));
         }
-        if users
-            .iter()
-            .all(|u| self.subscribed.contains(&Topic::User(u.clone())))
+        if !self.up()
+            || users
+                .iter()
+                .all(|u| self.subscribed.contains(&Topic::User(u.clone())))
         {
             return Some(self.views(&users));
         }
