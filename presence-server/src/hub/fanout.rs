@@ -71,7 +71,7 @@ impl Hub {
             let snapshot = match &st.cluster {
                 Some(c) => c.snapshot(&room),
                 None => ServerMessage::Snapshot {
-                    members: st.machine.members(&room),
+                    members: sorted(st.machine.members(&room)),
                     typing: st.machine.typing_in(&room),
                     receipts: st.machine.receipts_in(&room),
                     room,
@@ -159,6 +159,12 @@ fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
             }))
         })
         .collect()
+}
+
+/// Members in id order, as the HTTP API pages them.
+fn sorted(mut members: Vec<PresenceView>) -> Vec<PresenceView> {
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    members
 }
 
 /// A snapshot as frames of about `MAX_FRAME` at most: members split in
