@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{RoomId, UserId};
-use crate::machine::{Event, Shown, aggregate};
+use crate::machine::{Event, Shown, aggregate, render};
 use crate::presence::{Activity, IdleReason, Millis, PresenceView, Status, StatusText};
 use crate::protocol::Diff;
 
@@ -259,21 +259,14 @@ impl ClusterView {
 
     /// The presence observers get, as the machine renders it.
     pub fn presence(&self, user: &UserId) -> PresenceView {
-        let invisible = self.status == Status::Invisible;
-        let online = self.visible();
-        PresenceView {
-            user: user.clone(),
-            state: self.shown.state(),
-            reason: self.shown.reason(),
-            status: if invisible {
-                Status::Available
-            } else {
-                self.status
-            },
-            text: if invisible { None } else { self.text.clone() },
-            last_active: if online { self.last_active } else { None },
-            last_seen: if online { None } else { self.last_seen },
-        }
+        render(
+            user,
+            self.shown,
+            self.status,
+            self.text.as_ref(),
+            self.last_active,
+            self.last_seen,
+        )
     }
 
     /// Whether the user's own status or text changed (their own sockets are

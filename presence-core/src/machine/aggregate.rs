@@ -1,6 +1,9 @@
 //! The merge rule: many connections, one user.
 
-use crate::presence::{Activity, IdleReason, PresenceState};
+use crate::ids::UserId;
+use crate::presence::{
+    Activity, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText,
+};
 
 /// What observers are shown for a user. The machine remembers the last value
 /// it announced and emits an event only when the newly computed one differs,
@@ -31,6 +34,31 @@ impl Shown {
             Shown::Idle(r) => Some(r),
             _ => None,
         }
+    }
+}
+
+/// What observers see of a user, from what is shown and the user's own
+/// state: an invisible user reads offline with status `available` and no
+/// text; last active only while online, last seen only while offline. One
+/// definition for the machine and the cluster ([`crate::cluster`]).
+pub fn render(
+    user: &UserId,
+    shown: Shown,
+    status: Status,
+    text: Option<&StatusText>,
+    last_active: Option<Millis>,
+    last_seen: Option<Millis>,
+) -> PresenceView {
+    let invisible = status == Status::Invisible;
+    let online = shown != Shown::Offline;
+    PresenceView {
+        user: user.clone(),
+        state: shown.state(),
+        reason: shown.reason(),
+        status: if invisible { Status::Available } else { status },
+        text: if invisible { None } else { text.cloned() },
+        last_active: if online { last_active } else { None },
+        last_seen: if online { None } else { last_seen },
     }
 }
 

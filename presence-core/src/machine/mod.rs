@@ -18,7 +18,7 @@ mod timers;
 
 use std::collections::{HashMap, HashSet};
 
-pub use aggregate::{Shown, aggregate};
+pub use aggregate::{Shown, aggregate, render};
 pub use event::Event;
 pub use records::{ConnRecord, Retention, UserRecord};
 use timers::{TimerKey, Timers};
@@ -155,21 +155,14 @@ impl User {
     }
 
     fn view(&self, id: &UserId) -> PresenceView {
-        let invisible = self.status == Status::Invisible;
-        let online = self.visible();
-        PresenceView {
-            user: id.clone(),
-            state: self.shown.state(),
-            reason: self.shown.reason(),
-            status: if invisible {
-                Status::Available
-            } else {
-                self.status
-            },
-            text: if invisible { None } else { self.text.clone() },
-            last_active: if online { self.last_active } else { None },
-            last_seen: if online { None } else { self.last_seen },
-        }
+        render(
+            id,
+            self.shown,
+            self.status,
+            self.text.as_ref(),
+            self.last_active,
+            self.last_seen,
+        )
     }
 }
 
