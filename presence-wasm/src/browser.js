@@ -90,3 +90,16 @@ export function setTimer(ms, f) {
 export function clearTimer(id) {
   globalThis.window?.clearTimeout(id);
 }
+
+// `o[key] = value` on the fresh plain objects and errors `js.rs` builds (it cannot throw there;
+// `Reflect.set` needed catching glue), and `o[key]` of the app's options, `undefined` if a
+// getter throws (as `Reflect.get` with its error dropped gave).
+export function put(o, key, value) {
+  o[key] = value;
+}
+
+export function field(o, key) {
+  try {
+    return o[key];
+  } catch {}
+}

@@ -254,7 +254,7 @@ impl ConnectOptions {
         if !o.is_object() {
             return Err(error("invalid_options", "options must be an object"));
         }
-        let get = |k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
+        let get = |k: &str| field(o, k);
         let string = |k: &str| {
             get(k)
                 .as_string()
@@ -309,12 +309,21 @@ pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
     }
 }
 
+#[wasm_bindgen(module = "/src/browser.js")]
+extern "C" {
+    /// `o[key] = value` (`Reflect.set` throws, so each call carried its
+    /// catching glue, and the key went through a `JsValue`).
+    fn put(o: &JsValue, key: &str, value: &JsValue);
+    /// `o[key]` (see [`put`]); `undefined` for a missing field.
+    fn field(o: &JsValue, key: &str) -> JsValue;
+}
+
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
 #[inline(never)]
 pub fn error(code: &str, message: &str) -> JsValue {
     let e = js_sys::Error::new(message);
     // Setting a property on a fresh Error object cannot fail.
-    let _ = js_sys::Reflect::set(&e, &"code".into(), &code.into());
+    put(&e, "code", &code.into());
     e.into()
 }
 
@@ -427,7 +436,7 @@ impl Obj {
     #[inline(never)]
     fn put(self, key: &str, value: JsValue) -> Self {
         // Defining a property on a fresh plain object cannot fail.
-        let _ = js_sys::Reflect::set(&self.0, &key.into(), &value);
+        put(&self.0, key, &value);
         self
     }
 
