@@ -119,21 +119,7 @@ impl Drop for Fabric {
                 prefix.clone(),
             ),
         };
-        for url in urls {
-            let Ok(client) = redis::Client::open(url) else {
-                continue;
-            };
-            let Ok(mut c) = client.get_connection() else {
-                continue;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
-                .query(&mut c)
-                .unwrap_or_default();
-            for key in keys {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut c);
-            }
-        }
+        delete_redis_keys(&urls, &prefix);
     }
 }
 

@@ -317,15 +317,7 @@ async fn over_redis_each_change_is_delivered_once_per_endpoint() {
     })
     .await;
     // Best effort: the test's keys go with it.
-    if let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query(&mut c)
-            .unwrap_or_default();
-        for key in keys {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut c);
-        }
-    }
+    delete_redis_keys(&[url], &prefix);
 }
 
 async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {

@@ -427,3 +427,20 @@ pub async fn http_text(addr: std::net::SocketAddr, path: &str) -> (u16, String) 
         .unwrap_or(0);
     (status, text)
 }
+
+/// Deletes every key under `prefix` on each Redis at `urls` (best effort,
+/// one key at a time so it works on a Redis Cluster's masters too).
+pub fn delete_redis_keys(urls: &[String], prefix: &str) {
+    for url in urls {
+        let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) else {
+            continue;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut c)
+            .unwrap_or_default();
+        for key in keys {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut c);
+        }
+    }
+}
