@@ -413,28 +413,11 @@ async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Opt
     users.dedup();
     let recs = backend.read(&users).await.ok()?;
     let marks = backend.receipts(room).await.ok()?;
-    let shown: Vec<(UserId, bool)> = users
-        .iter()
-        .zip(&recs)
-        .map(|(u, r)| (u.clone(), hub.cluster_rooms(r).contains(room)))
-        .collect();
-    let visible: Vec<UserId> = shown
-        .into_iter()
-        .filter(|(_, s)| *s)
-        .map(|(u, _)| u)
-        .collect();
-    let members = {
-        let kept: Vec<(UserId, crate::backend::UserRecords)> = users
-            .into_iter()
-            .zip(recs)
-            .filter(|(u, _)| visible.contains(u))
-            .collect();
-        let (u, r): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
-        hub.cluster_views(&u, &r)
-    };
+    let members = hub.cluster_shown_in(room, &users, &recs);
+    let shown: std::collections::HashSet<&UserId> = members.iter().map(|m| &m.user).collect();
     let receipts = marks
         .into_iter()
-        .filter(|(u, _)| visible.contains(u))
+        .filter(|(u, _)| shown.contains(u))
         .map(|(user, marker)| presence_core::protocol::Receipt { user, marker })
         .collect();
     Some(RoomMembers {

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
-use super::replica::{BusMessage, Take, UserUpdate};
+use super::replica::{BusMessage, Take, address};
 use super::{Hub, State, text_frame};
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::node::ClusterConfig;
@@ -287,18 +287,7 @@ impl Hub {
         // As the cluster showed it before the cleaning: with `dead` alive.
         let v0 = c.view_assuming(before, Some(dead));
         let v1 = c.view_of_records(after);
-        let update = UserUpdate {
-            user: user.clone(),
-            recs: after.clone(),
-        };
-        for topic in v0
-            .rooms
-            .iter()
-            .map(|r| Topic::Room(r.clone()))
-            .chain(std::iter::once(Topic::User(user.clone())))
-        {
-            messages.entry(topic).or_default().u.push(update.clone());
-        }
+        address(messages, user, after, &v0, &v1);
         drop(st);
         for ev in presence_core::cluster::transitions(user, &v0, &v1, now) {
             self.publish(&ev);
@@ -368,6 +357,27 @@ impl Hub {
             .iter()
             .zip(recs)
             .map(|(u, r)| c.view_of_records(r).presence(u))
+            .collect()
+    }
+
+    /// The presence of those of `users` shown in `room`, from fetched
+    /// records (each view computed once).
+    pub(crate) fn cluster_shown_in(
+        &self,
+        room: &RoomId,
+        users: &[UserId],
+        recs: &[UserRecords],
+    ) -> Vec<PresenceView> {
+        let st = self.lock();
+        let Some(c) = st.cluster.as_ref() else {
+            return Vec::new();
+        };
+        users
+            .iter()
+            .zip(recs)
+            .map(|(u, r)| (u, c.view_of_records(r)))
+            .filter(|(_, v)| v.shown_in(room))
+            .map(|(u, v)| v.presence(u))
             .collect()
     }
 

@@ -177,11 +177,7 @@ impl Replica {
     /// The view of fetched records, counting `alive` as live whatever the
     /// last lease round said.
     pub fn view_assuming(&self, recs: &UserRecords, alive: Option<&str>) -> ClusterView {
-        let mut r = Records::default();
-        for (inc, s) in recs {
-            r.apply(inc, s.seq, s.record.clone());
-        }
-        r.view(|inc| {
+        records_of(recs).view(|inc| {
             if Some(inc) == alive {
                 Liveness::Live
             } else {
@@ -646,10 +642,7 @@ impl Replica {
         let mut host = Vec::new();
         let mut out: BTreeMap<Topic, BusMessage> = BTreeMap::new();
         for w in replies {
-            let mut after = Records::default();
-            for (inc, s) in &w.all {
-                after.apply(inc, s.seq, s.record.clone());
-            }
+            let after = records_of(&w.all);
             let mut before = after.clone();
             before.remove(&self.me);
             if let Some(p) = &w.previous {
@@ -660,19 +653,7 @@ impl Replica {
                 continue;
             }
             host.extend(transitions(&w.user, &v0, &v1, now));
-            let update = UserUpdate {
-                user: w.user.clone(),
-                recs: w.all.clone(),
-            };
-            let topics = v0
-                .rooms
-                .iter()
-                .chain(v1.rooms.iter())
-                .map(|r| Topic::Room(r.clone()))
-                .chain(std::iter::once(Topic::User(w.user.clone())));
-            for topic in topics {
-                out.entry(topic).or_default().u.push(update.clone());
-            }
+            address(&mut out, &w.user, &w.all, &v0, &v1);
             local.extend(self.apply(&w.user, &w.all, now));
         }
         (local, host, out)
@@ -743,5 +724,36 @@ impl Replica {
     pub fn forget_conn(&mut self, conn: ConnId) {
         self.awaiting.remove(&conn);
         self.watching.retain(|(c, _)| *c != conn);
+    }
+}
+
+/// Records as fetched, for computing a view.
+fn records_of(recs: &UserRecords) -> Records {
+    let mut r = Records::default();
+    for (inc, s) in recs {
+        r.apply(inc, s.seq, s.record.clone());
+    }
+    r
+}
+
+/// Files `user`'s record set under the topics that must hear of a change
+/// from `before` to `after`: the user's, and every room it was or is in.
+pub(crate) fn address(
+    out: &mut BTreeMap<Topic, BusMessage>,
+    user: &UserId,
+    recs: &UserRecords,
+    before: &ClusterView,
+    after: &ClusterView,
+) {
+    let update = UserUpdate {
+        user: user.clone(),
+        recs: recs.clone(),
+    };
+    let rooms = before.rooms.union(&after.rooms);
+    for topic in rooms
+        .map(|r| Topic::Room(r.clone()))
+        .chain(std::iter::once(Topic::User(user.clone())))
+    {
+        out.entry(topic).or_default().u.push(update.clone());
     }
 }
