@@ -663,15 +663,7 @@ impl Replica {
     /// them, or the link came back), and every followed topic subscribed
     /// and re-read.
     pub fn resync(&mut self) {
-        let me = self.me.clone();
-        let mine: Vec<UserId> = self
-            .users
-            .iter()
-            .filter(|(_, k)| k.records.get(&me).is_some())
-            .map(|(u, _)| u.clone())
-            .collect();
-        self.dirty.extend(mine);
-        self.written.clear();
+        self.rewrite_own();
         for topic in std::mem::take(&mut self.subscribed) {
             if let Topic::Room(room) = &topic
                 && let Some(r) = self.rooms.get_mut(room)
@@ -682,15 +674,16 @@ impl Replica {
         }
     }
 
-    /// Only own records, for [`resync`](Self::resync) after the lease lapsed.
+    /// Only own records, the first half of [`resync`](Self::resync): after
+    /// the lease lapsed, the subscriptions still stand.
     pub fn rewrite_own(&mut self) {
-        let me = self.me.clone();
+        let me = &self.me;
         let mine = self
             .users
             .iter()
-            .filter(|(_, k)| k.records.get(&me).is_some())
+            .filter(|(_, k)| k.records.get(me).is_some())
             .map(|(u, _)| u.clone());
-        self.dirty.extend(mine.collect::<Vec<_>>());
+        self.dirty.extend(mine);
         self.written.clear();
     }
 
