@@ -6,6 +6,9 @@
 /// Largest client frame accepted, in bytes. Presence frames are tiny; anything
 /// bigger is a bug or an attack.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024;
+/// Longest token an `auth` frame may carry, in bytes; an `auth` frame may
+/// exceed [`MAX_FRAME_BYTES`] by that much, since tokens with claims are big.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest user id, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 128;
 /// Longest room id, in bytes.

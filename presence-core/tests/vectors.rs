@@ -45,7 +45,7 @@ fn client_vectors_round_trip_and_cover_every_message() {
     }
     let all = [
         "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read",
-        "ping", "leaving",
+        "auth", "ping", "leaving",
     ];
     assert_eq!(
         kinds,
@@ -89,6 +89,7 @@ fn server_vectors_round_trip_and_cover_every_message_and_diff() {
         "watching",
         "self_status",
         "error",
+        "auth_ok",
         "pong",
     ];
     assert_eq!(kinds, all.into_iter().map(String::from).collect());

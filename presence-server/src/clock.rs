@@ -1,6 +1,8 @@
 //! Where `now` comes from.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use presence_core::Millis;
 
@@ -43,6 +45,35 @@ impl Clock for SystemClock {
     fn now(&self) -> Millis {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         Millis(self.epoch_ms.saturating_add(elapsed))
+    }
+}
+
+/// A clock that moves only when told, for tests: clones share one time.
+/// After moving it, call [`PresenceServer::tick`](crate::PresenceServer::tick)
+/// to run what became due without waiting for the driver.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: Millis) -> Self {
+        Self(Arc::new(AtomicU64::new(start.0)))
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_add(ms))
+            });
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        Millis(self.0.load(Ordering::Acquire))
     }
 }
 

@@ -4,7 +4,7 @@
 
 // Layout, socket to core and back:
 //
-//   server.rs    builder, handle, router, WebSocket upgrade (auth → 401), shutdown, driver task
+//   server.rs    builder, handle, router, WebSocket upgrade (auth; refused → 4101), shutdown, driver task
 //   session.rs   one task per socket: hello, decode, rate limit, frames → hub
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
 //   backend/     the seam to what nodes share (store + bus): in-process and Redis
@@ -43,7 +43,7 @@ pub use auth::{
     JwtKeyError, MAX_SCOPE_ENTRIES, Scope, TokenAuthenticator,
 };
 pub use backend::{Backend, MemoryCluster, RedisBackend, RedisConfig, RedisSetupError};
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;

@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     pub time_to_offline: Histogram,
     pub resumes: Counter,
     pub unauthorized: Counter,
+    pub tokens: Family<Labels, Counter>,
     pub denied: Family<Labels, Counter>,
     pub policy_timeouts: Counter,
     pub fanout: Histogram,
@@ -84,8 +85,14 @@ impl Metrics {
         let unauthorized = Counter::default();
         registry.register(
             "unauthorized_upgrades",
-            "WebSocket upgrades refused with 401",
+            "WebSocket upgrades whose token was refused (answered with unauthorized and 4101)",
             unauthorized.clone(),
+        );
+        let tokens = Family::<Labels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Token lifetime events on live sockets, by outcome (refreshed, refused, expired)",
+            tokens.clone(),
         );
         let denied = Family::<Labels, Counter>::default();
         registry.register(
@@ -167,6 +174,7 @@ impl Metrics {
             time_to_offline,
             resumes,
             unauthorized,
+            tokens,
             denied,
             policy_timeouts,
             fanout,
@@ -191,6 +199,10 @@ impl Metrics {
         self.webhook_drops
             .get_or_create(&[("reason", reason)])
             .inc_by(events);
+    }
+
+    pub fn token(&self, outcome: &'static str) {
+        self.tokens.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub fn deny(&self, what: &'static str) {

@@ -362,6 +362,13 @@ impl PresenceServer {
         self.hub.read(|m| m.active_anywhere(user))
     }
 
+    /// Runs what is due at the clock's time now (deadlines, expired tokens,
+    /// batches) instead of at the driver's next wake-up, which may be up to
+    /// a second away: for tests that move a [`ManualClock`](crate::ManualClock).
+    pub fn tick(&self) {
+        self.hub.tick();
+    }
+
     /// Whether this node reaches its cluster backend (`None` without one).
     /// While it does not, the node serves from what it knows.
     pub fn cluster_up(&self) -> Option<bool> {
@@ -480,7 +487,12 @@ async fn upgrade(
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upgrade refused");
             hub.metrics.unauthorized.inc();
-            return ApiError::unauthorized().into_response();
+            return ws
+                .max_message_size(hub.config.socket.max_message)
+                .on_upgrade(|socket| {
+                    let (sink, stream) = socket.split();
+                    session::refuse(sink, stream)
+                });
         }
         Err(_) => return ApiError::unavailable().into_response(),
     };

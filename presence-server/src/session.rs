@@ -19,7 +19,7 @@ use presence_core::protocol::{
 use presence_core::{Activity, ConnId, Millis, ResumeToken, RoomId, UserId};
 use tokio::sync::{mpsc, watch};
 
-use crate::auth::Identity;
+use crate::auth::{AuthRequest, Identity};
 use crate::config::RateLimit;
 use crate::hub::{Close, Hub, PolicyTimeout, Registered, text_frame};
 
@@ -29,6 +29,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What a closing socket may still send us, read and discarded, so that its
 /// unread input does not make the kernel answer our close with a reset.
 const DRAIN_BYTES: usize = 1 << 20;
+
+/// `auth` frames: a burst of 3, then one per 10 s; each costs a signature
+/// check (or a call to the app's authenticator), so a flood is refused.
+const AUTH_RATE: RateLimit = RateLimit {
+    burst: 3,
+    per_second: 0.1,
+    abuse_factor: 10,
+};
 
 /// Frames a socket may send once, outside the rate limit, so a client can
 /// restore the most state the limits allow right after a reconnect: a `join`
@@ -188,6 +196,7 @@ fn describe(code: ErrorCode) -> &'static str {
         ErrorCode::AlreadyGreeted => "hello was already received",
         ErrorCode::RateLimited => "too many frames; slow down",
         ErrorCode::HelloRequired => "the first frame must be hello",
+        ErrorCode::Unauthorized => "the token was refused",
         _ => "the server could not process this frame",
     }
 }
@@ -293,6 +302,31 @@ where
     }
 }
 
+/// What a socket is told before a close, beyond the close frame: a 4101 is
+/// explained with an `unauthorized` error, which clients can read.
+fn last_words(close: Close) -> Option<ServerMessage> {
+    (close.0 == CloseCode::Unauthorized).then(|| error(ErrorCode::Unauthorized, close.1, None))
+}
+
+/// Refuses a socket whose token the authenticator refused: `unauthorized`,
+/// then 4101. Done after the upgrade because a browser cannot read the
+/// status of a refused one.
+pub(crate) async fn refuse<W, R>(mut sink: W, mut stream: R)
+where
+    W: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let close = (CloseCode::Unauthorized, "the token was refused");
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(msg) = last_words(close) {
+            let _ = sink.send(text_frame(&msg)).await;
+        }
+        let _ = sink.send(close_message(close)).await;
+    })
+    .await;
+    drain(&mut stream).await;
+}
+
 /// Sends queued frames until the queue ends or the hub asks for a close.
 async fn write<W>(
     mut sink: W,
@@ -318,6 +352,9 @@ async fn write<W>(
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(msg) = last_words(close) {
+            let _ = sink.send(text_frame(&msg)).await;
+        }
         let _ = sink.send(close_message(close)).await;
         let _ = sink.close().await;
     })
@@ -394,7 +431,7 @@ where
         generation,
         outbound,
         close,
-    } = match hub.connect(&user, resume.as_ref(), activity) {
+    } = match hub.connect(&who, resume.as_ref(), activity) {
         Ok(r) => r,
         Err(_) if hub.is_shutting_down() => {
             let close = (CloseCode::GoingAway, "server shutting down");
@@ -419,7 +456,8 @@ where
     let writer = tokio::spawn(write(sink, outbound, close.clone()));
     let mut session = Session {
         hub: &hub,
-        who: &who,
+        auth_bucket: Bucket::new(AUTH_RATE, hub.clock.now()),
+        who,
         conn,
         generation,
         bucket: Bucket::new(hub.config.rate, hub.clock.now()),
@@ -462,7 +500,9 @@ where
 
 struct Session<'a> {
     hub: &'a Hub,
-    who: &'a Identity,
+    /// Who the socket speaks for; an `auth` frame replaces it.
+    who: Identity,
+    auth_bucket: Bucket,
     conn: ConnId,
     generation: u64,
     bucket: Bucket,
@@ -530,6 +570,9 @@ impl Session<'_> {
             // The socket's work is done; the connection keeps its leave grace.
             return Err((CloseCode::Normal, "left"));
         }
+        if let ClientMessage::Auth { token } = &msg {
+            return self.refresh(token).await;
+        }
         match self.handle(&msg).await {
             Ok(()) => {}
             Err(Refusal::Code(code)) => self.refuse(code, describe(code), Subject::of(&msg)),
@@ -542,12 +585,72 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// An `auth` frame: a fresh token for the same user moves the expiry
+    /// and replaces the claims; anything else closes with 4101.
+    async fn refresh(&mut self, token: &str) -> Result<(), Close> {
+        let hub = self.hub;
+        let subject = Subject {
+            frame: Some("auth"),
+            ..Subject::default()
+        };
+        match self.auth_bucket.take(hub.clock.now()) {
+            Verdict::Ok => {}
+            Verdict::Limited => {
+                let code = ErrorCode::RateLimited;
+                self.refuse(code, "at most one auth frame per 10 s", subject);
+                return Ok(());
+            }
+            Verdict::Abusive => {
+                hub.metrics.reject(ErrorCode::RateLimited);
+                return Err((
+                    CloseCode::PolicyViolation,
+                    "auth frames far beyond the rate",
+                ));
+            }
+        }
+        let (headers, query) = (axum::http::HeaderMap::new(), Default::default());
+        let request = AuthRequest {
+            token: Some(token),
+            headers: &headers,
+            query: &query,
+        };
+        let who = match hub.bounded(hub.auth.authenticate(&request)).await {
+            Ok(Ok(who)) => who,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "refreshed token refused");
+                hub.metrics.token("refused");
+                hub.metrics.reject(ErrorCode::Unauthorized);
+                return Err((CloseCode::Unauthorized, "the refreshed token was refused"));
+            }
+            Err(PolicyTimeout) => {
+                let message = "the authenticator did not answer in time; retry";
+                self.refuse(ErrorCode::Internal, message, subject);
+                return Ok(());
+            }
+        };
+        if who.user != self.who.user {
+            hub.metrics.token("refused");
+            hub.metrics.reject(ErrorCode::Unauthorized);
+            return Err((
+                CloseCode::Unauthorized,
+                "the refreshed token is for another user",
+            ));
+        }
+        let exp = who.expires;
+        if hub.reauthorize(self.conn, self.generation, exp) {
+            self.who = who;
+            hub.metrics.token("refreshed");
+            self.reply(&ServerMessage::AuthOk { exp });
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, msg: &ClientMessage) -> Result<(), Refusal> {
         let (hub, conn, generation) = (self.hub, self.conn, self.generation);
         match msg {
             ClientMessage::Hello { .. } => Err(ErrorCode::AlreadyGreeted.into()),
             ClientMessage::Join { room } => {
-                if !hub.may_join(self.who, room).await? {
+                if !hub.may_join(&self.who, room).await? {
                     hub.metrics.deny("join");
                     return Err(ErrorCode::Forbidden.into());
                 }
@@ -560,7 +663,7 @@ impl Session<'_> {
                 let mut allowed = Vec::with_capacity(users.len());
                 let mut refused = Vec::new();
                 for u in users {
-                    if hub.may_watch(self.who, u).await? {
+                    if hub.may_watch(&self.who, u).await? {
                         allowed.push(u.clone());
                     } else {
                         refused.push(u.clone());
@@ -604,8 +707,8 @@ impl Session<'_> {
                 self.reply(&ServerMessage::Pong);
                 Ok(())
             }
-            // Handled by `frame`: it ends the socket.
-            ClientMessage::Leaving => Ok(()),
+            // Handled by `frame`.
+            ClientMessage::Leaving | ClientMessage::Auth { .. } => Ok(()),
         }
     }
 }

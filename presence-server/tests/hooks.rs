@@ -164,9 +164,13 @@ async fn an_async_cookie_authenticator_and_a_postgres_policy_decide_who_sees_who
         metrics.contains("presence_denied_total{what=\"watch\"} 1"),
         "{metrics}"
     );
-    // No cookie, or an unknown one: 401 at the upgrade.
-    let req = format!("ws://{}/ws", srv.addr);
-    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    // No cookie, or an unknown one: refused after the upgrade.
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", srv.addr))
+        .await
+        .expect("upgraded");
+    let mut anon = Client::raw(ws, "anon");
+    assert_eq!(anon.frame("error").await["code"], "unauthorized");
+    assert_eq!(anon.close_code().await, 4101);
     srv.stop().await;
     let cleanup = postgres(&format!("{table}_x")).await;
     let _ = cleanup

@@ -61,6 +61,14 @@ export function openSocket(url, token, on) {
   } catch {}
 }
 
+// Calls the app's `getToken` and hands `on` its token, or `undefined` if it threw, rejected or
+// gave no non-empty string (the client then stops as unauthorized, or tries again later).
+export function fetchToken(get, on) {
+  Promise.resolve()
+    .then(get)
+    .then((t) => on(typeof t == "string" && t ? t : undefined), () => on(undefined));
+}
+
 // A socket given up: its late events reach nobody.
 export function detachSocket(ws) {
   ws.onopen = ws.onmessage = ws.onclose = null;

@@ -4,7 +4,7 @@
 const METHODS = [
   "join", "leave", "watch", "unwatch", "setStatus", "typing", "stopTyping", "bindTyping",
   "markRead", "members", "onPresence", "onTyping", "onReceipt", "onConnection", "onSelfStatus",
-  "onError", "subscribe", "getSnapshot", "close",
+  "onError", "subscribe", "getSnapshot", "close", "setToken",
 ];
 
 // Defines them on the prototype of `client` (once), as a class body would: not enumerable.

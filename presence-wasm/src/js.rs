@@ -16,8 +16,19 @@ const TYPES: &str = r#"
 export interface ConnectOptions {
   /** WebSocket URL of the presence server, e.g. `wss://example.com/ws`. */
   url: string;
-  /** Token the server verifies (a JWT, or a user name in the server's dev mode). */
-  token: string;
+  /**
+   * Token the server verifies (a JWT, or a user name in the server's dev mode). Give `token`,
+   * `getToken`, or both (`token` is used first).
+   */
+  token?: string;
+  /**
+   * Hands out a fresh token: called before connecting without one, before the current token
+   * expires (the server says when; with a quarter of its life left, at most a minute early), and
+   * after the server refused one (close code 4101). Reject (or throw) when there is none, e.g.
+   * the user logged out: the client then stops with connection state `unauthorized`. Without
+   * `getToken`, a refused token stops it at once; `setToken` starts it again.
+   */
+  getToken?: () => Promise<string>;
   /** No input for this long makes this tab idle. Default: the server's value (60 s). */
   idleAfterMs?: number;
   /** A hidden tab goes idle after this long. Default 5000. */
@@ -57,7 +68,8 @@ export type ConnectionEvent =
   | { state: "connecting" }
   | { state: "connected" }
   | { state: "reconnecting"; retryInMs: number; attempt: number }
-  | { state: "closed"; code?: number };
+  | { state: "closed"; code?: number }
+  | { state: "unauthorized" };
 export interface SelfStatusEvent { status: Status; text?: string; }
 /**
  * A frame the server refused for good, with its stable code (see PROTOCOL.md), the frame's `type`
@@ -173,6 +185,11 @@ export class PresenceClient {
      */
     setStatus(status: Status, text?: string | null): void;
     /**
+     * A fresh token: used for the next socket, sent to the server on a live one, and it restarts
+     * a client stopped as `unauthorized`.
+     */
+    setToken(token: string): void;
+    /**
      * The user stopped typing (composer blurred, message sent).
      */
     stopTyping(room: string): void;
@@ -238,7 +255,8 @@ extern "C" {
 /// `ConnectOptions`, decoded.
 pub struct ConnectOptions {
     pub url: String,
-    pub token: String,
+    pub token: Option<String>,
+    pub get_token: Option<js_sys::Function>,
     pub idle_after_ms: Option<u32>,
     pub hidden_after_ms: Option<u32>,
     pub blurred_after_ms: Option<u32>,
@@ -282,9 +300,26 @@ impl ConnectOptions {
             v.as_bool()
                 .ok_or_else(|| error("invalid_options", &cat(k, " must be a boolean")))
         };
+        let token = match get("token").is_undefined() {
+            true => None,
+            false => Some(string("token")?),
+        };
+        let get_token = get("getToken");
+        let get_token = match get_token.is_undefined() {
+            true => None,
+            false => Some(
+                get_token
+                    .dyn_into::<js_sys::Function>()
+                    .map_err(|_| error("invalid_options", "getToken must be a function"))?,
+            ),
+        };
+        if token.is_none() && get_token.is_none() {
+            return Err(error("invalid_options", "give token or getToken"));
+        }
         Ok(Self {
             url: string("url")?,
-            token: string("token")?,
+            token,
+            get_token,
             idle_after_ms: millis("idleAfterMs")?,
             hidden_after_ms: millis("hiddenAfterMs")?,
             blurred_after_ms: millis("blurredAfterMs")?,
@@ -519,6 +554,7 @@ pub fn connection_name(c: ConnectionState) -> &'static str {
         ConnectionState::Connected => "connected",
         ConnectionState::Reconnecting { .. } => "reconnecting",
         ConnectionState::Closed { .. } => "closed",
+        ConnectionState::Unauthorized => "unauthorized",
     }
 }
 

@@ -130,6 +130,7 @@ impl PresenceClient {
                 self.close();
                 Ok(JsValue::UNDEFINED)
             }
+            Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -164,10 +165,11 @@ enum Op {
     Subscribe,
     GetSnapshot,
     Close,
+    SetToken,
 }
 
 impl Op {
-    const ALL: [Op; 19] = [
+    const ALL: [Op; 20] = [
         Op::Join,
         Op::Leave,
         Op::Watch,
@@ -187,6 +189,7 @@ impl Op {
         Op::Subscribe,
         Op::GetSnapshot,
         Op::Close,
+        Op::SetToken,
     ];
 }
 
@@ -226,15 +229,24 @@ impl PresenceClient {
                 blurred_after: ms(o.blurred_after_ms, defaults.blurred_after),
             },
             idle_after_from_server: o.idle_after_ms.is_none(),
+            token_source: o.get_token.is_some(),
             seed: (js_sys::Math::random() * 9.007_199_254_740_991e15) as u64,
             ..ClientConfig::default()
         };
         let mut client = Client::new(now, config);
+        if let Some(token) = o.token {
+            client.set_token(now, token);
+        }
         let resume_key = o.resume.then(|| js::cat("presence:resume:", &o.url));
         if let Some(key) = &resume_key {
             client.set_resume_token(runtime::take_resume_token(key));
         }
-        let shared: Shared = Rc::new(RefCell::new(State::new(client, o.url, o.token, resume_key)));
+        let shared: Shared = Rc::new(RefCell::new(State::new(
+            client,
+            o.url,
+            o.get_token,
+            resume_key,
+        )));
         let listeners = page::install(&shared);
         let screen_lock = o.idle_detection.then(|| page::watch_lock(&shared));
         if let Ok(mut state) = shared.try_borrow_mut() {
@@ -420,6 +432,21 @@ impl PresenceClient {
         let snap = js::snapshot(&state.client);
         state.snapshot = Some((state.version, snap.clone()));
         snap.unchecked_into()
+    }
+
+    /// A fresh token from the app: used for the next socket, sent to the
+    /// server on a live one, and it restarts a client stopped as
+    /// `unauthorized`.
+    pub fn set_token(&self, token: &str) -> Result<(), JsValue> {
+        self.live()?;
+        if token.is_empty() {
+            return Err(error(
+                "invalid_argument",
+                "token must be a non-empty string",
+            ));
+        }
+        runtime::with(&self.shared, |c, now| c.set_token(now, token.into()));
+        Ok(())
     }
 
     /// Says `leaving`, closes the socket and stops all listeners and

@@ -43,6 +43,8 @@ impl Drop for Socket {
 extern "C" {
     #[wasm_bindgen(js_name = openSocket)]
     fn open_socket(url: &str, token: &str, on: &Closure<dyn FnMut(JsValue)>) -> Option<WebSocket>;
+    #[wasm_bindgen(js_name = fetchToken)]
+    fn fetch_token(get: &js_sys::Function, on: &Closure<dyn FnMut(JsValue)>);
     #[wasm_bindgen(js_name = detachSocket)]
     fn detach_socket(ws: &WebSocket);
     #[wasm_bindgen(js_name = takeToken)]
@@ -80,7 +82,10 @@ impl Drop for Timer {
 pub struct State {
     pub client: Client,
     url: String,
-    token: String,
+    /// The app's `getToken`, if it gave one.
+    get_token: Option<js_sys::Function>,
+    /// What `fetchToken` calls back: one closure for every token asked for.
+    on_token: Option<Closure<dyn FnMut(JsValue)>>,
     socket: Option<Socket>,
     /// Bumped per socket, so a stale socket's late events are ignored.
     generation: u32,
@@ -99,11 +104,17 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(client: Client, url: String, token: String, resume_key: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        url: String,
+        get_token: Option<js_sys::Function>,
+        resume_key: Option<String>,
+    ) -> Self {
         Self {
             client,
             url,
-            token,
+            get_token,
+            on_token: None,
             socket: None,
             generation: 0,
             timer: None,
@@ -231,6 +242,7 @@ fn perform(shared: &Shared, state: &mut State) {
                     let _ = s.ws.close_with_code(code);
                 }
             }
+            Action::FetchToken => ask_token(shared, state),
         }
     }
 }
@@ -256,12 +268,33 @@ fn open(shared: &Shared, state: &mut State) {
             (None, code) => c.closed(now, code.map(|n| n as u16).filter(|&c| c != 1006)),
         });
     });
-    let Some(ws) = open_socket(&state.url, &state.token, &on) else {
+    let token = state.client.token().unwrap_or_default();
+    let Some(ws) = open_socket(&state.url, token, &on) else {
         // A malformed URL: the client backs off and reports "reconnecting".
         state.client.closed(now(), None);
         return;
     };
     state.socket = Some(Socket { ws, _on: on });
+}
+
+/// Calls the app's `getToken`; its answer goes to the client.
+fn ask_token(shared: &Shared, state: &mut State) {
+    let Some(get) = &state.get_token else {
+        state.client.token_failed(now());
+        return;
+    };
+    let on = state.on_token.get_or_insert_with(|| {
+        let weak = Rc::downgrade(shared);
+        callback(move |token: JsValue| {
+            if let Some(shared) = weak.upgrade() {
+                with(&shared, |c, now| match token.as_string() {
+                    Some(t) => c.set_token(now, t),
+                    None => c.token_failed(now),
+                });
+            }
+        })
+    });
+    fetch_token(get, on);
 }
 
 /// Keeps one timer armed for the client's next deadline.

@@ -101,6 +101,8 @@ fn spawn_client(
                         }
                     }
                     Action::Close(_) => socket = None,
+                    // The token is in the URL; this client has no source of fresh ones.
+                    Action::FetchToken => client.token_failed(now()),
                 }
             }
             while let Some(e) = client.poll_event() {

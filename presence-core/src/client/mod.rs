@@ -23,6 +23,7 @@
 mod activity;
 mod backoff;
 mod cache;
+mod token;
 mod vecmap;
 
 use crate::prelude::*;
@@ -32,7 +33,10 @@ use core::time::Duration;
 pub use activity::{ActivityConfig, ActivityTracker};
 pub use backoff::Backoff;
 pub use cache::{Cache, Change, MAX_OFFLINE_MEMBERS_KEPT, RoomView};
+pub use token::{MAX_REFUSALS, REFRESH_RETRY};
 pub use vecmap::{VecMap, VecSet};
+
+use token::Token;
 
 use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::limits::{
@@ -70,6 +74,10 @@ pub struct ClientConfig {
     pub typing_stop_after: Duration,
     /// Seed for heartbeat and backoff jitter.
     pub seed: u64,
+    /// The app can hand out fresh tokens: the client asks for one
+    /// ([`Action::FetchToken`]) before connecting without one, before the
+    /// current one expires, and after the server refused it (4101).
+    pub token_source: bool,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +91,7 @@ impl Default for ClientConfig {
             typing_refresh: Duration::from_secs(3),
             typing_stop_after: Duration::from_secs(4),
             seed: 0x5eed,
+            token_source: false,
         }
     }
 }
@@ -97,6 +106,9 @@ pub enum Action {
     Send(String),
     /// Close the socket with this code.
     Close(u16),
+    /// Ask the app for a fresh token, then call [`Client::set_token`] (or
+    /// [`Client::token_failed`]).
+    FetchToken,
 }
 
 /// The connection as the app sees it.
@@ -118,6 +130,9 @@ pub enum ConnectionState {
         /// The close code, when the server closed.
         code: Option<u16>,
     },
+    /// The server refused the token (4101) and no fresh one could be had:
+    /// stopped until the app gives one ([`Client::set_token`]).
+    Unauthorized,
 }
 
 /// Something the app may want to show.
@@ -181,6 +196,8 @@ pub enum ClientEvent {
 enum Link {
     /// Not started, or closed for good.
     Closed,
+    /// Waiting for the app's token before opening a socket.
+    Authorizing { since: Millis },
     /// Waiting to reconnect.
     Waiting { retry_at: Millis },
     /// Socket being opened.
@@ -237,6 +254,7 @@ pub struct Client {
     /// Retry rounds since the last `welcome` or the last round with nothing
     /// to resend (the backoff exponent).
     retries: u32,
+    token: Token,
     cache: Cache,
     actions: VecDeque<Action>,
     events: VecDeque<ClientEvent>,
@@ -308,6 +326,10 @@ impl Client {
             unwatch_due: VecSet::default(),
             retry_at: None,
             retries: 0,
+            token: Token {
+                source: config.token_source,
+                ..Token::default()
+            },
             cache: Cache::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -318,10 +340,77 @@ impl Client {
     /// once the app has [closed](Client::close) the client.
     pub fn start(&mut self, now: Millis) {
         if !self.ended && matches!(self.link, Link::Closed | Link::Waiting { .. }) {
-            self.link = Link::Opening { since: now };
-            self.actions.push_back(Action::Connect);
+            self.token.stopped = false;
+            if self.token.source && self.token.exp.is_some_and(|exp| exp <= now) {
+                self.token.value = None; // the server would refuse it
+            }
+            if self.token.source && self.token.value.is_none() {
+                self.token.asked = Some(now);
+                self.link = Link::Authorizing { since: now };
+                self.actions.push_back(Action::FetchToken);
+            } else {
+                self.open(now);
+            }
             self.event(ClientEvent::Connection(ConnectionState::Connecting));
         }
+    }
+
+    fn open(&mut self, now: Millis) {
+        self.link = Link::Opening { since: now };
+        self.actions.push_back(Action::Connect);
+    }
+
+    /// The token to present when opening a socket.
+    pub fn token(&self) -> Option<&str> {
+        self.token.value.as_deref()
+    }
+
+    /// A token from the app (asked for or not): used for the next socket,
+    /// sent as `auth` on a live one, and it restarts a client stopped as
+    /// unauthorized.
+    pub fn set_token(&mut self, now: Millis, token: String) {
+        self.token.value = Some(token.clone());
+        self.token.asked = None;
+        match self.link {
+            Link::Authorizing { .. } => self.open(now),
+            Link::Ready { .. } => {
+                self.token.refresh_at = None;
+                self.send_now(&ClientMessage::Auth { token });
+            }
+            Link::Closed if self.token.stopped => self.start(now),
+            _ => {}
+        }
+    }
+
+    /// The app could not give a token (it threw, or answered nothing in
+    /// `reply_timeout`). Before connecting, the client stops as
+    /// unauthorized; while connected, it asks again later.
+    pub fn token_failed(&mut self, now: Millis) {
+        self.token.asked = None;
+        match self.link {
+            Link::Authorizing { .. } => self.unauthorized(),
+            Link::Ready { .. } => self.token.refresh_at = Some(now.after(REFRESH_RETRY)),
+            _ => {}
+        }
+    }
+
+    /// Stops for good: the token is refused and no fresh one is coming.
+    fn unauthorized(&mut self) {
+        self.link = Link::Closed;
+        self.token.stopped = true;
+        self.event(ClientEvent::Connection(ConnectionState::Unauthorized));
+        let message = self
+            .token
+            .reason
+            .take()
+            .unwrap_or_else(|| "the token was refused and no fresh one came".into());
+        self.event(ClientEvent::Error {
+            code: ErrorCode::Unauthorized,
+            message,
+            frame: None,
+            room: None,
+            users: Vec::new(),
+        });
     }
 
     /// Closes for good (the app is done). Sends `leaving` first so observers
@@ -354,7 +443,10 @@ impl Client {
         if let Link::Ready { .. } = self.link {
             self.send(&ClientMessage::Leaving);
         }
-        if !matches!(self.link, Link::Closed | Link::Waiting { .. }) {
+        if matches!(
+            self.link,
+            Link::Opening { .. } | Link::Greeting { .. } | Link::Ready { .. }
+        ) {
             self.actions.push_back(Action::Close(1000));
         }
         self.link = Link::Closed;
@@ -394,14 +486,27 @@ impl Client {
 
     /// The socket closed or failed to open. `code` is the close code, if any.
     pub fn closed(&mut self, now: Millis, code: Option<u16>) {
-        if matches!(self.link, Link::Closed | Link::Waiting { .. }) {
+        if matches!(
+            self.link,
+            Link::Closed | Link::Waiting { .. } | Link::Authorizing { .. }
+        ) {
             return; // a stale socket's late close, or already handled
         }
         self.ping_sent = None;
         self.typing = VecMap::default();
-        // Close codes 4100–4199 mean "do not reconnect by yourself".
-        let final_code = code.is_some_and(|c| (4100..4200).contains(&c));
-        if final_code {
+        let unauthorized = code == Some(CloseCode::Unauthorized as u16);
+        if unauthorized {
+            // The token is refused: a fresh one from the app, if it has one.
+            self.token.value = None;
+            self.token.refusals += 1;
+            if !self.token.source || self.token.refusals > MAX_REFUSALS {
+                self.unauthorized();
+                return;
+            }
+        }
+        // Close codes 4100–4199 mean "do not reconnect by yourself", but
+        // for 4101 with a way to a fresh token.
+        if !unauthorized && code.is_some_and(|c| (4100..4200).contains(&c)) {
             self.link = Link::Closed;
             self.event(ClientEvent::Connection(ConnectionState::Closed { code }));
             return;
@@ -471,8 +576,10 @@ impl Client {
                 idle_after_ms,
                 status,
                 text,
+                exp,
                 ..
             } => {
+                self.token.expires(now, exp);
                 let timings = (heartbeat_ms, idle_after_ms);
                 self.welcome(now, user, resume, resumed, timings, status, text);
             }
@@ -537,6 +644,12 @@ impl Client {
                 }
                 self.event(ClientEvent::SelfStatus { status, text });
             }
+            // A 4101 follows; the app hears of it only if no fresh token comes.
+            ServerMessage::Error {
+                code: ErrorCode::Unauthorized,
+                message,
+                ..
+            } => self.token.reason = Some(message),
             ServerMessage::Error {
                 code,
                 message,
@@ -554,6 +667,7 @@ impl Client {
                     });
                 }
             }
+            ServerMessage::AuthOk { exp } => self.token.expires(now, exp),
             ServerMessage::Pong => {}
         }
     }
@@ -716,6 +830,7 @@ impl Client {
                 }
             }
             (Some("status"), _) if retry => self.status_sent = false,
+            (Some("auth"), _) => self.token.refresh_at = Some(now.after(REFRESH_RETRY)),
             (Some("activity"), _) if retry => self.sent_activity = None,
             (None | Some("read"), _) if retry => {
                 // The server did not say which frame: assume the worst of
@@ -942,6 +1057,9 @@ impl Client {
     pub fn tick(&mut self, now: Millis) {
         match self.link {
             Link::Waiting { retry_at } if now >= retry_at => self.start(now),
+            Link::Authorizing { since } if now >= since.after(self.config.reply_timeout) => {
+                self.token_failed(now);
+            }
             Link::Opening { since } | Link::Greeting { since }
                 if now >= since.after(self.config.reply_timeout) =>
             {
@@ -957,6 +1075,18 @@ impl Client {
                 {
                     self.drop_socket(now);
                     return;
+                }
+                let asked_long_ago = self
+                    .token
+                    .asked
+                    .is_some_and(|at| now >= at.after(self.config.reply_timeout));
+                if asked_long_ago {
+                    self.token_failed(now);
+                }
+                if self.token.refresh_at.is_some_and(|at| now >= at) {
+                    self.token.refresh_at = None;
+                    self.token.asked = Some(now);
+                    self.actions.push_back(Action::FetchToken);
                 }
                 if self.retry_at.is_some_and(|at| now >= at) {
                     self.retry_at = None;
@@ -999,16 +1129,26 @@ impl Client {
         let link = match self.link {
             Link::Closed => None,
             Link::Waiting { retry_at } => Some(retry_at),
-            Link::Opening { since } | Link::Greeting { since } => {
+            Link::Opening { since } | Link::Greeting { since } | Link::Authorizing { since } => {
                 Some(since.after(self.config.reply_timeout))
             }
             Link::Ready { next_ping, .. } => {
+                let timeout = self.config.reply_timeout;
                 let dead = self
                     .ping_sent
                     .filter(|&p| self.last_heard < p)
-                    .map(|p| p.after(self.config.reply_timeout));
-                let soonest = dead.map_or(next_ping, |d| d.min(next_ping));
-                Some(self.retry_at.map_or(soonest, |r| r.min(soonest)))
+                    .map(|p| p.after(timeout));
+                let asked = self.token.asked.map(|at| at.after(timeout));
+                [
+                    Some(next_ping),
+                    dead,
+                    asked,
+                    self.retry_at,
+                    self.token.refresh_at,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
         };
         let activity = match self.link {
@@ -1059,12 +1199,15 @@ impl Client {
     /// The connection state.
     pub fn connection(&self) -> ConnectionState {
         match self.link {
+            Link::Closed if self.token.stopped => ConnectionState::Unauthorized,
             Link::Closed => ConnectionState::Closed { code: None },
             Link::Waiting { retry_at } => ConnectionState::Reconnecting {
                 retry_in: retry_at.since(self.last_heard),
                 attempt: self.backoff.attempts(),
             },
-            Link::Opening { .. } | Link::Greeting { .. } => ConnectionState::Connecting,
+            Link::Opening { .. } | Link::Greeting { .. } | Link::Authorizing { .. } => {
+                ConnectionState::Connecting
+            }
             Link::Ready { .. } => ConnectionState::Connected,
         }
     }

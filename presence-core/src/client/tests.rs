@@ -26,6 +26,7 @@ fn sent(c: &mut Client) -> Vec<String> {
             Action::Send(s) => out.push(s),
             Action::Connect => out.push("<connect>".into()),
             Action::Close(code) => out.push(format!("<close {code}>")),
+            Action::FetchToken => out.push("<fetch token>".into()),
         }
     }
     out
@@ -928,4 +929,207 @@ fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_a
     assert_eq!(fresh.rooms, server.rooms, "rooms and markers back");
     assert_eq!(fresh.watched, server.watched);
     assert_eq!(fresh.status, "busy");
+}
+
+fn with_source() -> Client {
+    let config = ClientConfig {
+        token_source: true,
+        ..ClientConfig::default()
+    };
+    Client::new(T0, config)
+}
+
+fn welcome_exp(exp: Millis) -> String {
+    format!(
+        r#"{{"type":"welcome","v":1,"user":"ana","conn":1,"resume":"r1","resumed":false,"heartbeat_ms":60000,"idle_after_ms":300000,"status":"available","exp":{}}}"#,
+        exp.0
+    )
+}
+
+fn events(c: &mut Client) -> Vec<ClientEvent> {
+    core::iter::from_fn(|| c.poll_event()).collect()
+}
+
+#[test]
+fn a_token_source_is_asked_before_connecting_and_before_exp() {
+    let mut c = with_source();
+    c.start(T0);
+    assert_eq!(sent(&mut c), ["<fetch token>"]);
+    assert_eq!(c.connection(), ConnectionState::Connecting);
+    c.set_token(at(5), "t1".into());
+    assert_eq!(sent(&mut c), ["<connect>"]);
+    assert_eq!(c.token(), Some("t1"));
+    c.opened(at(10));
+    sent(&mut c);
+    // 40 s left: refreshed with a quarter of that to spare, at 30 s.
+    c.received(at(10), &welcome_exp(at(40_010)));
+    assert_eq!(c.next_deadline(at(10)), Some(at(30_010)));
+    c.tick(at(30_009));
+    assert!(!sent(&mut c).contains(&"<fetch token>".into()));
+    c.tick(at(30_010));
+    assert_eq!(sent(&mut c), ["<fetch token>"]);
+    c.set_token(at(30_020), "t2".into());
+    assert_eq!(sent(&mut c), [r#"{"type":"auth","token":"t2"}"#]);
+    // An hour-long token: a minute early.
+    c.received(at(30_030), r#"{"type":"auth_ok","exp":5630030}"#);
+    c.tick(Millis(5_630_030 - 60_001));
+    assert!(!sent(&mut c).contains(&"<fetch token>".into()));
+    c.tick(Millis(5_630_030 - 60_000));
+    assert!(sent(&mut c).contains(&"<fetch token>".into()));
+    assert_eq!(c.connection(), ConnectionState::Connected);
+    assert!(
+        events(&mut c)
+            .iter()
+            .all(|e| !matches!(e, ClientEvent::Error { .. }))
+    );
+}
+
+#[test]
+fn a_refused_token_is_replaced_through_the_source_without_an_error() {
+    let mut c = with_source();
+    c.set_token(T0, "old".into());
+    c.start(T0);
+    assert_eq!(sent(&mut c), ["<connect>"], "a token in hand is used first");
+    c.opened(T0);
+    c.received(T0, &welcome_exp(at(1_000)));
+    sent(&mut c);
+    events(&mut c);
+    c.received(
+        at(1_000),
+        r#"{"type":"error","code":"unauthorized","message":"the token expired"}"#,
+    );
+    c.closed(at(1_000), Some(4101));
+    assert!(matches!(
+        c.connection(),
+        ConnectionState::Reconnecting { .. }
+    ));
+    let retry = c.next_deadline(at(1_000)).unwrap();
+    c.tick(retry);
+    assert_eq!(
+        sent(&mut c),
+        ["<fetch token>"],
+        "the refused token is dropped"
+    );
+    c.set_token(retry, "new".into());
+    assert_eq!(sent(&mut c), ["<connect>"]);
+    assert_eq!(c.token(), Some("new"));
+    assert!(
+        events(&mut c)
+            .iter()
+            .all(|e| !matches!(e, ClientEvent::Error { .. })),
+        "recovered: nothing for onError"
+    );
+}
+
+#[test]
+fn refusals_in_a_row_stop_the_client_as_unauthorized() {
+    let mut c = with_source();
+    c.start(T0);
+    let mut now = T0;
+    for round in 0..=MAX_REFUSALS {
+        assert_eq!(sent(&mut c), ["<fetch token>"], "round {round}");
+        c.set_token(now, "bad".into());
+        assert_eq!(sent(&mut c), ["<connect>"]);
+        c.opened(now);
+        sent(&mut c);
+        c.received(
+            now,
+            r#"{"type":"error","code":"unauthorized","message":"bad signature"}"#,
+        );
+        c.closed(now, Some(4101));
+        if round < MAX_REFUSALS {
+            now = c.next_deadline(now).unwrap();
+            c.tick(now);
+        }
+    }
+    assert_eq!(c.connection(), ConnectionState::Unauthorized);
+    let ev = events(&mut c);
+    assert!(ev.contains(&ClientEvent::Connection(ConnectionState::Unauthorized)));
+    assert!(ev.iter().any(|e| matches!(e,
+        ClientEvent::Error { code: ErrorCode::Unauthorized, message, .. } if message == "bad signature")));
+    assert_eq!(c.next_deadline(now), None, "nothing more on its own");
+    // The app acts: a fresh token starts it again.
+    c.set_token(now, "good".into());
+    assert_eq!(sent(&mut c), ["<connect>"]);
+    assert_eq!(c.connection(), ConnectionState::Connecting);
+}
+
+#[test]
+fn without_a_source_a_4101_stops_at_once() {
+    let mut c = ready();
+    c.closed(at(5), Some(4101));
+    assert_eq!(c.connection(), ConnectionState::Unauthorized);
+    assert!(events(&mut c).iter().any(|e| matches!(
+        e,
+        ClientEvent::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        }
+    )));
+    assert_eq!(c.token(), None);
+    c.tick(at(60_000));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn a_failing_or_silent_source_stops_before_connecting_and_retries_while_live() {
+    let mut c = with_source();
+    c.start(T0);
+    sent(&mut c);
+    c.token_failed(at(3));
+    assert_eq!(c.connection(), ConnectionState::Unauthorized);
+
+    let mut c = with_source();
+    c.start(T0);
+    sent(&mut c);
+    assert_eq!(
+        c.next_deadline(T0),
+        Some(at(10_000)),
+        "asked: reply timeout"
+    );
+    c.tick(at(10_000));
+    assert_eq!(c.connection(), ConnectionState::Unauthorized);
+
+    let mut c = with_source();
+    c.start(T0);
+    c.set_token(T0, "t1".into());
+    c.opened(T0);
+    c.received(T0, &welcome_exp(at(40_000)));
+    c.tick(at(30_000));
+    assert!(sent(&mut c).contains(&"<fetch token>".into()));
+    c.token_failed(at(30_001));
+    assert_eq!(c.connection(), ConnectionState::Connected);
+    assert_eq!(c.next_deadline(at(30_001)), Some(at(35_001)));
+    c.tick(at(35_001));
+    assert_eq!(sent(&mut c), ["<fetch token>"]);
+    // Silent this time: after the reply timeout it counts as failed, and
+    // the next try is planned.
+    c.tick(at(45_001));
+    assert_eq!(c.next_deadline(at(45_001)), Some(at(50_001)));
+    // A rate-limited refresh is tried again later too.
+    c.tick(at(50_001));
+    c.set_token(at(50_002), "t2".into());
+    sent(&mut c);
+    c.received(
+        at(50_003),
+        r#"{"type":"error","code":"rate_limited","message":"slow down","frame":"auth"}"#,
+    );
+    c.tick(at(55_002));
+    assert!(!sent(&mut c).contains(&"<fetch token>".into()));
+    c.tick(at(55_003));
+    assert!(sent(&mut c).contains(&"<fetch token>".into()));
+}
+
+#[test]
+fn a_reconnect_after_exp_asks_for_a_token_first() {
+    let mut c = with_source();
+    c.set_token(T0, "t1".into());
+    c.start(T0);
+    c.opened(T0);
+    c.received(T0, &welcome_exp(at(20_000)));
+    sent(&mut c);
+    c.closed(at(25_000), Some(1006));
+    let retry = c.next_deadline(at(25_000)).unwrap();
+    c.tick(retry);
+    assert_eq!(sent(&mut c), ["<fetch token>"]);
 }

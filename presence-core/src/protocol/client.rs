@@ -71,6 +71,13 @@ pub enum ClientMessage {
         /// The last read message's sequence number; only moves forward.
         marker: u64,
     },
+    /// A fresh token for this connection's user, before the current one
+    /// expires; the server answers `auth_ok` (or closes with 4101).
+    Auth {
+        /// The token, as presented at the upgrade (at most
+        /// [`MAX_TOKEN_BYTES`](crate::limits::MAX_TOKEN_BYTES)).
+        token: String,
+    },
     /// Heartbeat; the server answers `pong`.
     Ping,
     /// The page is going away on purpose (tab closed, navigation): observers
@@ -91,6 +98,7 @@ impl ClientMessage {
             ClientMessage::Status { .. } => "status",
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::Read { .. } => "read",
+            ClientMessage::Auth { .. } => "auth",
             ClientMessage::Ping => "ping",
             ClientMessage::Leaving => "leaving",
         }

@@ -125,6 +125,7 @@ impl ClientMessage {
                 out.push_str(",\"marker\":");
                 push_decimal(&mut out, *marker);
             }
+            ClientMessage::Auth { token } => field(&mut out, "token", token),
             ClientMessage::Ping | ClientMessage::Leaving => {}
         }
         out.push('}');

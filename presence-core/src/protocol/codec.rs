@@ -5,17 +5,20 @@
 
 use serde::Deserialize;
 
-use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_USERS_PER_WATCH_FRAME};
+use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_TOKEN_BYTES, MAX_USERS_PER_WATCH_FRAME};
 use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
-const CLIENT_TYPES: [&str; 11] = [
-    "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "ping",
-    "leaving",
+const CLIENT_TYPES: [&str; 12] = [
+    "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "auth",
+    "ping", "leaving",
 ];
+
+/// Largest `auth` frame: its token plus the frame around it.
+const MAX_AUTH_FRAME_BYTES: usize = MAX_TOKEN_BYTES + 64;
 
 /// Decodes one client frame, checking size, shape and field limits.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
-    if text.len() > MAX_FRAME_BYTES {
+    if text.len() > MAX_FRAME_BYTES && !(text.len() <= MAX_AUTH_FRAME_BYTES && is_auth(text)) {
         return Err(DecodeError::new(
             ErrorCode::FrameTooLarge,
             format!(
@@ -34,6 +37,17 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
 pub fn encode<T: serde::Serialize>(msg: &T) -> String {
     // Our message types serialize infallibly: string keys, no non-finite floats.
     serde_json::to_string(msg).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
+}
+
+/// Whether a frame past the general limit is an `auth` frame (parsed only
+/// then, and only up to [`MAX_AUTH_FRAME_BYTES`]).
+fn is_auth(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Tagged<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+    }
+    serde_json::from_str::<Tagged>(text).is_ok_and(|t| t.kind == "auth")
 }
 
 /// Works out, on the failure path only, which stable code a bad frame gets.
@@ -101,6 +115,13 @@ fn check_limits(msg: &ClientMessage) -> Result<(), DecodeError> {
             format!("marker must be at most {MAX_READ_MARKER}"),
             Some("read".into()),
         )),
+        ClientMessage::Auth { token } if token.is_empty() || token.len() > MAX_TOKEN_BYTES => {
+            Err(DecodeError::new(
+                ErrorCode::InvalidField,
+                format!("token must be 1 to {MAX_TOKEN_BYTES} bytes"),
+                Some("auth".into()),
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     InvalidMarker,
     /// Too many frames too fast; slow down.
     RateLimited,
+    /// The token was refused (at the upgrade, or in an `auth` frame) or
+    /// expired; the socket closes with 4101.
+    Unauthorized,
     /// The server failed; the frame may be retried.
     Internal,
 }
@@ -59,12 +62,13 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::InvalidMarker => "invalid_marker",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownType,
@@ -79,6 +83,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::InvalidMarker,
         ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
         ErrorCode::Internal,
     ];
 }

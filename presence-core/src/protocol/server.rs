@@ -32,6 +32,10 @@ pub enum ServerMessage {
         /// The user's own status text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<StatusText>,
+        /// When the token expires: the socket closes with 4101 then, unless
+        /// an `auth` frame brought a fresh one first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<Millis>,
     },
     /// Full state of a room, sent after `join`; diffs follow.
     Snapshot {
@@ -88,6 +92,12 @@ pub enum ServerMessage {
         /// The users of a `watch` that were refused.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         users: Vec<UserId>,
+    },
+    /// The token of an `auth` frame was accepted.
+    AuthOk {
+        /// When the new token expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<Millis>,
     },
     /// Heartbeat answer.
     Pong,

@@ -204,6 +204,7 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             idle_after_ms: f.u64("idle_after_ms")?,
             status: f.pick("status", status)?,
             text: f.pick_opt("text", status_text)?,
+            exp: f.pick_opt("exp", millis)?,
         },
         "snapshot" => ServerMessage::Snapshot {
             room: f.pick("room", room)?,
@@ -238,6 +239,9 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             frame: f.pick_opt("frame", |v| v.as_str().map(str::to_owned))?,
             room: f.pick_opt("room", room)?,
             users: f.list("users", user)?,
+        },
+        "auth_ok" => ServerMessage::AuthOk {
+            exp: f.pick_opt("exp", millis)?,
         },
         "pong" => ServerMessage::Pong,
         other => return Err(unknown("frame", other)),

@@ -9,7 +9,7 @@
 //! order of frames: a snapshot is queued under the lock that also orders the
 //! diffs after it. If this lock ever becomes the bottleneck, shard by room.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -61,11 +61,16 @@ struct Socket {
     user: UserId,
     tx: mpsc::Sender<Message>,
     close: watch::Sender<Option<Close>>,
+    /// When its token expires: it is closed with 4101 then, unless an
+    /// `auth` frame moved this.
+    expires: Option<Millis>,
 }
 
 struct State {
     machine: Machine,
     sockets: HashMap<ConnId, Socket>,
+    /// The sockets' token expiries, soonest first.
+    expiries: BTreeSet<(Millis, ConnId)>,
     /// Per connection (not socket: watches survive a resume), who it watches.
     watches: HashMap<ConnId, HashSet<UserId>>,
     /// The reverse index: user → connections watching them.
@@ -100,6 +105,15 @@ impl State {
         self.sockets
             .get(&conn)
             .is_some_and(|s| s.generation == generation)
+    }
+
+    /// Unregisters a socket (its expiry with it).
+    fn remove_socket(&mut self, conn: ConnId) -> Option<Socket> {
+        let socket = self.sockets.remove(&conn)?;
+        if let Some(at) = socket.expires {
+            self.expiries.remove(&(at, conn));
+        }
+        Some(socket)
     }
 }
 
@@ -201,6 +215,7 @@ impl Hub {
             state: Mutex::new(State {
                 machine: Machine::new(config.timing),
                 sockets: HashMap::new(),
+                expiries: BTreeSet::new(),
                 watches: HashMap::new(),
                 watchers: HashMap::new(),
                 batch: Batch::default(),
@@ -394,7 +409,7 @@ impl Hub {
         if let Some(c) = st.cluster.as_mut() {
             c.forget_conn(conn);
         }
-        if let Some(socket) = st.sockets.remove(&conn) {
+        if let Some(socket) = st.remove_socket(conn) {
             let _ = socket.close.send(Some(close));
             if dropped {
                 st.machine.dropped(now, conn);
@@ -406,10 +421,11 @@ impl Hub {
     /// register the socket. The `welcome` is the first frame in its queue.
     pub fn connect(
         &self,
-        user: &UserId,
+        who: &Identity,
         resume: Option<&ResumeToken>,
         activity: Activity,
     ) -> Result<Registered, ErrorCode> {
+        let user = &who.user;
         let token = random_token().ok_or(ErrorCode::Internal)?;
         let fresh = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -453,6 +469,7 @@ impl Hub {
                 idle_after_ms: u64::try_from(policy.idle_after.as_millis()).unwrap_or(u64::MAX),
                 status,
                 text,
+                exp: who.expires,
             };
             st.sockets.insert(
                 outcome.conn,
@@ -461,8 +478,10 @@ impl Hub {
                     user: user.clone(),
                     tx,
                     close: close_tx,
+                    expires: None,
                 },
             );
+            self.set_expiry(st, outcome.conn, who.expires);
             self.send(st, outcome.conn, text_frame(&welcome));
             Ok(Registered {
                 conn: outcome.conn,
@@ -471,6 +490,34 @@ impl Hub {
                 close,
             })
         })
+    }
+
+    /// Moves a socket's token expiry (the session took a fresh token);
+    /// `false` if the socket is no longer current.
+    pub fn reauthorize(&self, conn: ConnId, generation: u64, expires: Option<Millis>) -> bool {
+        self.apply(|st, _| {
+            let current = st.is_current(conn, generation);
+            if current {
+                self.set_expiry(st, conn, expires);
+            }
+            current
+        })
+    }
+
+    fn set_expiry(&self, st: &mut State, conn: ConnId, expires: Option<Millis>) {
+        let Some(socket) = st.sockets.get_mut(&conn) else {
+            return;
+        };
+        if let Some(old) = std::mem::replace(&mut socket.expires, expires) {
+            st.expiries.remove(&(old, conn));
+        }
+        if let Some(at) = expires {
+            st.expiries.insert((at, conn));
+            if st.planned_wake.is_none_or(|w| at < w) {
+                st.planned_wake = Some(at);
+                self.wake.notify_one();
+            }
+        }
     }
 
     /// Runs a machine input for a socket's connection, if the socket is still
@@ -612,7 +659,7 @@ impl Hub {
     pub fn socket_gone(&self, conn: ConnId, generation: u64) {
         self.apply(|st, now| {
             if st.is_current(conn, generation) {
-                st.sockets.remove(&conn);
+                st.remove_socket(conn);
                 if let Some(c) = st.cluster.as_mut() {
                     c.forget_conn(conn);
                 }
@@ -636,6 +683,9 @@ impl Hub {
         }
         if let Some(since) = st.batch_since {
             wake = wake.min(since.after(self.config.batch_window));
+        }
+        if let Some(&(at, _)) = st.expiries.first() {
+            wake = wake.min(at);
         }
         st.planned_wake = Some(wake);
         wake.since(now)
@@ -664,6 +714,20 @@ impl Hub {
                 conn,
                 (CloseCode::HeartbeatTimeout, "heartbeat timeout"),
                 false,
+            );
+        }
+        // Expired tokens: the connection enters its offline grace, so a
+        // client back with a fresh token within it resumes unseen.
+        while let Some(due) = st.expiries.first().copied().filter(|(at, _)| *at <= now) {
+            st.expiries.remove(&due);
+            let conn = due.1;
+            self.metrics.token("expired");
+            self.close_socket(
+                &mut st,
+                now,
+                conn,
+                (CloseCode::Unauthorized, "the token expired"),
+                true,
             );
         }
         self.settle(&mut st, now);
