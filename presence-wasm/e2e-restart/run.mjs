@@ -6,12 +6,18 @@
 // error, and the new server must have refused no frame (its /metrics count `rejected_frames`).
 // Run twice: 36 rooms with 6 markers, then the limits, 64 rooms with 64 markers.
 //
+// Then token lifetime (issue 13): a server with a JWT secret, tokens that live 4 s signed here,
+// and a page whose `getToken` fetches them. The page must stay connected through three refreshes
+// (no reconnect, no flap seen by a second user), stop as `unauthorized` once `getToken` fails,
+// and a page given only an expired token must stop at once and start again with `setToken`.
+//
 //   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
 //     node presence-wasm/e2e-restart/run.mjs
 //
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
@@ -67,8 +73,15 @@ writeFileSync(join(site, "index.html"), `<!doctype html><title>restart</title>
 </script>`);
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
 const http = createServer((req, res) => {
-  const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^\/+/, "");
+  const url = new URL(req.url, "http://x");
+  const path = normalize(decodeURIComponent(url.pathname)).replace(/^\/+/, "");
   if (path === "favicon.ico") return res.writeHead(204).end();
+  if (path === "token") {
+    // The app's token endpoint: `?user=&ttl=` seconds; `?deny=1` as if logged out.
+    if (url.searchParams.get("deny")) return res.writeHead(401).end();
+    const ttl = Number(url.searchParams.get("ttl") ?? 4);
+    return res.writeHead(200, { "content-type": "text/plain" }).end(jwt(url.searchParams.get("user"), ttl));
+  }
   const [base, rel] = path.startsWith("sdk/") ? [sdk, path.slice(4)] : [site, path || "index.html"];
   const file = join(base, rel);
   if (!file.startsWith(base) || !existsSync(file)) return res.writeHead(404).end();
@@ -91,8 +104,17 @@ const wsUrl = `ws://127.0.0.1:${port}/ws`;
 let server = null;
 const serverLog = [];
 
-async function startServer() {
-  server = spawn(binary, ["--bind", `127.0.0.1:${port}`, "--dev-auth", "--heartbeat-interval-ms", "1000",
+const JWT_SECRET = "e2e-secret-0123456789-abcdefghijklmnop";
+
+/** An HS256 JWT for `user` that expires in `ttl` seconds (negative: already expired). */
+function jwt(user, ttl) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, exp: Math.floor(Date.now() / 1000) + ttl })}`;
+  return `${body}.${createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
+}
+
+async function startServer(auth = ["--dev-auth"]) {
+  server = spawn(binary, ["--bind", `127.0.0.1:${port}`, ...auth, "--heartbeat-interval-ms", "1000",
     "--heartbeat-timeout-ms", "3000", "--batch-window-ms", "10", "--log", "warn"],
   { stdio: ["ignore", "ignore", "pipe"] });
   server.stderr.on("data", (d) => serverLog.push(String(d)));
@@ -219,6 +241,92 @@ async function scenario(browser, name, roomCount, markerCount) {
   }
 }
 
+/** Metric lines of this server process matching `re`, as {label: value}. */
+async function metric(re) {
+  const text = await (await fetch(`${api}/metrics`)).text();
+  return Object.fromEntries([...text.matchAll(re)].map(([, k, n]) => [k, Number(n)]));
+}
+
+async function tokenLifetime(browser) {
+  const t0 = Date.now();
+  await startServer(["--jwt-secret", JWT_SECRET, "--default-audience", "open"]);
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  try {
+    await page.goto(pageUrl);
+    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await page.evaluate(({ wsUrl, bobToken }) => {
+      window.asked = 0;
+      window.loggedOut = false;
+      window.anaErrors = [];
+      window.anaStates = [];
+      window.bobSawAna = [];
+      const getToken = async () => {
+        window.asked++;
+        const r = await fetch(`/token?user=ana&ttl=4${window.loggedOut ? "&deny=1" : ""}`);
+        if (!r.ok) throw new Error("logged out");
+        return r.text();
+      };
+      window.ana = window.PresenceClient.connect({ url: wsUrl, getToken, resume: false });
+      window.ana.onError((e) => window.anaErrors.push(e));
+      window.ana.onConnection((e) => window.anaStates.push(e.state));
+      window.ana.join("lobby");
+      window.bob = window.PresenceClient.connect({ url: wsUrl, token: bobToken, resume: false });
+      window.bob.join("lobby");
+      window.bob.onPresence((e) => e.presence.user === "ana" && window.bobSawAna.push(e.presence.state));
+    }, { wsUrl, bobToken: jwt("bob", 3600) });
+    await until("token: bob sees ana", async () => {
+      const seen = await page.evaluate(() => ({ bob: window.bobSawAna, ana: window.anaStates,
+        asked: window.asked, errors: window.anaErrors }));
+      return [seen.bob.length > 0 && seen.bob.at(-1) !== "offline", seen];
+    });
+    // Three 4 s lifetimes: each refreshed with a second to spare, over the live socket.
+    await sleep(10_000);
+    const live = await page.evaluate(() => ({ asked: window.asked, states: window.anaStates,
+      errors: window.anaErrors, bobSawAna: window.bobSawAna }));
+    const tokens = await metric(/presence_tokens_total\{outcome="(\w+)"\} (\d+)/g);
+    const ok = live.states.join() === "connected" && live.errors.length === 0 &&
+      live.asked >= 3 && (tokens.refreshed ?? 0) >= 2 && !tokens.expired &&
+      !live.bobSawAna.includes("offline");
+    if (!ok) throw new Error(`token: not refreshed in place: ${JSON.stringify({ live, tokens })}`);
+
+    // Logged out: at the current token's exp the server closes with 4101, getToken throws.
+    await page.evaluate(() => { window.loggedOut = true; });
+    await until("token: ana stops as unauthorized", async () => {
+      const s = await page.evaluate(() => ({ connection: window.ana.getSnapshot().connection,
+        errors: window.anaErrors.map((e) => e.code) }));
+      return [s.connection === "unauthorized" && s.errors.includes("unauthorized"), s];
+    });
+
+    // Only an expired token: refused after the upgrade, so the SDK can tell; setToken recovers.
+    await page.evaluate(({ wsUrl, expired }) => {
+      window.carolErrors = [];
+      window.carol = window.PresenceClient.connect({ url: wsUrl, token: expired, resume: false });
+      window.carol.onError((e) => window.carolErrors.push(e.code));
+    }, { wsUrl, expired: jwt("carol", -3600) });
+    await until("token: an expired token stops at once", async () => {
+      const s = await page.evaluate(() => ({ connection: window.carol.getSnapshot().connection,
+        errors: window.carolErrors }));
+      return [s.connection === "unauthorized" && s.errors.join() === "unauthorized", s];
+    });
+    await page.evaluate((token) => window.carol.setToken(token), jwt("carol", 3600));
+    await until("token: setToken starts it again", async () => {
+      const c = await page.evaluate(() => window.carol.getSnapshot().connection);
+      return [c === "connected", c];
+    });
+    const refreshed = (await metric(/presence_tokens_total\{outcome="(\w+)"\} (\d+)/g)).refreshed;
+    await page.evaluate(() => { window.ana.close(); window.bob.close(); window.carol.close(); });
+    if (pageErrors.length) throw new Error(`token: page errors: ${pageErrors.join("; ")}`);
+    console.log(`token lifetime test: 4 s tokens refreshed ${refreshed} times over a live socket ` +
+      `(getToken asked ${live.asked} times, bob saw no flap), unauthorized once getToken failed, ` +
+      `an expired token stopped at once and setToken recovered (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await page.close();
+    await killServer();
+  }
+}
+
 /** A second user, fresh from the server, sees every marker of `ana`. */
 async function checkMarkers(page, name, ana, marked) {
   await page.evaluate(({ wsUrl, marked }) => {
@@ -246,6 +354,7 @@ let failure = null;
 try {
   await scenario(browser, "36-rooms", 36, 6);
   await scenario(browser, "64-rooms", 64, 64);
+  await tokenLifetime(browser);
 } catch (e) {
   failure = e;
 } finally {

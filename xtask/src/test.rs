@@ -135,7 +135,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         },
     )?;
     steps.step(
-        "SDK across a server restart (presence-wasm/e2e-restart)",
+        "SDK against the server binary: restart, token lifetime (presence-wasm/e2e-restart)",
         || {
             let dir = ws.root.join("presence-wasm").join("e2e-restart");
             let version = ws.package_field("presence-wasm", "version")?;
