@@ -31,6 +31,7 @@ impl Json {
     /// Parses a whole document; `None` if it is not valid JSON.
     pub fn parse(text: &str) -> Option<Json> {
         let mut p = Parser {
+            text,
             s: text.as_bytes(),
             i: 0,
         };
@@ -81,6 +82,8 @@ impl Json {
 }
 
 struct Parser<'a> {
+    /// The input, for slicing runs of characters out without `from_utf8`.
+    text: &'a str,
     s: &'a [u8],
     i: usize,
 }
@@ -215,8 +218,8 @@ impl Parser<'_> {
                 }
                 self.i += 1;
             }
-            // The input is a &str and we stopped at ASCII, so this is UTF-8.
-            out.push_str(core::str::from_utf8(&self.s[start..self.i]).ok()?);
+            // We stopped at ASCII, so this is a char boundary.
+            out.push_str(self.text.get(start..self.i)?);
             match *self.s.get(self.i)? {
                 b'"' => {
                     self.i += 1;
