@@ -344,7 +344,7 @@ pub fn transitions(
         }
         (true, true) => {
             if !left.is_empty() {
-                emit(gone(now), left, false);
+                emit(Diff::UserLeft { user: user.clone() }, left, false);
             }
             if before.shown != after.shown {
                 let diff = match after.shown {

@@ -5,7 +5,8 @@ use presence_core::Event;
 use tokio::sync::broadcast;
 
 /// A subscription to every event the presence machine emits, in order:
-/// `user_connected`, `user_disconnected`, `user_idle`, `user_active`,
+/// `user_connected`, `user_disconnected`, `user_left` (a room only),
+/// `user_idle`, `user_active`,
 /// `status`, `typing_started`/`typing_stopped` and `read`. See
 /// [`presence_core::Event`] for `rooms` and `global`.
 ///

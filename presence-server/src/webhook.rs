@@ -47,7 +47,7 @@ use crate::hub::Hub;
 /// Kinds a webhook may select, by product name, and the events each covers.
 const KINDS: &[(&str, &[&str])] = &[
     ("connected", &["user_connected"]),
-    ("disconnected", &["user_disconnected"]),
+    ("disconnected", &["user_disconnected", "user_left"]),
     ("idle", &["user_idle"]),
     ("active", &["user_active"]),
     ("status", &["status"]),

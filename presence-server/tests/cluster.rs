@@ -279,7 +279,7 @@ async fn every_event_kind_crosses_nodes_once(f: Fabric) {
     carol.diff("status", "bob").await;
 
     bob.send(json!({"type": "leave", "room": "r"})).await;
-    ana.diff("user_disconnected", "bob").await;
+    ana.diff("user_left", "bob").await;
 
     // Nothing was said twice: ana saw each of bob's changes exactly once.
     bob.send(json!({"type": "join", "room": "r"})).await;

@@ -60,8 +60,18 @@ export interface Presence {
   lastSeen?: number;
 }
 
-/** A presence change; `room` is absent for watched users. */
-export interface PresenceEvent { room?: string; presence: Presence; }
+/**
+ * What changed: in a room, `joined` (entered it online, or came online in it; every online member
+ * of the first snapshot) and `left` (left it, still online elsewhere: no longer a member); for
+ * watched users, `online`; anywhere, `offline`, `active`, `idle` (or idle for another reason) and
+ * `status` (status or text).
+ */
+export type PresenceKind = "joined" | "online" | "left" | "offline" | "active" | "idle" | "status";
+/**
+ * A presence change, once per change (a resync that changes nothing fires nothing); `room` is
+ * absent for watched users. For `left`, `presence` is the user as last seen in the room.
+ */
+export interface PresenceEvent { room?: string; presence: Presence; kind: PresenceKind; }
 export interface TypingEvent { room: string; user: string; typing: boolean; }
 export interface ReceiptEvent { room: string; user: string; marker: number; }
 export type ConnectionEvent =
@@ -562,11 +572,12 @@ pub fn connection_name(c: ConnectionState) -> &'static str {
 /// the SDK handles itself).
 pub fn event(e: &ClientEvent) -> Option<(Topic, JsValue)> {
     Some(match e {
-        ClientEvent::Presence { room, view } => (
+        ClientEvent::Presence { room, view, kind } => (
             Topic::Presence,
             Obj::new()
                 .opt("room", room.as_ref().map(RoomId::as_str))
                 .set("presence", presence(view))
+                .set("kind", kind.name())
                 .done(),
         ),
         ClientEvent::Typing { room, user, active } => (

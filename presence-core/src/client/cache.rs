@@ -22,11 +22,87 @@ pub struct RoomView {
     pub receipts: VecMap<UserId, u64>,
 }
 
+/// What changed about a user, as `onPresence` tells the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceKind {
+    /// In a room: the user is there now (entered it online, or came online
+    /// in it), including every online member of a first snapshot.
+    Joined,
+    /// A watched user came online (or was first seen online).
+    Online,
+    /// In a room: the user left it, still online elsewhere.
+    Left,
+    /// The user went offline (or was first seen offline).
+    Offline,
+    /// The user became active.
+    Active,
+    /// The user became idle, or idle for another reason.
+    Idle,
+    /// The user's status or status text changed.
+    Status,
+}
+
+impl PresenceKind {
+    /// The name apps see.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Online => "online",
+            Self::Left => "left",
+            Self::Offline => "offline",
+            Self::Active => "active",
+            Self::Idle => "idle",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// What a user's view going from `before` to `after` tells the app, if
+/// anything: times alone moving is no change.
+fn kind(before: Option<&PresenceView>, after: &PresenceView, room: bool) -> Option<PresenceKind> {
+    let was_online = before.is_some_and(|b| b.state.is_online());
+    Some(match (was_online, after.state) {
+        (false, PresenceState::Offline) => match before {
+            Some(b) if b.status == after.status && b.text == after.text => return None,
+            Some(_) => PresenceKind::Status,
+            None => PresenceKind::Offline,
+        },
+        (false, _) if room => PresenceKind::Joined,
+        (false, _) => PresenceKind::Online,
+        (true, PresenceState::Offline) => PresenceKind::Offline,
+        (true, state) => {
+            let b = before?;
+            if b.state != state || b.reason != after.reason {
+                match state {
+                    PresenceState::Active => PresenceKind::Active,
+                    _ => PresenceKind::Idle,
+                }
+            } else if b.status != after.status || b.text != after.text {
+                PresenceKind::Status
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+/// Stores `view` and says what changed, if anything.
+fn update(
+    members: &mut VecMap<UserId, PresenceView>,
+    view: PresenceView,
+    room: bool,
+) -> Option<Change> {
+    let kind = kind(members.get(&view.user), &view, room);
+    members.insert(view.user.clone(), view.clone());
+    Some(Change::Presence(view, kind?))
+}
+
 /// What one diff changed, for the app's callbacks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// A user's presence changed; here is the new view.
-    Presence(PresenceView),
+    /// A user's presence changed; here is the new view (for `Left`, the
+    /// last one) and what changed.
+    Presence(PresenceView, PresenceKind),
     /// A user started or stopped typing.
     Typing(UserId, bool),
     /// A user's read marker moved.
@@ -40,6 +116,9 @@ pub struct Cache {
     rooms: VecMap<RoomId, RoomView>,
     watched: VecMap<UserId, PresenceView>,
     version: u64,
+    /// While a snapshot comes in parts: the members it replaces, so the
+    /// last part can tell who is gone.
+    replaced: Option<(RoomId, VecMap<UserId, PresenceView>)>,
 }
 
 impl Cache {
@@ -64,22 +143,46 @@ impl Cache {
     }
 
     /// Replaces a room's state with a snapshot (or, with `extends`, adds a
-    /// later part of one to it).
+    /// later part of one to it; `more` says another part follows). Returns
+    /// what changed against what the client knew: nothing for a member
+    /// shown as before, `Left` for one no longer there.
     pub fn snapshot(
         &mut self,
         room: RoomId,
         members: Vec<PresenceView>,
         typing: Vec<UserId>,
         receipts: Vec<Receipt>,
-        extends: bool,
-    ) {
+        (extends, more): (bool, bool),
+    ) -> Vec<Change> {
         let mut view = if extends {
             self.rooms.remove(&room).unwrap_or_default()
         } else {
+            let old = self.rooms.remove(&room).unwrap_or_default();
+            self.replaced = Some((room.clone(), old.members));
             RoomView::default()
         };
+        let mut changes = Vec::new();
+        let known = match &mut self.replaced {
+            Some((r, known)) if *r == room => Some(known),
+            _ => None,
+        };
+        let mut known = known;
         for v in members {
+            let before = known.as_deref_mut().and_then(|k| k.remove(&v.user));
+            let kind = kind(before.as_ref(), &v, true);
+            if let Some(kind) = kind {
+                changes.push(Change::Presence(v.clone(), kind));
+            }
             view.members.insert(v.user.clone(), v);
+        }
+        if !more && let Some((r, gone)) = self.replaced.take() {
+            if r == room {
+                for v in gone.values().filter(|v| v.state.is_online()) {
+                    changes.push(Change::Presence(v.clone(), PresenceKind::Left));
+                }
+            } else {
+                self.replaced = Some((r, gone));
+            }
         }
         for u in typing {
             view.typing.insert(u);
@@ -89,6 +192,7 @@ impl Cache {
         }
         self.rooms.insert(room, view);
         self.version += 1;
+        changes
     }
 
     /// Forgets a room the client left.
@@ -98,12 +202,13 @@ impl Cache {
         }
     }
 
-    /// Records watched users' presence.
-    pub fn watching(&mut self, users: Vec<PresenceView>) {
-        for v in users {
-            self.watched.insert(v.user.clone(), v);
-        }
+    /// Records watched users' presence; returns what changed.
+    pub fn watching(&mut self, users: Vec<PresenceView>) -> Vec<Change> {
         self.version += 1;
+        users
+            .into_iter()
+            .filter_map(|v| update(&mut self.watched, v, false))
+            .collect()
     }
 
     /// Forgets unwatched users.
@@ -155,8 +260,16 @@ fn apply_to(
             last_seen: None,
         })
     };
+    let room = typing.is_some();
     let view = match diff {
         Diff::UserConnected { presence } => presence,
+        Diff::UserLeft { user } => {
+            if let Some(t) = typing.as_deref_mut() {
+                t.remove(&user);
+            }
+            let last = members.remove(&user)?;
+            return Some(Change::Presence(last, PresenceKind::Left));
+        }
         Diff::UserDisconnected { user, last_seen } => {
             if let Some(t) = typing.as_deref_mut() {
                 t.remove(&user);
@@ -200,8 +313,7 @@ fn apply_to(
         }
         Diff::Read { user, marker } => return Some(Change::Receipt(user, marker)),
     };
-    members.insert(view.user.clone(), view.clone());
-    Some(Change::Presence(view))
+    update(members, view, room)
 }
 
 /// Drops the longest-gone offline members beyond the limit. Diffs add at

@@ -32,7 +32,7 @@ use core::time::Duration;
 
 pub use activity::{ActivityConfig, ActivityTracker};
 pub use backoff::Backoff;
-pub use cache::{Cache, Change, MAX_OFFLINE_MEMBERS_KEPT, RoomView};
+pub use cache::{Cache, Change, MAX_OFFLINE_MEMBERS_KEPT, PresenceKind, RoomView};
 pub use token::{MAX_REFUSALS, REFRESH_RETRY};
 pub use vecmap::{VecMap, VecSet};
 
@@ -140,12 +140,15 @@ pub enum ConnectionState {
 pub enum ClientEvent {
     /// The connection changed state.
     Connection(ConnectionState),
-    /// A user's presence changed, in a room (`Some`) or among watched users.
+    /// A user's presence changed, in a room (`Some`) or among watched
+    /// users: once per change, never for a non-change.
     Presence {
         /// The room, or `None` for the watch list.
         room: Option<RoomId>,
-        /// The user's presence now.
+        /// The user's presence now (for `Left`, as last seen in the room).
         view: PresenceView,
+        /// What changed.
+        kind: PresenceKind,
     },
     /// A user started or stopped typing in a room.
     Typing {
@@ -608,14 +611,12 @@ impl Client {
                     }
                     self.event(ClientEvent::Joined(room.clone()));
                 }
-                for view in &members {
-                    self.event(ClientEvent::Presence {
-                        room: Some(room.clone()),
-                        view: view.clone(),
-                    });
+                let changes =
+                    self.cache
+                        .snapshot(room.clone(), members, typing, receipts, (extends, more));
+                for change in changes {
+                    self.change(Some(room.clone()), change);
                 }
-                self.cache
-                    .snapshot(room, members, typing, receipts, extends);
             }
             ServerMessage::Diffs { room, diffs } => {
                 for diff in diffs {
@@ -629,12 +630,10 @@ impl Client {
                     if self.watched.contains(&view.user) {
                         self.watch_confirmed.insert(view.user.clone());
                     }
-                    self.event(ClientEvent::Presence {
-                        room: None,
-                        view: view.clone(),
-                    });
                 }
-                self.cache.watching(users);
+                for change in self.cache.watching(users) {
+                    self.change(None, change);
+                }
             }
             ServerMessage::SelfStatus { status, text } => {
                 // The server's word on the user's status (set here or in
@@ -1260,7 +1259,7 @@ impl Client {
 
     fn change(&mut self, room: Option<RoomId>, change: Change) {
         let event = match (change, room) {
-            (Change::Presence(view), room) => ClientEvent::Presence { room, view },
+            (Change::Presence(view, kind), room) => ClientEvent::Presence { room, view, kind },
             (Change::Typing(user, active), Some(room)) => {
                 ClientEvent::Typing { room, user, active }
             }

@@ -1133,3 +1133,140 @@ fn a_reconnect_after_exp_asks_for_a_token_first() {
     c.tick(retry);
     assert_eq!(sent(&mut c), ["<fetch token>"]);
 }
+
+/// `(room, user, kind)` of the presence events since the last call.
+fn kinds_seen(c: &mut Client) -> Vec<(Option<String>, String, &'static str)> {
+    core::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Presence { room, view, kind } => Some((
+                room.map(|r| r.as_str().to_owned()),
+                view.user.as_str().to_owned(),
+                kind.name(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn member(user: &str, state: &str) -> String {
+    let reason = if state == "idle" {
+        r#","reason":"hidden""#
+    } else {
+        ""
+    };
+    format!(r#"{{"user":"{user}","state":"{state}"{reason},"status":"available"}}"#)
+}
+
+fn snapshot_of(room: &str, members: &[String], more: bool) -> String {
+    let more = if more { r#","more":true"# } else { "" };
+    format!(
+        r#"{{"type":"snapshot","room":"{room}","members":[{}]{more}}}"#,
+        members.join(",")
+    )
+}
+
+#[test]
+fn each_presence_event_says_what_changed_once_and_never_for_a_non_change() {
+    let mut c = ready();
+    c.join(room("r"));
+    let first = snapshot_of(
+        "r",
+        &[
+            member("ana", "active"),
+            member("bob", "idle"),
+            member("cy", "offline"),
+        ],
+        false,
+    );
+    c.received(at(1), &first);
+    let r = || Some("r".to_owned());
+    assert_eq!(
+        kinds_seen(&mut c),
+        [
+            (r(), "ana".into(), "joined"),
+            (r(), "bob".into(), "joined"),
+            (r(), "cy".into(), "offline")
+        ]
+    );
+    // The same snapshot again (a join again, a resync): nothing happened.
+    c.received(at(2), &first);
+    assert_eq!(kinds_seen(&mut c), []);
+    let diffs = r#"{"type":"diffs","room":"r","diffs":[
+        {"type":"user_active","user":"bob"},
+        {"type":"status","user":"bob","status":"busy"},
+        {"type":"user_idle","user":"ana","reason":"blurred"},
+        {"type":"user_idle","user":"ana","reason":"hidden"},
+        {"type":"user_left","user":"bob"},
+        {"type":"user_disconnected","user":"ana","last_seen":9},
+        {"type":"user_connected","presence":{"user":"cy","state":"active","status":"available"}}]}"#;
+    c.received(at(3), diffs);
+    assert_eq!(
+        kinds_seen(&mut c),
+        [
+            (r(), "bob".into(), "active"),
+            (r(), "bob".into(), "status"),
+            (r(), "ana".into(), "idle"),
+            (r(), "ana".into(), "idle"),
+            (r(), "bob".into(), "left"),
+            (r(), "ana".into(), "offline"),
+            (r(), "cy".into(), "joined")
+        ]
+    );
+    let members = &c.cache().room(&room("r")).unwrap().members;
+    assert!(
+        members.get(&UserId::new("bob").unwrap()).is_none(),
+        "left: not a member"
+    );
+    assert_eq!(
+        members.get(&UserId::new("ana").unwrap()).unwrap().state,
+        crate::PresenceState::Offline,
+        "offline: kept for last seen"
+    );
+}
+
+#[test]
+fn a_snapshot_in_parts_reports_who_left_after_its_last_part() {
+    let mut c = ready();
+    c.join(room("big"));
+    c.received(
+        at(1),
+        &snapshot_of(
+            "big",
+            &[member("ana", "active"), member("bob", "active")],
+            false,
+        ),
+    );
+    kinds_seen(&mut c);
+    c.received(at(2), &snapshot_of("big", &[member("ana", "active")], true));
+    assert_eq!(kinds_seen(&mut c), [], "bob may be in a later part");
+    c.received(at(2), &snapshot_of("big", &[member("cy", "idle")], false));
+    let big = || Some("big".to_owned());
+    assert_eq!(
+        kinds_seen(&mut c),
+        [
+            (big(), "cy".into(), "joined"),
+            (big(), "bob".into(), "left")
+        ]
+    );
+}
+
+#[test]
+fn watched_users_come_online_and_go_offline() {
+    let mut c = ready();
+    c.watch(vec![UserId::new("bob").unwrap()]).unwrap();
+    let watching = |state: &str| {
+        format!(
+            r#"{{"type":"watching","users":[{}]}}"#,
+            member("bob", state)
+        )
+    };
+    c.received(at(1), &watching("offline"));
+    assert_eq!(kinds_seen(&mut c), [(None, "bob".into(), "offline")]);
+    c.received(at(2), &watching("offline"));
+    assert_eq!(kinds_seen(&mut c), [], "watching again, unchanged");
+    c.received(
+        at(3),
+        r#"{"type":"diffs","diffs":[{"type":"user_connected","presence":{"user":"bob","state":"idle","reason":"hidden","status":"away"}}]}"#,
+    );
+    assert_eq!(kinds_seen(&mut c), [(None, "bob".into(), "online")]);
+}

@@ -490,14 +490,14 @@ fn idle_and_active_are_global_to_the_rooms_it_stays_in() {
             reason: Locked
         }
     );
-    // With rooms changing at once: left rooms hear the user go, kept rooms
-    // the new state, joined rooms the user arrive (already idle).
+    // With rooms changing at once: left rooms hear the user leave, kept
+    // rooms the new state, joined rooms the user arrive (already idle).
     let moved = online(Shown::Idle(Hidden), &["r2", "r3"], &[]);
     let ev = transitions(&u, &active, &moved, at(4));
     assert_eq!(
         kinds(&ev),
         [
-            ("user_disconnected", vec!["r1"], false),
+            ("user_left", vec!["r1"], false),
             ("user_idle", vec!["r2"], true),
             ("user_connected", vec!["r3"], false)
         ]
@@ -531,14 +531,8 @@ fn joining_and_leaving_while_online_elsewhere_tells_that_room_only() {
         }
     );
     let ev = transitions(&u, &after, &before, at(2));
-    assert_eq!(kinds(&ev), [("user_disconnected", vec!["r2"], false)]);
-    assert_eq!(
-        ev[0].diff,
-        Diff::UserDisconnected {
-            user: u.clone(),
-            last_seen: at(2)
-        }
-    );
+    assert_eq!(kinds(&ev), [("user_left", vec!["r2"], false)]);
+    assert_eq!(ev[0].diff, Diff::UserLeft { user: u.clone() });
     // The same room held on two nodes: one leaving changes nothing.
     let both = [
         ("a#1", rec(Shown::Active, &["r1"], &[])),
@@ -555,7 +549,7 @@ fn joining_and_leaving_while_online_elsewhere_tells_that_room_only() {
         kinds(&ev),
         [
             ("typing_stopped", vec!["r2"], false),
-            ("user_disconnected", vec!["r2"], false)
+            ("user_left", vec!["r2"], false)
         ]
     );
 }
@@ -928,6 +922,19 @@ impl Observer {
                     prop_assert!(self.rooms.is_empty(), "some room was not told");
                     self.global = None;
                     gone_at = Some(*last_seen);
+                }
+            }
+            Diff::UserLeft { user } => {
+                prop_assert_eq!(user, u);
+                prop_assert!(!e.global, "leaving a room is the room's news");
+                prop_assert!(self.global.is_some(), "left while offline");
+                for r in &e.rooms {
+                    prop_assert!(self.rooms.remove(r).is_some(), "left a room it was not in");
+                    prop_assert!(
+                        !self.typing.contains(r),
+                        "typing outlives the room in {}",
+                        r
+                    );
                 }
             }
             Diff::UserIdle { user, .. } | Diff::UserActive { user } => {

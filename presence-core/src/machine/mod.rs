@@ -750,9 +750,8 @@ impl Machine {
 
     fn announce_left(&mut self, now: Millis, user_id: &UserId, room: &RoomId) {
         if self.users.get(user_id).is_some_and(User::visible) {
-            let diff = Diff::UserDisconnected {
+            let diff = Diff::UserLeft {
                 user: user_id.clone(),
-                last_seen: now,
             };
             self.emit(now, diff, vec![room.clone()], false);
         }

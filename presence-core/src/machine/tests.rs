@@ -382,7 +382,7 @@ fn typing_is_the_users_while_any_of_their_connections_types() {
     h.m.leave(at(21), ConnId(1), &room("r")).unwrap();
     assert_eq!(h.names(), ["typing_started"]);
     h.m.leave(at(22), ConnId(2), &room("r")).unwrap();
-    assert_eq!(h.names(), ["typing_stopped", "user_disconnected"]);
+    assert_eq!(h.names(), ["typing_stopped", "user_left"]);
 }
 
 #[test]

@@ -121,12 +121,18 @@ pub enum Diff {
         /// The user's presence now.
         presence: PresenceView,
     },
-    /// The user went offline (or left the room).
+    /// The user went offline.
     UserDisconnected {
         /// Who.
         user: UserId,
         /// When they were last seen connected.
         last_seen: Millis,
+    },
+    /// In a room: the user left it, still online elsewhere (never in
+    /// watch-list diffs).
+    UserLeft {
+        /// Who.
+        user: UserId,
     },
     /// The user is connected but no connection is active.
     UserIdle {
@@ -176,6 +182,7 @@ impl Diff {
         match self {
             Diff::UserConnected { .. } => "user_connected",
             Diff::UserDisconnected { .. } => "user_disconnected",
+            Diff::UserLeft { .. } => "user_left",
             Diff::UserIdle { .. } => "user_idle",
             Diff::UserActive { .. } => "user_active",
             Diff::Status { .. } => "status",
@@ -190,6 +197,7 @@ impl Diff {
         match self {
             Diff::UserConnected { presence } => &presence.user,
             Diff::UserDisconnected { user, .. }
+            | Diff::UserLeft { user }
             | Diff::UserIdle { user, .. }
             | Diff::UserActive { user }
             | Diff::Status { user, .. }

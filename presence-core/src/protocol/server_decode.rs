@@ -165,6 +165,9 @@ fn diff(v: &Json) -> Result<Diff, DecodeError> {
             user: f.user("user")?,
             last_seen: f.pick("last_seen", millis)?,
         },
+        "user_left" => Diff::UserLeft {
+            user: f.user("user")?,
+        },
         "user_idle" => Diff::UserIdle {
             user: f.user("user")?,
             reason: f.pick("reason", reason)?,
