@@ -25,14 +25,17 @@ export function defineMethods(client) {
 
 // `next` with each part that is deep-equal to the same part of `prev` replaced by it, so an
 // unchanged room, member list or user keeps its identity across snapshots and selectors can
-// compare by reference; `prev` itself when nothing changed. Snapshots are fresh plain objects
+// compare by reference; `prev` itself when nothing changed. In lists, users pair up by `user`
+// (lists are sorted by it, so one arriving shifts the others). Snapshots are fresh plain objects
 // and arrays of strings, numbers and booleans, not yet seen by the app when this edits them.
 function share(prev, next) {
   if (prev === next || !prev || !next || typeof prev != "object" || typeof next != "object") return next;
   const keys = Object.keys(next);
+  const users = Array.isArray(prev) && new Map(prev.map((p) => [p.user, p]));
   let same = Array.isArray(prev) == Array.isArray(next) && keys.length == Object.keys(prev).length;
   for (const k of keys) {
-    const v = (next[k] = share(prev[k], next[k]));
+    const user = users && next[k].user;
+    const v = (next[k] = share(user ? users.get(user) : prev[k], next[k]));
     same = same && Object.hasOwn(prev, k) && v === prev[k];
   }
   return same ? prev : next;

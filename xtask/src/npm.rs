@@ -54,10 +54,22 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     )
 }
 
-/// The packed tarball of the SDK (`npm pack`'s name for it) or of the React bindings.
-pub fn tarball(ws: &Workspace, react: bool) -> Result<std::path::PathBuf> {
+/// One of the two npm packages.
+#[derive(Clone, Copy)]
+pub enum Package {
+    /// `@presence-rs/presence`.
+    Sdk,
+    /// `@presence-rs/react`.
+    React,
+}
+
+/// The tarball `npm pack` writes for `package` into the target directory.
+pub fn tarball(ws: &Workspace, package: Package) -> Result<std::path::PathBuf> {
     let version = ws.package_field(CRATE, "version")?;
-    let name = if react { REACT_NAME } else { NPM_NAME };
+    let name = match package {
+        Package::Sdk => NPM_NAME,
+        Package::React => REACT_NAME,
+    };
     let file = format!("{}-{version}.tgz", name.trim_start_matches('@').replace('/', "-"));
     Ok(ws.target.join(file))
 }

@@ -149,18 +149,29 @@ function useHold(kind: "room" | "user", key: string): void {
   useEffect(() => store[kind](key), [store, kind, key]);
 }
 
+/** Every empty list, so a room's first snapshot (with no one typing) is no change. */
 const NONE: readonly never[] = Object.freeze([]);
+const some = <T>(list: readonly T[] | undefined): readonly T[] => (list?.length ? list : NONE);
 
 /** The members of `room`, joined while a component uses it; empty until its snapshot arrives. */
 export function usePresence(room: string): readonly Presence[] {
   useHold("room", room);
-  return useSnapshot((s) => s.rooms[room]?.members ?? NONE);
+  return useSnapshot((s) => some(s.rooms[room]?.members));
 }
 
-/** The users typing in `room`, joined while a component uses it. */
+/** Each typing list without this user (the server tells typers of their own typing too). */
+const others = new WeakMap<readonly string[], readonly string[]>();
+
+/** The other users typing in `room`, joined while a component uses it. */
 export function useTyping(room: string): readonly string[] {
   useHold("room", room);
-  return useSnapshot((s) => s.rooms[room]?.typing ?? NONE);
+  return useSnapshot(({ rooms, me }) => {
+    const typing = rooms[room]?.typing;
+    if (!typing) return NONE;
+    let list = others.get(typing);
+    if (!list) others.set(typing, (list = some(typing.filter((user) => user !== me))));
+    return list;
+  });
 }
 
 /** `user`'s presence wherever they are, watched while a component uses it; `undefined` until known. */
