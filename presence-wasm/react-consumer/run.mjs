@@ -2,7 +2,7 @@
 // and built by `npm run build` (production, into dist/) and again with React's development build
 // (`NODE_ENV=development`, into dist-dev/, where StrictMode mounts, unmounts and remounts every
 // effect), is loaded in headless Chromium against a real presence-server:
-// - the READMEs' React app is this app's src/App.tsx and vite.config.ts, character for character;
+// - the READMEs' React app is this app's src/App.tsx, character for character;
 // - production build: the page connects and shows its user;
 // - development build, StrictMode on: ana and bob see each other, bob's typing and then bob idle,
 //   through the hooks; carol's probe page (src/probe.tsx) shows each hook committed only when its
@@ -47,14 +47,12 @@ function assert(ok, what, saw) {
 
 // ------------------------------------------------------------------ the README is the app
 
-// Each README's first `tsx` block is src/App.tsx, its first `ts` block vite.config.ts.
+// Each README's first `tsx` block is src/App.tsx.
+const app = readFileSync(join(here, "src", "App.tsx"), "utf8");
 for (const readme of ["README.md", "react/README.md"]) {
-  const text = readFileSync(join(here, "..", readme), "utf8");
-  for (const [lang, file] of [["tsx", "src/App.tsx"], ["ts", "vite.config.ts"]]) {
-    const block = text.match(new RegExp("```" + lang + "\\n([\\s\\S]*?)```"))?.[1];
-    assert(block === readFileSync(join(here, file), "utf8"),
-      `the first ${lang} block of presence-wasm/${readme} is not react-consumer/${file}`, block?.slice(0, 200));
-  }
+  const block = readFileSync(join(here, "..", readme), "utf8").match(/```tsx\n([\s\S]*?)```/)?.[1];
+  assert(block === app, `the first tsx block of presence-wasm/${readme} is not react-consumer/src/App.tsx`,
+    block?.slice(0, 200));
 }
 
 // ------------------------------------------------------------------ the builds, served
