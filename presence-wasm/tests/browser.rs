@@ -407,13 +407,19 @@ async fn methods_work_passed_on_alone_and_unchanged_rooms_keep_their_identity() 
     alone("join")
         .call1(&JsValue::UNDEFINED, &quiet.as_str().into())
         .unwrap();
-    until("the quiet room's snapshot", || !room_of(&quiet).is_undefined()).await;
+    until("the quiet room's snapshot", || {
+        !room_of(&quiet).is_undefined()
+    })
+    .await;
     assert!(*calls.borrow() > 0, "subscribe's listener was called");
     let (before, quiet_before) = (snapshot(), room_of(&quiet));
     alone("join")
         .call1(&JsValue::UNDEFINED, &busy.as_str().into())
         .unwrap();
-    until("the busy room's snapshot", || !room_of(&busy).is_undefined()).await;
+    until("the busy room's snapshot", || {
+        !room_of(&busy).is_undefined()
+    })
+    .await;
     assert!(!Object::is(&before, &snapshot()), "a new snapshot");
     assert!(
         Object::is(&quiet_before, &room_of(&quiet)),
