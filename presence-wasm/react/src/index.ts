@@ -43,8 +43,8 @@ interface Store {
 const StoreContext = createContext<Store | null>(null);
 
 function store(client: PresenceClient): Store {
-  // A closed client (unmounted provider, or closed for good by the server) throws on every call:
-  // what its hooks still ask for no longer matters.
+  // Once closed (the provider unmounted, or the server ended it for good), what the hooks still
+  // ask for no longer matters, and the calls would throw `closed`.
   const open = (f: (key: string) => void) => (key: string) => {
     if (client.getSnapshot().connection !== "closed") f(key);
   };
