@@ -7,16 +7,36 @@ const METHODS = [
   "onError", "subscribe", "getSnapshot", "close", "setToken",
 ];
 
-// Defines them on the prototype of `client` (once), as a class body would: not enumerable.
+// Defines them on `client` itself, bound to it, so they work passed on alone
+// (`useSyncExternalStore(client.subscribe, client.getSnapshot)`, `onClick={client.close}`);
+// not enumerable, as in a class body. `free` is `close` (see lib.rs).
 export function defineMethods(client) {
-  const proto = Object.getPrototypeOf(client);
-  if (proto.join) return;
-  METHODS.forEach((name, op) =>
-    Object.defineProperty(proto, name, {
-      // `markRead`'s marker as the generated glue took it: `+marker`.
-      value: function (a, b) { return this.c(op, a, op == 8 ? +b : b); },
-      writable: true,
-      configurable: true,
-    }),
-  );
+  const methods = {};
+  METHODS.forEach((name, op) => {
+    // `markRead`'s marker as the generated glue took it: `+marker`.
+    methods[name] = { value: (a, b) => client.c(op, a, op == 8 ? +b : b) };
+  });
+  let raw, shared;
+  const snapshot = methods.getSnapshot.value;
+  methods.getSnapshot = { value: () => (raw === (raw = snapshot()) ? shared : (shared = share(shared, raw))) };
+  methods.free = methods.close;
+  Object.defineProperties(client, methods);
+}
+
+// `next` with each part that is deep-equal to the same part of `prev` replaced by it, so an
+// unchanged room, member list or user keeps its identity across snapshots and selectors can
+// compare by reference; `prev` itself when nothing changed. In lists, users pair up by `user`
+// (lists are sorted by it, so one arriving shifts the others). Snapshots are fresh plain objects
+// and arrays of strings, numbers and booleans, not yet seen by the app when this edits them.
+function share(prev, next) {
+  if (prev === next || !prev || !next || typeof prev != "object" || typeof next != "object") return next;
+  const keys = Object.keys(next);
+  const users = Array.isArray(prev) && new Map(prev.map((p) => [p.user, p]));
+  let same = Array.isArray(prev) == Array.isArray(next) && keys.length == Object.keys(prev).length;
+  for (const k of keys) {
+    const user = users && next[k].user;
+    const v = (next[k] = share(user ? users.get(user) : prev[k], next[k]));
+    same = same && Object.hasOwn(prev, k) && v === prev[k];
+  }
+  return same ? prev : next;
 }

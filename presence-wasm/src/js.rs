@@ -74,6 +74,8 @@ export type PresenceKind = "joined" | "online" | "left" | "offline" | "active" |
 export interface PresenceEvent { room?: string; presence: Presence; kind: PresenceKind; }
 export interface TypingEvent { room: string; user: string; typing: boolean; }
 export interface ReceiptEvent { room: string; user: string; marker: number; }
+/** The connection's state, as in `ConnectionEvent` and `PresenceSnapshot.connection`. */
+export type ConnectionState = ConnectionEvent["state"];
 export type ConnectionEvent =
   | { state: "connecting" }
   | { state: "connected" }
@@ -87,7 +89,7 @@ export interface SelfStatusEvent { status: Status; text?: string; }
  * are not reported; a refused `join` also rejects that call's promise, and the room is no longer
  * joined; refused watched users are no longer watched.
  */
-export interface ErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
+export interface PresenceErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
 
 export interface RoomSnapshot {
   members: Presence[];
@@ -96,7 +98,7 @@ export interface RoomSnapshot {
 }
 /** Everything the client knows; a new object only when something changed. */
 export interface PresenceSnapshot {
-  connection: ConnectionEvent["state"];
+  connection: ConnectionState;
   /**
    * `true` while what it shows may be out of date: not connected (the last known members are
    * kept), or after a reconnect until every joined room's snapshot and the watched users are back.
@@ -111,7 +113,17 @@ export interface PresenceSnapshot {
 }
 
 /**
+ * `[Symbol.dispose]` where the app's TypeScript `lib` declares that symbol (`esnext`, ES2026), so
+ * `using` type-checks there; nothing where it does not (a default Vite app), which would otherwise
+ * fail to compile these declarations.
+ */
+type DisposeKey = SymbolConstructor extends { readonly dispose: infer K extends symbol } ? K : never;
+
+/**
  * A live presence connection for this page.
+ *
+ * Its methods are bound to it: pass them on as they are
+ * (`useSyncExternalStore(client.subscribe, client.getSnapshot)`, `onClick={client.close}`).
  *
  * `close()`, `free()` and `[Symbol.dispose]` (`using`) all end it the same way: `leaving`, the
  * socket closed, listeners removed, never reconnected; any later call but `getSnapshot` throws an
@@ -119,107 +131,83 @@ export interface PresenceSnapshot {
  */
 export class PresenceClient {
     private constructor();
-    [Symbol.dispose](): void;
-    /**
-     * Binds typing to an `<input>` or `<textarea>`: input starts or refreshes
-     * it, blur stops it. Returns a function that unbinds.
-     */
-    bindTyping(room: string, element: EventTarget): () => void;
-    /**
-     * Says `leaving`, closes the socket and stops all listeners and
-     * timers, for good. Calling it again does nothing; any other method
-     * but `getSnapshot` then throws `closed`.
-     */
-    close(): void;
     /**
      * Connects to the server and starts watching this page's activity.
      * Throws an `Error` with `code: "invalid_options"` for bad options.
      */
     static connect(options: ConnectOptions): PresenceClient;
     /**
-     * The same as `close()` (and `[Symbol.dispose]`, for `using`).
+     * Binds typing to an `<input>` or `<textarea>`: input starts or refreshes
+     * it, blur stops it. Returns a function that unbinds.
      */
-    free(): void;
+    readonly bindTyping: (room: string, element: EventTarget) => () => void;
+    /**
+     * Says `leaving`, closes the socket and stops all listeners and
+     * timers, for good. Calling it again does nothing; any other method
+     * but `getSnapshot` then throws `closed`.
+     */
+    readonly close: () => void;
+    /** The same as `close()` (and `[Symbol.dispose]`, for `using`). */
+    readonly free: () => void;
     /**
      * `useSyncExternalStore`'s `getSnapshot`: the same object until
-     * something changes. Still answers after `close()` (React may read it
-     * while unmounting): the last state, `connection: "closed"`, stale.
+     * something changes, and within a new one every room, list and user
+     * that did not change is still the same object. Still answers after
+     * `close()` (React may read it while unmounting): the last state,
+     * `connection: "closed"`, stale.
      */
-    getSnapshot(): PresenceSnapshot;
+    readonly getSnapshot: () => PresenceSnapshot;
     /**
      * Joins a room: its members' presence arrives as `onPresence` events.
      * Throws `too_many_rooms` beyond 64; a refusal by the server comes to
      * `onError` with `frame: "join"` and the `room`, and the room is then
      * no longer joined.
      */
-    join(room: string): void;
-    /**
-     * Leaves a room.
-     */
-    leave(room: string): void;
-    /**
-     * The user read `room` up to `marker` (a message sequence number).
-     */
-    markRead(room: string, marker: number): void;
-    /**
-     * A room's members as last heard (empty until its snapshot arrives).
-     */
-    members(room: string): Presence[];
-    /**
-     * Connection state changes.
-     */
-    onConnection(cb: (event: ConnectionEvent) => void): () => void;
-    /**
-     * Errors the server reported, with stable codes.
-     */
-    onError(cb: (event: ErrorEvent) => void): () => void;
-    /**
-     * Presence changes in joined rooms and of watched users.
-     */
-    onPresence(cb: (event: PresenceEvent) => void): () => void;
-    /**
-     * Read markers moved in joined rooms.
-     */
-    onReceipt(cb: (event: ReceiptEvent) => void): () => void;
-    /**
-     * The user's own status changed (from this or another tab or device).
-     */
-    onSelfStatus(cb: (event: SelfStatusEvent) => void): () => void;
-    /**
-     * Typing started or stopped in joined rooms.
-     */
-    onTyping(cb: (event: TypingEvent) => void): () => void;
+    readonly join: (room: string) => void;
+    /** Leaves a room. */
+    readonly leave: (room: string) => void;
+    /** The user read `room` up to `marker` (a message sequence number). */
+    readonly markRead: (room: string, marker: number) => void;
+    /** A room's members as last heard (empty until its snapshot arrives). */
+    readonly members: (room: string) => Presence[];
+    /** Connection state changes. */
+    readonly onConnection: (listener: (event: ConnectionEvent) => void) => () => void;
+    /** Errors the server reported, with stable codes. */
+    readonly onError: (listener: (event: PresenceErrorEvent) => void) => () => void;
+    /** Presence changes in joined rooms and of watched users. */
+    readonly onPresence: (listener: (event: PresenceEvent) => void) => () => void;
+    /** Read markers moved in joined rooms. */
+    readonly onReceipt: (listener: (event: ReceiptEvent) => void) => () => void;
+    /** The user's own status changed (from this or another tab or device). */
+    readonly onSelfStatus: (listener: (event: SelfStatusEvent) => void) => () => void;
+    /** Typing started or stopped in joined rooms. */
+    readonly onTyping: (listener: (event: TypingEvent) => void) => () => void;
     /**
      * Sets the user's status (`available`, `away`, `busy`, `invisible`) and
      * an optional short text, for all their tabs and devices.
      */
-    setStatus(status: Status, text?: string | null): void;
+    readonly setStatus: (status: Status, text?: string | null) => void;
     /**
      * A fresh token: used for the next socket, sent to the server on a live one, and it restarts
      * a client stopped as `unauthorized`.
      */
-    setToken(token: string): void;
+    readonly setToken: (token: string) => void;
+    /** The user stopped typing (composer blurred, message sent). */
+    readonly stopTyping: (room: string) => void;
     /**
-     * The user stopped typing (composer blurred, message sent).
+     * `useSyncExternalStore`'s `subscribe`: calls `onChange` after any
+     * change. Returns a function that unsubscribes.
      */
-    stopTyping(room: string): void;
-    /**
-     * `useSyncExternalStore`'s `subscribe`: calls `cb` after any change.
-     */
-    subscribe(cb: Function): () => void;
-    /**
-     * The user typed in a room's composer (call on every input; throttled).
-     */
-    typing(room: string): void;
-    /**
-     * Stops watching users.
-     */
-    unwatch(users: string[]): void;
-    /**
-     * Watches users wherever they are (a contact list).
-     */
-    watch(users: string[]): void;
+    readonly subscribe: (onChange: () => void) => () => void;
+    /** The user typed in a room's composer (call on every input; throttled). */
+    readonly typing: (room: string) => void;
+    /** Stops watching users. */
+    readonly unwatch: (users: string[]) => void;
+    /** Watches users wherever they are (a contact list). */
+    readonly watch: (users: string[]) => void;
 }
+/** `[Symbol.dispose]`: see `DisposeKey`. */
+export interface PresenceClient extends Record<DisposeKey, () => void> {}
 "#;
 
 #[wasm_bindgen]
@@ -242,8 +230,8 @@ extern "C" {
     /// `(e: SelfStatusEvent) => void`.
     #[wasm_bindgen(typescript_type = "(event: SelfStatusEvent) => void")]
     pub type SelfStatusCallback;
-    /// `(e: ErrorEvent) => void`.
-    #[wasm_bindgen(typescript_type = "(event: ErrorEvent) => void")]
+    /// `(e: PresenceErrorEvent) => void`.
+    #[wasm_bindgen(typescript_type = "(event: PresenceErrorEvent) => void")]
     pub type ErrorCallback;
     /// `() => void`, returned by every subscription.
     #[wasm_bindgen(typescript_type = "() => void")]

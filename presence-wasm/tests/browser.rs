@@ -390,6 +390,48 @@ async fn snapshot_is_stable_until_a_change_and_throwing_callbacks_are_contained(
     c.close();
 }
 
+#[wasm_bindgen_test]
+async fn methods_work_passed_on_alone_and_unchanged_rooms_keep_their_identity() {
+    let c = js_object(connect(&unique("ana"), &[]));
+    // As `useSyncExternalStore(client.subscribe, client.getSnapshot)` calls them: `this` undefined.
+    let alone = |name: &str| -> js_sys::Function { get(&c, name).dyn_into().expect(name) };
+    let snapshot = || alone("getSnapshot").call0(&JsValue::UNDEFINED).unwrap();
+    let calls = Rc::new(RefCell::new(0));
+    let n = calls.clone();
+    let listener = Closure::<dyn FnMut()>::new(move || *n.borrow_mut() += 1);
+    alone("subscribe")
+        .call1(&JsValue::UNDEFINED, listener.as_ref())
+        .unwrap();
+    let (quiet, busy) = (unique("quiet"), unique("busy"));
+    let room_of = |name: &str| get(&get(&snapshot(), "rooms"), name);
+    alone("join")
+        .call1(&JsValue::UNDEFINED, &quiet.as_str().into())
+        .unwrap();
+    until("the quiet room's snapshot", || {
+        !room_of(&quiet).is_undefined()
+    })
+    .await;
+    assert!(*calls.borrow() > 0, "subscribe's listener was called");
+    let (before, quiet_before) = (snapshot(), room_of(&quiet));
+    alone("join")
+        .call1(&JsValue::UNDEFINED, &busy.as_str().into())
+        .unwrap();
+    until("the busy room's snapshot", || {
+        !room_of(&busy).is_undefined()
+    })
+    .await;
+    assert!(!Object::is(&before, &snapshot()), "a new snapshot");
+    assert!(
+        Object::is(&quiet_before, &room_of(&quiet)),
+        "the room that did not change is the same object"
+    );
+    alone("close").call0(&JsValue::UNDEFINED).unwrap();
+    assert_eq!(
+        get(&snapshot(), "connection").as_string().as_deref(),
+        Some("closed")
+    );
+}
+
 /// The JS object wasm-bindgen hands to apps, to call `free`, `[Symbol.dispose]` and methods
 /// through their JS names.
 fn js_object(c: PresenceClient) -> JsValue {

@@ -2,14 +2,15 @@
 //!
 //! - `cargo xtask test`: installs what the tests need, then runs every check and test.
 //! - `cargo xtask demo`: builds the browser package and runs the demo.
-//! - `cargo xtask npm`: builds the npm package of the browser SDK (and checks its size budget).
-//! - `cargo xtask size`: builds the browser bundle and prints its sizes against the budget.
+//! - `cargo xtask npm`: builds the npm packages of the browser SDK and its React bindings (and
+//!   checks the SDK's size budget).
+//! - `cargo xtask size`: builds the packages and prints their sizes (the SDK's against the budget).
 //! - `cargo xtask bench [--quick] [--cluster]`: the benchmark suite (a table, and one JSON line per
 //!   figure); `--cluster` runs only the multi-node part.
 //!
 //! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
 //! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
-//! `npm.rs` builds the wasm package, `test.rs` is the test pipeline, `demo.rs` starts the demo.
+//! `npm.rs` builds the npm packages, `test.rs` is the test pipeline, `demo.rs` starts the demo.
 
 #![forbid(unsafe_code)]
 
@@ -42,9 +43,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the npm package into `presence-wasm/pkg/` and pack it into `target/`.
+    /// Build the npm packages into `presence-wasm/pkg/` and `presence-wasm/react/pkg/`, and pack
+    /// them into `target/`.
     Npm,
-    /// Build the browser bundle and print its raw and gzipped sizes against the budget.
+    /// Build the packages and print their raw and gzipped sizes (the SDK's against the budget).
     Size,
     /// Run the benchmark suite against a release server on loopback.
     Bench {

@@ -1,5 +1,6 @@
-//! The browser package: wasm build → wasm-bindgen (web target) → wasm-opt → esbuild → `package.json` →
-//! `npm pack`, then the size report against the budget.
+//! The npm packages: the SDK (wasm build → wasm-bindgen (web target) → wasm-opt → esbuild →
+//! declarations → `package.json`) and its React bindings (tsc → `package.json`), each with the
+//! README and licenses, then `npm pack` and the size report against the budget.
 
 use std::fs;
 use std::io::Write;
@@ -19,6 +20,11 @@ const CRATE: &str = "presence-wasm";
 /// File stem of the generated module (`presence_wasm.js`, `presence_wasm_bg.wasm`, …).
 const STEM: &str = "presence_wasm";
 const NPM_NAME: &str = "@presence-rs/presence";
+/// The React bindings: sources in `presence-wasm/react/`, built into its `pkg/`.
+const REACT_NAME: &str = "@presence-rs/react";
+const REACT_DIR: &str = "presence-wasm/react";
+/// Node versions the packages' tooling (bundlers, type checkers, SSR imports) may run on.
+const NODE_ENGINES: &str = ">=18";
 
 /// Whether to `npm pack` the package after building it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -29,8 +35,45 @@ pub enum Pack {
     No,
 }
 
-/// Builds `presence-wasm/pkg/` (and with [`Pack::Yes`] the tarball); fails over the budget.
+/// Builds `presence-wasm/pkg/` and `presence-wasm/react/pkg/` (and with [`Pack::Yes`] their
+/// tarballs); fails over the budget.
 pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
+    let pkg = build_sdk(ws)?;
+    let react = build_react(ws)?;
+    if pack == Pack::Yes {
+        fs::create_dir_all(&ws.target)?;
+        let pack_dir = ws.target.to_string_lossy().into_owned();
+        for dir in [&pkg, &react] {
+            cmd::run(cmd::in_dir("npm", dir).args(["pack", "--pack-destination", &pack_dir]))?;
+        }
+    }
+    report_sizes(ws, &pkg, &react)
+}
+
+/// One of the two npm packages.
+#[derive(Clone, Copy)]
+pub enum Package {
+    /// `@presence-rs/presence`.
+    Sdk,
+    /// `@presence-rs/react`.
+    React,
+}
+
+/// The tarball `npm pack` writes for `package` into the target directory.
+pub fn tarball(ws: &Workspace, package: Package) -> Result<std::path::PathBuf> {
+    let version = ws.package_field(CRATE, "version")?;
+    let name = match package {
+        Package::Sdk => NPM_NAME,
+        Package::React => REACT_NAME,
+    };
+    let file = format!(
+        "{}-{version}.tgz",
+        name.trim_start_matches('@').replace('/', "-")
+    );
+    Ok(ws.target.join(file))
+}
+
+fn build_sdk(ws: &Workspace) -> Result<std::path::PathBuf> {
     cmd::run(cmd::cargo().current_dir(&ws.root).args([
         "build",
         "--package",
@@ -126,50 +169,168 @@ pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
         fs::remove_dir_all(&snippets)?;
     }
 
-    write_package_json(ws, &pkg)?;
-    if pack == Pack::Yes {
-        fs::create_dir_all(&ws.target)?;
-        let pack_dir = ws.target.to_string_lossy().into_owned();
-        cmd::run(cmd::in_dir("npm", &pkg).args(["pack", "--pack-destination", &pack_dir]))?;
+    let types = pkg.join(format!("{STEM}.d.ts"));
+    let dts = fs::read_to_string(&types).with_context(|| format!("reading {}", types.display()))?;
+    fs::write(&types, finish_declarations(&dts)?)?;
+    add_docs(ws, &pkg, &ws.root.join(CRATE).join("README.md"))?;
+    let js = format!("./{STEM}.js");
+    let wasm = format!("./{STEM}_bg.wasm");
+    write_package_json(
+        ws,
+        &pkg,
+        &Manifest {
+            name: NPM_NAME,
+            description: ws.package_field(CRATE, "description")?,
+            js: &js,
+            types: &format!("./{STEM}.d.ts"),
+            // Bundlers that do not follow `new URL(…, import.meta.url)` import the `.wasm` by path.
+            also_exports: Some(&wasm),
+            peers: None,
+        },
+    )?;
+    Ok(pkg)
+}
+
+/// `presence-wasm/react/pkg/`: the bindings compiled by tsc (JavaScript and declarations, checked
+/// against the SDK's declarations just built), with their README, the licenses and a manifest
+/// whose peer dependencies are React and this very SDK version.
+fn build_react(ws: &Workspace) -> Result<std::path::PathBuf> {
+    let dir = ws.root.join(REACT_DIR);
+    let pkg = dir.join("pkg");
+    if pkg.exists() {
+        fs::remove_dir_all(&pkg).with_context(|| format!("removing {}", pkg.display()))?;
     }
-    report_sizes(&wasm, &pkg.join(format!("{STEM}.js")))
+    let tsc = ws.root.join("xtask/node/node_modules/.bin/tsc");
+    cmd::run(cmd::in_dir(&tsc, &dir).args(["--project", "tsconfig.json"]))?;
+    add_docs(ws, &pkg, &dir.join("README.md"))?;
+    let version = ws.package_field(CRATE, "version")?;
+    write_package_json(
+        ws,
+        &pkg,
+        &Manifest {
+            name: REACT_NAME,
+            description: "React hooks for presence-rs: a provider that owns one client, and \
+                          hooks that re-render only when their slice of presence changes."
+                .into(),
+            js: "./index.js",
+            types: "./index.d.ts",
+            also_exports: None,
+            peers: Some(json!({ NPM_NAME: version, "react": ">=18" })),
+        },
+    )?;
+    Ok(pkg)
+}
+
+/// wasm-bindgen's declarations made fit for a strict app: its `InitOutput` lists the module's raw
+/// exports under minified names typed `any` (apps never touch them), and its `init` is named
+/// after a glue variable. Fails if `any` or a bare `Function` type is left anywhere, so a loose
+/// type cannot come back unnoticed.
+fn finish_declarations(dts: &str) -> Result<String> {
+    let mut dts = dts.to_owned();
+    let start = dts
+        .find("export interface InitOutput {")
+        .context("no `InitOutput` in the generated declarations")?;
+    let len = dts[start..]
+        .find("\n}\n")
+        .context("`InitOutput` does not end")?
+        + 3;
+    dts.replace_range(
+        start..start + len,
+        "/** The instantiated module: the SDK's internals, under no stable names. */\n\
+         export type InitOutput = WebAssembly.Exports;\n",
+    );
+    let init = "export default function __wbg_init (";
+    if !dts.contains(init) {
+        bail!("no `{init}` in the generated declarations");
+    }
+    dts = dts.replace(init, "export default function init(");
+    for loose in ["any", "Function"] {
+        if without_comments(&dts)
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .any(|word| word == loose)
+        {
+            bail!("the declarations still use `{loose}`");
+        }
+    }
+    Ok(dts)
+}
+
+/// `text` without its `/* … */` and `// …` comments.
+fn without_comments(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['/']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        rest = if tail.starts_with("/*") {
+            tail.find("*/").map_or("", |end| &tail[end + 2..])
+        } else if tail.starts_with("//") {
+            tail.find('\n').map_or("", |end| &tail[end..])
+        } else {
+            out.push('/');
+            &tail[1..]
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Copies `readme` and the repository's license texts into the package folder `pkg`.
+fn add_docs(ws: &Workspace, pkg: &Path, readme: &Path) -> Result<()> {
+    fs::copy(readme, pkg.join("README.md"))
+        .with_context(|| format!("copying {}", readme.display()))?;
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        fs::copy(ws.root.join(license), pkg.join(license))
+            .with_context(|| format!("copying {license}"))?;
+    }
+    Ok(())
 }
 
 fn profile_names() -> bool {
     std::env::var_os("PRESENCE_SIZE_PROFILE").is_some()
 }
 
-fn write_package_json(ws: &Workspace, pkg: &Path) -> Result<()> {
+/// What differs between the two packages' manifests.
+struct Manifest<'a> {
+    name: &'a str,
+    description: String,
+    /// The entry module and its declarations.
+    js: &'a str,
+    types: &'a str,
+    /// One more file that may be imported by path.
+    also_exports: Option<&'a str>,
+    peers: Option<Value>,
+}
+
+fn write_package_json(ws: &Workspace, pkg: &Path, m: &Manifest) -> Result<()> {
     let mut files: Vec<String> = fs::read_dir(pkg)?
         .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     files.retain(|name| name != "package.json");
     files.sort();
-    let js = format!("./{STEM}.js");
-    let types = format!("./{STEM}.d.ts");
-    let wasm = format!("./{STEM}_bg.wasm");
+    let (js, types) = (m.js, m.types);
+    let also = m
+        .also_exports
+        .map(|f| format!("\n    \"{f}\": \"{f}\","))
+        .unwrap_or_default();
     // Export conditions are tried in order (`types` first, `default` last) and serde_json's map
     // would sort them, so `exports` is written as text; the other values go through serde_json.
     let exports = format!(
         r#"{{
-    ".": {{ "types": "{types}", "import": "{js}", "default": "{js}" }},
-    "{wasm}": "{wasm}",
+    ".": {{ "types": "{types}", "import": "{js}", "default": "{js}" }},{also}
     "./package.json": "./package.json"
   }}"#
     );
     let pretty = |value: Value| -> Result<String> {
         Ok(serde_json::to_string_pretty(&value)?.replace('\n', "\n  "))
     };
-    let fields = [
-        ("name", pretty(json!(NPM_NAME))?),
+    let mut fields = vec![
+        ("name", pretty(json!(m.name))?),
         (
             "version",
             pretty(json!(ws.package_field(CRATE, "version")?))?,
         ),
-        (
-            "description",
-            pretty(json!(ws.package_field(CRATE, "description")?))?,
-        ),
+        ("description", pretty(json!(m.description))?),
         (
             "license",
             pretty(json!(ws.package_field(CRATE, "license")?))?,
@@ -184,8 +345,13 @@ fn write_package_json(ws: &Workspace, pkg: &Path) -> Result<()> {
         ("types", pretty(json!(types))?),
         ("exports", exports),
         ("files", pretty(json!(files))?),
+        // Importing either module runs nothing outside it, so unused parts may be dropped.
         ("sideEffects", pretty(json!(false))?),
+        ("engines", pretty(json!({ "node": NODE_ENGINES }))?),
     ];
+    if let Some(peers) = &m.peers {
+        fields.push(("peerDependencies", pretty(peers.clone())?));
+    }
     let body: Vec<String> = fields
         .iter()
         .map(|(key, value)| format!("  \"{key}\": {value}"))
@@ -195,25 +361,36 @@ fn write_package_json(ws: &Workspace, pkg: &Path) -> Result<()> {
     fs::write(pkg.join("package.json"), text).context("writing package.json")
 }
 
-fn report_sizes(wasm: &Path, js: &Path) -> Result<()> {
+/// The SDK's two files against the budget, then the React bindings, as shipped and minified as an
+/// app's bundler minifies them (what its users download on top of the SDK; not in the budget,
+/// which apps without React never pay).
+fn report_sizes(ws: &Workspace, pkg: &Path, react: &Path) -> Result<()> {
+    let minified = ws.target.join("tmp").join("react-index.min.js");
+    let esbuild = ws.root.join("xtask/node/node_modules/.bin/esbuild");
+    cmd::output(
+        cmd::in_dir(&esbuild, react)
+            .args(["index.js", "--minify", "--log-level=warning"])
+            .arg(format!("--outfile={}", minified.display())),
+    )?;
     let mut total_gz = 0;
-    println!("\n{:<28} {:>10} {:>10}", "file", "raw", "gzip -9");
-    for path in [wasm, js] {
+    println!("\n{:<32} {:>10} {:>10}", "file", "raw", "gzip -9");
+    let line = |name: &str, path: &Path| -> Result<usize> {
         let (raw, gz) = sizes(path)?;
-        total_gz += gz;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        println!("{name:<28} {:>10} {:>10}", kb(raw), kb(gz));
+        println!("{name:<32} {:>10} {:>10}", kb(raw), kb(gz));
+        Ok(gz)
+    };
+    for file in [format!("{STEM}_bg.wasm"), format!("{STEM}.js")] {
+        total_gz += line(&file, &pkg.join(&file))?;
     }
     println!(
-        "{:<28} {:>10} {:>10}  (budget {})",
+        "{:<32} {:>10} {:>10}  (budget {}; {total_gz} bytes)",
         "total",
         "",
         kb(total_gz),
         kb(BUDGET_GZ_BYTES)
     );
+    line(&format!("{REACT_NAME} index.js"), &react.join("index.js"))?;
+    line("  minified, as apps bundle it", &minified)?;
     if total_gz > BUDGET_GZ_BYTES {
         bail!(
             "browser bundle is {} gzipped, over the {} budget",
@@ -234,4 +411,35 @@ pub fn sizes(path: &Path) -> Result<(usize, usize)> {
 
 fn kb(bytes: usize) -> String {
     format!("{:.1} KB", bytes as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERATED: &str = "/** any later call throws */\nexport class C {}\n\
+        export interface InitOutput {\n    readonly N: WebAssembly.Memory;\n    \
+        readonly P: (a: number, c: any) => [number];\n}\n\
+        export default function __wbg_init (m?: InitInput): Promise<InitOutput>;\n";
+
+    #[test]
+    fn declarations_lose_the_raw_exports_and_the_glue_name() {
+        let dts = finish_declarations(GENERATED).unwrap();
+        assert!(dts.contains("export type InitOutput = WebAssembly.Exports;\n"));
+        assert!(dts.contains("export default function init(m?: InitInput)"));
+        assert!(!dts.contains("readonly N") && !dts.contains("__wbg_init"));
+        // `any` in a comment is prose.
+        assert!(dts.starts_with("/** any later call throws */"));
+    }
+
+    #[test]
+    fn a_loose_type_left_in_the_declarations_fails_the_build() {
+        for loose in ["  f(x: any): void;\n", "  g: Function; // any\n"] {
+            let dts = GENERATED.replace(
+                "export class C {}",
+                &format!("export class C {{\n{loose}}}"),
+            );
+            assert!(finish_declarations(&dts).is_err(), "{loose}");
+        }
+    }
 }

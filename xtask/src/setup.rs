@@ -288,11 +288,11 @@ pub fn package_tools(ws: &Workspace) -> Result<()> {
     node_tools(ws)
 }
 
-/// The node tools in `xtask/node/` (binaryen's `wasm-opt`, `esbuild`), installed from the
+/// The node tools in `xtask/node/` (binaryen's `wasm-opt`, `esbuild`, `tsc`), installed from the
 /// committed lockfile.
 pub fn node_tools(ws: &Workspace) -> Result<()> {
     // Probe the newest tool, so a checkout that predates it reinstalls.
-    npm_ci(&ws.root.join("xtask").join("node"), "esbuild")
+    npm_ci(&ws.root.join("xtask").join("node"), "tsc")
 }
 
 /// `npm ci` in `dir` unless `node_modules/.bin/<probe>` is already there.

@@ -24,6 +24,17 @@ const BROWSER_TEST_TIMINGS: &[&str] = &[
     "10",
 ];
 
+/// The React consumer test's server: users go idle after 1.5 s without input, and leave within
+/// 150 ms of their page closing its client.
+const REACT_TEST_TIMINGS: &[&str] = &[
+    "--idle-after-ms",
+    "1500",
+    "--leave-grace-ms",
+    "150",
+    "--batch-window-ms",
+    "10",
+];
+
 /// Runs the whole pipeline, stopping at the first failing step.
 pub fn run(ws: &Workspace) -> Result<()> {
     let cargo = || {
@@ -31,7 +42,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         command.current_dir(&ws.root);
         command
     };
-    let mut steps = Steps::new(10);
+    let mut steps = Steps::new(11);
     steps.step(
         "setup: toolchain, Chromium, Redis, Redis Cluster, PostgreSQL, node tools, wasm test runner",
         || {
@@ -118,10 +129,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         "npm consumer: the README example from the packed tarball",
         || {
             let consumer = ws.root.join("presence-wasm").join("consumer");
-            let version = ws.package_field("presence-wasm", "version")?;
-            let tarball = ws
-                .target
-                .join(format!("presence-rs-presence-{version}.tgz"));
+            let tarball = npm::tarball(ws, npm::Package::Sdk)?;
             let binary = server::build(ws, "dev")?;
             let server = server::start(&binary, &[])?;
             cmd::run(cmd::in_dir("npm", &consumer).args(["ci", "--no-audit", "--no-fund"]))?;
@@ -135,13 +143,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
         },
     )?;
     steps.step(
+        "React consumer: a strict Vite + React + TypeScript app from the packed tarballs",
+        || react_consumer(ws),
+    )?;
+    steps.step(
         "SDK against the server binary: restart, token lifetime (presence-wasm/e2e-restart)",
         || {
             let dir = ws.root.join("presence-wasm").join("e2e-restart");
-            let version = ws.package_field("presence-wasm", "version")?;
-            let tarball = ws
-                .target
-                .join(format!("presence-rs-presence-{version}.tgz"));
+            let tarball = npm::tarball(ws, npm::Package::Sdk)?;
             let binary = server::build(ws, "dev")?;
             cmd::run(cmd::in_dir("npm", &dir).args(["ci", "--no-audit", "--no-fund"]))?;
             cmd::run(
@@ -169,4 +178,38 @@ pub fn run(ws: &Workspace) -> Result<()> {
     })?;
     println!("\nall steps passed in {}", cmd::human(steps.elapsed()));
     Ok(())
+}
+
+/// `presence-wasm/react-consumer/`: installed from the committed lockfile and the packed tarballs,
+/// type-checked and built as its authors would, then run in Chromium by its `run.mjs`.
+pub fn react_consumer(ws: &Workspace) -> Result<()> {
+    let app = ws.root.join("presence-wasm").join("react-consumer");
+    let binary = server::build(ws, "dev")?;
+    let server = server::start(&binary, REACT_TEST_TIMINGS)?;
+    let run_npm = |args: &[&str]| cmd::run(cmd::in_dir("npm", &app).args(args));
+    run_npm(&["ci", "--no-audit", "--no-fund"])?;
+    // After `ci`, which installs the registry packages from the committed lockfile: the
+    // tarballs change with every build, so the lockfile cannot pin them.
+    let sdk = npm::tarball(ws, npm::Package::Sdk)?;
+    let react = npm::tarball(ws, npm::Package::React)?;
+    cmd::run(
+        cmd::in_dir("npm", &app)
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .arg(&sdk)
+            .arg(&react),
+    )?;
+    // `tsc -b && vite build`, as the app's authors run it; then React's development
+    // build, the one where StrictMode mounts every effect twice, for the browser run.
+    run_npm(&["run", "build"])?;
+    cmd::run(
+        cmd::in_dir(app.join("node_modules/.bin/vite"), &app)
+            .args(["build", "--outDir", "dist-dev", "--logLevel", "warn"])
+            .env("NODE_ENV", "development"),
+    )?;
+    cmd::run(
+        cmd::in_dir("node", &ws.root)
+            .arg(app.join("run.mjs"))
+            .env("PRESENCE_TEST_WS", server.ws_url())
+            .env("TMPDIR", ws.target.join("tmp")),
+    )
 }
