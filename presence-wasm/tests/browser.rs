@@ -748,3 +748,47 @@ async fn pagehide_closes_for_good_until_pageshow_from_the_back_forward_cache_res
     ca.close();
     cb.close();
 }
+
+#[wasm_bindgen_test]
+async fn leaving_one_room_is_left_there_while_another_room_sees_the_user_online() {
+    let (r1, r2) = (unique("room"), unique("room"));
+    let (a, b) = (unique("ana"), unique("bob"));
+    let cb = connect(&b, &[]);
+    cb.join(&r1).unwrap();
+    cb.join(&r2).unwrap();
+    // Every onPresence bob hears about ana, as "room:kind".
+    let heard: Rc<RefCell<Vec<String>>> = Rc::default();
+    let log = heard.clone();
+    let ana = a.clone();
+    let on = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let presence = get(&e, "presence");
+        if get(&presence, "user").as_string().as_deref() == Some(ana.as_str()) {
+            let room = get(&e, "room").as_string().unwrap_or_default();
+            let kind = get(&e, "kind").as_string().unwrap_or_default();
+            log.borrow_mut().push(format!("{room}:{kind}"));
+        }
+    });
+    let _off = cb.on_presence(on.as_ref().clone().unchecked_into()).unwrap();
+    let ca = connect(&a, &[]);
+    ca.join(&r1).unwrap();
+    ca.join(&r2).unwrap();
+    until("bob sees ana in both rooms", || {
+        seen(&cb, &r1, &a).is_some() && seen(&cb, &r2, &a).is_some()
+    })
+    .await;
+    ca.leave(&r1).unwrap();
+    until("bob hears ana left r1", || {
+        heard.borrow().contains(&format!("{r1}:left"))
+    })
+    .await;
+    assert_eq!(seen(&cb, &r1, &a), None, "left: no longer a member, not offline");
+    assert_eq!(seen(&cb, &r2, &a).as_deref(), Some("active"));
+    TimeoutFuture::new(300).await;
+    let mut heard = heard.borrow().clone();
+    heard.sort();
+    let mut want = vec![format!("{r1}:joined"), format!("{r1}:left"), format!("{r2}:joined")];
+    want.sort();
+    assert_eq!(heard, want, "each change once, nothing else");
+    ca.close();
+    cb.close();
+}
