@@ -768,7 +768,9 @@ async fn leaving_one_room_is_left_there_while_another_room_sees_the_user_online(
             log.borrow_mut().push(format!("{room}:{kind}"));
         }
     });
-    let _off = cb.on_presence(on.as_ref().clone().unchecked_into()).unwrap();
+    let _off = cb
+        .on_presence(on.as_ref().clone().unchecked_into())
+        .unwrap();
     let ca = connect(&a, &[]);
     ca.join(&r1).unwrap();
     ca.join(&r2).unwrap();
@@ -781,12 +783,20 @@ async fn leaving_one_room_is_left_there_while_another_room_sees_the_user_online(
         heard.borrow().contains(&format!("{r1}:left"))
     })
     .await;
-    assert_eq!(seen(&cb, &r1, &a), None, "left: no longer a member, not offline");
+    assert_eq!(
+        seen(&cb, &r1, &a),
+        None,
+        "left: no longer a member, not offline"
+    );
     assert_eq!(seen(&cb, &r2, &a).as_deref(), Some("active"));
     TimeoutFuture::new(300).await;
     let mut heard = heard.borrow().clone();
     heard.sort();
-    let mut want = vec![format!("{r1}:joined"), format!("{r1}:left"), format!("{r2}:joined")];
+    let mut want = vec![
+        format!("{r1}:joined"),
+        format!("{r1}:left"),
+        format!("{r2}:joined"),
+    ];
     want.sort();
     assert_eq!(heard, want, "each change once, nothing else");
     ca.close();
