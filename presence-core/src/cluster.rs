@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{RoomId, UserId};
-use crate::machine::{Event, Shown, aggregate, render};
+use crate::machine::{Custom, Event, Shown, aggregate, render};
 use crate::presence::{Activity, IdleReason, Millis, PresenceView, Status, StatusText};
 use crate::protocol::Diff;
 
@@ -52,6 +52,9 @@ pub struct NodeRecord {
     /// When the status was set, ms.
     #[serde(rename = "sa", default)]
     pub status_at: Millis,
+    /// The `info` and `data` this node knows, with when each was set.
+    #[serde(rename = "c", default, skip_serializing_if = "Custom::is_empty")]
+    pub custom: Custom,
 }
 
 impl NodeRecord {
@@ -71,6 +74,7 @@ impl NodeRecord {
             status,
             text,
             status_at,
+            custom: Custom::default(),
         }
     }
 
@@ -174,6 +178,7 @@ impl Records {
         // node's connections moved the last-seen.
         let invisible = v.status == Status::Invisible;
         let mut activities = Vec::new();
+        let (mut info_from, mut data_from) = ("", "");
         for (inc, (_, rec)) in &self.by {
             let rec = match live(inc) {
                 Liveness::Live => std::borrow::Cow::Borrowed(rec),
@@ -188,6 +193,19 @@ impl Records {
             v.last_seen = v.last_seen.max(rec.last_seen);
             v.rooms.extend(rec.rooms.iter().cloned());
             v.typing.extend(rec.typing.iter().cloned());
+            // `info` and `data` from the nodes holding the user: the
+            // latest setting of each wins (ties to the greater incarnation).
+            if rec.shown != Shown::Offline {
+                let c = &rec.custom;
+                if (c.info_at, inc.as_str()) >= (v.custom.info_at, info_from) {
+                    (v.custom.info, v.custom.info_at) = (c.info.clone(), c.info_at);
+                    info_from = inc.as_str();
+                }
+                if (c.data_at, inc.as_str()) >= (v.custom.data_at, data_from) {
+                    (v.custom.data, v.custom.data_at) = (c.data.clone(), c.data_at);
+                    data_from = inc.as_str();
+                }
+            }
         }
         v.shown = if invisible {
             // Observers last saw the user when they went invisible: the
@@ -225,6 +243,8 @@ pub struct ClusterView {
     pub rooms: BTreeSet<RoomId>,
     /// Rooms the user types in on any live node.
     pub typing: BTreeSet<RoomId>,
+    /// `info` and `data`, merged.
+    pub custom: Custom,
 }
 
 impl ClusterView {
@@ -239,6 +259,7 @@ impl ClusterView {
             last_seen: None,
             rooms: BTreeSet::new(),
             typing: BTreeSet::new(),
+            custom: Custom::default(),
         }
     }
 
@@ -264,8 +285,8 @@ impl ClusterView {
             self.shown,
             self.status,
             self.text.as_ref(),
-            self.last_active,
-            self.last_seen,
+            (self.last_active, self.last_seen),
+            &self.custom,
         )
     }
 
@@ -317,6 +338,15 @@ pub fn transitions(
             user: user.clone(),
             status: after.status,
             text: after.text.clone(),
+        };
+        emit(diff, after.rooms.iter().cloned().collect(), true);
+    }
+    let (c0, c1) = (&before.custom, &after.custom);
+    if vis0 && vis1 && (c0.info != c1.info || c0.data != c1.data) {
+        let diff = Diff::Data {
+            user: user.clone(),
+            info: c1.info.clone(),
+            data: c1.data.clone(),
         };
         emit(diff, after.rooms.iter().cloned().collect(), true);
     }

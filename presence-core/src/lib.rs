@@ -18,6 +18,7 @@ pub mod client;
 pub mod cluster;
 pub mod ids;
 pub mod limits;
+pub mod object;
 #[cfg(feature = "std")]
 pub mod machine;
 pub mod policy;
@@ -26,6 +27,7 @@ pub mod protocol;
 mod text;
 
 pub use ids::{ConnId, InvalidId, ResumeToken, RoomId, UserId};
+pub use object::{InvalidObject, JsonObject};
 #[cfg(feature = "std")]
 pub use machine::{Event, Machine, Outcome};
 pub use policy::TimingPolicy;

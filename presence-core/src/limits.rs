@@ -9,6 +9,11 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024;
 /// Longest token an `auth` frame may carry, in bytes; an `auth` frame may
 /// exceed [`MAX_FRAME_BYTES`] by that much, since tokens with claims are big.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Largest `data` object a client may set, compact, by default (the server
+/// can lower or raise it up to the frame limit).
+pub const MAX_DATA_BYTES: usize = 1024;
+/// Largest `info` object a token or authenticator may give, compact.
+pub const MAX_INFO_BYTES: usize = 1024;
 /// Longest user id, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 128;
 /// Longest room id, in bytes.

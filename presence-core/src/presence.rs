@@ -7,6 +7,7 @@ use core::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
+use crate::object::JsonObject;
 use crate::limits::MAX_STATUS_TEXT_CHARS;
 
 /// A point in time, in milliseconds since the Unix epoch.
@@ -180,6 +181,13 @@ pub struct PresenceView {
     /// When offline: the last time the user was seen connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Millis>,
+    /// When online: what the server says about the user (from the token's
+    /// `info` claim or the app's authenticator), e.g. name and avatar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<JsonObject>,
+    /// When online: what the user's client last set with `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<JsonObject>,
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ fn client_vectors_round_trip_and_cover_every_message() {
     }
     let all = [
         "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read",
-        "auth", "ping", "leaving",
+        "data", "auth", "ping", "leaving",
     ];
     assert_eq!(
         kinds,
@@ -93,7 +93,7 @@ fn server_vectors_round_trip_and_cover_every_message_and_diff() {
         "pong",
     ];
     assert_eq!(kinds, all.into_iter().map(String::from).collect());
-    assert_eq!(diffs.len(), 9, "one example per diff kind, got {diffs:?}");
+    assert_eq!(diffs.len(), 10, "one example per diff kind, got {diffs:?}");
 }
 
 #[test]

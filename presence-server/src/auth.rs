@@ -1,8 +1,8 @@
 //! Who a connection (or an HTTP request) speaks for, and what its token
 //! lets it see.
 //!
-//! The token is checked once, at the WebSocket upgrade or on each HTTP
-//! request; a refused token never gets a socket. No frame can name another
+//! The token is checked at the WebSocket upgrade (and again for each `auth`
+//! refresh) or on each HTTP request; a refused token never gets a session. No frame can name another
 //! user afterwards: the protocol has no field for it. A token may narrow what
 //! its user may join and watch ([`Scope`]); the [`AudiencePolicy`] narrows it
 //! further.
@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderMap, header};
 use futures_util::future::BoxFuture;
-use presence_core::{Millis, RoomId, UserId};
+use presence_core::limits::MAX_INFO_BYTES;
+use presence_core::{JsonObject, Millis, RoomId, UserId};
 use serde::Deserialize;
 
 /// Entries one `rooms` or `watch` claim may hold: a bigger claim is refused
@@ -39,10 +40,11 @@ pub enum AuthError {
     #[error("token names no valid user: {0}")]
     BadUser(String),
     /// A `rooms` or `watch` claim is not a list of ids and `prefix*`
-    /// patterns, or is longer than [`MAX_SCOPE_ENTRIES`].
+    /// patterns, or is longer than [`MAX_SCOPE_ENTRIES`]; or an `info`
+    /// claim is not an object within its bounds.
     #[error("bad {claim} claim: {reason}")]
     BadClaim {
-        /// `rooms` or `watch`.
+        /// `rooms`, `watch` or `info`.
         claim: &'static str,
         /// What is wrong with it.
         reason: String,
@@ -135,6 +137,10 @@ pub struct Identity {
     /// When the token stops being valid; the socket is closed with 4101
     /// then, unless the client sent a fresh token first.
     pub expires: Option<Millis>,
+    /// What members see about the user while online (name, avatar), from
+    /// the token's `info` claim: a JSON object of at most
+    /// [`MAX_INFO_BYTES`] compact.
+    pub info: Option<JsonObject>,
     /// The token's other claims (team, roles, ...), for the audience policy.
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
@@ -147,6 +153,7 @@ impl From<UserId> for Identity {
             rooms: Scope::Any,
             watch: Scope::Any,
             expires: None,
+            info: None,
             claims: serde_json::Map::new(),
         }
     }
@@ -246,6 +253,7 @@ struct Claims {
     exp: Option<u64>,
     rooms: Option<Vec<String>>,
     watch: Option<Vec<String>>,
+    info: Option<serde_json::Value>,
     #[serde(flatten)]
     rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -359,7 +367,19 @@ impl TokenAuthenticator for JwtAuth {
         let scope = |claim, entries: Option<Vec<String>>, valid: fn(&str) -> bool| {
             entries.map_or(Ok(default.clone()), |e| Scope::from_claim(claim, e, valid))
         };
+        let info = match claims.info {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                JsonObject::parse(&v.to_string(), MAX_INFO_BYTES).map_err(|e| {
+                    AuthError::BadClaim {
+                        claim: "info",
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+        };
         Ok(Identity {
+            info,
             rooms: scope("rooms", claims.rooms, |id| RoomId::new(id).is_ok())?,
             watch: scope("watch", claims.watch, |id| UserId::new(id).is_ok())?,
             expires: claims.exp.map(|s| Millis(s.saturating_mul(1000))),

@@ -40,6 +40,8 @@ pub enum PresenceKind {
     Idle,
     /// The user's status or status text changed.
     Status,
+    /// The user's `info` or `data` changed.
+    Data,
 }
 
 impl PresenceKind {
@@ -53,6 +55,7 @@ impl PresenceKind {
             Self::Active => "active",
             Self::Idle => "idle",
             Self::Status => "status",
+            Self::Data => "data",
         }
     }
 }
@@ -79,6 +82,8 @@ fn kind(before: Option<&PresenceView>, after: &PresenceView, room: bool) -> Opti
                 }
             } else if b.status != after.status || b.text != after.text {
                 PresenceKind::Status
+            } else if b.info != after.info || b.data != after.data {
+                PresenceKind::Data
             } else {
                 return None;
             }
@@ -258,6 +263,8 @@ fn apply_to(
             text: None,
             last_active: None,
             last_seen: None,
+        info: None,
+        data: None,
         })
     };
     let room = typing.is_some();
@@ -301,6 +308,12 @@ fn apply_to(
             let mut v = entry(members, &user);
             v.status = status;
             v.text = text;
+            v
+        }
+        Diff::Data { user, info, data } => {
+            let mut v = entry(members, &user);
+            v.info = info;
+            v.data = data;
             v
         }
         Diff::TypingStarted { user } => {

@@ -11,6 +11,7 @@ use crate::ids::{ConnId, ResumeToken};
 use crate::machine::Machine;
 use crate::policy::TimingPolicy;
 use crate::presence::PresenceState;
+use crate::object::JsonObject;
 
 use IdleReason::*;
 
@@ -753,6 +754,8 @@ struct Step {
     rooms: u8,
     typing: u8,
     status: Option<(Status, bool)>,
+    /// A new `data`: cleared (`None`) or the object `{"k":n}`.
+    data: Option<Option<u8>>,
 }
 
 fn shown_strategy() -> impl Strategy<Value = Shown> {
@@ -782,13 +785,15 @@ fn step_strategy(incs: usize) -> impl Strategy<Value = Step> {
         0u8..8,
         0u8..8,
         proptest::option::weighted(0.3, (status_strategy(), any::<bool>())),
+        proptest::option::weighted(0.3, proptest::option::of(0u8..3)),
     )
-        .prop_map(|(inc, shown, rooms, typing, status)| Step {
+        .prop_map(|(inc, shown, rooms, typing, status, data)| Step {
             inc,
             shown,
             rooms,
             typing,
             status,
+            data,
         })
 }
 
@@ -809,6 +814,7 @@ struct Msg {
 fn messages(steps: &[Step]) -> Vec<Msg> {
     let mut seqs: BTreeMap<usize, u64> = BTreeMap::new();
     let mut statuses: BTreeMap<usize, (Status, Option<StatusText>, Millis)> = BTreeMap::new();
+    let mut customs: BTreeMap<usize, Custom> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, s) in steps.iter().enumerate() {
         let now = Millis(1_000 + 10 * i as u64);
@@ -821,6 +827,16 @@ fn messages(steps: &[Step]) -> Vec<Msg> {
             let tx = has_text.then(|| StatusText::new(&format!("t{i}")).unwrap().unwrap());
             *st = (status, tx, Millis(1_000 + 30 * (i as u64 / 3)));
         }
+        let custom = customs.entry(s.inc).or_default();
+        if let Some(d) = s.data {
+            custom.data = d.map(|k| JsonObject::parse(&format!(r#"{{"k":{k}}}"#), 64).unwrap());
+            custom.data_at = Millis(1_000 + 30 * (i as u64 / 3));
+        }
+        if s.shown == Shown::Offline {
+            // As a machine does: data goes with the user's last connection.
+            custom.data = None;
+        }
+        let custom = custom.clone();
         let (rooms, typing, last_seen) = if s.shown == Shown::Offline {
             (Vec::new(), Vec::new(), Some(now))
         } else {
@@ -838,6 +854,7 @@ fn messages(steps: &[Step]) -> Vec<Msg> {
                 status: st.0,
                 text: st.1.clone(),
                 status_at: st.2,
+                custom,
             },
             now,
         });
@@ -861,6 +878,7 @@ struct Seen {
     shown: Shown,
     status: Status,
     text: Option<StatusText>,
+    data: Option<JsonObject>,
 }
 
 fn seen_of(p: &PresenceView) -> Seen {
@@ -873,6 +891,7 @@ fn seen_of(p: &PresenceView) -> Seen {
         shown,
         status: p.status,
         text: p.text.clone(),
+        data: p.data.clone(),
     }
 }
 
@@ -971,6 +990,21 @@ impl Observer {
                     if let Some(s) = self.rooms.get_mut(r) {
                         s.status = *status;
                         s.text = text.clone();
+                    }
+                }
+            }
+            Diff::Data { user, info, data } => {
+                prop_assert_eq!(user, u);
+                prop_assert!(e.global);
+                prop_assert_eq!(info, &None);
+                let Some(g) = &mut self.global else {
+                    return Err(TestCaseError::fail("data while offline"));
+                };
+                prop_assert!(&g.data != data, "no change announced");
+                g.data = data.clone();
+                for r in &e.rooms {
+                    if let Some(s) = self.rooms.get_mut(r) {
+                        s.data = data.clone();
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! The merge rule: many connections, one user.
 
 use crate::ids::UserId;
+use crate::object::JsonObject;
 use crate::presence::{
     Activity, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText,
 };
@@ -46,11 +47,14 @@ pub fn render(
     shown: Shown,
     status: Status,
     text: Option<&StatusText>,
-    last_active: Option<Millis>,
-    last_seen: Option<Millis>,
+    (last_active, last_seen): (Option<Millis>, Option<Millis>),
+    custom: &Custom,
 ) -> PresenceView {
     let invisible = status == Status::Invisible;
     let online = shown != Shown::Offline;
+    // Online views only: an invisible user shows as offline, and leaks
+    // nothing through these either.
+    let shown_custom = |o: &Option<JsonObject>| o.clone().filter(|_| online && !invisible);
     PresenceView {
         user: user.clone(),
         state: shown.state(),
@@ -59,6 +63,33 @@ pub fn render(
         text: if invisible { None } else { text.cloned() },
         last_active: if online { last_active } else { None },
         last_seen: if online { None } else { last_seen },
+        info: shown_custom(&custom.info),
+        data: shown_custom(&custom.data),
+    }
+}
+
+/// A user's app-defined fields and when each was set, for the cluster's
+/// latest-setting-wins merge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Custom {
+    /// From the token of the user's latest connection.
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<JsonObject>,
+    /// When that connection came (0: never).
+    #[serde(rename = "ia", default)]
+    pub info_at: Millis,
+    /// What a client of the user last set.
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<JsonObject>,
+    /// When (0: never).
+    #[serde(rename = "da", default)]
+    pub data_at: Millis,
+}
+
+impl Custom {
+    /// Nothing set, ever.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
 }
 

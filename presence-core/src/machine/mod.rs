@@ -18,13 +18,14 @@ mod timers;
 
 use std::collections::{HashMap, HashSet};
 
-pub use aggregate::{Shown, aggregate, render};
+pub use aggregate::{Custom, Shown, aggregate, render};
 pub use event::Event;
 pub use records::{ConnRecord, Retention, UserRecord};
 use timers::{TimerKey, Timers};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::limits::{MAX_CONNECTIONS_PER_USER, MAX_READ_MARKER, MAX_ROOMS_PER_CONNECTION};
+use crate::object::JsonObject;
 use crate::policy::TimingPolicy;
 use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
 use crate::protocol::{Diff, ErrorCode, Receipt};
@@ -127,6 +128,8 @@ struct User {
     /// does not stop another's typing.
     typing: HashMap<RoomId, Vec<(ConnId, Millis)>>,
     receipts: HashMap<RoomId, u64>,
+    /// `info` and `data`; `data` lives while the user has a connection.
+    custom: Custom,
     /// When the user's last connection went; `None` while they have one.
     /// Retention ages offline users by it (not by `last_seen`, which an
     /// invisible user must not move).
@@ -146,6 +149,7 @@ impl User {
             last_seen: None,
             typing: HashMap::new(),
             receipts: HashMap::new(),
+            custom: Custom::default(),
             gone: None,
         }
     }
@@ -160,8 +164,8 @@ impl User {
             self.shown,
             self.status,
             self.text.as_ref(),
-            self.last_active,
-            self.last_seen,
+            (self.last_active, self.last_seen),
+            &self.custom,
         )
     }
 }
@@ -404,6 +408,58 @@ impl Machine {
         Ok(true)
     }
 
+    /// What the server says about `user` (the `info` of the token of the
+    /// connection about to connect): the latest connection's wins. Call it
+    /// before [`Machine::connect`], so a user coming online carries it.
+    pub fn set_info(&mut self, now: Millis, user: &UserId, info: Option<JsonObject>) {
+        let u = self.users.entry(user.clone()).or_insert_with(User::new);
+        u.custom.info_at = now;
+        if u.custom.info != info {
+            u.custom.info = info;
+            self.announce_custom(now, user);
+        }
+    }
+
+    /// A client set its user's `data` (`None` clears it): the latest
+    /// setting wins over all the user's connections. Returns whether it
+    /// changed anything.
+    pub fn set_data(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        data: Option<JsonObject>,
+    ) -> Result<bool, MachineError> {
+        let user_id = self
+            .user_of(conn)
+            .ok_or(MachineError::UnknownConnection)?
+            .clone();
+        let Some(u) = self.users.get_mut(&user_id) else {
+            return Err(MachineError::UnknownConnection);
+        };
+        u.custom.data_at = now;
+        if u.custom.data == data {
+            return Ok(false);
+        }
+        u.custom.data = data;
+        self.announce_custom(now, &user_id);
+        Ok(true)
+    }
+
+    /// Tells the user's rooms and watchers their `info` and `data`, unless
+    /// they are offline or invisible (they come with `user_connected`).
+    fn announce_custom(&mut self, now: Millis, user_id: &UserId) {
+        let Some(u) = self.users.get(user_id).filter(|u| u.visible()) else {
+            return;
+        };
+        let diff = Diff::Data {
+            user: user_id.clone(),
+            info: u.custom.info.clone(),
+            data: u.custom.data.clone(),
+        };
+        let rooms = u.rooms.keys().cloned().collect();
+        self.emit(now, diff, rooms, true);
+    }
+
     /// Takes a status set elsewhere in the cluster at `at`, if it is newer
     /// than the one this machine knows; returns whether it changed anything.
     pub fn adopt_status(
@@ -546,7 +602,7 @@ impl Machine {
                             if until > now {
                                 self.timers.ensure(TimerKey::Conn(id), until);
                             } else {
-                                self.remove_conn(now, id, since);
+                                self.remove_due(now, id, since);
                             }
                         }
                     }
@@ -692,36 +748,73 @@ impl Machine {
         }
     }
 
-    /// Removes a connection whose grace is over (or that was evicted) and
-    /// announces what observers now see. `seen` is when it was last heard.
+    /// Removes a connection whose grace is over, with every other
+    /// connection of its user whose grace is over too: removed one by one,
+    /// the first would seem to leave its rooms while the user is still
+    /// online, though they go offline at this very moment.
+    fn remove_due(&mut self, now: Millis, conn: ConnId, seen: Millis) {
+        let mut due = vec![(conn, seen)];
+        if let Some(u) = self.conns.get(&conn).and_then(|c| self.users.get(&c.user)) {
+            for other in &u.conns {
+                if let Some(Conn {
+                    link: Link::Detached { since, until },
+                    ..
+                }) = self.conns.get(other)
+                    && *other != conn
+                    && *until <= now
+                {
+                    due.push((*other, *since));
+                }
+            }
+        }
+        self.remove_conns(now, &due);
+    }
+
+    /// Removes a connection (evicted, or its grace is over) and announces
+    /// what observers now see. `seen` is when it was last heard.
     fn remove_conn(&mut self, now: Millis, conn: ConnId, seen: Millis) {
-        let Some(c) = self.conns.remove(&conn) else {
+        self.remove_conns(now, &[(conn, seen)]);
+    }
+
+    /// Removes connections of one user at once (see [`Self::remove_due`]).
+    fn remove_conns(&mut self, now: Millis, conns: &[(ConnId, Millis)]) {
+        let mut user = None;
+        let mut gone: Vec<RoomId> = Vec::new();
+        let mut last_seen = Millis(0);
+        for &(conn, seen) in conns {
+            let Some(c) = self.conns.remove(&conn) else {
+                continue;
+            };
+            last_seen = last_seen.max(seen);
+            self.tokens.remove(&c.token);
+            self.timers.cancel(&TimerKey::Conn(conn));
+            if let Some(u) = self.users.get_mut(&c.user) {
+                u.conns.retain(|x| *x != conn);
+                if u.conns.is_empty() {
+                    u.gone = Some(now);
+                    // Presence data is the online user's; it goes with them.
+                    u.custom.data = None;
+                }
+            }
+            for room in &c.rooms {
+                self.stop_conn_typing(now, &c.user, conn, room);
+            }
+            for room in &c.rooms {
+                if self.release_room(now, &c.user, room) && !gone.contains(room) {
+                    gone.push(room.clone());
+                }
+            }
+            user = Some(c.user);
+        }
+        let Some(user) = user else {
             return;
         };
-        self.tokens.remove(&c.token);
-        self.timers.cancel(&TimerKey::Conn(conn));
-        if let Some(u) = self.users.get_mut(&c.user) {
-            u.conns.retain(|x| *x != conn);
-            if u.conns.is_empty() {
-                u.gone = Some(now);
-            }
-        }
-        for room in &c.rooms {
-            self.stop_conn_typing(now, &c.user, conn, room);
-        }
-        let gone: Vec<RoomId> = c
-            .rooms
-            .iter()
-            .filter(|room| self.release_room(now, &c.user, room))
-            .cloned()
-            .collect();
-        let still_connected = !self.connections_of(&c.user).is_empty();
-        if still_connected {
+        if !self.connections_of(&user).is_empty() {
             for room in &gone {
-                self.announce_left(now, &c.user, room);
+                self.announce_left(now, &user, room);
             }
         }
-        self.refresh(now, &c.user, seen, &gone);
+        self.refresh(now, &user, last_seen, &gone);
     }
 
     /// Drops one of the user's connections from a room; returns whether that

@@ -68,6 +68,7 @@ impl Machine {
             status: u.status,
             text: u.text.clone(),
             status_at: u.status_at,
+            custom: u.custom.clone(),
         })
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::presence::{IdleReason, PresenceState};
+use crate::object::JsonObject;
 
 const T0: Millis = Millis(1_000_000);
 
@@ -592,4 +593,87 @@ fn offline_users_are_forgotten_by_age_then_by_count() {
     assert_eq!(m.forget_offline(Millis(4500), keep(60, 1)), [user("c")]);
     assert!(m.view(&user("d")).is_some());
     assert!(m.view(&user("online")).is_some(), "connected users stay");
+}
+
+fn obj(s: &str) -> JsonObject {
+    JsonObject::parse(s, 1024).unwrap()
+}
+
+#[test]
+fn data_is_announced_once_to_rooms_and_watchers_and_goes_with_the_user() {
+    let mut h = Harness::new();
+    h.connect(at(0), "ana", 1);
+    h.connect(at(0), "ana", 2);
+    h.m.join(at(0), ConnId(1), room("r")).unwrap();
+    h.names();
+    assert!(h.m.set_data(at(1), ConnId(1), Some(obj(r#"{"viewing":"Q3"}"#))).unwrap());
+    let ev = h.events();
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].global);
+    assert_eq!(ev[0].rooms, [room("r")]);
+    assert_eq!(
+        ev[0].diff,
+        Diff::Data {
+            user: user("ana"),
+            info: None,
+            data: Some(obj(r#"{"viewing":"Q3"}"#))
+        }
+    );
+    // The same object again, from the other tab: no change.
+    assert!(!h.m.set_data(at(2), ConnId(2), Some(obj(r#"{"viewing":"Q3"}"#))).unwrap());
+    assert_eq!(h.names(), Vec::<&str>::new());
+    // Latest wins over the tabs.
+    h.m.set_data(at(3), ConnId(2), Some(obj(r#"{"viewing":"Q4"}"#))).unwrap();
+    assert_eq!(h.names(), ["data"]);
+    let v = h.m.view(&user("ana")).unwrap();
+    assert_eq!(v.data, Some(obj(r#"{"viewing":"Q4"}"#)));
+    // Gone for good: offline views carry none, and it does not come back.
+    h.m.leaving(at(4), ConnId(1));
+    h.m.leaving(at(4), ConnId(2));
+    h.m.tick(at(10));
+    assert_eq!(h.names(), ["user_disconnected"]);
+    assert_eq!(h.m.view(&user("ana")).unwrap().data, None);
+    h.connect(at(20), "ana", 3);
+    let ev = h.events();
+    match &ev[0].diff {
+        Diff::UserConnected { presence } => assert_eq!(presence.data, None),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_invisible_user_leaks_no_data_and_shows_it_when_visible_again() {
+    let mut h = Harness::new();
+    h.connect(at(0), "ana", 1);
+    h.m.set_status(at(1), ConnId(1), Status::Invisible, None).unwrap();
+    h.names();
+    h.m.set_data(at(2), ConnId(1), Some(obj(r#"{"x":1}"#))).unwrap();
+    assert_eq!(h.names(), Vec::<&str>::new(), "nothing while invisible");
+    let v = h.m.view(&user("ana")).unwrap();
+    assert_eq!((v.state, v.data), (PresenceState::Offline, None));
+    h.m.set_status(at(3), ConnId(1), Status::Available, None).unwrap();
+    let ev = h.events();
+    match &ev[0].diff {
+        Diff::UserConnected { presence } => assert_eq!(presence.data, Some(obj(r#"{"x":1}"#))),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn info_comes_with_the_connection_and_the_latest_one_wins() {
+    let mut h = Harness::new();
+    h.m.set_info(at(0), &user("ana"), Some(obj(r#"{"name":"Ana"}"#)));
+    assert_eq!(h.names(), Vec::<&str>::new(), "not online yet");
+    h.connect(at(0), "ana", 1);
+    match &h.events()[0].diff {
+        Diff::UserConnected { presence } => {
+            assert_eq!(presence.info, Some(obj(r#"{"name":"Ana"}"#)))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    h.m.set_info(at(1), &user("ana"), Some(obj(r#"{"name":"Ana"}"#)));
+    h.connect(at(1), "ana", 2);
+    assert_eq!(h.names(), Vec::<&str>::new(), "the same info: no news");
+    h.m.set_info(at(2), &user("ana"), Some(obj(r#"{"name":"Ana L."}"#)));
+    assert_eq!(h.names(), ["data"]);
 }

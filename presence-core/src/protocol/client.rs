@@ -4,6 +4,7 @@ use crate::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ResumeToken, RoomId, UserId};
+use crate::object::JsonObject;
 use crate::presence::{Activity, Status, StatusText};
 
 /// A message a client sends. No field names another user as the actor: the
@@ -71,6 +72,13 @@ pub enum ClientMessage {
         /// The last read message's sequence number; only moves forward.
         marker: u64,
     },
+    /// Sets the user's `data` (latest wins over all their connections);
+    /// absent or `null` clears it.
+    Data {
+        /// The object, at most the server's data limit once compact.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<JsonObject>,
+    },
     /// A fresh token for this connection's user, before the current one
     /// expires; the server answers `auth_ok` (or closes with 4101).
     Auth {
@@ -98,6 +106,7 @@ impl ClientMessage {
             ClientMessage::Status { .. } => "status",
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::Read { .. } => "read",
+            ClientMessage::Data { .. } => "data",
             ClientMessage::Auth { .. } => "auth",
             ClientMessage::Ping => "ping",
             ClientMessage::Leaving => "leaving",

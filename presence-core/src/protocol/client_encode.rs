@@ -12,7 +12,7 @@ use crate::text::{push_decimal, push_hex_byte};
 
 /// Appends `s` as a JSON string. Ids and status texts hold no control
 /// characters (their constructors refuse them), but escape them anyway.
-fn string(out: &mut String, s: &str) {
+pub(crate) fn string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -126,6 +126,12 @@ impl ClientMessage {
                 push_decimal(&mut out, *marker);
             }
             ClientMessage::Auth { token } => field(&mut out, "token", token),
+            ClientMessage::Data { data } => {
+                if let Some(d) = data {
+                    out.push_str(",\"data\":");
+                    out.push_str(d.as_str());
+                }
+            }
             ClientMessage::Ping | ClientMessage::Leaving => {}
         }
         out.push('}');

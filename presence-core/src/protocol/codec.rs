@@ -8,9 +8,9 @@ use serde::Deserialize;
 use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_TOKEN_BYTES, MAX_USERS_PER_WATCH_FRAME};
 use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
-const CLIENT_TYPES: [&str; 12] = [
-    "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "auth",
-    "ping", "leaving",
+const CLIENT_TYPES: [&str; 13] = [
+    "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "data",
+    "auth", "ping", "leaving",
 ];
 
 /// Largest `auth` frame: its token plus the frame around it.

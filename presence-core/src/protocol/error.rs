@@ -37,6 +37,8 @@ pub enum ErrorCode {
     InvalidMarker,
     /// Too many frames too fast; slow down.
     RateLimited,
+    /// A `data` object larger than the server's limit.
+    DataTooLarge,
     /// The token was refused (at the upgrade, or in an `auth` frame) or
     /// expired; the socket closes with 4101.
     Unauthorized,
@@ -62,13 +64,14 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::InvalidMarker => "invalid_marker",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::DataTooLarge => "data_too_large",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownType,
@@ -83,6 +86,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::InvalidMarker,
         ErrorCode::RateLimited,
+        ErrorCode::DataTooLarge,
         ErrorCode::Unauthorized,
         ErrorCode::Internal,
     ];

@@ -3,8 +3,9 @@
 //! serde's deserializers cost the browser bundle tens of kilobytes (generic
 //! visitors per type, float parsing and printing for error messages). Server
 //! frames are simple, so clients read them into this tree and pick fields by
-//! hand. Numbers are kept only as non-negative integers: the protocol has no
-//! other kind, and a float in an unknown field is skipped, not parsed.
+//! hand. Non-negative integers are read as numbers (the protocol has no other
+//! kind); any other number is kept as its text, so an app's presence object
+//! (`info`, `data`) is passed on exactly.
 
 use crate::prelude::*;
 /// A parsed JSON value.
@@ -14,8 +15,10 @@ pub enum Json {
     Null,
     /// `true` / `false`.
     Bool(bool),
-    /// A number: `Some` if it is an integer in `0..=u64::MAX`.
-    Num(Option<u64>),
+    /// An integer in `0..=u64::MAX`.
+    Num(u64),
+    /// Any other number, as written.
+    Other(Box<str>),
     /// A string, unescaped.
     Str(String),
     /// An array.
@@ -59,7 +62,7 @@ impl Json {
     /// The integer, if this is a non-negative one.
     pub fn as_u64(&self) -> Option<u64> {
         match self {
-            Json::Num(n) => *n,
+            Json::Num(n) => Some(*n),
             _ => None,
         }
     }
@@ -69,6 +72,49 @@ impl Json {
         match self {
             Json::Bool(b) => Some(*b),
             _ => None,
+        }
+    }
+
+    /// How deep arrays and objects nest: 0 for a scalar, 1 for `{}`.
+    pub fn depth(&self) -> usize {
+        let inner = match self {
+            Json::Arr(a) => a.iter().map(Json::depth).max(),
+            Json::Obj(o) => o.iter().map(|(_, v)| v.depth()).max(),
+            _ => return 0,
+        };
+        1 + inner.unwrap_or(0)
+    }
+
+    /// Appends this value as compact JSON.
+    pub fn write(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Num(n) => crate::text::push_decimal(out, *n),
+            Json::Other(s) => out.push_str(s),
+            Json::Str(s) => crate::protocol::client_encode::string(out, s),
+            Json::Arr(a) => {
+                out.push('[');
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
+            Json::Obj(o) => {
+                out.push('{');
+                for (i, (k, v)) in o.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    crate::protocol::client_encode::string(out, k);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
         }
     }
 
@@ -166,6 +212,7 @@ impl Parser<'_> {
     }
 
     fn number(&mut self) -> Option<Json> {
+        let first = self.i;
         let negative = self.eat(b'-').is_some();
         let start = self.i;
         let n = self.digits();
@@ -197,7 +244,10 @@ impl Parser<'_> {
                 })
             })
             .flatten();
-        Some(Json::Num(value))
+        Some(match value {
+            Some(n) => Json::Num(n),
+            None => Json::Other(self.text.get(first..self.i)?.into()),
+        })
     }
 
     fn hex4(&mut self) -> Option<u32> {
@@ -283,6 +333,15 @@ mod tests {
     }
 
     #[test]
+    fn writes_back_compactly_with_every_number_as_written() {
+        let text = r#"{"x":-1.5e3,"y":0.25,"n":7,"s":"a\"b","l":[true,null,{}]}"#;
+        let mut out = String::new();
+        Json::parse(text).unwrap().write(&mut out);
+        assert_eq!(out, text);
+        assert_eq!(Json::parse(r#"{"a":[{"b":1}]}"#).unwrap().depth(), 3);
+    }
+
+    #[test]
     fn refuses_what_serde_json_refuses() {
         for text in [
             "",
@@ -316,8 +375,8 @@ mod tests {
         match j {
             Json::Null => V::Null,
             Json::Bool(b) => V::Bool(*b),
-            Json::Num(Some(n)) => V::from(*n),
-            Json::Num(None) => V::String("<other number>".into()),
+            Json::Num(n) => V::from(*n),
+            Json::Other(_) => V::String("<other number>".into()),
             Json::Str(s) => V::String(s.clone()),
             Json::Arr(a) => V::Array(a.iter().map(to_serde).collect()),
             Json::Obj(o) => V::Object(o.iter().map(|(k, v)| (k.clone(), to_serde(v))).collect()),

@@ -4,6 +4,7 @@ use crate::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::object::JsonObject;
 use crate::presence::{IdleReason, Millis, PresenceView, Status, StatusText};
 use crate::protocol::ErrorCode;
 
@@ -156,6 +157,18 @@ pub enum Diff {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<StatusText>,
     },
+    /// The user's `info` or `data` changed; both are restated (absent:
+    /// none).
+    Data {
+        /// Who.
+        user: UserId,
+        /// What the server says about the user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<JsonObject>,
+        /// What the user's client set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<JsonObject>,
+    },
     /// The user started typing in the room.
     TypingStarted {
         /// Who.
@@ -186,6 +199,7 @@ impl Diff {
             Diff::UserIdle { .. } => "user_idle",
             Diff::UserActive { .. } => "user_active",
             Diff::Status { .. } => "status",
+            Diff::Data { .. } => "data",
             Diff::TypingStarted { .. } => "typing_started",
             Diff::TypingStopped { .. } => "typing_stopped",
             Diff::Read { .. } => "read",
@@ -201,6 +215,7 @@ impl Diff {
             | Diff::UserIdle { user, .. }
             | Diff::UserActive { user }
             | Diff::Status { user, .. }
+            | Diff::Data { user, .. }
             | Diff::TypingStarted { user }
             | Diff::TypingStopped { user }
             | Diff::Read { user, .. } => user,

@@ -7,6 +7,7 @@
 //! golden vectors check that this agrees with the derived encoding.
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::object::JsonObject;
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 use crate::protocol::json::Json;
@@ -133,7 +134,14 @@ fn view(v: &Json) -> Option<PresenceView> {
         text: f.pick_opt("text", status_text).ok()?,
         last_active: f.pick_opt("last_active", millis).ok()?,
         last_seen: f.pick_opt("last_seen", millis).ok()?,
+        info: f.pick_opt("info", object).ok()?,
+        data: f.pick_opt("data", object).ok()?,
     })
+}
+
+/// An app's object, as the server sent it (it checked the bounds).
+fn object(v: &Json) -> Option<JsonObject> {
+    JsonObject::from_json(v, usize::MAX).ok()
 }
 
 fn receipt(v: &Json) -> Option<Receipt> {
@@ -179,6 +187,11 @@ fn diff(v: &Json) -> Result<Diff, DecodeError> {
             user: f.user("user")?,
             status: f.pick("status", status)?,
             text: f.pick_opt("text", status_text)?,
+        },
+        "data" => Diff::Data {
+            user: f.user("user")?,
+            info: f.pick_opt("info", object)?,
+            data: f.pick_opt("data", object)?,
         },
         "typing_started" => Diff::TypingStarted {
             user: f.user("user")?,

@@ -178,6 +178,8 @@ fn offline_view(user: &UserId) -> PresenceView {
         text: None,
         last_active: None,
         last_seen: None,
+    info: None,
+    data: None,
     }
 }
 
