@@ -18,18 +18,18 @@ pub mod client;
 pub mod cluster;
 pub mod ids;
 pub mod limits;
-pub mod object;
 #[cfg(feature = "std")]
 pub mod machine;
+pub mod object;
 pub mod policy;
 pub mod presence;
 pub mod protocol;
 mod text;
 
 pub use ids::{ConnId, InvalidId, ResumeToken, RoomId, UserId};
-pub use object::{InvalidObject, JsonObject};
 #[cfg(feature = "std")]
 pub use machine::{Event, Machine, Outcome};
+pub use object::{InvalidObject, JsonObject};
 pub use policy::TimingPolicy;
 pub use presence::{Activity, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 pub use protocol::PROTOCOL_VERSION;

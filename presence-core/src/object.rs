@@ -127,12 +127,26 @@ mod tests {
     fn objects_are_compacted_and_bounded() {
         let o = JsonObject::parse(r#" { "name" : "Ana", "tags": [1, 2] } "#, 100).unwrap();
         assert_eq!(o.as_str(), r#"{"name":"Ana","tags":[1,2]}"#);
-        assert_eq!(JsonObject::parse("[1]", 100), Err(InvalidObject::NotAnObject));
-        assert_eq!(JsonObject::parse("\"x\"", 100), Err(InvalidObject::NotAnObject));
+        assert_eq!(
+            JsonObject::parse("[1]", 100),
+            Err(InvalidObject::NotAnObject)
+        );
+        assert_eq!(
+            JsonObject::parse("\"x\"", 100),
+            Err(InvalidObject::NotAnObject)
+        );
         assert_eq!(JsonObject::parse("{", 100), Err(InvalidObject::NotAnObject));
-        let deep = format!("{}{}", r#"{"a":"#.repeat(9), "1}".to_owned() + &"}".repeat(8));
+        let deep = format!(
+            "{}{}",
+            r#"{"a":"#.repeat(9),
+            "1}".to_owned() + &"}".repeat(8)
+        );
         assert_eq!(JsonObject::parse(&deep, 1000), Err(InvalidObject::TooDeep));
-        let ok = format!("{}{}", r#"{"a":"#.repeat(7), "1}".to_owned() + &"}".repeat(6));
+        let ok = format!(
+            "{}{}",
+            r#"{"a":"#.repeat(7),
+            "1}".to_owned() + &"}".repeat(6)
+        );
         assert!(JsonObject::parse(&ok, 1000).is_ok());
         let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(100));
         assert_eq!(JsonObject::parse(&big, 100), Err(InvalidObject::TooLarge));

@@ -7,8 +7,8 @@ use core::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
-use crate::object::JsonObject;
 use crate::limits::MAX_STATUS_TEXT_CHARS;
+use crate::object::JsonObject;
 
 /// A point in time, in milliseconds since the Unix epoch.
 ///

@@ -367,17 +367,16 @@ impl TokenAuthenticator for JwtAuth {
         let scope = |claim, entries: Option<Vec<String>>, valid: fn(&str) -> bool| {
             entries.map_or(Ok(default.clone()), |e| Scope::from_claim(claim, e, valid))
         };
-        let info = match claims.info {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(
-                JsonObject::parse(&v.to_string(), MAX_INFO_BYTES).map_err(|e| {
-                    AuthError::BadClaim {
+        let info =
+            match claims.info {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(JsonObject::parse(&v.to_string(), MAX_INFO_BYTES).map_err(
+                    |e| AuthError::BadClaim {
                         claim: "info",
                         reason: e.to_string(),
-                    }
-                })?,
-            ),
-        };
+                    },
+                )?),
+            };
         Ok(Identity {
             info,
             rooms: scope("rooms", claims.rooms, |id| RoomId::new(id).is_ok())?,

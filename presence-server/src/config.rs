@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// How long offline users (status, text, last seen, read markers) are
     /// remembered, and how many at most. Default 30 days, 1,000,000 users.
     pub retention: Retention,
+    /// Largest `data` object a client may set, compact, in bytes (1 to the
+    /// 4 KiB frame limit). Default 1,024; bigger is `data_too_large`.
+    pub max_data_bytes: usize,
 }
 
 /// A token bucket: `burst` frames at once, refilled at `per_second`.
@@ -126,6 +129,7 @@ impl Default for ServerConfig {
             event_replay: 10_000,
             policy_timeout: Duration::from_secs(2),
             retention: Retention::default(),
+            max_data_bytes: presence_core::limits::MAX_DATA_BYTES,
         }
     }
 }
@@ -136,6 +140,9 @@ pub enum ConfigError {
     /// The timing policy is contradictory.
     #[error("timing policy: {0}")]
     Timing(#[from] InvalidPolicy),
+    /// `max_data_bytes` past the frame limit: no frame could carry it.
+    #[error("max_data_bytes ({0}) must be at most the frame limit ({MAX_FRAME_BYTES})")]
+    DataTooLarge(usize),
     /// A size or count that must be positive was zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
@@ -177,6 +184,7 @@ impl ServerConfig {
             ("max_bulk_users", self.max_bulk_users),
             ("max_body_bytes", self.max_body_bytes),
             ("event_buffer", self.event_buffer),
+            ("max_data_bytes", self.max_data_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -190,6 +198,9 @@ impl ServerConfig {
         }
         if !(self.rate.per_second.is_finite() && self.rate.per_second > 0.0) {
             return Err(ConfigError::BadRate(self.rate.per_second));
+        }
+        if self.max_data_bytes > MAX_FRAME_BYTES {
+            return Err(ConfigError::DataTooLarge(self.max_data_bytes));
         }
         if self.socket.max_message < MAX_FRAME_BYTES {
             return Err(ConfigError::MaxMessageTooSmall(self.socket.max_message));

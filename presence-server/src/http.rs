@@ -159,8 +159,8 @@ fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
         text: None,
         last_active: None,
         last_seen: None,
-    info: None,
-    data: None,
+        info: None,
+        data: None,
     })
 }
 

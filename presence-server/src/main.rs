@@ -100,6 +100,9 @@ struct Args {
     /// Remember at most this many offline users; the longest gone are forgotten first.
     #[arg(long, env = "PRESENCE_MAX_OFFLINE_USERS", default_value_t = 1_000_000)]
     max_offline_users: usize,
+    /// Largest `data` object a client may set, compact, in bytes (at most 4096).
+    #[arg(long, env = "PRESENCE_MAX_DATA_BYTES", default_value_t = 1024)]
+    max_data_bytes: usize,
     /// Frames a connection may send in a burst before `rate_limited`.
     #[arg(long, env = "PRESENCE_RATE_BURST", default_value_t = 40)]
     rate_burst: u32,
@@ -381,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
     config.rate.per_second = args.rate_per_second;
     config.rate.abuse_factor = args.rate_abuse_factor;
     config.hello_timeout = ms(args.hello_timeout_ms);
+    config.max_data_bytes = args.max_data_bytes;
     config.retention.keep_for = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.retention.max_offline = args.max_offline_users;
 

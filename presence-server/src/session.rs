@@ -38,6 +38,14 @@ const AUTH_RATE: RateLimit = RateLimit {
     abuse_factor: 10,
 };
 
+/// `data` frames: a burst of 10, then 5 a second, on top of the general
+/// limit; each one may reach every member of the user's rooms.
+const DATA_RATE: RateLimit = RateLimit {
+    burst: 10,
+    per_second: 5.0,
+    abuse_factor: 10,
+};
+
 /// Frames a socket may send once, outside the rate limit, so a client can
 /// restore the most state the limits allow right after a reconnect: a `join`
 /// and a `read` per room, the largest watch list, one `status`.
@@ -46,6 +54,7 @@ struct Restore {
     read: usize,
     watch: usize,
     status: usize,
+    data: usize,
 }
 
 impl Restore {
@@ -55,6 +64,7 @@ impl Restore {
             read: MAX_ROOMS_PER_CONNECTION,
             watch: MAX_WATCHED_PER_CONNECTION.div_ceil(MAX_USERS_PER_WATCH_FRAME),
             status: 1,
+            data: 1,
         }
     }
 
@@ -65,6 +75,7 @@ impl Restore {
             ClientMessage::Read { .. } => &mut self.read,
             ClientMessage::Watch { .. } => &mut self.watch,
             ClientMessage::Status { .. } => &mut self.status,
+            ClientMessage::Data { .. } => &mut self.data,
             _ => return false,
         };
         let paid = *left > 0;
@@ -457,6 +468,7 @@ where
     let mut session = Session {
         hub: &hub,
         auth_bucket: Bucket::new(AUTH_RATE, hub.clock.now()),
+        data_bucket: Bucket::new(DATA_RATE, hub.clock.now()),
         who,
         conn,
         generation,
@@ -503,6 +515,7 @@ struct Session<'a> {
     /// Who the socket speaks for; an `auth` frame replaces it.
     who: Identity,
     auth_bucket: Bucket,
+    data_bucket: Bucket,
     conn: ConnId,
     generation: u64,
     bucket: Bucket,
@@ -702,6 +715,26 @@ impl Session<'_> {
             })?),
             ClientMessage::Read { room, marker } => {
                 Ok(hub.read_marker(conn, generation, room, *marker)?)
+            }
+            ClientMessage::Data { data } => {
+                let size = data.as_ref().map_or(0, |d| d.len());
+                if size > hub.config.max_data_bytes {
+                    let message = format!(
+                        "data is {size} bytes; the limit is {}",
+                        hub.config.max_data_bytes
+                    );
+                    let subject = Subject::of(msg);
+                    self.refuse(ErrorCode::DataTooLarge, message, subject);
+                    return Ok(());
+                }
+                match self.data_bucket.take(hub.clock.now()) {
+                    Verdict::Ok => {}
+                    Verdict::Limited => return Err(ErrorCode::RateLimited.into()),
+                    Verdict::Abusive => return Err(ErrorCode::RateLimited.into()),
+                }
+                let data = data.clone();
+                hub.act(conn, generation, |m, now| m.set_data(now, conn, data))?;
+                Ok(())
             }
             ClientMessage::Ping => {
                 self.reply(&ServerMessage::Pong);

@@ -53,6 +53,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("status", &["status"]),
     ("typing", &["typing_started", "typing_stopped"]),
     ("read", &["read"]),
+    ("data", &["data"]),
 ];
 
 /// Where and what to deliver.

@@ -169,6 +169,7 @@ on_every_backend!(
     a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
+    data_crosses_nodes_and_the_latest_setting_wins,
 );
 
 async fn node_on(
@@ -331,6 +332,38 @@ async fn a_user_with_tabs_on_two_nodes_is_one_user(f: Fabric) {
     tab_b.close().await;
     let seen = kinds_about(&mut carol, "bob", Duration::from_millis(700)).await;
     assert_eq!(seen, ["user_idle", "user_disconnected"]);
+}
+
+/// `data` set on one node reaches members on the others once; with tabs
+/// on two nodes, the latest setting wins everywhere, and the view stays
+/// that when the tab that set it closes while the other stays.
+async fn data_crosses_nodes_and_the_latest_setting_wins(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut carol = c.client("carol").await;
+    carol.join("r").await;
+    let mut tab_a = a.client("bob").await;
+    tab_a.join("r").await;
+    carol.diff("user_connected", "bob").await;
+    tab_a
+        .send(json!({"type": "data", "data": {"viewing": "plan"}}))
+        .await;
+    let (_, d) = carol.diff("data", "bob").await;
+    assert_eq!(d["data"], json!({"viewing": "plan"}));
+    let mut tab_b = b.client("bob").await;
+    tab_b.join("r").await;
+    tab_b
+        .send(json!({"type": "data", "data": {"viewing": "roadmap"}}))
+        .await;
+    let (_, d) = carol.diff("data", "bob").await;
+    assert_eq!(d["data"], json!({"viewing": "roadmap"}));
+    let rest = kinds_about(&mut carol, "bob", Duration::from_millis(300)).await;
+    assert!(rest.is_empty(), "once: {rest:?}");
+    let (_, view) = a.get("/v1/users/bob/presence", SERVICE_KEY).await;
+    assert_eq!(
+        view["data"],
+        json!({"viewing": "roadmap"}),
+        "every node agrees"
+    );
 }
 
 async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once(f: Fabric) {

@@ -263,8 +263,8 @@ fn apply_to(
             text: None,
             last_active: None,
             last_seen: None,
-        info: None,
-        data: None,
+            info: None,
+            data: None,
         })
     };
     let room = typing.is_some();

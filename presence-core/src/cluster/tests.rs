@@ -9,9 +9,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::ids::{ConnId, ResumeToken};
 use crate::machine::Machine;
+use crate::object::JsonObject;
 use crate::policy::TimingPolicy;
 use crate::presence::PresenceState;
-use crate::object::JsonObject;
 
 use IdleReason::*;
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::presence::{IdleReason, PresenceState};
 use crate::object::JsonObject;
+use crate::presence::{IdleReason, PresenceState};
 
 const T0: Millis = Millis(1_000_000);
 
@@ -606,7 +606,10 @@ fn data_is_announced_once_to_rooms_and_watchers_and_goes_with_the_user() {
     h.connect(at(0), "ana", 2);
     h.m.join(at(0), ConnId(1), room("r")).unwrap();
     h.names();
-    assert!(h.m.set_data(at(1), ConnId(1), Some(obj(r#"{"viewing":"Q3"}"#))).unwrap());
+    assert!(
+        h.m.set_data(at(1), ConnId(1), Some(obj(r#"{"viewing":"Q3"}"#)))
+            .unwrap()
+    );
     let ev = h.events();
     assert_eq!(ev.len(), 1);
     assert!(ev[0].global);
@@ -620,10 +623,14 @@ fn data_is_announced_once_to_rooms_and_watchers_and_goes_with_the_user() {
         }
     );
     // The same object again, from the other tab: no change.
-    assert!(!h.m.set_data(at(2), ConnId(2), Some(obj(r#"{"viewing":"Q3"}"#))).unwrap());
+    assert!(
+        !h.m.set_data(at(2), ConnId(2), Some(obj(r#"{"viewing":"Q3"}"#)))
+            .unwrap()
+    );
     assert_eq!(h.names(), Vec::<&str>::new());
     // Latest wins over the tabs.
-    h.m.set_data(at(3), ConnId(2), Some(obj(r#"{"viewing":"Q4"}"#))).unwrap();
+    h.m.set_data(at(3), ConnId(2), Some(obj(r#"{"viewing":"Q4"}"#)))
+        .unwrap();
     assert_eq!(h.names(), ["data"]);
     let v = h.m.view(&user("ana")).unwrap();
     assert_eq!(v.data, Some(obj(r#"{"viewing":"Q4"}"#)));
@@ -645,13 +652,16 @@ fn data_is_announced_once_to_rooms_and_watchers_and_goes_with_the_user() {
 fn an_invisible_user_leaks_no_data_and_shows_it_when_visible_again() {
     let mut h = Harness::new();
     h.connect(at(0), "ana", 1);
-    h.m.set_status(at(1), ConnId(1), Status::Invisible, None).unwrap();
+    h.m.set_status(at(1), ConnId(1), Status::Invisible, None)
+        .unwrap();
     h.names();
-    h.m.set_data(at(2), ConnId(1), Some(obj(r#"{"x":1}"#))).unwrap();
+    h.m.set_data(at(2), ConnId(1), Some(obj(r#"{"x":1}"#)))
+        .unwrap();
     assert_eq!(h.names(), Vec::<&str>::new(), "nothing while invisible");
     let v = h.m.view(&user("ana")).unwrap();
     assert_eq!((v.state, v.data), (PresenceState::Offline, None));
-    h.m.set_status(at(3), ConnId(1), Status::Available, None).unwrap();
+    h.m.set_status(at(3), ConnId(1), Status::Available, None)
+        .unwrap();
     let ev = h.events();
     match &ev[0].diff {
         Diff::UserConnected { presence } => assert_eq!(presence.data, Some(obj(r#"{"x":1}"#))),

@@ -264,8 +264,8 @@ mod tests {
                 text: None,
                 last_active: Some(presence_core::Millis(1_764_338_400_000)),
                 last_seen: None,
-            info: None,
-            data: None,
+                info: None,
+                data: None,
             })
             .collect();
         let typing: Vec<UserId> = (0..500).step_by(7).map(user).collect();

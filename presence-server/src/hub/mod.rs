@@ -178,8 +178,8 @@ fn offline_view(user: &UserId) -> PresenceView {
         text: None,
         last_active: None,
         last_seen: None,
-    info: None,
-    data: None,
+        info: None,
+        data: None,
     }
 }
 
@@ -442,6 +442,8 @@ impl Hub {
             if st.cluster.is_some() {
                 st.touched.insert(user.clone());
             }
+            // Before the connect, so a user coming online carries it.
+            st.machine.set_info(now, user, who.info.clone());
             let outcome = st
                 .machine
                 .connect(now, user.clone(), fresh, token, resume, activity)
