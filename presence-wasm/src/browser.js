@@ -69,6 +69,18 @@ export function fetchToken(get, on) {
     .then((t) => on(typeof t == "string" && t ? t : undefined), () => on(undefined));
 }
 
+// `JSON.parse` of an object the server sent (valid JSON by construction), and `JSON.stringify` of
+// what the app gave `setData`: `undefined` if it has none (a cycle, a BigInt).
+export function parseJson(text) {
+  return JSON.parse(text);
+}
+
+export function jsonOf(v) {
+  try {
+    return JSON.stringify(v);
+  } catch {}
+}
+
 // A socket given up: its late events reach nobody.
 export function detachSocket(ws) {
   ws.onopen = ws.onmessage = ws.onclose = null;

@@ -50,6 +50,15 @@ export type IdleReason = "no_input" | "hidden" | "blurred" | "locked";
 export type Status = "available" | "away" | "busy" | "invisible";
 
 /** One user's presence. Times are milliseconds since the Unix epoch. */
+/**
+ * What the server says about a user while online (the token's `info` claim), e.g. name and avatar.
+ * Declare your shape by augmenting it:
+ * `declare module "@presence-rs/presence" { interface PresenceInfo { name: string } }`.
+ */
+export interface PresenceInfo { [key: string]: unknown }
+/** What a user's client set with `setData` (latest wins over their tabs); augment it the same way. */
+export interface PresenceData { [key: string]: unknown }
+
 export interface Presence {
   user: string;
   state: PresenceState;
@@ -58,15 +67,20 @@ export interface Presence {
   text?: string;
   lastActive?: number;
   lastSeen?: number;
+  /** While online only. */
+  info?: PresenceInfo;
+  /** While online only. */
+  data?: PresenceData;
 }
 
 /**
  * What changed: in a room, `joined` (entered it online, or came online in it; every online member
  * of the first snapshot) and `left` (left it, still online elsewhere: no longer a member); for
  * watched users, `online`; anywhere, `offline`, `active`, `idle` (or idle for another reason) and
- * `status` (status or text).
+ * `status` (status or text) and `data` (`info` or `data`).
  */
-export type PresenceKind = "joined" | "online" | "left" | "offline" | "active" | "idle" | "status";
+export type PresenceKind =
+  | "joined" | "online" | "left" | "offline" | "active" | "idle" | "status" | "data";
 /**
  * A presence change, once per change (a resync that changes nothing fires nothing); `room` is
  * absent for watched users. For `left`, `presence` is the user as last seen in the room.
@@ -192,6 +206,14 @@ export class PresenceClient {
      * a client stopped as `unauthorized`.
      */
     readonly setToken: (token: string) => void;
+    /**
+     * Sets this user's presence data, for all their tabs and devices (latest wins), shown to the
+     * members of their rooms and their watchers while online; `null` clears it. A plain
+     * JSON-serialisable object nested at most 8 deep: throws `invalid_argument` otherwise, and
+     * `data_too_large` beyond 4 KB; the server's own limit (1 KiB by default) comes to `onError`
+     * as `data_too_large` with `frame: "data"`. Resent after a reconnect.
+     */
+    readonly setData: <T extends PresenceData = PresenceData>(data: T | null) => void;
     /** The user stopped typing (composer blurred, message sent). */
     readonly stopTyping: (room: string) => void;
     /**
@@ -349,6 +371,12 @@ extern "C" {
     fn put(o: &JsValue, key: &str, value: &JsValue);
     /// `o[key]` (see [`put`]); `undefined` for a missing field.
     fn field(o: &JsValue, key: &str) -> JsValue;
+    /// `JSON.parse`, for objects the server sent.
+    #[wasm_bindgen(js_name = parseJson)]
+    fn parse_json(text: &str) -> JsValue;
+    /// `JSON.stringify`; `None` if `v` cannot be.
+    #[wasm_bindgen(js_name = jsonOf)]
+    pub fn json_of(v: &JsValue) -> Option<String>;
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.
@@ -524,6 +552,8 @@ pub fn presence(v: &PresenceView) -> JsValue {
         .opt("text", v.text.as_ref().map(|t| t.as_str()))
         .opt("lastActive", v.last_active.map(|m| m.0 as f64))
         .opt("lastSeen", v.last_seen.map(|m| m.0 as f64))
+        .opt("info", v.info.as_ref().map(|o| parse_json(o.as_str())))
+        .opt("data", v.data.as_ref().map(|o| parse_json(o.as_str())))
         .done()
 }
 

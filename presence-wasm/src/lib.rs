@@ -41,7 +41,7 @@ use core::cell::RefCell;
 use core::time::Duration;
 
 use presence_core::client::{ActivityConfig, Client, ClientConfig};
-use presence_core::{Status, StatusText};
+use presence_core::{InvalidObject, JsonObject, Status, StatusText};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -131,6 +131,7 @@ impl PresenceClient {
                 Ok(JsValue::UNDEFINED)
             }
             Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
+            Some(Op::SetData) => done(self.set_data(&a)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -166,10 +167,11 @@ enum Op {
     GetSnapshot,
     Close,
     SetToken,
+    SetData,
 }
 
 impl Op {
-    const ALL: [Op; 20] = [
+    const ALL: [Op; 21] = [
         Op::Join,
         Op::Leave,
         Op::Watch,
@@ -190,6 +192,7 @@ impl Op {
         Op::GetSnapshot,
         Op::Close,
         Op::SetToken,
+        Op::SetData,
     ];
 }
 
@@ -446,6 +449,35 @@ impl PresenceClient {
             ));
         }
         runtime::with(&self.shared, |c, now| c.set_token(now, token.into()));
+        Ok(())
+    }
+
+    /// Sets the user's presence data (a plain object; `null` clears it).
+    pub fn set_data(&self, data: &JsValue) -> Result<(), JsValue> {
+        self.live()?;
+        let data = if data.is_null_or_undefined() {
+            None
+        } else {
+            let bad = || {
+                error(
+                    "invalid_argument",
+                    "data must be a plain JSON object or null",
+                )
+            };
+            if !data.is_object() || js_sys::Array::is_array(data) {
+                return Err(bad());
+            }
+            let text = js::json_of(data).ok_or_else(bad)?;
+            // Room for the frame around it within the frame limit.
+            let max = presence_core::limits::MAX_FRAME_BYTES - 32;
+            Some(JsonObject::parse(&text, max).map_err(|e| match e {
+                InvalidObject::TooLarge => {
+                    error("data_too_large", "data must be under 4 KB of JSON")
+                }
+                _ => bad(),
+            })?)
+        };
+        runtime::with(&self.shared, |c, _| c.set_data(data));
         Ok(())
     }
 

@@ -802,3 +802,52 @@ async fn leaving_one_room_is_left_there_while_another_room_sees_the_user_online(
     ca.close();
     cb.close();
 }
+
+#[wasm_bindgen_test]
+async fn set_data_reaches_another_user_and_an_oversized_object_is_refused_with_its_code() {
+    let Pair { room, a, b, ca, cb } = pair(&[], &[]);
+    until("bob sees ana", || seen(&cb, &room, &a).is_some()).await;
+    let errors: Rc<RefCell<Vec<String>>> = Rc::default();
+    let log = errors.clone();
+    let on = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let code = get(&e, "code").as_string().unwrap_or_default();
+        let frame = get(&e, "frame").as_string().unwrap_or_default();
+        log.borrow_mut().push(format!("{frame}:{code}"));
+    });
+    let _off = ca.on_error(on.as_ref().clone().unchecked_into()).unwrap();
+    let data = js_sys::JSON::parse(r#"{"viewing":"Q3 plan","cursor":{"x":0.25,"y":-3}}"#).unwrap();
+    ca.set_data(&data).unwrap();
+    let bobs_view_of_ana = || {
+        let members: js_sys::Array = cb.members(&room).ok()?.unchecked_into();
+        let m = members
+            .iter()
+            .find(|m| get(m, "user").as_string().as_deref() == Some(a.as_str()))?;
+        js_sys::JSON::stringify(&get(&m, "data")).ok()?.as_string()
+    };
+    until("bob sees ana's data", || {
+        bobs_view_of_ana().as_deref() == Some(r#"{"cursor":{"x":0.25,"y":-3},"viewing":"Q3 plan"}"#)
+    })
+    .await;
+    let big = js_sys::JSON::parse(&format!(r#"{{"blob":"{}"}}"#, "x".repeat(2048))).unwrap();
+    ca.set_data(&big).unwrap();
+    until("the server refuses 2 KiB", || {
+        errors.borrow().contains(&"data:data_too_large".to_owned())
+    })
+    .await;
+    let code = |r: Result<(), JsValue>| get(&r.unwrap_err(), "code").as_string();
+    let list: JsValue = js_sys::Array::of1(&1.into()).into();
+    assert_eq!(
+        code(ca.set_data(&list)).as_deref(),
+        Some("invalid_argument")
+    );
+    let huge = js_sys::JSON::parse(&format!(r#"{{"blob":"{}"}}"#, "x".repeat(5000))).unwrap();
+    assert_eq!(code(ca.set_data(&huge)).as_deref(), Some("data_too_large"));
+    TimeoutFuture::new(200).await;
+    assert!(
+        bobs_view_of_ana().is_some_and(|d| d.contains("Q3 plan")),
+        "the refused ones changed nothing"
+    );
+    let _ = b;
+    ca.close();
+    cb.close();
+}

@@ -42,6 +42,7 @@ use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::limits::{
     MAX_ROOMS_PER_CONNECTION, MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION,
 };
+use crate::object::JsonObject;
 use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
 use crate::protocol::decode_server;
 use crate::protocol::{ClientMessage, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerMessage};
@@ -236,6 +237,9 @@ pub struct Client {
     watched: VecSet<UserId>,
     status: Option<(Status, Option<StatusText>)>,
     status_sent: bool,
+    /// The `data` the app set (`Some(None)`: cleared), if it ever did.
+    data: Option<Option<JsonObject>>,
+    data_sent: bool,
     typing: VecMap<RoomId, Typing>,
     markers: VecMap<RoomId, u64>,
     /// Closed by the app: never connects again.
@@ -318,6 +322,8 @@ impl Client {
             watched: VecSet::default(),
             status: None,
             status_sent: true,
+            data: None,
+            data_sent: true,
             typing: VecMap::default(),
             markers: VecMap::default(),
             ended: false,
@@ -729,6 +735,11 @@ impl Client {
                 });
             }
         }
+        // Data set on this page goes again: a fresh connection lacks it, and
+        // a resumed one changes nothing by it.
+        if matches!(self.data, Some(Some(_))) {
+            self.data_sent = false;
+        }
         self.reconcile(usize::MAX);
         self.sync_activity(now);
     }
@@ -773,6 +784,9 @@ impl Client {
                 text: text.clone(),
             });
         }
+        if let (false, Some(data)) = (self.data_sent, &self.data) {
+            due.push(ClientMessage::Data { data: data.clone() });
+        }
         due.truncate(budget);
         for msg in &due {
             match msg {
@@ -788,6 +802,7 @@ impl Client {
                     }
                 }
                 ClientMessage::Status { .. } => self.status_sent = true,
+                ClientMessage::Data { .. } => self.data_sent = true,
                 _ => {}
             }
             self.send(msg);
@@ -829,6 +844,9 @@ impl Client {
                 }
             }
             (Some("status"), _) if retry => self.status_sent = false,
+            (Some("data"), _) if retry => self.data_sent = false,
+            // Refused for good (too large, not an object): not sent again.
+            (Some("data"), _) => self.data = None,
             (Some("auth"), _) => self.token.refresh_at = Some(now.after(REFRESH_RETRY)),
             (Some("activity"), _) if retry => self.sent_activity = None,
             (None | Some("read"), _) if retry => {
@@ -993,6 +1011,14 @@ impl Client {
         self.status = Some((status, text.clone()));
         self.status_sent = matches!(self.link, Link::Ready { .. });
         self.send(&ClientMessage::Status { status, text });
+    }
+
+    /// Sets the user's `data` (`None` clears it); sent now, or after
+    /// reconnecting (latest wins).
+    pub fn set_data(&mut self, data: Option<JsonObject>) {
+        self.data = Some(data.clone());
+        self.data_sent = self.is_ready();
+        self.send(&ClientMessage::Data { data });
     }
 
     /// The user typed in `room`'s composer: start or refresh the indicator,

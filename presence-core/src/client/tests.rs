@@ -1270,3 +1270,60 @@ fn watched_users_come_online_and_go_offline() {
     );
     assert_eq!(kinds_seen(&mut c), [(None, "bob".into(), "online")]);
 }
+
+#[test]
+fn data_is_sent_when_live_resent_after_a_reconnect_and_its_changes_are_told() {
+    let obj = |s: &str| crate::JsonObject::parse(s, 1024).unwrap();
+    let mut c = Client::new(T0, ClientConfig::default());
+    c.set_data(Some(obj(r#"{"viewing":"plan"}"#)));
+    c.start(T0);
+    c.opened(T0);
+    c.received(T0, &welcome("tok1"));
+    assert!(
+        sent(&mut c).contains(&r#"{"type":"data","data":{"viewing":"plan"}}"#.to_owned()),
+        "set before connecting, sent after welcome"
+    );
+    c.closed(at(1), Some(1001));
+    let retry = c.next_deadline(at(1)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    c.received(retry, &welcome("tok2"));
+    assert!(sent(&mut c).contains(&r#"{"type":"data","data":{"viewing":"plan"}}"#.to_owned()));
+    c.set_data(None);
+    assert_eq!(sent(&mut c), [r#"{"type":"data"}"#]);
+    // A refusal for good is told once and the object is not sent again.
+    c.set_data(Some(obj(r#"{"big":1}"#)));
+    sent(&mut c);
+    c.received(
+        retry,
+        r#"{"type":"error","code":"data_too_large","message":"too big","frame":"data"}"#,
+    );
+    c.closed(at(20_000), Some(1001));
+    let retry = c.next_deadline(at(20_000)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    c.received(retry, &welcome("tok3"));
+    assert!(sent(&mut c).iter().all(|f| !f.contains("\"data\"")));
+
+    c.join(room("r"));
+    c.received(at(1), &snapshot_of("r", &[member("bob", "active")], false));
+    kinds_seen(&mut c);
+    c.received(
+        at(2),
+        r#"{"type":"diffs","room":"r","diffs":[{"type":"data","user":"bob","info":{"name":"Bob"},"data":{"x":0.5}}]}"#,
+    );
+    assert_eq!(
+        kinds_seen(&mut c),
+        [(Some("r".into()), "bob".into(), "data")]
+    );
+    let bob = c
+        .cache()
+        .room(&room("r"))
+        .unwrap()
+        .members
+        .get(&UserId::new("bob").unwrap())
+        .cloned()
+        .unwrap();
+    assert_eq!(bob.data.unwrap().as_str(), r#"{"x":0.5}"#);
+    assert_eq!(bob.info.unwrap().as_str(), r#"{"name":"Bob"}"#);
+}
