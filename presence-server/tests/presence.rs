@@ -33,7 +33,11 @@ async fn two_users_see_each_other_join_go_idle_become_active_and_leave() {
 
     bob.send(json!({"type": "leave", "room": "general"})).await;
     let (_, d) = ana.diff("user_left", "bob").await;
-    assert_eq!(d, json!({"type": "user_left", "user": "bob"}), "still online elsewhere");
+    assert_eq!(
+        d,
+        json!({"type": "user_left", "user": "bob"}),
+        "still online elsewhere"
+    );
     srv.stop().await;
 }
 
