@@ -76,7 +76,7 @@ async fn the_http_api_agrees_with_what_socket_clients_see() {
     assert_eq!(states, ["active", "idle", "offline"]);
 
     bob.send(json!({"type": "leave", "room": "r"})).await;
-    ana.diff("user_disconnected", "bob").await;
+    ana.diff("user_left", "bob").await;
     let (_, room) = srv.get("/v1/rooms/r/members", SERVICE_KEY).await;
     assert_eq!(names(&room["members"]), ["ana"]);
     srv.stop().await;
