@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use presence_core::cluster::NodeRecord;
-use presence_core::machine::Shown;
-use presence_core::{Millis, RoomId, Status, UserId};
+use presence_core::machine::{Custom, Shown};
+use presence_core::{JsonObject, Millis, RoomId, Status, UserId};
 use presence_server::backend::{
     Backend, BackendError, Incoming, MemoryBackend, MemoryCluster, RedisBackend, RedisConfig,
     RedisTarget, Stored, Topic, UserRecords,
@@ -395,6 +395,12 @@ fn holding(seq: u64, rooms: &[&str]) -> Stored {
             status: Status::Busy,
             text: None,
             status_at: Millis(7),
+            // Stored and read back as it is, through every backend.
+            custom: Custom {
+                data: JsonObject::parse(r#"{"n":1.5,"viewing":"plan"}"#, 64).ok(),
+                data_at: Millis(9),
+                ..Custom::default()
+            },
         },
     }
 }
