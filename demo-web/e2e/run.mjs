@@ -197,6 +197,19 @@ try {
     await shot(pageB, "01-b-sees-a-online");
   });
 
+  await scenario("B sees A's name (info from the token) and what A is viewing (data)", async () => {
+    const shows = ({ user, name, viewing }) => {
+      const row = [...document.querySelectorAll("[data-testid=member]")].find((r) => r.dataset.user === user);
+      return row?.querySelector("[data-testid=member-name]")?.textContent === name &&
+        row?.querySelector("[data-testid=member-viewing]")?.textContent === viewing;
+    };
+    const room = await pageA.evaluate(() => location.hash.slice(1));
+    await until(pageB, "B sees Ana viewing the room", shows, { user: "ana", name: "Ana", viewing: `viewing #${room}` });
+    await until(pageA, "A sees itself as Ana (you)", shows, { user: "ana", name: "Ana (you)", viewing: `viewing #${room}` });
+    await shot(pageB, "01b-b-sees-a-name-and-viewing");
+    return `name "Ana", "viewing #${room}"`;
+  });
+
   await scenario("A stops interacting → B sees A idle", async () => {
     const t = Date.now();
     await until(pageB, "B sees ana idle", memberIs, { user: "ana", state: "idle", detail: "^idle \\d+ s" });

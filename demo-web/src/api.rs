@@ -122,6 +122,24 @@ async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+/// Dev auth (the token is the user name) plus an `info` with a display
+/// name, as a real app's tokens would carry: "ana" is shown as "Ana".
+pub struct DemoAuth;
+
+impl TokenAuthenticator for DemoAuth {
+    fn check(&self, token: &str) -> Result<presence_server::Identity, presence_server::AuthError> {
+        let mut who = DevAuth.check(token)?;
+        let mut chars = who.user.as_str().chars();
+        let name: String = chars
+            .next()
+            .map(|c| c.to_uppercase().chain(chars).collect())
+            .unwrap_or_default();
+        let info = serde_json::json!({ "name": name }).to_string();
+        who.info = presence_server::presence_core::JsonObject::parse(&info, 1024).ok();
+        Ok(who)
+    }
+}
+
 /// The demo signs users in the way presence-server's dev auth does: the
 /// bearer token is the user name. Anyone can be anyone; it is a demo.
 fn user(headers: &HeaderMap) -> Result<UserId, ApiError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use demo_web::Demo;
-use presence_server::{DataDir, DevAuth, PresenceServer, ServerConfig};
+use presence_server::{DataDir, PresenceServer, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// The presence-rs demo: a chat page with live presence, typing and read receipts.
@@ -79,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     config.batch_window = ms(args.batch_window_ms);
 
     tracing::warn!("development auth: the token IS the user name; anyone can be anyone (a demo)");
-    let mut builder = PresenceServer::builder().config(config).auth(DevAuth);
+    let mut builder = PresenceServer::builder()
+        .config(config)
+        .auth(demo_web::api::DemoAuth);
     if let Some(dir) = &args.data_dir {
         builder = builder.data_dir(DataDir::open(dir).context("--data-dir")?);
     }

@@ -158,10 +158,11 @@ function renderMembers(members, now) {
         avatar(p.user, p.state),
         h("div", { class: "member-text" },
           h("div", { class: "member-name" },
-            h("span", { text: p.user === me ? `${p.user} (you)` : p.user }),
+            h("span", { "data-testid": "member-name", text: `${p.info?.name ?? p.user}${p.user === me ? " (you)" : ""}` }),
             p.status === "away" || p.status === "busy" ? h("span", { class: `chip ${p.status}`, text: p.status }) : null),
           h("div", { class: "member-detail", "data-testid": "member-detail", text: describe(p, now) }),
-          p.text ? h("div", { class: "member-status-text", text: `“${p.text}”` }) : null))));
+          p.text ? h("div", { class: "member-status-text", text: `“${p.text}”` }) : null,
+          typeof p.data?.viewing == "string" ? h("div", { class: "member-viewing", "data-testid": "member-viewing", text: `viewing ${p.data.viewing}` }) : null))));
 }
 
 function renderActiveNow(people, now) {
@@ -295,6 +296,8 @@ async function enterRoom(name) {
   $("messages").replaceChildren();
   $("room-error").textContent = "";
   client.join(name);
+  // Presence data: what this user is looking at, shown under their name.
+  client.setData({ viewing: `#${name}` });
   unbindTyping = client.bindTyping(name, $("composer"));
   try {
     await api("/api/rooms", { method: "POST", body: { room: name }, user: me });
