@@ -12,7 +12,7 @@ use crate::presence::Millis;
 pub const MAX_REFUSALS: u32 = 3;
 /// How long a refresh may be early: a quarter of the token's life left, but
 /// at most this (so an hour-long token is refreshed a minute before `exp`).
-const MAX_EARLY: Duration = Duration::from_secs(60);
+const MAX_EARLY_MS: u64 = 60_000;
 /// After a failed or refused refresh, ask again this much later (until the
 /// server closes the socket at `exp`).
 pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
@@ -44,8 +44,9 @@ impl Token {
         self.exp = exp;
         self.refresh_at = match exp {
             Some(exp) if self.source => {
-                let left = exp.since(now);
-                Some(now.after(left - (left / 4).min(MAX_EARLY)))
+                // In milliseconds: `Duration` arithmetic weighs more in the bundle.
+                let left = exp.0.saturating_sub(now.0);
+                Some(Millis(now.0 + left - (left / 4).min(MAX_EARLY_MS)))
             }
             _ => None,
         };

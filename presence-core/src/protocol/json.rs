@@ -146,7 +146,9 @@ impl Parser<'_> {
     }
 
     fn lit(&mut self, word: &[u8], v: Json) -> Option<Json> {
-        self.s[self.i..].starts_with(word).then(|| {
+        // `get`, not indexing: a panicking slice costs the bundle its message.
+        let rest = self.s.get(self.i..).unwrap_or_default();
+        rest.starts_with(word).then(|| {
             self.i += word.len();
             v
         })
@@ -216,10 +218,10 @@ impl Parser<'_> {
         let negative = self.eat(b'-').is_some();
         let start = self.i;
         let n = self.digits();
-        if n == 0 || (n > 1 && self.s[start] == b'0') {
+        if n == 0 || (n > 1 && self.s.get(start) == Some(&b'0')) {
             return None;
         }
-        let int = &self.s[start..self.i];
+        let int = self.s.get(start..self.i)?;
         let mut integral = !negative;
         if self.eat(b'.').is_some() {
             integral = false;

@@ -29,7 +29,8 @@ impl<'a> Fields<'a> {
     }
 
     fn opt(&self, key: &str) -> Option<&'a Json> {
-        self.obj.get(key).filter(|v| **v != Json::Null)
+        // `matches!`, not `!=`: the derived comparison is recursive code.
+        self.obj.get(key).filter(|v| !matches!(v, Json::Null))
     }
 
     fn pick<T>(&self, key: &str, f: impl FnOnce(&'a Json) -> Option<T>) -> Result<T, DecodeError> {
