@@ -42,6 +42,10 @@ struct Args {
     /// Window in which presence changes are coalesced per room, in ms (0 = none).
     #[arg(long, default_value_t = 25)]
     batch_window_ms: u64,
+    /// Online members at which a room is large: pages show the server's count ("1,234 online")
+    /// and some members (try 3 with a few windows).
+    #[arg(long, default_value_t = 1_000)]
+    large_room_members: usize,
     /// The npm package folder built by `cargo xtask npm`.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../presence-wasm/pkg"))]
     pkg_dir: PathBuf,
@@ -77,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     config.timing.heartbeat_timeout = ms(args.heartbeat_timeout_ms);
     config.timing.typing_ttl = ms(args.typing_ttl_ms);
     config.batch_window = ms(args.batch_window_ms);
+    config.large_room_members = args.large_room_members;
 
     tracing::warn!("development auth: the token IS the user name; anyone can be anyone (a demo)");
     let mut builder = PresenceServer::builder()

@@ -124,8 +124,8 @@ function render() {
   const snap = client.getSnapshot();
   const now = Date.now();
   renderMe(snap);
-  const r = snap.rooms[room] ?? { members: [], typing: [], receipts: {} };
-  renderMembers(r.members, now);
+  const r = snap.rooms[room] ?? { members: [], typing: [], receipts: {}, counts: { online: 0 }, large: false };
+  renderMembers(r, now);
   renderActiveNow(snap.watched, now);
   renderTyping(r.typing);
   renderSeen(r.receipts);
@@ -147,11 +147,14 @@ function renderMe(snap) {
 
 const ORDER = { active: 0, idle: 1, offline: 2 };
 
-function renderMembers(members, now) {
+function renderMembers({ members, counts, large }, now) {
   const sorted = [...members].sort((a, b) => ORDER[a.state] - ORDER[b.state] || (b.lastSeen ?? 0) - (a.lastSeen ?? 0) || a.user.localeCompare(b.user));
-  const online = sorted.filter((p) => p.state !== "offline").length;
+  // In a large room the server counts and the list shows some members only.
+  const online = counts.online.toLocaleString("en-US");
   $("member-count").textContent = `${online} online`;
-  $("room-online").textContent = `${online} online · ${sorted.length} ${sorted.length === 1 ? "member" : "members"}`;
+  $("room-online").textContent = large
+    ? `${online} online · ${counts.idle.toLocaleString("en-US")} idle · showing ${sorted.length}`
+    : `${online} online · ${sorted.length} ${sorted.length === 1 ? "member" : "members"}`;
   $("members").replaceChildren(
     ...sorted.map((p) =>
       h("li", { class: `member ${p.state}`, "data-testid": "member", "data-user": p.user, "data-state": p.state, "data-status": p.status },

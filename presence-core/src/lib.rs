@@ -17,6 +17,8 @@ pub mod client;
 #[cfg(feature = "std")]
 pub mod cluster;
 pub mod ids;
+#[cfg(feature = "std")]
+pub mod large;
 pub mod limits;
 #[cfg(feature = "std")]
 pub mod machine;

@@ -34,3 +34,16 @@ pub const MAX_CONNECTIONS_PER_USER: usize = 32;
 /// Largest read marker: JavaScript's `Number.MAX_SAFE_INTEGER`, so markers
 /// survive a round trip through a browser exactly.
 pub const MAX_READ_MARKER: u64 = (1 << 53) - 1;
+/// Members a large room's snapshot lists at most (the first online ones in
+/// user-id order); its counts tell how many there are.
+pub const MAX_LARGE_SNAPSHOT_MEMBERS: usize = 200;
+/// Members a large room's summary lists as joined at most: a view is about
+/// 100 bytes, and while thousands join, every member gets a summary a second.
+pub const MAX_SUMMARY_JOINED: usize = 20;
+/// Members a large room's summary lists as left at most; an id is a few
+/// bytes, and a client's list must lose who left.
+pub const MAX_SUMMARY_LEFT: usize = 100;
+/// A summary's encoded size at most: past it, its lists are cut. A socket
+/// keeps the buffer of the largest frame it was sent, and every member of
+/// a large room gets summaries: as small as its snapshot's parts.
+pub const MAX_SUMMARY_BYTES: usize = 2 * 1024;

@@ -85,6 +85,7 @@ fn server_vectors_round_trip_and_cover_every_message_and_diff() {
     let all = [
         "welcome",
         "snapshot",
+        "summary",
         "diffs",
         "watching",
         "self_status",

@@ -50,6 +50,15 @@ pub struct ServerConfig {
     /// Largest `data` object a client may set, compact, in bytes (1 to the
     /// 4 KiB frame limit). Default 1,024; bigger is `data_too_large`.
     pub max_data_bytes: usize,
+    /// A room with at least this many online members is large: its members
+    /// get counts, the first online members and a summary per interval
+    /// instead of a diff per change, whose cost grows with the square of
+    /// the room (PROTOCOL.md, "Large rooms"). Small again below 80 % of it.
+    /// Per room: [`Builder::large_room`](crate::Builder::large_room).
+    /// Default 1,000.
+    pub large_room_members: usize,
+    /// A large room's summaries go at most this often. Default 1 s.
+    pub large_room_interval: Duration,
 }
 
 /// A token bucket: `burst` frames at once, refilled at `per_second`.
@@ -130,6 +139,8 @@ impl Default for ServerConfig {
             policy_timeout: Duration::from_secs(2),
             retention: Retention::default(),
             max_data_bytes: presence_core::limits::MAX_DATA_BYTES,
+            large_room_members: 1_000,
+            large_room_interval: Duration::from_secs(1),
         }
     }
 }
@@ -185,6 +196,7 @@ impl ServerConfig {
             ("max_body_bytes", self.max_body_bytes),
             ("event_buffer", self.event_buffer),
             ("max_data_bytes", self.max_data_bytes),
+            ("large_room_members", self.large_room_members),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -195,6 +207,9 @@ impl ServerConfig {
         }
         if self.policy_timeout.is_zero() {
             return Err(ConfigError::Zero("policy_timeout"));
+        }
+        if self.large_room_interval.is_zero() {
+            return Err(ConfigError::Zero("large_room_interval"));
         }
         if !(self.rate.per_second.is_finite() && self.rate.per_second > 0.0) {
             return Err(ConfigError::BadRate(self.rate.per_second));

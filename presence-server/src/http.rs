@@ -14,6 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use presence_core::protocol::Counts;
 use presence_core::{Machine, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -473,13 +474,6 @@ pub(crate) struct RoomCounts {
     counts: Counts,
 }
 
-#[derive(Serialize)]
-pub(crate) struct Counts {
-    online: usize,
-    active: usize,
-    idle: usize,
-}
-
 /// `GET /v1/rooms/{room}/count`: how many visible members are online,
 /// active and idle, without the list; readable by whoever may read the
 /// members.
@@ -490,18 +484,8 @@ pub(crate) async fn room_counts(
     Path(room): Path<String>,
 ) -> Result<Json<RoomCounts>, ApiError> {
     let RoomMembers { room, members, .. } = members_of(&hub, &headers, &query, room).await?;
-    let count = |s: presence_core::PresenceState| members.iter().filter(|m| m.state == s).count();
-    Ok(Json(RoomCounts {
-        counts: Counts {
-            online: members
-                .iter()
-                .filter(|m| m.state != presence_core::PresenceState::Offline)
-                .count(),
-            active: count(presence_core::PresenceState::Active),
-            idle: count(presence_core::PresenceState::Idle),
-        },
-        room,
-    }))
+    let counts = Counts::of(members.iter().map(|m| m.state));
+    Ok(Json(RoomCounts { room, counts }))
 }
 
 #[derive(Deserialize)]

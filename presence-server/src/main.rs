@@ -75,6 +75,13 @@ struct Args {
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
+    /// A room with this many online members is large: counts and a summary per interval instead
+    /// of every change (small again below 80 % of it).
+    #[arg(long, env = "PRESENCE_LARGE_ROOM_MEMBERS", default_value_t = 1_000)]
+    large_room_members: usize,
+    /// A large room's summaries go at most this often, in ms.
+    #[arg(long, env = "PRESENCE_LARGE_ROOM_INTERVAL_MS", default_value_t = 1_000)]
+    large_room_interval_ms: u64,
     /// Run as one node of several sharing this Redis (e.g. `redis://127.0.0.1:6379`). Default: a single node in memory.
     #[arg(long, env = "PRESENCE_REDIS_URL", conflicts_with = "redis_cluster")]
     redis_url: Option<String>,
@@ -379,6 +386,8 @@ async fn main() -> anyhow::Result<()> {
     config.timing.typing_ttl = ms(args.typing_ttl_ms);
     config.batch_window = ms(args.batch_window_ms);
     config.outbound_queue = args.outbound_queue;
+    config.large_room_members = args.large_room_members;
+    config.large_room_interval = ms(args.large_room_interval_ms);
     config.service_key = args.service_key.clone();
     config.rate.burst = args.rate_burst;
     config.rate.per_second = args.rate_per_second;

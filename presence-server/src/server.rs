@@ -69,6 +69,7 @@ pub struct Builder {
     cluster: Option<(Arc<dyn Backend>, ClusterConfig)>,
     webhooks: Option<WebhookConfig>,
     data: Option<DataDir>,
+    large_rooms: Vec<(RoomId, usize)>,
 }
 
 impl Builder {
@@ -122,6 +123,15 @@ impl Builder {
         self
     }
 
+    /// Makes `room` large at `members` online members instead of at
+    /// [`ServerConfig::large_room_members`] (`usize::MAX`: never large);
+    /// e.g. an announcements channel that should never list its audience.
+    /// [`PresenceServer::set_large_room`] changes it later.
+    pub fn large_room(mut self, room: RoomId, members: usize) -> Self {
+        self.large_rooms.push((room, members));
+        self
+    }
+
     /// Validates the configuration and starts the driver task (and, with
     /// [`cluster`](Self::cluster), the cluster tasks).
     pub fn build(self) -> Result<PresenceServer, BuildError> {
@@ -155,6 +165,9 @@ impl Builder {
             wake.clone(),
             kept,
         ));
+        for (room, members) in self.large_rooms {
+            hub.set_large_room(room, Some(members));
+        }
         if let Some(loaded) = loaded {
             if loaded.skipped > 0 {
                 tracing::warn!(
@@ -269,6 +282,7 @@ impl PresenceServer {
             cluster: None,
             webhooks: None,
             data: None,
+            large_rooms: Vec::new(),
         }
     }
 
@@ -355,6 +369,13 @@ impl PresenceServer {
     /// A user's presence as others see it (`None` if never seen).
     pub fn presence(&self, user: &UserId) -> Option<PresenceView> {
         self.hub.read(|m| m.view(user))
+    }
+
+    /// Sets `room`'s large-room threshold (`None`: back to
+    /// [`ServerConfig::large_room_members`]); it applies from the room's
+    /// next change. See [`Builder::large_room`].
+    pub fn set_large_room(&self, room: RoomId, members: Option<usize>) {
+        self.hub.set_large_room(room, members);
     }
 
     /// Whether any live connection of the user is active, invisible or not.

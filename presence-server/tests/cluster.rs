@@ -170,6 +170,7 @@ on_every_backend!(
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     data_crosses_nodes_and_the_latest_setting_wins,
+    a_large_room_spans_nodes_with_counts_and_summaries,
 );
 
 async fn node_on(
@@ -898,4 +899,96 @@ async fn a_node_started_without_its_backend_serves_and_joins_later() {
     all_up(&[&a]).await;
     ana.diff("user_connected", "bob").await;
     bob.diff("user_connected", "ana").await;
+}
+
+/// Each node decides the mode for its own sockets from the room's members
+/// it knows, every node's: a room of 3 + 3 members is large (threshold 5)
+/// on both, summaries count members of both, and it is small again on both
+/// once 3 are left.
+async fn a_large_room_spans_nodes_with_counts_and_summaries(f: Fabric) {
+    let config = || presence_server::ServerConfig {
+        large_room_members: 5,
+        large_room_interval: Duration::from_millis(300),
+        ..calm_config()
+    };
+    let a = node_with(&f, "a", config()).await;
+    let b = node_with(&f, "b", config()).await;
+    all_up(&[&a, &b]).await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..3 {
+        let mut c = a.client(&format!("a{i}")).await;
+        c.join("hall").await;
+        on_a.push(c);
+        let mut c = b.client(&format!("b{i}")).await;
+        c.join("hall").await;
+        on_b.push(c);
+    }
+    let counts = |f: &serde_json::Value| {
+        (
+            f["counts"]["online"].as_u64(),
+            f["counts"]["active"].as_u64(),
+            f["counts"]["idle"].as_u64(),
+        )
+    };
+    // Until a large snapshot of the whole room (an unasked one, or a summary
+    // after it, may come in either order of the members' arrival).
+    async fn large_snapshot(c: &mut Client) -> serde_json::Value {
+        loop {
+            let f = c.frame("snapshot").await;
+            if f["large"] == true {
+                return f;
+            }
+        }
+    }
+    let sa = large_snapshot(&mut on_a[0]).await;
+    let sb = large_snapshot(&mut on_b[0]).await;
+    for s in [&sa, &sb] {
+        let online = counts(s).0.unwrap_or(0);
+        assert!((5..=6).contains(&online), "large at 5 or 6: {s}");
+    }
+
+    // Diffs from while the room was small.
+    on_a[0].diffs_during(Duration::ZERO).await;
+    // A change on B is counted in the summaries on A.
+    on_b[1]
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no summary on A with the idle member"
+        );
+        let s = on_a[0].frame("summary").await;
+        if counts(&s) == (Some(6), Some(5), Some(1)) {
+            break;
+        }
+    }
+    let rest = on_a[0].diffs_during(Duration::from_millis(400)).await;
+    assert!(
+        rest.iter().all(|(room, _)| room.is_none()),
+        "no room diffs in a large room: {rest:?}"
+    );
+
+    // Three leave on B: 3 left, below 4, small again on both nodes.
+    for c in &mut on_b {
+        c.send(json!({"type": "leave", "room": "hall"})).await;
+    }
+    for c in on_a.iter_mut().take(2) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "{}: not small again", c.user);
+            let s = c.frame("snapshot").await;
+            if s.get("large").is_none() {
+                assert_eq!(names(&s["members"]), ["a0", "a1", "a2"], "{s}");
+                break;
+            }
+        }
+    }
+    on_a[2]
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    let (room, _) = on_a[0].diff("user_idle", "a2").await;
+    assert_eq!(room.as_deref(), Some("hall"), "per-change diffs again");
 }

@@ -106,9 +106,17 @@ export interface SelfStatusEvent { status: Status; text?: string; }
 export interface PresenceErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
 
 export interface RoomSnapshot {
+  /** In a large room, some online members only: the first by id, and who came since. */
   members: Presence[];
   typing: string[];
   receipts: Record<string, number>;
+  /** Members online, active and idle: the server's count in a large room. */
+  counts: { online: number; active: number; idle: number };
+  /**
+   * The room is large (1,000 online by default, see PROTOCOL.md "Large rooms"): show `counts`
+   * ("1,234 online"), and `watch` the members on screen to follow them.
+   */
+  large: boolean;
 }
 /** Everything the client knows; a new object only when something changed. */
 export interface PresenceSnapshot {
@@ -658,7 +666,7 @@ pub fn event(e: &ClientEvent) -> Option<(Topic, JsValue)> {
                 )
                 .done(),
         ),
-        ClientEvent::Joined(_) => return None,
+        ClientEvent::Joined(_) | ClientEvent::Counts(_) => return None,
     })
 }
 
@@ -673,10 +681,17 @@ pub fn snapshot(client: &presence_core::client::Client) -> JsValue {
             .iter()
             .fold(Obj::new(), |o, (u, m)| o.set(u.as_str(), *m as f64));
         let typing: js_sys::Array = r.typing.iter().map(|u| JsValue::from(u.as_str())).collect();
+        let c = r.counts();
+        let counts = Obj::new()
+            .set("online", c.online as u32)
+            .set("active", c.active as u32)
+            .set("idle", c.idle as u32);
         let room = Obj::new()
             .set("members", presence_list(r.members.values()))
             .set("typing", typing)
-            .set("receipts", receipts.done());
+            .set("receipts", receipts.done())
+            .set("counts", counts.done())
+            .set("large", r.large.is_some());
         rooms.set(id.as_str(), room.done())
     });
     Obj::new()

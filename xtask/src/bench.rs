@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: builds a release server and the load generator, runs
 //! each scenario against a fresh server on loopback, then the cluster scenarios
 //! (`bench/cluster.rs`) against several, and prints a table plus one JSON line
-//! per figure (also written to `target/bench/results.jsonl`).
+//! per figure (also written to `target/bench/results.jsonl`). `--large` runs
+//! only the large-room scenarios (`large.jsonl`), `--cluster` only the
+//! cluster ones (`cluster.jsonl`).
 
 mod cluster;
 
@@ -126,8 +128,55 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
     ]
 }
 
-/// Runs the suite (`cluster_only`: just the cluster scenarios).
-pub fn run(ws: &Workspace, quick: bool, cluster_only: bool) -> Result<()> {
+/// One room of M members, 1 % changing a second for `seconds`: small-room
+/// figures (100 members), a room too big for its mode (a server whose
+/// threshold is above it: every change to every member), and large rooms.
+fn large_scenarios(quick: bool, seconds: u64) -> Vec<Scenario> {
+    let never: &[&'static str] = &["--large-room-members", "1000000000"];
+    let runs: &[(&str, &[&'static str], usize)] = if quick {
+        &[("small", &[], 100), ("large", &[], 1000)]
+    } else {
+        &[
+            ("small", &[], 100),
+            ("normal", never, 1000),
+            ("normal", never, 5000),
+            ("large", &[], 1000),
+            ("large", &[], 5000),
+            ("large", &[], 10_000),
+        ]
+    };
+    runs.iter()
+        .map(|(label, server, members)| Scenario {
+            name: format!("large-room {label}"),
+            server: server.to_vec(),
+            loadgen: [
+                "large",
+                "--members",
+                &members.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+                "--label",
+                label,
+                "--server-pid",
+                "{pid}",
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect(),
+        })
+        .collect()
+}
+
+/// Which part of the suite to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    All,
+    Cluster,
+    Large,
+}
+
+/// Runs the suite, or one part of it; `seconds` is each large-room run's.
+pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> {
     let binary = server::build(ws, "release")?;
     cmd::run(cmd::cargo().current_dir(&ws.root).args([
         "build",
@@ -155,10 +204,16 @@ pub fn run(ws: &Workspace, quick: bool, cluster_only: bool) -> Result<()> {
         );
     }
     let mut figures: Vec<Value> = Vec::new();
-    let single = if cluster_only {
-        Vec::new()
-    } else {
-        scenarios(quick, max_connections)
+    let single = match only {
+        Only::All => {
+            let mut all = scenarios(quick, max_connections);
+            // Before the 10,000-member fanout, which disturbs what follows.
+            let at = all.len().saturating_sub(usize::from(!quick));
+            all.splice(at..at, large_scenarios(quick, seconds));
+            all
+        }
+        Only::Large => large_scenarios(quick, seconds),
+        Only::Cluster => Vec::new(),
     };
     for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
@@ -181,17 +236,60 @@ pub fn run(ws: &Workspace, quick: bool, cluster_only: bool) -> Result<()> {
             }
         }
     }
-    figures.extend(cluster::run(ws, &binary, &loadgen, quick)?);
-    if !cluster_only {
+    if only != Only::Large {
+        figures.extend(cluster::run(ws, &binary, &loadgen, quick)?);
+    }
+    if only == Only::All {
         sdk_sizes(ws, &mut figures)?;
     }
-    // A cluster-only run leaves the whole suite's results in place.
-    let file = if cluster_only {
-        "cluster.jsonl"
-    } else {
-        "results.jsonl"
+    // A partial run leaves the whole suite's results in place.
+    let file = match only {
+        Only::All => "results.jsonl",
+        Only::Cluster => "cluster.jsonl",
+        Only::Large => "large.jsonl",
     };
-    print_and_save(ws, &figures, file)
+    print_and_save(ws, &figures, file)?;
+    large_table(&figures);
+    Ok(())
+}
+
+/// The large-room figures as one Markdown table (BENCHMARKS.md, "Large rooms").
+fn large_table(figures: &[Value]) {
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["figure"] == name)
+            .and_then(|f| f["value"].as_f64())
+    };
+    let mut runs: Vec<(String, String)> = figures
+        .iter()
+        .filter_map(|f| f["figure"].as_str())
+        .filter_map(|n| n.strip_suffix(".bytes_per_member_per_second"))
+        .filter_map(|n| n.split_once('.'))
+        .filter(|(label, _)| ["small", "normal", "large"].contains(label))
+        .map(|(l, m)| (l.to_owned(), m.to_owned()))
+        .collect();
+    runs.dedup();
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "\n| room | members | changes/s | bytes / member / s | frames / member / s | server CPU | counts right everywhere | RSS / member after the join | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, members) in runs {
+        let f = |what: &str| value(&format!("{label}.{members}.{what}")).unwrap_or(f64::NAN);
+        println!(
+            "| {label} | {members} | {:.0} | {:.0} | {:.2} | {:.1} % | {:.0} ms | {:.1} KB | {:.0} |",
+            f("changes_per_second"),
+            f("bytes_per_member_per_second"),
+            f("frames_per_member_per_second"),
+            f("server_cpu"),
+            f("counts_right_everywhere"),
+            f("server_rss_per_member_joined") / 1000.0,
+            f("failed_members"),
+        );
+    }
 }
 
 /// The browser SDK's raw and gzipped sizes.

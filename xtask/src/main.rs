@@ -5,8 +5,9 @@
 //! - `cargo xtask npm`: builds the npm packages of the browser SDK and its React bindings (and
 //!   checks the SDK's size budget).
 //! - `cargo xtask size`: builds the packages and prints their sizes (the SDK's against the budget).
-//! - `cargo xtask bench [--quick] [--cluster]`: the benchmark suite (a table, and one JSON line per
-//!   figure); `--cluster` runs only the multi-node part.
+//! - `cargo xtask bench [--quick] [--cluster | --large [--seconds N]]`: the benchmark suite (a
+//!   table, and one JSON line per figure); `--cluster` runs only the multi-node part, `--large`
+//!   only the large-room one.
 //!
 //! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
 //! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
@@ -54,8 +55,14 @@ enum Command {
         #[arg(long)]
         quick: bool,
         /// Only the cluster benchmark (several nodes over Redis and the Redis Cluster).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "large")]
         cluster: bool,
+        /// Only the large-room benchmark (one room of 100 to 10,000 members, 1 % changing a second).
+        #[arg(long)]
+        large: bool,
+        /// Seconds of changes in each large-room run (default 30; 5 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
 }
 
@@ -84,6 +91,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             setup::package_tools(&ws)?;
             npm::build(&ws, npm::Pack::No)
         }
-        Command::Bench { quick, cluster } => bench::run(&ws, quick, cluster),
+        Command::Bench {
+            quick,
+            cluster,
+            large,
+            seconds,
+        } => {
+            let only = match (cluster, large) {
+                (true, _) => bench::Only::Cluster,
+                (_, true) => bench::Only::Large,
+                _ => bench::Only::All,
+            };
+            let seconds = seconds.unwrap_or(if quick { 5 } else { 30 });
+            bench::run(&ws, quick, only, seconds)
+        }
     }
 }

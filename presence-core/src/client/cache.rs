@@ -4,7 +4,7 @@
 use crate::ids::{RoomId, UserId};
 use crate::prelude::*;
 use crate::presence::{Millis, PresenceState, PresenceView};
-use crate::protocol::{Diff, Receipt};
+use crate::protocol::{Counts, Diff, Receipt};
 
 use super::vecmap::{VecMap, VecSet};
 
@@ -20,6 +20,20 @@ pub struct RoomView {
     pub typing: VecSet<UserId>,
     /// Read markers by user.
     pub receipts: VecMap<UserId, u64>,
+    /// In a large room (PROTOCOL.md, "Large rooms"), the server's counts:
+    /// `members` then holds some online members only (the snapshot's first
+    /// ones, and who came since; who left is dropped). `None` in a small
+    /// room.
+    pub large: Option<Counts>,
+}
+
+impl RoomView {
+    /// How many members are online, active and idle: the server's word in
+    /// a large room, counted from `members` in a small one.
+    pub fn counts(&self) -> Counts {
+        self.large
+            .unwrap_or_else(|| Counts::of(self.members.values().map(|v| v.state)))
+    }
 }
 
 /// What changed about a user, as `onPresence` tells the app.
@@ -150,7 +164,8 @@ impl Cache {
     /// Replaces a room's state with a snapshot (or, with `extends`, adds a
     /// later part of one to it; `more` says another part follows). Returns
     /// what changed against what the client knew: nothing for a member
-    /// shown as before, `Left` for one no longer there.
+    /// shown as before, `Left` for one no longer there. `large` holds a
+    /// large room's counts.
     pub fn snapshot(
         &mut self,
         room: RoomId,
@@ -158,6 +173,7 @@ impl Cache {
         typing: Vec<UserId>,
         receipts: Vec<Receipt>,
         (extends, more): (bool, bool),
+        large: Option<Counts>,
     ) -> Vec<Change> {
         let mut view = if extends {
             self.rooms.remove(&room).unwrap_or_default()
@@ -172,6 +188,7 @@ impl Cache {
             _ => None,
         };
         let mut known = known;
+        view.large = large;
         for v in members {
             let before = known.as_deref_mut().and_then(|k| k.remove(&v.user));
             let kind = kind(before.as_ref(), &v, true);
@@ -181,12 +198,14 @@ impl Cache {
             view.members.insert(v.user.clone(), v);
         }
         if !more && let Some((r, gone)) = self.replaced.take() {
-            if r == room {
+            if r != room {
+                self.replaced = Some((r, gone));
+            } else if large.is_none() {
+                // (A large room's snapshot lists some members only: who it
+                // leaves out did not leave.)
                 for v in gone.values().filter(|v| v.state.is_online()) {
                     changes.push(Change::Presence(v.clone(), PresenceKind::Left));
                 }
-            } else {
-                self.replaced = Some((r, gone));
             }
         }
         for u in typing {
@@ -196,6 +215,34 @@ impl Cache {
             view.receipts.insert(r.user, r.marker);
         }
         self.rooms.insert(room, view);
+        self.version += 1;
+        changes
+    }
+
+    /// A large room's summary: its counts, who came (as they are now) and
+    /// who went (dropped: the room lists online members only; told as
+    /// `Left`, whether they left the room or went offline). Returns what
+    /// changed for the app.
+    pub fn summary(
+        &mut self,
+        room: &RoomId,
+        counts: Counts,
+        joined: Vec<PresenceView>,
+        left: &[UserId],
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let Some(view) = self.rooms.get_mut(room) else {
+            return changes;
+        };
+        view.large = Some(counts);
+        for v in joined {
+            changes.extend(update(&mut view.members, v, true));
+        }
+        for u in left {
+            if let Some(v) = view.members.remove(u) {
+                changes.push(Change::Presence(v, PresenceKind::Left));
+            }
+        }
         self.version += 1;
         changes
     }

@@ -194,6 +194,8 @@ pub enum ClientEvent {
     /// A room's snapshot arrived: the join is confirmed (after each
     /// `welcome` again).
     Joined(RoomId),
+    /// A large room's counts changed (they are in the cache).
+    Counts(RoomId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -598,6 +600,8 @@ impl Client {
                 typing,
                 receipts,
                 more,
+                large,
+                counts,
             } => {
                 let extends = self.more_for.take().as_ref() == Some(&room);
                 if more {
@@ -617,12 +621,27 @@ impl Client {
                     }
                     self.event(ClientEvent::Joined(room.clone()));
                 }
+                let large = counts.filter(|_| large);
+                let parts = (extends, more);
                 let changes =
-                    self.cache
-                        .snapshot(room.clone(), members, typing, receipts, (extends, more));
+                    (self.cache).snapshot(room.clone(), members, typing, receipts, parts, large);
                 for change in changes {
                     self.change(Some(room.clone()), change);
                 }
+            }
+            ServerMessage::Summary {
+                room,
+                counts,
+                joined,
+                left,
+            } => {
+                if self.cache.room(&room).is_none() {
+                    return;
+                }
+                for change in self.cache.summary(&room, counts, joined, &left) {
+                    self.change(Some(room.clone()), change);
+                }
+                self.event(ClientEvent::Counts(room));
             }
             ServerMessage::Diffs { room, diffs } => {
                 for diff in diffs {

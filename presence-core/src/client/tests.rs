@@ -327,6 +327,75 @@ fn a_snapshot_in_parts_adds_up_and_a_new_one_replaces_it() {
 }
 
 #[test]
+fn a_large_room_shows_the_servers_counts_and_summaries_move_its_members() {
+    let mut c = ready();
+    c.join(room("lobby"));
+    c.received(
+        at(0),
+        r#"{"type":"snapshot","room":"lobby","members":[{"user":"ana","state":"active","status":"available"},{"user":"bob","state":"active","status":"available"}]}"#,
+    );
+    while c.poll_event().is_some() {}
+    // The room became large: its snapshot lists some members only.
+    c.received(
+        at(1),
+        r#"{"type":"snapshot","room":"lobby","members":[{"user":"ana","state":"active","status":"available"}],"large":true,"counts":{"online":1234,"active":1000,"idle":234}}"#,
+    );
+    assert!(
+        !std::iter::from_fn(|| c.poll_event()).any(|e| matches!(
+            e,
+            ClientEvent::Presence {
+                kind: PresenceKind::Left,
+                ..
+            }
+        )),
+        "who a large snapshot leaves out did not leave"
+    );
+    let counts = |c: &Client| c.cache().room(&room("lobby")).expect("room").counts();
+    assert_eq!(
+        counts(&c).online,
+        1234,
+        "the server's, not the one member listed"
+    );
+    while c.poll_event().is_some() {}
+    c.received(
+        at(2),
+        r#"{"type":"summary","room":"lobby","counts":{"online":1234,"active":999,"idle":235},"joined":[{"user":"dave","state":"idle","reason":"hidden","status":"away"}],"left":["ana"]}"#,
+    );
+    let view = c.cache().room(&room("lobby")).expect("room");
+    assert_eq!((view.counts().active, view.counts().idle), (999, 235));
+    let dave = UserId::new("dave").unwrap();
+    let ana = UserId::new("ana").unwrap();
+    assert_eq!(
+        view.members.get(&dave).map(|v| v.state),
+        Some(crate::PresenceState::Idle)
+    );
+    assert!(view.members.get(&ana).is_none(), "who left is dropped");
+    let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert_eq!(events.len(), 3, "dave, ana, then the counts: {events:?}");
+    assert!(
+        matches!(&events[1], ClientEvent::Presence { view, kind: PresenceKind::Left, .. } if view.user == ana),
+        "{events:?}"
+    );
+    assert_eq!(events[2], ClientEvent::Counts(room("lobby")));
+    // Small again: a full snapshot without `large`; counts come from members.
+    c.received(
+        at(3),
+        r#"{"type":"snapshot","room":"lobby","members":[{"user":"dave","state":"active","status":"available"}]}"#,
+    );
+    let view = c.cache().room(&room("lobby")).expect("room");
+    assert_eq!(view.large, None);
+    assert_eq!((view.counts().online, view.counts().active), (1, 1));
+    c.received(
+        at(4),
+        r#"{"type":"summary","room":"elsewhere","counts":{"online":1,"active":1,"idle":0}}"#,
+    );
+    assert!(
+        !std::iter::from_fn(|| c.poll_event()).any(|e| matches!(e, ClientEvent::Counts(_))),
+        "a summary of a room not joined is dropped"
+    );
+}
+
+#[test]
 fn unknown_server_types_are_skipped_and_garbage_is_reported() {
     let mut c = ready();
     c.received(at(1), r#"{"type":"from_the_future","x":1}"#);

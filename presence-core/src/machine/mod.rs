@@ -813,8 +813,12 @@ impl Machine {
             for room in &gone {
                 self.announce_left(now, &user, room);
             }
+            // The rooms left heard the user go: what the other connections
+            // now show (idle, say) is no news there.
+            self.refresh(now, &user, last_seen, &[]);
+        } else {
+            self.refresh(now, &user, last_seen, &gone);
         }
-        self.refresh(now, &user, last_seen, &gone);
     }
 
     /// Drops one of the user's connections from a room; returns whether that

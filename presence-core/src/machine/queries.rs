@@ -72,3 +72,26 @@ impl Machine {
         })
     }
 }
+
+impl Machine {
+    /// A room's visible members, counted by state.
+    pub fn counts(&self, room: &RoomId) -> crate::protocol::Counts {
+        crate::protocol::Counts::of(self.room_users(room).map(|(_, u)| u.shown.state()))
+    }
+
+    /// Users with a connection in the room, invisible ones included: at
+    /// least its online count, in constant time.
+    pub fn room_size(&self, room: &RoomId) -> usize {
+        self.rooms.get(room).map_or(0, HashSet::len)
+    }
+
+    /// A large room's snapshot members: the first online ones by user id
+    /// (see [`crate::large`]).
+    pub fn first_online(&self, room: &RoomId) -> Vec<PresenceView> {
+        let online = self.room_users(room).filter(|(_, u)| u.visible()).collect();
+        crate::large::snapshot_members(online)
+            .into_iter()
+            .map(|(id, u)| u.view(id))
+            .collect()
+    }
+}

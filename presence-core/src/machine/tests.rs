@@ -687,3 +687,23 @@ fn info_comes_with_the_connection_and_the_latest_one_wins() {
     h.m.set_info(at(2), &user("ana"), Some(obj(r#"{"name":"Ana L."}"#)));
     assert_eq!(h.names(), ["data"]);
 }
+
+#[test]
+fn a_room_left_by_a_users_last_connection_in_it_hears_nothing_after_the_leave() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.set_activity(T0, ConnId(1), Activity::Idle(IdleReason::Hidden))
+        .unwrap();
+    h.connect(T0, "ana", 2);
+    h.m.join(T0, ConnId(2), room("r")).unwrap();
+    h.events();
+    h.m.dropped(at(1), ConnId(2));
+    h.m.tick(at(20));
+    let to_r: Vec<&str> = h
+        .events()
+        .iter()
+        .filter(|e| e.rooms.contains(&room("r")))
+        .map(|e| e.name())
+        .collect();
+    assert_eq!(to_r, ["user_left"], "not a user_idle after it");
+}

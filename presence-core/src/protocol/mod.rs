@@ -18,7 +18,7 @@ pub use client::ClientMessage;
 #[cfg(feature = "std")]
 pub use codec::{decode_client, encode};
 pub use error::{CloseCode, DecodeError, ErrorCode};
-pub use server::{Diff, Receipt, ServerMessage};
+pub use server::{Counts, Diff, Receipt, ServerMessage};
 pub use server_decode::decode_server;
 
 /// The protocol version this crate speaks.

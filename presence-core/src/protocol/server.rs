@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
-use crate::presence::{IdleReason, Millis, PresenceView, Status, StatusText};
+use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 use crate::protocol::ErrorCode;
 
 /// A message the server sends.
@@ -38,11 +38,15 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exp: Option<Millis>,
     },
-    /// Full state of a room, sent after `join`; diffs follow.
+    /// Full state of a room, sent after `join`; diffs follow (in a large
+    /// room, summaries). Also sent unasked when the room becomes large or
+    /// small again.
     Snapshot {
         /// The room.
         room: RoomId,
-        /// Visible members, online or recently gone.
+        /// Visible members, online or recently gone; in a large room the
+        /// first online ones in user-id order only, at most
+        /// [`MAX_LARGE_SNAPSHOT_MEMBERS`](crate::limits::MAX_LARGE_SNAPSHOT_MEMBERS).
         members: Vec<PresenceView>,
         /// Members typing now.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -54,6 +58,29 @@ pub enum ServerMessage {
         /// this one (a big room's snapshot comes in parts of bounded size).
         #[serde(default, skip_serializing_if = "is_false")]
         more: bool,
+        /// The room is large: `summary` frames follow instead of `diffs`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        large: bool,
+        /// In a large room, how many members are online, active and idle
+        /// (`members` lists some of them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counts: Option<Counts>,
+    },
+    /// A large room's changes, at most once per summary interval: the
+    /// counts as they stand, and some of who came and went since the last.
+    Summary {
+        /// The room.
+        room: RoomId,
+        /// The counts now.
+        counts: Counts,
+        /// Members who came online in the room, as they are now (at most
+        /// [`MAX_SUMMARY_JOINED`](crate::limits::MAX_SUMMARY_JOINED)).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<PresenceView>,
+        /// Members who left it or went offline (at most
+        /// [`MAX_SUMMARY_LEFT`](crate::limits::MAX_SUMMARY_LEFT)).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<UserId>,
     },
     /// A batch of changes in one room (`room` set) or among watched users
     /// (`room` absent), in the order they happened.
@@ -102,6 +129,33 @@ pub enum ServerMessage {
     },
     /// Heartbeat answer.
     Pong,
+}
+
+/// How many of a room's visible members are online, active and idle.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    /// Active plus idle.
+    pub online: usize,
+    /// With an active connection.
+    pub active: usize,
+    /// Connected, none active.
+    pub idle: usize,
+}
+
+impl Counts {
+    /// Counts these states.
+    pub fn of(states: impl IntoIterator<Item = PresenceState>) -> Self {
+        let mut c = Counts::default();
+        for s in states {
+            match s {
+                PresenceState::Active => c.active += 1,
+                PresenceState::Idle => c.idle += 1,
+                PresenceState::Offline => continue,
+            }
+            c.online += 1;
+        }
+        c
+    }
 }
 
 /// One member's read marker in a snapshot.

@@ -11,7 +11,7 @@ use crate::object::JsonObject;
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
 use crate::protocol::json::Json;
-use crate::protocol::{DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
+use crate::protocol::{Counts, DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
 
 /// Field access that names the frame and field in its error.
 struct Fields<'a> {
@@ -153,6 +153,15 @@ fn receipt(v: &Json) -> Option<Receipt> {
     })
 }
 
+fn counts(v: &Json) -> Option<Counts> {
+    let n = |key| usize::try_from(v.get(key)?.as_u64()?).ok();
+    Some(Counts {
+        online: n("online")?,
+        active: n("active")?,
+        idle: n("idle")?,
+    })
+}
+
 fn unknown(what: &str, kind: &str) -> DecodeError {
     let mut shown = kind.to_owned();
     shown.truncate(shown.floor_char_boundary(32));
@@ -245,6 +254,17 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             typing: f.list("typing", user)?,
             receipts: f.list("receipts", receipt)?,
             more: f.pick_opt("more", Json::as_bool)?.unwrap_or(false),
+            // Read leniently (no error path: each cost the bundle ~150
+            // bytes): a bad value reads as absent.
+            large: f.opt("large").and_then(Json::as_bool).unwrap_or(false),
+            counts: f.opt("counts").and_then(counts),
+        },
+        "summary" => ServerMessage::Summary {
+            counts: f.pick("counts", counts)?,
+            room: f.pick("room", room)?,
+            // Leniently too: a summary's counts matter, its lists are a sample.
+            joined: f.list("joined", view).unwrap_or_default(),
+            left: f.list("left", user).unwrap_or_default(),
         },
         "diffs" => {
             let items = f.pick("diffs", Json::as_array)?;

@@ -16,8 +16,11 @@ impl Hub {
     /// to every recipient.
     pub(super) fn flush(&self, st: &mut State) {
         st.batch_since = None;
+        let batches = st.batch.take();
+        let batches = self.sort_large(st, batches);
+        let summaries = self.due_summaries(st);
         let joiners = std::mem::take(&mut st.snapshots);
-        for (audience, diffs) in st.batch.take() {
+        for (audience, diffs) in batches {
             let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
                 Audience::Room(room) => {
                     let conns = st.machine.room_connections(&room);
@@ -31,19 +34,7 @@ impl Hub {
                         .unwrap_or_default(),
                 ),
             };
-            let recipients: Vec<ConnId> = recipients
-                .into_iter()
-                .filter(|c| st.sockets.contains_key(c))
-                .filter(|c| match (&room, &st.cluster) {
-                    (Some(room), Some(cl)) => !cl.is_awaiting(*c, room),
-                    _ => true,
-                })
-                .filter(|c| {
-                    room.as_ref()
-                        .and_then(|room| joiners.get(room))
-                        .is_none_or(|owed| !owed.contains(c))
-                })
-                .collect();
+            let recipients = deliverable(st, room.as_ref(), recipients, &joiners);
             if recipients.is_empty() {
                 continue;
             }
@@ -52,6 +43,12 @@ impl Hub {
                 for &conn in &recipients {
                     self.send(st, conn, Message::Text(frame.clone()));
                 }
+            }
+        }
+        for (room, frame) in summaries {
+            let conns = st.machine.room_connections(&room);
+            for conn in deliverable(st, Some(&room), conns, &joiners) {
+                self.send(st, conn, Message::Text(frame.clone()));
             }
         }
         self.send_snapshots(st, joiners);
@@ -69,6 +66,7 @@ impl Hub {
                 continue;
             }
             let snapshot = match &st.cluster {
+                _ if st.large.is_large(&room) => self.large_snapshot(st, &room),
                 Some(c) => c.snapshot(&room),
                 None => ServerMessage::Snapshot {
                     members: sorted(st.machine.members(&room)),
@@ -76,6 +74,8 @@ impl Hub {
                     receipts: st.machine.receipts_in(&room),
                     room,
                     more: false,
+                    large: false,
+                    counts: None,
                 },
             };
             let frames = snapshot_frames(snapshot);
@@ -130,6 +130,29 @@ impl Hub {
     }
 }
 
+/// Those of `conns` a room's (or a watch list's) frames may go to now:
+/// with a socket, not waiting for the room's first snapshot, not owed a
+/// snapshot that will show what the frames say.
+fn deliverable(
+    st: &State,
+    room: Option<&RoomId>,
+    conns: Vec<ConnId>,
+    joiners: &HashMap<RoomId, HashSet<ConnId>>,
+) -> Vec<ConnId> {
+    conns
+        .into_iter()
+        .filter(|c| st.sockets.contains_key(c))
+        .filter(|c| match (room, &st.cluster) {
+            (Some(room), Some(cl)) => !cl.is_awaiting(*c, room),
+            _ => true,
+        })
+        .filter(|c| {
+            room.and_then(|room| joiners.get(room))
+                .is_none_or(|owed| !owed.contains(c))
+        })
+        .collect()
+}
+
 /// A `diffs` or `snapshot` frame's size at most, roughly: a socket's write
 /// buffer keeps the capacity of the largest frame it ever wrote
 /// (tungstenite-rs#500), so one big frame would pin that much memory per
@@ -137,6 +160,20 @@ impl Hub {
 /// batch goes out as several `diffs` frames, in order; a bigger snapshot in
 /// parts marked `more` (PROTOCOL.md, "Diffs").
 const MAX_FRAME: usize = 8 * 1024;
+
+/// A snapshot's parts are smaller still when that costs few frames: every
+/// member gets one, so its part size is what most sockets keep. Parts of
+/// about 2 KiB took a large room's server RSS from 19.5 to 13.7 KB per
+/// member (BENCHMARKS.md, "Large rooms"); a snapshot is cut into at most
+/// `MAX_PARTS` of them (a quarter of the default outbound queue), bigger
+/// parts (up to `MAX_FRAME`) past that.
+const SNAPSHOT_PART: usize = 2 * 1024;
+const MAX_PARTS: usize = 64;
+
+/// The part size for a snapshot of `whole` bytes.
+fn snapshot_part(whole: usize) -> usize {
+    whole.div_ceil(MAX_PARTS).clamp(SNAPSHOT_PART, MAX_FRAME)
+}
 
 /// `diffs` encoded into frames of about `MAX_FRAME` at most, each
 /// encoded once for all its recipients.
@@ -167,8 +204,8 @@ fn sorted(mut members: Vec<PresenceView>) -> Vec<PresenceView> {
     members
 }
 
-/// A snapshot as frames of about `MAX_FRAME` at most: members split in
-/// order, each part with its members' typing and markers.
+/// A snapshot as frames of about [`snapshot_part`] at most: members split
+/// in order, each part with its members' typing and markers.
 fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
     let whole = encode(&msg);
     let ServerMessage::Snapshot {
@@ -176,18 +213,18 @@ fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
         members,
         typing,
         receipts,
+        large,
+        counts,
         ..
     } = msg
     else {
         return vec![Utf8Bytes::from(whole)];
     };
-    if whole.len() <= MAX_FRAME || members.len() < 2 {
+    let part = snapshot_part(whole.len());
+    if whole.len() <= part || members.len() < 2 {
         return vec![Utf8Bytes::from(whole)];
     }
-    let per = members
-        .len()
-        .div_ceil(whole.len().div_ceil(MAX_FRAME))
-        .max(1);
+    let per = members.len().div_ceil(whole.len().div_ceil(part)).max(1);
     let parts: Vec<&[PresenceView]> = members.chunks(per).collect();
     let last = parts.len() - 1;
     let part_of = |user: &UserId| {
@@ -215,6 +252,8 @@ fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
                 typing,
                 receipts,
                 more: i < last,
+                large,
+                counts,
             }))
         })
         .collect()
@@ -283,17 +322,20 @@ mod tests {
             typing: typing.clone(),
             receipts: receipts.clone(),
             more: false,
+            large: false,
+            counts: None,
         });
         assert!(frames.len() > 3, "{} parts", frames.len());
         let (mut m, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
         for (i, f) in frames.iter().enumerate() {
-            assert!(f.len() <= MAX_FRAME + 512, "{} bytes", f.len());
+            assert!(f.len() <= SNAPSHOT_PART + 512, "{} bytes", f.len());
             let Ok(ServerMessage::Snapshot {
                 room: got,
                 members,
                 typing,
                 receipts,
                 more,
+                ..
             }) = decode_server(f.as_str())
             else {
                 panic!("a snapshot");
@@ -307,5 +349,25 @@ mod tests {
         assert_eq!(m, members);
         assert_eq!(t, typing);
         assert_eq!(r, receipts);
+
+        // A bigger room: at most MAX_PARTS parts, each still bounded.
+        let many: Vec<PresenceView> = (0..2_000)
+            .map(|i| PresenceView {
+                user: user(i),
+                ..members[0].clone()
+            })
+            .collect();
+        let frames = snapshot_frames(ServerMessage::Snapshot {
+            room,
+            members: many,
+            typing: Vec::new(),
+            receipts: Vec::new(),
+            more: false,
+            large: false,
+            counts: None,
+        });
+        assert!(frames.len() <= MAX_PARTS + 1, "{} parts", frames.len());
+        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME + 512));
+        assert!(frames[0].len() > SNAPSHOT_PART, "parts grew instead");
     }
 }

@@ -29,6 +29,7 @@ pub(crate) mod replica;
 pub(crate) use cluster::Link;
 mod durable;
 mod fanout;
+mod large;
 mod watching;
 
 use watching::unwatch_one;
@@ -96,6 +97,8 @@ struct State {
     forgotten: Vec<UserId>,
     /// When retention next looks for offline users to forget.
     next_sweep: Millis,
+    /// The rooms that are large here, with their pending summaries.
+    large: presence_core::large::LargeRooms,
 }
 
 impl State {
@@ -230,6 +233,10 @@ impl Hub {
                 durable: HashSet::new(),
                 forgotten: Vec::new(),
                 next_sweep: Millis(0),
+                large: presence_core::large::LargeRooms::new(
+                    config.large_room_members,
+                    config.large_room_interval,
+                ),
             }),
             config,
             clock,
@@ -371,7 +378,12 @@ impl Hub {
                 self.wake.notify_one();
             }
         }
-        if let Some(next) = st.machine.next_deadline()
+        if let Some(next) = st
+            .machine
+            .next_deadline()
+            .into_iter()
+            .chain(st.large.next_due())
+            .min()
             && st.planned_wake.is_none_or(|w| next < w)
         {
             st.planned_wake = Some(next);
@@ -691,6 +703,9 @@ impl Hub {
         if let Some(&(at, _)) = st.expiries.first() {
             wake = wake.min(at);
         }
+        if let Some(at) = st.large.next_due() {
+            wake = wake.min(at);
+        }
         st.planned_wake = Some(wake);
         wake.since(now)
     }
@@ -703,6 +718,8 @@ impl Hub {
         if now >= st.next_sweep {
             st.next_sweep = now.after(RETENTION_SWEEP);
             let forgotten = st.machine.forget_offline(now, self.config.retention);
+            let State { machine, large, .. } = &mut *st;
+            large.retain(|room| machine.room_size(room) > 0);
             if self.data.is_some() {
                 for user in &forgotten {
                     st.durable.remove(user);
@@ -738,6 +755,7 @@ impl Hub {
         if st
             .batch_since
             .is_some_and(|since| since.after(self.config.batch_window) <= now)
+            || st.large.next_due().is_some_and(|at| at <= now)
         {
             self.flush(&mut st);
             self.settle(&mut st, now);

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use presence_core::cluster::{ClusterView, Liveness, NodeRecord, Records, transitions};
-use presence_core::protocol::{Receipt, ServerMessage};
+use presence_core::protocol::{Counts, Receipt, ServerMessage};
 use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -446,7 +446,30 @@ impl Replica {
             typing,
             receipts,
             more: false,
+            large: false,
+            counts: None,
         }
+    }
+
+    /// Users shown in `room` here.
+    pub fn room_size(&self, room: &RoomId) -> usize {
+        self.members.get(room).map_or(0, HashSet::len)
+    }
+
+    /// The members shown in `room` here, counted by state.
+    pub fn counts(&self, room: &RoomId) -> Counts {
+        let users = self.members.get(room).into_iter().flatten();
+        Counts::of(users.filter_map(|u| Some(self.view(u)?.shown.state())))
+    }
+
+    /// A large room's snapshot members: the first shown by user id.
+    pub fn first_online(&self, room: &RoomId) -> Vec<PresenceView> {
+        let users = self.members.get(room).into_iter().flatten();
+        let shown = users.filter_map(|u| Some((u, self.view(u)?))).collect();
+        presence_core::large::snapshot_members(shown)
+            .into_iter()
+            .map(|(u, v)| v.presence(u))
+            .collect()
     }
 
     /// A connection started watching `users`: `Some(views)` to answer now,

@@ -12,6 +12,7 @@ mod cluster;
 mod conn;
 mod fanout;
 mod hold;
+mod large;
 mod latency;
 mod probe;
 mod report;
@@ -60,6 +61,26 @@ enum Scenario {
         /// and after the changes.
         #[arg(long)]
         server_pid: Option<u32>,
+    },
+    /// One room of M members, a percentage of them changing per second: bytes and frames per
+    /// member per second, server CPU, time until everyone's counts are right.
+    Large {
+        /// Room size.
+        #[arg(long)]
+        members: usize,
+        /// Percent of the members that change per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds of changes.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// The server's pid, to read its RSS after the join and its CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Figure names start with this (e.g. `large`, or `normal` for a server whose threshold
+        /// is above the room).
+        #[arg(long, default_value = "large")]
+        label: String,
     },
     /// Change-to-observation latency at a steady rate of changes.
     Latency {
@@ -154,6 +175,22 @@ fn main() -> Result<()> {
                 members,
                 server_pid,
             } => fanout::run(target()?, sources, members, server_pid).await,
+            Scenario::Large {
+                members,
+                rate,
+                seconds,
+                server_pid,
+                label,
+            } => {
+                let plan = large::Plan {
+                    members,
+                    rate,
+                    seconds: Duration::from_secs(seconds),
+                    server: server_pid,
+                    label,
+                };
+                large::run(target()?, sources, plan).await
+            }
             Scenario::Latency {
                 rate,
                 seconds,
