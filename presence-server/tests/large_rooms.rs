@@ -135,7 +135,7 @@ async fn a_large_room_sends_one_summary_per_interval_instead_of_diffs() {
     while Instant::now() < until {
         let n = members.len();
         let m = &mut members[i % n];
-        let state = if i % 2 == 0 {
+        let state = if i.is_multiple_of(2) {
             json!("active")
         } else {
             json!("idle")
