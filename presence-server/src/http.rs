@@ -221,7 +221,7 @@ async fn cluster_views(
         if recs.len() != allowed.len() {
             return None;
         }
-        hub.cluster_views(&allowed, &recs)
+        hub.cluster_views(&allowed, &recs, None)
     };
     (views.len() == allowed.len()).then_some((views, forbidden))
 }
@@ -416,7 +416,7 @@ async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Opt
     users.dedup();
     let recs = backend.read(&users).await.ok()?;
     let marks = backend.receipts(room).await.ok()?;
-    let members = hub.cluster_shown_in(room, &users, &recs);
+    let members = hub.cluster_views(&users, &recs, Some(room));
     let shown: std::collections::HashSet<&UserId> = members.iter().map(|m| &m.user).collect();
     let receipts = marks
         .into_iter()

@@ -727,10 +727,9 @@ impl Session<'_> {
                     self.refuse(ErrorCode::DataTooLarge, message, subject);
                     return Ok(());
                 }
-                match self.data_bucket.take(hub.clock.now()) {
-                    Verdict::Ok => {}
-                    Verdict::Limited => return Err(ErrorCode::RateLimited.into()),
-                    Verdict::Abusive => return Err(ErrorCode::RateLimited.into()),
+                // A flood is closed by the general limit; this one only refuses.
+                if !matches!(self.data_bucket.take(hub.clock.now()), Verdict::Ok) {
+                    return Err(ErrorCode::RateLimited.into());
                 }
                 let data = data.clone();
                 hub.act(conn, generation, |m, now| m.set_data(now, conn, data))?;

@@ -343,30 +343,13 @@ impl Hub {
         self.cluster_wake();
     }
 
-    /// Cluster-level presence of `users` from fetched records.
+    /// Cluster-level presence of `users` from fetched records; with a
+    /// `room`, of those shown in it only (each view computed once).
     pub(crate) fn cluster_views(
         &self,
         users: &[UserId],
         recs: &[UserRecords],
-    ) -> Vec<PresenceView> {
-        let st = self.lock();
-        let Some(c) = st.cluster.as_ref() else {
-            return Vec::new();
-        };
-        users
-            .iter()
-            .zip(recs)
-            .map(|(u, r)| c.view_of_records(r).presence(u))
-            .collect()
-    }
-
-    /// The presence of those of `users` shown in `room`, from fetched
-    /// records (each view computed once).
-    pub(crate) fn cluster_shown_in(
-        &self,
-        room: &RoomId,
-        users: &[UserId],
-        recs: &[UserRecords],
+        room: Option<&RoomId>,
     ) -> Vec<PresenceView> {
         let st = self.lock();
         let Some(c) = st.cluster.as_ref() else {
@@ -376,7 +359,7 @@ impl Hub {
             .iter()
             .zip(recs)
             .map(|(u, r)| (u, c.view_of_records(r)))
-            .filter(|(_, v)| v.shown_in(room))
+            .filter(|(_, v)| room.is_none_or(|room| v.shown_in(room)))
             .map(|(u, v)| v.presence(u))
             .collect()
     }

@@ -383,6 +383,7 @@ impl Hub {
             .next_deadline()
             .into_iter()
             .chain(st.large.next_due())
+            .chain(st.expiries.first().map(|&(at, _)| at))
             .min()
             && st.planned_wake.is_none_or(|w| next < w)
         {
@@ -520,6 +521,7 @@ impl Hub {
         })
     }
 
+    /// Called under `apply`, whose `settle` wakes the driver for it.
     fn set_expiry(&self, st: &mut State, conn: ConnId, expires: Option<Millis>) {
         let Some(socket) = st.sockets.get_mut(&conn) else {
             return;
@@ -529,10 +531,6 @@ impl Hub {
         }
         if let Some(at) = expires {
             st.expiries.insert((at, conn));
-            if st.planned_wake.is_none_or(|w| at < w) {
-                st.planned_wake = Some(at);
-                self.wake.notify_one();
-            }
         }
     }
 
