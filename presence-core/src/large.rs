@@ -205,6 +205,16 @@ impl LargeRooms {
         self.rooms.contains_key(room)
     }
 
+    /// How many rooms are large here.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room is large here.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
     /// Whether a small room with at most `size` online members could be
     /// large: lets the caller skip counting rooms far below the threshold.
     pub fn may_enter(&self, room: &RoomId, size: usize) -> bool {

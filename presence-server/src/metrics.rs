@@ -26,6 +26,9 @@ pub(crate) struct Metrics {
     pub denied: Family<Labels, Counter>,
     pub policy_timeouts: Counter,
     pub fanout: Histogram,
+    pub large_rooms: Gauge,
+    pub large_switches: Family<Labels, Counter>,
+    pub summaries: Counter,
     pub redis_up: Gauge,
     pub bad_backend_replies: Counter,
     pub backend_bytes_in: Counter,
@@ -112,6 +115,24 @@ impl Metrics {
             "Recipients of each batched diffs frame (deliveries per change batch)",
             fanout.clone(),
         );
+        let large_rooms = Gauge::default();
+        registry.register(
+            "large_rooms",
+            "Rooms in large mode on this node (counts and summaries instead of diffs)",
+            large_rooms.clone(),
+        );
+        let large_switches = Family::<Labels, Counter>::default();
+        registry.register(
+            "large_room_switches",
+            "Rooms that crossed their threshold on this node, by the mode they switched to (large, small)",
+            large_switches.clone(),
+        );
+        let summaries = Counter::default();
+        registry.register(
+            "summaries",
+            "Summary frames built for large rooms (each encoded once for the room's members here)",
+            summaries.clone(),
+        );
         let redis_up = Gauge::default();
         let bad_backend_replies = Counter::default();
         let backend_bytes_in = Counter::default();
@@ -178,6 +199,9 @@ impl Metrics {
             denied,
             policy_timeouts,
             fanout,
+            large_rooms,
+            large_switches,
+            summaries,
             redis_up,
             bad_backend_replies,
             backend_bytes_in,
@@ -203,6 +227,10 @@ impl Metrics {
 
     pub fn token(&self, outcome: &'static str) {
         self.tokens.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn large_switch(&self, to: &'static str) {
+        self.large_switches.get_or_create(&[("to", to)]).inc();
     }
 
     pub fn deny(&self, what: &'static str) {

@@ -194,12 +194,26 @@ async fn summaries_say_who_came_and_went_and_the_room_is_small_again_below_80_pe
     left.sort();
     assert_eq!(left, ["c5", "c6"], "{s}");
     assert_eq!(counts(&s).0, 4, "still large at 4 (80 % of 5)");
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    for line in [
+        "presence_large_rooms 1",
+        "presence_large_room_switches_total{to=\"large\"} 1",
+        "presence_summaries_total 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // Down to 3: small again, with a full snapshot, then diffs.
     members[2].send(json!({"type": "leave", "room": "r"})).await;
     let snap = next_of(&mut observer, "snapshot", "r").await;
     assert!(snap.get("large").is_none(), "{snap}");
     assert_eq!(names(&snap["members"]), ["c1", "c2", "c3"]);
+    let (_, metrics) = http_text(srv.addr, "/metrics").await;
+    assert!(metrics.contains("presence_large_rooms 0"), "{metrics}");
+    assert!(
+        metrics.contains("presence_large_room_switches_total{to=\"small\"} 1"),
+        "{metrics}"
+    );
     members[0].send(idle()).await;
     let (room, _) = observer.diff("user_idle", "c2").await;
     assert_eq!(room.as_deref(), Some("r"), "per-change diffs again");

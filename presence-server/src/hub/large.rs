@@ -45,6 +45,7 @@ impl Hub {
                 let entered = st.large.may_enter(room, room_size(st, room))
                     && st.large.enter(room, now, room_counts(st, room));
                 if entered {
+                    self.metrics.large_switch("large");
                     // The snapshot shows what these diffs say.
                     self.owe_everyone(st, room);
                 }
@@ -79,11 +80,18 @@ impl Hub {
                 }
             };
             match large.summarize(&room, now, counts, view) {
-                Due::Summary(msg) => out.push((room, Utf8Bytes::from(encode(&msg)))),
-                Due::Small => self.owe_everyone(st, &room),
+                Due::Summary(msg) => {
+                    self.metrics.summaries.inc();
+                    out.push((room, Utf8Bytes::from(encode(&msg))));
+                }
+                Due::Small => {
+                    self.metrics.large_switch("small");
+                    self.owe_everyone(st, &room);
+                }
                 Due::Quiet => {}
             }
         }
+        self.metrics.large_rooms.set(st.large.len() as i64);
         out
     }
 
