@@ -11,9 +11,14 @@
 // (no reconnect, no flap seen by a second user), stop as `unauthorized` once `getToken` fails,
 // and a page given only an expired token must stop at once and start again with `setToken`.
 //
-//   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
-//     node presence-wasm/e2e-restart/run.mjs
+// Then large rooms (issue 15): a server that makes a room large at 5 online members; clients join,
+// leave and go idle, and getSnapshot().rooms[room] must show exact counts, the mode and the
+// members at each step, small again below 80 %.
 //
+//   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
+//     node presence-wasm/e2e-restart/run.mjs [scenario …]
+//
+// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room), only those.
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
@@ -113,8 +118,9 @@ function jwt(user, ttl) {
   return `${body}.${createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
 }
 
-async function startServer(auth = ["--dev-auth"]) {
-  server = spawn(binary, ["--bind", `127.0.0.1:${port}`, ...auth, "--heartbeat-interval-ms", "1000",
+/** Starts the server with `flags` (auth, and whatever else a scenario needs) on `port`. */
+async function startServer(flags = ["--dev-auth"]) {
+  server = spawn(binary, ["--bind", `127.0.0.1:${port}`, ...flags, "--heartbeat-interval-ms", "1000",
     "--heartbeat-timeout-ms", "3000", "--batch-window-ms", "10", "--log", "warn"],
   { stdio: ["ignore", "ignore", "pipe"] });
   server.stderr.on("data", (d) => serverLog.push(String(d)));
@@ -327,6 +333,106 @@ async function tokenLifetime(browser) {
   }
 }
 
+/**
+ * Large rooms (issue 15) through the SDK: a server that makes a room large at 5 online members
+ * (small again below 80 %, so at 3) with a summary at most every 200 ms, and clients in one page
+ * joining, leaving, closing and going idle (a hidden page, for `ida` only: the others wait 60 s).
+ * At each step every client named must see exactly the counts, the mode and the online members.
+ */
+async function largeRoom(browser) {
+  const t0 = Date.now();
+  await startServer(["--dev-auth", "--large-room-members", "5", "--large-room-interval-ms", "200",
+    "--leave-grace-ms", "100"]);
+  const room = "big";
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  try {
+    await page.goto(pageUrl);
+    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await page.evaluate(({ wsUrl, room }) => {
+      let hidden = false;
+      Object.defineProperty(document, "hidden", { get: () => hidden, configurable: true });
+      window.setHidden = (h) => {
+        hidden = h;
+        document.dispatchEvent(new Event("visibilitychange"));
+      };
+      window.clients = {};
+      window.sdkErrors = [];
+      window.add = (user) => {
+        const c = window.PresenceClient.connect({ url: wsUrl, token: user, resume: false,
+          hiddenAfterMs: user === "ida" ? 0 : 60_000 });
+        c.onError((e) => window.sdkErrors.push(`${user}: ${e.code}`));
+        c.join(room);
+        window.clients[user] = c;
+      };
+      // The room as `user`'s client shows it, with the counts its members make.
+      window.view = (user) => {
+        const r = window.clients[user].getSnapshot().rooms[room];
+        if (!r) return null;
+        const online = r.members.filter((m) => m.state !== "offline");
+        const n = (state) => online.filter((m) => m.state === state).length;
+        return { large: r.large, counts: r.counts, online: online.map((m) => m.user).sort(),
+          fromMembers: { online: online.length, active: n("active"), idle: n("idle") } };
+      };
+    }, { wsUrl, room });
+    const act = (f, arg) => page.evaluate(f, arg);
+    const add = (user) => act((u) => window.add(u), user);
+    const setHidden = (h) => act((h) => window.setHidden(h), h);
+    const counts = (c) => `${c?.online}/${c?.active}/${c?.idle}`;
+    /** Every client in `users` shows `room` with these counts, mode and online members. */
+    const expect = (step, users, large, [online, active, idle], members) =>
+      until(`large room: ${step}`, async () => {
+        const views = await act((users) => users.map((u) => window.view(u)), users);
+        const want = `${online}/${active}/${idle}`;
+        // A small room's counts are its members'; a large room's list keeps the states it was
+        // sent (individuals' idle changes only move the counts), so only its ids are checked.
+        const ok = views.every((v) => v && v.large === large && counts(v.counts) === want &&
+          v.online.join() === members.join() && (large || counts(v.fromMembers) === want));
+        return [ok, { want: { large, counts: want, members }, saw: views }];
+      });
+
+    await add("obs");
+    await add("u1");
+    await expect("2 members, small", ["obs", "u1"], false, [2, 2, 0], ["obs", "u1"]);
+    await add("ida");
+    await expect("3 members, small", ["obs", "ida"], false, [3, 3, 0], ["ida", "obs", "u1"]);
+    await setHidden(true);
+    await expect("ida idle in a small room", ["obs", "u1"], false, [3, 2, 1], ["ida", "obs", "u1"]);
+    await add("u2");
+    await expect("4 members, still small", ["obs", "u2"], false, [4, 3, 1], ["ida", "obs", "u1", "u2"]);
+    const five = ["ida", "obs", "u1", "u2", "u3"];
+    await add("u3");
+    await expect("5 members: large", ["obs", "ida", "u3"], true, [5, 4, 1], five);
+    await setHidden(false);
+    await expect("ida active again, by summary", ["obs", "u3"], true, [5, 5, 0], five);
+    await setHidden(true);
+    await expect("ida idle again, by summary", ["obs", "u1"], true, [5, 4, 1], five);
+    await add("u4");
+    await expect("u4 joined, by summary", ["obs", "u4"], true, [6, 5, 1], [...five, "u4"]);
+    await act(() => window.clients.u3.leave("big"));
+    await expect("u3 left, by summary", ["obs", "u4"], true, [5, 4, 1], ["ida", "obs", "u1", "u2", "u4"]);
+    await act(() => window.clients.u4.close());
+    await expect("u4 closed: 4 online, still large (80 % of 5)", ["obs", "u1"], true, [4, 3, 1],
+      ["ida", "obs", "u1", "u2"]);
+    await act(() => window.clients.u2.leave("big"));
+    await expect("u2 left: 3 online, small again", ["obs", "ida", "u1"], false, [3, 2, 1], ["ida", "obs", "u1"]);
+    await setHidden(false);
+    await expect("ida active in the small room, by diff", ["obs", "u1"], false, [3, 3, 0], ["ida", "obs", "u1"]);
+
+    const sdkErrors = await act(() => window.sdkErrors);
+    await act(() => Object.values(window.clients).forEach((c) => c.close()));
+    if (sdkErrors.length) throw new Error(`large room: onError heard ${JSON.stringify(sdkErrors)}`);
+    if (pageErrors.length) throw new Error(`large room: page errors: ${pageErrors.join("; ")}`);
+    console.log("large room test: small at 2-4 online with counts from the members, large at 5 and 6 " +
+      "with counts and members through summaries (joins, a leave, a close, idle and active), still " +
+      `large at 4, small again at 3 (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await page.close();
+    await killServer();
+  }
+}
+
 /** A second user, fresh from the server, sees every marker of `ana`. */
 async function checkMarkers(page, name, ana, marked) {
   await page.evaluate(({ wsUrl, marked }) => {
@@ -351,10 +457,17 @@ async function checkMarkers(page, name, ana, marked) {
 const profile = mkdtempSync(join(scratch, "profile-"));
 const browser = await chromium.launchPersistentContext(profile, { executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
 let failure = null;
+const scenarios = {
+  "36-rooms": () => scenario(browser, "36-rooms", 36, 6),
+  "64-rooms": () => scenario(browser, "64-rooms", 64, 64),
+  "token-lifetime": () => tokenLifetime(browser),
+  "large-room": () => largeRoom(browser),
+};
+const only = process.argv.slice(2);
 try {
-  await scenario(browser, "36-rooms", 36, 6);
-  await scenario(browser, "64-rooms", 64, 64);
-  await tokenLifetime(browser);
+  const unknown = only.filter((name) => !scenarios[name]);
+  if (unknown.length) throw new Error(`no scenario ${unknown.join(", ")}; there are ${Object.keys(scenarios).join(", ")}`);
+  for (const [name, run] of Object.entries(scenarios)) if (!only.length || only.includes(name)) await run();
 } catch (e) {
   failure = e;
 } finally {

@@ -147,7 +147,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         || react_consumer(ws),
     )?;
     steps.step(
-        "SDK against the server binary: restart, token lifetime (presence-wasm/e2e-restart)",
+        "SDK against the server binary: restart, token lifetime, large rooms (presence-wasm/e2e-restart)",
         || {
             let dir = ws.root.join("presence-wasm").join("e2e-restart");
             let tarball = npm::tarball(ws, npm::Package::Sdk)?;
