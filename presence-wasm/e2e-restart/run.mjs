@@ -13,12 +13,13 @@
 //
 // Then large rooms (issue 15): a server that makes a room large at 5 online members; clients join,
 // leave and go idle, and getSnapshot().rooms[room] must show exact counts, the mode and the
-// members at each step, small again below 80 %.
+// members at each step, small again below 80 %. And ids named like `Object.prototype` members
+// (`__proto__`) must be plain keys of the snapshot's `rooms` and `receipts`.
 //
 //   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
 //     node presence-wasm/e2e-restart/run.mjs [scenario …]
 //
-// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room), only those.
+// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room, prototype-names), only those.
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
@@ -433,6 +434,49 @@ async function largeRoom(browser) {
   }
 }
 
+/**
+ * Ids that are names of `Object.prototype` members: a room and a user called `__proto__` must
+ * be plain keys of `rooms` and `receipts`, and a room called `constructor` that nobody joined
+ * must be absent, not a function inherited from `Object.prototype`.
+ */
+async function prototypeNames(browser) {
+  const t0 = Date.now();
+  await startServer();
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  try {
+    await page.goto(pageUrl);
+    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await page.evaluate((wsUrl) => {
+      window.proto = window.PresenceClient.connect({ url: wsUrl, token: "__proto__", resume: false });
+      window.proto.join("__proto__");
+      window.proto.markRead("__proto__", 7);
+      window.obs = window.PresenceClient.connect({ url: wsUrl, token: "obs", resume: false });
+      window.obs.join("__proto__");
+    }, wsUrl);
+    await until("__proto__: both clients see the room, its members and the marker", async () => {
+      const seen = await page.evaluate(() => [window.proto, window.obs].map((c) => {
+        const rooms = c.getSnapshot().rooms;
+        const r = Object.hasOwn(rooms, "__proto__") ? rooms["__proto__"] : undefined;
+        return { rooms: Object.keys(rooms), constructor: typeof rooms.constructor,
+          members: r?.members.map((m) => `${m.user}=${m.state}`),
+          receipts: r && Object.entries(r.receipts), online: r?.counts.online };
+      }));
+      const want = JSON.stringify({ rooms: ["__proto__"], constructor: "undefined",
+        members: ["__proto__=active", "obs=active"], receipts: [["__proto__", 7]], online: 2 });
+      return [seen.every((s) => JSON.stringify(s) === want), seen];
+    });
+    await page.evaluate(() => { window.proto.close(); window.obs.close(); });
+    if (pageErrors.length) throw new Error(`__proto__: page errors: ${pageErrors.join("; ")}`);
+    console.log(`prototype names test: a room and a user called __proto__ are own keys of rooms and ` +
+      `receipts, no room called constructor (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await page.close();
+    await killServer();
+  }
+}
+
 /** A second user, fresh from the server, sees every marker of `ana`. */
 async function checkMarkers(page, name, ana, marked) {
   await page.evaluate(({ wsUrl, marked }) => {
@@ -462,6 +506,7 @@ const scenarios = {
   "64-rooms": () => scenario(browser, "64-rooms", 64, 64),
   "token-lifetime": () => tokenLifetime(browser),
   "large-room": () => largeRoom(browser),
+  "prototype-names": () => prototypeNames(browser),
 };
 const only = process.argv.slice(2);
 try {

@@ -111,11 +111,18 @@ export function clearTimer(id) {
   globalThis.window?.clearTimeout(id);
 }
 
-// `o[key] = value` on the fresh plain objects and errors `js.rs` builds (it cannot throw there;
-// `Reflect.set` needed catching glue), and `o[key]` of the app's options, `undefined` if a
+// `o[key] = value` on the fresh plain objects, maps and errors `js.rs` builds (it cannot throw
+// there; `Reflect.set` needed catching glue), and `o[key]` of the app's options, `undefined` if a
 // getter throws (as `Reflect.get` with its error dropped gave).
 export function put(o, key, value) {
   o[key] = value;
+}
+
+// A map keyed by room or user ids: with no prototype, `put(o, "__proto__", v)` makes a key like
+// any other (on a plain object it would replace the prototype), and an id such as `constructor`
+// is absent until set.
+export function dict() {
+  return Object.create(null);
 }
 
 export function field(o, key) {

@@ -109,6 +109,7 @@ export interface RoomSnapshot {
   /** In a large room, some online members only: the first by id, and who came since. */
   members: Presence[];
   typing: string[];
+  /** Read markers by user id, in an object without a prototype (see `PresenceSnapshot.rooms`). */
   receipts: Record<string, number>;
   /** Members online, active and idle: the server's count in a large room. */
   counts: { online: number; active: number; idle: number };
@@ -130,6 +131,12 @@ export interface PresenceSnapshot {
   me?: string;
   status: Status;
   text?: string;
+  /**
+   * The joined rooms by id, in an object without a prototype (`Object.create(null)`): every id is
+   * a key of its own, `__proto__` too, and a room nobody joined is `undefined` even when named
+   * `constructor`. Read it with `rooms[id]`, `id in rooms`, `Object.keys` or `Object.entries`; it
+   * has no methods (`rooms.hasOwnProperty` is `undefined`: use `Object.hasOwn(rooms, id)`).
+   */
   rooms: Record<string, RoomSnapshot>;
   watched: Presence[];
 }
@@ -379,6 +386,8 @@ extern "C" {
     fn put(o: &JsValue, key: &str, value: &JsValue);
     /// `o[key]` (see [`put`]); `undefined` for a missing field.
     fn field(o: &JsValue, key: &str) -> JsValue;
+    /// `Object.create(null)`: an object with no prototype, for maps keyed by ids.
+    fn dict() -> Object;
     /// `JSON.parse`, for objects the server sent.
     #[wasm_bindgen(js_name = parseJson)]
     fn parse_json(text: &str) -> JsValue;
@@ -494,6 +503,13 @@ struct Obj(Object);
 impl Obj {
     fn new() -> Self {
         Self(Object::new())
+    }
+
+    /// A map keyed by room or user ids: without a prototype, any id is a key
+    /// of its own (`o["__proto__"] = v` on a plain object would set its
+    /// prototype instead), and an id such as `constructor` is absent until set.
+    fn dict() -> Self {
+        Self(dict())
     }
 
     fn set(self, key: &str, value: impl Into<JsValue>) -> Self {
@@ -674,12 +690,12 @@ pub fn event(e: &ClientEvent) -> Option<(Topic, JsValue)> {
 pub fn snapshot(client: &presence_core::client::Client) -> JsValue {
     let cache = client.cache();
     let (status, text) = client.status();
-    let rooms = Obj::new();
+    let rooms = Obj::dict();
     let rooms = cache.rooms().iter().fold(rooms, |rooms, (id, r)| {
         let receipts = r
             .receipts
             .iter()
-            .fold(Obj::new(), |o, (u, m)| o.set(u.as_str(), *m as f64));
+            .fold(Obj::dict(), |o, (u, m)| o.set(u.as_str(), *m as f64));
         let typing: js_sys::Array = r.typing.iter().map(|u| JsValue::from(u.as_str())).collect();
         let c = r.counts();
         let counts = Obj::new()
