@@ -1,6 +1,8 @@
 // End-to-end tests of the demo chat: builds and starts the real demo-web binary (presence-server
 // embedded, dev auth, short timings) on a free loopback port, then drives two headless Chromium
-// browsers, one per user (ana = A, bob = B), through the presence scenarios of issue 5.
+// browsers, one per user (ana = A, bob = B), through the presence scenarios of issue 5; then a
+// second demo server with `--large-room-members 3`, where three users make a large room and the
+// page must show the server's count (issue 15).
 //
 //   node demo-web/e2e/run.mjs            (from the repository root; `cargo xtask test` runs it)
 //   UPDATE_DOCS=1 node demo-web/e2e/run.mjs   also copies the side-by-side screenshot to docs/demo.png
@@ -50,9 +52,9 @@ function build() {
   return Date.now() - t;
 }
 
-/** Starts the demo binary and resolves with its URL (printed on stdout). */
-function startServer(log) {
-  const child = spawn(join(target, "debug", "demo-web"), SERVER_ARGS, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+/** Starts the demo binary (with `extra` flags after SERVER_ARGS) and resolves with its URL (printed on stdout). */
+function startServer(log, extra = []) {
+  const child = spawn(join(target, "debug", "demo-web"), [...SERVER_ARGS, ...extra], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   child.stderr.on("data", (d) => log.push(String(d)));
   const url = new Promise((ok, fail) => {
     let out = "";
@@ -91,7 +93,8 @@ function pageState() {
   const strip = q("[data-testid=active-person]").map((p) => `${p.dataset.user}=${p.dataset.state}`);
   const msgs = q("[data-testid=message]").map((m) => `${m.dataset.seq}:${m.dataset.user}:${m.querySelector(".message-text")?.textContent}`);
   const conn = document.querySelector("[data-testid=connection]")?.dataset.state;
-  return `connection=${conn}; members=[${members.join(", ")}]; active-now=[${strip.join(", ")}]; ` +
+  return `connection=${conn}; "${document.getElementById("member-count")?.textContent}", ` +
+    `"${document.querySelector("[data-testid=room-online]")?.textContent}"; members=[${members.join(", ")}]; active-now=[${strip.join(", ")}]; ` +
     `typing="${document.querySelector("[data-testid=typing]")?.textContent}"; ` +
     `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; messages=[${msgs.slice(-4).join(" | ")}]`;
 }
@@ -162,8 +165,10 @@ mkdirSync(tmp, { recursive: true });
 const profiles = [];
 const browsers = [];
 const serverLog = [];
+const bigLog = [];
 const pageErrors = [];
 let server = null;
+let big = null;
 let failure = null;
 
 try {
@@ -345,6 +350,40 @@ try {
     return `offline after ${ms} ms (leave grace ${LEAVE_GRACE_MS} ms)`;
   });
 
+  await scenario("A room of 3 is large (a second demo server, --large-room-members 3): the page shows the count", async () => {
+    // Its own server, so the room above keeps the default threshold. Another origin, so the
+    // pages start signed out; no ?idle=, so nobody goes idle unless their screen locks.
+    big = startServer(bigLog, ["--large-room-members", "3"]);
+    const bigBase = await big.url;
+    const bigUrl = `${bigBase}#big`;
+    const shows = ({ count, line }) => document.getElementById("member-count").textContent === count &&
+      document.querySelector("[data-testid=room-online]").textContent === line;
+    const newPage = async (ctx) => {
+      const p = await ctx.newPage();
+      await p.addInitScript(() => localStorage.removeItem("presence-demo:name"));
+      return p;
+    };
+    const [carol, dave, erin] = [await newPage(ctxB), await newPage(ctxA), await newPage(ctxA)];
+    await signIn(carol, bigUrl, "carol");
+    await signIn(dave, bigUrl, "dave");
+    await until(carol, "carol sees 2 online, small", shows, { count: "2 online", line: "2 online · 2 members" });
+    await signIn(erin, bigUrl, "erin");
+    await until(carol, "carol sees 3 online, large", shows, { count: "3 online", line: "3 online · 0 idle · showing 3" });
+    await until(erin, "erin sees 3 online, large", shows, { count: "3 online", line: "3 online · 0 idle · showing 3" });
+    const cdp = await ctxA.newCDPSession(erin);
+    await cdp.send("Browser.grantPermissions", { permissions: ["idleDetection"], origin: new URL(bigBase).origin });
+    await cdp.send("Emulation.setIdleOverride", { isUserActive: true, isScreenUnlocked: false });
+    await until(carol, "carol's count shows erin idle", shows, { count: "3 online", line: "3 online · 1 idle · showing 3" });
+    await shot(carol, "08-large-room-count");
+    await cdp.send("Emulation.clearIdleOverride");
+    await erin.close({ runBeforeUnload: true });
+    // Erin went offline while the room was large: the fresh small snapshot lists the online only.
+    await until(carol, "carol sees 2 online, small again", shows, { count: "2 online", line: "2 online · 2 members" });
+    await carol.close();
+    await dave.close();
+    return "2 online · 2 members → 3 online · 0 idle · showing 3 → 1 idle → 2 online, small";
+  });
+
   if (pageErrors.length) throw new Error(`uncaught errors in the pages:\n      ${pageErrors.join("\n      ")}`);
 } catch (e) {
   failure = e;
@@ -352,6 +391,7 @@ try {
 } finally {
   for (const ctx of browsers) await ctx.close().catch(() => {});
   await stopServer(server?.child);
+  await stopServer(big?.child);
   for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
 }
 
@@ -383,6 +423,7 @@ const passed = results.filter((r) => r.ok).length;
 if (failure) {
   console.error(`\ne2e FAILED: ${failure.message}`);
   if (serverLog.length) console.error(`demo-web log:\n${serverLog.join("").split("\n").slice(-30).join("\n")}`);
+  if (bigLog.length) console.error(`large-room demo-web log:\n${bigLog.join("").split("\n").slice(-30).join("\n")}`);
   console.error(`${passed} scenario(s) passed before the failure; screenshots in ${artifacts} (${total} s)`);
   process.exit(1);
 }
