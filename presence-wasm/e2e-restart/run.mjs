@@ -182,17 +182,14 @@ async function scenario(browser, name, roomCount, markerCount) {
   const ana = `ana-${prefix}`;
   const watched = [`carol-${prefix}`, `dave-${prefix}`];
   await startServer();
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const { page, pageErrors } = await newPage(browser);
   // Chromium logs every refused WebSocket connection as a console error: a
   // reconnect attempt that lands while the server is down is expected here,
   // not a page error.
   const expected = /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/;
   page.on("console", (m) => m.type() === "error" && !expected.test(m.text()) && pageErrors.push(m.text()));
   try {
-    await page.goto(pageUrl);
-    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await loadSdk(page);
     await page.evaluate(({ wsUrl, ana, rooms, marked, watched }) => {
       window.sdkErrors = [];
       window.connections = [];
@@ -236,7 +233,7 @@ async function scenario(browser, name, roomCount, markerCount) {
     if (Object.keys(refused).length) {
       throw new Error(`${name}: the restarted server refused frames: ${JSON.stringify(refused)}`);
     }
-    if (pageErrors.length) throw new Error(`${name}: page errors: ${pageErrors.join("; ")}`);
+    noPageErrors(name, pageErrors);
     const connections = await page.evaluate(() => window.connections);
     await page.evaluate(() => window.ana.close());
     console.log(`restart test, ${name}: ${roomCount} rooms, ${markerCount} markers, 2 watched users and ` +
@@ -248,6 +245,24 @@ async function scenario(browser, name, roomCount, markerCount) {
   }
 }
 
+/** A new page whose uncaught errors `noPageErrors` reports. */
+async function newPage(browser) {
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  return { page, pageErrors };
+}
+
+/** Opens the test page and waits for the SDK to load. */
+async function loadSdk(page) {
+  await page.goto(pageUrl);
+  await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+}
+
+function noPageErrors(what, pageErrors) {
+  if (pageErrors.length) throw new Error(`${what}: page errors: ${pageErrors.join("; ")}`);
+}
+
 /** Metric lines of this server process matching `re`, as {label: value}. */
 async function metric(re) {
   const text = await (await fetch(`${api}/metrics`)).text();
@@ -257,12 +272,9 @@ async function metric(re) {
 async function tokenLifetime(browser) {
   const t0 = Date.now();
   await startServer(["--jwt-secret", JWT_SECRET, "--default-audience", "open"]);
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const { page, pageErrors } = await newPage(browser);
   try {
-    await page.goto(pageUrl);
-    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await loadSdk(page);
     await page.evaluate(({ wsUrl, bobToken }) => {
       window.asked = 0;
       window.loggedOut = false;
@@ -324,7 +336,7 @@ async function tokenLifetime(browser) {
     });
     const refreshed = (await metric(/presence_tokens_total\{outcome="(\w+)"\} (\d+)/g)).refreshed;
     await page.evaluate(() => { window.ana.close(); window.bob.close(); window.carol.close(); });
-    if (pageErrors.length) throw new Error(`token: page errors: ${pageErrors.join("; ")}`);
+    noPageErrors("token", pageErrors);
     console.log(`token lifetime test: 4 s tokens refreshed ${refreshed} times over a live socket ` +
       `(getToken asked ${live.asked} times, bob saw no flap), unauthorized once getToken failed, ` +
       `an expired token stopped at once and setToken recovered (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
@@ -345,12 +357,9 @@ async function largeRoom(browser) {
   await startServer(["--dev-auth", "--large-room-members", "5", "--large-room-interval-ms", "200",
     "--leave-grace-ms", "100"]);
   const room = "big";
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const { page, pageErrors } = await newPage(browser);
   try {
-    await page.goto(pageUrl);
-    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await loadSdk(page);
     await page.evaluate(({ wsUrl, room }) => {
       let hidden = false;
       Object.defineProperty(document, "hidden", { get: () => hidden, configurable: true });
@@ -424,7 +433,7 @@ async function largeRoom(browser) {
     const sdkErrors = await act(() => window.sdkErrors);
     await act(() => Object.values(window.clients).forEach((c) => c.close()));
     if (sdkErrors.length) throw new Error(`large room: onError heard ${JSON.stringify(sdkErrors)}`);
-    if (pageErrors.length) throw new Error(`large room: page errors: ${pageErrors.join("; ")}`);
+    noPageErrors("large room", pageErrors);
     console.log("large room test: small at 2-4 online with counts from the members, large at 5 and 6 " +
       "with counts and members through summaries (joins, a leave, a close, idle and active), still " +
       `large at 4, small again at 3 (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
@@ -442,12 +451,9 @@ async function largeRoom(browser) {
 async function prototypeNames(browser) {
   const t0 = Date.now();
   await startServer();
-  const page = await browser.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const { page, pageErrors } = await newPage(browser);
   try {
-    await page.goto(pageUrl);
-    await page.waitForFunction(() => window.sdkReady === true, null, { timeout: WAIT_MS });
+    await loadSdk(page);
     await page.evaluate((wsUrl) => {
       window.proto = window.PresenceClient.connect({ url: wsUrl, token: "__proto__", resume: false });
       window.proto.join("__proto__");
@@ -468,7 +474,7 @@ async function prototypeNames(browser) {
       return [seen.every((s) => JSON.stringify(s) === want), seen];
     });
     await page.evaluate(() => { window.proto.close(); window.obs.close(); });
-    if (pageErrors.length) throw new Error(`__proto__: page errors: ${pageErrors.join("; ")}`);
+    noPageErrors("__proto__", pageErrors);
     console.log(`prototype names test: a room and a user called __proto__ are own keys of rooms and ` +
       `receipts, no room called constructor (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   } finally {

@@ -505,9 +505,7 @@ impl Obj {
         Self(Object::new())
     }
 
-    /// A map keyed by room or user ids: without a prototype, any id is a key
-    /// of its own (`o["__proto__"] = v` on a plain object would set its
-    /// prototype instead), and an id such as `constructor` is absent until set.
+    /// A map keyed by room or user ids (see `dict` in browser.js).
     fn dict() -> Self {
         Self(dict())
     }

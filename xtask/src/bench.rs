@@ -137,14 +137,13 @@ const EVERY_CHANGE: &[&str] = &["--large-room-members", "1000000000"];
 /// figures (100 members), a room too big for its mode (a server whose
 /// threshold is above it: every change to every member), and large rooms.
 fn large_scenarios(quick: bool, seconds: u64) -> Vec<Scenario> {
-    let never = EVERY_CHANGE;
     let runs: &[(&str, &[&'static str], usize)] = if quick {
         &[("small", &[], 100), ("large", &[], 1000)]
     } else {
         &[
             ("small", &[], 100),
-            ("normal", never, 1000),
-            ("normal", never, 5000),
+            ("normal", EVERY_CHANGE, 1000),
+            ("normal", EVERY_CHANGE, 5000),
             ("large", &[], 1000),
             ("large", &[], 5000),
             ("large", &[], 10_000),
