@@ -153,29 +153,28 @@ fn deliverable(
         .collect()
 }
 
-/// A `diffs` or `snapshot` frame's size at most, roughly: a socket's write
+/// A `diffs` frame's or a snapshot part's size, roughly: a socket's write
 /// buffer keeps the capacity of the largest frame it ever wrote
 /// (tungstenite-rs#500), so one big frame would pin that much memory per
 /// recipient for good (a 5,000-member room's snapshot is ~500 KB). A bigger
 /// batch goes out as several `diffs` frames, in order; a bigger snapshot in
-/// parts marked `more` (PROTOCOL.md, "Diffs").
-const MAX_FRAME: usize = 8 * 1024;
+/// parts marked `more` (PROTOCOL.md, "Diffs"). Frames of 2 KiB instead of
+/// 8 took server RSS after a 1,000-member join from 20.0 to 17.4 KB per
+/// member (BENCHMARKS.md, "Large rooms").
+const FRAME: usize = 2 * 1024;
 
-/// A snapshot's parts are smaller still when that costs few frames: every
-/// member gets one, so its part size is what most sockets keep. Parts of
-/// about 2 KiB took a large room's server RSS from 19.5 to 13.7 KB per
-/// member (BENCHMARKS.md, "Large rooms"); a snapshot is cut into at most
-/// `MAX_PARTS` of them (a quarter of the default outbound queue), bigger
-/// parts (up to `MAX_FRAME`) past that.
-const SNAPSHOT_PART: usize = 2 * 1024;
+/// What is cut into frames goes out in at most `MAX_PARTS` of them (a
+/// quarter of the default outbound queue), so a recipient is not taken for
+/// a slow consumer; past that, frames grow up to `MAX_PART`.
 const MAX_PARTS: usize = 64;
+const MAX_PART: usize = 8 * 1024;
 
-/// The part size for a snapshot of `whole` bytes.
-fn snapshot_part(whole: usize) -> usize {
-    whole.div_ceil(MAX_PARTS).clamp(SNAPSHOT_PART, MAX_FRAME)
+/// The frame size for a message of `whole` bytes.
+fn part_size(whole: usize) -> usize {
+    whole.div_ceil(MAX_PARTS).clamp(FRAME, MAX_PART)
 }
 
-/// `diffs` encoded into frames of about `MAX_FRAME` at most, each
+/// `diffs` encoded into frames of about [`part_size`] at most, each
 /// encoded once for all its recipients.
 fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
     let msg = ServerMessage::Diffs { room, diffs };
@@ -183,10 +182,11 @@ fn diff_frames(room: Option<RoomId>, diffs: Vec<Diff>) -> Vec<Utf8Bytes> {
     let ServerMessage::Diffs { room, diffs } = msg else {
         return vec![Utf8Bytes::from(whole)];
     };
-    if whole.len() <= MAX_FRAME || diffs.len() < 2 {
+    let part = part_size(whole.len());
+    if whole.len() <= part || diffs.len() < 2 {
         return vec![Utf8Bytes::from(whole)];
     }
-    let per = diffs.len().div_ceil(whole.len().div_ceil(MAX_FRAME)).max(1);
+    let per = diffs.len().div_ceil(whole.len().div_ceil(part)).max(1);
     diffs
         .chunks(per)
         .map(|chunk| {
@@ -204,7 +204,7 @@ fn sorted(mut members: Vec<PresenceView>) -> Vec<PresenceView> {
     members
 }
 
-/// A snapshot as frames of about [`snapshot_part`] at most: members split
+/// A snapshot as frames of about [`part_size`] at most: members split
 /// in order, each part with its members' typing and markers.
 fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
     let whole = encode(&msg);
@@ -220,7 +220,7 @@ fn snapshot_frames(msg: ServerMessage) -> Vec<Utf8Bytes> {
     else {
         return vec![Utf8Bytes::from(whole)];
     };
-    let part = snapshot_part(whole.len());
+    let part = part_size(whole.len());
     if whole.len() <= part || members.len() < 2 {
         return vec![Utf8Bytes::from(whole)];
     }
@@ -276,7 +276,7 @@ mod tests {
         assert!(frames.len() > 1, "split");
         let mut back = Vec::new();
         for f in &frames {
-            assert!(f.len() <= MAX_FRAME + 64, "{} bytes", f.len());
+            assert!(f.len() <= FRAME + 64, "{} bytes", f.len());
             let Ok(ServerMessage::Diffs { room: r, diffs }) = decode_server(f.as_str()) else {
                 panic!("a diffs frame");
             };
@@ -328,7 +328,7 @@ mod tests {
         assert!(frames.len() > 3, "{} parts", frames.len());
         let (mut m, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
         for (i, f) in frames.iter().enumerate() {
-            assert!(f.len() <= SNAPSHOT_PART + 512, "{} bytes", f.len());
+            assert!(f.len() <= FRAME + 512, "{} bytes", f.len());
             let Ok(ServerMessage::Snapshot {
                 room: got,
                 members,
@@ -367,7 +367,7 @@ mod tests {
             counts: None,
         });
         assert!(frames.len() <= MAX_PARTS + 1, "{} parts", frames.len());
-        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME + 512));
-        assert!(frames[0].len() > SNAPSHOT_PART, "parts grew instead");
+        assert!(frames.iter().all(|f| f.len() <= MAX_PART + 512));
+        assert!(frames[0].len() > FRAME, "parts grew instead");
     }
 }
