@@ -96,7 +96,7 @@ impl Default for RateLimit {
 /// |---|---|---|
 /// | `read_buffer` | 1 KiB | client frames are mostly under 100 bytes; the buffer grows for the rare big one (a heap profile showed the 4 KiB buffer as 36 % of a connection's memory) |
 /// | `write_buffer` | 0 | every frame is written at once (the outbound queue already batches) |
-/// | `max_write_buffer` | 1 MiB | bounds what a stalled socket can hold; must exceed the largest snapshot |
+/// | `max_write_buffer` | 1 MiB | bounds what a stalled socket can hold (big messages go out as 2 KiB fragments, so little is held at a time) |
 /// | `max_message` | 16 KiB | client frames past 4 KiB get `frame_too_large`; past this the socket closes with 1009 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketBuffers {

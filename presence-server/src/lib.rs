@@ -35,6 +35,7 @@ mod node;
 mod server;
 mod session;
 mod signal;
+mod upgrade;
 mod webhook;
 
 pub use audience::{AudiencePolicy, OpenAudience, SyncAudience};

@@ -6,9 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
@@ -28,6 +27,7 @@ use crate::http::{self, ApiError};
 use crate::hub::{Hub, Kept};
 use crate::node::{ClusterConfig, ClusterConfigError};
 use crate::session;
+use crate::upgrade::Upgrade;
 use crate::webhook::{WebhookConfig, WebhookError};
 
 /// Why a server could not be built.
@@ -289,7 +289,9 @@ impl PresenceServer {
     /// The app-facing routes: the WebSocket endpoint (`/ws` by default) and
     /// the `/v1/...` API. Merge it into your app; mount
     /// [`ops_router`](Self::ops_router) where (and if) you want health and
-    /// metrics, so an app with its own `/healthz` does not collide.
+    /// metrics, so an app with its own `/healthz` does not collide. Serve it
+    /// with `axum::serve` or another hyper server with upgrades enabled;
+    /// without them the WebSocket endpoint answers 500.
     pub fn router(&self) -> Router {
         Router::new()
             .route(&self.hub.config.ws_path, get(upgrade))
@@ -483,48 +485,46 @@ impl PresenceServer {
     }
 }
 
-/// The WebSocket upgrade: the token is checked here, so a refused client
-/// gets HTTP 401 and never a socket.
+/// The WebSocket upgrade: the token is checked before the session starts; a
+/// refused one still gets a socket, told `unauthorized` and closed with 4101,
+/// because a browser cannot read the status of a refused upgrade.
 async fn upgrade(
     State(hub): State<Arc<Hub>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let ws = match Upgrade::check(&mut request) {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
     if hub.is_shutting_down() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    let headers = request.headers();
     let token = query
         .get("token")
         .map(String::as_str)
-        .or_else(|| http::bearer(&headers));
-    let request = AuthRequest {
+        .or_else(|| http::bearer(headers));
+    let auth = AuthRequest {
         token,
-        headers: &headers,
+        headers,
         query: &query,
     };
-    let user = match hub.bounded(hub.auth.authenticate(&request)).await {
+    let buffers = hub.config.socket;
+    let user = match hub.bounded(hub.auth.authenticate(&auth)).await {
         Ok(Ok(user)) => user,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upgrade refused");
             hub.metrics.unauthorized.inc();
-            return ws
-                .max_message_size(hub.config.socket.max_message)
-                .on_upgrade(|socket| {
-                    let (sink, stream) = socket.split();
-                    session::refuse(sink, stream)
-                });
+            return ws.run(buffers, |socket| {
+                let (sink, stream) = socket.split();
+                session::refuse(sink, stream)
+            });
         }
         Err(_) => return ApiError::unavailable().into_response(),
     };
-    let b = hub.config.socket;
-    ws.read_buffer_size(b.read_buffer)
-        .write_buffer_size(b.write_buffer)
-        .max_write_buffer_size(b.max_write_buffer)
-        .max_message_size(b.max_message)
-        .max_frame_size(b.max_message)
-        .on_upgrade(move |socket| {
-            let (sink, stream) = socket.split();
-            session::run(hub, user, sink, stream)
-        })
+    ws.run(buffers, move |socket| {
+        let (sink, stream) = socket.split();
+        session::run(hub, user, sink, stream)
+    })
 }

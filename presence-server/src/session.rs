@@ -1,14 +1,13 @@
 //! One task per WebSocket: `hello`, then frames in, replies and batches out.
 //!
 //! The session is generic over the socket's two halves, so it does not care
-//! whether they come from axum or from a test channel. Reading and writing run
+//! whether they come from our upgrade (`upgrade.rs`) or from a test channel. Reading and writing run
 //! as two tasks: a socket that stops reading fills its outbound queue without
 //! stalling our reads, and the hub closes it as a slow consumer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presence_core::limits::{
     MAX_ROOMS_PER_CONNECTION, MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION,
@@ -18,10 +17,13 @@ use presence_core::protocol::{
 };
 use presence_core::{Activity, ConnId, Millis, ResumeToken, RoomId, UserId};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::{Bytes, Error as SocketError, Message, Utf8Bytes};
 
 use crate::auth::{AuthRequest, Identity};
 use crate::config::RateLimit;
-use crate::hub::{Close, Hub, PolicyTimeout, Registered, text_frame};
+use crate::hub::{Close, Hub, PolicyTimeout, Registered, encoded};
 
 /// How long a closing socket gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -212,9 +214,13 @@ fn describe(code: ErrorCode) -> &'static str {
     }
 }
 
+fn text_frame(msg: &ServerMessage) -> Message {
+    Message::Text(encoded(msg))
+}
+
 fn close_message(close: Close) -> Message {
     Message::Close(Some(CloseFrame {
-        code: close.0 as u16,
+        code: (close.0 as u16).into(),
         reason: Utf8Bytes::from_static(close.1),
     }))
 }
@@ -238,7 +244,7 @@ async fn read_hello<R>(
     stream: &mut R,
 ) -> Result<(Option<ResumeToken>, Activity), (Option<ServerMessage>, Close)>
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, SocketError>> + Unpin,
 {
     let policy = (CloseCode::PolicyViolation, "hello required");
     let deadline = tokio::time::Instant::now() + hub.config.hello_timeout;
@@ -258,7 +264,7 @@ where
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
                 return Err((None, (CloseCode::GoingAway, "")));
             }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 let e = error(
                     ErrorCode::HelloRequired,
@@ -325,7 +331,7 @@ fn last_words(close: Close) -> Option<ServerMessage> {
 pub(crate) async fn refuse<W, R>(mut sink: W, mut stream: R)
 where
     W: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, SocketError>> + Unpin,
 {
     let close = (CloseCode::Unauthorized, "the token was refused");
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -338,14 +344,54 @@ where
     drain(&mut stream).await;
 }
 
+/// Text messages past this go out as fragments of at most this many bytes:
+/// tungstenite's write buffer keeps the capacity of the biggest frame it
+/// ever wrote (tungstenite-rs#500), so one 8 KiB snapshot part would pin
+/// 8 KiB on every socket that received one.
+pub(crate) const FRAGMENT: usize = 2 * 1024;
+
+/// Sends one text message, past [`FRAGMENT`] as fragments cut between
+/// characters. `open` is true while a fragmented message is part-sent: until
+/// it ends, only control frames may go out (RFC 6455 5.4).
+async fn send<W>(sink: &mut W, text: Utf8Bytes, open: &mut bool) -> Result<(), W::Error>
+where
+    W: Sink<Message> + Unpin,
+{
+    if text.len() <= FRAGMENT {
+        return sink.send(Message::Text(text)).await;
+    }
+    let text = Bytes::from(text);
+    *open = true;
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + FRAGMENT).min(text.len());
+        // UTF-8 continuation bytes are 0b10xx_xxxx.
+        while end < text.len() && text[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        let data = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let last = end == text.len();
+        let frame = Frame::message(text.slice(start..end), OpCode::Data(data), last);
+        sink.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    *open = false;
+    sink.flush().await
+}
+
 /// Sends queued frames until the queue ends or the hub asks for a close.
 async fn write<W>(
     mut sink: W,
-    mut outbound: mpsc::Receiver<Message>,
+    mut outbound: mpsc::Receiver<Utf8Bytes>,
     mut close: watch::Receiver<Option<Close>>,
 ) where
     W: Sink<Message> + Unpin,
 {
+    let mut open = false;
     let close = loop {
         let msg = tokio::select! {
             biased;
@@ -359,11 +405,12 @@ async fn write<W>(
         tokio::select! {
             biased;
             c = closing(&mut close) => break c,
-            r = sink.send(msg) => if r.is_err() { return },
+            r = send(&mut sink, msg, &mut open) => if r.is_err() { return },
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if let Some(msg) = last_words(close) {
+        // Past a cut fragment, an error frame would break the socket.
+        if let Some(msg) = last_words(close).filter(|_| !open) {
             let _ = sink.send(text_frame(&msg)).await;
         }
         let _ = sink.send(close_message(close)).await;
@@ -373,14 +420,13 @@ async fn write<W>(
 }
 
 /// The close a failed read calls for, if the socket can still take one.
-fn read_failure(err: axum::Error) -> Option<(ErrorCode, Close)> {
-    use tokio_tungstenite::tungstenite::Error;
-    match err.into_inner().downcast_ref::<Error>()? {
-        Error::Capacity(_) => Some((
+fn read_failure(err: SocketError) -> Option<(ErrorCode, Close)> {
+    match err {
+        SocketError::Capacity(_) => Some((
             ErrorCode::FrameTooLarge,
             (CloseCode::TooBig, "frame too large"),
         )),
-        Error::Utf8(_) => Some((
+        SocketError::Utf8(_) => Some((
             ErrorCode::Malformed,
             (CloseCode::InvalidData, "text frame is not valid UTF-8"),
         )),
@@ -394,7 +440,7 @@ fn read_failure(err: axum::Error) -> Option<(ErrorCode, Close)> {
 /// client would see 1006 instead of our close code.
 async fn drain<R>(stream: &mut R)
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, SocketError>> + Unpin,
 {
     let mut budget = DRAIN_BYTES;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -403,6 +449,7 @@ where
                 Message::Text(t) => t.len(),
                 Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
                 Message::Close(_) => return,
+                Message::Frame(f) => f.len(),
             };
             budget = match budget.checked_sub(len.max(1)) {
                 Some(left) => left,
@@ -417,7 +464,7 @@ where
 pub(crate) async fn run<W, R>(hub: Arc<Hub>, who: Identity, mut sink: W, mut stream: R)
 where
     W: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, SocketError>> + Unpin,
 {
     let _live = hub.session_guard();
     let user = who.user.clone();
@@ -542,7 +589,9 @@ impl Session<'_> {
             Message::Text(t) => decode_client(t.as_str()),
             Message::Binary(_) => Err(binary_frame()),
             // Control frames: tungstenite answers pings.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return Ok(());
+            }
         };
         let restoring = decoded.as_ref().is_ok_and(|m| self.restore.take(m));
         if !restoring {

@@ -397,3 +397,100 @@ async fn a_joiner_gets_no_diff_its_snapshot_already_shows() {
     bob.diff("user_connected", "ana").await;
     srv.stop().await;
 }
+
+/// Every text message past 2 KiB comes as fragments of at most 2 KiB
+/// (PROTOCOL.md, "Limits"): a client that takes no bigger frame still gets
+/// the whole snapshot of a room whose parts are bigger than that.
+#[tokio::test]
+async fn big_messages_come_as_fragments_of_at_most_2_kib() {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let srv = TestServer::start(calm_config()).await;
+    let mut members = Vec::new();
+    for i in 0..120 {
+        let mut c = srv
+            .client(&format!("a-member-with-a-longer-name-{i:03}"))
+            .await;
+        c.join("big").await;
+        members.push(c);
+    }
+    let config = WebSocketConfig::default().max_frame_size(Some(2048));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(srv.url("zed"), Some(config), false)
+        .await
+        .expect("upgrade accepted");
+    let mut zed = Client::raw(ws, "zed");
+    zed.send(json!({"type": "hello", "v": 1})).await;
+    zed.frame("welcome").await;
+    let mut parts = vec![zed.join("big").await];
+    while parts.last().is_some_and(|p| p["more"] == true) {
+        parts.push(zed.frame("snapshot").await);
+    }
+    let got: usize = parts.iter().map(|p| names(&p["members"]).len()).sum();
+    assert_eq!(got, 121, "{} parts", parts.len());
+    assert!(
+        parts.iter().any(|p| p.to_string().len() > 4096),
+        "some part is bigger than a fragment, or this proves nothing"
+    );
+    srv.stop().await;
+}
+
+/// The status line and headers of the answer to a raw upgrade request.
+async fn handshake(addr: std::net::SocketAddr, method: &str, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("{method} /ws HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before an answer");
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).to_lowercase()
+}
+
+#[tokio::test]
+async fn what_is_not_a_websocket_upgrade_gets_a_plain_http_answer() {
+    let srv = TestServer::start(calm_config()).await;
+    let upgrade = "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n";
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    // The key and its accept value from RFC 6455, section 1.3.
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases = [
+        ("GET", String::new(), "426", "upgrade: websocket"),
+        (
+            "GET",
+            format!("Connection: close\r\nUpgrade: websocket\r\n{v13}{key}"),
+            "426",
+            "upgrade: websocket",
+        ),
+        (
+            "GET",
+            format!("{upgrade}Sec-WebSocket-Version: 8\r\n{key}"),
+            "426",
+            "sec-websocket-version: 13",
+        ),
+        ("GET", format!("{upgrade}{v13}"), "400", ""),
+        ("HEAD", format!("{upgrade}{v13}{key}"), "405", ""),
+        ("POST", format!("{upgrade}{v13}{key}"), "405", ""),
+        (
+            "GET",
+            format!("{upgrade}{v13}{key}"),
+            "101",
+            "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=",
+        ),
+    ];
+    for (method, headers, status, header) in cases {
+        let answer = handshake(srv.addr, method, &headers).await;
+        let line = answer.lines().next().unwrap_or_default();
+        assert!(
+            line.starts_with(&format!("http/1.1 {status}")),
+            "{method} {headers:?}: {answer}"
+        );
+        assert!(answer.contains(header), "{method} {headers:?}: {answer}");
+    }
+    srv.stop().await;
+}

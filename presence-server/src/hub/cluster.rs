@@ -11,7 +11,7 @@ use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
 use super::replica::{BusMessage, Take, address};
-use super::{Hub, State, text_frame};
+use super::{Hub, State, encoded};
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::node::ClusterConfig;
 
@@ -99,7 +99,7 @@ impl Hub {
                 .machine
                 .adopt_status(now, user, v.status, v.text.clone(), v.status_at)
             {
-                let msg = text_frame(&ServerMessage::SelfStatus {
+                let msg = encoded(&ServerMessage::SelfStatus {
                     status: v.status,
                     text: v.text,
                 });
@@ -177,7 +177,7 @@ impl Hub {
             c.failed(take);
             let waiting: Vec<(presence_core::ConnId, Vec<RoomId>)> = c.awaiting.drain().collect();
             for (conn, users) in c.watching_now() {
-                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
+                self.send(st, conn, encoded(&ServerMessage::Watching { users }));
             }
             // Joiners get what is known now; the room's diffs follow.
             for (conn, rooms) in waiting {
@@ -212,7 +212,7 @@ impl Hub {
             let (events, answers) = c.fetched(got, now);
             self.deliver_cluster(st, now, events);
             for (conn, users) in answers {
-                self.send(st, conn, text_frame(&ServerMessage::Watching { users }));
+                self.send(st, conn, encoded(&ServerMessage::Watching { users }));
             }
         });
     }

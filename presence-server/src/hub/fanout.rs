@@ -3,12 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use presence_core::protocol::{Diff, Receipt, ServerMessage, encode};
 use presence_core::{ConnId, PresenceView, RoomId, UserId};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Hub, State, offline_view, text_frame};
+use super::{Hub, State, encoded, offline_view};
 use crate::broadcast::Audience;
 
 impl Hub {
@@ -41,14 +41,14 @@ impl Hub {
             self.metrics.fanout.observe(recipients.len() as f64);
             for frame in diff_frames(room, diffs) {
                 for &conn in &recipients {
-                    self.send(st, conn, Message::Text(frame.clone()));
+                    self.send(st, conn, frame.clone());
                 }
             }
         }
         for (room, frame) in summaries {
             let conns = st.machine.room_connections(&room);
             for conn in deliverable(st, Some(&room), conns, &joiners) {
-                self.send(st, conn, Message::Text(frame.clone()));
+                self.send(st, conn, frame.clone());
             }
         }
         self.send_snapshots(st, joiners);
@@ -82,22 +82,19 @@ impl Hub {
             // Each joiner gets the parts back to back: nothing comes between.
             for conn in conns {
                 for frame in &frames {
-                    self.send(st, conn, Message::Text(frame.clone()));
+                    self.send(st, conn, frame.clone());
                 }
             }
         }
     }
 
     /// Queues a frame for a socket; a full queue marks it slow.
-    pub(super) fn send(&self, st: &mut State, conn: ConnId, msg: Message) {
+    pub(super) fn send(&self, st: &mut State, conn: ConnId, frame: Utf8Bytes) {
         let Some(socket) = st.sockets.get(&conn) else {
             return;
         };
-        let len = match &msg {
-            Message::Text(t) => t.len() as u64,
-            _ => 0,
-        };
-        match socket.tx.try_send(msg) {
+        let len = frame.len() as u64;
+        match socket.tx.try_send(frame) {
             Ok(()) => {
                 self.metrics.frames_out.inc();
                 self.metrics.bytes_out.inc_by(len);
@@ -122,11 +119,7 @@ impl Hub {
             .iter()
             .map(|u| st.machine.view(u).unwrap_or_else(|| offline_view(u)))
             .collect();
-        self.send(
-            st,
-            conn,
-            text_frame(&ServerMessage::Watching { users: views }),
-        );
+        self.send(st, conn, encoded(&ServerMessage::Watching { users: views }));
     }
 }
 
@@ -153,21 +146,17 @@ fn deliverable(
         .collect()
 }
 
-/// A `diffs` frame's or a snapshot part's size, roughly: a socket's write
-/// buffer keeps the capacity of the largest frame it ever wrote
-/// (tungstenite-rs#500), so one big frame would pin that much memory per
-/// recipient for good (a 5,000-member room's snapshot is ~500 KB). A bigger
-/// batch goes out as several `diffs` frames, in order; a bigger snapshot in
-/// parts marked `more` (PROTOCOL.md, "Diffs"). Frames of 2 KiB instead of
-/// 8 took server RSS after a 1,000-member join from 20.0 to 17.4 KB per
-/// member (BENCHMARKS.md, "Large rooms").
-const FRAME: usize = 2 * 1024;
+/// A `diffs` frame's or a snapshot part's size, roughly. A bigger batch goes
+/// out as several `diffs` frames, in order; a bigger snapshot in parts marked
+/// `more` (PROTOCOL.md, "Diffs"). This costs no memory per socket: the writer
+/// fragments every text frame past `session::FRAGMENT` (2 KiB).
+const FRAME: usize = 8 * 1024;
 
 /// What is cut into frames goes out in at most `MAX_PARTS` of them (a
 /// quarter of the default outbound queue), so a recipient is not taken for
 /// a slow consumer; past that, frames grow up to `MAX_PART`.
 const MAX_PARTS: usize = 64;
-const MAX_PART: usize = 8 * 1024;
+const MAX_PART: usize = 32 * 1024;
 
 /// The frame size for a message of `whole` bytes.
 fn part_size(whole: usize) -> usize {
@@ -351,7 +340,7 @@ mod tests {
         assert_eq!(r, receipts);
 
         // A bigger room: at most MAX_PARTS parts, each still bounded.
-        let many: Vec<PresenceView> = (0..2_000)
+        let many: Vec<PresenceView> = (0..10_000)
             .map(|i| PresenceView {
                 user: user(i),
                 ..members[0].clone()

@@ -9,10 +9,10 @@
 //! rooms its sockets are in. So each node decides for its own sockets with
 //! no coordination; near the threshold two nodes may briefly disagree.
 
-use axum::extract::ws::Utf8Bytes;
 use presence_core::large::Due;
 use presence_core::protocol::{Counts, Diff, ServerMessage, encode};
 use presence_core::{ConnId, PresenceView, RoomId, UserId};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Hub, State};
 use crate::broadcast::Audience;

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use presence_core::machine::MachineError;
 use presence_core::protocol::{CloseCode, Diff, ErrorCode, ServerMessage, encode};
 use presence_core::{
@@ -22,6 +21,7 @@ use presence_core::{
     Status, UserId,
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 mod cluster;
 pub(crate) mod replica;
@@ -51,7 +51,7 @@ pub(crate) type Close = (CloseCode, &'static str);
 pub(crate) struct Registered {
     pub conn: ConnId,
     pub generation: u64,
-    pub outbound: mpsc::Receiver<Message>,
+    pub outbound: mpsc::Receiver<Utf8Bytes>,
     pub close: watch::Receiver<Option<Close>>,
 }
 
@@ -60,7 +60,7 @@ pub(crate) struct Registered {
 struct Socket {
     generation: u64,
     user: UserId,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<Close>>,
     /// When its token expires: it is closed with 4101 then, unless an
     /// `auth` frame moved this.
@@ -499,7 +499,7 @@ impl Hub {
                 },
             );
             self.set_expiry(st, outcome.conn, who.expires);
-            self.send(st, outcome.conn, text_frame(&welcome));
+            self.send(st, outcome.conn, encoded(&welcome));
             Ok(Registered {
                 conn: outcome.conn,
                 generation,
@@ -561,7 +561,7 @@ impl Hub {
     pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
         self.apply(|st, _| {
             if st.is_current(conn, generation) {
-                self.send(st, conn, text_frame(msg));
+                self.send(st, conn, encoded(msg));
             }
         });
     }
@@ -591,7 +591,7 @@ impl Hub {
         let st = self.lock();
         if st.is_current(conn, generation)
             && let Some(socket) = st.sockets.get(&conn)
-            && socket.tx.try_send(text_frame(msg)).is_ok()
+            && socket.tx.try_send(encoded(msg)).is_ok()
         {
             self.metrics.frames_out.inc();
         }
@@ -648,7 +648,7 @@ impl Hub {
                 st.touched.insert(user.clone());
             }
             if changed {
-                let msg = text_frame(&ServerMessage::SelfStatus { status, text });
+                let msg = encoded(&ServerMessage::SelfStatus { status, text });
                 let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
                 for c in own {
                     self.send(st, c, msg.clone());
@@ -818,7 +818,9 @@ impl Hub {
 /// users each time.
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 
-/// One message as a text frame.
-pub(crate) fn text_frame(msg: &ServerMessage) -> Message {
-    Message::Text(Utf8Bytes::from(encode(msg)))
+/// One message, encoded: what an outbound queue holds, a text frame's
+/// payload shared by every recipient (not a `Message`, whose `Frame` variant
+/// makes each of a queue's slots half again as big).
+pub(crate) fn encoded(msg: &ServerMessage) -> Utf8Bytes {
+    Utf8Bytes::from(encode(msg))
 }

@@ -7,7 +7,7 @@ use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
 use presence_core::protocol::{ErrorCode, ServerMessage};
 use presence_core::{ConnId, UserId};
 
-use super::{Hub, State, text_frame};
+use super::{Hub, State, encoded};
 
 impl Hub {
     /// Adds users to a connection's watch list (already authorised) and
@@ -37,11 +37,7 @@ impl Hub {
             }
             if let Some(c) = st.cluster.as_mut() {
                 if let Some(views) = c.watch(conn, users) {
-                    self.send(
-                        st,
-                        conn,
-                        text_frame(&ServerMessage::Watching { users: views }),
-                    );
+                    self.send(st, conn, encoded(&ServerMessage::Watching { users: views }));
                 }
                 self.cluster_wake();
                 return Ok(());
