@@ -179,23 +179,24 @@ mod tests {
             let headers: Vec<_> = full.into_iter().filter(|(k, _)| Some(*k) != skip).collect();
             Upgrade::check(&mut request(method, &headers)).err()
         };
-        assert_eq!(refusal(Method::POST, None), Some(Refusal::NotGet));
-        assert_eq!(
-            refusal(Method::GET, Some("connection")),
-            Some(Refusal::NoUpgrade)
-        );
-        assert_eq!(
-            refusal(Method::GET, Some("upgrade")),
-            Some(Refusal::NoUpgrade)
-        );
-        assert_eq!(
-            refusal(Method::GET, Some("sec-websocket-version")),
-            Some(Refusal::BadVersion)
-        );
-        assert_eq!(
-            refusal(Method::GET, Some("sec-websocket-key")),
-            Some(Refusal::NoKey)
-        );
+        let cases = [
+            (Method::POST, None, Refusal::NotGet),
+            (Method::GET, Some("connection"), Refusal::NoUpgrade),
+            (Method::GET, Some("upgrade"), Refusal::NoUpgrade),
+            (
+                Method::GET,
+                Some("sec-websocket-version"),
+                Refusal::BadVersion,
+            ),
+            (Method::GET, Some("sec-websocket-key"), Refusal::NoKey),
+        ];
+        for (method, skip, want) in cases {
+            assert_eq!(
+                refusal(method.clone(), skip),
+                Some(want),
+                "{method} without {skip:?}"
+            );
+        }
         // A request no hyper server handed over: nothing to upgrade.
         assert_eq!(refusal(Method::GET, None), Some(Refusal::NotUpgradable));
         let answer = Refusal::NotUpgradable.into_response();
