@@ -19,7 +19,7 @@
 //   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
 //     node presence-wasm/e2e-restart/run.mjs [scenario …]
 //
-// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room, prototype-names), only those.
+// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room, prototype-names, big-frames), only those.
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
@@ -483,6 +483,65 @@ async function prototypeNames(browser) {
   }
 }
 
+/**
+ * The server sends every text message past 2 KiB as 2 KiB WebSocket fragments (PROTOCOL.md,
+ * "Limits"): 40 members with 300-byte data make a snapshot of ~8 KiB parts, which the SDK and a
+ * plain browser WebSocket get whole, cut between two-byte characters.
+ */
+async function bigFrames(browser) {
+  const t0 = Date.now();
+  await startServer();
+  const { page, pageErrors } = await newPage(browser);
+  try {
+    await loadSdk(page);
+    const note = "é".repeat(150);
+    await page.evaluate(({ wsUrl, note }) => {
+      window.big = Array.from({ length: 40 }, (_, i) => {
+        const c = window.PresenceClient.connect({ url: wsUrl, token: `member-${String(i).padStart(2, "0")}`, resume: false });
+        c.setData({ note, i });
+        c.join("big");
+        return c;
+      });
+    }, { wsUrl, note });
+    await until("big frames: every member sees 40 members and their data", async () => {
+      const wrong = await page.evaluate((note) => window.big.map((c, i) => {
+        const members = c.getSnapshot().rooms.big?.members ?? [];
+        const whole = members.filter((m) => m.data?.note === note).length;
+        return whole === 40 ? null : `member-${i}: ${members.length} members, ${whole} with data`;
+      }).filter(Boolean), note);
+      return [wrong.length === 0, wrong.slice(0, 3)];
+    });
+    const sizes = await page.evaluate((wsUrl) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${wsUrl}?token=zed`);
+      const parts = [];
+      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", v: 1 }));
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.type === "welcome") ws.send(JSON.stringify({ type: "join", room: "big" }));
+        if (f.type !== "snapshot") return;
+        parts.push({ bytes: new TextEncoder().encode(e.data).length, members: f.members.length });
+        if (!f.more) { ws.close(); resolve(parts); }
+      };
+      ws.onclose = (e) => reject(new Error(`closed ${e.code} before the whole snapshot`));
+      setTimeout(() => reject(new Error("no whole snapshot in time")), 10000);
+    }), wsUrl);
+    const members = sizes.reduce((n, p) => n + p.members, 0);
+    const biggest = Math.max(...sizes.map((p) => p.bytes));
+    if (members !== 41 || biggest <= 4096) {
+      throw new Error(`big frames: a plain WebSocket got ${members} of 41 members in parts of ` +
+        `${sizes.map((p) => p.bytes).join(", ")} bytes (want one over 4096)`);
+    }
+    await page.evaluate(() => window.big.forEach((c) => c.close()));
+    noPageErrors("big frames", pageErrors);
+    console.log(`big frames test: 41 members in ${sizes.length} snapshot parts of up to ${biggest} bytes, ` +
+      `sent as 2 KiB fragments, arrive whole in the SDK and a plain WebSocket ` +
+      `(${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await page.close();
+    await killServer();
+  }
+}
+
 /** A second user, fresh from the server, sees every marker of `ana`. */
 async function checkMarkers(page, name, ana, marked) {
   await page.evaluate(({ wsUrl, marked }) => {
@@ -513,6 +572,7 @@ const scenarios = {
   "token-lifetime": () => tokenLifetime(browser),
   "large-room": () => largeRoom(browser),
   "prototype-names": () => prototypeNames(browser),
+  "big-frames": () => bigFrames(browser),
 };
 const only = process.argv.slice(2);
 try {
