@@ -408,14 +408,14 @@ async fn write<W>(
             r = send(&mut sink, msg, &mut open) => if r.is_err() { return },
         }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
         // Past a cut fragment, an error frame would break the socket.
         if let Some(msg) = last_words(close).filter(|_| !open) {
             let _ = sink.send(text_frame(&msg)).await;
         }
         let _ = sink.send(close_message(close)).await;
         let _ = sink.close().await;
-    })
+    }))
     .await;
 }
 
@@ -461,100 +461,117 @@ where
 }
 
 /// Runs one authenticated socket to its end.
-pub(crate) async fn run<W, R>(hub: Arc<Hub>, who: Identity, mut sink: W, mut stream: R)
+// A block, not an `async fn`: an `async fn` keeps its arguments twice in the
+// future (rust-lang/rust#62958), and this future is a task, one per socket.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<W, R>(
+    hub: Arc<Hub>,
+    who: Identity,
+    mut sink: W,
+    mut stream: R,
+) -> impl Future<Output = ()>
 where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, SocketError>> + Unpin,
 {
-    let _live = hub.session_guard();
-    let user = who.user.clone();
-    let (resume, activity) = match read_hello(&hub, &mut stream).await {
-        Ok(hello) => hello,
-        Err((frame, close)) => {
-            if let Some(ServerMessage::Error { code, .. }) = &frame {
-                hub.metrics.reject(*code);
-            }
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if let Some(frame) = frame {
-                    let _ = sink.send(text_frame(&frame)).await;
+    async move {
+        let _live = hub.session_guard();
+        let user = who.user.clone();
+        // Boxed here and below: what runs once or briefly (hello, a close,
+        // one frame) must not size the task that every idle socket keeps.
+        let (resume, activity) = match Box::pin(read_hello(&hub, &mut stream)).await {
+            Ok(hello) => hello,
+            Err((frame, close)) => {
+                if let Some(ServerMessage::Error { code, .. }) = &frame {
+                    hub.metrics.reject(*code);
                 }
-                let _ = sink.send(close_message(close)).await;
-            })
-            .await;
-            return;
-        }
-    };
-    let Registered {
-        conn,
-        generation,
-        outbound,
-        close,
-    } = match hub.connect(&who, resume.as_ref(), activity) {
-        Ok(r) => r,
-        Err(_) if hub.is_shutting_down() => {
-            let close = (CloseCode::GoingAway, "server shutting down");
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_message(close))).await;
-            return;
-        }
-        Err(code) => {
-            hub.metrics.reject(code);
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                let _ = sink
-                    .send(text_frame(&error(code, describe(code), Some("hello"))))
-                    .await;
-                let _ = sink
-                    .send(close_message((CloseCode::PolicyViolation, describe(code))))
-                    .await;
-            })
-            .await;
-            return;
-        }
-    };
-    tracing::debug!(%user, %conn, generation, "connected");
-    let writer = tokio::spawn(write(sink, outbound, close.clone()));
-    let mut session = Session {
-        hub: &hub,
-        auth_bucket: Bucket::new(AUTH_RATE, hub.clock.now()),
-        data_bucket: Bucket::new(DATA_RATE, hub.clock.now()),
-        who,
-        conn,
-        generation,
-        bucket: Bucket::new(hub.config.rate, hub.clock.now()),
-        restore: Restore::new(),
-    };
-    let mut close = close;
-    let killed = loop {
-        let frame = tokio::select! {
-            biased;
-            _ = closing(&mut close) => break true,
-            f = stream.next() => f,
+                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    if let Some(frame) = frame {
+                        let _ = sink.send(text_frame(&frame)).await;
+                    }
+                    let _ = sink.send(close_message(close)).await;
+                }))
+                .await;
+                return;
+            }
         };
-        match frame {
-            None | Some(Ok(Message::Close(_))) => break false,
-            Some(Err(e)) => {
-                if let Some((code, close)) = read_failure(e) {
-                    hub.metrics.reject(code);
-                    hub.close(conn, generation, close);
-                    break true;
-                }
-                break false;
+        let Registered {
+            conn,
+            generation,
+            outbound,
+            close,
+        } = match hub.connect(&who, resume.as_ref(), activity) {
+            Ok(r) => r,
+            Err(_) if hub.is_shutting_down() => {
+                let close = (CloseCode::GoingAway, "server shutting down");
+                let send = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_message(close)));
+                let _ = Box::pin(send).await;
+                return;
             }
-            Some(Ok(msg)) => {
-                if let Err(close) = session.frame(msg).await {
-                    hub.close(conn, generation, close);
-                    break true;
+            Err(code) => {
+                hub.metrics.reject(code);
+                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    let _ = sink
+                        .send(text_frame(&error(code, describe(code), Some("hello"))))
+                        .await;
+                    let _ = sink
+                        .send(close_message((CloseCode::PolicyViolation, describe(code))))
+                        .await;
+                }))
+                .await;
+                return;
+            }
+        };
+        tracing::debug!(%user, %conn, generation, "connected");
+        let writer = tokio::spawn(write(sink, outbound, close.clone()));
+        let mut session = Session {
+            hub: &hub,
+            auth_bucket: Bucket::new(AUTH_RATE, hub.clock.now()),
+            data_bucket: Bucket::new(DATA_RATE, hub.clock.now()),
+            who,
+            conn,
+            generation,
+            bucket: Bucket::new(hub.config.rate, hub.clock.now()),
+            restore: Restore::new(),
+        };
+        let mut close = close;
+        let killed = loop {
+            let frame = tokio::select! {
+                biased;
+                _ = closing(&mut close) => break true,
+                f = stream.next() => f,
+            };
+            match frame {
+                None | Some(Ok(Message::Close(_))) => break false,
+                Some(Err(e)) => {
+                    if let Some((code, close)) = read_failure(e) {
+                        hub.metrics.reject(code);
+                        hub.close(conn, generation, close);
+                        break true;
+                    }
+                    break false;
+                }
+                Some(Ok(msg)) => {
+                    if let Err(close) = Box::pin(session.frame(msg)).await {
+                        hub.close(conn, generation, close);
+                        break true;
+                    }
                 }
             }
+        };
+        if killed {
+            Box::pin(drain(&mut stream)).await;
+        } else {
+            hub.socket_gone(conn, generation);
         }
-    };
-    if killed {
-        drain(&mut stream).await;
-    } else {
-        hub.socket_gone(conn, generation);
+        // The writer ends by itself: with the queue's end, or after the close frame.
+        let _ = Box::pin(tokio::time::timeout(
+            CLOSE_TIMEOUT + Duration::from_secs(1),
+            writer,
+        ))
+        .await;
+        tracing::debug!(%user, %conn, generation, killed, "socket ended");
     }
-    // The writer ends by itself: with the queue's end, or after the close frame.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), writer).await;
-    tracing::debug!(%user, %conn, generation, killed, "socket ended");
 }
 
 struct Session<'a> {
