@@ -485,7 +485,7 @@ async function prototypeNames(browser) {
 
 /**
  * The server sends every text message past 2 KiB as 2 KiB WebSocket fragments (PROTOCOL.md,
- * "Limits"): 40 members with 300-byte data make a snapshot of ~8 KiB parts, which the SDK and a
+ * "Limits"): 40 members with 300-byte data make a snapshot in parts of several KiB, which the SDK and a
  * plain browser WebSocket get whole, cut between two-byte characters.
  */
 async function bigFrames(browser) {
