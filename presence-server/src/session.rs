@@ -1,9 +1,10 @@
 //! One task per WebSocket: `hello`, then frames in, replies and batches out.
 //!
 //! The session is generic over the socket's two halves, so it does not care
-//! whether they come from our upgrade (`upgrade.rs`) or from a test channel. Reading and writing run
-//! as two tasks: a socket that stops reading fills its outbound queue without
-//! stalling our reads, and the hub closes it as a slow consumer.
+//! whether they come from our upgrade (`upgrade.rs`) or from a test channel.
+//! Reading and writing run as two tasks: a socket that stops reading fills
+//! its outbound queue without stalling our reads, and the hub closes it as a
+//! slow consumer.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -27,7 +27,7 @@ pub(crate) struct Upgrade {
     accept: HeaderValue,
 }
 
-/// Whether `value`, a comma-separated header, holds `token` (any case).
+/// Whether header `name`, a comma-separated list, holds `token` (any case).
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
