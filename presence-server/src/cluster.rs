@@ -31,14 +31,15 @@
 //! When the link returns it writes all its records again, resubscribes and
 //! re-reads everything it follows, and announces only the differences.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use presence_core::Millis;
 use presence_core::machine::ConnRecord;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, BackendError, Stored, Topic};
+use crate::backend::{Backend, BackendError, CALL_TIMEOUT, Incarnation, Stored, Topic};
 use crate::hub::Hub;
 use crate::hub::replica::{BusMessage, Take};
 use crate::node::ClusterConfig;
@@ -244,11 +245,18 @@ async fn incoming(hub: Weak<Hub>) {
 
 /// Registers, settles the previous incarnation, then renews the lease every
 /// third of the TTL, learning who lives and cleaning the dead.
+///
+/// No death on a guess: an incarnation whose lease is missing is judged dead
+/// (and cleaned) only if this node saw its lease alive since the store last
+/// failed it, so it failed to renew while the store answered; or if the store
+/// has answered for [`Judge::after`], long enough for any live node to renew
+/// after an outage of the store. So an outage of the lease store, for this
+/// node or for all, declares nobody dead by itself.
 async fn lease(hub: Weak<Hub>) {
     let Some((backend, _)) = link(&hub) else {
         return;
     };
-    let Some((config, me, grace)) = hub.upgrade().and_then(|h| {
+    let Some((config, mut me, grace)) = hub.upgrade().and_then(|h| {
         let l = h.cluster.as_ref()?;
         Some((
             l.config.clone(),
@@ -259,11 +267,13 @@ async fn lease(hub: Weak<Hub>) {
         return;
     };
     let period = config.lease_ttl / 3;
+    let mut judge = Judge::new(config.lease_ttl);
     let mut backoff = MIN_BACKOFF;
     let previous = loop {
         match start(&hub, &*backend, &config, &me).await {
             Ok(previous) => break previous,
             Err(e) => {
+                judge.failed();
                 tracing::warn!(error = %e, "backend unreachable at start; serving locally meanwhile");
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(false);
@@ -288,34 +298,61 @@ async fn lease(hub: Weak<Hub>) {
             return;
         };
         match backend.lease(&me, config.lease_ttl).await {
-            Ok(leases) => {
-                let Some(h) = hub.upgrade() else { return };
-                h.cluster_cmd(true);
+            Ok(mut leases) => {
+                if let Some(h) = hub.upgrade() {
+                    h.cluster_cmd(true);
+                }
                 if leases.reacquired && !first {
-                    tracing::warn!("lease had lapsed: writing this node's records again");
-                    h.cluster_rewrite_own();
+                    match reincarnate(&hub, &*backend, &config, &me).await {
+                        Ok(new) => {
+                            leases.live.retain(|i| *i != me);
+                            leases.live.push(new.clone());
+                            me = new;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not take a new incarnation; retrying");
+                            tokio::time::sleep(MIN_BACKOFF).await;
+                            continue;
+                        }
+                    }
                 }
                 first = false;
-                h.cluster_liveness(leases.live, started);
+                judge.answered(started, &leases.live);
+                let Some(h) = hub.upgrade() else { return };
+                h.cluster_liveness(leases.live, started, |inc| judge.may(inc, started));
                 let idle = h.cluster_idle();
                 drop(h);
-                if idle
-                    && let Some(prev) = retire.take()
-                    && let Err(e) = backend.end_lease(&prev).await
-                {
-                    tracing::debug!(error = %e, "could not end the previous lease");
-                    retire = Some(prev);
+                if idle && let Some(prev) = retire.take() {
+                    match backend.end_lease(&prev).await {
+                        Ok(()) => {
+                            if let Some(h) = hub.upgrade() {
+                                h.cluster_retire(prev);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "could not end the previous lease");
+                            retire = Some(prev);
+                        }
+                    }
                 }
-                for dead in leases.dead.iter().filter(|d| **d != me) {
+                for dead in leases
+                    .dead
+                    .iter()
+                    .filter(|d| **d != me && judge.may(d, started))
+                {
                     clean(&hub, &*backend, dead).await;
                 }
             }
             Err(e) => {
+                judge.failed();
                 tracing::debug!(error = %e, "lease renewal failed");
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(false);
                 }
             }
+        }
+        if let Some(h) = hub.upgrade() {
+            h.cluster_cut_off();
         }
         // Not `pause`: the lease is renewed through a graceful shutdown's
         // drain and the offline grace after it, so the users this node still
@@ -329,6 +366,72 @@ async fn lease(hub: Weak<Hub>) {
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// When the lease store's answers are enough to declare an incarnation dead.
+struct Judge {
+    /// How long the store must answer before any absent lease is trusted.
+    after: Duration,
+    /// Since when every renewal succeeded (`None` after a failure).
+    since: Option<Millis>,
+    /// Incarnations seen alive since then: their lease lapsing later was
+    /// observed while the store answered.
+    seen: HashSet<Incarnation>,
+}
+
+impl Judge {
+    fn new(ttl: Duration) -> Self {
+        // A live node renews within a third of the TTL after the store
+        // answers it again, plus one call that may time out meanwhile.
+        Self {
+            after: ttl + CALL_TIMEOUT,
+            since: None,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn failed(&mut self) {
+        self.since = None;
+        self.seen.clear();
+    }
+
+    fn answered(&mut self, at: Millis, live: &[Incarnation]) {
+        self.since.get_or_insert(at);
+        self.seen.extend(live.iter().cloned());
+    }
+
+    fn may(&self, inc: &str, at: Millis) -> bool {
+        self.seen.contains(inc) || self.since.is_some_and(|s| at.since(s) >= self.after)
+    }
+}
+
+/// This incarnation's lease lapsed, so others may clean its records: go on
+/// as a fresh incarnation (registered and claimed before the hub switches,
+/// so nobody judges it dead), and end the old one's lease.
+async fn reincarnate(
+    hub: &Weak<Hub>,
+    backend: &dyn Backend,
+    config: &ClusterConfig,
+    old: &str,
+) -> Result<Incarnation, BackendError> {
+    let new = config.incarnation();
+    backend.lease(&new, config.lease_ttl).await?;
+    backend.claim(&config.node_id, &new).await?;
+    tracing::error!(
+        old,
+        new = %new,
+        "this node's lease had lapsed (cut off from the lease store longer than the TTL): \
+         others may have shown its users offline; writing them again as a new incarnation"
+    );
+    if let Some(h) = hub.upgrade() {
+        h.metrics.reincarnations.inc();
+        h.cluster_reincarnate(new.clone());
+    }
+    if let Err(e) = backend.end_lease(old).await {
+        // It lapses by itself within the TTL.
+        tracing::debug!(error = %e, "could not end the lapsed lease");
+    }
+    Ok(new)
 }
 
 /// Registers this incarnation and claims the node id; returns the previous
@@ -350,8 +453,11 @@ async fn start(
         }),
     };
     if conns.is_empty() {
-        if let Some(prev) = &previous {
-            backend.end_lease(prev).await?;
+        if let Some(prev) = previous {
+            backend.end_lease(&prev).await?;
+            if let Some(h) = hub.upgrade() {
+                h.cluster_retire(prev);
+            }
         }
         return Ok(None);
     }
@@ -400,11 +506,12 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
                 seq: old.seq + 1,
                 record: old.record.expired(now),
             };
-            for room in &old.record.rooms {
-                leave.push((room.clone(), user.clone(), false));
-            }
             match backend.replace(user, dead, old.seq, new, RETENTION).await {
                 Ok(Some(after)) => {
+                    // Only a record this cleaner expired leaves its rooms.
+                    for room in &old.record.rooms {
+                        leave.push((room.clone(), user.clone(), false));
+                    }
                     if let Some(h) = hub.upgrade() {
                         h.cluster_cleaned(user, dead, &recs, &after, &mut messages);
                     }

@@ -595,6 +595,29 @@ pub(crate) async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
     }
 }
 
+/// `GET /readyz`: 200 while this node should get clients; 503 while it
+/// shuts down, or while it has been cut from the cluster backend for longer
+/// than the lease (the other nodes then show its users offline, so a load
+/// balancer should move them). `/healthz` stays 200 then: the process is
+/// fine and serves what it knows.
+pub(crate) async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    let reason = if hub.is_shutting_down() {
+        Some("shutting_down")
+    } else if hub.cluster_cut_off() {
+        Some("cut_off_from_backend")
+    } else {
+        None
+    };
+    match reason {
+        None => Json(json!({ "status": "ready" })).into_response(),
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": r })),
+        )
+            .into_response(),
+    }
+}
+
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 pub(crate) async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     hub.update_gauges();

@@ -31,6 +31,8 @@ pub(crate) struct Metrics {
     pub summaries: Counter,
     pub redis_up: Gauge,
     pub bad_backend_replies: Counter,
+    pub redis_down_seconds: Gauge,
+    pub reincarnations: Counter,
     pub backend_bytes_in: Counter,
     pub backend_messages_in: Counter,
     pub webhook_delivered: Counter,
@@ -137,7 +139,19 @@ impl Metrics {
         let bad_backend_replies = Counter::default();
         let backend_bytes_in = Counter::default();
         let backend_messages_in = Counter::default();
+        let redis_down_seconds = Gauge::default();
+        let reincarnations = Counter::default();
         if clustered {
+            registry.register(
+                "redis_down_seconds",
+                "Seconds the cluster backend has been unreachable (0 while reachable); past the lease TTL /readyz answers 503",
+                redis_down_seconds.clone(),
+            );
+            registry.register(
+                "reincarnations",
+                "Times this node's lease had lapsed and it went on as a new incarnation, writing its users again",
+                reincarnations.clone(),
+            );
             registry.register(
                 "backend_bytes_in",
                 "Payload bytes this node received from the cluster bus (grows with its own interest, not with the cluster)",
@@ -204,6 +218,8 @@ impl Metrics {
             summaries,
             redis_up,
             bad_backend_replies,
+            redis_down_seconds,
+            reincarnations,
             backend_bytes_in,
             backend_messages_in,
             webhook_delivered,

@@ -306,12 +306,13 @@ impl PresenceServer {
             .with_state(self.hub.clone())
     }
 
-    /// `/healthz` and `/metrics`, for the operator: e.g.
+    /// `/healthz`, `/readyz` and `/metrics`, for the operator: e.g.
     /// `app.nest("/presence", server.ops_router())`. [`serve`](Self::serve)
     /// mounts both routers at the root.
     pub fn ops_router(&self) -> Router {
         Router::new()
             .route("/healthz", get(http::healthz))
+            .route("/readyz", get(http::readyz))
             .route("/metrics", get(http::metrics))
             .with_state(self.hub.clone())
     }

@@ -31,6 +31,10 @@ use tokio::sync::mpsc;
 pub use memory::{MemoryBackend, MemoryCluster};
 pub use redis::{RedisBackend, RedisConfig, RedisSetupError, RedisTarget};
 
+/// Every backend call (all its round trips) gives up after this long: a
+/// hung engine must look like a dead one, not stall the node.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One incarnation of a node: its id plus the epoch of one process run, e.g.
 /// `eu-1.5f3a9c`. Records are keyed by it, so a restarted node never speaks
 /// for its previous run's connections.

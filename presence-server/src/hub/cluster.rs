@@ -23,6 +23,12 @@ pub(crate) struct Link {
     pub wake: Arc<Notify>,
 }
 
+/// The lease TTL of a clustered hub.
+fn c_ttl(link: &Option<Link>) -> std::time::Duration {
+    link.as_ref()
+        .map_or(std::time::Duration::MAX, |l| l.config.lease_ttl)
+}
+
 impl Hub {
     /// Wakes the cluster task: something is pending for it.
     pub(super) fn cluster_wake(&self) {
@@ -258,13 +264,19 @@ impl Hub {
         });
     }
 
-    /// A lease round that started at `started` found `live` alive.
-    pub(crate) fn cluster_liveness(&self, live: Vec<Incarnation>, started: Millis) {
+    /// A lease round that started at `started` found `live` alive; absent
+    /// incarnations that it `may_judge` are dead.
+    pub(crate) fn cluster_liveness(
+        &self,
+        live: Vec<Incarnation>,
+        started: Millis,
+        may_judge: impl Fn(&str) -> bool,
+    ) {
         self.apply(|st, now| {
             let Some(c) = st.cluster.as_mut() else {
                 return;
             };
-            let events = c.set_liveness(live, started, now);
+            let events = c.set_liveness(live, started, may_judge, now);
             self.deliver_cluster(st, now, events);
         });
     }
@@ -302,6 +314,14 @@ impl Hub {
         };
         let was = c.up();
         c.link.cmd_ok = ok;
+        if ok {
+            c.link.down_since = None;
+            if std::mem::take(&mut c.link.cut_off) {
+                tracing::info!("backend reachable again after a cut-off: ready");
+            }
+        } else if c.link.down_since.is_none() {
+            c.link.down_since = Some(self.clock.now());
+        }
         let is = c.up();
         self.metrics.redis_up.set(i64::from(is));
         if was && !is {
@@ -335,12 +355,61 @@ impl Hub {
         self.cluster_wake();
     }
 
-    /// The lease had lapsed: write every own record again.
-    pub(crate) fn cluster_rewrite_own(&self) {
-        if let Some(c) = self.lock().cluster.as_mut() {
-            c.rewrite_own();
-        }
+    /// The lease had lapsed: go on as the incarnation `new` (registered
+    /// already); returns the old one.
+    pub(crate) fn cluster_reincarnate(&self, new: Incarnation) -> Option<Incarnation> {
+        let now = self.clock.now();
+        let old = self
+            .lock()
+            .cluster
+            .as_mut()
+            .map(|c| c.reincarnate(new, now));
         self.cluster_wake();
+        old
+    }
+
+    /// `inc`, an earlier incarnation of this node, is dead: its records
+    /// count as offline here at once.
+    pub(crate) fn cluster_retire(&self, inc: Incarnation) {
+        self.apply(|st, now| {
+            let Some(c) = st.cluster.as_mut() else {
+                return;
+            };
+            let events = c.retire(inc, now);
+            self.deliver_cluster(st, now, events);
+        });
+    }
+
+    /// Whether this node has been cut from its backend for longer than the
+    /// lease, so the others show its users offline: `/readyz` then answers
+    /// 503 for a load balancer to move its clients. Logs an error once per
+    /// outage.
+    pub(crate) fn cluster_cut_off(&self) -> bool {
+        let down = self.cluster_down_for();
+        self.metrics
+            .redis_down_seconds
+            .set(down.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+        let mut st = self.lock();
+        let Some(c) = st.cluster.as_mut() else {
+            return false;
+        };
+        let cut = down.is_some_and(|d| d >= c_ttl(&self.cluster));
+        if cut && !c.link.cut_off {
+            c.link.cut_off = true;
+            tracing::error!(
+                down_for = ?down,
+                "cut off from the cluster backend for longer than the lease: other nodes show \
+                 this node's users offline; /readyz answers 503 until it is back"
+            );
+        }
+        cut
+    }
+
+    /// How long the backend has been unreachable (`None` while it answers,
+    /// or without one).
+    pub(crate) fn cluster_down_for(&self) -> Option<std::time::Duration> {
+        let since = self.lock().cluster.as_ref()?.link.down_since?;
+        Some(self.clock.now().since(since))
     }
 
     /// Cluster-level presence of `users` from fetched records; with a

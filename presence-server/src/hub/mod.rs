@@ -806,6 +806,7 @@ impl Hub {
 
     /// Refreshes gauges before a scrape.
     pub fn update_gauges(&self) {
+        self.cluster_cut_off();
         let st = self.lock();
         self.metrics
             .online_users

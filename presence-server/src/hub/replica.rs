@@ -63,6 +63,10 @@ pub(crate) struct Link {
     pub cmd_ok: bool,
     /// The node has registered and settled its previous incarnation.
     pub ready: bool,
+    /// Since when calls have been failing (`None` while they succeed).
+    pub down_since: Option<Millis>,
+    /// The outage outlasted the lease, and was logged as an error.
+    pub cut_off: bool,
 }
 
 /// What one round of the cluster task sends.
@@ -102,6 +106,9 @@ pub(crate) struct Replica {
     live: HashSet<Incarnation>,
     /// Incarnations found dead, since when.
     gone: HashMap<Incarnation, Millis>,
+    /// This node's own earlier incarnations, left after a lapsed lease: dead
+    /// whatever a lease round says (their lease may linger until ended).
+    retired: HashSet<Incarnation>,
     /// When each incarnation's first record arrived: one is only judged dead
     /// by a lease round that started after it.
     first_seen: HashMap<Incarnation, Millis>,
@@ -136,6 +143,7 @@ impl Replica {
             members: HashMap::new(),
             live: HashSet::new(),
             gone: HashMap::new(),
+            retired: HashSet::new(),
             first_seen: HashMap::new(),
             rooms: HashMap::new(),
             subscribed: HashSet::new(),
@@ -324,22 +332,26 @@ impl Replica {
 
     /// A lease round that started at `started` found `live` alive; returns
     /// what to announce here for users whose incarnations died or returned.
+    /// An absent incarnation is declared dead only if `may_judge` it (the
+    /// lease store answered long enough for it to renew, see
+    /// `crate::cluster`); returns are always taken.
     pub fn set_liveness(
         &mut self,
         live: Vec<Incarnation>,
         started: Millis,
+        may_judge: impl Fn(&str) -> bool,
         now: Millis,
     ) -> Vec<Event> {
         let live: HashSet<Incarnation> = live.into_iter().collect();
         let mut flipped = HashSet::new();
         for (inc, seen) in &self.first_seen {
-            let dead = *inc != self.me && !live.contains(inc) && *seen < started;
+            let dead = *inc != self.me && !live.contains(inc) && *seen < started && may_judge(inc);
             match (dead, self.gone.contains_key(inc)) {
                 (true, false) => {
                     self.gone.insert(inc.clone(), now);
                     flipped.insert(inc.clone());
                 }
-                (false, true) if live.contains(inc) => {
+                (false, true) if live.contains(inc) && !self.retired.contains(inc) => {
                     self.gone.remove(inc);
                     flipped.insert(inc.clone());
                 }
@@ -710,13 +722,55 @@ impl Replica {
         self.written.clear();
     }
 
+    /// This node's lease lapsed, so others may have cleaned (or may yet
+    /// clean) its records: it goes on as the fresh incarnation `new`, whose
+    /// records nobody else ever touches. Own records move there with new
+    /// sequence numbers and are owed to the backend, room memberships too;
+    /// the old incarnation counts as gone here at once (it never writes
+    /// again), while the others merge both until they judge it dead, so
+    /// observers see no flap. Returns the old incarnation.
+    pub fn reincarnate(&mut self, new: Incarnation, now: Millis) -> Incarnation {
+        let old = std::mem::replace(&mut self.me, new);
+        for (user, k) in &mut self.users {
+            let Some((_, rec)) = k.records.get(&old).map(|(s, r)| (s, r.clone())) else {
+                continue;
+            };
+            self.seq += 1;
+            k.records.apply(&self.me, self.seq, rec);
+            self.dirty.insert(user.clone());
+        }
+        self.written.clear();
+        // Own users' views do not change: the new records are the same.
+        let _ = self.retire(old.clone(), now);
+        old
+    }
+
+    /// `inc`, an earlier incarnation of this node, is dead whatever a lease
+    /// round says; returns what to announce here.
+    pub fn retire(&mut self, inc: Incarnation, now: Millis) -> Vec<Event> {
+        self.first_seen.insert(inc.clone(), now);
+        self.gone.insert(inc.clone(), now);
+        self.retired.insert(inc.clone());
+        let users: Vec<UserId> = self
+            .users
+            .iter()
+            .filter(|(_, k)| k.records.get(&inc).is_some())
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.iter().flat_map(|u| self.refresh(u, now)).collect()
+    }
+
     /// Drops users nothing here follows any more.
     fn sweep(&mut self, wanted: &impl Fn(&Topic) -> bool) {
         let me = self.me.clone();
         let members = &self.members;
         let rooms = &self.rooms;
+        let dirty = &self.dirty;
         self.users.retain(|user, k| {
-            k.records.get(&me).is_some_and(|(_, r)| r.holds())
+            // An own record not yet written (a release during an outage)
+            // is owed to the backend: dropping it would leave a ghost.
+            dirty.contains(user)
+                || k.records.get(&me).is_some_and(|(_, r)| r.holds())
                 || wanted(&Topic::User(user.clone()))
                 || k.shown.rooms.iter().any(|r| {
                     rooms.contains_key(r) && members.get(r).is_some_and(|m| m.contains(user))
@@ -734,6 +788,7 @@ impl Replica {
         });
         let first_seen = &self.first_seen;
         self.gone.retain(|inc, _| first_seen.contains_key(inc));
+        self.retired.retain(|inc| first_seen.contains_key(inc));
     }
 
     /// Connections that left or closed wait for nothing.

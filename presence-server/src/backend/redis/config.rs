@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use redis::{IntoConnectionInfo, ProtocolVersion, RedisError};
 
-use super::link::{CALL_TIMEOUT, PushHandler};
+use super::link::PushHandler;
+use crate::backend::CALL_TIMEOUT;
 
 /// Where Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]

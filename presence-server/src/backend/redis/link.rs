@@ -1,6 +1,7 @@
 //! The connection to one Redis or a Redis Cluster: made lazily, repaired by
-//! redis-rs, every call bounded in time, and [`Incoming::Reset`] once the
-//! link answers again after it was lost.
+//! redis-rs, rebuilt from scratch when that repair does not complete, every
+//! call bounded in time, and [`Incoming::Reset`] once the link answers again
+//! after it was lost.
 //!
 //! One RESP3 connection per Redis node carries commands and the sharded
 //! subscriptions; its pushes arrive in [`Link::on_push`]. A link counts as
@@ -11,6 +12,13 @@
 //! Reset: the node subscribes again and re-reads what it follows. Server-side
 //! subscriptions of a dropped connection are gone, so nothing is missed
 //! silently; a Reset too many only costs a resync.
+//!
+//! Rebuild: redis-rs repairs its own connections, but after a Cluster
+//! failover under load its recovery can stall for good (seen: nodes whose
+//! last log line was "beginning slot refresh", never back). So a link whose
+//! probe has failed for [`REBUILD_AFTER`] drops its connection; the next call
+//! makes a new one from the seeds, which learns the slots afresh. A stalled
+//! old connection keeps at most its own sockets until redis-rs lets it go.
 //!
 //! Resubscription: the single-Redis connection does not resubscribe by
 //! itself (the node does, on Reset). The cluster connection of redis-rs
@@ -29,19 +37,20 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, PushInfo, PushKind, RedisError, RedisFuture, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use super::keys::Keys;
-use crate::backend::BackendError;
 use crate::backend::inbox::Inbox;
+use crate::backend::{BackendError, CALL_TIMEOUT};
 
-/// Every call (all its round trips) gives up after this long: a hung Redis
-/// must look like a dead one, not stall the node.
-pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// One connection attempt gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A lost link is probed this often until it answers.
 pub(super) const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// A link whose probe keeps failing this long is rebuilt (and again each
+/// time this long passes): a failover promotes a replica in 1–5 s, so a
+/// rebuild after it finds the new master.
+pub(super) const REBUILD_AFTER: Duration = Duration::from_secs(2);
 /// A pipeline carries at most this many commands; larger batches go out as
 /// several pipelines, one after the other.
 pub(super) const MAX_PIPELINE: usize = 256;
@@ -113,7 +122,8 @@ type Me = Arc<OnceLock<Weak<Link>>>;
 /// The link: target, lazily made connection, and where pushes go.
 pub(super) struct Link {
     target: Target,
-    conn: OnceCell<Conn>,
+    /// Made on first use, dropped to be made again (see the module docs).
+    conn: Mutex<Option<Conn>>,
     pub(super) keys: Keys,
     inbox: Inbox,
     /// A probe task is running.
@@ -136,7 +146,7 @@ impl Link {
         let target = make_target(PushHandler(me.clone()))?;
         let link = Arc::new(Link {
             target,
-            conn: OnceCell::new(),
+            conn: Mutex::new(None),
             keys,
             inbox,
             probing: AtomicBool::new(false),
@@ -148,29 +158,42 @@ impl Link {
         Ok(link)
     }
 
-    /// The connection, made on first use (and again after a failed attempt).
+    /// The connection, made on first use and after a rebuild (callers wait
+    /// for one attempt, bounded by their own timeout).
     async fn conn(&self) -> Result<Conn, RedisError> {
-        self.conn
-            .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Single(client) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                            .set_response_timeout(Some(CALL_TIMEOUT))
-                            .set_number_of_retries(1)
-                            .set_min_delay(Duration::from_millis(50))
-                            .set_max_delay(Duration::from_secs(1))
-                            .set_push_sender(PushHandler(self.me.clone()).into_sender());
-                        ConnectionManager::new_lazy_with_config(client.clone(), config)
-                            .map(Conn::Single)
-                    }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let made = match &self.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CALL_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_push_sender(PushHandler(self.me.clone()).into_sender());
+                ConnectionManager::new_lazy_with_config(client.clone(), config).map(Conn::Single)
+            }
+            // Bounded, so no caller waits on the lock for longer.
+            Target::Cluster(client) => {
+                match tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection()).await {
+                    Ok(made) => made.map(Conn::Cluster),
+                    Err(_) => Err(RedisError::from((
+                        ErrorKind::Io,
+                        "connecting to the Redis Cluster timed out",
+                    ))),
                 }
-            })
-            .await
-            .cloned()
+            }
+        }?;
+        *slot = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Drops the connection: the next call makes a new one.
+    async fn rebuild(&self) {
+        self.conn.lock().await.take();
     }
 
     /// Runs one call on the connection, bounded by [`CALL_TIMEOUT`]; a
@@ -214,6 +237,7 @@ impl Link {
         };
         let this = self.me.get().cloned().unwrap_or_default();
         runtime.spawn(async move {
+            let mut failing_since = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let Some(link) = this.upgrade() else {
@@ -224,6 +248,14 @@ impl Link {
                     tracing::info!("backend: link to Redis is back; resetting subscriptions");
                     link.inbox.reset();
                     return;
+                }
+                if failing_since.elapsed() >= REBUILD_AFTER {
+                    tracing::warn!(
+                        after = ?REBUILD_AFTER,
+                        "backend: link to Redis still down; making a new connection"
+                    );
+                    link.rebuild().await;
+                    failing_since = tokio::time::Instant::now();
                 }
             }
         });
