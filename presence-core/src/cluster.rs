@@ -157,11 +157,26 @@ impl Records {
         self.by.is_empty()
     }
 
+    /// Whether `inc`'s record is superseded: another incarnation of the same
+    /// node (incarnations are named `<node>.<epoch>`, node ids hold no `.`)
+    /// has a record with a greater sequence. A node's sequences only grow,
+    /// across its incarnations too, and it has one incarnation at a time, so
+    /// the newer one speaks for the node's connections: the older record
+    /// holds nothing, whatever its lease says.
+    fn superseded(&self, inc: &str, seq: u64) -> bool {
+        let node = |i: &str| i.rsplit_once('.').map_or(i, |(n, _)| n).to_owned();
+        let mine = node(inc);
+        self.by
+            .iter()
+            .any(|(other, (s, _))| *s > seq && other != inc && node(other) == mine)
+    }
+
     /// The cluster view: active if any live node is active, idle with the
     /// most present reason if any live node holds a connection, offline
-    /// otherwise or when the latest status is invisible. The status is the
-    /// latest setting any node knew (ties go to the greater incarnation, so
-    /// the result never depends on arrival order).
+    /// otherwise or when the latest status is invisible. A record of a dead
+    /// or superseded incarnation holds nothing. The status is the latest
+    /// setting any node knew (ties go to the greater incarnation, so the
+    /// result never depends on arrival order).
     pub fn view(&self, live: impl Fn(&str) -> Liveness) -> ClusterView {
         let mut v = ClusterView::offline();
         let mut status_key: Option<(Millis, &str)> = None;
@@ -179,9 +194,16 @@ impl Records {
         let invisible = v.status == Status::Invisible;
         let mut activities = Vec::new();
         let (mut info_from, mut data_from) = ("", "");
-        for (inc, (_, rec)) in &self.by {
+        for (inc, (seq, rec)) in &self.by {
             let rec = match live(inc) {
-                Liveness::Live => std::borrow::Cow::Borrowed(rec),
+                Liveness::Live if !self.superseded(inc, *seq) => std::borrow::Cow::Borrowed(rec),
+                // Superseded: its connections are the newer record's now.
+                Liveness::Live => std::borrow::Cow::Owned(NodeRecord::released(
+                    rec.last_seen,
+                    rec.status,
+                    rec.text.clone(),
+                    rec.status_at,
+                )),
                 Liveness::Gone(at) => std::borrow::Cow::Owned(rec.expire(at, invisible)),
             };
             match rec.shown {

@@ -39,7 +39,7 @@ use presence_core::Millis;
 use presence_core::machine::ConnRecord;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, BackendError, CALL_TIMEOUT, Incarnation, Stored, Topic};
+use crate::backend::{Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic};
 use crate::hub::Hub;
 use crate::hub::replica::{BusMessage, Take};
 use crate::node::ClusterConfig;
@@ -247,11 +247,12 @@ async fn incoming(hub: Weak<Hub>) {
 /// third of the TTL, learning who lives and cleaning the dead.
 ///
 /// No death on a guess: an incarnation whose lease is missing is judged dead
-/// (and cleaned) only if this node saw its lease alive since the store last
-/// failed it, so it failed to renew while the store answered; or if the store
-/// has answered for [`Judge::after`], long enough for any live node to renew
-/// after an outage of the store. So an outage of the lease store, for this
-/// node or for all, declares nobody dead by itself.
+/// (and cleaned) only if this node saw it renew since the store last failed
+/// this node, so it failed to renew while the store answered; or once the
+/// store has answered for the TTL plus [`RECOVERY_BOUND`], long enough for
+/// any live node's link to return and renew after an outage of the store. So
+/// an outage of the lease store, for this node or for all, declares nobody
+/// dead by itself.
 async fn lease(hub: Weak<Hub>) {
     let Some((backend, _)) = link(&hub) else {
         return;
@@ -288,26 +289,26 @@ async fn lease(hub: Weak<Hub>) {
     if let Some(h) = hub.upgrade() {
         h.cluster_ready();
     }
-    // A graceful restart's previous incarnation is ended once this one's
-    // records are out, so observers merge both meanwhile and see no flap.
-    let mut retire = previous;
-    let mut first = true;
+    // A graceful restart's previous incarnation, and one left after a lapsed
+    // lease, are ended once this one's records are out, so observers merge
+    // both meanwhile and see no flap.
+    let mut retire: Vec<Incarnation> = previous.into_iter().collect();
     let mut stopping_since: Option<std::time::Instant> = None;
     loop {
         let Some(started) = hub.upgrade().map(|h| h.clock.now()) else {
             return;
         };
-        match backend.lease(&me, config.lease_ttl).await {
+        match backend.lease(&me, config.lease_ttl, true).await {
             Ok(mut leases) => {
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(true);
                 }
-                if leases.reacquired && !first {
+                if leases.lapsed {
                     match reincarnate(&hub, &*backend, &config, &me).await {
                         Ok(new) => {
                             leases.live.retain(|i| *i != me);
                             leases.live.push(new.clone());
-                            me = new;
+                            retire.push(std::mem::replace(&mut me, new));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "could not take a new incarnation; retrying");
@@ -316,22 +317,23 @@ async fn lease(hub: Weak<Hub>) {
                         }
                     }
                 }
-                first = false;
-                judge.answered(started, &leases.live);
+                judge.answered(started, &leases);
                 let Some(h) = hub.upgrade() else { return };
                 h.cluster_liveness(leases.live, started, |inc| judge.may(inc, started));
                 let idle = h.cluster_idle();
                 drop(h);
-                if idle && let Some(prev) = retire.take() {
-                    match backend.end_lease(&prev).await {
-                        Ok(()) => {
-                            if let Some(h) = hub.upgrade() {
-                                h.cluster_retire(prev);
+                if idle {
+                    for prev in std::mem::take(&mut retire) {
+                        match backend.end_lease(&prev).await {
+                            Ok(()) => {
+                                if let Some(h) = hub.upgrade() {
+                                    h.cluster_retire(prev);
+                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "could not end the previous lease");
-                            retire = Some(prev);
+                            Err(e) => {
+                                tracing::debug!(error = %e, "could not end a previous lease");
+                                retire.push(prev);
+                            }
                         }
                     }
                 }
@@ -370,22 +372,28 @@ async fn lease(hub: Weak<Hub>) {
 
 /// When the lease store's answers are enough to declare an incarnation dead.
 struct Judge {
+    ttl: Duration,
     /// How long the store must answer before any absent lease is trusted.
     after: Duration,
     /// Since when every renewal succeeded (`None` after a failure).
     since: Option<Millis>,
-    /// Incarnations seen alive since then: their lease lapsing later was
-    /// observed while the store answered.
+    /// Incarnations seen renewing since then: their lease lapsing later was
+    /// a failure to renew while the store answered.
     seen: HashSet<Incarnation>,
 }
 
 impl Judge {
     fn new(ttl: Duration) -> Self {
-        // A live node renews within a third of the TTL after the store
-        // answers it again, plus one call that may time out meanwhile.
+        // A live node's link is back within RECOVERY_BOUND after the store
+        // answers again, and it renews within a third of the TTL after that.
         Self {
-            after: ttl + CALL_TIMEOUT,
-            since: None,
+            ttl,
+            after: ttl + RECOVERY_BOUND,
+            // No failure seen yet: nothing suggests an outage, so absent
+            // leases are trusted from the first round, as after a long
+            // healthy spell. (A node whose very first call lands just as the
+            // store returns from an outage is the one it cannot tell.)
+            since: Some(Millis(0)),
             seen: HashSet::new(),
         }
     }
@@ -395,9 +403,17 @@ impl Judge {
         self.seen.clear();
     }
 
-    fn answered(&mut self, at: Millis, live: &[Incarnation]) {
-        self.since.get_or_insert(at);
-        self.seen.extend(live.iter().cloned());
+    /// A round that started `at` found `leases`. A lease merely still alive
+    /// proves nothing (it may have been set before the outage); one renewed
+    /// since the store answers this node again does.
+    fn answered(&mut self, at: Millis, leases: &Leases) {
+        let since = *self.since.get_or_insert(at);
+        for (inc, left) in &leases.left {
+            let renewed = Millis(at.0.saturating_sub(millis(self.ttl.saturating_sub(*left))));
+            if renewed >= since {
+                self.seen.insert(inc.clone());
+            }
+        }
     }
 
     fn may(&self, inc: &str, at: Millis) -> bool {
@@ -405,9 +421,14 @@ impl Judge {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// This incarnation's lease lapsed, so others may clean its records: go on
 /// as a fresh incarnation (registered and claimed before the hub switches,
-/// so nobody judges it dead), and end the old one's lease.
+/// so nobody judges it dead). The caller ends the old one's lease once the
+/// new records are out.
 async fn reincarnate(
     hub: &Weak<Hub>,
     backend: &dyn Backend,
@@ -415,7 +436,7 @@ async fn reincarnate(
     old: &str,
 ) -> Result<Incarnation, BackendError> {
     let new = config.incarnation();
-    backend.lease(&new, config.lease_ttl).await?;
+    backend.lease(&new, config.lease_ttl, false).await?;
     backend.claim(&config.node_id, &new).await?;
     tracing::error!(
         old,
@@ -426,10 +447,6 @@ async fn reincarnate(
     if let Some(h) = hub.upgrade() {
         h.metrics.reincarnations.inc();
         h.cluster_reincarnate(new.clone());
-    }
-    if let Err(e) = backend.end_lease(old).await {
-        // It lapses by itself within the TTL.
-        tracing::debug!(error = %e, "could not end the lapsed lease");
     }
     Ok(new)
 }
@@ -442,7 +459,7 @@ async fn start(
     config: &ClusterConfig,
     me: &str,
 ) -> Result<Option<String>, BackendError> {
-    backend.lease(me, config.lease_ttl).await?;
+    backend.lease(me, config.lease_ttl, false).await?;
     let previous = backend.claim(&config.node_id, me).await?;
     let saved = backend.take_resume(&config.node_id).await?;
     let conns: Vec<ConnRecord> = match saved {

@@ -160,6 +160,16 @@ impl<'m> Subject<'m> {
         }
     }
 
+    /// A frame that did not decode, as far as its error could read it: its
+    /// type and valid room, even when another field is what is wrong.
+    fn of_error(e: &'m DecodeError) -> Self {
+        Self {
+            frame: e.frame.as_deref(),
+            room: e.room.as_ref(),
+            users: &[],
+        }
+    }
+
     fn error(&self, code: ErrorCode, message: impl Into<String>) -> ServerMessage {
         ServerMessage::Error {
             code,
@@ -196,6 +206,7 @@ fn binary_frame() -> DecodeError {
         code: ErrorCode::Malformed,
         message: "binary frames are not supported".into(),
         frame: None,
+        room: None,
     }
 }
 
@@ -438,7 +449,10 @@ fn read_failure(err: SocketError) -> Option<(ErrorCode, Close)> {
 /// Reads and discards what a socket we are closing still sends, until its
 /// close frame or end, within the close timeout and [`DRAIN_BYTES`]: closing
 /// a TCP socket with unread input makes the kernel send a reset, and the
-/// client would see 1006 instead of our close code.
+/// client would see 1006 instead of our close code. After a read error (a
+/// message past the size limit, bad UTF-8) the stream has ended and this
+/// reads nothing: the connection's linger (`upgrade::Lingering`) reads the
+/// rest as bytes once the socket is dropped.
 async fn drain<R>(stream: &mut R)
 where
     R: Stream<Item = Result<Message, SocketError>> + Unpin,
@@ -620,7 +634,7 @@ impl Session<'_> {
                     // replies must not make it a slow consumer (4001)
                     // before its flood is closed as abuse (1008).
                     let code = ErrorCode::RateLimited;
-                    let subject = decoded.as_ref().map(Subject::of).unwrap_or_default();
+                    let subject = decoded.as_ref().map_or_else(Subject::of_error, Subject::of);
                     hub.metrics.reject(code);
                     hub.try_reply(conn, self.generation, &subject.error(code, describe(code)));
                     return Ok(());
@@ -634,11 +648,7 @@ impl Session<'_> {
         let msg = match decoded {
             Ok(m) => m,
             Err(e) => {
-                let subject = Subject {
-                    frame: e.frame.as_deref(),
-                    ..Subject::default()
-                };
-                self.refuse(e.code, e.message.clone(), subject);
+                self.refuse(e.code, e.message.clone(), Subject::of_error(&e));
                 return Ok(());
             }
         };

@@ -3,7 +3,11 @@
 //! stream: axum's `Message` cannot send a fragment, and the writer fragments
 //! big frames so that no socket keeps a big write buffer (see `session::write`).
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -12,6 +16,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -19,7 +24,115 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::config::SocketBuffers;
 
 /// The socket a session runs on.
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<Lingering<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// How long a dropped connection keeps reading what its peer still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Most bytes a dropped connection reads (and discards) before it closes.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A connection that closes lingeringly when dropped: it sends its FIN, then
+/// reads and discards input until the peer's own FIN, for at most
+/// [`LINGER_TIME`] (2 s) and [`LINGER_BYTES`] (1 MiB), and only then closes.
+///
+/// Closing a TCP socket with unread input makes the kernel answer with a
+/// reset, which makes the client's next write fail and may throw away our
+/// close frame before the client reads it: a browser then sees 1006 instead
+/// of our close code. The session drains the WebSocket up to the peer's
+/// close frame (`session::drain`), but after a read error (a message past
+/// the size limit, bad UTF-8) tungstenite's stream has ended, while a client
+/// sending a big message in fragments still has most of it on the way: only
+/// the bytes can be read then. Bounded, so that a peer that never stops gets
+/// its reset after all; it runs as a task of its own once the session is
+/// done with the socket.
+pub(crate) struct Lingering<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<T>);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<T> {
+    fn io(&mut self) -> io::Result<Pin<&mut T>> {
+        // Taken only by `drop`.
+        self.0
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io()?.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(T::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<T> {
+    fn drop(&mut self) {
+        // Outside a runtime (one shutting down) the socket just closes.
+        if let (Some(io), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(linger(io));
+        }
+    }
+}
+
+/// Shuts down our side of `io` (what we wrote, the close frame last, goes
+/// out before our FIN), then reads and discards until the peer's FIN, an
+/// error, [`LINGER_BYTES`] or [`LINGER_TIME`], whichever comes first.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        // A failed shutdown still leaves input to read.
+        let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+        let mut buf = [0u8; 2048];
+        let mut left = LINGER_BYTES;
+        loop {
+            let mut read = ReadBuf::new(&mut buf);
+            if poll_fn(|cx| Pin::new(&mut io).poll_read(cx, &mut read))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            left = match left.checked_sub(read.filled().len()) {
+                // An empty read is the peer's FIN.
+                Some(left) if !read.filled().is_empty() => left,
+                _ => return,
+            };
+        }
+    })
+    .await;
+}
 
 /// A checked upgrade request, not yet answered.
 pub(crate) struct Upgrade {
@@ -135,7 +248,7 @@ impl Upgrade {
             match on_upgrade.await {
                 Ok(io) => {
                     let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(io),
+                        Lingering(Some(TokioIo::new(io))),
                         Role::Server,
                         Some(config),
                     )

@@ -223,7 +223,7 @@ conformance!(
     replace_is_compare_and_set,
     memberships_and_members,
     read_markers_only_move_forward,
-    leases_tell_live_dead_and_reacquired,
+    leases_tell_live_dead_and_lapsed,
     end_lease_makes_dead,
     claim_returns_the_previous_incarnation,
     take_users_of_never_gives_a_user_twice,
@@ -277,7 +277,7 @@ async fn redis_down_fails_calls_in_time() {
         let started = std::time::Instant::now();
         assert!(b.read(&[user("ana")]).await.is_err());
         assert!(b.subscribe(vec![Topic::User(user("ana"))]).await.is_err());
-        assert!(b.lease("a.1", TTL).await.is_err());
+        assert!(b.lease("a.1", TTL, false).await.is_err());
         assert!(
             started.elapsed() < Duration::from_secs(7),
             "{:?}",
@@ -797,38 +797,51 @@ fn names(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-async fn leases_tell_live_dead_and_reacquired(env: Env) {
+async fn leases_tell_live_dead_and_lapsed(env: Env) {
     let (a, b) = (env.node(), env.node());
-    let first = a.lease("a.1", TTL).await.expect("lease");
-    assert!(first.reacquired, "a first renewal finds no lease");
+    let first = a.lease("a.1", TTL, false).await.expect("lease");
+    assert!(!first.lapsed, "a first call registers");
     assert_eq!(set(&first.live), names(&["a.1"]));
     assert!(first.dead.is_empty());
-    let l = b.lease("b.1", TTL).await.expect("lease");
+    let l = b.lease("b.1", TTL, false).await.expect("lease");
     assert_eq!(set(&l.live), names(&["a.1", "b.1"]));
 
     tokio::time::sleep(TTL / 2).await;
-    let l = a.lease("a.1", TTL).await.expect("lease");
-    assert!(!l.reacquired);
+    let l = a.lease("a.1", TTL, true).await.expect("lease");
+    assert!(!l.lapsed);
+    // What is left of a lease says when it was renewed.
+    let left = |l: &presence_server::backend::Leases, i: &str| l.left.get(i).copied();
+    assert!(left(&l, "a.1") > Some(TTL * 3 / 4), "just renewed");
+    assert!(
+        left(&l, "b.1") < Some(TTL * 3 / 4),
+        "renewed half a TTL ago"
+    );
     tokio::time::sleep(TTL / 2 + Duration::from_millis(100)).await;
-    // b.1 renewed nothing: dead; a.1 renewed in time: not reacquired.
-    let l = a.lease("a.1", TTL).await.expect("lease");
-    assert!(!l.reacquired);
+    // b.1 renewed nothing: dead; a.1 renewed in time.
+    let l = a.lease("a.1", TTL, true).await.expect("lease");
+    assert!(!l.lapsed);
     assert_eq!(set(&l.live), names(&["a.1"]));
     assert_eq!(set(&l.dead), names(&["b.1"]));
-    // b.1 comes back after its lease lapsed.
-    let l = b.lease("b.1", TTL).await.expect("lease");
-    assert!(l.reacquired);
-    assert_eq!(set(&l.live), names(&["a.1", "b.1"]));
-    assert!(l.dead.is_empty());
+    // b.1 comes back after its lease lapsed: a renewal sets nothing, so it
+    // stays dead for everyone (its node goes on as a new incarnation).
+    let l = b.lease("b.1", TTL, true).await.expect("lease");
+    assert!(l.lapsed);
+    assert_eq!(set(&l.live), names(&["a.1"]));
+    assert_eq!(set(&l.dead), names(&["b.1"]));
+    let l = a.lease("a.1", TTL, true).await.expect("lease");
+    assert_eq!(set(&l.dead), names(&["b.1"]), "still dead");
+    let l = b.lease("b.2", TTL, false).await.expect("lease");
+    assert!(!l.lapsed);
+    assert_eq!(set(&l.live), names(&["a.1", "b.2"]));
 }
 
 async fn end_lease_makes_dead(env: Env) {
     let b = env.node();
     let long = Duration::from_secs(30);
-    b.lease("a.1", long).await.expect("lease");
-    b.lease("b.1", long).await.expect("lease");
+    b.lease("a.1", long, false).await.expect("lease");
+    b.lease("b.1", long, false).await.expect("lease");
     b.end_lease("b.1").await.expect("end");
-    let l = b.lease("a.1", long).await.expect("lease");
+    let l = b.lease("a.1", long, false).await.expect("lease");
     assert_eq!(set(&l.live), names(&["a.1"]));
     assert_eq!(set(&l.dead), names(&["b.1"]));
     b.end_lease("never.1")
@@ -864,13 +877,13 @@ async fn take_users_of_never_gives_a_user_twice(env: Env) {
     dead.write("dead.1", vec![(user("gone"), released(2))], RETENTION)
         .await
         .expect("w");
-    dead.lease("dead.1", TTL).await.expect("lease");
+    dead.lease("dead.1", TTL, false).await.expect("lease");
     drop(dead);
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
 
     let (a, b) = (env.node(), env.node());
     let l = a
-        .lease("a.1", Duration::from_secs(30))
+        .lease("a.1", Duration::from_secs(30), false)
         .await
         .expect("lease");
     assert_eq!(set(&l.dead), names(&["dead.1"]));
@@ -893,7 +906,7 @@ async fn take_users_of_never_gives_a_user_twice(env: Env) {
     assert_eq!(all, want, "every held user exactly once");
     assert!(a.take_users_of("dead.1", 7).await.expect("take").is_empty());
     let l = a
-        .lease("a.1", Duration::from_secs(30))
+        .lease("a.1", Duration::from_secs(30), false)
         .await
         .expect("lease");
     assert!(
@@ -905,15 +918,15 @@ async fn take_users_of_never_gives_a_user_twice(env: Env) {
 
 async fn take_users_of_keeps_a_live_incarnation(env: Env) {
     let b = env.node();
-    b.lease("a.1", Duration::from_secs(30))
+    b.lease("a.1", Duration::from_secs(30), false)
         .await
         .expect("lease");
     assert!(b.take_users_of("a.1", 10).await.expect("take").is_empty());
     let l = b
-        .lease("a.1", Duration::from_secs(30))
+        .lease("a.1", Duration::from_secs(30), false)
         .await
         .expect("lease");
-    assert!(!l.reacquired);
+    assert!(!l.lapsed);
     assert_eq!(set(&l.live), names(&["a.1"]));
 }
 

@@ -225,6 +225,29 @@ fn invisible_as_latest_status_is_offline() {
 }
 
 #[test]
+fn a_newer_incarnation_of_the_same_node_supersedes_the_older() {
+    // Node `a` lost its lease and went on as `a.2`; its old record (not
+    // cleaned yet, its lease not yet judged) still holds the user, who left.
+    let mut r = Records::default();
+    r.apply("a.1", 5, rec(Shown::Active, &["r1"], &["r1"]));
+    let left = NodeRecord::released(Some(at(8)), Status::Available, None, Millis(0));
+    r.apply("a.2", 9, left);
+    let v = r.view(live);
+    assert_eq!(v.shown, Shown::Offline);
+    assert!(v.rooms.is_empty() && v.typing.is_empty());
+    assert_eq!(v.last_seen, Some(at(8)));
+    // The newer record holding the user speaks for the node alone.
+    r.apply("a.2", 10, rec(Shown::Idle(Hidden), &["r2"], &[]));
+    let v = r.view(live);
+    assert_eq!((v.shown, v.rooms), (Shown::Idle(Hidden), rooms(&["r2"])));
+    // Another node is never superseded, whatever its sequence ("ab" is not
+    // "a").
+    r.apply("ab.1", 1, rec(Shown::Active, &["r3"], &[]));
+    let v = r.view(live);
+    assert_eq!((v.shown, v.rooms), (Shown::Active, rooms(&["r2", "r3"])));
+}
+
+#[test]
 fn a_gone_incarnation_holds_nothing() {
     let a = rec(Shown::Active, &["r1", "r2"], &["r1"]);
     let b = rec(Shown::Idle(Hidden), &["r3"], &["r3"]);

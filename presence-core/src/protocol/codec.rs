@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 
+use crate::ids::RoomId;
 use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_TOKEN_BYTES, MAX_USERS_PER_WATCH_FRAME};
 use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
@@ -29,7 +30,7 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
         ));
     }
     let msg: ClientMessage = serde_json::from_str(text).map_err(|e| classify(text, &e))?;
-    check_limits(&msg)?;
+    check_limits(&msg).map_err(|e| e.in_room(msg.room().cloned()))?;
     Ok(msg)
 }
 
@@ -75,25 +76,42 @@ fn classify(text: &str, err: &serde_json::Error) -> DecodeError {
                 Some(shown),
             )
         }
-        Ok(Tagged { kind }) if kind == "read" && marker_is_a_number(text) => DecodeError::new(
-            ErrorCode::InvalidMarker,
-            format!("marker must be an integer from 0 to {MAX_READ_MARKER}"),
-            Some(kind),
-        ),
         Ok(Tagged { kind }) => {
-            DecodeError::new(ErrorCode::InvalidField, err.to_string(), Some(kind))
+            let room = named_room(&kind, text);
+            // With a valid room, a `read` whose marker is a JSON number
+            // (negative, fractional or past `u64`) has a marker out of
+            // range, not a malformed field.
+            let (code, message) = if kind == "read" && room.is_some() && marker_is_a_number(text) {
+                let message = format!("marker must be an integer from 0 to {MAX_READ_MARKER}");
+                (ErrorCode::InvalidMarker, message)
+            } else {
+                (ErrorCode::InvalidField, err.to_string())
+            };
+            DecodeError::new(code, message, Some(kind)).in_room(room)
         }
     }
 }
 
-/// Whether a `read` frame with a valid room has a marker that is a JSON
-/// number (negative, fractional or past `u64`): a marker out of range, not a
-/// malformed field.
+/// The room a refused frame of type `kind` named, for its error to name back
+/// (the types with a room, as [`ClientMessage::room`] for a frame that
+/// decodes). Only a valid room id: when the room itself is what is wrong
+/// there is none to name, and an invalid one (too long, control characters)
+/// is not echoed.
+fn named_room(kind: &str, text: &str) -> Option<RoomId> {
+    #[derive(Deserialize)]
+    struct Named {
+        room: RoomId,
+    }
+    if !matches!(kind, "join" | "leave" | "typing" | "read") {
+        return None;
+    }
+    serde_json::from_str::<Named>(text).ok().map(|n| n.room)
+}
+
+/// Whether a frame's `marker` is a JSON number.
 fn marker_is_a_number(text: &str) -> bool {
     #[derive(Deserialize)]
     struct Marker {
-        #[serde(rename = "room")]
-        _room: crate::ids::RoomId,
         marker: serde_json::Value,
     }
     serde_json::from_str::<Marker>(text).is_ok_and(|m| m.marker.is_number())
@@ -177,6 +195,34 @@ mod tests {
             )),
             ErrorCode::FrameTooLarge
         );
+    }
+
+    #[test]
+    fn a_refused_frame_names_its_room_only_when_the_room_is_valid() {
+        let room = |text: &str| decode_client(text).unwrap_err().room;
+        let r = RoomId::new("general").ok();
+        let named = [
+            r#"{"type":"typing","room":"general","active":"yes"}"#,
+            r#"{"type":"typing","room":"general"}"#,
+            r#"{"type":"read","room":"general","marker":-1}"#,
+            r#"{"type":"read","room":"general","marker":"7"}"#,
+            r#"{"type":"read","room":"general","marker":9007199254740992}"#,
+        ];
+        for text in named {
+            assert_eq!(room(text), r, "{text}");
+        }
+        let long = "r".repeat(129);
+        let not_named = [
+            r#"{"type":"typing","room":"","active":true}"#.to_owned(),
+            r#"{"type":"typing","room":"a b","active":true}"#.to_owned(),
+            format!(r#"{{"type":"typing","room":"{long}","active":true}}"#),
+            r#"{"type":"read","room":7,"marker":1}"#.to_owned(),
+            // Only the types that have a room name one.
+            r#"{"type":"status","room":"general","status":"gone"}"#.to_owned(),
+        ];
+        for text in not_named {
+            assert_eq!(room(&text), None, "{text}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::RoomId;
 use crate::prelude::*;
 
 /// Why a client frame was refused. The string form is stable: clients may
@@ -138,6 +139,10 @@ pub struct DecodeError {
     pub message: String,
     /// The frame's `type`, when it could be read.
     pub frame: Option<String>,
+    /// The room the frame named, when it is a valid room id: the error frame
+    /// names it back even when another field is what is wrong, so a client
+    /// can tell which of several frames failed.
+    pub room: Option<RoomId>,
 }
 
 impl DecodeError {
@@ -146,6 +151,13 @@ impl DecodeError {
             code,
             message: message.into(),
             frame,
+            room: None,
         }
+    }
+
+    /// The same error, naming `room` (for the server's codec, `std` only).
+    #[cfg(feature = "std")]
+    pub(crate) fn in_room(self, room: Option<RoomId>) -> Self {
+        Self { room, ..self }
     }
 }

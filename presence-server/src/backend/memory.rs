@@ -321,16 +321,30 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>> {
+    fn lease<'a>(
+        &'a self,
+        inc: &'a str,
+        ttl: Duration,
+        renew: bool,
+    ) -> BoxFuture<'a, BackendResult<Leases>> {
         self.call(move |w, now| {
-            let reacquired = !w.live(inc, now);
-            w.leases.insert(inc.to_owned(), now + ttl);
-            w.registry.insert(inc.to_owned());
-            let (live, dead) = w.registry.iter().cloned().partition(|i| w.live(i, now));
+            // As lease.lua: a renewal never brings a lapsed lease back.
+            let lapsed = renew && !w.live(inc, now);
+            if !lapsed {
+                w.leases.insert(inc.to_owned(), now + ttl);
+                w.registry.insert(inc.to_owned());
+            }
+            let (live, dead): (Vec<_>, Vec<_>) =
+                w.registry.iter().cloned().partition(|i| w.live(i, now));
+            let left = live
+                .iter()
+                .filter_map(|i| Some((i.clone(), w.leases.get(i)?.saturating_duration_since(now))))
+                .collect();
             Leases {
-                reacquired,
+                lapsed,
                 live,
                 dead,
+                left,
             }
         })
     }

@@ -35,6 +35,11 @@ pub use redis::{RedisBackend, RedisConfig, RedisSetupError, RedisTarget};
 /// hung engine must look like a dead one, not stall the node.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A lost link answers again within this once its engine does (the Redis
+/// link probes every 200 ms, is rebuilt after 2 s of failures, and a connect
+/// and a call take 2 s at most each). Liveness judgements wait for it.
+pub(crate) const RECOVERY_BOUND: Duration = Duration::from_secs(6);
+
 /// One incarnation of a node: its id plus the epoch of one process run, e.g.
 /// `eu-1.5f3a9c`. Records are keyed by it, so a restarted node never speaks
 /// for its previous run's connections.
@@ -90,14 +95,18 @@ pub enum Incoming {
 /// Liveness, as one lease renewal sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Leases {
-    /// This incarnation's lease did not exist before this renewal: on any
-    /// renewal but the first, it lapsed (the node was cut off longer than the
-    /// TTL), others may have cleaned its records, and it writes them all again.
-    pub reacquired: bool,
+    /// The renewal found the lease lapsed (the node was cut off longer than
+    /// the TTL, or the store lost it) and set nothing: others may be
+    /// cleaning this incarnation's records, so its node goes on as a new
+    /// incarnation. A renewal never brings a lapsed lease back, so no node
+    /// sees an incarnation alive again after others saw it dead.
+    pub lapsed: bool,
     /// Incarnations whose lease is alive (this one included).
     pub live: Vec<Incarnation>,
     /// Registered incarnations whose lease lapsed, still to be cleaned.
     pub dead: Vec<Incarnation>,
+    /// What is left of each live lease (for telling when it was renewed).
+    pub left: std::collections::BTreeMap<Incarnation, Duration>,
 }
 
 /// A failed backend call. Never fatal: the node serves locally meanwhile.
@@ -178,8 +187,15 @@ pub trait Backend: Send + Sync + 'static {
     fn receipts<'a>(&'a self, room: &'a RoomId)
     -> BoxFuture<'a, BackendResult<Vec<(UserId, u64)>>>;
 
-    /// Renews `inc`'s lease for `ttl` (registering it) and says who lives.
-    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>>;
+    /// Sets `inc`'s lease for `ttl` and says who lives. With `renew`, only a
+    /// lease still alive is extended (see [`Leases::lapsed`]); without, `inc`
+    /// is registered (a new incarnation).
+    fn lease<'a>(
+        &'a self,
+        inc: &'a str,
+        ttl: Duration,
+        renew: bool,
+    ) -> BoxFuture<'a, BackendResult<Leases>>;
 
     /// Ends `inc`'s lease now: it is dead for everyone from the next renewal.
     fn end_lease<'a>(&'a self, inc: &'a str) -> BoxFuture<'a, BackendResult<()>>;

@@ -118,6 +118,11 @@ pub(crate) struct Replica {
     dirty: HashSet<UserId>,
     /// Own records as last written.
     written: HashMap<UserId, NodeRecord>,
+    /// A round with writes is under way.
+    writing: bool,
+    /// Users whose records a failed round may have written but not
+    /// published: their next write is published even if it changes nothing.
+    unpublished: HashSet<UserId>,
     reads: Vec<(RoomId, UserId, u64)>,
     fetch: BTreeSet<UserId>,
     sync: BTreeSet<RoomId>,
@@ -149,6 +154,8 @@ impl Replica {
             subscribed: HashSet::new(),
             dirty: HashSet::new(),
             written: HashMap::new(),
+            writing: false,
+            unpublished: HashSet::new(),
             reads: Vec::new(),
             fetch: BTreeSet::new(),
             sync: BTreeSet::new(),
@@ -581,6 +588,14 @@ impl Replica {
                 t.unsubscribe.push(topic);
             }
         }
+        // After the rooms above are known, and while every owed record is
+        // still marked dirty: a record swept with its user while its write is
+        // in flight would be lost if the write failed (a release during an
+        // outage: a ghost).
+        if now >= self.next_sweep {
+            self.next_sweep = now.after(SWEEP);
+            self.sweep(&wanted);
+        }
         for user in std::mem::take(&mut self.dirty) {
             let Some((seq, rec)) = self
                 .users
@@ -619,15 +634,16 @@ impl Replica {
                 (room, shown)
             })
             .collect();
-        if now >= self.next_sweep {
-            self.next_sweep = now.after(SWEEP);
-            self.sweep(&wanted);
-        }
+        self.writing = !t.writes.is_empty();
         t
     }
 
     /// The write went through: remember what the backend holds now.
     pub fn took(&mut self, t: &Take) {
+        self.writing = false;
+        for (user, _) in &t.writes {
+            self.unpublished.remove(user);
+        }
         for (user, s) in &t.writes {
             if s.record.holds() {
                 self.written.insert(user.clone(), s.record.clone());
@@ -642,6 +658,9 @@ impl Replica {
 
     /// The round failed: everything in it is owed again.
     pub fn failed(&mut self, t: Take) {
+        self.writing = false;
+        self.unpublished
+            .extend(t.writes.iter().map(|(u, _)| u.clone()));
         self.dirty.extend(t.writes.into_iter().map(|(u, _)| u));
         self.reads.extend(t.reads);
         for topic in t.subscribe {
@@ -659,9 +678,10 @@ impl Replica {
         std::mem::take(&mut self.statuses)
     }
 
-    /// Whether every own record has been handed to the backend.
+    /// Whether every own record has been written (none pending, none in a
+    /// round under way).
     pub fn idle(&self) -> bool {
-        self.dirty.is_empty()
+        self.dirty.is_empty() && !self.writing
     }
 
     /// The answers to this node's writes: other incarnations' records to
@@ -684,7 +704,7 @@ impl Replica {
                 before.apply(&self.me, p.seq, p.record.clone());
             }
             let (v0, v1) = (self.view_of(&before), self.view_of(&after));
-            if v0 == v1 {
+            if v0 == v1 && !self.unpublished.contains(&w.user) {
                 continue;
             }
             host.extend(transitions(&w.user, &v0, &v1, now));
@@ -738,6 +758,9 @@ impl Replica {
             self.seq += 1;
             k.records.apply(&self.me, self.seq, rec);
             self.dirty.insert(user.clone());
+            // Published even if the store saw no change: it may have lost
+            // what the others still hold (a Redis restarted empty).
+            self.unpublished.insert(user.clone());
         }
         self.written.clear();
         // Own users' views do not change: the new records are the same.

@@ -17,7 +17,8 @@
 //! failover under load its recovery can stall for good (seen: nodes whose
 //! last log line was "beginning slot refresh", never back). So a link whose
 //! probe has failed for [`REBUILD_AFTER`] drops its connection; the next call
-//! makes a new one from the seeds, which learns the slots afresh. A stalled
+//! makes a new one from the seeds, which learns the slots afresh, and a
+//! Reset has the node subscribe again through it. A stalled
 //! old connection keeps at most its own sockets until redis-rs lets it go.
 //!
 //! Resubscription: the single-Redis connection does not resubscribe by
@@ -255,6 +256,10 @@ impl Link {
                         "backend: link to Redis still down; making a new connection"
                     );
                     link.rebuild().await;
+                    // The subscriptions went with the old connection: the
+                    // node makes them again now on the shards that answer
+                    // (and once more when all do).
+                    link.inbox.reset();
                     failing_since = tokio::time::Instant::now();
                 }
             }

@@ -63,6 +63,7 @@ struct Scripts {
     replace: Script,
     mark_read: Script,
     unregister: Script,
+    lease: Script,
 }
 
 impl Scripts {
@@ -73,6 +74,7 @@ impl Scripts {
             replace: Script::new(&format!("{retain}{}", include_str!("scripts/replace.lua"))),
             mark_read: Script::new(include_str!("scripts/mark_read.lua")),
             unregister: Script::new(include_str!("scripts/unregister.lua")),
+            lease: Script::new(include_str!("scripts/lease.lua")),
         }
     }
 }
@@ -406,28 +408,37 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
-    fn lease<'a>(&'a self, inc: &'a str, ttl: Duration) -> BoxFuture<'a, BackendResult<Leases>> {
+    fn lease<'a>(
+        &'a self,
+        inc: &'a str,
+        ttl: Duration,
+        renew: bool,
+    ) -> BoxFuture<'a, BackendResult<Leases>> {
         self.link
             .run(move |mut c| async move {
                 let registry = self.keys.registry();
-                let cmds = [
-                    redis::cmd("SET")
-                        .arg(self.keys.lease(inc))
-                        .arg("1")
-                        .arg("PX")
-                        .arg(millis(ttl))
-                        .arg("GET")
-                        .clone(),
-                    redis::cmd("SADD").arg(&registry).arg(inc).clone(),
-                    redis::cmd("SMEMBERS").arg(&registry).clone(),
-                ];
-                let mut replies = each(pipeline(&mut c, &cmds).await?)?.into_iter();
-                let (Some(before), Some(_), Some(members)) =
-                    (replies.next(), replies.next(), replies.next())
-                else {
-                    return Err(bad("lease: expected three replies").into());
+                let renew = Self::eval(
+                    &self.scripts.lease,
+                    &[self.keys.lease(inc), registry.clone()],
+                    &[
+                        inc.as_bytes(),
+                        millis(ttl).to_string().as_bytes(),
+                        if renew { b"1" } else { b"0" },
+                    ],
+                );
+                let outcome = evals(&mut c, &self.scripts.lease, &[renew])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| bad("lease: no reply"))?;
+                let lapsed = match int(&outcome)? {
+                    0 => true,
+                    1 | 2 => false,
+                    n => return Err(bad(format!("lease: unexpected outcome {n}")).into()),
                 };
-                let reacquired = opt_bytes(&before)?.is_none();
+                let members: Value = redis::cmd("SMEMBERS")
+                    .arg(&registry)
+                    .query_async(&mut c)
+                    .await?;
                 let mut incs = Vec::new();
                 for m in items(members)? {
                     match bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) {
@@ -436,23 +447,30 @@ impl Backend for RedisBackend {
                     }
                 }
                 let mut leases = Leases {
-                    reacquired,
+                    lapsed,
                     ..Leases::default()
                 };
-                // All in the registry's slot: one MGET per chunk.
+                // All in the registry's slot: one pipeline of PTTL per chunk.
                 for chunk in incs.chunks(MAX_PIPELINE) {
-                    let keys: Vec<String> = chunk.iter().map(|i| self.keys.lease(i)).collect();
-                    let v: Value = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
-                    let found = items(v)?;
+                    let cmds: Vec<Cmd> = chunk
+                        .iter()
+                        .map(|i| redis::cmd("PTTL").arg(self.keys.lease(i)).clone())
+                        .collect();
+                    let found = each(pipeline(&mut c, &cmds).await?)?;
                     if found.len() != chunk.len() {
-                        return Err(bad("lease: MGET answered a different count").into());
+                        return Err(bad("lease: PTTL answered a different count").into());
                     }
                     for (i, v) in chunk.iter().zip(found) {
-                        // The caller's lease was set just before.
-                        if i == inc || v != Value::Nil {
-                            leases.live.push(i.clone());
-                        } else {
-                            leases.dead.push(i.clone());
+                        // -2: no lease; -1: one without expiry (not ours, but
+                        // alive); else what is left of it, in ms.
+                        match int(&v)? {
+                            -2 => leases.dead.push(i.clone()),
+                            -1 => leases.live.push(i.clone()),
+                            ms => {
+                                let left = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                                leases.left.insert(i.clone(), left);
+                                leases.live.push(i.clone());
+                            }
                         }
                     }
                 }
