@@ -218,7 +218,7 @@ macro_rules! conformance {
 
 conformance!(
     write_answers_previous_and_all,
-    records_are_stored_as_given,
+    records_never_go_back,
     retention_expires_only_when_nothing_holds,
     replace_is_compare_and_set,
     memberships_and_members,
@@ -521,9 +521,10 @@ async fn write_answers_previous_and_all(env: Env) {
     assert!(b.read(&[]).await.expect("empty").is_empty());
 }
 
-async fn records_are_stored_as_given(env: Env) {
-    // The backend does not order records (the rule does): a record sent
-    // again or an older one is stored, and `previous` says what was there.
+async fn records_never_go_back(env: Env) {
+    // A record sent again or an older one leaves the stored one (a dead
+    // incarnation's late write cannot undo its cleaning), and `previous`
+    // and `all` say what is there.
     let b = env.node();
     let ana = user("ana");
     let (s5, s3) = (holding(5, &["r"]), holding(3, &[]));
@@ -540,10 +541,11 @@ async fn records_are_stored_as_given(env: Env) {
         .write("a.1", vec![(ana.clone(), s3.clone())], RETENTION)
         .await
         .expect("older");
-    assert_eq!(w[0].previous, Some(s5));
+    assert_eq!(w[0].previous, Some(s5.clone()));
+    assert_eq!(w[0].all, recs(&[("a.1", &s5)]));
     assert_eq!(
         b.read(&[ana]).await.expect("read")[0],
-        recs(&[("a.1", &s3)])
+        recs(&[("a.1", &s5)])
     );
 }
 
@@ -649,6 +651,30 @@ async fn replace_is_compare_and_set(env: Env) {
     assert!(
         b.read(&[bob]).await.expect("read")[0].is_empty(),
         "replace creates nothing"
+    );
+
+    // The dead incarnation's late write (its old sequence, or any not past
+    // the cleaner's) leaves the cleaned record: records never go back.
+    for late in [theirs.clone(), holding(10, &["r"])] {
+        let w = b
+            .write("dead.1", vec![(ana.clone(), late)], RETENTION)
+            .await
+            .expect("write");
+        assert_eq!(w[0].previous, Some(expired.clone()));
+        assert_eq!(
+            sorted(w[0].all.clone()),
+            recs(&[("dead.1", &expired), ("live.1", &mine)]),
+            "fenced"
+        );
+    }
+    let newer = holding(12, &[]);
+    let w = b
+        .write("dead.1", vec![(ana.clone(), newer.clone())], RETENTION)
+        .await
+        .expect("write");
+    assert_eq!(
+        sorted(w[0].all.clone()),
+        recs(&[("dead.1", &newer), ("live.1", &mine)])
     );
 
     // Replacing the last holding record lets the key expire.

@@ -326,6 +326,40 @@ impl Node {
 /// What observers saw: (kind, user) of every diff, per observer.
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
+/// Reads a node's host event feed (`GET /v1/events`, SSE over HTTP/1.0)
+/// from now on, noting (kind, user) of each event.
+async fn host_feed(node: &Node) -> Seen {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
+    let req = format!(
+        "GET /v1/events HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {SERVICE_KEY}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut lines = BufReader::new(tcp).lines();
+    // Past the headers, so the feed is open when this returns.
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.is_empty() {
+            break;
+        }
+    }
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let mut kind = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(k) = line.strip_prefix("event: ") {
+                kind = k.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(d)
+            {
+                let user = diff_user(&v).to_owned();
+                out.lock().expect("lock").push((kind.clone(), user));
+            }
+        }
+    });
+    seen
+}
+
 /// Keeps a user's socket read (so its queue never overflows); notes a close.
 fn hold(mut c: Client, closed: Arc<Mutex<Vec<String>>>) {
     tokio::spawn(async move {
@@ -367,6 +401,8 @@ struct World {
     nodes: Vec<Node>,
     users: BTreeSet<String>,
     seen: Vec<Seen>,
+    /// Each node's host event feed.
+    host: Vec<Seen>,
     closed: Arc<Mutex<Vec<String>>>,
 }
 
@@ -395,15 +431,19 @@ impl World {
                 users.insert(user);
             }
         }
-        let w = World {
+        let mut w = World {
             nodes,
             users,
             seen,
+            host: Vec::new(),
             closed,
         };
         w.converged(Duration::from_secs(10)).await;
         for s in &w.seen {
             s.lock().expect("lock").clear();
+        }
+        for node in &w.nodes {
+            w.host.push(host_feed(node).await);
         }
         w
     }
@@ -492,6 +532,31 @@ impl World {
             .sum()
     }
 
+    /// Every connected/disconnected host event about `user`, across all
+    /// the nodes' feeds (a backend reading them all sees each change once).
+    fn host_events(&self, user: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in &self.host {
+            for (k, u) in h.lock().expect("lock").iter() {
+                if u == user && matches!(k.as_str(), "user_connected" | "user_disconnected") {
+                    out.push(k.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// No host event about anyone: nothing changed for the cluster.
+    fn no_host_events(&self) {
+        let any: Vec<(String, Vec<String>)> = self
+            .users
+            .iter()
+            .map(|u| (u.clone(), self.host_events(u)))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        assert!(any.is_empty(), "host events where nothing changed: {any:?}");
+    }
+
     fn no_socket_closed(&self) {
         let closed = self.closed.lock().expect("lock");
         assert!(closed.is_empty(), "sockets closed: {closed:?}");
@@ -530,9 +595,9 @@ async fn killed_masters_never_wedge_a_node_nor_flap_a_user() {
              every view right {views:?} after that ({:?} in all)",
             killed.elapsed()
         );
-        // Users' changes still cross the nodes.
         assert_eq!(w.flaps(), 0, "no user flapped: {}", w.flap_report());
     }
+    w.no_host_events();
     w.no_socket_closed();
 }
 
@@ -558,6 +623,7 @@ async fn a_lease_master_stalled_past_the_lease_declares_nobody_dead() {
         resumed.elapsed()
     );
     assert_eq!(w.flaps(), 0, "no user flapped: {}", w.flap_report());
+    w.no_host_events();
     w.no_socket_closed();
 }
 
@@ -613,6 +679,7 @@ async fn every_node_cut_from_the_lease_shard_declares_nobody_dead() {
         healed.elapsed()
     );
     assert_eq!(w.flaps(), 0, "no user flapped: {}", w.flap_report());
+    w.no_host_events();
     w.no_socket_closed();
 }
 
@@ -629,6 +696,19 @@ async fn a_node_cut_from_the_lease_shard_past_its_lease_shows_its_users_again() 
     // tell a cut node from a dead one).
     let gone = w.flaps();
     assert!(gone > 0, "the others saw node A's users go");
+    // A says so to a load balancer; the others are ready.
+    let (status, body) = http(w.nodes[0].addr, "GET", "/readyz", "", None).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("cut_off_from_backend"))
+    );
+    let (status, _) = http(w.nodes[1].addr, "GET", "/readyz", "", None).await;
+    assert_eq!(status, 200);
+    let (_, metrics) = http_text(w.nodes[0].addr, "/metrics").await;
+    assert!(
+        !metrics.contains("presence_redis_down_seconds 0"),
+        "{metrics}"
+    );
     acl(shard, "na", true);
     let healed = Instant::now();
     let back = w.all_redis_up(RECOVERY).await;
@@ -639,11 +719,26 @@ async fn a_node_cut_from_the_lease_shard_past_its_lease_shows_its_users_again() 
         healed.elapsed()
     );
     w.no_socket_closed();
+    let (status, _) = http(w.nodes[0].addr, "GET", "/readyz", "", None).await;
+    assert_eq!(status, 200, "ready again");
     let (_, metrics) = http_text(w.nodes[0].addr, "/metrics").await;
     assert!(
         metrics.contains("presence_reincarnations_total 1"),
         "node A went on as a new incarnation once"
     );
+    // For the host: each of A's users left once (announced by the cleaner)
+    // and came back once (by A), across the nodes' feeds, whose order
+    // between them is not defined; nobody else changed.
+    for user in &w.users {
+        let want: &[&str] = if user.starts_with("u0-") || user == "obs0" {
+            &["user_connected", "user_disconnected"]
+        } else {
+            &[]
+        };
+        let mut got = w.host_events(user);
+        got.sort();
+        assert_eq!(got, want, "host events about {user}");
+    }
     // Each of A's users left once and came back once, for every observer.
     for s in &w.seen {
         let seen = s.lock().expect("lock");

@@ -217,6 +217,17 @@ impl Backend for MemoryBackend {
             for (user, stored) in writes {
                 let holds = stored.record.holds();
                 let key = w.user(&user, now);
+                // As write.lua: a record never goes back in sequence.
+                if let Some(old) = key.records.get(inc).filter(|o| o.seq >= stored.seq) {
+                    let previous = Some(old.clone());
+                    let all = key.all();
+                    out.push(Written {
+                        user,
+                        previous,
+                        all,
+                    });
+                    continue;
+                }
                 let previous = key.records.insert(inc.to_owned(), stored);
                 key.retain(now, retention);
                 let all = key.all();

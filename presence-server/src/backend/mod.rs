@@ -130,7 +130,10 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// implementation and may fail; the caller retries.
 pub trait Backend: Send + Sync + 'static {
     /// Writes `inc`'s records (atomically per user, in order) and notes the
-    /// users in `inc`'s index for cleaning after its death. A record that no
+    /// users in `inc`'s index for cleaning after its death. A record whose
+    /// sequence is not greater than the stored one of `inc` is not written
+    /// (its answer shows the store unchanged): records never go back, so a
+    /// dead incarnation's late writes cannot undo its cleaning. A record that no
     /// longer [`holds`](NodeRecord::holds) the user is kept (it carries the
     /// status and last-seen time) but lets the user's key expire after
     /// `retention` once no record holds the user.

@@ -703,7 +703,17 @@ impl Replica {
             if let Some(p) = &w.previous {
                 before.apply(&self.me, p.seq, p.record.clone());
             }
-            let (v0, v1) = (self.view_of(&before), self.view_of(&after));
+            // Before, as the others showed it: this node's retired
+            // incarnations counted until the new one's record superseded
+            // them (a lapse nobody cleaned announces nothing).
+            let v0 = before.view(|inc| {
+                if self.retired.contains(inc) {
+                    Liveness::Live
+                } else {
+                    self.liveness(inc)
+                }
+            });
+            let v1 = self.view_of(&after);
             if v0 == v1 && !self.unpublished.contains(&w.user) {
                 continue;
             }
