@@ -27,9 +27,13 @@
 //!
 //! Outage: while the backend is unreachable the node keeps serving: its
 //! own changes are merged with the last known records of the others and
-//! shown at once; liveness is frozen (nobody is declared dead on a guess).
-//! When the link returns it writes all its records again, resubscribes and
-//! re-reads everything it follows, and announces only the differences.
+//! shown at once. Nobody is declared dead on a guess: an absent lease counts
+//! only if its incarnation was seen renewing while the store answered this
+//! node ([`Judge`]). A node whose own lease lapsed never renews it: it goes
+//! on as a new incarnation ([`reincarnate`]), whose records supersede the
+//! old one's in the merge rule. When the link returns it writes all its
+//! records again, resubscribes and re-reads everything it follows, and
+//! announces only the differences.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};

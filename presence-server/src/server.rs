@@ -151,6 +151,7 @@ impl Builder {
                     backend,
                     config,
                     wake: Arc::new(Notify::new()),
+                    ready: tokio::sync::watch::channel(false).0,
                 })
             }
             (None, None) => Kept::InMemory,

@@ -28,6 +28,9 @@ use crate::hub::{Close, Hub, PolicyTimeout, Registered, encoded};
 
 /// How long a closing socket gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A resume on a node that is still taking back its predecessor's saved
+/// connections (a graceful restart) waits at most this long for them.
+const RESUME_WAIT: Duration = Duration::from_secs(3);
 
 /// What a closing socket may still send us, read and discarded, so that its
 /// unread input does not make the kernel answer our close with a reset.
@@ -510,6 +513,11 @@ where
                 return;
             }
         };
+        // A node that just restarted may not have its predecessor's
+        // connections back yet: a resume waits for them (bounded).
+        if resume.is_some() {
+            Box::pin(hub.cluster_settled(RESUME_WAIT)).await;
+        }
         let Registered {
             conn,
             generation,

@@ -167,6 +167,7 @@ on_every_backend!(
     users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once,
     a_restarted_node_does_not_resurrect_its_previous_connections,
     a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
+    every_client_resumes_at_once_after_a_graceful_restart,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     data_crosses_nodes_and_the_latest_setting_wins,
@@ -459,6 +460,32 @@ async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: F
     all_up(&[&a3]).await;
     bob.diff("user_disconnected", "carol").await;
     drop((back, carol, a3));
+}
+
+/// Clients that reconnect the moment the restarted node listens, before it
+/// has taken back its predecessor's connections, are resumed all the same.
+async fn every_client_resumes_at_once_after_a_graceful_restart(f: Fabric) {
+    let mut config = calm_config();
+    config.timing.offline_grace = Duration::from_secs(3);
+    let a = node_with(&f, "a", config.clone()).await;
+    all_up(&[&a]).await;
+    let mut tokens = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let name = format!("u{i}");
+        let c = a.client(&name).await;
+        tokens.push((name, c.resume_token()));
+        clients.push(c);
+    }
+    a.stop().await;
+    for c in &mut clients {
+        assert_eq!(c.close_code().await, 1001);
+    }
+    let a2 = node_with(&f, "a", config).await;
+    for (name, token) in &tokens {
+        let back = Client::connect(&a2.url(name), name, Some(token)).await;
+        assert_eq!(back.welcome["resumed"], true, "{name} resumed");
+    }
 }
 
 /// A TCP proxy to Redis that can cut every connection and refuse new ones.

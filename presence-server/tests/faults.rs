@@ -27,8 +27,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The nodes' lease: short, so a stall of a few seconds outlasts it.
 const LEASE: Duration = Duration::from_millis(1_000);
-/// Users per node.
-const USERS: usize = 20;
+/// Users per node (`FAULTS_USERS` overrides, e.g. 100 for 300 users).
+fn users_per_node() -> usize {
+    std::env::var("FAULTS_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// The node binary: this build's, or `PRESENCE_SERVER_BIN` (to run these
+/// faults against another build, e.g. an earlier commit's).
+fn server_bin() -> String {
+    std::env::var("PRESENCE_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_presence-server").to_owned())
+}
 /// Redis's own failure detection (`cluster-node-timeout`): a replica is
 /// promoted about 1–3 s after its master stops answering.
 const NODE_TIMEOUT_MS: u64 = 1_000;
@@ -269,7 +281,7 @@ impl Node {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::env::temp_dir().join(format!("presence-faults-{id}-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        let child = Command::new(server_bin())
             .args(["--dev-auth", "--node-id", id])
             .args([
                 "--log",
@@ -395,7 +407,7 @@ async fn observe(node: &Node, name: &str, room: &str) -> Seen {
     seen
 }
 
-/// Three nodes, `USERS` users on each and an observer per node, all in
+/// Three nodes, [`users_per_node`] users on each and an observer per node, all in
 /// room `r`, every view settled.
 struct World {
     nodes: Vec<Node>,
@@ -423,7 +435,7 @@ impl World {
             let obs = format!("obs{n}");
             seen.push(observe(node, &obs, "r").await);
             users.insert(obs);
-            for i in 0..USERS {
+            for i in 0..users_per_node() {
                 let user = format!("u{n}-{i:02}");
                 let mut c = Client::connect(&node.url(&user), &user, None).await;
                 c.join("r").await;

@@ -21,6 +21,9 @@ pub(crate) struct Link {
     pub config: ClusterConfig,
     /// Wakes the round task: something is pending.
     pub wake: Arc<Notify>,
+    /// Turns true once the node registered and took back what its previous
+    /// incarnation saved (a graceful restart's connections).
+    pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// The lease TTL of a clustered hub.
@@ -334,8 +337,21 @@ impl Hub {
         }
     }
 
+    /// Waits (at most `bound`) until the node has taken back what its
+    /// previous incarnation saved, so a client resuming right after a
+    /// graceful restart finds its connection. At once without a cluster.
+    pub(crate) async fn cluster_settled(&self, bound: std::time::Duration) {
+        let Some(mut ready) = self.cluster.as_ref().map(|l| l.ready.subscribe()) else {
+            return;
+        };
+        let _ = tokio::time::timeout(bound, ready.wait_for(|r| *r)).await;
+    }
+
     /// The node registered and settled its previous incarnation.
     pub(crate) fn cluster_ready(&self) {
+        if let Some(l) = &self.cluster {
+            l.ready.send_replace(true);
+        }
         let mut st = self.lock();
         if let Some(c) = st.cluster.as_mut() {
             c.link.ready = true;

@@ -861,3 +861,68 @@ pub(crate) fn address(
         out.entry(topic).or_default().u.push(update.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use presence_core::{Activity, ResumeToken, TimingPolicy};
+
+    use super::*;
+
+    fn ana() -> UserId {
+        UserId::new("ana").expect("a user id")
+    }
+
+    /// Ana connected to a node whose record of her was written.
+    fn written_online() -> (Machine, Replica, Millis) {
+        let mut m = Machine::new(TimingPolicy::default());
+        let mut r = Replica::new("a.1".into(), Millis(0));
+        let t = Millis(1_000);
+        let token = ResumeToken::new("tok1").expect("a token");
+        m.connect(t, ana(), ConnId(1), token, None, Activity::Active)
+            .expect("connects");
+        r.touch(&m, &ana(), t);
+        let take = r.take(t, |_| false);
+        assert_eq!(take.writes.len(), 1);
+        r.took(&take);
+        (m, r, t)
+    }
+
+    #[test]
+    fn a_release_whose_write_failed_survives_the_sweep() {
+        let (mut m, mut r, t) = written_online();
+        // Ana leaves while the backend is unreachable...
+        m.leaving(t, ConnId(1));
+        let later = t
+            .after(m.policy().leave_grace)
+            .after(Duration::from_millis(1));
+        m.tick(later);
+        r.touch(&m, &ana(), later);
+        // ...the write of her release fails while the sweep is due...
+        let due = later.after(SWEEP);
+        let take = r.take(due, |_| false);
+        assert!(!take.writes[0].1.record.holds());
+        r.failed(take);
+        // ...and it is still owed at the next round, and the next sweep.
+        let take = r.take(due.after(SWEEP), |_| false);
+        assert_eq!(take.writes.len(), 1, "the release is still owed");
+        assert!(!take.writes[0].1.record.holds());
+    }
+
+    #[test]
+    fn a_new_incarnation_owes_every_own_record_under_a_greater_sequence() {
+        let (_, mut r, t) = written_online();
+        let before = r.users[&ana()].records.get("a.1").map(|(s, _)| s);
+        let old = r.reincarnate("a.2".into(), t);
+        assert_eq!(old, "a.1");
+        let take = r.take(t, |_| false);
+        assert_eq!(take.writes.len(), 1);
+        let (user, stored) = &take.writes[0];
+        assert_eq!(user, &ana());
+        assert!(Some(stored.seq) > before && stored.record.holds());
+        assert!(!r.idle(), "a round with writes is under way");
+        // The old incarnation is dead here whatever a lease round says.
+        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], t, |_| true, t);
+        assert!(events.is_empty());
+        assert_eq!(r.liveness("a.1"), Liveness::Gone(t));
+    }
+}
