@@ -48,10 +48,13 @@ use crate::backend::{BackendError, CALL_TIMEOUT};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A lost link is probed this often until it answers.
 pub(super) const PROBE_EVERY: Duration = Duration::from_millis(200);
-/// A link whose probe keeps failing this long is rebuilt (and again each
-/// time this long passes): a failover promotes a replica in 1–5 s, so a
-/// rebuild after it finds the new master.
+/// A link whose calls keep failing this long is rebuilt (and again each time
+/// this long passes): a failover promotes a replica in 1–5 s, so a rebuild
+/// after it finds the new master.
 pub(super) const REBUILD_AFTER: Duration = Duration::from_secs(2);
+/// Failures this far apart belong to one streak: more than a lease period
+/// (1.7 s by default) plus a call that times out (2 s).
+pub(super) const QUIET: Duration = Duration::from_secs(5);
 /// A pipeline carries at most this many commands; larger batches go out as
 /// several pipelines, one after the other.
 pub(super) const MAX_PIPELINE: usize = 256;
@@ -129,6 +132,8 @@ pub(super) struct Link {
     inbox: Inbox,
     /// A probe task is running.
     probing: AtomicBool,
+    /// The current streak of failed calls (see the module docs).
+    streak: std::sync::Mutex<Streak>,
     /// Pushes on channels that are not ours (logged on the first and every
     /// 1000th).
     ignored: AtomicU64,
@@ -151,6 +156,7 @@ impl Link {
             keys,
             inbox,
             probing: AtomicBool::new(false),
+            streak: std::sync::Mutex::new(Streak::default()),
             ignored: AtomicU64::new(0),
             me: me.clone(),
         });
@@ -217,11 +223,13 @@ impl Link {
             Ok(Err(Failure::Redis(e))) => {
                 if !matches!(e.kind(), ErrorKind::Server(_)) {
                     self.lost();
+                    self.failed();
                 }
                 Err(BackendError::Engine(e.to_string()))
             }
             Err(_) => {
                 self.lost();
+                self.failed();
                 Err(BackendError::Timeout)
             }
         }
@@ -238,7 +246,6 @@ impl Link {
         };
         let this = self.me.get().cloned().unwrap_or_default();
         runtime.spawn(async move {
-            let mut failing_since = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let Some(link) = this.upgrade() else {
@@ -250,23 +257,44 @@ impl Link {
                     link.inbox.reset();
                     return;
                 }
-                if failing_since.elapsed() >= REBUILD_AFTER {
-                    tracing::warn!(
-                        after = ?REBUILD_AFTER,
-                        "backend: link to Redis still down; making a new connection"
-                    );
-                    link.rebuild().await;
-                    // The subscriptions went with the old connection: the
-                    // node makes them again now on the shards that answer
-                    // (and once more when all do).
-                    link.inbox.reset();
-                    failing_since = tokio::time::Instant::now();
-                }
             }
         });
     }
 
-    /// Whether every node answers (on a cluster, `PING` goes to all masters).
+    /// A call failed with the link: rebuild it if failures keep coming.
+    fn failed(&self) {
+        let now = tokio::time::Instant::now();
+        let rebuild = self
+            .streak
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(now);
+        if !rebuild {
+            return;
+        }
+        let (Ok(runtime), Some(this)) = (tokio::runtime::Handle::try_current(), self.me.get())
+        else {
+            return;
+        };
+        let this = this.clone();
+        runtime.spawn(async move {
+            let Some(link) = this.upgrade() else {
+                return;
+            };
+            tracing::warn!(
+                after = ?REBUILD_AFTER,
+                "backend: calls to Redis keep failing; making a new connection"
+            );
+            link.rebuild().await;
+            // The subscriptions went with the old connection: the node makes
+            // them again now on the shards that answer (and once more when
+            // the probe finds all of them answering).
+            link.inbox.reset();
+        });
+    }
+
+    /// Whether Redis answers a `PING` (on a cluster, one node's answer does:
+    /// whether every shard is back shows in the calls, see `failed`).
     async fn ping(&self) -> bool {
         let ping = async {
             let mut conn = self.conn().await?;
@@ -304,6 +332,35 @@ impl Link {
     }
 }
 
+/// Calls failing one after the other: since when, the last one, and the
+/// last rebuild.
+#[derive(Default)]
+struct Streak {
+    since: Option<tokio::time::Instant>,
+    last: Option<tokio::time::Instant>,
+    rebuilt: Option<tokio::time::Instant>,
+}
+
+impl Streak {
+    /// A call failed now; returns whether to rebuild the connection.
+    fn failed(&mut self, now: tokio::time::Instant) -> bool {
+        if self.last.is_none_or(|l| now.duration_since(l) > QUIET) {
+            self.since = Some(now);
+        }
+        self.last = Some(now);
+        let long = self
+            .since
+            .is_some_and(|s| now.duration_since(s) >= REBUILD_AFTER);
+        let due = self
+            .rebuilt
+            .is_none_or(|r| now.duration_since(r) >= REBUILD_AFTER);
+        if long && due {
+            self.rebuilt = Some(now);
+        }
+        long && due
+    }
+}
+
 /// Hands pushes to the link without keeping it alive.
 pub(super) struct PushHandler(Me);
 
@@ -319,5 +376,29 @@ impl PushHandler {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_that_keep_coming_rebuild_at_most_every_two_seconds() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Streak::default();
+        // One failure every 400 ms: a rebuild once they have lasted 2 s...
+        let rebuilt: Vec<u64> = (0..=15)
+            .map(|i| i * 400)
+            .filter(|&ms| s.failed(at(ms)))
+            .collect();
+        assert_eq!(rebuilt, [2_000, 4_000, 6_000]);
+        // ...and a new streak after a quiet spell starts from nothing.
+        assert!(!s.failed(at(6_000 + 5_001)));
+        assert!(!s.failed(at(6_000 + 6_000)));
+        // Failures further apart than QUIET never add up.
+        let mut s = Streak::default();
+        assert!((0..5).all(|i| !s.failed(at(i * 5_100))));
     }
 }
