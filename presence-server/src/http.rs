@@ -1,4 +1,4 @@
-//! The JSON API, `/healthz` and `/metrics`.
+//! The JSON API, `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Protected like the socket: `Authorization: Bearer <user token>` sees what
 //! that user could see over a socket (themselves, people sharing a room with

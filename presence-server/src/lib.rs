@@ -13,7 +13,7 @@
 //                durable, replica (what the node follows of the cluster), cluster (routing it)
 //   node.rs      who a node is in a cluster: id, lease, incarnation
 //   data_dir.rs  single node: user state (and, across a restart, connections) on disk
-//   http.rs      JSON API, /healthz, /metrics
+//   http.rs      JSON API, /healthz, /readyz, /metrics
 //   feed.rs      numbered host events in a replay window, served as SSE
 //   webhook.rs   host events POSTed to endpoints: batched, signed, retried, bounded
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
