@@ -558,6 +558,7 @@ where
             restore: Restore::new(),
         };
         let mut close = close;
+        let mut peer_closed = false;
         let killed = loop {
             let frame = tokio::select! {
                 biased;
@@ -565,7 +566,11 @@ where
                 f = stream.next() => f,
             };
             match frame {
-                None | Some(Ok(Message::Close(_))) => break false,
+                None => break false,
+                Some(Ok(Message::Close(_))) => {
+                    peer_closed = true;
+                    break false;
+                }
                 Some(Err(e)) => {
                     if let Some((code, close)) = read_failure(e) {
                         hub.metrics.reject(code);
@@ -586,6 +591,11 @@ where
             Box::pin(drain(&mut stream)).await;
         } else {
             hub.socket_gone(conn, generation);
+        }
+        if peer_closed {
+            // tungstenite sends its answer to the peer's close frame on the
+            // next read: without it a browser sees 1006, not a clean close.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, stream.next())).await;
         }
         // The writer ends by itself: with the queue's end, or after the close frame.
         let _ = Box::pin(tokio::time::timeout(

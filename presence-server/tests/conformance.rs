@@ -76,6 +76,28 @@ fn item_config() -> presence_server::ServerConfig {
 }
 
 #[tokio::test]
+async fn a_close_from_the_client_is_answered_with_a_close_frame() {
+    let srv = TestServer::start(item_config()).await;
+    let mut ana = srv.client("ana").await;
+    ana.ws
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("close sent");
+    // The handshake completes: the server's close frame comes back (a
+    // browser would otherwise report 1006).
+    let answer = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ana.ws))
+        .await
+        .expect("an answer in time");
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(_)))),
+        "the server answered the close: {answer:?}"
+    );
+}
+
+#[tokio::test]
 async fn leaving_closes_the_socket_with_1000_and_the_user_goes_after_the_leave_grace() {
     let srv = TestServer::start(item_config()).await;
     let mut bob = srv.client("bob").await;
