@@ -307,6 +307,10 @@ async fn lease(hub: Weak<Hub>) {
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(true);
                 }
+                if leases.lapsed && hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
+                    // Nothing to come back for: a draining node's lease ends.
+                    return;
+                }
                 if leases.lapsed {
                     match reincarnate(&hub, &*backend, &config, &me).await {
                         Ok(new) => {

@@ -909,6 +909,32 @@ mod tests {
     }
 
     #[test]
+    fn after_a_lapse_the_host_hears_of_a_return_only_if_the_user_was_cleaned() {
+        let (_, mut r, t) = written_online();
+        let (seq, old) = r.users[&ana()]
+            .records
+            .get("a.1")
+            .map(|(s, rec)| (s, rec.clone()))
+            .expect("own record");
+        r.reincarnate("a.2".into(), t);
+        let take = r.take(t, |_| false);
+        let new = take.writes[0].1.clone();
+        let stored = |rec: NodeRecord, seq| Stored { seq, record: rec };
+        let written = |before: Stored| Written {
+            user: ana(),
+            previous: None,
+            all: vec![("a.1".into(), before), ("a.2".into(), new.clone())],
+        };
+        // Nobody cleaned a.1: the others still showed ana through it.
+        let (_, host, _) = r.written(vec![written(stored(old.clone(), seq))], t);
+        assert!(host.is_empty(), "{host:?}");
+        // A cleaner expired a.1 first: the others showed her offline.
+        let (_, host, _) = r.written(vec![written(stored(old.expired(t), seq + 1))], t);
+        let kinds: Vec<&str> = host.iter().map(|e| e.diff.name()).collect();
+        assert_eq!(kinds, ["user_connected"]);
+    }
+
+    #[test]
     fn a_new_incarnation_owes_every_own_record_under_a_greater_sequence() {
         let (_, mut r, t) = written_online();
         let before = r.users[&ana()].records.get("a.1").map(|(s, _)| s);
