@@ -551,13 +551,14 @@ impl World {
             .sum()
     }
 
-    /// Every connected/disconnected host event about `user`, across all
-    /// the nodes' feeds (a backend reading them all sees each change once).
+    /// Every host event about `user` (any kind: a status repeated after a
+    /// lapse would show too), across all the nodes' feeds (a backend reading
+    /// them all sees each change once).
     fn host_events(&self, user: &str) -> Vec<String> {
         let mut out = Vec::new();
         for h in &self.host {
             for (k, u) in h.lock().expect("lock").iter() {
-                if u == user && matches!(k.as_str(), "user_connected" | "user_disconnected") {
+                if u == user {
                     out.push(k.clone());
                 }
             }
