@@ -892,8 +892,13 @@ async fn host_events_are_announced_once_across_the_nodes(f: Fabric) {
         ["user_connected", "user_idle"],
         "one tab idle, then both"
     );
+    // The locked tab leaves: hidden is the more present reason, so nothing
+    // changes. Waited out, so the other tab's leaving comes after it (in the
+    // other order the reason would change on the way: a user_idle).
     tab_a.send(json!({"type": "leaving"})).await;
     tab_a.close().await;
+    let seen = host_kinds(&mut streams, "bob", 0).await;
+    assert!(seen.is_empty(), "{seen:?}");
     tab_b.send(json!({"type": "leaving"})).await;
     tab_b.close().await;
     let seen = host_kinds(&mut streams, "bob", 1).await;
