@@ -303,21 +303,18 @@ async fn lease(hub: Weak<Hub>) {
             return;
         };
         match backend.lease(&me, config.lease_ttl, true).await {
-            Ok(mut leases) => {
+            Ok(leases) => {
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(true);
                 }
-                if leases.lapsed && hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
-                    // Nothing to come back for: a draining node's lease ends.
-                    return;
-                }
                 if leases.lapsed {
+                    if hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
+                        // Nothing to come back for: a draining node's lease ends.
+                        return;
+                    }
                     match reincarnate(&hub, &*backend, &config, &me).await {
-                        Ok(new) => {
-                            leases.live.retain(|i| *i != me);
-                            leases.live.push(new.clone());
-                            retire.push(std::mem::replace(&mut me, new));
-                        }
+                        // The new one is live from the next round on.
+                        Ok(new) => retire.push(std::mem::replace(&mut me, new)),
                         Err(e) => {
                             tracing::warn!(error = %e, "could not take a new incarnation; retrying");
                             tokio::time::sleep(MIN_BACKOFF).await;
@@ -417,8 +414,8 @@ impl Judge {
     fn answered(&mut self, at: Millis, leases: &Leases) {
         let since = *self.since.get_or_insert(at);
         for (inc, left) in &leases.left {
-            let renewed = Millis(at.0.saturating_sub(millis(self.ttl.saturating_sub(*left))));
-            if renewed >= since {
+            // Renewed `ttl - left` before `at`: no earlier than `since`?
+            if self.ttl.saturating_sub(*left) <= at.since(since) {
                 self.seen.insert(inc.clone());
             }
         }
@@ -427,10 +424,6 @@ impl Judge {
     fn may(&self, inc: &str, at: Millis) -> bool {
         self.seen.contains(inc) || self.since.is_some_and(|s| at.since(s) >= self.after)
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// This incarnation's lease lapsed, so others may clean its records: go on

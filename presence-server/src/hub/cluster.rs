@@ -26,12 +26,6 @@ pub(crate) struct Link {
     pub ready: tokio::sync::watch::Sender<bool>,
 }
 
-/// The lease TTL of a clustered hub.
-fn c_ttl(link: &Option<Link>) -> std::time::Duration {
-    link.as_ref()
-        .map_or(std::time::Duration::MAX, |l| l.config.lease_ttl)
-}
-
 impl Hub {
     /// Wakes the cluster task: something is pending for it.
     pub(super) fn cluster_wake(&self) {
@@ -372,16 +366,13 @@ impl Hub {
     }
 
     /// The lease had lapsed: go on as the incarnation `new` (registered
-    /// already); returns the old one.
-    pub(crate) fn cluster_reincarnate(&self, new: Incarnation) -> Option<Incarnation> {
+    /// already).
+    pub(crate) fn cluster_reincarnate(&self, new: Incarnation) {
         let now = self.clock.now();
-        let old = self
-            .lock()
-            .cluster
-            .as_mut()
-            .map(|c| c.reincarnate(new, now));
+        if let Some(c) = self.lock().cluster.as_mut() {
+            c.reincarnate(new, now);
+        }
         self.cluster_wake();
-        old
     }
 
     /// `inc`, an earlier incarnation of this node, is dead: its records
@@ -401,15 +392,18 @@ impl Hub {
     /// 503 for a load balancer to move its clients. Logs an error once per
     /// outage.
     pub(crate) fn cluster_cut_off(&self) -> bool {
-        let down = self.cluster_down_for();
-        self.metrics
-            .redis_down_seconds
-            .set(down.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
-        let mut st = self.lock();
+        let (Some(link), mut st) = (self.cluster.as_ref(), self.lock()) else {
+            return false;
+        };
         let Some(c) = st.cluster.as_mut() else {
             return false;
         };
-        let cut = down.is_some_and(|d| d >= c_ttl(&self.cluster));
+        let now = self.clock.now();
+        let down = c.link.down_since.map(|since| now.since(since));
+        self.metrics
+            .redis_down_seconds
+            .set(down.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+        let cut = down.is_some_and(|d| d >= link.config.lease_ttl);
         if cut && !c.link.cut_off {
             c.link.cut_off = true;
             tracing::error!(
@@ -419,13 +413,6 @@ impl Hub {
             );
         }
         cut
-    }
-
-    /// How long the backend has been unreachable (`None` while it answers,
-    /// or without one).
-    pub(crate) fn cluster_down_for(&self) -> Option<std::time::Duration> {
-        let since = self.lock().cluster.as_ref()?.link.down_since?;
-        Some(self.clock.now().since(since))
     }
 
     /// Cluster-level presence of `users` from fetched records; with a

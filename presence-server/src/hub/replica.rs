@@ -641,10 +641,8 @@ impl Replica {
     /// The write went through: remember what the backend holds now.
     pub fn took(&mut self, t: &Take) {
         self.writing = false;
-        for (user, _) in &t.writes {
-            self.unpublished.remove(user);
-        }
         for (user, s) in &t.writes {
+            self.unpublished.remove(user);
             if s.record.holds() {
                 self.written.insert(user.clone(), s.record.clone());
             } else {
@@ -739,9 +737,8 @@ impl Replica {
         }
     }
 
-    /// Only own records, the first half of [`resync`](Self::resync): after
-    /// the lease lapsed, the subscriptions still stand.
-    pub fn rewrite_own(&mut self) {
+    /// Own records owed again, the first half of [`resync`](Self::resync).
+    fn rewrite_own(&mut self) {
         let me = &self.me;
         let mine = self
             .users

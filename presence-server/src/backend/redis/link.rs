@@ -7,19 +7,23 @@
 //! subscriptions; its pushes arrive in [`Link::on_push`]. A link counts as
 //! lost when redis-rs reports a `Disconnection` push or a call fails for a
 //! reason other than a server's error reply (I/O, refused, timed out, no
-//! connection for a slot). Then a probe pings every [`PROBE_EVERY`] (on a
-//! cluster `PING` goes to every master) and, once all answer, queues one
-//! Reset: the node subscribes again and re-reads what it follows. Server-side
+//! connection for a slot). Then a probe pings every [`PROBE_EVERY`] and, once
+//! Redis answers, queues one Reset: the node subscribes again and re-reads
+//! what it follows. Server-side
 //! subscriptions of a dropped connection are gone, so nothing is missed
 //! silently; a Reset too many only costs a resync.
 //!
 //! Rebuild: redis-rs repairs its own connections, but after a Cluster
 //! failover under load its recovery can stall for good (seen: nodes whose
-//! last log line was "beginning slot refresh", never back). So a link whose
-//! probe has failed for [`REBUILD_AFTER`] drops its connection; the next call
-//! makes a new one from the seeds, which learns the slots afresh, and a
-//! Reset has the node subscribe again through it. A stalled
-//! old connection keeps at most its own sockets until redis-rs lets it go.
+//! last log line was "beginning slot refresh", never back), and a master
+//! that hangs without closing its sockets is never replaced by its promoted
+//! replica. The probe cannot tell (a cluster `PING` is answered by any one
+//! node). So the link counts its calls' failures: once they have kept coming
+//! for [`REBUILD_AFTER`] (a streak ends after [`QUIET`] without one), it drops
+//! its connection, at most once per [`REBUILD_AFTER`]; the next call makes a
+//! new one from the seeds, which learns the slots afresh, and a Reset has
+//! the node subscribe again through it. A stalled old connection keeps at
+//! most its own sockets until redis-rs lets it go.
 //!
 //! Resubscription: the single-Redis connection does not resubscribe by
 //! itself (the node does, on Reset). The cluster connection of redis-rs

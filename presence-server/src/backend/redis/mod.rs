@@ -450,27 +450,26 @@ impl Backend for RedisBackend {
                     lapsed,
                     ..Leases::default()
                 };
-                // All in the registry's slot: one pipeline of PTTL per chunk.
-                for chunk in incs.chunks(MAX_PIPELINE) {
-                    let cmds: Vec<Cmd> = chunk
-                        .iter()
-                        .map(|i| redis::cmd("PTTL").arg(self.keys.lease(i)).clone())
-                        .collect();
-                    let found = each(pipeline(&mut c, &cmds).await?)?;
-                    if found.len() != chunk.len() {
-                        return Err(bad("lease: PTTL answered a different count").into());
-                    }
-                    for (i, v) in chunk.iter().zip(found) {
-                        // -2: no lease; -1: one without expiry (not ours, but
-                        // alive); else what is left of it, in ms.
-                        match int(&v)? {
-                            -2 => leases.dead.push(i.clone()),
-                            -1 => leases.live.push(i.clone()),
-                            ms => {
-                                let left = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-                                leases.left.insert(i.clone(), left);
-                                leases.live.push(i.clone());
-                            }
+                // All in the registry's slot (`pipeline` cuts them in
+                // pipelines of MAX_PIPELINE).
+                let cmds: Vec<Cmd> = incs
+                    .iter()
+                    .map(|i| redis::cmd("PTTL").arg(self.keys.lease(i)).clone())
+                    .collect();
+                let found = each(pipeline(&mut c, &cmds).await?)?;
+                if found.len() != incs.len() {
+                    return Err(bad("lease: PTTL answered a different count").into());
+                }
+                for (i, v) in incs.into_iter().zip(found) {
+                    // -2: no lease; -1: one without expiry (not ours, but
+                    // alive); else what is left of it, in ms.
+                    match int(&v)? {
+                        -2 => leases.dead.push(i),
+                        -1 => leases.live.push(i),
+                        ms => {
+                            let left = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                            leases.left.insert(i.clone(), left);
+                            leases.live.push(i);
                         }
                     }
                 }
