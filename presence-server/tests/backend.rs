@@ -13,6 +13,7 @@ use std::time::Duration;
 use presence_core::cluster::NodeRecord;
 use presence_core::machine::{Custom, Shown};
 use presence_core::{JsonObject, Millis, RoomId, Status, UserId};
+use presence_server::backend::stream::{Append, Keep, StreamId, shard_of};
 use presence_server::backend::{
     Backend, BackendError, Incoming, MemoryBackend, MemoryCluster, RedisBackend, RedisConfig,
     RedisTarget, Stored, Topic, UserRecords,
@@ -235,6 +236,8 @@ conformance!(
     link_loss_resets,
     resume_is_taken_once,
     bad_stored_values_never_panic,
+    stream_keeps_order_per_shard_and_tells_trimming,
+    stream_append_fails_whole_when_down,
 );
 
 // ---------------------------------------------------------------- setup
@@ -278,6 +281,13 @@ async fn redis_down_fails_calls_in_time() {
         assert!(b.read(&[user("ana")]).await.is_err());
         assert!(b.subscribe(vec![Topic::User(user("ana"))]).await.is_err());
         assert!(b.lease("a.1", TTL, false).await.is_err());
+        let keep = Keep {
+            per_shard: 10,
+            max_age: TTL,
+        };
+        let batch = vec![appended(0, "a", 0), appended(1, "b", 1)];
+        let (_, back) = b.append(batch.clone(), keep).await.expect_err("down");
+        assert_eq!(back, batch, "every entry is handed back");
         assert!(
             started.elapsed() < Duration::from_secs(7),
             "{:?}",
@@ -1421,4 +1431,134 @@ async fn bad_stored_values_never_panic(env: Env) {
     .await
     .expect("spublish");
     assert_eq!(next(&mut rx).await, Incoming::Message(t, vec![0xff, 0]));
+}
+
+// ---------------------------------------------------------------- stream
+
+fn appended(shard: u16, user: &str, n: usize) -> Append {
+    Append {
+        shard,
+        kind: "status".into(),
+        user: user.into(),
+        data: format!("{{\"user\":\"{user}\",\"n\":{n}}}"),
+    }
+}
+
+async fn stream_keeps_order_per_shard_and_tells_trimming(env: Env) {
+    let (a, b) = (env.node(), env.node());
+    let keep = Keep {
+        per_shard: 1000,
+        max_age: Duration::from_secs(3600),
+    };
+    let start: Vec<(u16, StreamId)> = (0..4).map(|s| (s, StreamId::default())).collect();
+    let empty = b.read_stream(start.clone(), 10).await.expect("read");
+    assert!(
+        empty
+            .iter()
+            .all(|r| r.entries.is_empty() && r.last == StreamId::default())
+    );
+    // Four shards (on a cluster, several masters), 50 events each, appended
+    // by two nodes in turns.
+    for n in 0..50 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let batch = (0..4).map(|s| appended(s, &format!("u{s}"), n)).collect();
+        node.append(batch, keep)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("append");
+    }
+    let mut pos = start;
+    let mut seen: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    loop {
+        let reads = b.read_stream(pos.clone(), 7).await.expect("read");
+        if reads.iter().all(|r| r.entries.is_empty()) {
+            break;
+        }
+        for r in reads {
+            assert!(!r.gap(pos[r.shard as usize].1), "nothing trimmed yet");
+            let mut last = pos[r.shard as usize].1;
+            for e in r.entries {
+                assert!(e.id > last, "ids grow in a shard");
+                last = e.id;
+                assert_eq!(e.user, format!("u{}", r.shard));
+                let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
+                seen.entry(r.shard)
+                    .or_default()
+                    .push(v["n"].as_u64().expect("n") as usize);
+            }
+            assert_eq!(r.last, last.max(r.last));
+            pos[r.shard as usize].1 = last;
+        }
+    }
+    for s in 0..4 {
+        assert_eq!(seen[&s], (0..50).collect::<Vec<_>>(), "shard {s}");
+    }
+    // Trimming by length: a reader from the start is told what went.
+    let small = Keep {
+        per_shard: 1,
+        max_age: Duration::from_secs(3600),
+    };
+    let many = (0..300).map(|n| appended(0, "u0", 100 + n)).collect();
+    a.append(many, small)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("append");
+    let r = &b
+        .read_stream(vec![(0, StreamId::default())], 1000)
+        .await
+        .expect("read")[0];
+    assert!(r.gap(StreamId::default()), "the start was trimmed");
+    assert!(r.entries.len() < 350, "{} kept", r.entries.len());
+    assert_eq!(r.last.seq, 350, "numbered 1..=350");
+    assert_eq!(r.entries.last().map(|e| e.id), Some(r.last));
+    let tail = StreamId {
+        ms: r.last.ms,
+        seq: r.last.seq - 1,
+    };
+    let r = &b.read_stream(vec![(0, tail)], 1000).await.expect("read")[0];
+    assert!(!r.gap(tail), "a reader near the end missed nothing");
+    assert_eq!(r.entries.len(), 1);
+    let future = StreamId {
+        ms: r.last.ms,
+        seq: 351,
+    };
+    assert!(r.gap(future), "a position beyond the stream is a gap");
+    // Trimming by age (Redis drops a block of 100 only when all of it is
+    // old enough).
+    let old = (0..150).map(|n| appended(2, "u2", 100 + n)).collect();
+    a.append(old, keep)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("append");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let young = Keep {
+        per_shard: 1000,
+        max_age: Duration::from_millis(1),
+    };
+    let many = (0..300).map(|n| appended(2, "u2", n)).collect();
+    a.append(many, young)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("append");
+    let r = &b
+        .read_stream(vec![(2, pos[2].1)], 1000)
+        .await
+        .expect("read")[0];
+    assert!(r.gap(pos[2].1), "old entries of shard 2 trimmed by age");
+    assert!(shard_of("ana", 8) < 8);
+}
+
+async fn stream_append_fails_whole_when_down(env: Env) {
+    if env.kind != Kind::Memory {
+        return; // a lost Redis link is tested in redis_down_fails_calls_in_time
+    }
+    let node = env.memory.node();
+    node.set_down(true);
+    let keep = Keep {
+        per_shard: 10,
+        max_age: Duration::from_secs(60),
+    };
+    let batch = vec![appended(0, "a", 0), appended(1, "b", 1)];
+    let (_, back) = node.append(batch.clone(), keep).await.expect_err("down");
+    assert_eq!(back, batch, "every entry is handed back");
 }

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::inbox::{INCOMING_CAPACITY, Inbox};
+use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
     Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
     UserRecords, Written,
@@ -141,6 +142,48 @@ struct World {
     resume: HashMap<String, (String, Instant)>,
     subscribers: HashMap<Topic, BTreeSet<u64>>,
     links: HashMap<u64, Link>,
+    streams: HashMap<u16, Log>,
+}
+
+/// One shard of the event stream, as a Redis stream keeps it.
+#[derive(Default)]
+struct Log {
+    entries: std::collections::VecDeque<StreamEntry>,
+    last: StreamId,
+}
+
+impl Log {
+    /// Ids from the wall clock, like Redis: never smaller than the last.
+    fn append(&mut self, a: Append) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = StreamId {
+            ms: ms.max(self.last.ms),
+            seq: self.last.seq + 1,
+        };
+        self.last = id;
+        self.entries.push_back(StreamEntry {
+            id,
+            kind: a.kind,
+            user: a.user,
+            data: a.data,
+        });
+    }
+
+    fn trim(&mut self, keep: Keep) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let min_ms = now.saturating_sub(keep.max_age.as_millis() as u64);
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| self.entries.len() > keep.per_shard || e.id.ms < min_ms)
+        {
+            self.entries.pop_front();
+        }
+    }
 }
 
 /// One user's records, as one Redis hash with its expiry.
@@ -469,6 +512,62 @@ impl Backend for MemoryBackend {
                 .remove(node)
                 .filter(|(_, e)| *e > now)
                 .map(|(p, _)| p)
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        entries: Vec<Append>,
+        keep: Keep,
+    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>> {
+        async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err((BackendError::Engine("down".into()), entries));
+            }
+            let mut w = lock(&self.world);
+            let mut touched = BTreeSet::new();
+            for a in entries {
+                touched.insert(a.shard);
+                w.streams.entry(a.shard).or_default().append(a);
+            }
+            for shard in touched {
+                if let Some(log) = w.streams.get_mut(&shard) {
+                    log.trim(keep);
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        after: Vec<(u16, StreamId)>,
+        count: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<ShardRead>>> {
+        self.call(move |w, _| {
+            after
+                .into_iter()
+                .map(|(shard, pos)| {
+                    let Some(log) = w.streams.get(&shard) else {
+                        return ShardRead {
+                            shard,
+                            ..ShardRead::default()
+                        };
+                    };
+                    ShardRead {
+                        shard,
+                        last: log.last,
+                        entries: log
+                            .entries
+                            .iter()
+                            .filter(|e| e.id > pos)
+                            .take(count)
+                            .cloned()
+                            .collect(),
+                    }
+                })
+                .collect()
         })
     }
 }

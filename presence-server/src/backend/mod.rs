@@ -19,6 +19,7 @@
 mod inbox;
 mod memory;
 mod redis;
+pub mod stream;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 
 pub use memory::{MemoryBackend, MemoryCluster};
 pub use redis::{RedisBackend, RedisConfig, RedisSetupError, RedisTarget};
+use stream::{Append, Keep, ShardRead, StreamId};
 
 /// Every backend call (all its round trips) gives up after this long: a
 /// hung engine must look like a dead one, not stall the node.
@@ -247,4 +249,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Takes what the previous incarnation of `node` saved, if anything.
     fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>>;
+
+    /// Appends host events to the cluster's event stream, each to its
+    /// shard, in order per shard, and trims each shard touched to `keep`.
+    /// One shard's entries of a call are appended all or none; on failure
+    /// the error comes with the entries of the shards that failed, for the
+    /// caller to append again (an answer lost in transit counts as failed,
+    /// so such an event may then be appended twice).
+    fn append<'a>(
+        &'a self,
+        entries: Vec<Append>,
+        keep: Keep,
+    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>>;
+
+    /// Reads up to `count` entries of each shard after its position.
+    fn read_stream<'a>(
+        &'a self,
+        after: Vec<(u16, StreamId)>,
+        count: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<ShardRead>>>;
 }

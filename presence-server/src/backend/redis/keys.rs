@@ -67,6 +67,11 @@ impl Keys {
         format!("{}:{{reg}}:resume:{node}", self.prefix)
     }
 
+    /// Stream `P:{e:<shard>}`: one shard of the cluster's event stream.
+    pub(super) fn stream(&self, shard: u16) -> String {
+        format!("{}:{{e:{shard}}}", self.prefix)
+    }
+
     /// The sharded channel of a topic: `P:{r:<room>}` or `P:{u:<user>}`.
     pub(super) fn channel(&self, topic: &Topic) -> String {
         match topic {

@@ -39,6 +39,7 @@ use self::keys::{Keys, valid_prefix};
 use self::link::{Link, MAX_PIPELINE, Target};
 use self::reply::{bad, bytes, decode, encode, int, items, opt_bytes, opt_string, pairs};
 use super::inbox::{INCOMING_CAPACITY, Inbox};
+use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
     Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
     UserRecords, Written,
@@ -64,6 +65,8 @@ struct Scripts {
     mark_read: Script,
     unregister: Script,
     lease: Script,
+    append: Script,
+    read: Script,
 }
 
 impl Scripts {
@@ -75,6 +78,8 @@ impl Scripts {
             mark_read: Script::new(include_str!("scripts/mark_read.lua")),
             unregister: Script::new(include_str!("scripts/unregister.lua")),
             lease: Script::new(include_str!("scripts/lease.lua")),
+            append: Script::new(include_str!("scripts/append.lua")),
+            read: Script::new(include_str!("scripts/read.lua")),
         }
     }
 }
@@ -625,6 +630,133 @@ impl Backend for RedisBackend {
             })
             .boxed()
     }
+
+    fn append<'a>(
+        &'a self,
+        entries: Vec<Append>,
+        keep: Keep,
+    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>> {
+        async move {
+            let mut by_shard: BTreeMap<u16, Vec<Append>> = BTreeMap::new();
+            for a in entries {
+                by_shard.entry(a.shard).or_default().push(a);
+            }
+            // One call per shard, so each is appended all or none and a
+            // failed shard does not repeat the others.
+            let calls = by_shard.into_iter().map(|(shard, batch)| async move {
+                let b = &batch;
+                let r = self
+                    .link
+                    .run(|mut c| async move {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.scripts.append.get_hash())
+                            .arg(1)
+                            .arg(self.keys.stream(shard))
+                            .arg(keep.per_shard)
+                            .arg(millis(keep.max_age));
+                        for a in b {
+                            cmd.arg(&a.kind).arg(&a.user).arg(&a.data);
+                        }
+                        evals(&mut c, &self.scripts.append, &[cmd]).await?;
+                        Ok(())
+                    })
+                    .await;
+                r.map_err(|e| (e, batch))
+            });
+            let mut failed = Vec::new();
+            let mut error = None;
+            for r in futures_util::future::join_all(calls).await {
+                if let Err((e, batch)) = r {
+                    failed.extend(batch);
+                    error.get_or_insert(e);
+                }
+            }
+            match error {
+                None => Ok(()),
+                Some(e) => Err((e, failed)),
+            }
+        }
+        .boxed()
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        after: Vec<(u16, StreamId)>,
+        count: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<ShardRead>>> {
+        self.link
+            .run(move |mut c| async move {
+                let count = count.to_string();
+                let cmds: Vec<Cmd> = after
+                    .iter()
+                    .map(|(shard, pos)| {
+                        Self::eval(
+                            &self.scripts.read,
+                            &[self.keys.stream(*shard)],
+                            &[pos.to_string().as_bytes(), count.as_bytes()],
+                        )
+                    })
+                    .collect();
+                let replies = evals(&mut c, &self.scripts.read, &cmds).await?;
+                Ok(after
+                    .iter()
+                    .zip(replies)
+                    .map(|((shard, _), v)| shard_read(*shard, v))
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+            .boxed()
+    }
+}
+
+/// One `{last, entries}` reply of `read.lua`. An entry that does
+/// not parse is skipped (and logged), like a bad record.
+fn shard_read(shard: u16, v: Value) -> Result<ShardRead, BackendError> {
+    let id = |v: &Value| -> Result<StreamId, BackendError> {
+        std::str::from_utf8(bytes(v).ok_or_else(|| bad("stream id: expected a string"))?)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("stream id: not <ms>-<seq>"))
+    };
+    let mut parts = items(v)?.into_iter();
+    let (Some(last), Some(entries), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("read: expected {last, entries}"));
+    };
+    let mut out = ShardRead {
+        shard,
+        last: id(&last)?,
+        entries: Vec::new(),
+    };
+    for entry in items(entries)? {
+        let mut e = items(entry)?.into_iter();
+        let (Some(eid), Some(fields)) = (e.next(), e.next()) else {
+            return Err(bad("read: expected {id, fields}"));
+        };
+        let eid = id(&eid)?;
+        let mut kind = None;
+        let mut user = None;
+        let mut data = None;
+        for (f, v) in pairs(fields)? {
+            let v = opt_string(&v)?;
+            match bytes(&f) {
+                Some(b"k") => kind = v,
+                Some(b"u") => user = v,
+                Some(b"d") => data = v,
+                _ => {}
+            }
+        }
+        match (kind, user, data) {
+            (Some(kind), Some(user), Some(data)) => out.entries.push(StreamEntry {
+                id: eid,
+                kind,
+                user,
+                data,
+            }),
+            _ => {
+                tracing::warn!(shard, id = %eid, "backend: skipping a stream entry without k, u and d")
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl RedisBackend {
