@@ -110,6 +110,9 @@ async fn rounds(hub: Weak<Hub>) {
             return;
         }
         let Some(take) = h.cluster_take() else {
+            drop(h);
+            // Events owed to the stream (a cleaning's, or a failed flush's).
+            flush(&hub, &*backend).await;
             continue;
         };
         drop(h);
@@ -149,6 +152,9 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     if !take.writes.is_empty() {
         let replies = backend.write(&me, take.writes.clone(), RETENTION).await?;
         messages = hub.upgrade().ok_or_else(gone)?.cluster_written(replies);
+        // Into the stream before anyone is told: a change a socket saw is
+        // in the stream unless the node died in between.
+        flush(hub, backend).await;
     }
     if !take.memberships.is_empty() {
         backend.memberships(&me, take.memberships.clone()).await?;
@@ -192,6 +198,24 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
         backend.unsubscribe(take.unsubscribe.clone()).await?;
     }
     Ok(())
+}
+
+/// Appends the host events this node owes the event stream. A failure
+/// keeps them for the next round and never fails the round: sockets do not
+/// wait for the stream.
+async fn flush(hub: &Weak<Hub>, backend: &dyn Backend) {
+    let Some(h) = hub.upgrade() else { return };
+    let Some(stream) = h.stream.clone() else {
+        return;
+    };
+    if !stream.pending() {
+        return;
+    }
+    let me = h.cluster_me();
+    drop(h);
+    if let Err(e) = stream.flush(backend, &me).await {
+        tracing::debug!(error = %e, "appending to the event stream failed; kept for the next round");
+    }
 }
 
 async fn publish(

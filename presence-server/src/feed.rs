@@ -70,7 +70,7 @@ impl Feed {
         let entry = Arc::new(Entry {
             id,
             kind: ev.name(),
-            json: encode(ev, json!(id)),
+            json: encode(ev, Some(json!(id))),
         });
         if ring.entries.len() == self.capacity {
             ring.entries.pop_front();
@@ -106,11 +106,13 @@ impl Feed {
 }
 
 /// A host event as backends read it (feed and webhooks): the diff's fields
-/// plus `id`, `at`, `global` and `rooms`.
-pub(crate) fn encode(ev: &Event, id: Value) -> String {
+/// plus `id` (if known yet), `at`, `global` and `rooms`.
+pub(crate) fn encode(ev: &Event, id: Option<Value>) -> String {
     let mut body = serde_json::to_value(&ev.diff).unwrap_or(Value::Null);
     if let Value::Object(fields) = &mut body {
-        fields.insert("id".into(), id);
+        if let Some(id) = id {
+            fields.insert("id".into(), id);
+        }
         fields.insert("at".into(), json!(ev.at));
         fields.insert("global".into(), json!(ev.global));
         fields.insert("rooms".into(), json!(ev.rooms));

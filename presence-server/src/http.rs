@@ -558,13 +558,57 @@ pub(crate) async fn events_feed(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     service_only(&hub, &headers, &query).await?;
-    let Some(feed) = &hub.feed else {
-        return Err(ApiError::unauthorized());
-    };
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(query.get("last_event_id").map(String::as_str))
+        .or(query.get("last_event_id").map(String::as_str));
+    if let (Some(stream), Some(link)) = (&hub.stream, &hub.cluster) {
+        let from = last
+            .map(|s| stream.cursor(s))
+            .transpose()
+            .map_err(|e| match e {
+                crate::stream::CursorError::Malformed(_) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_last_event_id", e.to_string())
+                }
+                crate::stream::CursorError::Foreign(_) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "foreign_last_event_id",
+                    e.to_string(),
+                ),
+            })?;
+        let Some(slot) = stream.admit() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_readers",
+                format!(
+                    "this node serves {} event stream readers at most; try another node",
+                    crate::stream::MAX_READERS
+                ),
+            ));
+        };
+        let from = match from {
+            Some(c) => c,
+            None => stream.end(&*link.backend).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stream_unavailable",
+                    format!("the event stream cannot be read now: {e}"),
+                )
+            })?,
+        };
+        return Ok(crate::stream::serve(
+            stream.clone(),
+            slot,
+            link.backend.clone(),
+            from,
+            hub.shutdown_signal(),
+        )
+        .into_response());
+    }
+    let Some(feed) = &hub.feed else {
+        return Err(ApiError::unauthorized());
+    };
+    let last = last
         .map(|s| {
             s.trim()
                 .parse::<u64>()

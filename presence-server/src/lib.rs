@@ -14,7 +14,8 @@
 //   node.rs      who a node is in a cluster: id, lease, incarnation
 //   data_dir.rs  single node: user state (and, across a restart, connections) on disk
 //   http.rs      JSON API, /healthz, /readyz, /metrics
-//   feed.rs      numbered host events in a replay window, served as SSE
+//   feed.rs      single node: numbered host events in a replay window, served as SSE
+//   stream.rs    cluster: host events into the backend's stream, and SSE readers of all of it
 //   webhook.rs   host events POSTed to endpoints: batched, signed, retried, bounded
 //   auth.rs, audience.rs, clock.rs, config.rs, events.rs, metrics.rs: one job each
 
@@ -35,6 +36,7 @@ mod node;
 mod server;
 mod session;
 mod signal;
+mod stream;
 mod upgrade;
 mod webhook;
 

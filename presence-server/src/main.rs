@@ -97,6 +97,15 @@ struct Args {
     /// Lease TTL in ms: a dead node's users go offline elsewhere after at most 4/3 of this.
     #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 5_000)]
     lease_ttl_ms: u64,
+    /// Shards of the cluster's event stream in Redis (`<prefix>:{e:0}` ...); all nodes use the same.
+    #[arg(long, env = "PRESENCE_EVENT_SHARDS", default_value_t = 8)]
+    event_shards: u16,
+    /// Events the cluster's event stream keeps, over all shards (older ones get `event: gap`).
+    #[arg(long, env = "PRESENCE_EVENT_RETENTION", default_value_t = 100_000)]
+    event_retention: usize,
+    /// Events older than this many seconds leave the cluster's event stream.
+    #[arg(long, env = "PRESENCE_EVENT_MAX_AGE_S", default_value_t = 3_600)]
+    event_max_age_s: u64,
     /// Keep user state (status, text, last seen, read markers) in this directory, so a restart
     /// loses at most the last batch window of changes. Default: in memory (single node) or Redis.
     #[arg(long, env = "PRESENCE_DATA_DIR")]
@@ -435,7 +444,12 @@ async fn main() -> anyhow::Result<()> {
                 cluster.node_id = id;
             }
             cluster.lease_ttl = ms(args.lease_ttl_ms);
-            cluster.validate().context("--node-id / --lease-ttl-ms")?;
+            cluster.event_shards = args.event_shards;
+            cluster.event_retention = args.event_retention;
+            cluster.event_max_age = std::time::Duration::from_secs(args.event_max_age_s);
+            cluster
+                .validate()
+                .context("--node-id / --lease-ttl-ms / --event-*")?;
             tracing::info!(node = %cluster.node_id, prefix = %redis.prefix, "cluster mode over Redis ({flag})");
             let backend = RedisBackend::new(redis).context(flag)?;
             builder.cluster(std::sync::Arc::new(backend), cluster)

@@ -39,6 +39,19 @@ pub(crate) struct Metrics {
     pub webhook_requests: Family<Labels, Counter>,
     pub webhook_drops: Family<Labels, Counter>,
     pub webhook_latency: Histogram,
+    pub stream: StreamMetrics,
+}
+
+/// The event stream's metrics (clones share the counts).
+#[derive(Clone)]
+pub(crate) struct StreamMetrics {
+    pub appended: Counter,
+    pub dropped: Counter,
+    pub append_failures: Counter,
+    pub pending: Gauge,
+    pub readers: Gauge,
+    pub gaps: Counter,
+    pub lag: Histogram,
 }
 
 impl Metrics {
@@ -173,6 +186,53 @@ impl Metrics {
                 bad_backend_replies.clone(),
             );
         }
+        let stream = StreamMetrics {
+            appended: Counter::default(),
+            dropped: Counter::default(),
+            append_failures: Counter::default(),
+            pending: Gauge::default(),
+            readers: Gauge::default(),
+            gaps: Counter::default(),
+            // 1 ms .. ~65 s.
+            lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        };
+        if clustered {
+            registry.register(
+                "stream_appended_events",
+                "Host events this node appended to the cluster's event stream",
+                stream.appended.clone(),
+            );
+            registry.register(
+                "stream_dropped_events",
+                "Host events dropped because the stream did not take them and the outbox was full (readers get a gap)",
+                stream.dropped.clone(),
+            );
+            registry.register(
+                "stream_append_failures",
+                "Append calls to the event stream that failed (their events are kept and appended again)",
+                stream.append_failures.clone(),
+            );
+            registry.register(
+                "stream_pending_events",
+                "Host events waiting in this node's outbox for the stream",
+                stream.pending.clone(),
+            );
+            registry.register(
+                "feed_readers",
+                "Readers of GET /v1/events on this node",
+                stream.readers.clone(),
+            );
+            registry.register(
+                "feed_gaps",
+                "Gaps told to readers of GET /v1/events (retention or a dropped outbox took events they had not read)",
+                stream.gaps.clone(),
+            );
+            registry.register(
+                "feed_lag_seconds",
+                "Time from an event's append to its sending to a reader of GET /v1/events on this node",
+                stream.lag.clone(),
+            );
+        }
         let webhook_delivered = Counter::default();
         registry.register(
             "webhook_delivered_events",
@@ -226,6 +286,7 @@ impl Metrics {
             webhook_requests,
             webhook_drops,
             webhook_latency,
+            stream,
         }
     }
 

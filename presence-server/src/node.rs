@@ -15,6 +15,15 @@ pub struct ClusterConfig {
     /// third of it). Also the time a client has to reconnect to another node
     /// without observers seeing it flap. Default 5 s; at least 300 ms.
     pub lease_ttl: Duration,
+    /// Shards of the cluster's event stream (each its own key, so its own
+    /// slot on a Redis Cluster). Every node of a cluster must use the same.
+    /// Default 8; 1 to 1024.
+    pub event_shards: u16,
+    /// Events the stream keeps, over all shards (each shard keeps its
+    /// share). Default 100,000; at least the number of shards.
+    pub event_retention: usize,
+    /// Events older than this leave the stream. Default 1 h; at least 1 s.
+    pub event_max_age: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -22,6 +31,9 @@ impl Default for ClusterConfig {
         Self {
             node_id: random_hex(6),
             lease_ttl: Duration::from_secs(5),
+            event_shards: 8,
+            event_retention: 100_000,
+            event_max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -35,6 +47,11 @@ pub enum ClusterConfigError {
     /// The lease is too short to be renewed reliably.
     #[error("lease_ttl must be at least 300 ms, got {0:?}")]
     LeaseTooShort(Duration),
+    /// The event stream's shape is out of bounds.
+    #[error(
+        "event_shards must be 1 to 1024, event_retention at least event_shards, event_max_age at least 1 s"
+    )]
+    BadEventStream,
 }
 
 impl ClusterConfig {
@@ -52,7 +69,23 @@ impl ClusterConfig {
         if self.lease_ttl < Duration::from_millis(300) {
             return Err(ClusterConfigError::LeaseTooShort(self.lease_ttl));
         }
+        if !(1..=1024).contains(&self.event_shards)
+            || self.event_retention < usize::from(self.event_shards)
+            || self.event_max_age < Duration::from_secs(1)
+        {
+            return Err(ClusterConfigError::BadEventStream);
+        }
         Ok(())
+    }
+
+    /// What each shard of the event stream keeps.
+    pub(crate) fn keep(&self) -> crate::backend::stream::Keep {
+        crate::backend::stream::Keep {
+            per_shard: self
+                .event_retention
+                .div_ceil(usize::from(self.event_shards.max(1))),
+            max_age: self.event_max_age,
+        }
     }
 
     /// This run's incarnation: the id and a fresh epoch.

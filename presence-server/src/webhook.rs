@@ -265,7 +265,8 @@ async fn fan_out(
             Ok(ev) if names.contains(&ev.name()) => {
                 n += 1;
                 let json: Arc<str> =
-                    crate::feed::encode(&ev, serde_json::json!(format!("{origin}-{n}"))).into();
+                    crate::feed::encode(&ev, Some(serde_json::json!(format!("{origin}-{n}"))))
+                        .into();
                 for ep in &endpoints {
                     let mut q = ep.queue();
                     if q.len() >= config.queue {

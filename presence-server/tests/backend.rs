@@ -1467,6 +1467,14 @@ async fn stream_keeps_order_per_shard_and_tells_trimming(env: Env) {
             .map_err(|(e, _)| e)
             .expect("append");
     }
+    let ends = b
+        .read_stream(start.clone(), 0)
+        .await
+        .expect("read the ends");
+    assert!(
+        ends.iter()
+            .all(|r| r.entries.is_empty() && r.last.seq == 50)
+    );
     let mut pos = start;
     let mut seen: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     loop {

@@ -170,6 +170,7 @@ on_every_backend!(
     every_client_resumes_at_once_after_a_graceful_restart,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
+    one_event_stream_is_read_from_any_node_exactly_once,
     data_crosses_nodes_and_the_latest_setting_wins,
     a_large_room_spans_nodes_with_counts_and_summaries,
 );
@@ -182,6 +183,8 @@ async fn node_on(
     let cluster = ClusterConfig {
         node_id: id.into(),
         lease_ttl: LEASE,
+        event_shards: 4,
+        ..ClusterConfig::default()
     };
     TestServer::start_with(
         PresenceServer::builder()
@@ -903,6 +906,124 @@ async fn host_events_are_announced_once_across_the_nodes(f: Fabric) {
     tab_b.close().await;
     let seen = host_kinds(&mut streams, "bob", 1).await;
     assert_eq!(seen, ["user_disconnected"]);
+}
+
+/// `GET /v1/events` on any node serves the whole cluster's events: a reader
+/// that moves from node A to B to C with `Last-Event-ID` gets every change
+/// exactly once, each user's in order, with the same ids on every node.
+async fn one_event_stream_is_read_from_any_node_exactly_once(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let (status, mut on_a) = SseReader::open(&a, SERVICE_KEY, None).await;
+    assert_eq!(status, 200);
+    let (_, mut whole) = SseReader::open(&c, SERVICE_KEY, None).await;
+    let users = ["ana", "bob", "carol"];
+    // What the reader of C sees, phase by phase (each phase waited out, so
+    // no change is merged away within a batch window).
+    let mut same: Vec<SseEvent> = Vec::new();
+    let mut clients = Vec::new();
+    for (user, node) in users.iter().zip([&a, &b, &c]) {
+        let mut client = node.client(user).await;
+        client.join("r").await;
+        clients.push(client);
+    }
+    let phases = [
+        json!({"type": "activity", "state": "idle", "reason": "hidden"}),
+        json!({"type": "activity", "state": "active"}),
+        json!({"type": "status", "status": "busy", "text": "deep work"}),
+    ];
+    for phase in std::iter::once(None).chain(phases.iter().map(Some)) {
+        if let Some(frame) = phase {
+            for client in &mut clients {
+                client.send(frame.clone()).await;
+            }
+        }
+        for _ in &users {
+            same.push(whole.next().await);
+        }
+    }
+    let want = ["user_connected", "user_idle", "user_active", "status"];
+    let total = users.len() * want.len();
+    // A few events from A, a few more from B, the rest from C.
+    let mut got: Vec<SseEvent> = Vec::new();
+    for _ in 0..4 {
+        got.push(on_a.next().await);
+    }
+    drop(on_a);
+    let last = got.last().and_then(|e| e.id.clone()).expect("an id");
+    let (status, mut on_b) = SseReader::open(&b, SERVICE_KEY, Some(&last)).await;
+    assert_eq!(status, 200);
+    for _ in 0..4 {
+        got.push(on_b.next().await);
+    }
+    drop(on_b);
+    let last = got.last().and_then(|e| e.id.clone()).expect("an id");
+    let (_, mut on_c) = SseReader::open(&c, SERVICE_KEY, Some(&last)).await;
+    while let Some(e) = on_c.next_within(Duration::from_millis(800)).await {
+        got.push(e);
+    }
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|e| e.data["id"].as_str().unwrap_or(""))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "no event twice: {got:?}");
+    for user in users {
+        let kinds: Vec<&str> = got
+            .iter()
+            .filter(|e| diff_user(&e.data) == user)
+            .map(|e| e.event.as_str())
+            .collect();
+        assert_eq!(kinds, want, "{user}'s changes, once each and in order");
+    }
+    assert_eq!(got.len(), total, "{got:?}");
+    // A reader of one node saw the same events under the same ids.
+    let key = |v: &[SseEvent]| {
+        let mut k: Vec<(String, String)> = v
+            .iter()
+            .map(|e| {
+                (
+                    e.data["id"].as_str().unwrap_or("").to_owned(),
+                    e.event.clone(),
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(key(&same), key(&got));
+
+    // Positions that are not ours get a clear answer.
+    for (bad, code) in [
+        ("17", "bad_last_event_id"),
+        ("00000000.4.0.0.0.0.0", "foreign_last_event_id"),
+    ] {
+        let (status, body) = http_with(&a, "/v1/events", bad).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{bad}"
+        );
+    }
+}
+
+/// A GET with a `Last-Event-ID`.
+async fn http_with(srv: &TestServer, path: &str, last: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(srv.addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {SERVICE_KEY}\r\nLast-Event-ID: {last}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.expect("read");
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or_default())
 }
 
 /// A node that starts while its backend is down serves its own sockets at

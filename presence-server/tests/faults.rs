@@ -352,6 +352,8 @@ async fn host_feed(node: &Node) -> Seen {
     );
     tcp.write_all(req.as_bytes()).await.expect("write");
     let mut lines = BufReader::new(tcp).lines();
+    let status = lines.next_line().await.expect("read").unwrap_or_default();
+    assert!(status.contains(" 200 "), "the feed opens: {status}");
     // Past the headers, so the feed is open when this returns.
     while let Ok(Some(line)) = lines.next_line().await {
         if line.is_empty() {
@@ -552,18 +554,22 @@ impl World {
     }
 
     /// Every host event about `user` (any kind: a status repeated after a
-    /// lapse would show too), across all the nodes' feeds (a backend reading
-    /// them all sees each change once).
+    /// lapse would show too) in the cluster's event stream, which every
+    /// node's feed serves whole: each feed must have told the same.
     fn host_events(&self, user: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for h in &self.host {
-            for (k, u) in h.lock().expect("lock").iter() {
-                if u == user {
-                    out.push(k.clone());
-                }
-            }
+        let about = |h: &Seen| -> Vec<String> {
+            h.lock()
+                .expect("lock")
+                .iter()
+                .filter(|(_, u)| u == user)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let first = about(&self.host[0]);
+        for (i, h) in self.host.iter().enumerate().skip(1) {
+            assert_eq!(about(h), first, "node {i}'s feed about {user}");
         }
-        out
+        first
     }
 
     /// No host event about anyone: nothing changed for the cluster.
@@ -749,8 +755,7 @@ async fn a_node_cut_from_the_lease_shard_past_its_lease_shows_its_users_again() 
         "node A went on as a new incarnation once"
     );
     // For the host: each of A's users left once (announced by the cleaner)
-    // and came back once (by A), across the nodes' feeds, whose order
-    // between them is not defined; nobody else changed.
+    // and came back once (by A); nobody else changed.
     for user in &w.users {
         let want: &[&str] = if user.starts_with("u0-") || user == "obs0" {
             &["user_connected", "user_disconnected"]
@@ -759,7 +764,15 @@ async fn a_node_cut_from_the_lease_shard_past_its_lease_shows_its_users_again() 
         };
         let mut got = w.host_events(user);
         got.sort();
-        assert_eq!(got, want, "host events about {user}");
+        assert_eq!(
+            got,
+            want,
+            "host events about {user}; feeds hold {:?}",
+            w.host
+                .iter()
+                .map(|h| h.lock().expect("lock").len())
+                .collect::<Vec<_>>()
+        );
     }
     // Each of A's users left once and came back once, for every observer.
     for s in &w.seen {

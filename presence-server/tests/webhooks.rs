@@ -327,6 +327,7 @@ async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
         let cc = ClusterConfig {
             node_id: id.into(),
             lease_ttl: Duration::from_millis(600),
+            ..ClusterConfig::default()
         };
         let builder = PresenceServer::builder()
             .config(calm_config())

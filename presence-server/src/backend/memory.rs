@@ -249,6 +249,10 @@ impl World {
 }
 
 impl Backend for MemoryBackend {
+    fn label(&self) -> String {
+        format!("memory:{:p}", Arc::as_ptr(&self.world))
+    }
+
     fn write<'a>(
         &'a self,
         inc: &'a str,

@@ -131,6 +131,10 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// What the nodes of a cluster share. Every call is bounded in time by the
 /// implementation and may fail; the caller retries.
 pub trait Backend: Send + Sync + 'static {
+    /// What this backend stores under (Redis: its key prefix), so a stream
+    /// position taken from another store is told apart.
+    fn label(&self) -> String;
+
     /// Writes `inc`'s records (atomically per user, in order) and notes the
     /// users in `inc`'s index for cleaning after its death. A record whose
     /// sequence is not greater than the stored one of `inc` is not written
@@ -262,7 +266,8 @@ pub trait Backend: Send + Sync + 'static {
         keep: Keep,
     ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>>;
 
-    /// Reads up to `count` entries of each shard after its position.
+    /// Reads up to `count` entries of each shard after its position (with
+    /// `count` 0, only each shard's last id).
     fn read_stream<'a>(
         &'a self,
         after: Vec<(u16, StreamId)>,

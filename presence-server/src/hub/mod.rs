@@ -135,8 +135,11 @@ pub(crate) struct Hub {
     pub cluster: Option<Link>,
     /// Where user state outlives the process, on a single node.
     pub data: Option<DataDir>,
-    /// The numbered feed for backends (`GET /v1/events`), with a service key.
+    /// The numbered feed for backends (`GET /v1/events`), with a service
+    /// key, on a single node.
     pub feed: Option<Feed>,
+    /// The cluster's event stream (`GET /v1/events` with a backend).
+    pub stream: Option<Arc<crate::stream::EventStream>>,
     /// The cluster's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -211,10 +214,17 @@ impl Hub {
             .as_ref()
             .map(|l| Replica::new(l.config.incarnation(), clock.now()));
         let clustered = cluster.is_some();
-        let feed = config
-            .service_key
-            .is_some()
+        let feed = (config.service_key.is_some() && !clustered)
             .then(|| Feed::new(config.event_replay, clock.now()));
+        let metrics = Metrics::new(clustered);
+        let stream = cluster.as_ref().map(|l| {
+            Arc::new(crate::stream::EventStream::new(
+                l.config.event_shards,
+                l.config.keep(),
+                &l.backend.label(),
+                metrics.stream.clone(),
+            ))
+        });
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
             state: Mutex::new(State {
@@ -242,12 +252,13 @@ impl Hub {
             clock,
             auth,
             audience,
-            metrics: Metrics::new(clustered),
+            metrics,
             events,
             wake,
             cluster,
             data,
             feed,
+            stream,
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
@@ -314,6 +325,9 @@ impl Hub {
         let _ = self.events.send(ev.clone());
         if let Some(feed) = &self.feed {
             feed.push(ev);
+        }
+        if let Some(stream) = &self.stream {
+            stream.push(ev);
         }
     }
 

@@ -444,3 +444,85 @@ pub fn delete_redis_keys(urls: &[String], prefix: &str) {
         }
     }
 }
+
+/// One reader of `GET /v1/events`. HTTP/1.0, so the body is the raw event
+/// stream (no chunked framing to undo).
+pub struct SseReader {
+    lines: tokio::io::Lines<tokio::io::BufReader<TcpStream>>,
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+impl SseReader {
+    /// Opens the feed (resuming after `last`); the status and the reader.
+    pub async fn open(srv: &TestServer, bearer: &str, last: Option<&str>) -> (u16, SseReader) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(srv.addr).await.expect("connect");
+        let resume = last.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
+        let req = format!(
+            "GET /v1/events HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\n{resume}\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut lines = tokio::io::BufReader::new(tcp).lines();
+        let status_line = lines.next_line().await.expect("read").unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.is_empty() {
+                break;
+            }
+        }
+        (status, SseReader { lines })
+    }
+
+    /// The next event (comments skipped); fails after [`WAIT`].
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(WAIT).await.expect("an event in time")
+    }
+
+    /// The next event within `d`, if any.
+    pub async fn next_within(&mut self, d: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut ev = SseEvent {
+            id: None,
+            event: String::new(),
+            data: Value::Null,
+        };
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .ok()?
+                .expect("read")
+                .expect("stream open");
+            if line.is_empty() && !ev.event.is_empty() {
+                return Some(ev);
+            }
+            if let Some(v) = line.strip_prefix("id: ").or(line.strip_prefix("id:")) {
+                ev.id = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                ev.event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                ev.data = serde_json::from_str(v).expect("json data");
+            }
+        }
+    }
+
+    /// Skips to the next `kind` event about `user`.
+    pub async fn find(&mut self, kind: &str, user: &str) -> SseEvent {
+        loop {
+            let ev = self.next().await;
+            if ev.event == kind && diff_user(&ev.data) == user {
+                return ev;
+            }
+        }
+    }
+}

@@ -27,6 +27,11 @@ impl Keys {
         }
     }
 
+    /// The prefix every name starts with.
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Hash `P:{u:<user>}`: incarnation → stored record.
     pub(super) fn user(&self, user: &UserId) -> String {
         format!("{}:{{u:{user}}}", self.prefix)

@@ -150,6 +150,10 @@ fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
 }
 
 impl Backend for RedisBackend {
+    fn label(&self) -> String {
+        self.keys.prefix().to_owned()
+    }
+
     fn write<'a>(
         &'a self,
         inc: &'a str,

@@ -1,0 +1,485 @@
+//! The cluster's event stream, node side: this node's host events queued in
+//! order for the backend's stream (a bounded outbox, flushed by the cluster
+//! task before it publishes), and `GET /v1/events` readers, which read the
+//! whole cluster's stream from the backend, so any node serves every event.
+//!
+//! A reader's position is one id per shard; its SSE `id:` is that position
+//! encoded ([`Cursor`]), so `Last-Event-ID` resumes it on any node, and each
+//! event's `id` field (`<shard>-<ms>-<n>`) names the event the same way on
+//! every node and in webhooks.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use presence_core::Event;
+use tokio::sync::{Notify, watch};
+
+use crate::backend::stream::{Append, Keep, ShardRead, StreamId, shard_of};
+use crate::backend::{Backend, BackendError};
+use crate::metrics::StreamMetrics;
+
+/// Host events a node holds for the stream while the backend does not take
+/// them; past it the oldest are dropped and a `gap` entry says how many.
+pub const OUTBOX: usize = 10_000;
+/// Events one append call carries at most.
+const APPEND_AT_ONCE: usize = 1_000;
+/// Entries one reader takes per shard and read.
+const READ_AT_ONCE: usize = 256;
+/// A reader with nothing new looks again after this (sooner when this node
+/// appended something).
+pub const POLL: Duration = Duration::from_millis(50);
+/// Readers of the stream one node serves at once.
+pub const MAX_READERS: usize = 64;
+
+/// The node's side of the stream.
+pub(crate) struct EventStream {
+    shards: u16,
+    keep: Keep,
+    /// Names the store, so a position from another one is refused.
+    label: u32,
+    outbox: Mutex<Outbox>,
+    /// One flush at a time keeps the outbox's order in the stream.
+    flushing: tokio::sync::Mutex<()>,
+    /// Readers on this node look at once after an append.
+    appended: Notify,
+    readers: AtomicUsize,
+    metrics: StreamMetrics,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Append>,
+    dropped: u64,
+}
+
+impl EventStream {
+    pub fn new(shards: u16, keep: Keep, label: &str, metrics: StreamMetrics) -> Self {
+        Self {
+            metrics,
+            shards: shards.max(1),
+            keep,
+            label: fnv(label),
+            outbox: Mutex::default(),
+            flushing: tokio::sync::Mutex::new(()),
+            appended: Notify::new(),
+            readers: AtomicUsize::new(0),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a host event for the stream, in order.
+    pub fn push(&self, ev: &Event) {
+        let metrics = &self.metrics;
+        let user = ev.diff.user().as_str();
+        let append = Append {
+            shard: shard_of(user, self.shards),
+            kind: ev.name().to_owned(),
+            user: user.to_owned(),
+            data: crate::feed::encode(ev, None),
+        };
+        let mut o = self.outbox();
+        if o.queue.len() >= OUTBOX {
+            o.queue.pop_front();
+            o.dropped += 1;
+            metrics.dropped.inc();
+        }
+        o.queue.push_back(append);
+        metrics.pending.set(o.queue.len() as i64);
+    }
+
+    /// Appends what is queued, in order; what the backend refuses stays
+    /// queued, ahead of anything newer, for the next flush.
+    pub async fn flush(&self, backend: &dyn Backend, me: &str) -> Result<(), BackendError> {
+        let metrics = &self.metrics;
+        let _one = self.flushing.lock().await;
+        loop {
+            let batch: Vec<Append> = {
+                let mut o = self.outbox();
+                let mut batch = Vec::new();
+                if o.dropped > 0 {
+                    // Every shard hears of it: a service reading one shard
+                    // must know its sequence has a hole.
+                    let data = serde_json::json!({ "node": me, "dropped": o.dropped }).to_string();
+                    batch.extend((0..self.shards).map(|shard| Append {
+                        shard,
+                        kind: "gap".into(),
+                        user: String::new(),
+                        data: data.clone(),
+                    }));
+                    o.dropped = 0;
+                }
+                let n = o.queue.len().min(APPEND_AT_ONCE);
+                batch.extend(o.queue.drain(..n));
+                batch
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let n = batch.len();
+            match backend.append(batch, self.keep).await {
+                Ok(()) => {
+                    metrics.appended.inc_by(n as u64);
+                    self.appended.notify_waiters();
+                }
+                Err((e, back)) => {
+                    metrics.append_failures.inc();
+                    let appended = n - back.len();
+                    metrics.appended.inc_by(appended as u64);
+                    let mut o = self.outbox();
+                    for a in back.into_iter().rev() {
+                        o.queue.push_front(a);
+                    }
+                    while o.queue.len() > OUTBOX {
+                        o.queue.pop_front();
+                        o.dropped += 1;
+                        metrics.dropped.inc();
+                    }
+                    metrics.pending.set(o.queue.len() as i64);
+                    return Err(e);
+                }
+            }
+            metrics.pending.set(self.outbox().queue.len() as i64);
+        }
+    }
+
+    /// Whether anything waits to be appended.
+    pub fn pending(&self) -> bool {
+        let o = self.outbox();
+        !o.queue.is_empty() || o.dropped > 0
+    }
+
+    /// Parses a `Last-Event-ID`.
+    pub fn cursor(&self, text: &str) -> Result<Cursor, CursorError> {
+        Cursor::parse(text, self.label, self.shards)
+    }
+
+    /// The position of the stream's end now (a reader without
+    /// `Last-Event-ID` starts there).
+    pub async fn end(&self, backend: &dyn Backend) -> Result<Cursor, BackendError> {
+        let reads = backend
+            .read_stream(
+                (0..self.shards).map(|s| (s, StreamId::default())).collect(),
+                0,
+            )
+            .await?;
+        Ok(Cursor {
+            label: self.label,
+            pos: positions(self.shards, &reads, |r| r.last),
+        })
+    }
+
+    /// Takes a reader's slot, if one is free.
+    pub fn admit(self: &Arc<Self>) -> Option<ReaderSlot> {
+        let n = self.readers.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_READERS {
+            self.readers.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ReaderSlot(self.clone()))
+    }
+}
+
+/// One reader's place among [`MAX_READERS`]; freed when dropped.
+pub(crate) struct ReaderSlot(Arc<EventStream>);
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn fnv(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// A reader's position: one id per shard, as `Last-Event-ID` text
+/// `<label>.<shards>.<base>.<d>-<n>...`: the store's label (8 hex digits),
+/// the shard count, the smallest millisecond among the ids, then each
+/// shard's id as milliseconds after the base and number (`0` before its
+/// first entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    label: u32,
+    pos: Vec<StreamId>,
+}
+
+/// A `Last-Event-ID` that names no position of this stream.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CursorError {
+    /// Not a position at all (e.g. an id of a single node's feed).
+    #[error("Last-Event-ID {0:?} is not a position of the event stream")]
+    Malformed(String),
+    /// A position of another store (another prefix or cluster), or of a
+    /// stream cut into another number of shards.
+    #[error("Last-Event-ID {0:?} is a position of another event stream")]
+    Foreign(String),
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let base = self
+            .pos
+            .iter()
+            .filter(|p| p.seq > 0)
+            .map(|p| p.ms)
+            .min()
+            .unwrap_or(0);
+        let mut s = format!("{:08x}.{}.{base}", self.label, self.pos.len());
+        for p in &self.pos {
+            if p.seq == 0 {
+                s.push_str(".0");
+            } else {
+                s.push_str(&format!(".{}-{}", p.ms - base, p.seq));
+            }
+        }
+        s
+    }
+
+    fn parse(text: &str, label: u32, shards: u16) -> Result<Self, CursorError> {
+        let malformed = || CursorError::Malformed(text.chars().take(64).collect());
+        let mut parts = text.trim().split('.');
+        let (Some(l), Some(n), Some(base)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(malformed());
+        };
+        let l = u32::from_str_radix(l, 16).map_err(|_| malformed())?;
+        let n: u16 = n.parse().map_err(|_| malformed())?;
+        let base: u64 = base.parse().map_err(|_| malformed())?;
+        let pos = parts
+            .map(|p| match p {
+                "0" => Ok(StreamId::default()),
+                p => {
+                    let id: StreamId = p.parse().map_err(|_| malformed())?;
+                    let ms = base.checked_add(id.ms).ok_or_else(malformed)?;
+                    Ok(StreamId { ms, seq: id.seq })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if pos.len() != usize::from(n) {
+            return Err(malformed());
+        }
+        if l != label || n != shards {
+            return Err(CursorError::Foreign(text.chars().take(64).collect()));
+        }
+        Ok(Self { label, pos })
+    }
+}
+
+/// The SSE response for one reader: from `from`, the whole
+/// cluster's events, each shard in order; `event: gap` where retention (or a
+/// node's full outbox, or a store that lost the stream) took events the
+/// reader had not read. Ends when the server shuts down.
+pub(crate) fn serve(
+    stream: Arc<EventStream>,
+    slot: ReaderSlot,
+    backend: Arc<dyn Backend>,
+    from: Cursor,
+    mut shutdown: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    stream.metrics.readers.inc();
+    let reader = Reader {
+        stream,
+        backend,
+        pos: from.pos,
+        pending: VecDeque::new(),
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(reader, |mut r| async move {
+        let e = r.next().await;
+        Some((Ok(e), r))
+    });
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    Sse::new(events.take_until(stop)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+struct Reader {
+    stream: Arc<EventStream>,
+    backend: Arc<dyn Backend>,
+    pos: Vec<StreamId>,
+    pending: VecDeque<SseEvent>,
+    _slot: ReaderSlot,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stream.metrics.readers.dec();
+    }
+}
+
+impl Reader {
+    async fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return e;
+            }
+            // Registered before the read, so an append during it wakes us.
+            let stream = self.stream.clone();
+            let appended = stream.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            match self.read().await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    let _ = tokio::time::timeout(POLL, appended).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "event stream read failed; retrying");
+                    tokio::time::sleep(POLL * 10).await;
+                }
+            }
+        }
+    }
+
+    /// One read of every shard; whether it found anything to send.
+    async fn read(&mut self) -> Result<bool, BackendError> {
+        let shards = self.stream.shards;
+        let pos = &mut self.pos;
+        let after = (0..shards).map(|s| (s, pos[usize::from(s)])).collect();
+        let reads = self.backend.read_stream(after, READ_AT_ONCE).await?;
+        let mut entries = Vec::new();
+        for r in reads {
+            let i = usize::from(r.shard);
+            let Some(at) = pos.get(i).copied() else {
+                continue;
+            };
+            if r.gap(at) {
+                let data = serde_json::json!({
+                    "shard": r.shard,
+                    "after": at.to_string(),
+                    "first": r.entries.first().map(|e| e.id.to_string()),
+                    "last": r.last.to_string(),
+                });
+                if r.entries.is_empty() {
+                    pos[i] = r.last;
+                }
+                self.pending.push_back(
+                    SseEvent::default()
+                        .id(cursor(self.stream.label, pos))
+                        .event("gap")
+                        .data(data.to_string()),
+                );
+                self.stream.metrics.gaps.inc();
+            }
+            entries.extend(r.entries.into_iter().map(|e| (r.shard, e)));
+        }
+        // Across shards, roughly by time; within a shard, strictly in order.
+        entries.sort_by_key(|(s, e)| (e.id.ms, *s, e.id.seq));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let found = !entries.is_empty() || !self.pending.is_empty();
+        for (shard, e) in entries {
+            pos[usize::from(shard)] = e.id;
+            self.stream
+                .metrics
+                .lag
+                .observe(now.saturating_sub(e.id.ms) as f64 / 1000.0);
+            self.pending.push_back(
+                SseEvent::default()
+                    .id(cursor(self.stream.label, pos))
+                    .event(e.kind)
+                    .data(with_id(&format!("{shard}-{}", e.id), &e.data)),
+            );
+        }
+        Ok(found)
+    }
+}
+
+fn positions(
+    shards: u16,
+    reads: &[ShardRead],
+    f: impl Fn(&ShardRead) -> StreamId,
+) -> Vec<StreamId> {
+    let mut pos = vec![StreamId::default(); usize::from(shards)];
+    for r in reads {
+        if let Some(p) = pos.get_mut(usize::from(r.shard)) {
+            *p = f(r);
+        }
+    }
+    pos
+}
+
+fn cursor(label: u32, pos: &[StreamId]) -> String {
+    Cursor {
+        label,
+        pos: pos.to_vec(),
+    }
+    .encode()
+}
+
+/// The stored JSON object with `"id"` first.
+fn with_id(id: &str, data: &str) -> String {
+    match data.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"id\":\"{id}\"}}"),
+        Some(rest) => format!("{{\"id\":\"{id}\",{rest}"),
+        None => data.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_is_not_theirs() {
+        let c = Cursor {
+            label: fnv("presence"),
+            pos: vec![
+                StreamId::default(),
+                StreamId {
+                    ms: 1_700_000_000_123,
+                    seq: 7,
+                },
+                StreamId {
+                    ms: 1_700_000_000_100,
+                    seq: 1,
+                },
+            ],
+        };
+        let text = c.encode();
+        assert!(text.ends_with(".3.1700000000100.0.23-7.0-1"), "{text}");
+        assert_eq!(Cursor::parse(&text, c.label, 3), Ok(c.clone()));
+        assert!(matches!(
+            Cursor::parse(&text, fnv("other"), 3),
+            Err(CursorError::Foreign(_))
+        ));
+        assert!(matches!(
+            Cursor::parse(&text, c.label, 4),
+            Err(CursorError::Foreign(_))
+        ));
+        for bad in [
+            "",
+            "12345",
+            "zz.3.1.0.0.0",
+            "0.3.1.0.0",
+            "0.3.1.0.0.0.0",
+            "0.3.1.0.x-1.0",
+            "0.3.18446744073709551615.0.1-1.0",
+        ] {
+            assert!(
+                matches!(Cursor::parse(bad, 0, 3), Err(CursorError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_id_goes_first_in_the_data() {
+        assert_eq!(with_id("0-1-1", "{\"a\":1}"), "{\"id\":\"0-1-1\",\"a\":1}");
+        assert_eq!(with_id("0-1-1", "{}"), "{\"id\":\"0-1-1\"}");
+    }
+}
