@@ -131,7 +131,8 @@ struct Args {
     /// Time a new socket has to send its `hello`, in ms.
     #[arg(long, env = "PRESENCE_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
     hello_timeout_ms: u64,
-    /// POST presence events, signed and batched, to this endpoint (repeatable, or comma-separated).
+    /// POST presence events, signed and batched, to this endpoint, http:// or https://
+    /// (repeatable, or comma-separated).
     #[arg(long, env = "PRESENCE_WEBHOOK_URL", value_delimiter = ',')]
     webhook_url: Vec<String>,
     /// Secret webhook requests are signed with (HMAC-SHA256 over `<timestamp>.<body>`).
@@ -140,7 +141,7 @@ struct Args {
     /// File holding the webhook secret (trailing newline ignored).
     #[arg(long, env = "PRESENCE_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<std::path::PathBuf>,
-    /// Event kinds webhooks carry: connected, disconnected, idle, active, status, typing, read.
+    /// Event kinds webhooks carry: connected, disconnected, idle, active, status, typing, read, data.
     #[arg(
         long,
         env = "PRESENCE_WEBHOOK_EVENTS",
@@ -157,6 +158,10 @@ struct Args {
     /// Events queued per webhook endpoint at most; more are dropped and counted.
     #[arg(long, env = "PRESENCE_WEBHOOK_QUEUE", default_value_t = 10_000)]
     webhook_queue: usize,
+    /// PEM file of a private CA that https:// webhook endpoints may be signed by (besides the
+    /// system's roots).
+    #[arg(long, env = "PRESENCE_WEBHOOK_CA_FILE")]
+    webhook_ca_file: Option<std::path::PathBuf>,
     /// Log filter, RUST_LOG syntax (e.g. `info,presence_server=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -205,6 +210,7 @@ fn webhooks(args: &Args) -> anyhow::Result<Option<WebhookConfig>> {
     w.window = Duration::from_millis(args.webhook_window_ms);
     w.timeout = Duration::from_millis(args.webhook_timeout_ms);
     w.queue = args.webhook_queue;
+    w.ca_file = args.webhook_ca_file.clone();
     w.validate().context("--webhook-*")?;
     Ok(Some(w))
 }
@@ -216,7 +222,13 @@ async fn check_webhook_hosts(w: &WebhookConfig) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("--webhook-url {url}"))?;
         let host = uri.host().unwrap_or_default().to_owned();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         let lookup = tokio::net::lookup_host((host.as_str(), port));
         let found = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
             Ok(Ok(addrs)) => addrs.count() > 0,

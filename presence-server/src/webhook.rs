@@ -35,6 +35,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::Full;
 use hyper::Uri;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -59,7 +60,8 @@ const KINDS: &[(&str, &[&str])] = &[
 /// Where and what to deliver.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
-    /// Endpoints (`http://host:port/path`); each gets every selected event.
+    /// Endpoints (`http://` or `https://host:port/path`); each gets every
+    /// selected event.
     pub urls: Vec<String>,
     /// The shared secret requests are signed with.
     pub secret: String,
@@ -76,12 +78,15 @@ pub struct WebhookConfig {
     pub max_batch: usize,
     /// Tries per request. Default 8 (about a minute of backoff).
     pub max_attempts: u32,
+    /// PEM certificates of a private CA that `https://` endpoints may be
+    /// signed by, besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A [`WebhookConfig`] that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    /// A URL does not parse or is not `http://host[:port]/...`.
+    /// A URL does not parse or is not `http(s)://host[:port]/...`.
     #[error("webhook URL {0:?}: {1}")]
     BadUrl(String, &'static str),
     /// No secret: receivers could not tell our requests from anyone's.
@@ -89,12 +94,15 @@ pub enum WebhookError {
     NoSecret,
     /// A kind not in the list.
     #[error(
-        "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read)"
+        "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read, data)"
     )]
     UnknownKind(String),
     /// A bound of zero.
     #[error("webhook {0} must be at least 1")]
     Zero(&'static str),
+    /// The CA file cannot be read or holds no PEM certificate.
+    #[error("webhook CA file {0}: {1}")]
+    CaFile(String, String),
 }
 
 impl WebhookConfig {
@@ -112,6 +120,7 @@ impl WebhookConfig {
             queue: 10_000,
             max_batch: 500,
             max_attempts: 8,
+            ca_file: None,
         }
     }
 
@@ -124,6 +133,7 @@ impl WebhookConfig {
             parse_url(url)?;
         }
         self.selected()?;
+        self.private_roots()?;
         for (name, v) in [
             ("queue", self.queue),
             ("max_batch", self.max_batch),
@@ -150,17 +160,81 @@ impl WebhookConfig {
     }
 }
 
+impl WebhookConfig {
+    /// The certificates of [`WebhookConfig::ca_file`].
+    fn private_roots(
+        &self,
+    ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, WebhookError> {
+        use rustls_pki_types::pem::PemObject;
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let bad = |why: String| WebhookError::CaFile(path.display().to_string(), why);
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no certificate".into()));
+        }
+        Ok(certs)
+    }
+
+    /// The TLS settings: the system's roots plus the private CA's.
+    fn tls(&self) -> Result<rustls::ClientConfig, WebhookError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            tracing::warn!("webhooks: a system root certificate could not be read: {e}");
+        }
+        let (_, ignored) = roots.add_parsable_certificates(native.certs);
+        if ignored > 0 {
+            tracing::debug!(
+                ignored,
+                "webhooks: system root certificates rustls cannot use"
+            );
+        }
+        for cert in self.private_roots()? {
+            roots.add(cert).map_err(|e| {
+                WebhookError::CaFile(
+                    self.ca_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    e.to_string(),
+                )
+            })?;
+        }
+        // ring, not aws-lc-rs: no C toolchain beyond ring's own, and a faster
+        // cold build. Its provider lacks post-quantum key exchange, which
+        // rustls flags as deprecated; webhooks carry short-lived events.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .map_err(|e| WebhookError::CaFile(String::new(), e.to_string()))
+    }
+}
+
+/// The HTTP(S) client every endpoint of a node shares.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn client(config: &WebhookConfig) -> Result<HttpClient, WebhookError> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.tls()?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
 fn parse_url(url: &str) -> Result<Uri, WebhookError> {
     let bad = |why| WebhookError::BadUrl(url.to_owned(), why);
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not built in: point it at a TLS-terminating forward proxy on http",
-            ));
-        }
-        _ => return Err(bad("must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(bad("must start with http:// or https://")),
     }
     if uri.host().is_none() {
         return Err(bad("has no host"));
@@ -218,8 +292,15 @@ pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
     if endpoints.is_empty() {
         return;
     }
+    let client = match client(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            // validate() checked the same; only a vanished file gets here.
+            tracing::error!("webhooks off: {e}");
+            return;
+        }
+    };
     let config = Arc::new(config);
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     for ep in &endpoints {
         tokio::spawn(deliver(
             Arc::downgrade(hub),
@@ -296,7 +377,7 @@ async fn deliver(
     hub: Weak<Hub>,
     ep: Arc<Endpoint>,
     config: Arc<WebhookConfig>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 ) {
     let Some(mut shutdown) = hub.upgrade().map(|h| h.shutdown_signal()) else {
         return;
@@ -345,14 +426,19 @@ async fn deliver(
 enum Outcome {
     Delivered,
     Refused(u16),
-    Retry(String),
+    /// Worth trying again; `tls` if the TLS handshake failed (a bad or
+    /// untrusted certificate, a wrong host name).
+    Retry {
+        why: String,
+        tls: bool,
+    },
 }
 
 async fn send_with_retries(
     hub: &Weak<Hub>,
     ep: &Endpoint,
     config: &WebhookConfig,
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     body: Bytes,
     events: u64,
     tries: u32,
@@ -378,14 +464,22 @@ async fn send_with_retries(
                 h.metrics.webhook_dropped("refused", events);
                 return;
             }
-            Outcome::Retry(why) if attempt < tries => {
-                tracing::debug!(url = %ep.url, attempt, why, "webhook failed; retrying");
+            Outcome::Retry { why, tls } if attempt < tries => {
+                if tls {
+                    tracing::warn!(url = %ep.url, attempt, why, "webhook TLS handshake failed; retrying");
+                    h.metrics.webhook_request("tls_failed");
+                } else {
+                    tracing::debug!(url = %ep.url, attempt, why, "webhook failed; retrying");
+                }
                 h.metrics.webhook_request("retried");
                 drop(h);
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Outcome::Retry(why) => {
+            Outcome::Retry { why, tls } => {
+                if tls {
+                    h.metrics.webhook_request("tls_failed");
+                }
                 tracing::warn!(url = %ep.url, attempts = tries, why, events, "webhook gave up; events dropped");
                 h.metrics.webhook_request("failed");
                 h.metrics.webhook_dropped("gave_up", events);
@@ -397,7 +491,7 @@ async fn send_with_retries(
 async fn send(
     ep: &Endpoint,
     config: &WebhookConfig,
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     body: Bytes,
     now_s: u64,
 ) -> Outcome {
@@ -412,19 +506,55 @@ async fn send(
         return Outcome::Refused(0);
     };
     match tokio::time::timeout(config.timeout, client.request(request)).await {
-        Err(_) => Outcome::Retry("timed out".into()),
-        Ok(Err(e)) => Outcome::Retry(e.to_string()),
+        Err(_) => Outcome::Retry {
+            why: "timed out".into(),
+            tls: false,
+        },
+        Ok(Err(e)) => Outcome::Retry {
+            why: chain(&e),
+            tls: is_tls(&e),
+        },
         Ok(Ok(response)) => {
             let status = response.status();
             if status.is_success() {
                 Outcome::Delivered
             } else if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
-                Outcome::Retry(format!("status {status}"))
+                Outcome::Retry {
+                    why: format!("status {status}"),
+                    tls: false,
+                }
             } else {
                 Outcome::Refused(status.as_u16())
             }
         }
     }
+}
+
+/// An error with its causes, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Whether rustls refused the connection somewhere down the causes (an
+/// `io::Error` hides the error it wraps from `source()`, so it is opened).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+        && is_tls(inner)
+    {
+        return true;
+    }
+    e.source().is_some_and(is_tls)
 }
 
 /// A random wait between half and all of `d`, so endpoints that failed
@@ -466,7 +596,12 @@ mod tests {
         let mut c = ok.clone();
         c.secret.clear();
         assert!(matches!(c.validate(), Err(WebhookError::NoSecret)));
-        for url in ["https://x/hook", "ftp://x", "not a url", "/relative"] {
+        assert!(
+            WebhookConfig::new(vec!["https://x/hook".into()], "s")
+                .validate()
+                .is_ok()
+        );
+        for url in ["ftp://x", "not a url", "/relative"] {
             let c = WebhookConfig::new(vec![url.into()], "s");
             assert!(
                 matches!(c.validate(), Err(WebhookError::BadUrl(..))),
@@ -476,8 +611,16 @@ mod tests {
         let mut c = ok.clone();
         c.kinds.push("typo".into());
         assert!(matches!(c.validate(), Err(WebhookError::UnknownKind(_))));
-        let mut c = ok;
+        let mut c = ok.clone();
         c.queue = 0;
         assert!(matches!(c.validate(), Err(WebhookError::Zero("queue"))));
+        let mut c = ok;
+        c.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(c.validate(), Err(WebhookError::CaFile(..))));
+        let dir = std::env::temp_dir().join(format!("presence-ca-{}", std::process::id()));
+        std::fs::write(&dir, "not a certificate").expect("write");
+        c.ca_file = Some(dir.clone());
+        assert!(matches!(c.validate(), Err(WebhookError::CaFile(..))));
+        let _ = std::fs::remove_file(dir);
     }
 }

@@ -84,6 +84,60 @@ impl Receiver {
         (r, format!("http://{addr}/hook"))
     }
 
+    /// The same receiver over HTTPS, its certificate (for 127.0.0.1) signed
+    /// by a fresh test CA; also returns that CA as PEM.
+    async fn start_tls(answers: &[u16]) -> (Receiver, String, String) {
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "presence test CA");
+        let ca = ca.self_signed(&ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("certificate");
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server TLS");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let r = Receiver::default();
+        r.answers.lock().expect("lock").extend_from_slice(answers);
+        let app = axum::Router::new()
+            .route("/hook", post(hook))
+            .with_state(r.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust us fails here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (r, format!("https://{addr}/hook"), ca.pem())
+    }
+
     fn requests(&self) -> Vec<Got> {
         self.got.lock().expect("lock").clone()
     }
@@ -366,4 +420,51 @@ async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
         ["user_connected", "user_idle"],
         "once per endpoint, whichever node caused it"
     );
+}
+
+#[tokio::test]
+async fn an_https_endpoint_signed_by_a_private_ca_gets_signed_batches_and_a_wrong_ca_is_refused() {
+    let (receiver, url, ca) = Receiver::start_tls(&[]).await;
+    let dir = std::env::temp_dir().join(format!("presence-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    let mut w = hooks(&url);
+    w.ca_file = Some(ca_file);
+    let srv = server(w).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let events = receiver
+        .wait_for("connected over HTTPS", |e| !kinds(e, "ana").is_empty())
+        .await;
+    assert_eq!(kinds(&events, "ana"), ["user_connected"]);
+    for g in receiver.requests() {
+        assert_eq!(g.signature, expected_signature(&g.timestamp, &g.body));
+    }
+
+    // A node trusting another CA (and the system's roots) refuses the
+    // receiver's certificate: counted, retried, never delivered.
+    let (_, _, other_ca) = Receiver::start_tls(&[]).await;
+    let other = dir.join("other-ca.pem");
+    std::fs::write(&other, other_ca).expect("write CA");
+    let mut w = hooks(&url);
+    w.ca_file = Some(other);
+    let wrong = server(w).await;
+    let before = receiver.requests().len();
+    let mut bob = wrong.client("bob").await;
+    bob.join("r").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_text(wrong.addr, "/metrics").await;
+        if metrics.contains("presence_webhook_requests_total{outcome=\"tls_failed\"}") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS failure counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.requests().len(), before, "nothing got through");
+    let _ = std::fs::remove_dir_all(dir);
 }
