@@ -39,6 +39,7 @@ pub(crate) struct Metrics {
     pub webhook_requests: Family<Labels, Counter>,
     pub webhook_drops: Family<Labels, Counter>,
     pub webhook_latency: Histogram,
+    pub webhook_lags: Family<[(&'static str, String); 1], Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub stream: StreamMetrics,
 }
 
@@ -186,6 +187,17 @@ impl Metrics {
                 bad_backend_replies.clone(),
             );
         }
+        let webhook_lags = Family::<
+            [(&'static str, String); 1],
+            Gauge<f64, std::sync::atomic::AtomicU64>,
+        >::default();
+        if clustered {
+            registry.register(
+                "webhook_lag_seconds",
+                "Age of the oldest event not yet delivered to each webhook endpoint, on the node delivering it (0: caught up)",
+                webhook_lags.clone(),
+            );
+        }
         let stream = StreamMetrics {
             appended: Counter::default(),
             dropped: Counter::default(),
@@ -286,6 +298,7 @@ impl Metrics {
             webhook_requests,
             webhook_drops,
             webhook_latency,
+            webhook_lags,
             stream,
         }
     }
@@ -294,6 +307,12 @@ impl Metrics {
         self.webhook_requests
             .get_or_create(&[("outcome", outcome)])
             .inc();
+    }
+
+    pub fn webhook_lag(&self, endpoint: &str, seconds: f64) {
+        self.webhook_lags
+            .get_or_create(&[("endpoint", endpoint.to_owned())])
+            .set(seconds);
     }
 
     pub fn webhook_dropped(&self, reason: &'static str, events: u64) {

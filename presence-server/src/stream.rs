@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt};
 use presence_core::Event;
 use tokio::sync::{Notify, watch};
 
-use crate::backend::stream::{Append, Keep, ShardRead, StreamId, shard_of};
+use crate::backend::stream::{Append, Keep, ShardRead, StreamEntry, StreamId, shard_of};
 use crate::backend::{Backend, BackendError};
 use crate::metrics::StreamMetrics;
 
@@ -148,6 +148,11 @@ impl EventStream {
             }
             metrics.pending.set(self.outbox().queue.len() as i64);
         }
+    }
+
+    /// Fires at this node's next append.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
     }
 
     /// Whether anything waits to be appended.
@@ -292,7 +297,7 @@ pub(crate) fn serve(
     let reader = Reader {
         stream,
         backend,
-        pos: from.pos,
+        tail: Tail::new(from),
         pending: VecDeque::new(),
         _slot: slot,
     };
@@ -309,7 +314,7 @@ pub(crate) fn serve(
 struct Reader {
     stream: Arc<EventStream>,
     backend: Arc<dyn Backend>,
-    pos: Vec<StreamId>,
+    tail: Tail,
     pending: VecDeque<SseEvent>,
     _slot: ReaderSlot,
 }
@@ -331,9 +336,31 @@ impl Reader {
             let appended = stream.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            match self.read().await {
-                Ok(true) => continue,
-                Ok(false) => {
+            match self.tail.read(&*self.backend, READ_AT_ONCE).await {
+                Ok(items) if !items.is_empty() => {
+                    let now = now_ms();
+                    for item in items {
+                        self.tail.advance(&item);
+                        let cursor = self.tail.cursor();
+                        let sse = match item {
+                            Item::Gap { data, .. } => {
+                                self.stream.metrics.gaps.inc();
+                                SseEvent::default().event("gap").data(data.to_string())
+                            }
+                            Item::Event { shard, entry } => {
+                                self.stream
+                                    .metrics
+                                    .lag
+                                    .observe(now.saturating_sub(entry.id.ms) as f64 / 1000.0);
+                                SseEvent::default()
+                                    .event(entry.kind.clone())
+                                    .data(Item::json(shard, &entry))
+                            }
+                        };
+                        self.pending.push_back(sse.id(cursor));
+                    }
+                }
+                Ok(_) => {
                     let _ = tokio::time::timeout(POLL, appended).await;
                 }
                 Err(e) => {
@@ -343,17 +370,76 @@ impl Reader {
             }
         }
     }
+}
 
-    /// One read of every shard; whether it found anything to send.
-    async fn read(&mut self) -> Result<bool, BackendError> {
-        let shards = self.stream.shards;
-        let pos = &mut self.pos;
-        let after = (0..shards).map(|s| (s, pos[usize::from(s)])).collect();
-        let reads = self.backend.read_stream(after, READ_AT_ONCE).await?;
+/// Milliseconds since the Unix epoch, by this machine's clock (stream ids
+/// come from the engine's, so lags are as good as the clocks' agreement).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a read of the whole stream found, in the order to hand it on.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// Entries of `shard` after the reader's position are gone (retention,
+    /// or the engine lost the stream); `to` is where to go on when nothing
+    /// of the shard is left to read.
+    Gap {
+        shard: u16,
+        to: Option<StreamId>,
+        data: serde_json::Value,
+    },
+    /// One event.
+    Event { shard: u16, entry: StreamEntry },
+}
+
+impl Item {
+    /// An event as backends read it: its JSON with its cluster-wide `id`
+    /// (`<shard>-<ms>-<n>`) first.
+    pub fn json(shard: u16, entry: &StreamEntry) -> String {
+        with_id(&format!("{shard}-{}", entry.id), &entry.data)
+    }
+}
+
+/// A position in every shard, read forward.
+pub(crate) struct Tail {
+    label: u32,
+    pos: Vec<StreamId>,
+}
+
+impl Tail {
+    pub fn new(from: Cursor) -> Self {
+        Self {
+            label: from.label,
+            pos: from.pos,
+        }
+    }
+
+    pub fn cursor(&self) -> String {
+        cursor(self.label, &self.pos)
+    }
+
+    /// Up to `per_shard` entries of each shard after the position, gaps
+    /// first; across shards roughly by time, within a shard strictly in
+    /// order. The position moves only by [`Tail::advance`].
+    pub async fn read(
+        &self,
+        backend: &dyn Backend,
+        per_shard: usize,
+    ) -> Result<Vec<Item>, BackendError> {
+        let after = self
+            .pos
+            .iter()
+            .enumerate()
+            .map(|(s, p)| (s as u16, *p))
+            .collect();
+        let reads = backend.read_stream(after, per_shard).await?;
+        let mut gaps = Vec::new();
         let mut entries = Vec::new();
         for r in reads {
-            let i = usize::from(r.shard);
-            let Some(at) = pos.get(i).copied() else {
+            let Some(at) = self.pos.get(usize::from(r.shard)).copied() else {
                 continue;
             };
             if r.gap(at) {
@@ -363,39 +449,32 @@ impl Reader {
                     "first": r.entries.first().map(|e| e.id.to_string()),
                     "last": r.last.to_string(),
                 });
-                if r.entries.is_empty() {
-                    pos[i] = r.last;
-                }
-                self.pending.push_back(
-                    SseEvent::default()
-                        .id(cursor(self.stream.label, pos))
-                        .event("gap")
-                        .data(data.to_string()),
-                );
-                self.stream.metrics.gaps.inc();
+                gaps.push(Item::Gap {
+                    shard: r.shard,
+                    to: r.entries.is_empty().then_some(r.last),
+                    data,
+                });
             }
             entries.extend(r.entries.into_iter().map(|e| (r.shard, e)));
         }
-        // Across shards, roughly by time; within a shard, strictly in order.
         entries.sort_by_key(|(s, e)| (e.id.ms, *s, e.id.seq));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let found = !entries.is_empty() || !self.pending.is_empty();
-        for (shard, e) in entries {
-            pos[usize::from(shard)] = e.id;
-            self.stream
-                .metrics
-                .lag
-                .observe(now.saturating_sub(e.id.ms) as f64 / 1000.0);
-            self.pending.push_back(
-                SseEvent::default()
-                    .id(cursor(self.stream.label, pos))
-                    .event(e.kind)
-                    .data(with_id(&format!("{shard}-{}", e.id), &e.data)),
-            );
+        gaps.extend(
+            entries
+                .into_iter()
+                .map(|(shard, entry)| Item::Event { shard, entry }),
+        );
+        Ok(gaps)
+    }
+
+    /// Moves past `item`.
+    pub fn advance(&mut self, item: &Item) {
+        let (shard, to) = match item {
+            Item::Gap { shard, to, .. } => (*shard, *to),
+            Item::Event { shard, entry } => (*shard, Some(entry.id)),
+        };
+        if let (Some(p), Some(to)) = (self.pos.get_mut(usize::from(shard)), to) {
+            *p = to;
         }
-        Ok(found)
     }
 }
 

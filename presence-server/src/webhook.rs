@@ -301,6 +301,21 @@ pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
         }
     };
     let config = Arc::new(config);
+    if hub.stream.is_some() {
+        // Among the cluster's tasks, so a node halted as if killed stops
+        // delivering too.
+        let mut tasks = hub.store_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for ep in endpoints {
+            tasks.push(tokio::spawn(from_stream(
+                Arc::downgrade(hub),
+                ep,
+                config.clone(),
+                client.clone(),
+                names.clone(),
+            )));
+        }
+        return;
+    }
     for ep in &endpoints {
         tokio::spawn(deliver(
             Arc::downgrade(hub),
@@ -421,6 +436,203 @@ async fn deliver(
             ep.wake.notify_one();
         }
     }
+}
+
+/// With a cluster: one node at a time delivers an endpoint (a role held in
+/// the backend, `hook-<FNV-1a 64 of the URL>`), from the cluster's event
+/// stream, and saves its position there after each batch it is done with.
+/// A node that dies is followed, within the lease TTL, by another that goes
+/// on from the saved position: the batch in flight is sent again, with the
+/// same ids. The backlog is the stream (its retention), not a node's memory.
+async fn from_stream(
+    hub: Weak<Hub>,
+    ep: Arc<Endpoint>,
+    config: Arc<WebhookConfig>,
+    client: HttpClient,
+    names: Vec<&'static str>,
+) {
+    let role = format!("hook-{:016x}", fnv64(&ep.url));
+    let Some((backend, stream, ttl, mut shutdown)) = hub.upgrade().and_then(|h| {
+        let link = h.cluster.as_ref()?;
+        Some((
+            link.backend.clone(),
+            h.stream.clone()?,
+            link.config.lease_ttl,
+            h.shutdown_signal(),
+        ))
+    }) else {
+        return;
+    };
+    let beat = ttl / 3;
+    let stop = shutdown.clone();
+    let pause = |d: Duration| {
+        let mut shutdown = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => true,
+                _ = shutdown.wait_for(|s| *s) => false,
+            }
+        }
+    };
+    'holding: loop {
+        let Some(me) = hub.upgrade().map(|h| h.cluster_me()) else {
+            return;
+        };
+        let saved = match backend.hold(&role, &me, ttl, None).await {
+            Ok((true, saved)) => saved,
+            _ => {
+                if !pause(beat).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let from = match saved.as_deref().map(|s| stream.cursor(s)) {
+            Some(Ok(c)) => c,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(url = %ep.url, "webhooks: saved position unusable ({e}); starting at the end");
+                }
+                match stream.end(&*backend).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        if !pause(beat).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        tracing::info!(url = %ep.url, node = %me, "webhooks: this node delivers the endpoint");
+        let mut tail = crate::stream::Tail::new(from);
+        let mut renewed = tokio::time::Instant::now();
+        let mut waited = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if renewed.elapsed() >= beat {
+                match backend.hold(&role, &me, ttl, None).await {
+                    Ok((true, _)) => renewed = tokio::time::Instant::now(),
+                    Ok((false, _)) => continue 'holding,
+                    Err(_) => {}
+                }
+            }
+            let appended = stream.appended();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let items = match tail.read(&*backend, config.max_batch).await {
+                Ok(items) => items,
+                Err(_) => {
+                    if !pause(crate::stream::POLL * 10).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let lag = items.iter().find_map(|i| match i {
+                crate::stream::Item::Event { entry, .. } => Some(entry.id.ms),
+                crate::stream::Item::Gap { .. } => None,
+            });
+            if let Some(h) = hub.upgrade() {
+                let age = lag.map_or(0.0, |ms| {
+                    crate::stream::now_ms().saturating_sub(ms) as f64 / 1000.0
+                });
+                h.metrics.webhook_lag(&ep.url, age);
+            }
+            if items.is_empty() {
+                waited = false;
+                tokio::select! {
+                    _ = appended => {}
+                    _ = tokio::time::sleep(crate::stream::POLL) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            if !waited {
+                // Coalesce: what comes within the window rides along.
+                waited = true;
+                if !pause(config.window).await {
+                    return;
+                }
+                continue;
+            }
+            waited = false;
+            let mut body = String::from("{\"events\":[");
+            let mut events = 0usize;
+            let mut taken = 0usize;
+            for item in &items {
+                let json = match item {
+                    crate::stream::Item::Gap { data, .. } => {
+                        let mut d = data.clone();
+                        d["type"] = "gap".into();
+                        Some(d.to_string())
+                    }
+                    crate::stream::Item::Event { shard, entry } => names
+                        .contains(&entry.kind.as_str())
+                        .then(|| crate::stream::Item::json(*shard, entry)),
+                };
+                taken += 1;
+                if let Some(json) = json {
+                    if events > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&json);
+                    events += 1;
+                    if events == config.max_batch {
+                        break;
+                    }
+                }
+            }
+            body.push_str("]}");
+            if events > 0 {
+                let send = send_with_retries(
+                    &hub,
+                    &ep,
+                    &config,
+                    &client,
+                    Bytes::from(body),
+                    events as u64,
+                    config.max_attempts,
+                );
+                tokio::pin!(send);
+                // Keep the role while the batch is tried (retries back off
+                // for up to a minute).
+                loop {
+                    tokio::select! {
+                        _ = &mut send => break,
+                        _ = tokio::time::sleep(beat) => {
+                            if let Ok((false, _)) = backend.hold(&role, &me, ttl, None).await {
+                                continue 'holding;
+                            }
+                            renewed = tokio::time::Instant::now();
+                        }
+                    }
+                }
+            }
+            for item in &items[..taken] {
+                tail.advance(item);
+            }
+            match backend.hold(&role, &me, ttl, Some(tail.cursor())).await {
+                Ok((true, _)) => renewed = tokio::time::Instant::now(),
+                Ok((false, _)) => continue 'holding,
+                // Kept in memory; saved with the next batch.
+                Err(e) => {
+                    tracing::debug!(url = %ep.url, error = %e, "webhooks: position not saved")
+                }
+            }
+        }
+    }
+}
+
+fn fnv64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 enum Outcome {

@@ -238,6 +238,7 @@ conformance!(
     bad_stored_values_never_panic,
     stream_keeps_order_per_shard_and_tells_trimming,
     stream_append_fails_whole_when_down,
+    a_role_has_one_holder_and_keeps_its_state,
 );
 
 // ---------------------------------------------------------------- setup
@@ -1569,4 +1570,43 @@ async fn stream_append_fails_whole_when_down(env: Env) {
     let batch = vec![appended(0, "a", 0), appended(1, "b", 1)];
     let (_, back) = node.append(batch.clone(), keep).await.expect_err("down");
     assert_eq!(back, batch, "every entry is handed back");
+}
+
+async fn a_role_has_one_holder_and_keeps_its_state(env: Env) {
+    let (a, b) = (env.node(), env.node());
+    let role = "hook-5f3a";
+    assert_eq!(
+        a.hold(role, "a.1", TTL, None).await.expect("hold"),
+        (true, None)
+    );
+    assert_eq!(
+        b.hold(role, "b.1", TTL, None).await.expect("hold"),
+        (false, None)
+    );
+    let saved = Some("cursor-1".to_owned());
+    assert_eq!(
+        a.hold(role, "a.1", TTL, saved.clone()).await.expect("hold"),
+        (true, saved.clone()),
+        "the holder keeps it and saves"
+    );
+    assert_eq!(
+        b.hold(role, "b.1", TTL, Some("stolen".into()))
+            .await
+            .expect("hold"),
+        (false, saved.clone()),
+        "another saves nothing"
+    );
+    // The holder stops renewing: after the TTL the other takes the role,
+    // and the state with it.
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert_eq!(
+        b.hold(role, "b.1", TTL, None).await.expect("hold"),
+        (true, saved)
+    );
+    assert!(
+        !a.hold(role, "a.1", TTL, Some("late".into()))
+            .await
+            .expect("hold")
+            .0
+    );
 }

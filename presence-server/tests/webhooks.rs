@@ -29,6 +29,8 @@ struct Got {
     timestamp: String,
     signature: String,
     body: String,
+    /// What the receiver answered.
+    status: u16,
 }
 
 #[derive(Clone, Default)]
@@ -47,11 +49,6 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
             .unwrap_or("")
             .to_owned()
     };
-    r.got.lock().expect("lock").push(Got {
-        timestamp: h("presence-timestamp"),
-        signature: h("presence-signature"),
-        body,
-    });
     let status = {
         let mut answers = r.answers.lock().expect("lock");
         if answers.is_empty() {
@@ -60,6 +57,12 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
             answers.remove(0)
         }
     };
+    r.got.lock().expect("lock").push(Got {
+        timestamp: h("presence-timestamp"),
+        signature: h("presence-signature"),
+        body,
+        status: if status == HANG { 200 } else { status },
+    });
     if status == HANG {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return StatusCode::OK;
@@ -374,6 +377,26 @@ async fn over_redis_each_change_is_delivered_once_per_endpoint() {
     delete_redis_keys(&[url], &prefix);
 }
 
+#[tokio::test]
+async fn over_a_redis_cluster_each_change_is_delivered_once_per_endpoint() {
+    let Ok(seeds) = std::env::var("PRESENCE_TEST_REDIS_CLUSTER") else {
+        println!(
+            "PRESENCE_TEST_REDIS_CLUSTER unset: no Redis Cluster here (cargo xtask test starts one)"
+        );
+        return;
+    };
+    let seeds: Vec<String> = seeds.split(',').map(str::to_owned).collect();
+    let prefix = format!("ptest:hooksc:{}:{}", std::process::id(), now_secs());
+    once_per_endpoint(|| {
+        let mut c = RedisConfig::cluster(seeds.clone());
+        c.prefix = prefix.clone();
+        Arc::new(RedisBackend::new(c).expect("redis cluster config"))
+    })
+    .await;
+    let urls: Vec<String> = seeds.iter().map(|s| format!("redis://{s}")).collect();
+    delete_redis_keys(&urls, &prefix);
+}
+
 async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
     let (receiver, url) = Receiver::start(&[]).await;
     let mut nodes = Vec::new();
@@ -394,6 +417,15 @@ async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
         assert!(Instant::now() < deadline, "nodes up");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let start = {
+        // The stream's end now, as a position: a reader from the start
+        // gets what follows.
+        let (_, mut r) = SseReader::open(&nodes[0], SERVICE_KEY, None).await;
+        let probe = nodes[0].client("probe").await;
+        let e = r.find("user_connected", "probe").await;
+        probe.close().await;
+        e.id.expect("a position")
+    };
     let mut tab_a = nodes[0].client("bob").await;
     tab_a.join("r").await;
     let mut tab_b = nodes[1].client("bob").await;
@@ -419,6 +451,74 @@ async fn once_per_endpoint(backend: impl Fn() -> Arc<dyn Backend>) {
         kinds(&events, "bob"),
         ["user_connected", "user_idle"],
         "once per endpoint, whichever node caused it"
+    );
+    // The same events, under the same ids, as the event stream's readers
+    // get on any node.
+    let (_, mut feed) = SseReader::open(&nodes[1], SERVICE_KEY, Some(&start)).await;
+    let mut from_feed = Vec::new();
+    while let Some(e) = feed.next_within(Duration::from_millis(300)).await {
+        if e.data["global"] == true && diff_user(&e.data) == "bob" {
+            from_feed.push(e.data["id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let hooked: Vec<String> = events
+        .iter()
+        .filter(|e| e["global"] == true && diff_user(e) == "bob")
+        .map(|e| e["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(hooked, from_feed, "webhook ids are the stream's ids");
+
+    // The node delivering the endpoint dies while its batch is refused:
+    // the other takes the endpoint over within the lease and delivers the
+    // batch, under the same ids.
+    let mut holder = None;
+    for (i, n) in nodes.iter().enumerate() {
+        let (_, metrics) = http_text(n.addr, "/metrics").await;
+        if metrics.contains("presence_webhook_lag_seconds{endpoint=") {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one node delivers the endpoint");
+    let other = 1 - holder;
+    receiver.answers.lock().expect("lock").extend([503; 4]);
+    let mut carol = nodes[other].client("carol").await;
+    carol.join("r").await;
+    receiver
+        .wait_for("carol's connect, refused", |e| {
+            !kinds(e, "carol").is_empty()
+        })
+        .await;
+    nodes[holder].server.halt_cluster();
+    nodes[holder].abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let carols = loop {
+        let requests = receiver.requests();
+        let ok: Vec<Value> = events_of(
+            &requests
+                .iter()
+                .filter(|g| g.status == 200)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        if !kinds(&ok, "carol").is_empty() {
+            break events_of(&requests);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "carol's connect never delivered: {requests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut ids: Vec<&str> = carols
+        .iter()
+        .filter(|e| e["global"] == true && diff_user(e) == "carol")
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one event, the same id on every try: {carols:?}"
     );
 }
 

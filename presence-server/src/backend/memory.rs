@@ -143,6 +143,9 @@ struct World {
     subscribers: HashMap<Topic, BTreeSet<u64>>,
     links: HashMap<u64, Link>,
     streams: HashMap<u16, Log>,
+    /// Role → holder and the end of its hold; role → saved state.
+    roles: HashMap<String, (String, Instant)>,
+    role_states: HashMap<String, String>,
 }
 
 /// One shard of the event stream, as a Redis stream keeps it.
@@ -542,6 +545,29 @@ impl Backend for MemoryBackend {
             Ok(())
         }
         .boxed()
+    }
+
+    fn hold<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        save: Option<String>,
+    ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>> {
+        self.call(move |w, now| {
+            let other = w
+                .roles
+                .get(role)
+                .is_some_and(|(h, until)| h != holder && *until > now);
+            if !other {
+                w.roles
+                    .insert(role.to_owned(), (holder.to_owned(), now + ttl));
+                if let Some(state) = save {
+                    w.role_states.insert(role.to_owned(), state);
+                }
+            }
+            (!other, w.role_states.get(role).cloned())
+        })
     }
 
     fn read_stream<'a>(

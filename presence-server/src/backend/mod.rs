@@ -266,6 +266,20 @@ pub trait Backend: Send + Sync + 'static {
         keep: Keep,
     ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>>;
 
+    /// Takes `role` for `holder` if nobody holds it, or keeps it for its
+    /// holder, for `ttl`; with `save`, also saves the role's state, only if
+    /// `holder` holds it. Answers whether `holder` holds it now and the
+    /// role's saved state (which outlives holders). One holder at a time per
+    /// role: e.g. the one node that delivers an endpoint's webhooks, with
+    /// its position in the event stream as the state.
+    fn hold<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        save: Option<String>,
+    ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>>;
+
     /// Reads up to `count` entries of each shard after its position (with
     /// `count` 0, only each shard's last id).
     fn read_stream<'a>(

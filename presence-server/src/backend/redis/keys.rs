@@ -77,6 +77,16 @@ impl Keys {
         format!("{}:{{e:{shard}}}", self.prefix)
     }
 
+    /// String `P:{w:<role>}:h`: who holds a role (with the hold's TTL).
+    pub(super) fn role_holder(&self, role: &str) -> String {
+        format!("{}:{{w:{role}}}:h", self.prefix)
+    }
+
+    /// String `P:{w:<role>}:s`: a role's saved state.
+    pub(super) fn role_state(&self, role: &str) -> String {
+        format!("{}:{{w:{role}}}:s", self.prefix)
+    }
+
     /// The sharded channel of a topic: `P:{r:<room>}` or `P:{u:<user>}`.
     pub(super) fn channel(&self, topic: &Topic) -> String {
         match topic {

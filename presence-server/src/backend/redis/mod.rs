@@ -67,6 +67,7 @@ struct Scripts {
     lease: Script,
     append: Script,
     read: Script,
+    hold: Script,
 }
 
 impl Scripts {
@@ -80,6 +81,7 @@ impl Scripts {
             lease: Script::new(include_str!("scripts/lease.lua")),
             append: Script::new(include_str!("scripts/append.lua")),
             read: Script::new(include_str!("scripts/read.lua")),
+            hold: Script::new(include_str!("scripts/hold.lua")),
         }
     }
 }
@@ -681,6 +683,40 @@ impl Backend for RedisBackend {
             }
         }
         .boxed()
+    }
+
+    fn hold<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        save: Option<String>,
+    ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>> {
+        self.link
+            .run(move |mut c| async move {
+                let ms = millis(ttl).to_string();
+                let state = save.unwrap_or_default();
+                let cmd = Self::eval(
+                    &self.scripts.hold,
+                    &[self.keys.role_holder(role), self.keys.role_state(role)],
+                    &[holder.as_bytes(), ms.as_bytes(), state.as_bytes()],
+                );
+                let reply = evals(&mut c, &self.scripts.hold, &[cmd])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| bad("hold: no reply"))?;
+                let mut parts = items(reply)?.into_iter();
+                let (Some(held), Some(state), None) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(bad("hold: expected {held, state}").into());
+                };
+                let state = match state {
+                    Value::Boolean(false) | Value::Nil => None,
+                    v => opt_string(&v)?,
+                };
+                Ok((int(&held)? == 1, state))
+            })
+            .boxed()
     }
 
     fn read_stream<'a>(
