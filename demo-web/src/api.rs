@@ -223,7 +223,8 @@ async fn post_message(
     // The host-app half of typing indicators: a sent message ends the
     // sender's "typing…" now, not when it would expire.
     if let Some(room_id) = room.room_id() {
-        app.presence.message_sent(&user, &room_id);
+        // Embedded on one node: nothing to tell other nodes, so no error.
+        let _ = app.presence.message_sent(&user, &room_id).await;
     }
     Ok((StatusCode::CREATED, Json(message)).into_response())
 }

@@ -127,6 +127,10 @@ async fn caller(
         query,
     };
     match hub.bounded(hub.auth.authenticate(&request)).await? {
+        Ok(who) if hub.is_revoked(&who).await => {
+            tracing::debug!(user = %who.user, "HTTP API token revoked");
+            Err(ApiError::unauthorized())
+        }
         Ok(who) => Ok(Caller::User(who)),
         Err(e) => {
             tracing::debug!(error = %e, "HTTP API token refused");
@@ -506,19 +510,30 @@ pub(crate) async fn message_sent(
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     let req: MessageSent = json_body(body, r#"{"user":"..."}"#)?;
     let user = UserId::new(req.user).map_err(|e| ApiError::invalid(e.to_string()))?;
-    hub.message_sent(&user, &room);
+    hub.message_sent_everywhere(&user, &room)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("typing stopped on this node, the other nodes may not know: {e}; retry"),
+            )
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, Default)]
 struct Disconnect {
     code: Option<u16>,
+    revoke: Option<bool>,
 }
 
-/// `POST /v1/users/{id}/disconnect` `{"code":4101}` (service key): closes
-/// every socket of the user on this node with `code` — 4101 (the default:
-/// revoked, get a new token), 1008 (abuse), 1001 or 1000 — and answers how
-/// many. Their connections then go offline after the grace, as after a drop.
+/// `POST /v1/users/{id}/disconnect` `{"code":4101,"revoke":false}` (service
+/// key): closes every socket of the user, on every node, with `code` — 4101
+/// (the default: revoked, get a new token), 1008 (abuse), 1001 or 1000 —
+/// and answers how many this node closed. Their connections then go offline
+/// after the grace, as after a drop. With `revoke`, the user's tokens issued
+/// (`iat`) before now are refused everywhere from now on.
 pub(crate) async fn disconnect_user(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
@@ -526,7 +541,6 @@ pub(crate) async fn disconnect_user(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    use presence_core::protocol::CloseCode;
     service_only(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     let empty = matches!(&body, Ok(b) if b.is_empty());
@@ -535,19 +549,23 @@ pub(crate) async fn disconnect_user(
     } else {
         json_body(body, r#"{"code":4101}"#)?
     };
-    let close = match req.code.unwrap_or(4101) {
-        4101 => (CloseCode::Unauthorized, "disconnected by the server"),
-        1008 => (CloseCode::PolicyViolation, "disconnected by the server"),
-        1001 => (CloseCode::GoingAway, "disconnected by the server"),
-        1000 => (CloseCode::Normal, "disconnected by the server"),
-        other => {
-            return Err(ApiError::invalid(format!(
-                "code {other}: use 4101, 1008, 1001 or 1000"
-            )));
-        }
-    };
-    let closed = hub.disconnect_user(&user, close);
-    Ok(Json(json!({ "user": user, "closed": closed })))
+    let code = req.code.unwrap_or(4101);
+    let close = crate::hub::close_for(code)
+        .ok_or_else(|| ApiError::invalid(format!("code {code}: use 4101, 1008, 1001 or 1000")))?;
+    let revoke = req.revoke.unwrap_or(false);
+    let closed = hub
+        .disconnect_everywhere(&user, close, revoke)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("this node's sockets were closed, the other nodes' may not be: {e}; retry"),
+            )
+        })?;
+    Ok(Json(
+        json!({ "user": user, "closed": closed, "revoked": revoke }),
+    ))
 }
 
 /// `GET /v1/events` (service key): every host event as Server-Sent Events;

@@ -365,9 +365,31 @@ impl PresenceServer {
     }
 
     /// The host app stored a message from `user` in `room`: their typing
-    /// indicator there stops now instead of at its expiry.
-    pub fn message_sent(&self, user: &UserId, room: &RoomId) {
-        self.hub.message_sent(user, room);
+    /// indicator there stops now instead of at its expiry, on this node at
+    /// once and (with a cluster) on every node within a bus round trip; an
+    /// error says the other nodes may not have heard.
+    pub async fn message_sent(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+    ) -> Result<(), crate::backend::BackendError> {
+        self.hub.message_sent_everywhere(user, room).await
+    }
+
+    /// Closes `user`'s sockets on every node with 4101 (get a new token);
+    /// with `revoke`, their tokens issued (`iat`) before now are refused
+    /// everywhere from now on (for 30 days). Returns how many sockets this
+    /// node closed; an error says the other nodes may not have heard.
+    pub async fn disconnect(
+        &self,
+        user: &UserId,
+        revoke: bool,
+    ) -> Result<usize, crate::backend::BackendError> {
+        let close = crate::hub::close_for(4101).unwrap_or((
+            presence_core::protocol::CloseCode::Unauthorized,
+            "disconnected by the server",
+        ));
+        self.hub.disconnect_everywhere(user, close, revoke).await
     }
 
     /// A user's presence as others see it (`None` if never seen).
@@ -514,6 +536,14 @@ async fn upgrade(
     };
     let buffers = hub.config.socket;
     let user = match hub.bounded(hub.auth.authenticate(&auth)).await {
+        Ok(Ok(user)) if hub.is_revoked(&user).await => {
+            tracing::debug!(user = %user.user, "upgrade refused: the token was revoked");
+            hub.metrics.unauthorized.inc();
+            return ws.run(buffers, |socket| {
+                let (sink, stream) = socket.split();
+                session::refuse(sink, stream)
+            });
+        }
         Ok(Ok(user)) => user,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upgrade refused");

@@ -723,6 +723,11 @@ impl Session<'_> {
             query: &query,
         };
         let who = match hub.bounded(hub.auth.authenticate(&request)).await {
+            Ok(Ok(who)) if hub.is_revoked(&who).await => {
+                hub.metrics.token("refused");
+                hub.metrics.reject(ErrorCode::Unauthorized);
+                return Err((CloseCode::Unauthorized, "the refreshed token was revoked"));
+            }
             Ok(Ok(who)) => who,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "refreshed token refused");

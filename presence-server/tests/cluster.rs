@@ -171,6 +171,8 @@ on_every_backend!(
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     one_event_stream_is_read_from_any_node_exactly_once,
+    a_ban_on_one_node_closes_the_user_everywhere_and_refuses_the_old_token,
+    a_message_sent_on_one_node_stops_typing_on_another,
     data_crosses_nodes_and_the_latest_setting_wins,
     a_large_room_spans_nodes_with_counts_and_summaries,
 );
@@ -1005,6 +1007,91 @@ async fn one_event_stream_is_read_from_any_node_exactly_once(f: Fabric) {
             "{bad}"
         );
     }
+}
+
+/// `disconnect` with `revoke` on node A closes the user's sockets on B and
+/// C within a bus round trip, and their old token is refused everywhere;
+/// a token issued after the ban is welcome.
+async fn a_ban_on_one_node_closes_the_user_everywhere_and_refuses_the_old_token(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let old =
+        token_with(json!({"sub": "mallory", "exp": now_secs() + 3600, "iat": now_secs() - 60}));
+    let url = |n: &TestServer, t: &str| format!("ws://{}/ws?token={t}", n.addr);
+    let mut on_b = Client::connect(&url(&b, &old), "mallory", None).await;
+    on_b.join("r").await;
+    let mut on_c = Client::connect(&url(&c, &old), "mallory", None).await;
+    on_c.join("r").await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    let (status, body) = a
+        .post(
+            "/v1/users/mallory/disconnect",
+            SERVICE_KEY,
+            r#"{"revoke":true}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["closed"], 0, "nothing of mallory's on A");
+    assert_eq!(body["revoked"], true);
+    let banned = Instant::now();
+    assert_eq!(on_b.close_code().await, 4101);
+    assert_eq!(on_c.close_code().await, 4101);
+    println!(
+        "ban on A closed the sockets on B and C within {:?}",
+        banned.elapsed()
+    );
+    ana.diff("user_disconnected", "mallory").await;
+    // The old token comes back to any node: refused.
+    for n in [&a, &b, &c] {
+        let (ws, _) = tokio_tungstenite::connect_async(url(n, &old))
+            .await
+            .expect("upgrade");
+        let mut refused = Client::raw(ws, "mallory");
+        assert_eq!(refused.close_code().await, 4101, "old token refused");
+    }
+    let (status, _) = b.get("/v1/users/ana/presence", &old).await;
+    assert_eq!(status, 401, "the old token is refused over HTTP too");
+    // A token issued after the ban is welcome.
+    let fresh =
+        token_with(json!({"sub": "mallory", "exp": now_secs() + 3600, "iat": now_secs() + 1}));
+    let mut back = Client::connect(&url(&c, &fresh), "mallory", None).await;
+    back.join("r").await;
+    ana.diff("user_connected", "mallory").await;
+}
+
+/// `messages/sent` on any node stops the user's typing wherever they type.
+async fn a_message_sent_on_one_node_stops_typing_on_another(f: Fabric) {
+    // Typing lasts 10 s unless stopped: a stop in time is the order's.
+    let config = || {
+        let mut c = calm_config();
+        c.timing.typing_ttl = Duration::from_secs(10);
+        c
+    };
+    let a = node_with(&f, "a", config()).await;
+    let b = node_with(&f, "b", config()).await;
+    all_up(&[&a, &b]).await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    bob.send(json!({"type": "typing", "room": "r", "active": true}))
+        .await;
+    ana.diff("typing_started", "bob").await;
+    let (status, _) = a
+        .post(
+            "/v1/rooms/r/messages/sent",
+            SERVICE_KEY,
+            r#"{"user":"bob"}"#,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let sent = Instant::now();
+    ana.diff("typing_stopped", "bob").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "stopped at once, not at the typing expiry: {:?}",
+        sent.elapsed()
+    );
 }
 
 /// A GET with a `Last-Event-ID`.

@@ -115,7 +115,10 @@ async fn host_message_sent_stops_typing_at_once() {
     ana.diff("typing_started", "bob").await;
     let user = presence_server::presence_core::UserId::new("bob").expect("id");
     let room = presence_server::presence_core::RoomId::new("r").expect("id");
-    srv.server.message_sent(&user, &room);
+    srv.server
+        .message_sent(&user, &room)
+        .await
+        .expect("one node");
     let sent = tokio::time::Instant::now();
     ana.diff("typing_stopped", "bob").await;
     assert!(sent.elapsed() < Duration::from_secs(1));

@@ -146,6 +146,7 @@ struct World {
     /// Role → holder and the end of its hold; role → saved state.
     roles: HashMap<String, (String, Instant)>,
     role_states: HashMap<String, String>,
+    revoked: HashMap<UserId, (u64, Instant)>,
 }
 
 /// One shard of the event stream, as a Redis stream keeps it.
@@ -545,6 +546,26 @@ impl Backend for MemoryBackend {
             Ok(())
         }
         .boxed()
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        user: &'a UserId,
+        before: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, now| {
+            w.revoked.insert(user.clone(), (before, now + ttl));
+        })
+    }
+
+    fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>> {
+        self.call(move |w, now| {
+            w.revoked
+                .get(user)
+                .filter(|(_, until)| *until > now)
+                .map(|(b, _)| *b)
+        })
     }
 
     fn hold<'a>(

@@ -280,6 +280,18 @@ pub trait Backend: Send + Sync + 'static {
         save: Option<String>,
     ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>>;
 
+    /// Refuses `user`'s tokens issued (`iat`) before `before` (unix
+    /// seconds), for `ttl`; a later revocation replaces an earlier one.
+    fn revoke<'a>(
+        &'a self,
+        user: &'a UserId,
+        before: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Since when `user`'s tokens are refused, if they are.
+    fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>>;
+
     /// Reads up to `count` entries of each shard after its position (with
     /// `count` 0, only each shard's last id).
     fn read_stream<'a>(

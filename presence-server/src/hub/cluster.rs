@@ -241,7 +241,8 @@ impl Hub {
     }
 
     /// A message from the bus.
-    pub(crate) fn cluster_incoming(&self, msg: BusMessage) {
+    pub(crate) fn cluster_incoming(&self, mut msg: BusMessage) {
+        self.obey(std::mem::take(&mut msg.ctl));
         self.apply(|st, now| {
             let Some(c) = st.cluster.as_mut() else {
                 return;

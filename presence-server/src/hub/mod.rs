@@ -24,9 +24,11 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 mod cluster;
+mod control;
 pub(crate) mod replica;
 
 pub(crate) use cluster::Link;
+pub(crate) use control::close_for;
 mod durable;
 mod fanout;
 mod large;
@@ -140,6 +142,7 @@ pub(crate) struct Hub {
     pub feed: Option<Feed>,
     /// The cluster's event stream (`GET /v1/events` with a backend).
     pub stream: Option<Arc<crate::stream::EventStream>>,
+    revocations: control::Revocations,
     /// The cluster's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -259,6 +262,7 @@ impl Hub {
             data,
             feed,
             stream,
+            revocations: control::Revocations::default(),
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),

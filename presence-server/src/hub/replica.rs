@@ -25,14 +25,16 @@ const MAX_FETCH: usize = 2_000;
 /// How often users nobody here follows any more are dropped.
 const SWEEP: Duration = Duration::from_secs(10);
 
-/// One message on the bus: the full record sets of some users, and read
-/// markers that moved.
+/// One message on the bus: the full record sets of some users, read
+/// markers that moved, and orders for a user's sockets.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct BusMessage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub u: Vec<UserUpdate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rd: Vec<(RoomId, UserId, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ctl: Vec<super::control::Control>,
 }
 
 /// Every incarnation's record of one user, as of one write.

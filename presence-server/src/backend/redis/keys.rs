@@ -37,6 +37,12 @@ impl Keys {
         format!("{}:{{u:{user}}}", self.prefix)
     }
 
+    /// String `P:{u:<user>}:rv`: unix seconds before which the user's
+    /// tokens are refused (with the revocation's TTL).
+    pub(super) fn revoked(&self, user: &UserId) -> String {
+        format!("{}:{{u:{user}}}:rv", self.prefix)
+    }
+
     /// Set `P:{i:<inc>}:users`: the users whose record of `inc` holds them.
     pub(super) fn index(&self, inc: &str) -> String {
         format!("{}:{{i:{inc}}}:users", self.prefix)

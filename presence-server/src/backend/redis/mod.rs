@@ -685,6 +685,44 @@ impl Backend for RedisBackend {
         .boxed()
     }
 
+    fn revoke<'a>(
+        &'a self,
+        user: &'a UserId,
+        before: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                redis::cmd("SET")
+                    .arg(self.keys.revoked(user))
+                    .arg(before)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async::<Value>(&mut c)
+                    .await?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>> {
+        self.link
+            .run(move |mut c| async move {
+                let v: Value = redis::cmd("GET")
+                    .arg(self.keys.revoked(user))
+                    .query_async(&mut c)
+                    .await?;
+                match opt_string(&v)? {
+                    None => Ok(None),
+                    Some(s) => s
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| bad("revoked: not a number").into()),
+                }
+            })
+            .boxed()
+    }
+
     fn hold<'a>(
         &'a self,
         role: &'a str,

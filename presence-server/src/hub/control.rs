@@ -1,0 +1,170 @@
+//! What a backend orders for a user on every node: close their sockets (and
+//! refuse their old tokens), or stop their typing. With a cluster the order
+//! goes on the user's topic, to which every node holding the user's sockets
+//! is subscribed, so it reaches them within one bus round trip.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use presence_core::protocol::CloseCode;
+use presence_core::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{Close, Hub};
+use crate::auth::Identity;
+use crate::backend::{BackendError, Topic};
+use crate::hub::replica::BusMessage;
+
+/// How long a revocation refuses old tokens: the longest token lifetime it
+/// covers.
+pub(crate) const REVOCATION_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Revocations a node keeps in memory (the cluster's live in the backend).
+const MAX_REVOCATIONS: usize = 100_000;
+
+/// One order on the bus.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// Close the user's sockets with this code.
+    Disconnect { user: UserId, code: u16 },
+    /// The user's message in the room was stored: their typing there stops.
+    MessageSent { user: UserId, room: RoomId },
+}
+
+/// Unix seconds before which each user's tokens are refused, as this node
+/// knows it.
+#[derive(Default)]
+pub(crate) struct Revocations(Mutex<HashMap<UserId, u64>>);
+
+impl Revocations {
+    fn get(&self, user: &UserId) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+    }
+
+    fn set(&self, user: &UserId, before: u64, now_s: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REVOCATIONS {
+            let keep = now_s.saturating_sub(REVOCATION_TTL.as_secs());
+            map.retain(|_, b| *b > keep);
+        }
+        if map.len() < MAX_REVOCATIONS || map.contains_key(user) {
+            map.insert(user.clone(), before);
+        } else {
+            tracing::warn!(%user, "revocation not kept in memory: {MAX_REVOCATIONS} already are");
+        }
+    }
+}
+
+/// The close a backend may ask for, by code.
+pub(crate) fn close_for(code: u16) -> Option<Close> {
+    let close = match code {
+        4101 => CloseCode::Unauthorized,
+        1008 => CloseCode::PolicyViolation,
+        1001 => CloseCode::GoingAway,
+        1000 => CloseCode::Normal,
+        _ => return None,
+    };
+    Some((close, "disconnected by the server"))
+}
+
+impl Hub {
+    /// Closes the user's sockets on this node and (with a cluster) on every
+    /// other; with `revoke`, their tokens issued before now are refused from
+    /// now on, everywhere. Returns how many sockets this node closed.
+    pub async fn disconnect_everywhere(
+        &self,
+        user: &UserId,
+        close: Close,
+        revoke: bool,
+    ) -> Result<usize, BackendError> {
+        if revoke {
+            let now_s = self.clock.now().0 / 1000;
+            self.revocations.set(user, now_s, now_s);
+            if let Some(link) = &self.cluster {
+                link.backend.revoke(user, now_s, REVOCATION_TTL).await?;
+            }
+        }
+        let closed = self.disconnect_user(user, close);
+        let code = close.0 as u16;
+        self.order(
+            user,
+            Control::Disconnect {
+                user: user.clone(),
+                code,
+            },
+        )
+        .await?;
+        Ok(closed)
+    }
+
+    /// The user's message in `room` was stored: their typing there stops,
+    /// here and on every node.
+    pub async fn message_sent_everywhere(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+    ) -> Result<(), BackendError> {
+        self.message_sent(user, room);
+        self.order(
+            user,
+            Control::MessageSent {
+                user: user.clone(),
+                room: room.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Sends an order on the user's topic (nothing without a cluster).
+    async fn order(&self, user: &UserId, control: Control) -> Result<(), BackendError> {
+        let Some(link) = &self.cluster else {
+            return Ok(());
+        };
+        let msg = BusMessage {
+            ctl: vec![control],
+            ..BusMessage::default()
+        };
+        let bytes = serde_json::to_vec(&msg).map_err(|e| BackendError::Decode(e.to_string()))?;
+        link.backend
+            .publish(vec![(Topic::User(user.clone()), bytes)])
+            .await
+    }
+
+    /// Orders from the bus.
+    pub(crate) fn obey(&self, orders: Vec<Control>) {
+        for order in orders {
+            match order {
+                Control::Disconnect { user, code } => {
+                    if let Some(close) = close_for(code) {
+                        self.disconnect_user(&user, close);
+                    }
+                }
+                Control::MessageSent { user, room } => self.message_sent(&user, &room),
+            }
+        }
+    }
+
+    /// Whether the token behind `who` was issued (`iat`) before a
+    /// revocation of its user. With a cluster the backend is asked (a node
+    /// that cannot reach it goes by what it knows: an outage does not lock
+    /// everyone out). A token without `iat` counts as issued before.
+    pub async fn is_revoked(&self, who: &Identity) -> bool {
+        let mut before = self.revocations.get(&who.user);
+        if let Some(link) = &self.cluster {
+            match link.backend.revoked(&who.user).await {
+                Ok(b) => before = before.max(b),
+                Err(e) => tracing::debug!(error = %e, "revocations unknown; going by this node's"),
+            }
+        }
+        let Some(before) = before else {
+            return false;
+        };
+        let iat = who.claims.get("iat").and_then(serde_json::Value::as_u64);
+        iat.is_none_or(|iat| iat < before)
+    }
+}
