@@ -392,8 +392,20 @@ impl PresenceServer {
         self.hub.disconnect_everywhere(user, close, revoke).await
     }
 
-    /// A user's presence as others see it (`None` if never seen).
-    pub fn presence(&self, user: &UserId) -> Option<PresenceView> {
+    /// A user's presence as others see it (`None` if never seen). With a
+    /// cluster it is read from the backend, so every node answers the same:
+    /// each node's part as of its last round (one batch window); if the
+    /// backend cannot be reached, this node's own view.
+    pub async fn presence(&self, user: &UserId) -> Option<PresenceView> {
+        if let Some(recs) = self.hub.cluster_records(user).await {
+            return self
+                .hub
+                .cluster_views(std::slice::from_ref(user), &[recs], None)
+                .pop()
+                .filter(|v| {
+                    v.state != presence_core::PresenceState::Offline || v.last_seen.is_some()
+                });
+        }
         self.hub.read(|m| m.view(user))
     }
 
@@ -404,8 +416,13 @@ impl PresenceServer {
         self.hub.set_large_room(room, members);
     }
 
-    /// Whether any live connection of the user is active, invisible or not.
-    pub fn is_active_anywhere(&self, user: &UserId) -> bool {
+    /// Whether any live connection of the user is active, invisible or not;
+    /// with a cluster, on any live node (read from the backend as
+    /// [`presence`](Self::presence) is).
+    pub async fn is_active_anywhere(&self, user: &UserId) -> bool {
+        if let Some(recs) = self.hub.cluster_records(user).await {
+            return self.hub.cluster_active(&recs);
+        }
         self.hub.read(|m| m.active_anywhere(user))
     }
 

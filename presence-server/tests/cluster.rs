@@ -173,6 +173,7 @@ on_every_backend!(
     one_event_stream_is_read_from_any_node_exactly_once,
     a_ban_on_one_node_closes_the_user_everywhere_and_refuses_the_old_token,
     a_message_sent_on_one_node_stops_typing_on_another,
+    in_process_queries_answer_for_the_cluster,
     data_crosses_nodes_and_the_latest_setting_wins,
     a_large_room_spans_nodes_with_counts_and_summaries,
 );
@@ -1092,6 +1093,44 @@ async fn a_message_sent_on_one_node_stops_typing_on_another(f: Fabric) {
         "stopped at once, not at the typing expiry: {:?}",
         sent.elapsed()
     );
+}
+
+/// `presence` and `is_active_anywhere` on node A answer for a user whose
+/// only socket is on node B.
+async fn in_process_queries_answer_for_the_cluster(f: Fabric) {
+    let (a, b, _c) = three(&f).await;
+    let bob_id = presence_server::presence_core::UserId::new("bob").expect("id");
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+    // Seen on A's sockets, so the round that wrote it is done.
+    ana.diff("user_connected", "bob").await;
+    let v = a.server.presence(&bob_id).await.expect("bob is known");
+    assert_eq!(
+        v.state,
+        presence_server::presence_core::PresenceState::Active
+    );
+    assert!(a.server.is_active_anywhere(&bob_id).await);
+    bob.send(json!({"type": "status", "status": "invisible"}))
+        .await;
+    bob.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    ana.diff("user_disconnected", "bob").await;
+    let v = a.server.presence(&bob_id).await.expect("bob is known");
+    assert_eq!(
+        v.state,
+        presence_server::presence_core::PresenceState::Offline,
+        "invisible"
+    );
+    assert!(!a.server.is_active_anywhere(&bob_id).await, "idle on B");
+    bob.send(json!({"type": "activity", "state": "active"}))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while !a.server.is_active_anywhere(&bob_id).await {
+        assert!(Instant::now() < deadline, "active on B, invisible or not");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A GET with a `Last-Event-ID`.

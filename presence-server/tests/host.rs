@@ -59,7 +59,7 @@ async fn the_event_stream_works_as_a_stream_and_names_the_user() {
         matches!(&ev.diff, Diff::UserConnected { presence } if presence.user.as_str() == "bob")
     );
     let bob = presence_server::presence_core::UserId::new("bob").expect("id");
-    assert!(srv.server.is_active_anywhere(&bob));
+    assert!(srv.server.is_active_anywhere(&bob).await);
     srv.stop().await;
 }
 

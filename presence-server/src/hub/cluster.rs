@@ -437,6 +437,25 @@ impl Hub {
             .collect()
     }
 
+    /// `user`'s records from the backend, if it is up and answers.
+    pub(crate) async fn cluster_records(&self, user: &UserId) -> Option<UserRecords> {
+        let link = self.cluster.as_ref()?;
+        if self.cluster_up() != Some(true) {
+            return None;
+        }
+        link.backend
+            .read(std::slice::from_ref(user))
+            .await
+            .ok()?
+            .pop()
+    }
+
+    /// Whether a live incarnation holds the user active (invisible or not).
+    pub(crate) fn cluster_active(&self, recs: &UserRecords) -> bool {
+        let st = self.lock();
+        st.cluster.as_ref().is_some_and(|c| c.active_in(recs))
+    }
+
     /// The rooms `user` is in across the cluster, from fetched records.
     pub(crate) fn cluster_rooms(&self, recs: &UserRecords) -> Vec<RoomId> {
         let st = self.lock();

@@ -186,6 +186,15 @@ impl Replica {
         records.view(|inc| self.liveness(inc))
     }
 
+    /// Whether a live incarnation's record shows the user active, before
+    /// invisibility.
+    pub fn active_in(&self, recs: &UserRecords) -> bool {
+        recs.iter().any(|(inc, s)| {
+            s.record.shown == presence_core::machine::Shown::Active
+                && self.liveness(inc) == Liveness::Live
+        })
+    }
+
     /// The view of a set of records fetched for a query.
     pub fn view_of_records(&self, recs: &UserRecords) -> ClusterView {
         self.view_assuming(recs, None)
