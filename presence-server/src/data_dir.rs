@@ -9,6 +9,7 @@
 //! |---|---|---|---|
 //! | `users` | user id | a [`UserRecord`] as JSON (status, text, last seen, read markers) | every batch window, for the users that changed |
 //! | `conns` | connection id | a [`ConnRecord`] as JSON | at a graceful shutdown; taken (and removed) at start |
+//! | `events` | event id | the event feed's entries, `<kind>\n<json>` (the last `event_replay`) | every batch window, with the users |
 //!
 //! JSON values keep the file readable with any redb tool and let fields be
 //! added. A row that does not decode is skipped with a warning, never fatal.
@@ -17,10 +18,11 @@ use std::path::{Path, PathBuf};
 
 use presence_core::machine::{ConnRecord, UserRecord};
 use presence_core::{ConnId, UserId};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const CONNS: TableDefinition<u64, &[u8]> = TableDefinition::new("conns");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const FILE: &str = "presence.redb";
 
 /// Why the data directory could not be used.
@@ -49,6 +51,8 @@ pub enum DataDirError {
 pub(crate) struct Loaded {
     pub users: Vec<(UserId, UserRecord)>,
     pub conns: Vec<ConnRecord>,
+    /// The event feed's kept entries (id, kind, JSON), oldest first.
+    pub events: Vec<(u64, String, String)>,
     /// Rows that did not decode (skipped).
     pub skipped: usize,
 }
@@ -83,10 +87,12 @@ impl DataDir {
             db: std::sync::Arc::new(db),
             path,
         };
-        // Both tables exist from the first start on, so reads need no special case.
+        // Every table exists from the first start on, so reads need no
+        // special case.
         this.transact(|txn| {
             txn.open_table(USERS)?;
             txn.open_table(CONNS)?;
+            txn.open_table(EVENTS)?;
             Ok(())
         })?;
         Ok(this)
@@ -135,7 +141,21 @@ impl DataDir {
                 Err(_) => out.skipped += 1,
             }
         }
-        drop((users, conns, read));
+        let events = read.open_table(EVENTS).map_err(|e| self.fail(e))?;
+        for row in events.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = row.map_err(|e| self.fail(e))?;
+            let split = std::str::from_utf8(v.value())
+                .ok()
+                .and_then(|t| t.split_once('\n'));
+            match split {
+                Some((kind, json)) => {
+                    out.events
+                        .push((k.value(), kind.to_owned(), json.to_owned()))
+                }
+                None => out.skipped += 1,
+            }
+        }
+        drop((users, conns, events, read));
         if !out.conns.is_empty() {
             self.transact(|txn| {
                 txn.open_table(CONNS)?.retain(|_, _| false)?;
@@ -145,15 +165,28 @@ impl DataDir {
         Ok(out)
     }
 
-    /// Writes changed users in one transaction; `None` deletes (forgotten).
+    /// Writes changed users (`None` deletes: forgotten) and new feed
+    /// entries in one transaction, keeping the last `keep` entries.
     pub(crate) fn write_users(
         &self,
         users: &[(UserId, Option<UserRecord>)],
+        events: &[(u64, &str, &str)],
+        keep: usize,
     ) -> Result<(), DataDirError> {
-        if users.is_empty() {
+        if users.is_empty() && events.is_empty() {
             return Ok(());
         }
         self.transact(|txn| {
+            if !events.is_empty() {
+                let mut table = txn.open_table(EVENTS)?;
+                for (id, kind, json) in events {
+                    table.insert(*id, format!("{kind}\n{json}").as_bytes())?;
+                }
+                let mut extra = table.len()?.saturating_sub(keep as u64);
+                while extra > 0 && table.pop_first()?.is_some() {
+                    extra -= 1;
+                }
+            }
             let mut table = txn.open_table(USERS)?;
             for (user, record) in users {
                 match record {
@@ -217,7 +250,7 @@ mod tests {
         };
         {
             let d = DataDir::open(&dir).expect("opens");
-            d.write_users(&[(ana.clone(), Some(record.clone()))])
+            d.write_users(&[(ana.clone(), Some(record.clone()))], &[], 0)
                 .expect("writes");
             d.save_conns(std::slice::from_ref(&conn)).expect("saves");
             assert!(DataDir::open(&dir).is_err(), "one process per directory");
@@ -227,8 +260,27 @@ mod tests {
         assert_eq!(loaded.users, [(ana.clone(), record)]);
         assert_eq!(loaded.conns, [conn]);
         assert!(d.load().expect("loads").conns.is_empty(), "taken once");
-        d.write_users(&[(ana, None)]).expect("deletes");
+        d.write_users(&[(ana, None)], &[], 0).expect("deletes");
         assert!(d.load().expect("loads").users.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_feed_keeps_its_last_entries_across_a_reopen() {
+        let dir = temp_dir("events");
+        {
+            let d = DataDir::open(&dir).expect("opens");
+            let events: Vec<(u64, &str, &str)> = (1..=5)
+                .map(|i| (i, "status", "{\"user\":\"ana\"}"))
+                .collect();
+            d.write_users(&[], &events, 3).expect("writes");
+        }
+        let d = DataDir::open(&dir).expect("reopens");
+        let loaded = d.load().expect("loads");
+        let ids: Vec<u64> = loaded.events.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(ids, [3, 4, 5]);
+        assert_eq!(loaded.events[0].1, "status");
+        assert_eq!(loaded.events[0].2, "{\"user\":\"ana\"}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

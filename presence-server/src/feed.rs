@@ -4,7 +4,11 @@
 //!
 //! Ids grow across restarts: a node starts counting at its start time in
 //! milliseconds × 1000, so an id from an earlier incarnation is always
-//! older (unless that one averaged over 1,000 events per millisecond).
+//! older (unless that one averaged over 1,000 events per millisecond), and
+//! after the last id the data directory kept, if there is one. With
+//! `--data-dir` the window is written there every batch window and replayed
+//! after a restart (a `kill -9` loses at most the last window's events);
+//! without, a restart loses it.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -21,13 +25,16 @@ use tokio::sync::{broadcast, watch};
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub id: u64,
-    pub kind: &'static str,
+    pub kind: String,
     pub json: String,
 }
 
 struct Ring {
     next: u64,
     entries: VecDeque<Arc<Entry>>,
+    /// Entries not yet written to the data directory (none without one).
+    unsaved: Vec<Arc<Entry>>,
+    durable: bool,
 }
 
 /// The replay window and the live fan-out. Both are bounded by the same
@@ -52,6 +59,8 @@ impl Feed {
             ring: Mutex::new(Ring {
                 next: started.0.saturating_mul(1000),
                 entries: VecDeque::with_capacity(capacity.min(1024)),
+                unsaved: Vec::new(),
+                durable: false,
             }),
             tx: broadcast::channel(capacity.max(1)).0,
             capacity,
@@ -62,6 +71,40 @@ impl Feed {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes back what the data directory kept (oldest first), and keeps
+    /// writing there from now on.
+    pub fn restore(&self, kept: Vec<(u64, String, String)>) {
+        let mut ring = self.ring();
+        ring.durable = true;
+        for (id, kind, json) in kept {
+            if ring.entries.len() == self.capacity {
+                ring.entries.pop_front();
+            }
+            ring.next = ring.next.max(id + 1);
+            ring.entries.push_back(Arc::new(Entry { id, kind, json }));
+        }
+    }
+
+    /// The entries to write to the data directory now.
+    pub fn take_unsaved(&self) -> Vec<Arc<Entry>> {
+        std::mem::take(&mut self.ring().unsaved)
+    }
+
+    /// Entries whose write failed, to write with the next (bounded by the
+    /// window: older ones would be trimmed anyway).
+    pub fn retry_unsaved(&self, mut failed: Vec<Arc<Entry>>) {
+        let mut ring = self.ring();
+        failed.append(&mut ring.unsaved);
+        let extra = failed.len().saturating_sub(self.capacity);
+        failed.drain(..extra);
+        ring.unsaved = failed;
+    }
+
+    /// The window's size.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Numbers, encodes and keeps one host event.
     pub fn push(&self, ev: &Event) {
         let mut ring = self.ring();
@@ -69,11 +112,17 @@ impl Feed {
         ring.next += 1;
         let entry = Arc::new(Entry {
             id,
-            kind: ev.name(),
+            kind: ev.name().to_owned(),
             json: encode(ev, Some(json!(id))),
         });
         if ring.entries.len() == self.capacity {
             ring.entries.pop_front();
+        }
+        if ring.durable {
+            if ring.unsaved.len() == self.capacity {
+                ring.unsaved.remove(0);
+            }
+            ring.unsaved.push(entry.clone());
         }
         ring.entries.push_back(entry.clone());
         // No reader is fine.
@@ -123,7 +172,7 @@ pub(crate) fn encode(ev: &Event, id: Option<Value>) -> String {
 fn sse(entry: &Entry) -> SseEvent {
     SseEvent::default()
         .id(entry.id.to_string())
-        .event(entry.kind)
+        .event(entry.kind.as_str())
         .data(&entry.json)
 }
 

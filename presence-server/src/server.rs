@@ -169,7 +169,15 @@ impl Builder {
         for (room, members) in self.large_rooms {
             hub.set_large_room(room, Some(members));
         }
-        if let Some(loaded) = loaded {
+        if let Some(mut loaded) = loaded {
+            let events = std::mem::take(&mut loaded.events);
+            if let Some(feed) = &hub.feed {
+                tracing::info!(
+                    events = events.len(),
+                    "event feed: kept in the data directory; replaying what it held"
+                );
+                feed.restore(events);
+            }
             if loaded.skipped > 0 {
                 tracing::warn!(
                     rows = loaded.skipped,
@@ -182,6 +190,11 @@ impl Builder {
                 "data directory: state restored"
             );
             hub.restore(loaded);
+        }
+        if hub.feed.is_some() && self.data.is_none() {
+            tracing::info!(
+                "event feed: kept in memory only, a restart loses it (give a data directory, or run a cluster, to keep it)"
+            );
         }
         runtime.spawn(drive(Arc::downgrade(&hub), wake, hub.shutdown_signal()));
         if let Some(data) = self.data {
@@ -240,22 +253,35 @@ async fn persist(hub: Weak<Hub>, data: DataDir, mut shutdown: watch::Receiver<bo
 
 async fn write_durable(hub: &Hub, data: &DataDir) {
     let users = hub.take_durable();
-    if users.is_empty() {
+    let events = hub
+        .feed
+        .as_ref()
+        .map(|f| f.take_unsaved())
+        .unwrap_or_default();
+    if users.is_empty() && events.is_empty() {
         return;
     }
+    let keep = hub.feed.as_ref().map_or(0, |f| f.capacity());
     let ids: Vec<UserId> = users.iter().map(|(u, _)| u.clone()).collect();
     let data = data.clone();
-    let done = tokio::task::spawn_blocking(move || data.write_users(&users)).await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "data directory write failed; retrying with the next");
-            hub.retry_durable(ids);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "data directory writer failed; retrying with the next");
-            hub.retry_durable(ids);
-        }
+    let entries = events.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let rows: Vec<(u64, &str, &str)> = entries
+            .iter()
+            .map(|e| (e.id, e.kind.as_str(), e.json.as_str()))
+            .collect();
+        data.write_users(&users, &rows, keep)
+    })
+    .await;
+    let failed = match done {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(error = %failed, "data directory write failed; retrying with the next");
+    hub.retry_durable(ids);
+    if let Some(feed) = &hub.feed {
+        feed.retry_unsaved(events);
     }
 }
 

@@ -121,6 +121,51 @@ async fn kill_9_keeps_status_text_last_seen_and_read_markers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn kill_9_keeps_the_event_feed_and_a_reader_resumes_after_the_restart() {
+    let dir = temp_dir("kill-9-feed");
+    let port = free_port();
+    let server = Binary::start(&dir, port).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let (status, mut feed) = SseReader::open_at(addr, SERVICE_KEY, None).await;
+    assert_eq!(status, 200);
+    let mut ana = Client::connect(&server.url("ana"), "ana", None).await;
+    ana.join("r").await;
+    let connected = feed.find("user_connected", "ana").await;
+    ana.send(json!({"type": "status", "status": "busy"})).await;
+    let busy = feed.find("status", "ana").await;
+    // One write window, then SIGKILL.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(feed);
+    server.kill_9();
+
+    let server = Binary::start(&dir, port).await;
+    let after = connected.id.clone().expect("an id");
+    let (status, mut feed) = SseReader::open_at(addr, SERVICE_KEY, Some(&after)).await;
+    assert_eq!(status, 200);
+    let first = feed.next().await;
+    assert_ne!(first.id, connected.id, "resumed after it");
+    let replayed = if first.event == "status" {
+        first
+    } else {
+        feed.find("status", "ana").await
+    };
+    assert_eq!(replayed.id, busy.id, "replayed after the restart, under the same id");
+    assert_eq!(replayed.data, busy.data);
+    // New events number on after the kept ones.
+    let mut bob = Client::connect(&server.url("bob"), "bob", None).await;
+    bob.join("r").await;
+    let fresh = feed.find("user_connected", "bob").await;
+    let num = |e: &SseEvent| {
+        e.id.as_deref()
+            .and_then(|i| i.parse::<u64>().ok())
+            .expect("a number")
+    };
+    assert!(num(&fresh) > num(&busy));
+    server.kill_9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn start_with_dir(dir: &Path) -> TestServer {
     // The previous server's store closes when its last task lets go of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -462,8 +462,13 @@ pub struct SseEvent {
 impl SseReader {
     /// Opens the feed (resuming after `last`); the status and the reader.
     pub async fn open(srv: &TestServer, bearer: &str, last: Option<&str>) -> (u16, SseReader) {
+        Self::open_at(srv.addr, bearer, last).await
+    }
+
+    /// [`SseReader::open`] on any address (a server in another process).
+    pub async fn open_at(addr: SocketAddr, bearer: &str, last: Option<&str>) -> (u16, SseReader) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let mut tcp = TcpStream::connect(srv.addr).await.expect("connect");
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let resume = last.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
         let req = format!(
             "GET /v1/events HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\n{resume}\r\n"
