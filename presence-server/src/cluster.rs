@@ -20,10 +20,11 @@
 //! once (no resurrection); with them (a graceful restart) it restores them
 //! first, writes their records, then ends it, so observers see no flap.
 //!
-//! Host events (`events()`, the feed): each cluster-level change is
-//! announced by the one node whose write (or cleaning) caused it, computed
-//! from the records the write returned atomically, so a backend reading
-//! every node's feed sees each change once.
+//! Host events: each cluster-level change is announced by the one node
+//! whose write (or cleaning) caused it, computed from the records the write
+//! returned atomically, and appended to the cluster's event stream before
+//! any socket is told ([`crate::stream`]), so any node's feed serves each
+//! change once.
 //!
 //! Outage: while the backend is unreachable the node keeps serving: its
 //! own changes are merged with the last known records of the others and
