@@ -98,6 +98,7 @@ struct Args {
     #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 5_000)]
     lease_ttl_ms: u64,
     /// Shards of the cluster's event stream in Redis (`<prefix>:{e:0}` ...); all nodes use the same.
+    /// 0: no stream (each node's feed and webhooks carry only its own writes' changes).
     #[arg(long, env = "PRESENCE_EVENT_SHARDS", default_value_t = 8)]
     event_shards: u16,
     /// Events the cluster's event stream keeps, over all shards (older ones get `event: gap`).

@@ -17,7 +17,8 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Shards of the cluster's event stream (each its own key, so its own
     /// slot on a Redis Cluster). Every node of a cluster must use the same.
-    /// Default 8; 1 to 1024.
+    /// Default 8; at most 1024. 0: no stream (each node's feed and webhooks
+    /// then carry only the changes its own writes caused).
     pub event_shards: u16,
     /// Events the stream keeps, over all shards (each shard keeps its
     /// share). Default 100,000; at least the number of shards.
@@ -49,7 +50,7 @@ pub enum ClusterConfigError {
     LeaseTooShort(Duration),
     /// The event stream's shape is out of bounds.
     #[error(
-        "event_shards must be 1 to 1024, event_retention at least event_shards, event_max_age at least 1 s"
+        "event_shards must be 0 to 1024, event_retention at least event_shards, event_max_age at least 1 s"
     )]
     BadEventStream,
 }
@@ -69,9 +70,10 @@ impl ClusterConfig {
         if self.lease_ttl < Duration::from_millis(300) {
             return Err(ClusterConfigError::LeaseTooShort(self.lease_ttl));
         }
-        if !(1..=1024).contains(&self.event_shards)
-            || self.event_retention < usize::from(self.event_shards)
-            || self.event_max_age < Duration::from_secs(1)
+        if self.event_shards > 1024
+            || (self.event_shards > 0
+                && (self.event_retention < usize::from(self.event_shards)
+                    || self.event_max_age < Duration::from_secs(1)))
         {
             return Err(ClusterConfigError::BadEventStream);
         }

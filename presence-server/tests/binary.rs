@@ -150,7 +150,10 @@ async fn kill_9_keeps_the_event_feed_and_a_reader_resumes_after_the_restart() {
     } else {
         feed.find("status", "ana").await
     };
-    assert_eq!(replayed.id, busy.id, "replayed after the restart, under the same id");
+    assert_eq!(
+        replayed.id, busy.id,
+        "replayed after the restart, under the same id"
+    );
     assert_eq!(replayed.data, busy.data);
     // New events number on after the kept ones.
     let mut bob = Client::connect(&server.url("bob"), "bob", None).await;

@@ -217,17 +217,21 @@ impl Hub {
             .as_ref()
             .map(|l| Replica::new(l.config.incarnation(), clock.now()));
         let clustered = cluster.is_some();
-        let feed = (config.service_key.is_some() && !clustered)
-            .then(|| Feed::new(config.event_replay, clock.now()));
         let metrics = Metrics::new(clustered);
-        let stream = cluster.as_ref().map(|l| {
-            Arc::new(crate::stream::EventStream::new(
-                l.config.event_shards,
-                l.config.keep(),
-                &l.backend.label(),
-                metrics.stream.clone(),
-            ))
-        });
+        let stream = cluster
+            .as_ref()
+            .filter(|l| l.config.event_shards > 0)
+            .map(|l| {
+                Arc::new(crate::stream::EventStream::new(
+                    l.config.event_shards,
+                    l.config.keep(),
+                    &l.backend.label(),
+                    metrics.stream.clone(),
+                ))
+            });
+        // Without a cluster stream, the node's own numbered feed.
+        let feed = (config.service_key.is_some() && stream.is_none())
+            .then(|| Feed::new(config.event_replay, clock.now()));
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
             state: Mutex::new(State {

@@ -6,7 +6,12 @@
 //!   flat while the cluster's throughput grows with N.
 //! - Ramp: 4 nodes over one Redis and over the Cluster, rising total rates until
 //!   p99 passes 100 ms, a change is lost or under 99 % of the offered rate is
-//!   delivered; the last passing rate is the figure.
+//!   delivered; the last passing rate is the figure. Over the Cluster a reader
+//!   of the event stream (`GET /v1/events` on the first node) times every
+//!   change too, and a step must hold for it as well.
+//! - Stream cost: 4 nodes over the Cluster at 2,000 changes/s without the
+//!   event stream (`--event-shards 0`) and with it and its reader, back to
+//!   back: Redis CPU per change of each.
 //!
 //! Every run gets fresh processes and a fresh key prefix, so none sees another's
 //! records; its keys are deleted after it (killed nodes leave their records).
@@ -32,6 +37,10 @@ const RATE_PER_NODE: u32 = 200;
 const RAMP: [u32; 7] = [500, 1000, 2000, 4000, 8000, 12_000, 16_000];
 const P99_LIMIT_MS: f64 = 100.0;
 const STANDALONE: &str = "127.0.0.1:6379";
+/// The nodes' service key, for the event stream's reader.
+const SERVICE_KEY: &str = "bench-service-key-0123456789";
+/// The stream cost pair's rate.
+const STREAM_COST_RATE: u32 = 2_000;
 
 /// Where the nodes keep their records.
 #[derive(Clone, Copy)]
@@ -105,10 +114,13 @@ pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result
         let run = one(
             binary,
             loadgen,
-            Store::Cluster,
-            n,
-            RATE_PER_NODE * n as u32,
-            seconds,
+            Load {
+                store: Store::Cluster,
+                n,
+                rate: RATE_PER_NODE * n as u32,
+                seconds,
+                stream: Stream::Read,
+            },
             &label,
         )?;
         scaling.push((n, run));
@@ -132,7 +144,7 @@ pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result
     );
     for (n, r) in &scaling {
         println!(
-            "{n:>5} {:>10.0} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>14.1} {:>16.0} {:>16.0} {:>9.0}",
+            "{n:>5} {:>10.0} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>14.1} {:>16.0} {:>16.0} {:>9.0}  stream p50/p99 {:.1}/{:.1} ms",
             r.get(".offered_rate"),
             r.get(".delivered_rate"),
             r.get(".p50"),
@@ -143,25 +155,41 @@ pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result
             r.get(".node_bytes_in.mean"),
             r.get(".node_bytes_in.max"),
             r.get(".host_cpu"),
+            r.get(".stream_p50"),
+            r.get(".stream_p99"),
         );
     }
     figures.extend(scaling.into_iter().flat_map(|(_, r)| r.0));
     if quick {
         return Ok(figures);
     }
+    figures.extend(stream_cost(binary, loadgen)?);
     for store in [Store::One, Store::Cluster] {
         let mut passed = 0;
         for rate in RAMP {
             let label = format!("ramp.{}.r{rate}", store.name());
-            let run = one(binary, loadgen, store, 4, rate, 5, &label)?;
-            let verdict = verdict(&run, rate);
+            let stream = match store {
+                Store::One => Stream::On,
+                Store::Cluster => Stream::Read,
+            };
+            let load = Load {
+                store,
+                n: 4,
+                rate,
+                seconds: 5,
+                stream,
+            };
+            let run = one(binary, loadgen, load, &label)?;
+            let verdict = verdict(&run, rate, stream == Stream::Read);
             println!(
-                "ramp {} at {rate}/s: delivered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, machine {:.0} % \
-                 busy: {}",
+                "ramp {} at {rate}/s: delivered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, stream p50 {:.1} ms, \
+                 p99 {:.1} ms, machine {:.0} % busy: {}",
                 store.name(),
                 run.get(".delivered_rate"),
                 run.get(".p50"),
                 run.get(".p99"),
+                run.get(".stream_p50"),
+                run.get(".stream_p99"),
                 run.get(".host_cpu"),
                 verdict.as_deref().unwrap_or("sustained"),
             );
@@ -181,8 +209,40 @@ pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result
     Ok(figures)
 }
 
+/// The Redis CPU the event stream costs: the same load without it and with
+/// it (and its reader), back to back.
+fn stream_cost(binary: &Path, loadgen: &Path) -> Result<Vec<Value>> {
+    let mut figures = Vec::new();
+    let mut per_change = Vec::new();
+    for (stream, name) in [(Stream::Off, "off"), (Stream::Read, "on")] {
+        let load = Load {
+            store: Store::Cluster,
+            n: 4,
+            rate: STREAM_COST_RATE,
+            seconds: 10,
+            stream,
+        };
+        let run = one(binary, loadgen, load, &format!("stream_cost.{name}"))?;
+        per_change.push(run.get(".redis_cpu_per_change"));
+        figures.extend(run.0);
+    }
+    println!(
+        "\nevent stream cost at {STREAM_COST_RATE} changes/s, 4 nodes over the Cluster: Redis CPU per \
+         change {:.1} µs without the stream, {:.1} µs with it and a reader ({:.2}x)",
+        per_change[0],
+        per_change[1],
+        per_change[1] / per_change[0]
+    );
+    figures.push(json!({
+        "figure": "stream_cost.ratio",
+        "value": per_change[1] / per_change[0],
+        "unit": "Redis CPU per change with the event stream and a reader / without",
+    }));
+    Ok(figures)
+}
+
 /// Why a ramp step was not sustained (`None`: it was).
-fn verdict(run: &Run, rate: u32) -> Option<String> {
+fn verdict(run: &Run, rate: u32, stream: bool) -> Option<String> {
     let (p99, lost, skipped) = (run.get(".p99"), run.get(".lost"), run.get(".skipped"));
     // NaN (nothing observed) fails too.
     if p99.is_nan() || p99 > P99_LIMIT_MS {
@@ -190,6 +250,15 @@ fn verdict(run: &Run, rate: u32) -> Option<String> {
     }
     if lost > 0.0 {
         return Some(format!("{lost} changes lost"));
+    }
+    if stream {
+        let (p99, lost) = (run.get(".stream_p99"), run.get(".stream_lost"));
+        if p99.is_nan() || p99 > P99_LIMIT_MS {
+            return Some(format!("stream p99 over {P99_LIMIT_MS} ms"));
+        }
+        if lost > 0.0 {
+            return Some(format!("{lost} changes missing from the stream"));
+        }
     }
     // Skipped: every actor was still waiting for its last flip (or its socket
     // was backed up), so the offered rate was not reached.
@@ -199,16 +268,35 @@ fn verdict(run: &Run, rate: u32) -> Option<String> {
     None
 }
 
-/// N fresh nodes over `store` with a prefix of their own, one `loadgen cluster` run.
-fn one(
-    binary: &Path,
-    loadgen: &Path,
+/// Whether the nodes keep the event stream, and whether it is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// `--event-shards 0`.
+    Off,
+    /// The default stream, nobody reading it.
+    On,
+    /// The default stream, read from the first node and timed.
+    Read,
+}
+
+/// One run's load.
+struct Load {
     store: Store,
     n: usize,
     rate: u32,
     seconds: u64,
-    label: &str,
-) -> Result<Run> {
+    stream: Stream,
+}
+
+/// N fresh nodes over `store` with a prefix of their own, one `loadgen cluster` run.
+fn one(binary: &Path, loadgen: &Path, load: Load, label: &str) -> Result<Run> {
+    let Load {
+        store,
+        n,
+        rate,
+        seconds,
+        stream,
+    } = load;
     println!(
         "\n== {label}: {n} nodes over {}, {rate} changes/s",
         store.name()
@@ -224,13 +312,19 @@ fn one(
                 prefix.clone(),
                 "--node-id".into(),
                 format!("n{i}"),
+                "--service-key".into(),
+                SERVICE_KEY.into(),
             ]);
+            if stream == Stream::Off {
+                flags.extend(["--event-shards".into(), "0".into()]);
+            }
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             server::start(binary, &flags)
         })
         .collect::<Result<_>>()?;
     let urls: Vec<String> = nodes.iter().map(Server::ws_url).collect();
-    let out = cmd::output(Command::new(loadgen).args([
+    let mut command = Command::new(loadgen);
+    command.args([
         "cluster",
         "--urls",
         &urls.join(","),
@@ -246,8 +340,11 @@ fn one(
         &store.masters(),
         "--label",
         label,
-    ]))
-    .with_context(|| format!("loadgen cluster ({label})"))?;
+    ]);
+    if stream == Stream::Read {
+        command.args(["--feed-key", SERVICE_KEY]);
+    }
+    let out = cmd::output(&mut command).with_context(|| format!("loadgen cluster ({label})"))?;
     drop(nodes);
     forget(store, &prefix)?;
     let figures: Vec<Value> = out

@@ -36,6 +36,8 @@ pub struct Plan {
     pub redis: Vec<std::net::SocketAddr>,
     /// Figure names start with this.
     pub label: String,
+    /// With a service key, the first node's event stream is read too.
+    pub feed_key: Option<String>,
 }
 
 /// What an observer saw: actor index, idle or not, µs since the epoch.
@@ -66,6 +68,13 @@ pub async fn run(plan: Plan) -> Result<()> {
     let tag = format!("c{}", std::process::id());
     let epoch = Instant::now();
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+    let (fed_tx, mut fed_rx) = mpsc::unbounded_channel::<Seen>();
+    if let Some(key) = &plan.feed_key {
+        spawn_feed_reader(&plan.nodes[0], key, format!("{tag}a"), epoch, fed_tx).await?;
+    } else {
+        drop(fed_tx);
+    }
+    let mut feed = Feed::default();
 
     let mut opening = JoinSet::new();
     let gate = std::sync::Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT));
@@ -128,6 +137,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     // Let the join diffs pass, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     while seen_rx.try_recv().is_ok() {}
+    while fed_rx.try_recv().is_ok() {}
+    feed.pending = vec![None; total];
     let probe = Probe {
         nodes: plan.nodes.iter().map(|t| t.addr).collect(),
         redis: plan.redis.clone(),
@@ -155,6 +166,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                             if actor.cmd.try_send(!actor.idle).is_ok() {
                                 actor.idle = !actor.idle;
                                 actor.pending = Some(now);
+                                feed.sent(order[k], actor.idle, now);
                                 tally.sent += 1;
                             } else {
                                 tally.skipped += 1;
@@ -169,6 +181,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                 Some(seen) => tally.observe(&mut actors, seen),
                 None => break,
             },
+            Some(fed) = fed_rx.recv() => feed.observe(fed),
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -187,8 +200,131 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
     }
     tally.lost += actors.iter().filter(|a| a.pending.is_some()).count() as u64;
+    if plan.feed_key.is_some() {
+        // The stream's stragglers, within the same loss bound.
+        let drain = tokio::time::sleep(plan.lost_after);
+        tokio::pin!(drain);
+        while feed.pending.iter().any(Option::is_some) {
+            tokio::select! {
+                _ = &mut drain => break,
+                fed = fed_rx.recv() => match fed {
+                    Some(fed) => feed.observe(fed),
+                    None => break,
+                },
+            }
+        }
+        feed.lost += feed.pending.iter().filter(|p| p.is_some()).count() as u64;
+    }
     let after = after.await?.context("probe after")?;
     report(&plan, elapsed, &mut tally, &before, &after);
+    if plan.feed_key.is_some() {
+        let l = &plan.label;
+        feed.latencies.sort_unstable();
+        let ms = |p| percentile(&feed.latencies, p) / 1000.0;
+        figure(&format!("{l}.stream_p50"), ms(50.0), "ms");
+        figure(&format!("{l}.stream_p99"), ms(99.0), "ms");
+        figure(&format!("{l}.stream_max"), ms(100.0), "ms");
+        figure(
+            &format!("{l}.stream_delivered_rate"),
+            feed.latencies.len() as f64 / elapsed,
+            "events/s",
+        );
+        figure(&format!("{l}.stream_lost"), feed.lost as f64, "changes");
+        figure(&format!("{l}.stream_stray"), feed.stray as f64, "events");
+    }
+    Ok(())
+}
+
+/// The changes as the event stream tells them: one per flip, matched by
+/// actor and direction.
+#[derive(Default)]
+struct Feed {
+    /// Per actor: the flip not yet seen in the stream (idle or not, sent at).
+    pending: Vec<Option<(bool, u64)>>,
+    latencies: Vec<u64>,
+    /// Flips the stream never told (overtaken by the actor's next flip, or
+    /// not seen within the loss bound after the run).
+    lost: u64,
+    stray: u64,
+}
+
+impl Feed {
+    fn sent(&mut self, idx: usize, idle: bool, at: u64) {
+        if let Some(p) = self.pending.get_mut(idx)
+            && p.replace((idle, at)).is_some()
+        {
+            self.lost += 1;
+        }
+    }
+
+    fn observe(&mut self, (idx, idle, at): Seen) {
+        match self.pending.get_mut(idx) {
+            Some(p) if p.is_some_and(|(i, _)| i == idle) => {
+                let (_, sent) = p.take().unwrap_or((idle, at));
+                self.latencies.push(at.saturating_sub(sent));
+            }
+            _ => self.stray += 1,
+        }
+    }
+}
+
+/// Reads `GET /v1/events` (SSE over HTTP/1.0: the body is the raw stream)
+/// and reports each actor's `user_idle` / `user_active`, timestamped on
+/// arrival. Returns once the stream is open.
+async fn spawn_feed_reader(
+    target: &Target,
+    key: &str,
+    actor_prefix: String,
+    epoch: Instant,
+    seen: mpsc::UnboundedSender<Seen>,
+) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut tcp = tokio::net::TcpStream::connect(target.addr)
+        .await
+        .context("the event stream's node")?;
+    let req = format!("GET /v1/events HTTP/1.0\r\nHost: l\r\nAuthorization: Bearer {key}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    let mut lines = BufReader::new(tcp).lines();
+    let status = lines.next_line().await?.unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "GET /v1/events: {status}");
+    while let Some(line) = lines.next_line().await? {
+        if line.is_empty() {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        let mut kind = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_owned();
+                continue;
+            }
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let idle = match kind.as_str() {
+                "user_idle" => true,
+                "user_active" => false,
+                _ => continue,
+            };
+            let at = epoch.elapsed().as_micros() as u64;
+            let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                continue;
+            };
+            if v["global"] != true {
+                continue;
+            }
+            let idx = v["user"]
+                .as_str()
+                .and_then(|u| u.strip_prefix(actor_prefix.as_str()))
+                .and_then(|i| i.parse().ok());
+            if let Some(idx) = idx
+                && seen.send((idx, idle, at)).is_err()
+            {
+                return;
+            }
+        }
+    });
     Ok(())
 }
 

@@ -135,6 +135,10 @@ enum Scenario {
         /// Figure names start with this.
         #[arg(long, default_value = "cluster")]
         label: String,
+        /// Also read the cluster's event stream (`GET /v1/events` on the first node) with
+        /// this service key, and time each change to it too.
+        #[arg(long)]
+        feed_key: Option<String>,
     },
 }
 
@@ -230,8 +234,10 @@ fn main() -> Result<()> {
                 lost_after_ms,
                 redis,
                 label,
+                feed_key,
             } => {
                 cluster::run(cluster::Plan {
+                    feed_key,
                     nodes: urls
                         .iter()
                         .map(|u| conn::Target::parse(u))
