@@ -538,25 +538,30 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
         };
         let mut messages: BTreeMap<Topic, BusMessage> = BTreeMap::new();
         let mut leave = Vec::new();
+        let mut not_held = Vec::new();
         for (user, recs) in users.iter().zip(all) {
-            let Some((_, old)) = recs.iter().find(|(inc, _)| inc == dead) else {
+            let old = recs
+                .iter()
+                .find(|(inc, _)| inc == dead)
+                .map(|(_, s)| s.clone())
+                .filter(|s| s.record.holds());
+            let Some(old) = old else {
+                // Nothing to expire, but maybe changes it left unannounced.
+                not_held.push(user.clone());
                 continue;
             };
-            if !old.record.holds() {
-                continue;
-            }
             let new = Stored {
                 seq: old.seq + 1,
                 record: old.record.expired(now),
             };
             match backend.replace(user, dead, old.seq, new, RETENTION).await {
-                Ok(Some(after)) => {
+                Ok(Some((after, owed))) => {
                     // Only a record this cleaner expired leaves its rooms.
                     for room in &old.record.rooms {
                         leave.push((room.clone(), user.clone(), false));
                     }
                     if let Some(h) = hub.upgrade() {
-                        h.cluster_cleaned(user, dead, &recs, &after, &mut messages);
+                        h.cluster_cleaned(user, dead, &recs, &after, &owed, &mut messages);
                     }
                 }
                 Ok(None) => {}
@@ -566,9 +571,21 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
                 }
             }
         }
+        if !not_held.is_empty() {
+            let Ok(owed) = backend.owed(&not_held).await else {
+                return;
+            };
+            if let Some(h) = hub.upgrade() {
+                for (user, owed) in not_held.iter().zip(owed) {
+                    h.cluster_owed(user, &owed);
+                }
+            }
+        }
         if !leave.is_empty() && backend.memberships(dead, leave).await.is_err() {
             return;
         }
+        // Into the stream before anyone is told, as in a round.
+        flush(hub, backend).await;
         if publish(backend, messages).await.is_err() {
             return;
         }

@@ -580,7 +580,8 @@ pub(crate) async fn events_feed(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .or(query.get("last_event_id").map(String::as_str));
-    if let (Some(stream), Some(link)) = (&hub.stream, &hub.cluster) {
+    if let (Some(stream), Some(link)) = (hub.stream.as_ref().filter(|s| s.appends()), &hub.cluster)
+    {
         let from = last
             .map(|s| stream.cursor(s))
             .transpose()

@@ -482,6 +482,17 @@ impl PresenceServer {
         }
     }
 
+    /// Stops appending to the cluster's event stream, as if the process died
+    /// after each of its writes and before its append: its changes stay
+    /// owed in the backend, for the node that cleans up after it to
+    /// announce. For failure drills and tests, with [`halt_cluster`](Self::halt_cluster)
+    /// after it.
+    pub fn halt_appends(&self) {
+        if let Some(stream) = &self.hub.stream {
+            stream.halt();
+        }
+    }
+
     /// Serves the router on `listener` until `shutdown` resolves, then shuts
     /// down gracefully (see [`shutdown`](Self::shutdown)) and returns once
     /// the sockets are drained.

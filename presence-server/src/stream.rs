@@ -4,11 +4,13 @@
 //! whole cluster's stream from the backend, so any node serves every event.
 //!
 //! A reader's position is one id per shard; its SSE `id:` is that position
-//! encoded ([`Cursor`]), so `Last-Event-ID` resumes it on any node, and each
-//! event's `id` field (`<shard>-<ms>-<n>`) names the event the same way on
-//! every node and in webhooks.
+//! encoded ([`Cursor`]), so `Last-Event-ID` resumes it on any node. Each
+//! event's `id` field names the change it comes from
+//! (`<incarnation>:<sequence>:<n>:<user>`, see `Announcement`): the same on
+//! every node, in webhooks, and when an event is appended twice, which
+//! readers drop.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,11 +18,12 @@ use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
-use presence_core::Event;
+use presence_core::UserId;
 use tokio::sync::{Notify, watch};
 
 use crate::backend::stream::{Append, Keep, ShardRead, StreamEntry, StreamId, shard_of};
 use crate::backend::{Backend, BackendError};
+use crate::hub::replica::Announcement;
 use crate::metrics::StreamMetrics;
 
 /// Host events a node holds for the stream while the backend does not take
@@ -38,6 +41,7 @@ pub const MAX_READERS: usize = 64;
 
 /// The node's side of the stream.
 pub(crate) struct EventStream {
+    /// 0: no stream (the owed changes are only settled).
     shards: u16,
     keep: Keep,
     /// Names the store, so a position from another one is refused.
@@ -49,62 +53,122 @@ pub(crate) struct EventStream {
     appended: Notify,
     readers: AtomicUsize,
     metrics: StreamMetrics,
+    /// A failure drill: nothing is appended (see `PresenceServer::halt_appends`).
+    halted: std::sync::atomic::AtomicBool,
+}
+
+/// One owed change of a user: its events, appended together (one shard),
+/// then the change is settled in the backend.
+struct Unit {
+    user: UserId,
+    owed: String,
+    appends: Vec<Append>,
 }
 
 #[derive(Default)]
 struct Outbox {
-    queue: VecDeque<Append>,
+    queue: VecDeque<Unit>,
+    /// (user, change) of every queued unit: a change that comes back in a
+    /// later write's answer before it is settled is not queued twice.
+    queued: HashSet<(UserId, String)>,
+    /// Events in the queue.
+    events: usize,
     dropped: u64,
+}
+
+impl Outbox {
+    fn pop(&mut self) -> Option<Unit> {
+        let u = self.queue.pop_front()?;
+        self.queued.remove(&(u.user.clone(), u.owed.clone()));
+        self.events -= u.appends.len();
+        Some(u)
+    }
+
+    /// Drops the oldest units past the bound. Their changes stay owed in
+    /// the backend (never settled), so the user's next write announces them
+    /// again; readers hear of the hole meanwhile.
+    fn bound(&mut self, metrics: &StreamMetrics) {
+        while self.events > OUTBOX {
+            let Some(u) = self.pop() else { break };
+            self.dropped += u.appends.len() as u64;
+            metrics.dropped.inc_by(u.appends.len() as u64);
+        }
+        metrics.pending.set(self.events as i64);
+    }
 }
 
 impl EventStream {
     pub fn new(shards: u16, keep: Keep, label: &str, metrics: StreamMetrics) -> Self {
         Self {
             metrics,
-            shards: shards.max(1),
+            shards,
             keep,
             label: fnv(label),
             outbox: Mutex::default(),
             flushing: tokio::sync::Mutex::new(()),
             appended: Notify::new(),
             readers: AtomicUsize::new(0),
+            halted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on nothing is appended nor settled, as if the node died
+    /// after each write and before its append.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether events go into a stream (`event_shards` > 0).
+    pub fn appends(&self) -> bool {
+        self.shards > 0
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a host event for the stream, in order.
-    pub fn push(&self, ev: &Event) {
-        let metrics = &self.metrics;
-        let user = ev.diff.user().as_str();
-        let append = Append {
-            shard: shard_of(user, self.shards),
-            kind: ev.name().to_owned(),
-            user: user.to_owned(),
-            data: crate::feed::encode(ev, None),
-        };
+    /// Queues an owed change's events for the stream, in order (once).
+    pub fn push(&self, a: &Announcement) {
         let mut o = self.outbox();
-        if o.queue.len() >= OUTBOX {
-            o.queue.pop_front();
-            o.dropped += 1;
-            metrics.dropped.inc();
+        if !o.queued.insert((a.user.clone(), a.owed.clone())) {
+            return;
         }
-        o.queue.push_back(append);
-        metrics.pending.set(o.queue.len() as i64);
+        let appends: Vec<Append> = if self.appends() {
+            a.events
+                .iter()
+                .map(|(id, ev)| Append {
+                    shard: shard_of(a.user.as_str(), self.shards),
+                    kind: ev.name().to_owned(),
+                    user: a.user.as_str().to_owned(),
+                    data: crate::feed::encode(ev, Some(serde_json::json!(id))),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        o.events += appends.len();
+        o.queue.push_back(Unit {
+            user: a.user.clone(),
+            owed: a.owed.clone(),
+            appends,
+        });
+        o.bound(&self.metrics);
     }
 
-    /// Appends what is queued, in order; what the backend refuses stays
-    /// queued, ahead of anything newer, for the next flush.
+    /// Appends what is queued, in order, then settles each change in the
+    /// backend; what the backend refuses stays queued, ahead of anything
+    /// newer, for the next flush.
     pub async fn flush(&self, backend: &dyn Backend, me: &str) -> Result<(), BackendError> {
         let metrics = &self.metrics;
         let _one = self.flushing.lock().await;
+        if self.halted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         loop {
-            let batch: Vec<Append> = {
+            let (units, mut batch) = {
                 let mut o = self.outbox();
                 let mut batch = Vec::new();
-                if o.dropped > 0 {
+                if o.dropped > 0 && self.appends() {
                     // Every shard hears of it: a service reading one shard
                     // must know its sequence has a hole.
                     let data = serde_json::json!({ "node": me, "dropped": o.dropped }).to_string();
@@ -114,39 +178,69 @@ impl EventStream {
                         user: String::new(),
                         data: data.clone(),
                     }));
-                    o.dropped = 0;
                 }
-                let n = o.queue.len().min(APPEND_AT_ONCE);
-                batch.extend(o.queue.drain(..n));
-                batch
+                o.dropped = 0;
+                let mut units = Vec::new();
+                let mut n = 0;
+                while n < APPEND_AT_ONCE {
+                    let Some(u) = o.pop() else { break };
+                    n += u.appends.len();
+                    units.push(u);
+                }
+                metrics.pending.set(o.events as i64);
+                (units, batch)
             };
-            if batch.is_empty() {
+            if units.is_empty() && batch.is_empty() {
                 return Ok(());
             }
+            for u in &units {
+                batch.extend(u.appends.iter().cloned());
+            }
             let n = batch.len();
-            match backend.append(batch, self.keep).await {
-                Ok(()) => {
-                    metrics.appended.inc_by(n as u64);
-                    self.appended.notify_waiters();
-                }
+            let failed: HashSet<u16> = match backend.append(batch, self.keep).await {
+                Ok(()) => HashSet::new(),
                 Err((e, back)) => {
                     metrics.append_failures.inc();
-                    let appended = n - back.len();
-                    metrics.appended.inc_by(appended as u64);
-                    let mut o = self.outbox();
-                    for a in back.into_iter().rev() {
-                        o.queue.push_front(a);
-                    }
-                    while o.queue.len() > OUTBOX {
-                        o.queue.pop_front();
-                        o.dropped += 1;
-                        metrics.dropped.inc();
-                    }
-                    metrics.pending.set(o.queue.len() as i64);
-                    return Err(e);
+                    tracing::debug!(error = %e, "appending to the event stream failed; kept");
+                    back.iter().map(|a| a.shard).collect()
+                }
+            };
+            // A user's events are in one shard: a unit went in whole or not.
+            let (back, done): (Vec<Unit>, Vec<Unit>) = units
+                .into_iter()
+                .partition(|u| u.appends.first().is_some_and(|a| failed.contains(&a.shard)));
+            let appended: usize = done.iter().map(|u| u.appends.len()).sum();
+            metrics.appended.inc_by(appended as u64);
+            if appended > 0 {
+                self.appended.notify_waiters();
+            }
+            let _ = n;
+            let mut settle: Vec<(UserId, Vec<String>)> = Vec::new();
+            for u in done {
+                match settle.iter_mut().find(|(user, _)| *user == u.user) {
+                    Some((_, ids)) => ids.push(u.owed),
+                    None => settle.push((u.user, vec![u.owed])),
                 }
             }
-            metrics.pending.set(self.outbox().queue.len() as i64);
+            if !settle.is_empty()
+                && let Err(e) = backend.settle(settle).await
+            {
+                // Still owed in the backend: announced again (same ids) by
+                // the user's next write.
+                tracing::debug!(error = %e, "settling announced changes failed");
+            }
+            if !back.is_empty() {
+                let mut o = self.outbox();
+                for u in back.into_iter().rev() {
+                    o.queued.insert((u.user.clone(), u.owed.clone()));
+                    o.events += u.appends.len();
+                    o.queue.push_front(u);
+                }
+                o.bound(metrics);
+                return Err(BackendError::Engine(
+                    "the event stream did not take every event".into(),
+                ));
+            }
         }
     }
 
@@ -155,7 +249,7 @@ impl EventStream {
         self.appended.notified()
     }
 
-    /// Whether anything waits to be appended.
+    /// Whether anything waits to be appended or settled.
     pub fn pending(&self) -> bool {
         let o = self.outbox();
         !o.queue.is_empty() || o.dropped > 0
@@ -340,21 +434,23 @@ impl Reader {
                 Ok(items) if !items.is_empty() => {
                     let now = now_ms();
                     for item in items {
-                        self.tail.advance(&item);
+                        if !self.tail.pass(&item) {
+                            continue;
+                        }
                         let cursor = self.tail.cursor();
                         let sse = match item {
                             Item::Gap { data, .. } => {
                                 self.stream.metrics.gaps.inc();
                                 SseEvent::default().event("gap").data(data.to_string())
                             }
-                            Item::Event { shard, entry } => {
+                            Item::Event { entry, .. } => {
                                 self.stream
                                     .metrics
                                     .lag
                                     .observe(now.saturating_sub(entry.id.ms) as f64 / 1000.0);
                                 SseEvent::default()
                                     .event(entry.kind.clone())
-                                    .data(Item::json(shard, &entry))
+                                    .data(Item::json(&entry))
                             }
                         };
                         self.pending.push_back(sse.id(cursor));
@@ -396,17 +492,32 @@ pub(crate) enum Item {
 }
 
 impl Item {
-    /// An event as backends read it: its JSON with its cluster-wide `id`
-    /// (`<shard>-<ms>-<n>`) first.
-    pub fn json(shard: u16, entry: &StreamEntry) -> String {
-        with_id(&format!("{shard}-{}", entry.id), &entry.data)
+    /// An event as backends read it (its JSON holds its `id`).
+    pub fn json(entry: &StreamEntry) -> &str {
+        &entry.data
     }
 }
 
-/// A position in every shard, read forward.
+/// How many event ids a reader remembers to drop repeats: an event appended
+/// twice (a node died between appending and settling, or two nodes
+/// announced one change at once) comes again within moments.
+const SEEN: usize = 8192;
+
+/// The `id` of an entry's JSON, if it has one.
+fn event_id(data: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Id>(data).ok()?.id
+}
+
+/// A position in every shard, read forward, and the ids lately passed.
 pub(crate) struct Tail {
     label: u32,
     pos: Vec<StreamId>,
+    seen: HashSet<String>,
+    order: VecDeque<String>,
 }
 
 impl Tail {
@@ -414,7 +525,31 @@ impl Tail {
         Self {
             label: from.label,
             pos: from.pos,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
         }
+    }
+
+    /// Moves past `item`; whether it is news (not an event already passed
+    /// under the same id).
+    pub fn pass(&mut self, item: &Item) -> bool {
+        self.advance(item);
+        let Item::Event { entry, .. } = item else {
+            return true;
+        };
+        let Some(id) = event_id(&entry.data) else {
+            return true;
+        };
+        if !self.seen.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
     }
 
     pub fn cursor(&self) -> String {
@@ -500,15 +635,6 @@ fn cursor(label: u32, pos: &[StreamId]) -> String {
     .encode()
 }
 
-/// The stored JSON object with `"id"` first.
-fn with_id(id: &str, data: &str) -> String {
-    match data.strip_prefix('{') {
-        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"id\":\"{id}\"}}"),
-        Some(rest) => format!("{{\"id\":\"{id}\",{rest}"),
-        None => data.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,11 +680,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_id_goes_first_in_the_data() {
-        assert_eq!(with_id("0-1-1", "{\"a\":1}"), "{\"id\":\"0-1-1\",\"a\":1}");
-        assert_eq!(with_id("0-1-1", "{}"), "{\"id\":\"0-1-1\"}");
     }
 }

@@ -301,7 +301,7 @@ pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
         }
     };
     let config = Arc::new(config);
-    if hub.stream.is_some() {
+    if hub.stream.as_ref().is_some_and(|s| s.appends()) {
         // Among the cluster's tasks, so a node halted as if killed stops
         // delivering too.
         let mut tasks = hub.store_tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -444,6 +444,7 @@ async fn deliver(
 /// A node that dies is followed, within the lease TTL, by another that goes
 /// on from the saved position: the batch in flight is sent again, with the
 /// same ids. The backlog is the stream (its retention), not a node's memory.
+/// An event the stream holds twice (same id) is delivered once.
 async fn from_stream(
     hub: Weak<Hub>,
     ep: Arc<Endpoint>,
@@ -561,19 +562,23 @@ async fn from_stream(
             waited = false;
             let mut body = String::from("{\"events\":[");
             let mut events = 0usize;
-            let mut taken = 0usize;
+            // The tail moves as the batch is built: if the role is lost
+            // before the batch is done, the next holder starts from the
+            // saved position anyway.
             for item in &items {
+                if !tail.pass(item) {
+                    continue; // a repeat, already delivered
+                }
                 let json = match item {
                     crate::stream::Item::Gap { data, .. } => {
                         let mut d = data.clone();
                         d["type"] = "gap".into();
                         Some(d.to_string())
                     }
-                    crate::stream::Item::Event { shard, entry } => names
+                    crate::stream::Item::Event { entry, .. } => names
                         .contains(&entry.kind.as_str())
-                        .then(|| crate::stream::Item::json(*shard, entry)),
+                        .then(|| crate::stream::Item::json(entry).to_owned()),
                 };
-                taken += 1;
                 if let Some(json) = json {
                     if events > 0 {
                         body.push(',');
@@ -610,9 +615,6 @@ async fn from_stream(
                         }
                     }
                 }
-            }
-            for item in &items[..taken] {
-                tail.advance(item);
             }
             match backend.hold(&role, &me, ttl, Some(tail.cursor())).await {
                 Ok((true, _)) => renewed = tokio::time::Instant::now(),

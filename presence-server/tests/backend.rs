@@ -15,8 +15,8 @@ use presence_core::machine::{Custom, Shown};
 use presence_core::{JsonObject, Millis, RoomId, Status, UserId};
 use presence_server::backend::stream::{Append, Keep, StreamId, shard_of};
 use presence_server::backend::{
-    Backend, BackendError, Incoming, MemoryBackend, MemoryCluster, RedisBackend, RedisConfig,
-    RedisTarget, Stored, Topic, UserRecords,
+    Backend, BackendError, Incoming, MAX_OWED, MemoryBackend, MemoryCluster, Owed, RedisBackend,
+    RedisConfig, RedisTarget, Stored, Topic, UserRecords,
 };
 use redis::Value;
 use tokio::sync::mpsc;
@@ -239,6 +239,7 @@ conformance!(
     stream_keeps_order_per_shard_and_tells_trimming,
     stream_append_fails_whole_when_down,
     a_role_has_one_holder_and_keeps_its_state,
+    changes_are_owed_until_settled,
 );
 
 // ---------------------------------------------------------------- setup
@@ -637,7 +638,7 @@ async fn replace_is_compare_and_set(env: Env) {
         .await
         .expect("cas");
     assert_eq!(
-        done.map(sorted),
+        done.map(|(all, _)| sorted(all)),
         Some(recs(&[("dead.1", &expired), ("live.1", &mine)]))
     );
     // Sequence 9 is gone now.
@@ -1609,4 +1610,88 @@ async fn a_role_has_one_holder_and_keeps_its_state(env: Env) {
             .expect("hold")
             .0
     );
+}
+
+async fn changes_are_owed_until_settled(env: Env) {
+    let (a, b) = (env.node(), env.node());
+    let ana = user("ana");
+    let ids = |owed: &[Owed]| owed.iter().map(Owed::id).collect::<Vec<_>>();
+    let a1 = holding(1, &["r"]);
+    let w = a
+        .write("a.1", vec![(ana.clone(), a1.clone())], RETENTION)
+        .await
+        .expect("write");
+    assert_eq!(
+        w[0].owed,
+        [Owed {
+            inc: "a.1".into(),
+            seq: 1,
+            old: None,
+            all: recs(&[("a.1", &a1)]),
+        }],
+        "the write's change, as the write saw it"
+    );
+    let a2 = holding(2, &[]);
+    let w = a
+        .write("a.1", vec![(ana.clone(), a2.clone())], RETENTION)
+        .await
+        .expect("write");
+    assert_eq!(ids(&w[0].owed), ["a.1:1", "a.1:2"], "oldest first");
+    assert_eq!(w[0].owed[1].old, Some(a1.clone()));
+    // A write that changes nothing owes nothing.
+    let w = a
+        .write("a.1", vec![(ana.clone(), a2.clone())], RETENTION)
+        .await
+        .expect("write");
+    assert_eq!(ids(&w[0].owed), ["a.1:1", "a.1:2"]);
+    let b1 = released(1);
+    let w = b
+        .write("b.1", vec![(ana.clone(), b1.clone())], RETENTION)
+        .await
+        .expect("write");
+    assert_eq!(ids(&w[0].owed), ["a.1:1", "a.1:2", "b.1:1"], "any node's");
+    assert_eq!(
+        sorted(w[0].owed[2].all.clone()),
+        recs(&[("a.1", &a2), ("b.1", &b1)])
+    );
+    // Settling takes from the front only.
+    b.settle(vec![(ana.clone(), vec!["b.1:1".into()])])
+        .await
+        .expect("settle");
+    let owed = |n: &Arc<dyn Backend>| {
+        let n = n.clone();
+        let ana = ana.clone();
+        async move { ids(&n.owed(&[ana]).await.expect("owed")[0]) }
+    };
+    assert_eq!(owed(&a).await, ["a.1:1", "a.1:2", "b.1:1"]);
+    a.settle(vec![(ana.clone(), vec!["a.1:1".into()])])
+        .await
+        .expect("settle");
+    assert_eq!(owed(&b).await, ["a.1:2", "b.1:1"]);
+    b.settle(vec![(ana.clone(), vec!["a.1:2".into(), "b.1:1".into()])])
+        .await
+        .expect("settle");
+    assert!(owed(&a).await.is_empty());
+    // A cleaner's replacement is owed too, named by the dead incarnation.
+    let expired = Stored {
+        seq: 3,
+        record: a2.record.expired(Millis(9000)),
+    };
+    let (_, o) = b
+        .replace(&ana, "a.1", 2, expired, RETENTION)
+        .await
+        .expect("cas")
+        .expect("replaced");
+    assert_eq!(ids(&o), ["a.1:3"]);
+    assert_eq!(o[0].old, Some(a2));
+    // Bounded: the oldest go.
+    let bob = user("bob");
+    for seq in 1..=(MAX_OWED as u64 + 6) {
+        a.write("a.1", vec![(bob.clone(), holding(seq, &[]))], RETENTION)
+            .await
+            .expect("write");
+    }
+    let o = &a.owed(&[bob]).await.expect("owed")[0];
+    assert_eq!(o.len(), MAX_OWED);
+    assert_eq!(o[0].id(), "a.1:7");
 }

@@ -174,6 +174,7 @@ on_every_backend!(
     a_ban_on_one_node_closes_the_user_everywhere_and_refuses_the_old_token,
     a_message_sent_on_one_node_stops_typing_on_another,
     in_process_queries_answer_for_the_cluster,
+    what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner,
     data_crosses_nodes_and_the_latest_setting_wins,
     a_large_room_spans_nodes_with_counts_and_summaries,
 );
@@ -752,7 +753,9 @@ impl NodeProcess {
         command
             .args(["--dev-auth", "--log", "warn", "--node-id", id])
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--lease-ttl-ms", &LEASE.as_millis().to_string()]);
+            .args(["--lease-ttl-ms", &LEASE.as_millis().to_string()])
+            // As the in-process nodes (`node_on`): one cluster, one shape.
+            .args(["--event-shards", "4"]);
         match f {
             Fabric::Redis { url, prefix } => {
                 command.args(["--redis-url", url, "--redis-prefix", prefix])
@@ -838,6 +841,126 @@ async fn a_killed_node_process_goes_offline_elsewhere_on_the_redis_cluster() {
     let _slot = slot().await;
     if let Some(f) = Fabric::cluster("sigkill") {
         a_killed_node_process_goes_offline_elsewhere(f).await;
+    }
+}
+
+/// Node processes killed with SIGKILL in the middle of bursts of changes,
+/// `KILLS` times (default 4): every change an observer saw is in the
+/// cluster's event stream, in order, and no event comes twice.
+async fn nodes_killed_during_bursts_lose_no_event(f: Fabric) {
+    let kills: usize = std::env::var("KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(4);
+    let b = node(&f, "b").await;
+    all_up(&[&b]).await;
+    let (status, mut feed) = SseReader::open(&b, SERVICE_KEY, None).await;
+    assert_eq!(status, 200);
+    let mut obs = b.client("obs").await;
+    obs.join("r").await;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut users: Vec<String> = Vec::new();
+    for k in 0..kills {
+        let mut a = NodeProcess::start(&f, &format!("k{k}")).await;
+        let mut clients = Vec::new();
+        for i in 0..8 {
+            let user = format!("k{k}u{i}");
+            let mut c = Client::connect(&a.url(&user), &user, None).await;
+            c.join("r").await;
+            clients.push(c);
+            users.push(user);
+        }
+        for round in 0..6 {
+            let frame = if round % 2 == 0 {
+                json!({"type": "activity", "state": "idle", "reason": "hidden"})
+            } else {
+                json!({"type": "activity", "state": "active"})
+            };
+            for c in &mut clients {
+                c.send(frame.clone()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        // The kill lands somewhere in the last rounds' writes.
+        tokio::time::sleep(Duration::from_millis(10 * k as u64 % 40)).await;
+        a.child.kill().expect("SIGKILL");
+        a.child.wait().expect("reaped");
+        drop(clients);
+        // Until every user of the dead node is offline for the observer.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // The observer lives longer than a silent socket may.
+            obs.send(json!({"type": "ping"})).await;
+            for (_, d) in obs.diffs_during(Duration::from_millis(100)).await {
+                let kind = d["type"].as_str().unwrap_or("").to_owned();
+                seen.push((kind, diff_user(&d).to_owned()));
+            }
+            let gone = (0..8).all(|i| {
+                let user = format!("k{k}u{i}");
+                seen.iter()
+                    .rev()
+                    .find(|(_, u)| *u == user)
+                    .is_some_and(|(kind, _)| kind == "user_disconnected")
+            });
+            if gone {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "k{k}'s users offline in time: {seen:?}"
+            );
+        }
+    }
+    let mut stream: Vec<SseEvent> = Vec::new();
+    while let Some(e) = feed.next_within(Duration::from_millis(1500)).await {
+        stream.push(e);
+    }
+    let mut ids: Vec<&str> = stream
+        .iter()
+        .filter_map(|e| e.data["id"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "no event twice");
+    for user in &users {
+        let observed: Vec<&str> = seen
+            .iter()
+            .filter(|(_, u)| u == user)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let told: Vec<&str> = stream
+            .iter()
+            .filter(|e| diff_user(&e.data) == user)
+            .map(|e| e.event.as_str())
+            .collect();
+        // The observer's changes, in order, within the stream's.
+        let mut rest = told.iter();
+        for kind in &observed {
+            assert!(
+                rest.any(|t| t == kind),
+                "{user}: observed {observed:?}, the stream told {told:?}"
+            );
+        }
+    }
+    println!(
+        "{kills} nodes killed in bursts: {} changes observed, {} events in the stream, none missing",
+        seen.len(),
+        stream.len()
+    );
+}
+
+#[tokio::test]
+async fn nodes_killed_during_bursts_lose_no_event_on_redis() {
+    let _slot = slot().await;
+    nodes_killed_during_bursts_lose_no_event(Fabric::redis("burstkill")).await;
+}
+
+#[tokio::test]
+async fn nodes_killed_during_bursts_lose_no_event_on_the_redis_cluster() {
+    let _slot = slot().await;
+    if let Some(f) = Fabric::cluster("burstkill") {
+        nodes_killed_during_bursts_lose_no_event(f).await;
     }
 }
 
@@ -1131,6 +1254,41 @@ async fn in_process_queries_answer_for_the_cluster(f: Fabric) {
         assert!(Instant::now() < deadline, "active on B, invisible or not");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A node that dies after its writes and before its appends leaves its
+/// changes owed beside the records: the node that cleans up after it
+/// announces them, in order, before the users' going offline.
+async fn what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner(f: Fabric) {
+    let (a, b, _c) = three(&f).await;
+    let (_, mut feed) = SseReader::open(&b, SERVICE_KEY, None).await;
+    let mut obs = b.client("obs").await;
+    obs.join("r").await;
+    a.server.halt_appends();
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    obs.diff("user_connected", "ana").await;
+    ana.send(json!({"type": "status", "status": "busy"})).await;
+    obs.diff("status", "ana").await;
+    ana.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    obs.diff("user_idle", "ana").await;
+    // Seen by observers, never appended: A dies.
+    a.server.halt_cluster();
+    a.abort();
+    obs.diff("user_disconnected", "ana").await;
+    let mut told = Vec::new();
+    while let Some(e) = feed.next_within(Duration::from_millis(800)).await {
+        if diff_user(&e.data) == "ana" && e.data["global"] == true {
+            told.push(e.event.clone());
+        }
+    }
+    assert_eq!(
+        told,
+        ["user_connected", "status", "user_idle", "user_disconnected"],
+        "every change, in order, once"
+    );
+    drop(ana);
 }
 
 /// A GET with a `Last-Event-ID`.

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use super::inbox::{INCOMING_CAPACITY, Inbox};
 use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
-    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
-    UserRecords, Written,
+    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, MAX_OWED, Owed, Replaced,
+    Stored, Topic, UserRecords, Written,
 };
 
 /// Expired entries are swept once per this many calls (reads also skip them).
@@ -190,11 +190,13 @@ impl Log {
     }
 }
 
-/// One user's records, as one Redis hash with its expiry.
+/// One user's records, as one Redis hash with its expiry, and the owed
+/// changes beside it.
 #[derive(Default)]
 struct UserKey {
     records: BTreeMap<Incarnation, Stored>,
     expires: Option<Instant>,
+    owed: std::collections::VecDeque<Owed>,
 }
 
 struct Link {
@@ -203,6 +205,20 @@ struct Link {
 }
 
 impl UserKey {
+    fn owe(&mut self, inc: &str, seq: u64, old: Option<Stored>) -> Vec<Owed> {
+        let all = self.all();
+        self.owed.push_back(Owed {
+            inc: inc.to_owned(),
+            seq,
+            old,
+            all,
+        });
+        while self.owed.len() > MAX_OWED {
+            self.owed.pop_front();
+        }
+        self.owed.iter().cloned().collect()
+    }
+
     fn all(&self) -> UserRecords {
         self.records
             .iter()
@@ -272,15 +288,19 @@ impl Backend for MemoryBackend {
                 if let Some(old) = key.records.get(inc).filter(|o| o.seq >= stored.seq) {
                     let previous = Some(old.clone());
                     let all = key.all();
+                    let owed = key.owed.iter().cloned().collect();
                     out.push(Written {
                         user,
                         previous,
                         all,
+                        owed,
                     });
                     continue;
                 }
+                let seq = stored.seq;
                 let previous = key.records.insert(inc.to_owned(), stored);
                 key.retain(now, retention);
+                let owed = key.owe(inc, seq, previous.clone());
                 let all = key.all();
                 let index = w.index.entry(inc.to_owned()).or_default();
                 if holds {
@@ -295,6 +315,7 @@ impl Backend for MemoryBackend {
                     user,
                     previous,
                     all,
+                    owed,
                 });
             }
             out
@@ -308,13 +329,38 @@ impl Backend for MemoryBackend {
         expected: u64,
         new: Stored,
         retention: Duration,
-    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>> {
+    ) -> BoxFuture<'a, BackendResult<Option<Replaced>>> {
         self.call(move |w, now| {
             let key = w.user(user, now);
             let slot = key.records.get_mut(inc).filter(|s| s.seq == expected)?;
-            *slot = new;
+            let seq = new.seq;
+            let old = std::mem::replace(slot, new);
             key.retain(now, retention);
-            Some(key.all())
+            let owed = key.owe(inc, seq, Some(old));
+            Some((key.all(), owed))
+        })
+    }
+
+    fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>> {
+        self.call(move |w, now| {
+            users
+                .iter()
+                .map(|u| w.user(u, now).owed.iter().cloned().collect())
+                .collect()
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        settled: Vec<(UserId, Vec<String>)>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, now| {
+            for (user, ids) in settled {
+                let key = w.user(&user, now);
+                while key.owed.front().is_some_and(|o| ids.contains(&o.id())) {
+                    key.owed.pop_front();
+                }
+            }
         })
     }
 

@@ -62,7 +62,8 @@ pub struct Stored {
 pub type UserRecords = Vec<(Incarnation, Stored)>;
 
 /// The answer to one user's write: what the incarnation held before and what
-/// all incarnations hold after, as of that write (atomically).
+/// all incarnations hold after, as of that write (atomically), and the
+/// user's owed announcements (this write's last).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// The user.
@@ -71,7 +72,43 @@ pub struct Written {
     pub previous: Option<Stored>,
     /// Every incarnation's record after it.
     pub all: UserRecords,
+    /// Changes of the user not yet announced, oldest first.
+    pub owed: Vec<Owed>,
 }
+
+/// One change of a user's records that is owed to the event stream, kept
+/// beside the records by the same atomic step that made it, until a node
+/// has appended its events and [settled](Backend::settle) it. So a node
+/// that dies between its write and its append leaves it to whoever touches
+/// the user next (the node that cleans up after it, at the latest), and
+/// that node computes the same events, under the same ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owed {
+    /// The incarnation whose record changed (the writer, or the dead one a
+    /// cleaner expired).
+    pub inc: Incarnation,
+    /// That record's new sequence.
+    pub seq: u64,
+    /// The record before.
+    pub old: Option<Stored>,
+    /// Every incarnation's record after.
+    pub all: UserRecords,
+}
+
+impl Owed {
+    /// Names the change (unique per user): `<incarnation>:<sequence>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.inc, self.seq)
+    }
+}
+
+/// What a [`Backend::replace`] that took answers: the user's records after
+/// it and the user's owed changes (this one last).
+pub type Replaced = (UserRecords, Vec<Owed>);
+
+/// A user's owed changes are bounded: beyond this many the oldest go (a node
+/// that never manages to append would otherwise grow them).
+pub const MAX_OWED: usize = 64;
 
 /// What a topic is about. A node subscribes to the rooms its sockets joined
 /// and the users they watch (and its own users, for their status).
@@ -159,7 +196,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Replaces `inc`'s record of `user` with `new` only if its sequence is
     /// still `expected` (for expiring a dead incarnation's record); `None` if
-    /// it changed meanwhile, else the user's records after.
+    /// it changed meanwhile, else the user's records after and the user's
+    /// owed changes (this one last).
     fn replace<'a>(
         &'a self,
         user: &'a UserId,
@@ -167,7 +205,18 @@ pub trait Backend: Send + Sync + 'static {
         expected: u64,
         new: Stored,
         retention: Duration,
-    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>>;
+    ) -> BoxFuture<'a, BackendResult<Option<Replaced>>>;
+
+    /// Each user's owed changes, oldest first.
+    fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>>;
+
+    /// The changes named (by [`Owed::id`]) are announced: they leave the
+    /// front of each user's owed changes (one a newer write queued behind
+    /// them stays).
+    fn settle<'a>(
+        &'a self,
+        settled: Vec<(UserId, Vec<String>)>,
+    ) -> BoxFuture<'a, BackendResult<()>>;
 
     /// The records of each user, in order (empty for an unknown user).
     fn read<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<UserRecords>>>;

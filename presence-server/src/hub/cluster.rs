@@ -12,6 +12,7 @@ use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
 use super::replica::{BusMessage, Take, address};
 use super::{Hub, State, encoded};
+use crate::backend::Owed;
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::node::ClusterConfig;
 
@@ -198,9 +199,7 @@ impl Hub {
                 return BTreeMap::new();
             };
             let (local, host, out) = c.written(replies, now);
-            for ev in &host {
-                self.publish(ev);
-            }
+            self.announce(&host);
             self.deliver_cluster(st, now, local);
             out
         })
@@ -287,6 +286,7 @@ impl Hub {
         dead: &str,
         before: &UserRecords,
         after: &UserRecords,
+        owed: &[Owed],
         messages: &mut BTreeMap<Topic, BusMessage>,
     ) {
         let st = self.lock();
@@ -298,9 +298,36 @@ impl Hub {
         let v0 = c.view_assuming(before, Some(dead));
         let v1 = c.view_of_records(after);
         address(messages, user, after, &v0, &v1);
+        let host = c.announce(user, owed, now);
         drop(st);
-        for ev in presence_core::cluster::transitions(user, &v0, &v1, now) {
-            self.publish(&ev);
+        self.announce(&host);
+    }
+
+    /// Owed changes a dead incarnation left unannounced (users its record
+    /// no longer held when it died).
+    pub(crate) fn cluster_owed(&self, user: &UserId, owed: &[Owed]) {
+        let st = self.lock();
+        let Some(c) = st.cluster.as_ref() else {
+            return;
+        };
+        let host = c.announce(user, owed, self.clock.now());
+        drop(st);
+        self.announce(&host);
+    }
+
+    /// Hands owed changes to the event stream's outbox, and the events of
+    /// this node's own changes to in-process subscribers (and, without a
+    /// stream, to the node's feed).
+    fn announce(&self, host: &[super::replica::Announcement]) {
+        for a in host {
+            if a.own {
+                for (_, ev) in &a.events {
+                    self.publish(ev);
+                }
+            }
+            if let Some(stream) = &self.stream {
+                stream.push(a);
+            }
         }
     }
 

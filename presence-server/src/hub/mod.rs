@@ -140,7 +140,8 @@ pub(crate) struct Hub {
     /// The numbered feed for backends (`GET /v1/events`), with a service
     /// key, on a single node.
     pub feed: Option<Feed>,
-    /// The cluster's event stream (`GET /v1/events` with a backend).
+    /// With a backend: the owed changes' announcements, and the cluster's
+    /// event stream (`GET /v1/events`) unless `event_shards` is 0.
     pub stream: Option<Arc<crate::stream::EventStream>>,
     revocations: control::Revocations,
     /// The cluster's tasks, so a failure drill can stop them dead.
@@ -218,19 +219,16 @@ impl Hub {
             .map(|l| Replica::new(l.config.incarnation(), clock.now()));
         let clustered = cluster.is_some();
         let metrics = Metrics::new(clustered);
-        let stream = cluster
-            .as_ref()
-            .filter(|l| l.config.event_shards > 0)
-            .map(|l| {
-                Arc::new(crate::stream::EventStream::new(
-                    l.config.event_shards,
-                    l.config.keep(),
-                    &l.backend.label(),
-                    metrics.stream.clone(),
-                ))
-            });
+        let stream = cluster.as_ref().map(|l| {
+            Arc::new(crate::stream::EventStream::new(
+                l.config.event_shards,
+                l.config.keep(),
+                &l.backend.label(),
+                metrics.stream.clone(),
+            ))
+        });
         // Without a cluster stream, the node's own numbered feed.
-        let feed = (config.service_key.is_some() && stream.is_none())
+        let feed = (config.service_key.is_some() && !stream.as_ref().is_some_and(|s| s.appends()))
             .then(|| Feed::new(config.event_replay, clock.now()));
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
@@ -333,9 +331,6 @@ impl Hub {
         let _ = self.events.send(ev.clone());
         if let Some(feed) = &self.feed {
             feed.push(ev);
-        }
-        if let Some(stream) = &self.stream {
-            stream.push(ev);
         }
     }
 

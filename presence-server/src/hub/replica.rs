@@ -18,7 +18,7 @@ use presence_core::protocol::{Counts, Receipt, ServerMessage};
 use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Incarnation, Stored, Topic, UserRecords, Written};
+use crate::backend::{Incarnation, Owed, Stored, Topic, UserRecords, Written};
 
 /// Users whose records one call reads at most; the rest waits a window.
 const MAX_FETCH: usize = 2_000;
@@ -35,6 +35,19 @@ pub(crate) struct BusMessage {
     pub rd: Vec<(RoomId, UserId, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ctl: Vec<super::control::Control>,
+}
+
+/// The host events owed for one change of a user's records ([`Owed`]).
+#[derive(Debug)]
+pub(crate) struct Announcement {
+    pub user: UserId,
+    /// The change's [`Owed::id`], to settle once its events are appended.
+    pub owed: String,
+    /// Whether this node (or an earlier run of it) made the change.
+    pub own: bool,
+    /// Its events, each with its id (`<change id>:<n>:<user>`: the same
+    /// whichever node computes them).
+    pub events: Vec<(String, Event)>,
 }
 
 /// Every incarnation's record of one user, as of one write.
@@ -694,18 +707,19 @@ impl Replica {
     }
 
     /// The answers to this node's writes: other incarnations' records to
-    /// take, the cluster-level events this node's writes caused (for the
-    /// host: each is announced by the one node whose write caused it), and
-    /// the messages to publish.
+    /// take, the host events owed for each user (this write's change and
+    /// any earlier one not yet settled, whichever node made it), and the
+    /// messages to publish.
     pub fn written(
         &mut self,
         replies: Vec<Written>,
         now: Millis,
-    ) -> (Vec<Event>, Vec<Event>, BTreeMap<Topic, BusMessage>) {
+    ) -> (Vec<Event>, Vec<Announcement>, BTreeMap<Topic, BusMessage>) {
         let mut local = Vec::new();
         let mut host = Vec::new();
         let mut out: BTreeMap<Topic, BusMessage> = BTreeMap::new();
         for w in replies {
+            host.extend(self.announce(&w.user, &w.owed, now));
             let after = records_of(&w.all);
             let mut before = after.clone();
             before.remove(&self.me);
@@ -726,11 +740,48 @@ impl Replica {
             if v0 == v1 && !self.unpublished.contains(&w.user) {
                 continue;
             }
-            host.extend(transitions(&w.user, &v0, &v1, now));
             address(&mut out, &w.user, &w.all, &v0, &v1);
             local.extend(self.apply(&w.user, &w.all, now));
         }
         (local, host, out)
+    }
+
+    /// The host events of a user's owed changes: each change's records
+    /// before and after, the changing incarnation (and this node's retired
+    /// ones) counted alive, as the cluster showed it then. Deterministic in
+    /// the change, so any node computes the same events under the same ids.
+    pub fn announce(&self, user: &UserId, owed: &[Owed], now: Millis) -> Vec<Announcement> {
+        owed.iter()
+            .map(|o| {
+                let after = records_of(&o.all);
+                let mut before = after.clone();
+                before.remove(&o.inc);
+                if let Some(p) = &o.old {
+                    before.apply(&o.inc, p.seq, p.record.clone());
+                }
+                let alive = |inc: &str| {
+                    if inc == o.inc || self.retired.contains(inc) {
+                        Liveness::Live
+                    } else {
+                        self.liveness(inc)
+                    }
+                };
+                let v0 = before.view(alive);
+                let v1 = after.view(alive);
+                let id = o.id();
+                let events = transitions(user, &v0, &v1, now)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("{id}:{i}:{user}"), e))
+                    .collect();
+                Announcement {
+                    user: user.clone(),
+                    own: o.inc == self.me || self.retired.contains(&o.inc),
+                    owed: id,
+                    events,
+                }
+            })
+            .collect()
     }
 
     /// Every own user's record must be written again (the backend lost
@@ -928,18 +979,40 @@ mod tests {
         let take = r.take(t, |_| false);
         let new = take.writes[0].1.clone();
         let stored = |rec: NodeRecord, seq| Stored { seq, record: rec };
-        let written = |before: Stored| Written {
-            user: ana(),
-            previous: None,
-            all: vec![("a.1".into(), before), ("a.2".into(), new.clone())],
+        let written = |before: Stored| {
+            let all = vec![("a.1".into(), before), ("a.2".into(), new.clone())];
+            Written {
+                user: ana(),
+                previous: None,
+                owed: vec![Owed {
+                    inc: "a.2".into(),
+                    seq: new.seq,
+                    old: None,
+                    all: all.clone(),
+                }],
+                all,
+            }
+        };
+        let events = |host: &[Announcement]| -> Vec<(String, &'static str)> {
+            host.iter()
+                .flat_map(|a| a.events.iter().map(|(id, e)| (id.clone(), e.diff.name())))
+                .collect()
         };
         // Nobody cleaned a.1: the others still showed ana through it.
         let (_, host, _) = r.written(vec![written(stored(old.clone(), seq))], t);
-        assert!(host.is_empty(), "{host:?}");
+        assert!(events(&host).is_empty(), "{host:?}");
+        assert!(
+            host.iter().all(|a| a.own),
+            "owed, and settled, all the same"
+        );
         // A cleaner expired a.1 first: the others showed her offline.
         let (_, host, _) = r.written(vec![written(stored(old.expired(t), seq + 1))], t);
-        let kinds: Vec<&str> = host.iter().map(|e| e.diff.name()).collect();
-        assert_eq!(kinds, ["user_connected"]);
+        let want = format!("a.2:{}:0:ana", new.seq);
+        assert_eq!(
+            events(&host),
+            [(want, "user_connected")],
+            "named by the change"
+        );
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl Keys {
         format!("{}:{{u:{user}}}", self.prefix)
     }
 
+    /// List `P:{u:<user>}:o`: the user's changes owed to the event stream.
+    pub(super) fn owed(&self, user: &UserId) -> String {
+        format!("{}:{{u:{user}}}:o", self.prefix)
+    }
+
     /// String `P:{u:<user>}:rv`: unix seconds before which the user's
     /// tokens are refused (with the revocation's TTL).
     pub(super) fn revoked(&self, user: &UserId) -> String {

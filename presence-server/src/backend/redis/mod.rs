@@ -41,8 +41,8 @@ use self::reply::{bad, bytes, decode, encode, int, items, opt_bytes, opt_string,
 use super::inbox::{INCOMING_CAPACITY, Inbox};
 use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
-    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, Stored, Topic,
-    UserRecords, Written,
+    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, MAX_OWED, Owed, Replaced,
+    Stored, Topic, UserRecords, Written,
 };
 
 /// At most this many users are taken from a dead incarnation per call.
@@ -68,14 +68,23 @@ struct Scripts {
     append: Script,
     read: Script,
     hold: Script,
+    settle: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
         let retain = include_str!("scripts/retain.lua");
+        let owe = include_str!("scripts/owe.lua");
         Self {
-            write: Script::new(&format!("{retain}{}", include_str!("scripts/write.lua"))),
-            replace: Script::new(&format!("{retain}{}", include_str!("scripts/replace.lua"))),
+            write: Script::new(&format!(
+                "{retain}{owe}{}",
+                include_str!("scripts/write.lua")
+            )),
+            replace: Script::new(&format!(
+                "{retain}{owe}{}",
+                include_str!("scripts/replace.lua")
+            )),
+            settle: Script::new(include_str!("scripts/settle.lua")),
             mark_read: Script::new(include_str!("scripts/mark_read.lua")),
             unregister: Script::new(include_str!("scripts/unregister.lua")),
             lease: Script::new(include_str!("scripts/lease.lua")),
@@ -129,12 +138,15 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// One `{old, all}` reply of `write.lua`.
+/// One `{old, all, owed}` reply of `write.lua`.
 fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
     let mut parts = items(v)?.into_iter();
-    let (Some(old), Some(all), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad("write: expected {old, all}"));
+    let (Some(old), Some(all), Some(owed), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("write: expected {old, all, owed}"));
     };
+    let owed = reply::owed_list(&user, owed)?;
     let previous = match opt_bytes(&old)?.map(decode) {
         None => None,
         Some(Ok(s)) => Some(s),
@@ -148,6 +160,7 @@ fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
         user,
         previous,
         all,
+        owed,
     })
 }
 
@@ -185,14 +198,22 @@ impl Backend for RedisBackend {
                     sadd.query_async::<Value>(&mut c).await?;
                 }
                 let ms = millis(retention).to_string();
+                let max = MAX_OWED.to_string();
                 let cmds = writes
                     .iter()
                     .map(|(u, s)| {
                         let value = encode(s)?;
+                        let seq = s.seq.to_string();
                         Ok(Self::eval(
                             &self.scripts.write,
-                            &[self.keys.user(u)],
-                            &[inc.as_bytes(), value.as_bytes(), ms.as_bytes()],
+                            &[self.keys.user(u), self.keys.owed(u)],
+                            &[
+                                inc.as_bytes(),
+                                value.as_bytes(),
+                                ms.as_bytes(),
+                                seq.as_bytes(),
+                                max.as_bytes(),
+                            ],
                         ))
                     })
                     .collect::<Result<Vec<_>, BackendError>>()?;
@@ -226,7 +247,7 @@ impl Backend for RedisBackend {
         expected: u64,
         new: Stored,
         retention: Duration,
-    ) -> BoxFuture<'a, BackendResult<Option<UserRecords>>> {
+    ) -> BoxFuture<'a, BackendResult<Option<Replaced>>> {
         self.link
             .run(move |mut c| async move {
                 let key = self.keys.user(user);
@@ -247,15 +268,33 @@ impl Backend for RedisBackend {
                 }
                 let value = encode(&new)?;
                 let ms = millis(retention).to_string();
+                let (seq, max) = (new.seq.to_string(), MAX_OWED.to_string());
                 let cmd = Self::eval(
                     &self.scripts.replace,
-                    &[key],
-                    &[inc.as_bytes(), raw, value.as_bytes(), ms.as_bytes()],
+                    &[key, self.keys.owed(user)],
+                    &[
+                        inc.as_bytes(),
+                        raw,
+                        value.as_bytes(),
+                        ms.as_bytes(),
+                        seq.as_bytes(),
+                        max.as_bytes(),
+                    ],
                 );
                 let mut replies = evals(&mut c, &self.scripts.replace, &[cmd]).await?;
                 match replies.pop() {
                     Some(Value::Nil) => Ok(None),
-                    Some(v) => Ok(Some(reply::user_records(user, v)?)),
+                    Some(v) => {
+                        let mut parts = items(v)?.into_iter();
+                        let (Some(all), Some(owed), None) = (parts.next(), parts.next(), parts.next())
+                        else {
+                            return Err(bad("replace: expected {all, owed}").into());
+                        };
+                        Ok(Some((
+                            reply::user_records(user, all)?,
+                            reply::owed_list(user, owed)?,
+                        )))
+                    }
                     None => Err(bad("replace: no reply").into()),
                 }
             })
@@ -683,6 +722,57 @@ impl Backend for RedisBackend {
             }
         }
         .boxed()
+    }
+
+    fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = users
+                    .iter()
+                    .map(|u| {
+                        redis::cmd("LRANGE")
+                            .arg(self.keys.owed(u))
+                            .arg(0)
+                            .arg(-1)
+                            .clone()
+                    })
+                    .collect();
+                let replies = each(pipeline(&mut c, &cmds).await?)?;
+                Ok(users
+                    .iter()
+                    .zip(replies)
+                    .map(|(u, v)| reply::owed_list(u, v))
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+            .boxed()
+    }
+
+    fn settle<'a>(
+        &'a self,
+        settled: Vec<(UserId, Vec<String>)>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = settled
+                    .iter()
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .map(|(u, ids)| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.scripts.settle.get_hash())
+                            .arg(1)
+                            .arg(self.keys.owed(u));
+                        for id in ids {
+                            cmd.arg(id);
+                        }
+                        cmd
+                    })
+                    .collect();
+                if !cmds.is_empty() {
+                    evals(&mut c, &self.scripts.settle, &cmds).await?;
+                }
+                Ok(())
+            })
+            .boxed()
     }
 
     fn revoke<'a>(

@@ -11,7 +11,7 @@
 use presence_core::UserId;
 use redis::Value;
 
-use crate::backend::{BackendError, Incarnation, Stored, UserRecords};
+use crate::backend::{BackendError, Incarnation, Owed, Stored, UserRecords};
 
 /// Decoded fields of one user's hash beyond this many are skipped (one
 /// field per incarnation that wrote the user: far fewer in any real cluster).
@@ -112,6 +112,67 @@ pub(super) fn user_records(user: &UserId, v: Value) -> Result<UserRecords, Backe
         {
             Ok(stored) => out.push((Incarnation::from(inc), stored)),
             Err(e) => tracing::warn!(%user, inc, "backend: skipping a corrupted record: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// A user's owed list (see `owe.lua`); an entry that does not decode is
+/// skipped and logged (settling drops it).
+pub(super) fn owed_list(user: &UserId, v: Value) -> Result<Vec<Owed>, BackendError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        i: String,
+        q: serde_json::Value,
+        o: serde_json::Value,
+        a: serde_json::Value,
+    }
+    let mut out = Vec::new();
+    for item in items(v)? {
+        let parsed = bytes(&item)
+            .ok_or_else(|| "not a string".to_owned())
+            .and_then(|b| serde_json::from_slice::<Raw>(b).map_err(|e| e.to_string()))
+            .and_then(|raw| {
+                let seq = match &raw.q {
+                    serde_json::Value::String(s) => s.parse().ok(),
+                    v => v.as_u64(),
+                }
+                .ok_or_else(|| "no sequence".to_owned())?;
+                let old = match &raw.o {
+                    serde_json::Value::String(s) => Some(decode(s.as_bytes())?),
+                    _ => None,
+                };
+                // An empty Lua table encodes as `{}`.
+                let flat: Vec<String> = match raw.a {
+                    serde_json::Value::Array(a) => a
+                        .into_iter()
+                        .map(|x| x.as_str().map(str::to_owned))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| "a field is not a string".to_owned())?,
+                    _ => Vec::new(),
+                };
+                let all = flat
+                    .chunks(2)
+                    .take(MAX_FIELDS)
+                    .filter_map(|kv| match kv {
+                        [k, v] => decode(v.as_bytes())
+                            .ok()
+                            .map(|s| (Incarnation::from(k.as_str()), s)),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(Owed {
+                    inc: raw.i,
+                    seq,
+                    old,
+                    all,
+                })
+            });
+        match parsed {
+            Ok(o) => out.push(o),
+            Err(e) => {
+                tracing::warn!(%user, "backend: skipping an owed change that does not decode: {e}")
+            }
         }
     }
     Ok(out)
