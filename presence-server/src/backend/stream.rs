@@ -5,9 +5,9 @@
 //! A user's events always go to the same shard ([`shard_of`]), so a shard
 //! holds each of its users' events in the order they were appended. Ids are
 //! Redis stream ids `<ms>-<n>`: the append time (never going back) and the
-//! entry's number in its shard (1, 2, ...), so an entry is named in the
-//! whole cluster by its shard and id, and a reader tells from the numbers
-//! alone whether retention took entries it had not read ([`ShardRead::gap`]).
+//! entry's number in its shard (1, 2, ...), so a reader tells from the
+//! numbers alone whether retention took entries it had not read
+//! ([`ShardRead::gap`]). An event's own id is in its JSON (see `Owed`).
 
 use std::fmt;
 use std::str::FromStr;
