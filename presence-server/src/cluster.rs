@@ -20,11 +20,12 @@
 //! once (no resurrection); with them (a graceful restart) it restores them
 //! first, writes their records, then ends it, so observers see no flap.
 //!
-//! Host events: each cluster-level change is announced by the one node
-//! whose write (or cleaning) caused it, computed from the records the write
-//! returned atomically, and appended to the cluster's event stream before
-//! any socket is told ([`crate::stream`]), so any node's feed serves each
-//! change once.
+//! Host events: each change of a user's records is owed to the cluster's
+//! event stream from the step that made it (kept beside the records); the
+//! node that made it appends its events after its round's publications and
+//! settles it, and any node that touches the user later (the cleaner of a
+//! dead one at the latest) announces what is still owed ([`crate::stream`],
+//! `backend::Owed`), so any node's feed serves each change once.
 //!
 //! Outage: while the backend is unreachable the node keeps serving: its
 //! own changes are merged with the last known records of the others and
@@ -114,6 +115,7 @@ async fn rounds(hub: Weak<Hub>) {
             drop(h);
             // Events owed to the stream (a cleaning's, or a failed flush's).
             flush(&hub, &*backend).await;
+            unindex(&hub, &*backend).await;
             continue;
         };
         drop(h);
@@ -153,9 +155,6 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     if !take.writes.is_empty() {
         let replies = backend.write(&me, take.writes.clone(), RETENTION).await?;
         messages = hub.upgrade().ok_or_else(gone)?.cluster_written(replies);
-        // Into the stream before anyone is told: a change a socket saw is
-        // in the stream unless the node died in between.
-        flush(hub, backend).await;
     }
     if !take.memberships.is_empty() {
         backend.memberships(&me, take.memberships.clone()).await?;
@@ -174,6 +173,11 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     if let Some(h) = hub.upgrade() {
         h.cluster_took(take);
     }
+    // The changes are owed in the store since their write, so the stream
+    // can take them after the sockets are told: a node that dies first
+    // leaves them to the one that cleans up after it.
+    flush(hub, backend).await;
+    unindex(hub, backend).await;
     if !take.fetch.is_empty() {
         let recs = backend.read(&take.fetch).await?;
         let got = take.fetch.iter().cloned().zip(recs).collect();
@@ -216,6 +220,29 @@ async fn flush(hub: &Weak<Hub>, backend: &dyn Backend) {
     drop(h);
     if let Err(e) = stream.flush(backend, &me).await {
         tracing::debug!(error = %e, "appending to the event stream failed; kept for the next round");
+    }
+}
+
+/// Takes released users whose changes are announced out of this
+/// incarnation's index (while anything is still to append, they stay, so a
+/// cleaner would visit them). Only the round task calls it, so no write of
+/// this node races it.
+async fn unindex(hub: &Weak<Hub>, backend: &dyn Backend) {
+    let Some(h) = hub.upgrade() else { return };
+    if h.stream.as_ref().is_some_and(|s| s.pending()) {
+        return;
+    }
+    let users = h.cluster_take_unindex();
+    if users.is_empty() {
+        return;
+    }
+    let me = h.cluster_me();
+    drop(h);
+    if let Err(e) = backend.unindex(&me, users.clone()).await {
+        tracing::debug!(error = %e, "unindexing released users failed; later");
+        if let Some(h) = hub.upgrade() {
+            h.cluster_unindex_failed(users);
+        }
     }
 }
 
@@ -584,11 +611,10 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
         if !leave.is_empty() && backend.memberships(dead, leave).await.is_err() {
             return;
         }
-        // Into the stream before anyone is told, as in a round.
-        flush(hub, backend).await;
         if publish(backend, messages).await.is_err() {
             return;
         }
+        flush(hub, backend).await;
         tracing::info!(
             users = users.len(),
             incarnation = dead,

@@ -1273,21 +1273,36 @@ async fn what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner(f
     ana.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
         .await;
     obs.diff("user_idle", "ana").await;
+    // Bob comes and goes before A dies: A's record of him holds nothing
+    // any more, but his going is owed too.
+    let mut bob = a.client("bob").await;
+    bob.join("r").await;
+    obs.diff("user_connected", "bob").await;
+    bob.send(json!({"type": "leaving"})).await;
+    bob.close().await;
+    obs.diff("user_disconnected", "bob").await;
     // Seen by observers, never appended: A dies.
     a.server.halt_cluster();
     a.abort();
     obs.diff("user_disconnected", "ana").await;
-    let mut told = Vec::new();
+    let mut told: Vec<(String, String)> = Vec::new();
     while let Some(e) = feed.next_within(Duration::from_millis(800)).await {
-        if diff_user(&e.data) == "ana" && e.data["global"] == true {
-            told.push(e.event.clone());
+        if e.data["global"] == true {
+            told.push((diff_user(&e.data).to_owned(), e.event.clone()));
         }
     }
+    let about = |user: &str| -> Vec<&str> {
+        told.iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, k)| k.as_str())
+            .collect()
+    };
     assert_eq!(
-        told,
+        about("ana"),
         ["user_connected", "status", "user_idle", "user_disconnected"],
         "every change, in order, once"
     );
+    assert_eq!(about("bob"), ["user_connected", "user_disconnected"]);
     drop(ana);
 }
 

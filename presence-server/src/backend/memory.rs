@@ -282,7 +282,6 @@ impl Backend for MemoryBackend {
         self.call(move |w, now| {
             let mut out = Vec::with_capacity(writes.len());
             for (user, stored) in writes {
-                let holds = stored.record.holds();
                 let key = w.user(&user, now);
                 // As write.lua: a record never goes back in sequence.
                 if let Some(old) = key.records.get(inc).filter(|o| o.seq >= stored.seq) {
@@ -294,28 +293,27 @@ impl Backend for MemoryBackend {
                         previous,
                         all,
                         owed,
+                        wrote: false,
                     });
                     continue;
                 }
                 let seq = stored.seq;
                 let previous = key.records.insert(inc.to_owned(), stored);
                 key.retain(now, retention);
-                let owed = key.owe(inc, seq, previous.clone());
+                let mut owed = key.owe(inc, seq, previous.clone());
+                owed.pop();
                 let all = key.all();
-                let index = w.index.entry(inc.to_owned()).or_default();
-                if holds {
-                    index.insert(user.clone());
-                } else {
-                    index.remove(&user);
-                    if index.is_empty() {
-                        w.index.remove(inc);
-                    }
-                }
+                // Held, or owed: unindexed once announced.
+                w.index
+                    .entry(inc.to_owned())
+                    .or_default()
+                    .insert(user.clone());
                 out.push(Written {
                     user,
                     previous,
                     all,
                     owed,
+                    wrote: true,
                 });
             }
             out
@@ -338,6 +336,19 @@ impl Backend for MemoryBackend {
             key.retain(now, retention);
             let owed = key.owe(inc, seq, Some(old));
             Some((key.all(), owed))
+        })
+    }
+
+    fn unindex<'a>(&'a self, inc: &'a str, users: Vec<UserId>) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, _| {
+            if let Some(index) = w.index.get_mut(inc) {
+                for u in &users {
+                    index.remove(u);
+                }
+                if index.is_empty() {
+                    w.index.remove(inc);
+                }
+            }
         })
     }
 

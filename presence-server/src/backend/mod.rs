@@ -63,7 +63,7 @@ pub type UserRecords = Vec<(Incarnation, Stored)>;
 
 /// The answer to one user's write: what the incarnation held before and what
 /// all incarnations hold after, as of that write (atomically), and the
-/// user's owed announcements (this write's last).
+/// user's earlier owed changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// The user.
@@ -72,8 +72,28 @@ pub struct Written {
     pub previous: Option<Stored>,
     /// Every incarnation's record after it.
     pub all: UserRecords,
-    /// Changes of the user not yet announced, oldest first.
+    /// Earlier changes of the user not yet announced, oldest first (this
+    /// write's own change, if it [wrote](Self::wrote), is owed after them:
+    /// see [`Written::own`]).
     pub owed: Vec<Owed>,
+    /// Whether the record was written (its sequence was greater).
+    pub wrote: bool,
+}
+
+impl Written {
+    /// This write's own change, as it is owed in the store.
+    pub fn own(&self, inc: &str) -> Option<Owed> {
+        if !self.wrote {
+            return None;
+        }
+        let (_, new) = self.all.iter().find(|(i, _)| i == inc)?;
+        Some(Owed {
+            inc: inc.to_owned(),
+            seq: new.seq,
+            old: self.previous.clone(),
+            all: self.all.clone(),
+        })
+    }
 }
 
 /// One change of a user's records that is owed to the event stream, kept
@@ -181,12 +201,15 @@ pub trait Backend: Send + Sync + 'static {
     /// status and last-seen time) but lets the user's key expire after
     /// `retention` once no record holds the user.
     ///
-    /// The index holds the users whose record of `inc` holds them: a holding
-    /// record adds its user before it is written, a released one removes it
-    /// after, so the index is bounded by what `inc` holds now. This assumes
-    /// one incarnation's writes come one call at a time (its cluster task
-    /// awaits each). A failed call may have applied part of the batch;
-    /// repeating it stores the same records again.
+    /// The index holds the users whose record of `inc` holds them or whose
+    /// change by `inc` may still be owed: every written user is added before
+    /// the write, and a released one leaves only by [`Backend::unindex`],
+    /// once its change is announced, so the node that cleans up after `inc`
+    /// visits every user it may owe an announcement. The index is bounded by
+    /// what `inc` holds plus what it has not announced yet. This assumes one
+    /// incarnation's writes come one call at a time (its cluster task awaits
+    /// each). A failed call may have applied part of the batch; repeating
+    /// it stores the same records again.
     fn write<'a>(
         &'a self,
         inc: &'a str,
@@ -206,6 +229,9 @@ pub trait Backend: Send + Sync + 'static {
         new: Stored,
         retention: Duration,
     ) -> BoxFuture<'a, BackendResult<Option<Replaced>>>;
+
+    /// Takes released users whose changes are announced out of `inc`'s index.
+    fn unindex<'a>(&'a self, inc: &'a str, users: Vec<UserId>) -> BoxFuture<'a, BackendResult<()>>;
 
     /// Each user's owed changes, oldest first.
     fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>>;

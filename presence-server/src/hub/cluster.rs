@@ -168,6 +168,28 @@ impl Hub {
     pub(crate) fn cluster_took(&self, take: &Take) {
         if let Some(c) = self.lock().cluster.as_mut() {
             c.took(take);
+            c.released(
+                take.writes
+                    .iter()
+                    .filter(|(_, s)| !s.record.holds())
+                    .map(|(u, _)| u.clone()),
+            );
+        }
+    }
+
+    /// Released users whose changes are announced, for leaving the index.
+    pub(crate) fn cluster_take_unindex(&self) -> Vec<UserId> {
+        self.lock()
+            .cluster
+            .as_mut()
+            .map(|c| c.take_unindex())
+            .unwrap_or_default()
+    }
+
+    /// An unindexing that failed: tried again later.
+    pub(crate) fn cluster_unindex_failed(&self, users: Vec<UserId>) {
+        if let Some(c) = self.lock().cluster.as_mut() {
+            c.released(users);
         }
     }
 

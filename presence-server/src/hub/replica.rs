@@ -133,6 +133,8 @@ pub(crate) struct Replica {
     dirty: HashSet<UserId>,
     /// Own records as last written.
     written: HashMap<UserId, NodeRecord>,
+    /// Users released here whose index entry waits for their announcement.
+    to_unindex: HashSet<UserId>,
     /// A round with writes is under way.
     writing: bool,
     /// Users whose records a failed round may have written but not
@@ -169,6 +171,7 @@ impl Replica {
             subscribed: HashSet::new(),
             dirty: HashSet::new(),
             written: HashMap::new(),
+            to_unindex: HashSet::new(),
             writing: false,
             unpublished: HashSet::new(),
             reads: Vec::new(),
@@ -700,6 +703,22 @@ impl Replica {
         std::mem::take(&mut self.statuses)
     }
 
+    /// Users whose released records this round wrote: out of the index once
+    /// their changes are announced.
+    pub fn released(&mut self, users: impl IntoIterator<Item = UserId>) {
+        self.to_unindex.extend(users);
+    }
+
+    /// The released users to take out of the index now: those whose record
+    /// here still holds nothing (one held again stays).
+    pub fn take_unindex(&mut self) -> Vec<UserId> {
+        let written = &self.written;
+        self.to_unindex
+            .drain()
+            .filter(|u| written.get(u).is_none_or(|r| !r.holds()))
+            .collect()
+    }
+
     /// Whether every own record has been written (none pending, none in a
     /// round under way).
     pub fn idle(&self) -> bool {
@@ -719,7 +738,9 @@ impl Replica {
         let mut host = Vec::new();
         let mut out: BTreeMap<Topic, BusMessage> = BTreeMap::new();
         for w in replies {
-            host.extend(self.announce(&w.user, &w.owed, now));
+            let mut owed = w.owed.clone();
+            owed.extend(w.own(&self.me));
+            host.extend(self.announce(&w.user, &owed, now));
             let after = records_of(&w.all);
             let mut before = after.clone();
             before.remove(&self.me);
@@ -984,12 +1005,8 @@ mod tests {
             Written {
                 user: ana(),
                 previous: None,
-                owed: vec![Owed {
-                    inc: "a.2".into(),
-                    seq: new.seq,
-                    old: None,
-                    all: all.clone(),
-                }],
+                owed: Vec::new(),
+                wrote: true,
                 all,
             }
         };

@@ -23,7 +23,7 @@ mod keys;
 mod link;
 mod reply;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,15 +138,20 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// One `{old, all, owed}` reply of `write.lua`.
+/// One `{old, all, owed, wrote}` reply of `write.lua`.
 fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
     let mut parts = items(v)?.into_iter();
-    let (Some(old), Some(all), Some(owed), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("write: expected {old, all, owed}"));
+    let (Some(old), Some(all), Some(owed), Some(wrote), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad("write: expected {old, all, owed, wrote}"));
     };
     let owed = reply::owed_list(&user, owed)?;
+    let wrote = int(&wrote)? == 1;
     let previous = match opt_bytes(&old)?.map(decode) {
         None => None,
         Some(Ok(s)) => Some(s),
@@ -161,6 +166,7 @@ fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
         previous,
         all,
         owed,
+        wrote,
     })
 }
 
@@ -180,23 +186,19 @@ impl Backend for RedisBackend {
                 if writes.is_empty() {
                     return Ok(Vec::new());
                 }
-                // The index holds the users whose record of `inc` holds
-                // them: added before the record is written (a crash between
-                // leaves a harmless extra entry), removed after a release.
-                let mut last: HashMap<UserId, bool> = HashMap::new();
-                for (u, s) in &writes {
-                    last.insert(u.clone(), s.record.holds());
-                }
-                let (held, released): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, h)| *h);
+                // Every written user joins the index before the write (a
+                // crash between leaves a harmless extra entry); a released
+                // one leaves by `unindex`, once its change is announced.
+                let mut users: Vec<&UserId> = writes.iter().map(|(u, _)| u).collect();
+                users.sort();
+                users.dedup();
                 let index = self.keys.index(inc);
-                if !held.is_empty() {
-                    let mut sadd = redis::cmd("SADD");
-                    sadd.arg(&index);
-                    for (u, _) in &held {
-                        sadd.arg(u.as_str());
-                    }
-                    sadd.query_async::<Value>(&mut c).await?;
+                let mut sadd = redis::cmd("SADD");
+                sadd.arg(&index);
+                for u in &users {
+                    sadd.arg(u.as_str());
                 }
+                sadd.query_async::<Value>(&mut c).await?;
                 let ms = millis(retention).to_string();
                 let max = MAX_OWED.to_string();
                 let cmds = writes
@@ -223,18 +225,6 @@ impl Backend for RedisBackend {
                     .zip(replies)
                     .map(|((u, _), v)| written(u, v))
                     .collect::<Result<Vec<_>, _>>()?;
-                if !released.is_empty() {
-                    let mut srem = redis::cmd("SREM");
-                    srem.arg(&index);
-                    for (u, _) in &released {
-                        srem.arg(u.as_str());
-                    }
-                    // The records are written: an index entry left behind
-                    // only costs a cleaner one look at a released record.
-                    if let Err(e) = srem.query_async::<Value>(&mut c).await {
-                        tracing::warn!("backend: could not unindex released users: {e}");
-                    }
-                }
                 Ok(out)
             })
             .boxed()
@@ -722,6 +712,23 @@ impl Backend for RedisBackend {
             }
         }
         .boxed()
+    }
+
+    fn unindex<'a>(&'a self, inc: &'a str, users: Vec<UserId>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                if users.is_empty() {
+                    return Ok(());
+                }
+                let mut srem = redis::cmd("SREM");
+                srem.arg(self.keys.index(inc));
+                for u in &users {
+                    srem.arg(u.as_str());
+                }
+                srem.query_async::<Value>(&mut c).await?;
+                Ok(())
+            })
+            .boxed()
     }
 
     fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>> {
