@@ -88,6 +88,11 @@ impl Keys {
         format!("{}:{{e:{shard}}}", self.prefix)
     }
 
+    /// String `P:{e:<shard>}:n`: the last id the shard gave (`<ms>-<n>`).
+    pub(super) fn stream_last(&self, shard: u16) -> String {
+        format!("{}:{{e:{shard}}}:n", self.prefix)
+    }
+
     /// String `P:{w:<role>}:h`: who holds a role (with the hold's TTL).
     pub(super) fn role_holder(&self, role: &str) -> String {
         format!("{}:{{w:{role}}}:h", self.prefix)

@@ -685,8 +685,9 @@ impl Backend for RedisBackend {
                     .run(|mut c| async move {
                         let mut cmd = redis::cmd("EVALSHA");
                         cmd.arg(self.scripts.append.get_hash())
-                            .arg(1)
+                            .arg(2)
                             .arg(self.keys.stream(shard))
+                            .arg(self.keys.stream_last(shard))
                             .arg(keep.per_shard)
                             .arg(millis(keep.max_age));
                         for a in b {
@@ -867,7 +868,7 @@ impl Backend for RedisBackend {
                     .map(|(shard, pos)| {
                         Self::eval(
                             &self.scripts.read,
-                            &[self.keys.stream(*shard)],
+                            &[self.keys.stream(*shard), self.keys.stream_last(*shard)],
                             &[pos.to_string().as_bytes(), count.as_bytes()],
                         )
                     })

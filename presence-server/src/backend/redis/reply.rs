@@ -118,56 +118,14 @@ pub(super) fn user_records(user: &UserId, v: Value) -> Result<UserRecords, Backe
 }
 
 /// A user's owed list (see `owe.lua`); an entry that does not decode is
-/// skipped and logged (settling drops it).
+/// skipped and logged (it is never settled, and goes with the list's bound).
 pub(super) fn owed_list(user: &UserId, v: Value) -> Result<Vec<Owed>, BackendError> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        i: String,
-        q: serde_json::Value,
-        o: serde_json::Value,
-        a: serde_json::Value,
-    }
     let mut out = Vec::new();
     for item in items(v)? {
         let parsed = bytes(&item)
-            .ok_or_else(|| "not a string".to_owned())
-            .and_then(|b| serde_json::from_slice::<Raw>(b).map_err(|e| e.to_string()))
-            .and_then(|raw| {
-                let seq = match &raw.q {
-                    serde_json::Value::String(s) => s.parse().ok(),
-                    v => v.as_u64(),
-                }
-                .ok_or_else(|| "no sequence".to_owned())?;
-                let old = match &raw.o {
-                    serde_json::Value::String(s) => Some(decode(s.as_bytes())?),
-                    _ => None,
-                };
-                // An empty Lua table encodes as `{}`.
-                let flat: Vec<String> = match raw.a {
-                    serde_json::Value::Array(a) => a
-                        .into_iter()
-                        .map(|x| x.as_str().map(str::to_owned))
-                        .collect::<Option<_>>()
-                        .ok_or_else(|| "a field is not a string".to_owned())?,
-                    _ => Vec::new(),
-                };
-                let all = flat
-                    .chunks(2)
-                    .take(MAX_FIELDS)
-                    .filter_map(|kv| match kv {
-                        [k, v] => decode(v.as_bytes())
-                            .ok()
-                            .map(|s| (Incarnation::from(k.as_str()), s)),
-                        _ => None,
-                    })
-                    .collect();
-                Ok(Owed {
-                    inc: raw.i,
-                    seq,
-                    old,
-                    all,
-                })
-            });
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| "not UTF-8".to_owned())
+            .and_then(owed_entry);
         match parsed {
             Ok(o) => out.push(o),
             Err(e) => {
@@ -176,6 +134,34 @@ pub(super) fn owed_list(user: &UserId, v: Value) -> Result<Vec<Owed>, BackendErr
         }
     }
     Ok(out)
+}
+
+/// One entry of `owe.lua`: `<inc>:<seq>`, the old value, then field and
+/// value lines.
+fn owed_entry(text: &str) -> Result<Owed, String> {
+    let mut lines = text.split('\n');
+    let head = lines.next().unwrap_or_default();
+    let (inc, seq) = head.rsplit_once(':').ok_or("no id")?;
+    let seq = seq.parse().map_err(|_| "no sequence")?;
+    let old = match lines.next().ok_or("no old value")? {
+        "" => None,
+        v => Some(decode(v.as_bytes())?),
+    };
+    let rest: Vec<&str> = lines.collect();
+    if rest.len() % 2 != 0 {
+        return Err("a field without its value".into());
+    }
+    let all = rest
+        .chunks(2)
+        .take(MAX_FIELDS)
+        .filter_map(|kv| Some((Incarnation::from(kv[0]), decode(kv[1].as_bytes()).ok()?)))
+        .collect();
+    Ok(Owed {
+        inc: inc.to_owned(),
+        seq,
+        old,
+        all,
+    })
 }
 
 /// An integer reply.
@@ -193,6 +179,25 @@ mod tests {
     use super::*;
     use presence_core::cluster::NodeRecord;
     use presence_core::{Millis, Status};
+
+    #[test]
+    fn owed_entries_decode_and_bad_ones_are_refused() {
+        let stored = Stored {
+            seq: 3,
+            record: NodeRecord::released(Some(Millis(5)), Status::Busy, None, Millis(1)),
+        };
+        let v = encode(&stored).expect("encodes");
+        let o = owed_entry(&format!("n1.ab:7\n{v}\nn1.ab\n{v}\nn2.cd\n{v}")).expect("decodes");
+        assert_eq!(
+            (o.inc.as_str(), o.seq, o.old.is_some(), o.all.len()),
+            ("n1.ab", 7, true, 2)
+        );
+        let o = owed_entry(&format!("n1.ab:7\n\nn1.ab\n{v}")).expect("decodes");
+        assert_eq!(o.old, None);
+        for bad in ["", "n1.ab", "n1.ab:x\n", "n1.ab:7", "n1.ab:7\n\nn1.ab"] {
+            assert!(owed_entry(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn stored_values_round_trip_with_their_flag() {

@@ -1,5 +1,6 @@
 -- Drops announced changes from the front of a user's owed list: each front
--- entry whose "<i>:<q>" is among ARGV (a newer one queued behind stays).
+-- entry whose first line ("<incarnation>:<sequence>") is among ARGV (a
+-- newer one queued behind stays).
 -- KEYS[1] the owed list. Returns how many went.
 local done = {}
 for i = 1, #ARGV do
@@ -11,9 +12,8 @@ while true do
   if not head then
     break
   end
-  local ok, e = pcall(cjson.decode, head)
-  -- An entry that does not decode can never be announced: it goes too.
-  if ok and type(e) == 'table' and not done[tostring(e.i) .. ':' .. tostring(e.q)] then
+  local cut = string.find(head, '\n', 1, true)
+  if not done[string.sub(head, 1, (cut or 0) - 1)] then
     break
   end
   redis.call('LPOP', KEYS[1])
