@@ -47,6 +47,7 @@ pub(crate) struct Metrics {
 #[derive(Clone)]
 pub(crate) struct StreamMetrics {
     pub appended: Counter,
+    pub trimmed: Counter,
     pub dropped: Counter,
     pub append_failures: Counter,
     pub pending: Gauge,
@@ -200,6 +201,7 @@ impl Metrics {
         }
         let stream = StreamMetrics {
             appended: Counter::default(),
+            trimmed: Counter::default(),
             dropped: Counter::default(),
             append_failures: Counter::default(),
             pending: Gauge::default(),
@@ -213,6 +215,11 @@ impl Metrics {
                 "stream_appended_events",
                 "Host events this node appended to the cluster's event stream",
                 stream.appended.clone(),
+            );
+            registry.register(
+                "stream_trimmed_events",
+                "Entries the event stream's retention (length and age) took after this node's appends",
+                stream.trimmed.clone(),
             );
             registry.register(
                 "stream_dropped_events",

@@ -198,7 +198,10 @@ impl EventStream {
             }
             let n = batch.len();
             let failed: HashSet<u16> = match backend.append(batch, self.keep).await {
-                Ok(()) => HashSet::new(),
+                Ok(trimmed) => {
+                    metrics.trimmed.inc_by(trimmed);
+                    HashSet::new()
+                }
                 Err((e, back)) => {
                     metrics.append_failures.inc();
                     tracing::debug!(error = %e, "appending to the event stream failed; kept");

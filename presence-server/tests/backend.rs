@@ -1517,10 +1517,12 @@ async fn stream_keeps_order_per_shard_and_tells_trimming(env: Env) {
         max_age: Duration::from_secs(3600),
     };
     let many = (0..300).map(|n| appended(0, "u0", 100 + n)).collect();
-    a.append(many, small)
+    let trimmed = a
+        .append(many, small)
         .await
         .map_err(|(e, _)| e)
         .expect("append");
+    assert!(trimmed >= 100, "the trimming is told: {trimmed}");
     let r = &b
         .read_stream(vec![(0, StreamId::default())], 1000)
         .await

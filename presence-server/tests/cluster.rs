@@ -846,13 +846,30 @@ async fn a_killed_node_process_goes_offline_elsewhere_on_the_redis_cluster() {
 
 /// Node processes killed with SIGKILL in the middle of bursts of changes,
 /// `KILLS` times (default 4): every change an observer saw is in the
-/// cluster's event stream, in order, and no event comes twice.
+/// cluster's event stream, in order, no event comes twice, and the webhook
+/// receiver gets the same events once each.
 async fn nodes_killed_during_bursts_lose_no_event(f: Fabric) {
     let kills: usize = std::env::var("KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(4);
-    let b = node(&f, "b").await;
+    // B delivers the webhooks (no other node has any): from the stream.
+    let (hook_url, hooked) = receiver().await;
+    let mut hooks = presence_server::WebhookConfig::new(vec![hook_url], "hook-secret");
+    hooks.window = Duration::from_millis(100);
+    let cluster = ClusterConfig {
+        node_id: "b".into(),
+        lease_ttl: LEASE,
+        event_shards: 4,
+        ..ClusterConfig::default()
+    };
+    let b = TestServer::start_with(
+        PresenceServer::builder()
+            .config(calm_config())
+            .cluster(f.backend(), cluster)
+            .webhooks(hooks),
+    )
+    .await;
     all_up(&[&b]).await;
     let (status, mut feed) = SseReader::open(&b, SERVICE_KEY, None).await;
     assert_eq!(status, 200);
@@ -923,6 +940,47 @@ async fn nodes_killed_during_bursts_lose_no_event(f: Fabric) {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), all, "no event twice");
+    // The webhook receiver: the same events of the selected kinds (the
+    // default: connected, disconnected, idle, active, status), each once.
+    let selected = |kind: &str| {
+        matches!(
+            kind,
+            "user_connected"
+                | "user_disconnected"
+                | "user_left"
+                | "user_idle"
+                | "user_active"
+                | "status"
+        )
+    };
+    let want: Vec<&str> = stream
+        .iter()
+        .filter(|e| selected(&e.event))
+        .filter_map(|e| e.data["id"].as_str())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let got: Vec<serde_json::Value> = hooked.lock().expect("lock").clone();
+        if got.len() >= want.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Each user's in order (across users, the order of reads may differ).
+    for user in &users {
+        let of = |ids: &mut dyn Iterator<Item = &str>| -> Vec<String> {
+            ids.filter(|id| id.ends_with(&format!(":{user}")))
+                .map(str::to_owned)
+                .collect()
+        };
+        let hooked_ids = of(&mut got.iter().filter_map(|e| e["id"].as_str()));
+        assert_eq!(
+            hooked_ids,
+            of(&mut want.iter().copied()),
+            "{user}: the webhook got the stream's events, in order, once"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "nothing else, nothing twice");
     for user in &users {
         let observed: Vec<&str> = seen
             .iter()
@@ -948,6 +1006,30 @@ async fn nodes_killed_during_bursts_lose_no_event(f: Fabric) {
         seen.len(),
         stream.len()
     );
+}
+
+/// A webhook receiver on loopback: every event of every request, in order.
+async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let events = v["events"].as_array().cloned().unwrap_or_default();
+                sink.lock().expect("lock").extend(events);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), got)
 }
 
 #[tokio::test]

@@ -175,18 +175,21 @@ impl Log {
         });
     }
 
-    fn trim(&mut self, keep: Keep) {
+    fn trim(&mut self, keep: Keep) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let min_ms = now.saturating_sub(keep.max_age.as_millis() as u64);
+        let mut trimmed = 0;
         while self
             .entries
             .front()
             .is_some_and(|e| self.entries.len() > keep.per_shard || e.id.ms < min_ms)
         {
             self.entries.pop_front();
+            trimmed += 1;
         }
+        trimmed
     }
 }
 
@@ -584,7 +587,7 @@ impl Backend for MemoryBackend {
         &'a self,
         entries: Vec<Append>,
         keep: Keep,
-    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>> {
+    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>> {
         async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err((BackendError::Engine("down".into()), entries));
@@ -595,12 +598,13 @@ impl Backend for MemoryBackend {
                 touched.insert(a.shard);
                 w.streams.entry(a.shard).or_default().append(a);
             }
+            let mut trimmed = 0;
             for shard in touched {
                 if let Some(log) = w.streams.get_mut(&shard) {
-                    log.trim(keep);
+                    trimmed += log.trim(keep);
                 }
             }
-            Ok(())
+            Ok(trimmed)
         }
         .boxed()
     }

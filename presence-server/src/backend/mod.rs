@@ -330,16 +330,17 @@ pub trait Backend: Send + Sync + 'static {
     fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>>;
 
     /// Appends host events to the cluster's event stream, each to its
-    /// shard, in order per shard, and trims each shard touched to `keep`.
-    /// One shard's entries of a call are appended all or none; on failure
-    /// the error comes with the entries of the shards that failed, for the
-    /// caller to append again (an answer lost in transit counts as failed,
-    /// so such an event may then be appended twice).
+    /// shard, in order per shard, and trims each shard touched to `keep`;
+    /// answers how many entries the trimming took. One shard's entries of a
+    /// call are appended all or none; on failure the error comes with the
+    /// entries of the shards that failed, for the caller to append again (an
+    /// answer lost in transit counts as failed, so such an event may then be
+    /// appended twice: readers drop repeats by id).
     fn append<'a>(
         &'a self,
         entries: Vec<Append>,
         keep: Keep,
-    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>>;
+    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>>;
 
     /// Takes `role` for `holder` if nobody holds it, or keeps it for its
     /// holder, for `ttl`; with `save`, also saves the role's state, only if

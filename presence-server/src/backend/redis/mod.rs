@@ -670,7 +670,7 @@ impl Backend for RedisBackend {
         &'a self,
         entries: Vec<Append>,
         keep: Keep,
-    ) -> BoxFuture<'a, Result<(), (BackendError, Vec<Append>)>> {
+    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>> {
         async move {
             let mut by_shard: BTreeMap<u16, Vec<Append>> = BTreeMap::new();
             for a in entries {
@@ -693,22 +693,30 @@ impl Backend for RedisBackend {
                         for a in b {
                             cmd.arg(&a.kind).arg(&a.user).arg(&a.data);
                         }
-                        evals(&mut c, &self.scripts.append, &[cmd]).await?;
-                        Ok(())
+                        let reply = evals(&mut c, &self.scripts.append, &[cmd])
+                            .await?
+                            .pop()
+                            .ok_or_else(|| bad("append: no reply"))?;
+                        let trimmed = items(reply)?.get(1).map(int).transpose()?.unwrap_or(0);
+                        Ok(u64::try_from(trimmed).unwrap_or(0))
                     })
                     .await;
                 r.map_err(|e| (e, batch))
             });
             let mut failed = Vec::new();
             let mut error = None;
+            let mut trimmed = 0;
             for r in futures_util::future::join_all(calls).await {
-                if let Err((e, batch)) = r {
-                    failed.extend(batch);
-                    error.get_or_insert(e);
+                match r {
+                    Ok(t) => trimmed += t,
+                    Err((e, batch)) => {
+                        failed.extend(batch);
+                        error.get_or_insert(e);
+                    }
                 }
             }
             match error {
-                None => Ok(()),
+                None => Ok(trimmed),
                 Some(e) => Err((e, failed)),
             }
         }
