@@ -148,7 +148,7 @@ fn owed_entry(text: &str) -> Result<Owed, String> {
         v => Some(decode(v.as_bytes())?),
     };
     let rest: Vec<&str> = lines.collect();
-    if rest.len() % 2 != 0 {
+    if !rest.len().is_multiple_of(2) {
         return Err("a field without its value".into());
     }
     let all = rest
