@@ -252,12 +252,12 @@ fn verdict(run: &Run, rate: u32, stream: bool) -> Option<String> {
         return Some(format!("{lost} changes lost"));
     }
     if stream {
-        let (p99, lost) = (run.get(".stream_p99"), run.get(".stream_lost"));
+        let (p99, late) = (run.get(".stream_p99"), run.get(".stream_late"));
         if p99.is_nan() || p99 > P99_LIMIT_MS {
             return Some(format!("stream p99 over {P99_LIMIT_MS} ms"));
         }
-        if lost > 0.0 {
-            return Some(format!("{lost} changes missing from the stream"));
+        if late > 0.0 {
+            return Some(format!("{late} changes late in the stream"));
         }
     }
     // Skipped: every actor was still waiting for its last flip (or its socket

@@ -213,7 +213,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                 },
             }
         }
-        feed.lost += feed.pending.iter().filter(|p| p.is_some()).count() as u64;
+        feed.late += feed.pending.iter().filter(|p| p.is_some()).count() as u64;
     }
     let after = after.await?.context("probe after")?;
     report(&plan, elapsed, &mut tally, &before, &after);
@@ -229,7 +229,11 @@ pub async fn run(plan: Plan) -> Result<()> {
             feed.latencies.len() as f64 / elapsed,
             "events/s",
         );
-        figure(&format!("{l}.stream_lost"), feed.lost as f64, "changes");
+        figure(
+            &format!("{l}.stream_late"),
+            feed.late as f64,
+            "changes not told before the actor's next one",
+        );
         figure(&format!("{l}.stream_stray"), feed.stray as f64, "events");
     }
     Ok(())
@@ -242,9 +246,10 @@ struct Feed {
     /// Per actor: the flip not yet seen in the stream (idle or not, sent at).
     pending: Vec<Option<(bool, u64)>>,
     latencies: Vec<u64>,
-    /// Flips the stream never told (overtaken by the actor's next flip, or
-    /// not seen within the loss bound after the run).
-    lost: u64,
+    /// Flips the stream had not told when the actor's next flip went out
+    /// (told later, they count as stray), or not within the loss bound
+    /// after the run.
+    late: u64,
     stray: u64,
 }
 
@@ -253,7 +258,7 @@ impl Feed {
         if let Some(p) = self.pending.get_mut(idx)
             && p.replace((idle, at)).is_some()
         {
-            self.lost += 1;
+            self.late += 1;
         }
     }
 
