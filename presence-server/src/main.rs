@@ -109,8 +109,9 @@ struct Args {
     event_max_age_s: u64,
     /// Keep user state (status, text, last seen, read markers) in this directory, so a restart
     /// loses at most the last batch window of changes. Default: in memory (single node) or Redis.
+    /// Empty: none.
     #[arg(long, env = "PRESENCE_DATA_DIR")]
-    data_dir: Option<std::path::PathBuf>,
+    data_dir: Option<std::ffi::OsString>,
     /// Forget offline users (status, text, last seen, markers) this many days after they left.
     #[arg(long, env = "PRESENCE_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u64,
@@ -384,7 +385,10 @@ async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
+    let mut args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
+    // `PRESENCE_DATA_DIR=` (empty) means none, so an image's default can be
+    // switched off for a cluster node.
+    args.data_dir = args.data_dir.filter(|d| !d.is_empty());
     if args.healthcheck {
         return healthcheck(args.bind).await;
     }

@@ -804,6 +804,29 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_is_named_in_the_error_the_help_and_the_readme() {
+        let error = WebhookError::UnknownKind("x".into()).to_string();
+        let readme = include_str!("../README.md");
+        let kinds_line = readme
+            .lines()
+            .find(|l| l.contains("- **Kinds** (`--webhook-events`)"))
+            .expect("the README lists the kinds");
+        let next = readme
+            .lines()
+            .skip_while(|l| !l.contains("- **Kinds**"))
+            .nth(1)
+            .unwrap_or("");
+        let listed = format!("{kinds_line} {next}");
+        for (kind, _) in KINDS {
+            assert!(error.contains(kind), "{kind} in {error}");
+            assert!(
+                listed.contains(&format!("`{kind}`")),
+                "{kind} in the README"
+            );
+        }
+    }
+
+    #[test]
     fn bad_settings_are_refused_with_what_is_wrong() {
         let ok = WebhookConfig::new(vec!["http://127.0.0.1:9/hook".into()], "s");
         assert!(ok.validate().is_ok());

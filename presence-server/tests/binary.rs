@@ -169,6 +169,70 @@ async fn kill_9_keeps_the_event_feed_and_a_reader_resumes_after_the_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The container's image sets no data dir in the environment, but an
+/// operator's `PRESENCE_DATA_DIR=` (empty) must mean none, so a cluster node
+/// starts with Redis.
+#[tokio::test]
+async fn an_empty_data_dir_variable_means_none_and_a_redis_node_starts() {
+    let port = free_port();
+    let url =
+        std::env::var("PRESENCE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("ptest:emptydir:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_presence-server"));
+    command
+        .args(["--dev-auth", "--log", "warn"])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", &url, "--redis-prefix", &prefix])
+        .env("PRESENCE_DATA_DIR", "");
+    let server = Binary::spawn(command, port).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let (status, body) = http(addr, "GET", "/healthz", "", None).await;
+    assert_eq!(status, 200, "{body}");
+    server.kill_9();
+    delete_redis_keys(&[url], &prefix);
+}
+
+/// The README's flag table names every flag `--help` lists, and no other.
+#[test]
+fn the_readme_flag_table_matches_help() {
+    let help = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .arg("--help")
+        .output()
+        .expect("--help runs");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut from_help: std::collections::BTreeSet<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("--") || l.starts_with('-'))
+        .flat_map(|l| flags(l.split("  ").next().unwrap_or("")))
+        .collect();
+    from_help.remove("--help");
+    from_help.remove("--version");
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("| flag | env | default |")
+        .nth(1)
+        .expect("the README has a flag table");
+    let rows: String = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap_or("").to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let from_readme = flags(&rows);
+    assert_eq!(
+        from_readme, from_help,
+        "README flag table (left) against --help (right)"
+    );
+}
+
 async fn start_with_dir(dir: &Path) -> TestServer {
     // The previous server's store closes when its last task lets go of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -100,7 +100,7 @@ export interface SelfStatusEvent { status: Status; text?: string; }
 /**
  * A frame the server refused for good, with its stable code (see PROTOCOL.md), the frame's `type`
  * and the room or users it named. Refusals the SDK retries by itself (`rate_limited`, `internal`)
- * are not reported; a refused `join` also rejects that call's promise, and the room is no longer
+ * are not reported. After a refused `join` (this event names its `room`) the room is no longer
  * joined; refused watched users are no longer watched.
  */
 export interface PresenceErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
