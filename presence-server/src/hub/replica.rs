@@ -135,6 +135,10 @@ pub(crate) struct Replica {
     written: HashMap<UserId, NodeRecord>,
     /// Users released here whose index entry waits for their announcement.
     to_unindex: HashSet<UserId>,
+    /// Rooms of the own records last written before a rewrite (a reset or
+    /// a lapse): the others may still show the user there, so the rewrite
+    /// goes to those rooms too.
+    rewritten_rooms: HashMap<UserId, Vec<RoomId>>,
     /// A round with writes is under way.
     writing: bool,
     /// Users whose records a failed round may have written but not
@@ -172,6 +176,7 @@ impl Replica {
             dirty: HashSet::new(),
             written: HashMap::new(),
             to_unindex: HashSet::new(),
+            rewritten_rooms: HashMap::new(),
             writing: false,
             unpublished: HashSet::new(),
             reads: Vec::new(),
@@ -758,10 +763,19 @@ impl Replica {
                 }
             });
             let v1 = self.view_of(&after);
-            if v0 == v1 && !self.unpublished.contains(&w.user) {
+            let republish = self.unpublished.contains(&w.user);
+            if v0 == v1 && !republish {
                 continue;
             }
-            address(&mut out, &w.user, &w.all, &v0, &v1);
+            // A record written again (the store may have lost what the
+            // others hold) also goes to the rooms of the record written
+            // before: a node that re-read them before this write would
+            // otherwise never hear of it.
+            let mut topics = v0;
+            if let Some(rooms) = self.rewritten_rooms.remove(&w.user) {
+                topics.rooms.extend(rooms);
+            }
+            address(&mut out, &w.user, &w.all, &topics, &v1);
             local.extend(self.apply(&w.user, &w.all, now));
         }
         (local, host, out)
@@ -823,13 +837,26 @@ impl Replica {
     /// Own records owed again, the first half of [`resync`](Self::resync).
     fn rewrite_own(&mut self) {
         let me = &self.me;
-        let mine = self
+        let mine: Vec<UserId> = self
             .users
             .iter()
             .filter(|(_, k)| k.records.get(me).is_some())
-            .map(|(u, _)| u.clone());
+            .map(|(u, _)| u.clone())
+            .collect();
+        // Published even if the store saw no change (as after a lapse).
+        self.unpublished.extend(mine.iter().cloned());
         self.dirty.extend(mine);
-        self.written.clear();
+        self.stash_written_rooms();
+    }
+
+    /// Forgets what was written, keeping its rooms for the rewrite's
+    /// publication.
+    fn stash_written_rooms(&mut self) {
+        for (user, rec) in self.written.drain() {
+            if !rec.rooms.is_empty() {
+                self.rewritten_rooms.insert(user, rec.rooms);
+            }
+        }
     }
 
     /// This node's lease lapsed, so others may have cleaned (or may yet
@@ -852,7 +879,7 @@ impl Replica {
             // what the others still hold (a Redis restarted empty).
             self.unpublished.insert(user.clone());
         }
-        self.written.clear();
+        self.stash_written_rooms();
         // Own users' views do not change: the new records are the same.
         let _ = self.retire(old.clone(), now);
         old
@@ -890,6 +917,7 @@ impl Replica {
                 })
         });
         let users = &self.users;
+        self.rewritten_rooms.retain(|u, _| users.contains_key(u));
         self.members.retain(|room, m| {
             m.retain(|u| users.contains_key(u));
             rooms.contains_key(room) && !m.is_empty()
