@@ -113,7 +113,7 @@ impl Feed {
         let entry = Arc::new(Entry {
             id,
             kind: ev.name().to_owned(),
-            json: encode(ev, Some(json!(id))),
+            json: encode(ev, json!(id)),
         });
         if ring.entries.len() == self.capacity {
             ring.entries.pop_front();
@@ -154,14 +154,12 @@ impl Feed {
     }
 }
 
-/// A host event as backends read it (feed and webhooks): the diff's fields
-/// plus `id` (if known yet), `at`, `global` and `rooms`.
-pub(crate) fn encode(ev: &Event, id: Option<Value>) -> String {
+/// A host event as backends read it (feed, stream and webhooks): the
+/// diff's fields plus `id`, `at`, `global` and `rooms`.
+pub(crate) fn encode(ev: &Event, id: Value) -> String {
     let mut body = serde_json::to_value(&ev.diff).unwrap_or(Value::Null);
     if let Value::Object(fields) = &mut body {
-        if let Some(id) = id {
-            fields.insert("id".into(), id);
-        }
+        fields.insert("id".into(), id);
         fields.insert("at".into(), json!(ev.at));
         fields.insert("global".into(), json!(ev.global));
         fields.insert("rooms".into(), json!(ev.rooms));

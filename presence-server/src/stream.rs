@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use presence_core::UserId;
 use tokio::sync::{Notify, watch};
 
-use crate::backend::stream::{Append, Keep, ShardRead, StreamEntry, StreamId, shard_of};
+use crate::backend::stream::{Append, Keep, StreamEntry, StreamId, fnv1a32, shard_of};
 use crate::backend::{Backend, BackendError};
 use crate::hub::replica::Announcement;
 use crate::metrics::StreamMetrics;
@@ -103,7 +103,7 @@ impl EventStream {
             metrics,
             shards,
             keep,
-            label: fnv(label),
+            label: fnv1a32(label),
             outbox: Mutex::default(),
             flushing: tokio::sync::Mutex::new(()),
             appended: Notify::new(),
@@ -134,13 +134,14 @@ impl EventStream {
             return;
         }
         let appends: Vec<Append> = if self.appends() {
+            let shard = shard_of(a.user.as_str(), self.shards);
             a.events
                 .iter()
                 .map(|(id, ev)| Append {
-                    shard: shard_of(a.user.as_str(), self.shards),
+                    shard,
                     kind: ev.name().to_owned(),
                     user: a.user.as_str().to_owned(),
-                    data: crate::feed::encode(ev, Some(serde_json::json!(id))),
+                    data: crate::feed::encode(ev, serde_json::json!(id)),
                 })
                 .collect()
         } else {
@@ -196,7 +197,6 @@ impl EventStream {
             for u in &units {
                 batch.extend(u.appends.iter().cloned());
             }
-            let n = batch.len();
             let failed: HashSet<u16> = match backend.append(batch, self.keep).await {
                 Ok(trimmed) => {
                     metrics.trimmed.inc_by(trimmed);
@@ -217,7 +217,6 @@ impl EventStream {
             if appended > 0 {
                 self.appended.notify_waiters();
             }
-            let _ = n;
             let mut settle: Vec<(UserId, Vec<String>)> = Vec::new();
             for u in done {
                 match settle.iter_mut().find(|(user, _)| *user == u.user) {
@@ -272,9 +271,15 @@ impl EventStream {
                 0,
             )
             .await?;
+        let mut pos = vec![StreamId::default(); usize::from(self.shards)];
+        for r in reads {
+            if let Some(p) = pos.get_mut(usize::from(r.shard)) {
+                *p = r.last;
+            }
+        }
         Ok(Cursor {
             label: self.label,
-            pos: positions(self.shards, &reads, |r| r.last),
+            pos,
         })
     }
 
@@ -296,15 +301,6 @@ impl Drop for ReaderSlot {
     fn drop(&mut self) {
         self.0.readers.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn fnv(s: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }
 
 /// A reader's position: one id per shard, as `Last-Event-ID` text
@@ -430,7 +426,7 @@ impl Reader {
             }
             // Registered before the read, so an append during it wakes us.
             let stream = self.stream.clone();
-            let appended = stream.appended.notified();
+            let appended = stream.appended();
             tokio::pin!(appended);
             appended.as_mut().enable();
             match self.tail.read(&*self.backend, READ_AT_ONCE).await {
@@ -453,7 +449,7 @@ impl Reader {
                                     .observe(now.saturating_sub(entry.id.ms) as f64 / 1000.0);
                                 SseEvent::default()
                                     .event(entry.kind.clone())
-                                    .data(Item::json(&entry))
+                                    .data(entry.data)
                             }
                         };
                         self.pending.push_back(sse.id(cursor));
@@ -492,13 +488,6 @@ pub(crate) enum Item {
     },
     /// One event.
     Event { shard: u16, entry: StreamEntry },
-}
-
-impl Item {
-    /// An event as backends read it (its JSON holds its `id`).
-    pub fn json(entry: &StreamEntry) -> &str {
-        &entry.data
-    }
 }
 
 /// How many event ids a reader remembers to drop repeats: an event appended
@@ -561,7 +550,7 @@ impl Tail {
 
     /// Up to `per_shard` entries of each shard after the position, gaps
     /// first; across shards roughly by time, within a shard strictly in
-    /// order. The position moves only by [`Tail::advance`].
+    /// order. The position moves only by [`Tail::pass`].
     pub async fn read(
         &self,
         backend: &dyn Backend,
@@ -605,7 +594,7 @@ impl Tail {
     }
 
     /// Moves past `item`.
-    pub fn advance(&mut self, item: &Item) {
+    fn advance(&mut self, item: &Item) {
         let (shard, to) = match item {
             Item::Gap { shard, to, .. } => (*shard, *to),
             Item::Event { shard, entry } => (*shard, Some(entry.id)),
@@ -614,20 +603,6 @@ impl Tail {
             *p = to;
         }
     }
-}
-
-fn positions(
-    shards: u16,
-    reads: &[ShardRead],
-    f: impl Fn(&ShardRead) -> StreamId,
-) -> Vec<StreamId> {
-    let mut pos = vec![StreamId::default(); usize::from(shards)];
-    for r in reads {
-        if let Some(p) = pos.get_mut(usize::from(r.shard)) {
-            *p = f(r);
-        }
-    }
-    pos
 }
 
 fn cursor(label: u32, pos: &[StreamId]) -> String {
@@ -645,7 +620,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_refuse_what_is_not_theirs() {
         let c = Cursor {
-            label: fnv("presence"),
+            label: fnv1a32("presence"),
             pos: vec![
                 StreamId::default(),
                 StreamId {
@@ -662,7 +637,7 @@ mod tests {
         assert!(text.ends_with(".3.1700000000100.0.23-7.0-1"), "{text}");
         assert_eq!(Cursor::parse(&text, c.label, 3), Ok(c.clone()));
         assert!(matches!(
-            Cursor::parse(&text, fnv("other"), 3),
+            Cursor::parse(&text, fnv1a32("other"), 3),
             Err(CursorError::Foreign(_))
         ));
         assert!(matches!(

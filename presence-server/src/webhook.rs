@@ -361,8 +361,7 @@ async fn fan_out(
             Ok(ev) if names.contains(&ev.name()) => {
                 n += 1;
                 let json: Arc<str> =
-                    crate::feed::encode(&ev, Some(serde_json::json!(format!("{origin}-{n}"))))
-                        .into();
+                    crate::feed::encode(&ev, serde_json::json!(format!("{origin}-{n}"))).into();
                 for ep in &endpoints {
                     let mut q = ep.queue();
                     if q.len() >= config.queue {
@@ -577,7 +576,7 @@ async fn from_stream(
                     }
                     crate::stream::Item::Event { entry, .. } => names
                         .contains(&entry.kind.as_str())
-                        .then(|| crate::stream::Item::json(entry).to_owned()),
+                        .then(|| entry.data.clone()),
                 };
                 if let Some(json) = json {
                     if events > 0 {

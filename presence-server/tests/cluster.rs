@@ -1206,7 +1206,8 @@ async fn one_event_stream_is_read_from_any_node_exactly_once(f: Fabric) {
         ("17", "bad_last_event_id"),
         ("00000000.4.0.0.0.0.0", "foreign_last_event_id"),
     ] {
-        let (status, body) = http_with(&a, "/v1/events", bad).await;
+        let path = format!("/v1/events?last_event_id={bad}");
+        let (status, body) = a.get(&path, SERVICE_KEY).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (400, Some(code)),
@@ -1386,25 +1387,6 @@ async fn what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner(f
     );
     assert_eq!(about("bob"), ["user_connected", "user_disconnected"]);
     drop(ana);
-}
-
-/// A GET with a `Last-Event-ID`.
-async fn http_with(srv: &TestServer, path: &str, last: &str) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(srv.addr).await.expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: t\r\nAuthorization: Bearer {SERVICE_KEY}\r\nLast-Event-ID: {last}\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.expect("read");
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or_default())
 }
 
 /// A node that starts while its backend is down serves its own sockets at

@@ -71,7 +71,11 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
 }
 
 impl Receiver {
-    async fn start(answers: &[u16]) -> (Receiver, String) {
+    /// A receiver answering `answers` first, its app and a listener on a
+    /// free loopback port.
+    async fn bind(
+        answers: &[u16],
+    ) -> (Receiver, axum::Router, tokio::net::TcpListener, SocketAddr) {
         let r = Receiver::default();
         r.answers.lock().expect("lock").extend_from_slice(answers);
         let app = axum::Router::new()
@@ -81,6 +85,11 @@ impl Receiver {
             .await
             .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
+        (r, app, listener, addr)
+    }
+
+    async fn start(answers: &[u16]) -> (Receiver, String) {
+        let (r, app, listener, addr) = Self::bind(answers).await;
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -114,15 +123,7 @@ impl Receiver {
             )
             .expect("server TLS");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let r = Receiver::default();
-        r.answers.lock().expect("lock").extend_from_slice(answers);
-        let app = axum::Router::new()
-            .route("/hook", post(hook))
-            .with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let (r, app, listener, addr) = Self::bind(answers).await;
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, app) = (acceptor.clone(), app.clone());

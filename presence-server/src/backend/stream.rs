@@ -111,12 +111,17 @@ pub struct Keep {
 /// modulo the number of shards. Documented, so a service reading the
 /// streams directly knows where a user's events are.
 pub fn shard_of(user: &str, shards: u16) -> u16 {
+    (fnv1a32(user) % u32::from(shards.max(1))) as u16
+}
+
+/// FNV-1a, 32 bits, of a string's UTF-8 bytes.
+pub(crate) fn fnv1a32(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in user.bytes() {
+    for b in s.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    (h % u32::from(shards.max(1))) as u16
+    h
 }
 
 #[cfg(test)]

@@ -742,8 +742,8 @@ impl Replica {
         let mut local = Vec::new();
         let mut host = Vec::new();
         let mut out: BTreeMap<Topic, BusMessage> = BTreeMap::new();
-        for w in replies {
-            let mut owed = w.owed.clone();
+        for mut w in replies {
+            let mut owed = std::mem::take(&mut w.owed);
             owed.extend(w.own(&self.me));
             host.extend(self.announce(&w.user, &owed, now));
             let after = records_of(&w.all);

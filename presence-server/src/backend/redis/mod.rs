@@ -138,6 +138,23 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// `SET key value PX ttl`.
+async fn set_px(
+    c: &mut link::Conn,
+    key: String,
+    value: impl redis::ToRedisArgs + Send,
+    ttl: Duration,
+) -> Result<(), link::Failure> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(millis(ttl))
+        .query_async::<Value>(c)
+        .await?;
+    Ok(())
+}
+
 /// One `{old, all, owed, wrote}` reply of `write.lua`.
 fn written(user: UserId, v: Value) -> Result<Written, BackendError> {
     let mut parts = items(v)?.into_iter();
@@ -642,14 +659,7 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         self.link
             .run(move |mut c| async move {
-                redis::cmd("SET")
-                    .arg(self.keys.resume(node))
-                    .arg(payload)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query_async::<Value>(&mut c)
-                    .await?;
-                Ok(())
+                set_px(&mut c, self.keys.resume(node), payload, ttl).await
             })
             .boxed()
     }
@@ -799,14 +809,7 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         self.link
             .run(move |mut c| async move {
-                redis::cmd("SET")
-                    .arg(self.keys.revoked(user))
-                    .arg(before)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query_async::<Value>(&mut c)
-                    .await?;
-                Ok(())
+                set_px(&mut c, self.keys.revoked(user), before, ttl).await
             })
             .boxed()
     }

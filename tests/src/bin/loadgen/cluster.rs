@@ -307,10 +307,8 @@ async fn spawn_feed_reader(
             let Some(data) = line.strip_prefix("data:") else {
                 continue;
             };
-            let idle = match kind.as_str() {
-                "user_idle" => true,
-                "user_active" => false,
-                _ => continue,
+            let Some(idle) = idle_of(&kind) else {
+                continue;
             };
             let at = epoch.elapsed().as_micros() as u64;
             let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
@@ -319,11 +317,7 @@ async fn spawn_feed_reader(
             if v["global"] != true {
                 continue;
             }
-            let idx = v["user"]
-                .as_str()
-                .and_then(|u| u.strip_prefix(actor_prefix.as_str()))
-                .and_then(|i| i.parse().ok());
-            if let Some(idx) = idx
+            if let Some(idx) = actor(&v, &actor_prefix)
                 && seen.send((idx, idle, at)).is_err()
             {
                 return;
@@ -438,6 +432,21 @@ fn report(plan: &Plan, elapsed: f64, t: &mut Tally, before: &Sample, after: &Sam
     }
 }
 
+/// Whether an event kind is an actor's flip to idle (`Some(true)`) or to
+/// active (`Some(false)`).
+fn idle_of(kind: &str) -> Option<bool> {
+    match kind {
+        "user_idle" => Some(true),
+        "user_active" => Some(false),
+        _ => None,
+    }
+}
+
+/// The actor index an event is about, if it is about an actor.
+fn actor(event: &Value, prefix: &str) -> Option<usize> {
+    event["user"].as_str()?.strip_prefix(prefix)?.parse().ok()
+}
+
 /// Actor indices in driving order: consecutive changes go to different
 /// nodes, then different rooms, so every node sees the same rate.
 fn interleaved(nodes: usize, rooms_per_node: usize, actors: usize) -> Vec<usize> {
@@ -521,16 +530,10 @@ fn spawn_observer(
                 continue;
             };
             for d in v["diffs"].as_array().into_iter().flatten() {
-                let idle = match d["type"].as_str() {
-                    Some("user_idle") => true,
-                    Some("user_active") => false,
-                    _ => continue,
+                let Some(idle) = d["type"].as_str().and_then(idle_of) else {
+                    continue;
                 };
-                let idx = d["user"]
-                    .as_str()
-                    .and_then(|u| u.strip_prefix(actor_prefix.as_str()))
-                    .and_then(|i| i.parse().ok());
-                if let Some(idx) = idx
+                if let Some(idx) = actor(d, &actor_prefix)
                     && seen.send((idx, idle, at)).is_err()
                 {
                     return;
