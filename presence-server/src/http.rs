@@ -659,13 +659,16 @@ pub(crate) async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 /// `GET /readyz`: 200 while this node should get clients; 503 while it
-/// shuts down, or while it has been cut from the cluster backend for longer
+/// shuts down, before it first registers with the cluster backend (a node
+/// started while Redis is down), or while it has been cut from it for longer
 /// than the lease (the other nodes then show its users offline, so a load
 /// balancer should move them). `/healthz` stays 200 then: the process is
 /// fine and serves what it knows.
 pub(crate) async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let reason = if hub.is_shutting_down() {
         Some("shutting_down")
+    } else if hub.cluster_joining() {
+        Some("joining_cluster")
     } else if hub.cluster_cut_off() {
         Some("cut_off_from_backend")
     } else {

@@ -19,9 +19,10 @@ struct Args {
     /// `heartbeat-interval-ms = 25000`); environment variables and flags override it.
     #[arg(long, env = "PRESENCE_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:4000")]
-    bind: SocketAddr,
+    /// Address to listen on, `HOST:PORT` (a name such as `localhost` binds its first address
+    /// that can be bound).
+    #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:4000", value_parser = parse_bind)]
+    bind: String,
     /// HMAC secret that signs user tokens (`sub` = user id, `exp` required).
     #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -188,6 +189,48 @@ enum Audience {
     None,
 }
 
+/// `HOST:PORT`, the port a number; the host is resolved when the listener binds.
+fn parse_bind(s: &str) -> Result<String, String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+        format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:4000, localhost:4000, [::1]:4000)")
+    })?;
+    if host.is_empty() {
+        return Err(format!(
+            "{s:?} has no host (e.g. 0.0.0.0{s} for every interface)"
+        ));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{s:?}: the port {port:?} is not a number from 0 to 65535"))?;
+    Ok(s.to_owned())
+}
+
+/// The addresses `--bind` names, in the resolver's order.
+async fn bind_addrs(bind: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let lookup = tokio::net::lookup_host(bind);
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(Duration::from_secs(5), lookup)
+        .await
+        .with_context(|| format!("--bind {bind}: resolving took over 5 s"))?
+        .with_context(|| format!("--bind {bind}: the host does not resolve"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("--bind {bind}: the host resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// A listener on the first of `--bind`'s addresses that can be bound.
+async fn listen(bind: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in bind_addrs(bind).await? {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(anyhow::Error::new(e).context(format!("binding {addr}"))),
+        }
+    }
+    let error = last.unwrap_or_else(|| anyhow::anyhow!("no address"));
+    Err(error.context(format!("--bind {bind}")))
+}
+
 fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a JWT algorithm (HS256, RS256, ES256, ...)"))
@@ -292,9 +335,23 @@ fn jwt_auth(args: &Args) -> anyhow::Result<Option<JwtAuth>> {
     Ok(Some(auth.default_audience(default)))
 }
 
+/// Settings that exclude each other: one of a group given by a flag or an environment variable
+/// overrides the file's settings of the whole group (`PRESENCE_JWT_SECRET` over a file's
+/// `jwt-secret-file`), rather than meeting them in a "not both" error.
+const ALTERNATIVES: &[&[&str]] = &[
+    &[
+        "jwt-secret",
+        "jwt-secret-file",
+        "jwt-public-key",
+        "dev-auth",
+    ],
+    &["webhook-secret", "webhook-secret-file"],
+    &["redis-url", "redis-cluster"],
+];
+
 /// The command line with the `--config` file's settings put in front, so
 /// flags (which come later, and override) and environment variables (whose
-/// settings are left out of the file's) win over the file.
+/// settings, and their [`ALTERNATIVES`], are left out of the file's) win over the file.
 fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
     use clap::CommandFactory;
     let path = argv
@@ -318,6 +375,21 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
         .parse()
         .with_context(|| format!("--config {shown}: not valid TOML"))?;
     let command = Args::command();
+    let given_outside = |name: &str| {
+        let flag = format!("--{name}");
+        let env = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .and_then(|a| a.get_env());
+        env.is_some_and(|env| std::env::var_os(env).is_some())
+            || argv.iter().skip(1).any(|a| {
+                a.to_str().is_some_and(|a| {
+                    a == flag
+                        || a.strip_prefix(flag.as_str())
+                            .is_some_and(|v| v.starts_with('='))
+                })
+            })
+    };
     let mut out: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
     for (key, value) in table {
         let name = key.replace('_', "-");
@@ -325,10 +397,15 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
             .get_arguments()
             .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
             .with_context(|| format!("--config {shown}: unknown setting {key:?}"))?;
-        if arg
+        let group = ALTERNATIVES
+            .iter()
+            .find(|g| g.contains(&name.as_str()))
+            .map_or(&[][..], |g| *g);
+        let overridden = arg
             .get_env()
             .is_some_and(|env| std::env::var_os(env).is_some())
-        {
+            || group.iter().any(|other| given_outside(other));
+        if overridden {
             continue;
         }
         let value = match value {
@@ -361,9 +438,9 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
 }
 
 /// `GET /healthz` on the local listener; an error unless it answers 200.
-async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
+async fn healthcheck(bind: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut addr = bind;
+    let mut addr = bind_addrs(bind).await?[0];
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -383,14 +460,62 @@ async fn healthcheck(bind: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse_from(with_config_file(std::env::args_os().collect())?);
+/// Whether errors before the log is set up are written as JSON: `--log-format json` on the
+/// command line or in `PRESENCE_LOG_FORMAT` (a config file's setting counts once it is read).
+fn json_asked(argv: &[std::ffi::OsString]) -> bool {
+    let args: Vec<&str> = argv.iter().filter_map(|a| a.to_str()).collect();
+    let flag = args.iter().enumerate().rev().find_map(|(i, a)| match *a {
+        "--log-format" => args.get(i + 1).copied(),
+        _ => a.strip_prefix("--log-format="),
+    });
+    let env = std::env::var("PRESENCE_LOG_FORMAT").ok();
+    flag.or(env.as_deref()) == Some("json")
+}
+
+/// One start-up error as a log line: through the `json` log format (set up here if it is not
+/// yet), or as plain text.
+fn report(error: &anyhow::Error, json: bool) {
+    if json {
+        let _ = tracing_subscriber::fmt().json().try_init();
+        tracing::error!(error = %format!("{error:#}"), "cannot start");
+    } else {
+        eprintln!("Error: {error:#}");
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut json = json_asked(&argv);
+    let args = with_config_file(argv).and_then(|argv| match Args::try_parse_from(argv) {
+        Ok(args) => Ok(args),
+        // --help and --version print and exit 0 as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) if !json => e.exit(),
+        Err(e) => Err(anyhow::anyhow!("{}", e.render().to_string().trim_end())),
+    });
+    let result = args.and_then(|args| {
+        json = args.log_format == LogFormat::Json;
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(run(args))
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error, json);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
     // `PRESENCE_DATA_DIR=` (empty) means none, so an image's default can be
     // switched off for a cluster node.
     args.data_dir = args.data_dir.filter(|d| !d.is_empty());
     if args.healthcheck {
-        return healthcheck(args.bind).await;
+        return healthcheck(&args.bind).await;
     }
     let filter = EnvFilter::try_new(&args.log).context("--log")?;
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -498,9 +623,7 @@ async fn main() -> anyhow::Result<()> {
         None => builder,
     };
     let server = builder.build()?;
-    let listener = tokio::net::TcpListener::bind(args.bind)
-        .await
-        .with_context(|| format!("binding {}", args.bind))?;
+    let listener = listen(&args.bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "presence server listening");
     server
         .serve(listener, presence_server::shutdown_signal())

@@ -83,6 +83,9 @@ pub struct WebhookConfig {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// The shortest webhook secret accepted, as for the service key.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// A [`WebhookConfig`] that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -92,6 +95,9 @@ pub enum WebhookError {
     /// No secret: receivers could not tell our requests from anyone's.
     #[error("webhooks need a secret (--webhook-secret or --webhook-secret-file)")]
     NoSecret,
+    /// A secret shorter than [`MIN_SECRET_BYTES`]: guessable, so anyone could forge our requests.
+    #[error("the webhook secret is {0} bytes; use at least 16 (e.g. `openssl rand -hex 32`)")]
+    WeakSecret(usize),
     /// A kind not in the list.
     #[error(
         "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read, data)"
@@ -128,6 +134,9 @@ impl WebhookConfig {
     pub fn validate(&self) -> Result<(), WebhookError> {
         if self.secret.is_empty() {
             return Err(WebhookError::NoSecret);
+        }
+        if self.secret.len() < MIN_SECRET_BYTES {
+            return Err(WebhookError::WeakSecret(self.secret.len()));
         }
         for url in &self.urls {
             parse_url(url)?;
@@ -827,18 +836,21 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_what_is_wrong() {
-        let ok = WebhookConfig::new(vec!["http://127.0.0.1:9/hook".into()], "s");
+        const S: &str = "0123456789abcdef";
+        let ok = WebhookConfig::new(vec!["http://127.0.0.1:9/hook".into()], S);
         assert!(ok.validate().is_ok());
         let mut c = ok.clone();
         c.secret.clear();
         assert!(matches!(c.validate(), Err(WebhookError::NoSecret)));
+        c.secret = "abc".into();
+        assert!(matches!(c.validate(), Err(WebhookError::WeakSecret(3))));
         assert!(
-            WebhookConfig::new(vec!["https://x/hook".into()], "s")
+            WebhookConfig::new(vec!["https://x/hook".into()], S)
                 .validate()
                 .is_ok()
         );
         for url in ["ftp://x", "not a url", "/relative"] {
-            let c = WebhookConfig::new(vec![url.into()], "s");
+            let c = WebhookConfig::new(vec![url.into()], S);
             assert!(
                 matches!(c.validate(), Err(WebhookError::BadUrl(..))),
                 "{url}"

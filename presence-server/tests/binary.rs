@@ -188,8 +188,37 @@ async fn an_empty_data_dir_variable_means_none_and_a_redis_node_starts() {
     let addr = ([127, 0, 0, 1], port).into();
     let (status, body) = http(addr, "GET", "/healthz", "", None).await;
     assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http(addr, "GET", "/readyz", "", None).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready once registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill_9();
     delete_redis_keys(&[url], &prefix);
+}
+
+/// A node started while its Redis is down is alive (`/healthz` 200, `"redis":"down"`) but not
+/// ready from its first moment: nobody else would see its users.
+#[tokio::test]
+async fn a_node_started_with_redis_down_is_not_ready() {
+    let port = free_port();
+    let dead = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_presence-server"));
+    command
+        .args(["--dev-auth", "--log", "error"])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{dead}")]);
+    let server = Binary::spawn(command, port).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let (status, body) = http(addr, "GET", "/readyz", "", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "joining_cluster", "{body}");
+    let (status, body) = http(addr, "GET", "/healthz", "", None).await;
+    assert_eq!((status, &body["redis"]), (200, &json!("down")), "{body}");
+    server.kill_9();
 }
 
 /// The README's flag table names every flag `--help` lists, and no other.
@@ -354,6 +383,109 @@ log = "warn"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown setting \"heartbeat-interval\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's "environment variables and flags override the file" holds for settings that
+/// exclude each other: `PRESENCE_JWT_SECRET` wins over the file's `jwt-secret-file` (which
+/// names no file, so reading it would fail), and `--bind localhost:PORT` is a name that binds.
+#[tokio::test]
+async fn an_environment_secret_overrides_the_files_secret_file_and_a_host_name_binds() {
+    let dir = temp_dir("config-alternatives");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("presence.toml");
+    std::fs::write(
+        &file,
+        "jwt-secret-file = \"/nonexistent/jwt.key\"\nlog = \"warn\"\n",
+    )
+    .expect("write");
+    let port = free_port();
+    let bind = format!("localhost:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .arg("--config")
+        .arg(&file)
+        .env("PRESENCE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .args(["--bind", &bind])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(bind.as_str()).await.is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("exited with {status}: {err}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "listening in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let check = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .args(["--healthcheck", "--bind", &bind])
+        .status()
+        .expect("runs");
+    assert!(check.success(), "the healthcheck resolves the name too");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under `--log-format json` (flag, environment or file) a start-up error is one JSON log line
+/// with the cause, whether it comes from a flag's value, the config file or the settings; and a
+/// guessable webhook secret is one of those errors.
+#[test]
+fn start_up_errors_are_json_under_the_json_log_format() {
+    let dir = temp_dir("json-errors");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("presence.toml");
+    std::fs::write(&file, "log-format = \"json\"\ndev-auth = true\nbogus = 1\n").expect("write");
+    let run = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_presence-server"));
+        command.args(args).env_remove("PRESENCE_LOG_FORMAT");
+        if let Some((k, v)) = env {
+            command.env(k, v);
+        }
+        let out = command.output().expect("runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?} fails");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = stdout.lines().last().unwrap_or_default();
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout:?} / {:?}", out.stderr));
+        assert_eq!(v["level"], "ERROR", "{v}");
+        v["fields"]["error"].as_str().unwrap_or_default().to_owned()
+    };
+    let error = run(&["--log-format", "json"], None);
+    assert!(error.contains("no authentication configured"), "{error}");
+    let error = run(&["--log-format=json", "--bind", "4000"], None);
+    assert!(error.contains("not HOST:PORT"), "{error}");
+    let config = file.to_string_lossy().into_owned();
+    let error = run(
+        &["--config", &config],
+        Some(("PRESENCE_LOG_FORMAT", "json")),
+    );
+    assert!(error.contains("unknown setting \"bogus\""), "{error}");
+    let webhook = [
+        "--log-format",
+        "json",
+        "--dev-auth",
+        "--webhook-url",
+        "http://127.0.0.1:9/hook",
+        "--webhook-secret",
+        "abc",
+    ];
+    let error = run(&webhook, None);
+    assert!(error.contains("at least 16"), "{error}");
+    // Plain text stays plain text.
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .env_remove("PRESENCE_LOG_FORMAT")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("Error: no authentication configured"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -855,7 +855,7 @@ async fn nodes_killed_during_bursts_lose_no_event(f: Fabric) {
         .unwrap_or(4);
     // B delivers the webhooks (no other node has any): from the stream.
     let (hook_url, hooked) = receiver().await;
-    let mut hooks = presence_server::WebhookConfig::new(vec![hook_url], "hook-secret");
+    let mut hooks = presence_server::WebhookConfig::new(vec![hook_url], "hook-secret-0123456789");
     hooks.window = Duration::from_millis(100);
     let cluster = ClusterConfig {
         node_id: "b".into(),

@@ -19,7 +19,7 @@ use presence_server::{
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-const HOOK_SECRET: &str = "hook-secret";
+const HOOK_SECRET: &str = "hook-secret-0123456789";
 /// An answer that comes too late.
 const HANG: u16 = 0;
 

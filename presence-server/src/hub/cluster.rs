@@ -437,6 +437,12 @@ impl Hub {
         });
     }
 
+    /// Whether this node has not yet registered with its backend (at start,
+    /// or with the backend unreachable since): nobody else sees its users yet.
+    pub(crate) fn cluster_joining(&self) -> bool {
+        self.cluster.is_some() && self.lock().cluster.as_ref().is_some_and(|c| !c.link.ready)
+    }
+
     /// Whether this node has been cut from its backend for longer than the
     /// lease, so the others show its users offline: `/readyz` then answers
     /// 503 for a load balancer to move its clients. Logs an error once per
