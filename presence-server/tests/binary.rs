@@ -490,3 +490,110 @@ fn start_up_errors_are_json_under_the_json_log_format() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `compose.yaml` (no Docker engine runs where the tests do, so it is read, not run): it parses,
+/// its nodes build from the Dockerfile beside it, every flag and environment variable they set
+/// is one `--help` knows, node ids and host ports are unique, the Redis seeds are exactly the
+/// Redis services' addresses, and the one-shot job creates the cluster from all of them.
+#[test]
+fn the_compose_file_parses_and_names_what_exists() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("compose.yaml")).expect("compose.yaml");
+    let docs = YamlLoader::load_from_str(&text).expect("compose.yaml is YAML");
+    let services = docs[0]["services"].as_hash().expect("a services map");
+    // A `<<: *anchor` merge, by hand: the service's own keys win.
+    let get = |svc: &Yaml, key: &str| -> Yaml {
+        match &svc[key] {
+            Yaml::BadValue => svc["<<"][key].clone(),
+            own => own.clone(),
+        }
+    };
+    let help = Command::new(env!("CARGO_BIN_EXE_presence-server"))
+        .arg("--help")
+        .output()
+        .expect("--help runs");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let strings = |y: &Yaml| -> Vec<String> {
+        y.as_vec()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut redis = std::collections::BTreeSet::new();
+    let mut seeds = std::collections::BTreeSet::new();
+    let (mut ids, mut ports, mut nodes) = (Vec::new(), Vec::new(), 0);
+    for (name, svc) in services {
+        let name = name.as_str().expect("service names are strings");
+        if strings(&get(svc, "command"))
+            .iter()
+            .any(|a| a == "--cluster-enabled")
+        {
+            let ip = svc["networks"]["presence"]["ipv4_address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has a fixed address"));
+            redis.insert(format!("{ip}:6379"));
+        }
+        if get(svc, "build").as_str() != Some(".") {
+            continue;
+        }
+        nodes += 1;
+        assert!(
+            root.join("Dockerfile").exists(),
+            "{name} builds the Dockerfile"
+        );
+        let args = strings(&get(svc, "command"));
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(&format!("{flag} ")),
+                "{name}: {flag} is a flag"
+            );
+        }
+        let id = args.iter().skip_while(|a| *a != "--node-id").nth(1);
+        ids.push(
+            id.unwrap_or_else(|| panic!("{name} has a --node-id"))
+                .clone(),
+        );
+        ports.extend(strings(&svc["ports"]));
+        let env = get(svc, "environment");
+        for (key, value) in env.as_hash().expect("node environment") {
+            let key = key.as_str().expect("variable names are strings");
+            assert!(
+                ['=', ']']
+                    .iter()
+                    .any(|end| help.contains(&format!("[env: {key}{end}"))),
+                "{name}: {key} is read"
+            );
+            if key == "PRESENCE_REDIS_CLUSTER" {
+                seeds.extend(
+                    value
+                        .as_str()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    assert_eq!(nodes, 3, "three nodes");
+    assert_eq!(redis.len(), 3, "three Redis masters");
+    assert_eq!(seeds, redis, "the seeds are the Redis services");
+    let unique = |v: &Vec<String>| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert_eq!(unique(&ids), ids.len(), "node ids are unique: {ids:?}");
+    assert_eq!(
+        unique(&ports),
+        ports.len(),
+        "host ports are unique: {ports:?}"
+    );
+    let init = strings(&services[&Yaml::String("redis-init".into())]["command"]).join(" ");
+    assert!(init.contains("--cluster create"), "{init}");
+    for addr in &redis {
+        assert!(
+            init.contains(addr.as_str()),
+            "the cluster is created with {addr}"
+        );
+    }
+}
