@@ -304,11 +304,8 @@ impl Machine {
             .ok_or(MachineError::UnknownConnection)?;
         c.activity = activity;
         let user = c.user.clone();
-        if activity == Activity::Active
-            && let Some(u) = self.users.get_mut(&user)
-        {
-            u.last_active = Some(now);
-        }
+        // `last_active` moves only with the user's shown state (in `refresh`), as
+        // observers' copies do: a second tab's "active" is no news.
         self.refresh(now, &user, now, &[]);
         Ok(())
     }

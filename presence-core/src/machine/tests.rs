@@ -128,6 +128,37 @@ fn idle_and_active_follow_the_most_active_connection() {
     assert!(h.names().is_empty(), "no event for a non-change");
 }
 
+/// `last_active` is the user's last change between active and idle (PROTOCOL.md, "Presence
+/// views"): an active user's spell start, an idle user's spell end; a tab's repeated "active"
+/// does not move it, and offline views carry `last_seen` instead.
+#[test]
+fn last_active_is_the_last_change_between_active_and_idle() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.connect(at(1), "ana", 2);
+    let last_active = |h: &Harness| h.m.view(&user("ana")).unwrap().last_active;
+    assert_eq!(last_active(&h), Some(T0), "the spell began at the connect");
+    h.m.set_activity(at(2), ConnId(2), Activity::Active)
+        .unwrap();
+    assert_eq!(last_active(&h), Some(T0), "a second tab's active is no news");
+    h.m.set_activity(at(3), ConnId(1), Activity::Idle(IdleReason::Hidden))
+        .unwrap();
+    h.m.set_activity(at(4), ConnId(2), Activity::Idle(IdleReason::NoInput))
+        .unwrap();
+    assert_eq!(last_active(&h), Some(at(4)), "the spell ended");
+    h.m.set_activity(at(5), ConnId(2), Activity::Idle(IdleReason::Blurred))
+        .unwrap();
+    assert_eq!(last_active(&h), Some(at(4)), "idle to idle keeps it");
+    h.m.set_activity(at(6), ConnId(1), Activity::Active)
+        .unwrap();
+    assert_eq!(last_active(&h), Some(at(6)), "a new spell");
+    h.m.dropped(at(7), ConnId(1));
+    h.m.dropped(at(7), ConnId(2));
+    h.m.tick(at(100));
+    let view = h.m.view(&user("ana")).unwrap();
+    assert_eq!((view.last_active, view.last_seen), (None, Some(at(7))));
+}
+
 #[test]
 fn idle_reason_change_is_announced_but_same_reason_is_not() {
     let mut h = Harness::new();
