@@ -5,8 +5,9 @@
 // - the READMEs' React app is this app's src/App.tsx, character for character;
 // - production build: the page connects and shows its user;
 // - development build, StrictMode on: ana and bob see each other, bob's typing and then bob idle,
-//   through the hooks; carol's probe page (src/probe.tsx) shows each hook committed only when its
-//   slice changed, while the snapshot changed more often; every page opened exactly one socket
+//   through the hooks; carol's probe page (src/probe.tsx) shows the room's counts (useRoomCounts)
+//   move as ana and bob join, go idle and bob leaves, and each hook committed only when its slice
+//   changed, while the snapshot changed more often; every page opened exactly one socket
 //   (counted in the page and on the server's /metrics); unmounting the app closes its socket.
 //
 //   PRESENCE_TEST_WS=ws://127.0.0.1:PORT/ws node presence-wasm/react-consumer/run.mjs
@@ -108,6 +109,20 @@ async function open(build, user, extra = "") {
 const stateOf = (page, user) =>
   page.evaluate((u) => document.querySelector(`#members [data-user="${u}"]`)?.dataset.state, user);
 
+/** The room's counts as `page`'s probe renders them in #counts, or undefined. */
+const countsOf = (page) =>
+  page.evaluate(() => {
+    const d = document.querySelector("#counts")?.dataset;
+    return d && { online: Number(d.online), active: Number(d.active), idle: Number(d.idle) };
+  });
+
+/** Waits until `page`'s #counts pass `test`; returns them. */
+const countsUntil = (what, page, test) =>
+  until(what, async () => {
+    const counts = await countsOf(page);
+    return [counts !== undefined && test(counts), counts];
+  });
+
 let failure = null;
 const t0 = Date.now();
 try {
@@ -123,12 +138,14 @@ try {
 
   // Development build, StrictMode on.
   const carol = await open("dev", "carol", "&probe&watch=bob");
+  await countsUntil("carol's counts show her alone in the room", carol, (c) => c.online === 1);
   const ana = await open("dev", "ana");
   const bob = await open("dev", "bob");
   await until("ana and bob see each other", async () => {
     const saw = { anaSeesBob: await stateOf(ana, "bob"), bobSeesAna: await stateOf(bob, "ana") };
     return [saw.anaSeesBob !== undefined && saw.bobSeesAna !== undefined, saw];
   });
+  await countsUntil("carol's counts show ana and bob joined", carol, (c) => c.online === 3);
 
   await bob.locator("textarea").click();
   await bob.keyboard.type("hi");
@@ -136,6 +153,7 @@ try {
     const saw = { typing: await ana.textContent("#typing"), bob: await stateOf(ana, "bob") };
     return [saw.typing === "bob typing…" && saw.bob === "active", saw];
   });
+  await countsUntil("carol's counts show bob active", carol, (c) => c.online === 3 && c.active >= 1);
   const own = await bob.textContent("#typing");
   assert(own === "", "bob's own page does not list him typing", own);
   await bob.locator("textarea").evaluate((e) => e.blur());
@@ -152,6 +170,9 @@ try {
     const user = await carol.evaluate(() => window.commits.user?.at(-1));
     return [JSON.parse(user ?? "null")?.state === "idle", user];
   });
+  // Nobody had input for the idle time since: ana and carol went idle before bob.
+  await countsUntil("carol's counts show bob idle too", carol,
+    (c) => c.online === 3 && c.active === 0 && c.idle === 3);
 
   const probe = await carol.evaluate(() => ({ commits: window.commits, snapshots: window.snapshots }));
   for (const [name, commits] of Object.entries(probe.commits)) {
@@ -171,6 +192,9 @@ try {
   assert(seen("members", (m) => m.some((p) => p.user === "bob")), "carol's usePresence saw bob", probe.commits.members);
   assert(seen("connection", (c) => c.state === "connected" && !c.stale), "carol's useConnection saw connected",
     probe.commits.connection);
+  assert(seen("counts", (c) => c?.online === 1) && seen("counts", (c) => c?.online === 3 && c.active >= 1) &&
+    seen("counts", (c) => c?.online === 3 && c.idle === 3), "carol's useRoomCounts saw 1 online, then 3 with bob " +
+    "active, then 3 idle", probe.commits.counts);
 
   assert([...sockets.values()].every((n) => n === 1), "one socket per page", Object.fromEntries(sockets));
   const open_ = await connections();
@@ -183,6 +207,7 @@ try {
     const state = await stateOf(ana, "bob");
     return [state === undefined || state === "offline", state];
   });
+  await countsUntil("carol's counts show bob gone", carol, (c) => c.online === 2 && c.idle === 2);
   assert(errors.length === 0, "no page errors", errors);
   console.log(`react consumer test: passed in ${((Date.now() - t0) / 1000).toFixed(1)} s ` +
     `(commits per hook: ${Object.entries(probe.commits).map(([n, c]) => `${n} ${c.length}`).join(", ")}; ` +

@@ -49,7 +49,6 @@ export type PresenceState = "active" | "idle" | "offline";
 export type IdleReason = "no_input" | "hidden" | "blurred" | "locked";
 export type Status = "available" | "away" | "busy" | "invisible";
 
-/** One user's presence. Times are milliseconds since the Unix epoch. */
 /**
  * What the server says about a user while online (the token's `info` claim), e.g. name and avatar.
  * Declare your shape by augmenting it:
@@ -59,13 +58,19 @@ export interface PresenceInfo { [key: string]: unknown }
 /** What a user's client set with `setData` (latest wins over their tabs); augment it the same way. */
 export interface PresenceData { [key: string]: unknown }
 
+/**
+ * One user's presence. Times are milliseconds since the Unix epoch. Fields keep their wire names
+ * (PROTOCOL.md) but for `lastActive` and `lastSeen`.
+ */
 export interface Presence {
   user: string;
   state: PresenceState;
   reason?: IdleReason;
   status: Status;
   text?: string;
+  /** While online, once known: when the user last became active or idle (`last_active` on the wire). */
   lastActive?: number;
+  /** While offline, once known: when the user's last connection went (`last_seen` on the wire). */
   lastSeen?: number;
   /** While online only. */
   info?: PresenceInfo;
@@ -105,6 +110,9 @@ export interface SelfStatusEvent { status: Status; text?: string; }
  */
 export interface PresenceErrorEvent { code: string; message: string; frame?: string; room?: string; users?: string[]; }
 
+/** How many of a room's members are online, and of them active and idle. */
+export interface RoomCounts { online: number; active: number; idle: number; }
+
 export interface RoomSnapshot {
   /** In a large room, some online members only: the first by id, and who came since. */
   members: Presence[];
@@ -112,7 +120,7 @@ export interface RoomSnapshot {
   /** Read markers by user id, in an object without a prototype (see `PresenceSnapshot.rooms`). */
   receipts: Record<string, number>;
   /** Members online, active and idle: the server's count in a large room. */
-  counts: { online: number; active: number; idle: number };
+  counts: RoomCounts;
   /**
    * The room is large (1,000 online by default, see PROTOCOL.md "Large rooms"): show `counts`
    * ("1,234 online"), and `watch` the members on screen to follow them.

@@ -105,12 +105,30 @@ fn kind(before: Option<&PresenceView>, after: &PresenceView, room: bool) -> Opti
     })
 }
 
+/// `view` as the server renders one (`machine::aggregate::render`): an
+/// offline user shows no idle reason, last active time, `info` or `data`
+/// (PROTOCOL.md, "Presence data"), an online one no last seen. Every view
+/// the cache stores passes here, so a member who goes offline keeps none of
+/// what they showed while online, whichever frame said so.
+fn shaped(mut view: PresenceView) -> PresenceView {
+    if view.state.is_online() {
+        view.last_seen = None;
+    } else {
+        view.reason = None;
+        view.last_active = None;
+        view.info = None;
+        view.data = None;
+    }
+    view
+}
+
 /// Stores `view` and says what changed, if anything.
 fn update(
     members: &mut VecMap<UserId, PresenceView>,
     view: PresenceView,
     room: bool,
 ) -> Option<Change> {
+    let view = shaped(view);
     let kind = kind(members.get(&view.user), &view, room);
     members.insert(view.user.clone(), view.clone());
     Some(Change::Presence(view, kind?))
@@ -189,7 +207,7 @@ impl Cache {
         };
         let mut known = known;
         view.large = large;
-        for v in members {
+        for v in members.into_iter().map(shaped) {
             let before = known.as_deref_mut().and_then(|k| k.remove(&v.user));
             let kind = kind(before.as_ref(), &v, true);
             if let Some(kind) = kind {
@@ -328,10 +346,9 @@ fn apply_to(
             if let Some(t) = typing.as_deref_mut() {
                 t.remove(&user);
             }
+            // `update` drops what only an online view shows.
             let mut v = entry(members, &user);
             v.state = PresenceState::Offline;
-            v.reason = None;
-            v.last_active = None;
             v.last_seen = Some(last_seen);
             v
         }

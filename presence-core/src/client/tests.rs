@@ -1396,3 +1396,83 @@ fn data_is_sent_when_live_resent_after_a_reconnect_and_its_changes_are_told() {
     assert_eq!(bob.data.unwrap().as_str(), r#"{"x":0.5}"#);
     assert_eq!(bob.info.unwrap().as_str(), r#"{"name":"Bob"}"#);
 }
+
+/// PROTOCOL.md, "Presence data": `info` and `data` are shown only while the
+/// user is online. What the server no longer sends, the cache must not keep.
+#[test]
+fn an_offline_member_carries_no_info_or_data_until_online_again() {
+    let mut c = ready();
+    c.join(room("r"));
+    c.watch(vec![user("bob")]).unwrap();
+    let online = r#"{"user":"bob","state":"idle","reason":"hidden","status":"busy","text":"lunch","last_active":5,"info":{"name":"Bob"},"data":{"viewing":"plan"}}"#;
+    c.received(at(1), &snapshot_of("r", &[online.to_owned()], false));
+    c.received(
+        at(1),
+        &format!(r#"{{"type":"watching","users":[{online}]}}"#),
+    );
+    kinds_seen(&mut c);
+    let bob = |c: &Client| {
+        let in_room = c
+            .cache()
+            .room(&room("r"))
+            .unwrap()
+            .members
+            .get(&user("bob"));
+        (
+            in_room.cloned().unwrap(),
+            c.cache().watched().get(&user("bob")).cloned().unwrap(),
+        )
+    };
+    let (in_room, watched) = bob(&c);
+    assert!(in_room.info.is_some() && in_room.data.is_some());
+    assert!(watched.info.is_some() && watched.data.is_some());
+
+    let gone = r#"[{"type":"user_disconnected","user":"bob","last_seen":7}]"#;
+    c.received(
+        at(2),
+        &format!(r#"{{"type":"diffs","room":"r","diffs":{gone}}}"#),
+    );
+    c.received(at(2), &format!(r#"{{"type":"diffs","diffs":{gone}}}"#));
+    // The events' views and the cache's, in the room and in the watch list.
+    let mut views: Vec<_> = core::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Presence { view, kind, .. } => {
+                assert_eq!(kind, PresenceKind::Offline);
+                Some(view)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(views.len(), 2, "{views:?}");
+    views.extend(<[_; 2]>::from(bob(&c)));
+    for view in views {
+        assert_eq!(view.state, crate::PresenceState::Offline);
+        assert_eq!((&view.info, &view.data), (&None, &None), "{view:?}");
+        assert_eq!(
+            (view.reason, view.last_active, view.last_seen),
+            (None, None, Some(Millis(7)))
+        );
+        // What an offline user still shows: their status and its text.
+        assert_eq!(view.status, crate::Status::Busy);
+        assert_eq!(view.text.as_ref().map(|t| t.as_str()), Some("lunch"));
+    }
+
+    let back = r#"[{"type":"user_connected","presence":{"user":"bob","state":"active","status":"available","last_active":9,"info":{"name":"Bob"},"data":{"viewing":"roadmap"}}}]"#;
+    c.received(
+        at(3),
+        &format!(r#"{{"type":"diffs","room":"r","diffs":{back}}}"#),
+    );
+    c.received(at(3), &format!(r#"{{"type":"diffs","diffs":{back}}}"#));
+    assert_eq!(
+        kinds_seen(&mut c),
+        [
+            (Some("r".into()), "bob".into(), "joined"),
+            (None, "bob".into(), "online")
+        ]
+    );
+    for view in <[_; 2]>::from(bob(&c)) {
+        assert_eq!(view.info.unwrap().as_str(), r#"{"name":"Bob"}"#);
+        assert_eq!(view.data.unwrap().as_str(), r#"{"viewing":"roadmap"}"#);
+        assert_eq!(view.last_seen, None);
+    }
+}

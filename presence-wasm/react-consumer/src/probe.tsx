@@ -4,7 +4,15 @@
 // simulated remount). The test checks that two commits in a row never saw the same value, that
 // is a component re-rendered only when its slice changed, while the snapshot changed more often.
 import { useEffect } from "react";
-import { PresenceProvider, useConnection, usePresence, usePresenceClient, useTyping, useUser } from "@presence-rs/react";
+import {
+  PresenceProvider,
+  useConnection,
+  usePresence,
+  usePresenceClient,
+  useRoomCounts,
+  useTyping,
+  useUser,
+} from "@presence-rs/react";
 
 declare global {
   interface Window {
@@ -35,6 +43,18 @@ function Typing() {
   return null;
 }
 
+/** Also rendered, as `#counts`, for the test to follow the room's numbers. */
+function Counts() {
+  const counts = useRoomCounts(room);
+  useRecord("counts", counts);
+  if (!counts) return null;
+  return (
+    <p id="counts" data-online={counts.online} data-active={counts.active} data-idle={counts.idle}>
+      {counts.online} online · {counts.active} active · {counts.idle} idle
+    </p>
+  );
+}
+
 function User() {
   useRecord("user", useUser(watched));
   return null;
@@ -63,6 +83,7 @@ export default function Probe() {
       <Snapshots />
       <Members />
       <Typing />
+      <Counts />
       <User />
       <Connection />
     </PresenceProvider>

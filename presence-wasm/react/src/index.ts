@@ -18,6 +18,7 @@ import init, {
   type ConnectionState,
   type Presence,
   type PresenceSnapshot,
+  type RoomCounts,
 } from "@presence-rs/presence";
 
 /** The WebAssembly module, loaded once per page (and again after a failure). */
@@ -157,6 +158,17 @@ const some = <T>(list: readonly T[] | undefined): readonly T[] => (list?.length 
 export function usePresence(room: string): readonly Presence[] {
   useHold("room", room);
   return useSnapshot((s) => some(s.rooms[room]?.members));
+}
+
+/**
+ * How many members of `room` are online, active and idle, joined while a component uses it;
+ * `undefined` until its snapshot arrives. In a large room these are the server's counts (from its
+ * `summary` frames), in a small one counted from the members. The SDK keeps unchanged counts the
+ * same object, so a member typing or changing status does not re-render.
+ */
+export function useRoomCounts(room: string): RoomCounts | undefined {
+  useHold("room", room);
+  return useSnapshot((s) => s.rooms[room]?.counts);
 }
 
 /** Each typing list without this user (the server tells typers of their own typing too). */
