@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub rejected: Family<Labels, Counter>,
     pub time_to_offline: Histogram,
     pub resumes: Counter,
+    pub handovers: Counter,
     pub unauthorized: Counter,
     pub tokens: Family<Labels, Counter>,
     pub denied: Family<Labels, Counter>,
@@ -101,6 +102,12 @@ impl Metrics {
             "resumes",
             "Reconnects that took their old connection back, so observers saw no offline/online flap",
             resumes.clone(),
+        );
+        let handovers = Counter::default();
+        registry.register(
+            "handovers",
+            "Connections given to another node for their client's resume there",
+            handovers.clone(),
         );
         let unauthorized = Counter::default();
         registry.register(
@@ -287,6 +294,7 @@ impl Metrics {
             rejected,
             time_to_offline,
             resumes,
+            handovers,
             unauthorized,
             tokens,
             denied,

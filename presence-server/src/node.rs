@@ -58,13 +58,7 @@ pub enum ClusterConfigError {
 impl ClusterConfig {
     /// Checks the id and the lease.
     pub fn validate(&self) -> Result<(), ClusterConfigError> {
-        let id = &self.node_id;
-        if id.is_empty()
-            || id.len() > 64
-            || id
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '{' | '}'))
-        {
+        if !valid_node_id(&self.node_id) {
             return Err(ClusterConfigError::BadNodeId);
         }
         if self.lease_ttl < Duration::from_millis(300) {
@@ -94,6 +88,22 @@ impl ClusterConfig {
     pub(crate) fn incarnation(&self) -> String {
         format!("{}.{}", self.node_id, random_hex(4))
     }
+}
+
+/// 1-64 characters without whitespace, control characters, `.` (it ends the
+/// id in an incarnation and a resume token) or braces (Redis hash tags).
+pub(crate) fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '{' | '}'))
+}
+
+/// The node id an incarnation (`<node id>.<hex>`) or a clustered resume
+/// token (`<node id>.<hex>`) names.
+pub(crate) fn node_of(s: &str) -> &str {
+    s.split_once('.').map_or(s, |(node, _)| node)
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {

@@ -515,8 +515,13 @@ where
         };
         // A node that just restarted may not have its predecessor's
         // connections back yet: a resume waits for them (bounded).
-        if resume.is_some() {
+        let mut resume = resume;
+        if let Some(token) = &resume {
             Box::pin(hub.cluster_settled(RESUME_WAIT)).await;
+            // A connection another node holds comes here first.
+            if let Some(taken) = Box::pin(hub.take_over(&user, token)).await {
+                resume = Some(taken);
+            }
         }
         let Registered {
             conn,

@@ -1116,6 +1116,7 @@ async fn masters_of(env: &Env, topics: &[Topic]) -> BTreeSet<i64> {
         let channel = match t {
             Topic::Room(r) => format!("{}:{{r:{r}}}", env.prefix),
             Topic::User(u) => format!("{}:{{u:{u}}}", env.prefix),
+            Topic::Node(n) => format!("{}:{{n:{n}}}", env.prefix),
         };
         let slot = env
             .raw(&redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel).clone())

@@ -168,6 +168,7 @@ on_every_backend!(
     a_restarted_node_does_not_resurrect_its_previous_connections,
     a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
     every_client_resumes_at_once_after_a_graceful_restart,
+    a_resume_token_works_on_any_node_without_a_flap,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     one_event_stream_is_read_from_any_node_exactly_once,
@@ -427,6 +428,57 @@ async fn a_restarted_node_does_not_resurrect_its_previous_connections(f: Fabric)
     let (_, body) = b.get("/v1/rooms/r/members", SERVICE_KEY).await;
     assert_eq!(names(&body["members"]), ["bob"]);
     drop(ana);
+}
+
+/// A client that reconnects through a load balancer lands on any node: its token names the node
+/// holding its connection, which hands it over. Resumed there with its rooms, a new token of
+/// that node, the old socket (if still open) superseded, and no flap for observers.
+async fn a_resume_token_works_on_any_node_without_a_flap(f: Fabric) {
+    let mut config = calm_config();
+    config.timing.offline_grace = Duration::from_secs(3);
+    let a = node_with(&f, "a", config.clone()).await;
+    let b = node_with(&f, "b", config.clone()).await;
+    let c = node_with(&f, "c", config).await;
+    all_up(&[&a, &b, &c]).await;
+    let mut bob = c.client("bob").await;
+    bob.join("r").await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    bob.diff("user_connected", "ana").await;
+    let token = ana.resume_token();
+    assert!(token.starts_with("a."), "the token names its node: {token}");
+
+    // The socket drops; the client comes back on another node within the grace.
+    ana.close().await;
+    let mut on_b = Client::connect(&b.url("ana"), "ana", Some(&token)).await;
+    assert_eq!(on_b.welcome["resumed"], true, "{}", on_b.welcome);
+    let token_b = on_b.resume_token();
+    assert!(token_b.starts_with("b."), "{token_b}");
+    assert_eq!(names(&on_b.join("r").await["members"]), ["ana", "bob"]);
+    // Past node a's leave grace: its copy of the connection went without a word.
+    let seen = kinds_about(&mut bob, "ana", Duration::from_millis(800)).await;
+    assert!(seen.is_empty(), "no flap for bob: {seen:?}");
+    let old = Client::connect(&a.url("ana"), "ana", Some(&token)).await;
+    assert_eq!(
+        old.welcome["resumed"], false,
+        "the old token resumes nothing any more"
+    );
+    old.close().await;
+
+    // A live socket resumed elsewhere is superseded, as on one node.
+    let on_c = Client::connect(&c.url("ana"), "ana", Some(&token_b)).await;
+    assert_eq!(on_c.welcome["resumed"], true, "{}", on_c.welcome);
+    assert_eq!(on_b.close_code().await, 4100);
+    let seen = kinds_about(&mut bob, "ana", Duration::from_millis(500)).await;
+    assert!(seen.is_empty(), "no flap for bob: {seen:?}");
+    let (_, body) = a.get("/v1/users/ana/presence", SERVICE_KEY).await;
+    assert_eq!(body["state"], "active", "{body}");
+
+    // A token of a node that is gone starts a new connection.
+    let gone = format!("z.{}", &token[2..]);
+    let fresh = Client::connect(&a.url("ana"), "ana", Some(&gone)).await;
+    assert_eq!(fresh.welcome["resumed"], false);
+    drop((on_c, fresh));
 }
 
 async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: Fabric) {

@@ -112,6 +112,34 @@ impl Machine {
         out
     }
 
+    /// Gives the user's connection behind `token` to another node, which
+    /// takes it back with [`Machine::restore_conn`] for its client's resume:
+    /// the record, and whether the connection was live (its socket is then
+    /// superseded: the caller closes it). The token resumes nothing here any
+    /// more; the connection stays for the short leave grace, so the user's
+    /// record here goes only after the other node's shows them, and nobody
+    /// sees a flap. `None` if no connection of `user` holds the token.
+    pub fn hand_over(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        token: &ResumeToken,
+    ) -> Option<(ConnRecord, bool)> {
+        let conn = *self.tokens.get(token)?;
+        let c = self.conns.get(&conn).filter(|c| c.user == *user)?;
+        let record = ConnRecord {
+            conn,
+            user: c.user.clone(),
+            token: c.token.clone(),
+            activity: c.activity,
+            rooms: c.rooms.clone(),
+        };
+        let live = matches!(c.link, Link::Live { .. });
+        self.tokens.remove(token);
+        self.leaving(now, conn);
+        Some((record, live))
+    }
+
     /// Takes back a connection saved by [`Machine::conn_records`], without a
     /// socket: it is in its offline grace from `now`, so its client can
     /// resume it with its token, and observers joining meanwhile see the user

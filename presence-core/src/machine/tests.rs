@@ -140,7 +140,11 @@ fn last_active_is_the_last_change_between_active_and_idle() {
     assert_eq!(last_active(&h), Some(T0), "the spell began at the connect");
     h.m.set_activity(at(2), ConnId(2), Activity::Active)
         .unwrap();
-    assert_eq!(last_active(&h), Some(T0), "a second tab's active is no news");
+    assert_eq!(
+        last_active(&h),
+        Some(T0),
+        "a second tab's active is no news"
+    );
     h.m.set_activity(at(3), ConnId(1), Activity::Idle(IdleReason::Hidden))
         .unwrap();
     h.m.set_activity(at(4), ConnId(2), Activity::Idle(IdleReason::NoInput))
@@ -737,4 +741,44 @@ fn a_room_left_by_a_users_last_connection_in_it_hears_nothing_after_the_leave() 
         .map(|e| e.name())
         .collect();
     assert_eq!(to_r, ["user_left"], "not a user_idle after it");
+}
+
+/// A connection handed to another node (a resume there) resumes nothing here any more, stays
+/// for the leave grace without a word, and comes back there with its rooms under a new token.
+#[test]
+fn a_connection_handed_over_resumes_on_the_other_machine_only() {
+    let mut a = Harness::new();
+    a.connect(T0, "ana", 1);
+    a.m.join(T0, ConnId(1), room("r")).unwrap();
+    a.names();
+    assert!(
+        a.m.hand_over(at(1), &user("bob"), &token(1)).is_none(),
+        "another user's token"
+    );
+    let (record, live) = a.m.hand_over(at(1), &user("ana"), &token(1)).unwrap();
+    assert!(live, "the socket is superseded by the caller");
+    assert_eq!(record.rooms, [room("r")]);
+    assert!(
+        a.m.hand_over(at(1), &user("ana"), &token(1)).is_none(),
+        "once"
+    );
+    let back = a.resume(at(2), "ana", 2, 1);
+    assert!(!back.resumed, "the token no longer resumes here");
+    a.m.tick(at(3));
+    assert_eq!(
+        a.names(),
+        ["user_left"],
+        "conn 2 never joined r; ana stays online"
+    );
+    assert_eq!(a.m.connections_of(&user("ana")), [ConnId(2)]);
+
+    let mut b = Harness::new();
+    let mut moved = record;
+    moved.conn = ConnId(7);
+    moved.token = token(7);
+    b.m.restore_conn(at(1), moved).unwrap();
+    let resumed = b.resume(at(1), "ana", 8, 7);
+    assert!(resumed.resumed);
+    assert_eq!(resumed.token, token(7));
+    assert_eq!(b.m.rooms_of(ConnId(7)), [room("r")]);
 }

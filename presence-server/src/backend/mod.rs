@@ -138,6 +138,9 @@ pub enum Topic {
     Room(RoomId),
     /// Everything about one user.
     User(UserId),
+    /// Requests to one node, by its id (the same over its incarnations):
+    /// a connection to hand over for a resume elsewhere, and the answers.
+    Node(String),
 }
 
 /// What arrives from the bus.

@@ -155,11 +155,13 @@ impl Hub {
         }
         let machine = &st.machine;
         let watchers = &st.watchers;
+        let me = crate::node::node_of(&c.me).to_owned();
         let take = c.take(now, |topic| match topic {
             Topic::Room(room) => !machine.room_connections(room).is_empty(),
             Topic::User(user) => {
                 watchers.contains_key(user) || !machine.connections_of(user).is_empty()
             }
+            Topic::Node(node) => *node == me,
         });
         (!take.is_empty()).then_some(take)
     }

@@ -2,14 +2,21 @@
 //! refuse their old tokens), or stop their typing. With a cluster the order
 //! goes on the user's topic, to which every node holding the user's sockets
 //! is subscribed, so it reaches them within one bus round trip.
+//!
+//! Also the resume of a connection on another node than the one that holds
+//! it: a clustered resume token names its node (`<node id>.<hex>`), the
+//! resuming node asks that node on its topic to hand the connection over, and
+//! takes it back under a token of its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use presence_core::machine::ConnRecord;
 use presence_core::protocol::CloseCode;
-use presence_core::{RoomId, UserId};
+use presence_core::{ConnId, ResumeToken, RoomId, UserId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::{Close, Hub};
 use crate::auth::Identity;
@@ -21,6 +28,12 @@ use crate::hub::replica::BusMessage;
 pub(crate) const REVOCATION_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// Revocations a node keeps in memory (the cluster's live in the backend).
 const MAX_REVOCATIONS: usize = 100_000;
+/// Longest a resume waits for another node to hand its connection over
+/// (a bus round trip; the client is waiting for its `welcome`).
+const HANDOVER_WAIT: Duration = Duration::from_millis(500);
+/// Handovers a node waits for at once; beyond, a resume elsewhere starts a
+/// new connection (what it did before handovers existed).
+const MAX_HANDOVERS: usize = 1_024;
 
 /// One order on the bus.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +43,31 @@ pub(crate) enum Control {
     Disconnect { user: UserId, code: u16 },
     /// The user's message in the room was stored: their typing there stops.
     MessageSent { user: UserId, room: RoomId },
+    /// To a node: give the user's connection behind `token` to node `to`,
+    /// whose socket the client resumes on.
+    Handover {
+        user: UserId,
+        token: ResumeToken,
+        to: String,
+    },
+    /// The answer, to node `to`: the connection, or `None` if none here
+    /// holds the token (it went, or was never here).
+    HandedOver {
+        token: ResumeToken,
+        conn: Option<ConnRecord>,
+    },
+}
+
+/// Resumes waiting for another node's handover, by token.
+#[derive(Default)]
+pub(crate) struct Handovers(Mutex<HashMap<ResumeToken, oneshot::Sender<Option<ConnRecord>>>>);
+
+impl Handovers {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ResumeToken, oneshot::Sender<Option<ConnRecord>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Unix seconds before which each user's tokens are refused, as this node
@@ -145,6 +183,116 @@ impl Hub {
                     }
                 }
                 Control::MessageSent { user, room } => self.message_sent(&user, &room),
+                Control::Handover { user, token, to } => self.hand_over(&user, &token, to),
+                Control::HandedOver { token, conn } => {
+                    if let Some(waiting) = self.handovers.lock().remove(&token) {
+                        let _ = waiting.send(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another node's client resumes a connection of this node: it goes
+    /// there (a live socket here is superseded, as by a resume here).
+    fn hand_over(&self, user: &UserId, token: &ResumeToken, to: String) {
+        let conn = self.apply(|st, now| {
+            let (record, live) = st.machine.hand_over(now, user, token)?;
+            if live {
+                let close = (CloseCode::Superseded, "resumed on another node");
+                self.close_socket(st, now, record.conn, close, false);
+            }
+            Some(record)
+        });
+        if conn.is_some() {
+            self.metrics.handovers.inc();
+        }
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let msg = BusMessage {
+            ctl: vec![Control::HandedOver {
+                token: token.clone(),
+                conn,
+            }],
+            ..BusMessage::default()
+        };
+        let Ok(bytes) = serde_json::to_vec(&msg) else {
+            return;
+        };
+        let backend = link.backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = backend.publish(vec![(Topic::Node(to), bytes)]).await {
+                tracing::debug!(error = %e, "handover answer not sent; the resume starts anew");
+            }
+        });
+    }
+
+    /// A resume with a token another live node issued: that node hands the
+    /// connection over and it is taken back here, under a token of this
+    /// node. Returns the token to resume with; `None` when there is nothing
+    /// to take over (a token of this node, a node gone, no answer within
+    /// [`HANDOVER_WAIT`]): the hello goes on with its own token.
+    pub(crate) async fn take_over(
+        &self,
+        user: &UserId,
+        token: &ResumeToken,
+    ) -> Option<ResumeToken> {
+        let link = self.cluster.as_ref()?;
+        let (node, _) = token.as_str().split_once('.')?;
+        if node == link.config.node_id || !self.lock().cluster.as_ref()?.node_alive(node) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.handovers.lock();
+            if waiting.len() >= MAX_HANDOVERS || waiting.contains_key(token) {
+                return None;
+            }
+            waiting.insert(token.clone(), tx);
+        }
+        let msg = BusMessage {
+            ctl: vec![Control::Handover {
+                user: user.clone(),
+                token: token.clone(),
+                to: link.config.node_id.clone(),
+            }],
+            ..BusMessage::default()
+        };
+        let sent = match serde_json::to_vec(&msg) {
+            Ok(bytes) => link
+                .backend
+                .publish(vec![(Topic::Node(node.to_owned()), bytes)])
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        let answer = if sent {
+            tokio::time::timeout(HANDOVER_WAIT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        } else {
+            None
+        };
+        self.handovers.lock().remove(token);
+        let mut record = answer?;
+        let fresh = self.new_token()?;
+        record.conn = ConnId(
+            self.next_conn
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        record.token = fresh.clone();
+        let restored = self.apply(|st, now| {
+            st.touched.insert(user.clone());
+            st.machine.restore_conn(now, record)
+        });
+        match restored {
+            Ok(()) => Some(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "handed-over connection not taken back; the resume starts anew");
+                None
             }
         }
     }

@@ -144,6 +144,7 @@ pub(crate) struct Hub {
     /// event stream (`GET /v1/events`) unless `event_shards` is 0.
     pub stream: Option<Arc<crate::stream::EventStream>>,
     revocations: control::Revocations,
+    handovers: control::Handovers,
     /// The cluster's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -193,11 +194,16 @@ fn offline_view(user: &UserId) -> PresenceView {
     }
 }
 
-fn random_token() -> Option<ResumeToken> {
+/// 128 random bits in hex, after `<node id>.` in a cluster: the node a
+/// resume elsewhere asks for the connection (see `control`).
+fn random_token(node: Option<&str>) -> Option<ResumeToken> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).ok()?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    ResumeToken::new(hex).ok()
+    match node {
+        Some(node) => ResumeToken::new(format!("{node}.{hex}")).ok(),
+        None => ResumeToken::new(hex).ok(),
+    }
 }
 
 impl Hub {
@@ -265,6 +271,7 @@ impl Hub {
             feed,
             stream,
             revocations: control::Revocations::default(),
+            handovers: control::Handovers::default(),
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
@@ -336,6 +343,11 @@ impl Hub {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// A fresh resume token (see [`random_token`]).
+    fn new_token(&self) -> Option<ResumeToken> {
+        random_token(self.cluster.as_ref().map(|l| l.config.node_id.as_str()))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -458,7 +470,7 @@ impl Hub {
         activity: Activity,
     ) -> Result<Registered, ErrorCode> {
         let user = &who.user;
-        let token = random_token().ok_or(ErrorCode::Internal)?;
+        let token = self.new_token().ok_or(ErrorCode::Internal)?;
         let fresh = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, outbound) = mpsc::channel(self.config.outbound_queue);

@@ -161,6 +161,8 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub fn new(me: Incarnation, now: Millis) -> Self {
+        // The node's own topic, for resumes handed over between nodes.
+        let check = HashSet::from([Topic::Node(crate::node::node_of(&me).to_owned())]);
         Self {
             me,
             // Above any sequence a previous run of this process gave.
@@ -182,13 +184,20 @@ impl Replica {
             reads: Vec::new(),
             fetch: BTreeSet::new(),
             sync: BTreeSet::new(),
-            check: HashSet::new(),
+            check,
             awaiting: HashMap::new(),
             watching: Vec::new(),
             link: Link::default(),
             statuses: Vec::new(),
             next_sweep: Millis(0),
         }
+    }
+
+    /// Whether an incarnation of `node` holds a live lease.
+    pub fn node_alive(&self, node: &str) -> bool {
+        self.live
+            .iter()
+            .any(|inc| crate::node::node_of(inc) == node)
     }
 
     /// Whether cluster delivery is healthy (for `/healthz`).
@@ -609,6 +618,7 @@ impl Replica {
                     Topic::User(user) => {
                         self.fetch.insert(user.clone());
                     }
+                    Topic::Node(_) => {}
                 }
                 t.subscribe.push(topic);
             } else if !want && has {

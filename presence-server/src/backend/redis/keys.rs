@@ -103,11 +103,13 @@ impl Keys {
         format!("{}:{{w:{role}}}:s", self.prefix)
     }
 
-    /// The sharded channel of a topic: `P:{r:<room>}` or `P:{u:<user>}`.
+    /// The sharded channel of a topic: `P:{r:<room>}`, `P:{u:<user>}` or
+    /// `P:{n:<node>}`.
     pub(super) fn channel(&self, topic: &Topic) -> String {
         match topic {
             Topic::Room(r) => format!("{}:{{r:{r}}}", self.prefix),
             Topic::User(u) => format!("{}:{{u:{u}}}", self.prefix),
+            Topic::Node(n) => format!("{}:{{n:{n}}}", self.prefix),
         }
     }
 
@@ -122,6 +124,8 @@ impl Keys {
             RoomId::new(room).ok().map(Topic::Room)
         } else if let Some(user) = rest.strip_prefix("u:") {
             UserId::new(user).ok().map(Topic::User)
+        } else if let Some(node) = rest.strip_prefix("n:") {
+            crate::node::valid_node_id(node).then(|| Topic::Node(node.to_owned()))
         } else {
             None
         }
@@ -148,6 +152,7 @@ mod tests {
             Topic::Room(RoomId::new("lobby").expect("room")),
             Topic::Room(RoomId::new("a}b{c}").expect("room")),
             Topic::User(UserId::new("}ana").expect("user")),
+            Topic::Node("node-1".into()),
         ] {
             assert_eq!(k.topic(k.channel(&t).as_bytes()), Some(t));
         }
