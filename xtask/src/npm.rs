@@ -1,6 +1,7 @@
 //! The npm packages: the SDK (wasm build → wasm-bindgen (web target) → wasm-opt → esbuild →
-//! declarations → `package.json`) and its React bindings (tsc → `package.json`), each with the
-//! README and licenses, then `npm pack` and the size report against the budget.
+//! declarations → `package.json`), its React bindings (tsc → `package.json`) and the Node server
+//! SDK (`presence-node/`, shipped as written), each with the README and licenses, then `npm pack`
+//! and the size report against the budget.
 
 use std::fs;
 use std::io::Write;
@@ -25,6 +26,18 @@ const REACT_NAME: &str = "@presence-rs/react";
 const REACT_DIR: &str = "presence-wasm/react";
 /// Node versions the packages' tooling (bundlers, type checkers, SSR imports) may run on.
 const NODE_ENGINES: &str = ">=18";
+/// The Node server SDK: plain ESM and hand-written declarations in `presence-node/`, no build
+/// step; staged with the licenses into `target/npm/presence-node/` and packed from there.
+const NODE_NAME: &str = "@presence-rs/node";
+const NODE_DIR: &str = "presence-node";
+/// What the Node package ships besides `package.json`; its `files` must list exactly these.
+const NODE_FILES: &[&str] = &[
+    "LICENSE-APACHE",
+    "LICENSE-MIT",
+    "README.md",
+    "index.d.ts",
+    "index.js",
+];
 
 /// Whether to `npm pack` the package after building it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,28 +48,31 @@ pub enum Pack {
     No,
 }
 
-/// Builds `presence-wasm/pkg/` and `presence-wasm/react/pkg/` (and with [`Pack::Yes`] their
-/// tarballs); fails over the budget.
+/// Builds `presence-wasm/pkg/` and `presence-wasm/react/pkg/`, stages the Node package (and with
+/// [`Pack::Yes`] packs the three tarballs); fails over the budget.
 pub fn build(ws: &Workspace, pack: Pack) -> Result<()> {
     let pkg = build_sdk(ws)?;
     let react = build_react(ws)?;
+    let node = stage_node(ws)?;
     if pack == Pack::Yes {
         fs::create_dir_all(&ws.target)?;
         let pack_dir = ws.target.to_string_lossy().into_owned();
-        for dir in [&pkg, &react] {
+        for dir in [&pkg, &react, &node] {
             cmd::run(cmd::in_dir("npm", dir).args(["pack", "--pack-destination", &pack_dir]))?;
         }
     }
-    report_sizes(ws, &pkg, &react)
+    report_sizes(ws, &pkg, &react, &node)
 }
 
-/// One of the two npm packages.
+/// One of the three npm packages.
 #[derive(Clone, Copy)]
 pub enum Package {
     /// `@presence-rs/presence`.
     Sdk,
     /// `@presence-rs/react`.
     React,
+    /// `@presence-rs/node`.
+    Node,
 }
 
 /// The tarball `npm pack` writes for `package` into the target directory.
@@ -65,6 +81,7 @@ pub fn tarball(ws: &Workspace, package: Package) -> Result<std::path::PathBuf> {
     let name = match package {
         Package::Sdk => NPM_NAME,
         Package::React => REACT_NAME,
+        Package::Node => NODE_NAME,
     };
     let file = format!(
         "{}-{version}.tgz",
@@ -221,6 +238,53 @@ fn build_react(ws: &Workspace) -> Result<std::path::PathBuf> {
     Ok(pkg)
 }
 
+/// `target/npm/presence-node/`: the Node package's files as written, its README and the licenses.
+/// Its committed `package.json` must name the crates' version and license, and list in `files`
+/// exactly what is staged, so a release cannot ship a stale version or miss a file.
+fn stage_node(ws: &Workspace) -> Result<std::path::PathBuf> {
+    let dir = ws.root.join(NODE_DIR);
+    let manifest_path = dir.join("package.json");
+    let text = fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", manifest_path.display()))?;
+    let want = [
+        ("name", NODE_NAME.to_owned()),
+        ("version", ws.package_field(CRATE, "version")?),
+        ("license", ws.package_field(CRATE, "license")?),
+    ];
+    for (field, value) in want {
+        let found = manifest[field].as_str().unwrap_or_default();
+        if found != value {
+            bail!(
+                "{} says {field} {found:?}; it must be {value:?} (the crates' {field})",
+                manifest_path.display()
+            );
+        }
+    }
+    let mut files: Vec<&str> = manifest["files"]
+        .as_array()
+        .context("presence-node/package.json has no `files` list")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    files.sort_unstable();
+    if files != NODE_FILES {
+        bail!("presence-node/package.json lists files {files:?}; the package ships {NODE_FILES:?}");
+    }
+    let staging = ws.target.join("npm").join(NODE_DIR);
+    if staging.exists() {
+        fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    fs::create_dir_all(&staging)?;
+    add_docs(ws, &staging, &dir.join("README.md"))?;
+    for file in ["index.js", "index.d.ts", "package.json"] {
+        fs::copy(dir.join(file), staging.join(file))
+            .with_context(|| format!("copying {NODE_DIR}/{file}"))?;
+    }
+    Ok(staging)
+}
+
 /// wasm-bindgen's declarations made fit for a strict app: its `InitOutput` lists the module's raw
 /// exports under minified names typed `any` (apps never touch them), and its `init` is named
 /// after a glue variable. Fails if `any` or a bare `Function` type is left anywhere, so a loose
@@ -363,8 +427,8 @@ fn write_package_json(ws: &Workspace, pkg: &Path, m: &Manifest) -> Result<()> {
 
 /// The SDK's two files against the budget, then the React bindings, as shipped and minified as an
 /// app's bundler minifies them (what its users download on top of the SDK; not in the budget,
-/// which apps without React never pay).
-fn report_sizes(ws: &Workspace, pkg: &Path, react: &Path) -> Result<()> {
+/// which apps without React never pay), then the Node package's module (servers only).
+fn report_sizes(ws: &Workspace, pkg: &Path, react: &Path, node: &Path) -> Result<()> {
     let minified = ws.target.join("tmp").join("react-index.min.js");
     let esbuild = ws.root.join("xtask/node/node_modules/.bin/esbuild");
     cmd::output(
@@ -391,6 +455,7 @@ fn report_sizes(ws: &Workspace, pkg: &Path, react: &Path) -> Result<()> {
     );
     line(&format!("{REACT_NAME} index.js"), &react.join("index.js"))?;
     line("  minified, as apps bundle it", &minified)?;
+    line(&format!("{NODE_NAME} index.js"), &node.join("index.js"))?;
     if total_gz > BUDGET_GZ_BYTES {
         bail!(
             "browser bundle is {} gzipped, over the {} budget",

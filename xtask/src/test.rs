@@ -42,7 +42,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         command.current_dir(&ws.root);
         command
     };
-    let mut steps = Steps::new(11);
+    let mut steps = Steps::new(12);
     steps.step(
         "setup: toolchain, Chromium, Redis, Redis Cluster, PostgreSQL, node tools, wasm test runner",
         || {
@@ -138,6 +138,21 @@ pub fn run(ws: &Workspace) -> Result<()> {
                     .arg(consumer.join("run.mjs"))
                     .env("PRESENCE_TEST_WS", server.ws_url())
                     .env("PRESENCE_TARBALL", &tarball)
+                    .env("TMPDIR", ws.target.join("tmp")),
+            )
+        },
+    )?;
+    steps.step(
+        "Node server SDK (presence-node) against one node and a cluster",
+        || {
+            let tarball = npm::tarball(ws, npm::Package::Node)?;
+            let binary = server::build(ws, "dev")?;
+            cmd::run(
+                cmd::in_dir("node", &ws.root)
+                    .arg(ws.root.join("presence-node").join("test").join("run.mjs"))
+                    .env("PRESENCE_SERVER", &binary)
+                    .env(setup::REDIS_CLUSTER_ENV, setup::redis_cluster_nodes())
+                    .env("PRESENCE_NODE_TARBALL", &tarball)
                     .env("TMPDIR", ws.target.join("tmp")),
             )
         },
