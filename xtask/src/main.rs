@@ -2,9 +2,10 @@
 //!
 //! - `cargo xtask test`: installs what the tests need, then runs every check and test.
 //! - `cargo xtask demo`: builds the browser package and runs the demo.
-//! - `cargo xtask npm`: builds the npm packages of the browser SDK and its React bindings (and
-//!   checks the SDK's size budget).
+//! - `cargo xtask npm`: builds the npm packages (the browser SDK, its React bindings, the Node
+//!   server SDK) and checks the browser SDK's size budget.
 //! - `cargo xtask size`: builds the packages and prints their sizes (the SDK's against the budget).
+//! - `cargo xtask package`: `cargo package` of the crates meant for crates.io, checked.
 //! - `cargo xtask bench [--quick] [--cluster | --large [--seconds N]]`: the benchmark suite (a
 //!   table, and one JSON line per figure); `--cluster` runs only the multi-node part, `--large`
 //!   only the large-room one.
@@ -17,6 +18,7 @@
 
 mod bench;
 mod cmd;
+mod crates;
 mod demo;
 mod minify;
 mod npm;
@@ -49,6 +51,9 @@ enum Command {
     Npm,
     /// Build the packages and print their raw and gzipped sizes (the SDK's against the budget).
     Size,
+    /// Pack and verify the crates meant for crates.io (`cargo package`), with their README and
+    /// licenses.
+    Package,
     /// Run the benchmark suite against a release server on loopback.
     Bench {
         /// A smoke run: small sizes, short durations.
@@ -82,6 +87,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     let ws = workspace::Workspace::load()?;
     match command {
         Command::Test => test::run(&ws),
+        Command::Package => crates::package(&ws),
         Command::Demo { args } => demo::run(&ws, &args),
         Command::Npm => {
             setup::package_tools(&ws)?;

@@ -475,7 +475,7 @@ pub fn sizes(path: &Path) -> Result<(usize, usize)> {
 }
 
 fn kb(bytes: usize) -> String {
-    format!("{:.1} KB", bytes as f64 / 1024.0)
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
 #[cfg(test)]

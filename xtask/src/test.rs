@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::cmd::{self, Steps};
 use crate::workspace::Workspace;
-use crate::{npm, server, setup};
+use crate::{crates, npm, server, setup};
 
 /// Short timings so the browser tests see graces and idleness in well under a second.
 const BROWSER_TEST_TIMINGS: &[&str] = &[
@@ -42,7 +42,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
         command.current_dir(&ws.root);
         command
     };
-    let mut steps = Steps::new(12);
+    let mut steps = Steps::new(13);
     steps.step(
         "setup: toolchain, Chromium, Redis, Redis Cluster, PostgreSQL, node tools, wasm test runner",
         || {
@@ -90,6 +90,10 @@ pub fn run(ws: &Workspace) -> Result<()> {
                 .env(setup::REDIS_CLUSTER_ENV, setup::redis_cluster_nodes()),
         )
     })?;
+    steps.step(
+        "crates: cargo package (each packed crate built alone) with README and licenses",
+        || crates::package(ws),
+    )?;
     steps.step(
         "browser tests (headless Chromium, against a real server)",
         || {
