@@ -134,8 +134,9 @@ pub struct Identity {
     pub rooms: Scope,
     /// The users they may watch (and read over HTTP) beyond shared rooms.
     pub watch: Scope,
-    /// When the token stops being valid; the socket is closed with 4101
-    /// then, unless the client sent a fresh token first.
+    /// When the token stops being valid, by the server's clock: refused from
+    /// then on, and a socket is closed with 4101 then unless the client sent
+    /// a fresh token first.
     pub expires: Option<Millis>,
     /// What members see about the user while online (name, avatar), from
     /// the token's `info` claim: a JSON object of at most
@@ -228,8 +229,10 @@ pub enum DefaultAudience {
 }
 
 /// JSON Web Tokens: `sub` is the user id, `exp` is required and `nbf`
-/// honoured when present, both with 30 s of leeway for clock skew between
-/// issuer and server. HMAC (HS256/384/512) with a shared secret, or RSA
+/// honoured when present with 30 s of leeway for clock skew between issuer
+/// and server; `exp` has none in the end: the server refuses a token and
+/// closes its socket once `exp` passes by its own clock (see
+/// `Hub::authenticate`), so a token is never welcomed and then closed. HMAC (HS256/384/512) with a shared secret, or RSA
 /// (RS/PS 256/384/512) and EC (ES256/384) with a PEM public key; optional
 /// `aud` and `iss` checks; optional `rooms` and `watch` claims (see
 /// [`Scope`]).

@@ -126,7 +126,7 @@ async fn caller(
         headers,
         query,
     };
-    match hub.bounded(hub.auth.authenticate(&request)).await? {
+    match hub.authenticate(&request).await? {
         Ok(who) if hub.is_revoked(&who).await => {
             tracing::debug!(user = %who.user, "HTTP API token revoked");
             Err(ApiError::unauthorized())

@@ -589,7 +589,7 @@ async fn upgrade(
         query: &query,
     };
     let buffers = hub.config.socket;
-    let user = match hub.bounded(hub.auth.authenticate(&auth)).await {
+    let user = match hub.authenticate(&auth).await {
         Ok(Ok(user)) if hub.is_revoked(&user).await => {
             tracing::debug!(user = %user.user, "upgrade refused: the token was revoked");
             hub.metrics.unauthorized.inc();

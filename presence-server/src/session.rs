@@ -727,7 +727,7 @@ impl Session<'_> {
             headers: &headers,
             query: &query,
         };
-        let who = match hub.bounded(hub.auth.authenticate(&request)).await {
+        let who = match hub.authenticate(&request).await {
             Ok(Ok(who)) if hub.is_revoked(&who).await => {
                 hub.metrics.token("refused");
                 hub.metrics.reject(ErrorCode::Unauthorized);

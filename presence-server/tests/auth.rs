@@ -441,3 +441,26 @@ async fn with_default_audience_none_a_token_without_claims_joins_nothing() {
     assert_eq!(answer(req).await, "unauthorized 4101");
     srv.stop().await;
 }
+
+/// Acceptance and expiry go by one clock, the server's: a token whose `exp` passed by it (here
+/// 10 s ago, within the 30 s leeway the JWT check gives clock skew) is refused at the upgrade
+/// and at a refresh, instead of welcomed and closed at the next tick.
+#[tokio::test]
+async fn a_token_past_its_exp_by_the_servers_clock_is_refused_not_welcomed() {
+    let (srv, clock) = on_manual_clock().await;
+    let exp = now_secs() + 60;
+    clock.advance(Duration::from_secs(70));
+    let url = format!("ws://{}/ws?token={}", srv.addr, token_exp("ana", exp));
+    assert_eq!(answer(url).await, "unauthorized 4101");
+    let addr = srv.addr;
+    let (status, _) = http(
+        addr,
+        "GET",
+        "/v1/users/ana/presence",
+        &token_exp("ana", exp),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "the HTTP API goes by the same clock");
+    srv.stop().await;
+}

@@ -332,6 +332,21 @@ impl Hub {
         r.map_err(|_| PolicyTimeout)
     }
 
+    /// Who `request` speaks for, by the app's authenticator (bounded); a token
+    /// already past its `expires` by this server's clock is refused: the clock
+    /// that closes a socket at `expires` also decides acceptance, so no token
+    /// is welcomed and then closed at the next tick.
+    pub async fn authenticate(
+        &self,
+        request: &crate::auth::AuthRequest<'_>,
+    ) -> Result<Result<crate::auth::Identity, crate::auth::AuthError>, PolicyTimeout> {
+        let who = self.bounded(self.auth.authenticate(request)).await?;
+        Ok(who.and_then(|who| match who.expires {
+            Some(at) if at <= self.clock.now() => Err(crate::auth::AuthError::Expired),
+            _ => Ok(who),
+        }))
+    }
+
     /// Hands a host-level event to the app's subscribers and the feed.
     fn publish(&self, ev: &Event) {
         // No receivers is fine: host apps subscribe if they want to.
