@@ -310,7 +310,7 @@ pub fn snapshot_members<T>(members: Vec<(&UserId, T)>) -> Vec<(&UserId, T)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::{PresenceState, Status};
+    use crate::presence::PresenceState;
 
     const SEC: Duration = Duration::from_secs(1);
 
@@ -320,15 +320,8 @@ mod tests {
 
     fn view(u: &UserId) -> Option<PresenceView> {
         Some(PresenceView {
-            user: u.clone(),
             state: PresenceState::Active,
-            reason: None,
-            status: Status::Available,
-            text: None,
-            last_active: None,
-            last_seen: None,
-            info: None,
-            data: None,
+            ..PresenceView::offline(u.clone())
         })
     }
 

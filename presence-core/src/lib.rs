@@ -17,6 +17,7 @@ pub mod client;
 #[cfg(feature = "std")]
 pub mod cluster;
 pub mod ids;
+pub mod json;
 #[cfg(feature = "std")]
 pub mod large;
 pub mod limits;

@@ -3,7 +3,7 @@
 
 use crate::prelude::*;
 
-use crate::protocol::json::Json;
+use crate::json::Json;
 
 /// Deepest nesting a presence object may have (the object itself is 1).
 pub const MAX_OBJECT_DEPTH: usize = 8;

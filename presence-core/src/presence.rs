@@ -190,6 +190,23 @@ pub struct PresenceView {
     pub data: Option<JsonObject>,
 }
 
+impl PresenceView {
+    /// A user nothing is known of: offline, available, no times, nothing set.
+    pub fn offline(user: UserId) -> Self {
+        Self {
+            user,
+            state: PresenceState::Offline,
+            reason: None,
+            status: Status::Available,
+            text: None,
+            last_active: None,
+            last_seen: None,
+            info: None,
+            data: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use presence_core::Millis;
+use presence_core::client::Backoff;
 use presence_core::machine::ConnRecord;
 use tokio::sync::Notify;
 
@@ -54,6 +55,18 @@ use crate::node::ClusterConfig;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// ...to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The core's backoff (exponential, full jitter, capped) between failed
+/// calls: the nodes of a cluster do not retry in step after an outage.
+pub(crate) fn backoff(min: Duration, max: Duration) -> Backoff {
+    let mut bytes = [0u8; 8];
+    let seed = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // Without the OS's randomness the process id still spreads the nodes.
+        Err(_) => u64::from(std::process::id()),
+    };
+    Backoff::new(min, max, seed)
+}
 /// Users of a dead incarnation one cleaning call takes.
 const CLEAN_BATCH: usize = 500;
 /// Cleaning calls per lease round at most; the rest waits for the next.
@@ -95,7 +108,7 @@ async fn rounds(hub: Weak<Hub>) {
     let Some((backend, wake)) = link(&hub) else {
         return;
     };
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = backoff(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let Some(window) = hub.upgrade().map(|h| h.config.batch_window) else {
             return;
@@ -121,7 +134,7 @@ async fn rounds(hub: Weak<Hub>) {
         drop(h);
         match round(&hub, &*backend, &take).await {
             Ok(()) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 let Some(h) = hub.upgrade() else { return };
                 h.cluster_cmd(true);
             }
@@ -131,10 +144,9 @@ async fn rounds(hub: Weak<Hub>) {
                 h.cluster_failed(take);
                 h.cluster_cmd(false);
                 drop(h);
-                if !pause(&hub, backoff).await {
+                if !pause(&hub, backoff.next_delay()).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 wake.notify_one();
             }
         }
@@ -325,7 +337,7 @@ async fn lease(hub: Weak<Hub>) {
     };
     let period = config.lease_ttl / 3;
     let mut judge = Judge::new(config.lease_ttl);
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = backoff(MIN_BACKOFF, MAX_BACKOFF);
     let previous = loop {
         match start(&hub, &*backend, &config, &me).await {
             Ok(previous) => break previous,
@@ -335,10 +347,9 @@ async fn lease(hub: Weak<Hub>) {
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(false);
                 }
-                if !pause(&hub, backoff).await {
+                if !pause(&hub, backoff.next_delay()).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     };

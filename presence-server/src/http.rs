@@ -156,17 +156,9 @@ async fn may_see(hub: &Hub, viewer: &Identity, target: &UserId) -> Result<bool, 
 }
 
 fn view_of(machine: &Machine, user: &UserId) -> PresenceView {
-    machine.view(user).unwrap_or_else(|| PresenceView {
-        user: user.clone(),
-        state: presence_core::PresenceState::Offline,
-        reason: None,
-        status: presence_core::Status::Available,
-        text: None,
-        last_active: None,
-        last_seen: None,
-        info: None,
-        data: None,
-    })
+    machine
+        .view(user)
+        .unwrap_or_else(|| PresenceView::offline(user.clone()))
 }
 
 /// The cluster backend, when the cluster-level state is to be read from it.

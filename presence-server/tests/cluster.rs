@@ -450,7 +450,9 @@ async fn a_resume_token_works_on_any_node_without_a_flap(f: Fabric) {
 
     // The socket drops; the client comes back on another node within the grace.
     ana.close().await;
+    let asked = Instant::now();
     let mut on_b = Client::connect(&b.url("ana"), "ana", Some(&token)).await;
+    eprintln!("resumed on another node in {:?}", asked.elapsed());
     assert_eq!(on_b.welcome["resumed"], true, "{}", on_b.welcome);
     let token_b = on_b.resume_token();
     assert!(token_b.starts_with("b."), "{token_b}");

@@ -320,17 +320,10 @@ fn apply_to(
 ) -> Option<Change> {
     let mut typing = typing;
     let entry = |members: &mut VecMap<UserId, PresenceView>, user: &UserId| {
-        members.get(user).cloned().unwrap_or_else(|| PresenceView {
-            user: user.clone(),
-            state: PresenceState::Offline,
-            reason: None,
-            status: Default::default(),
-            text: None,
-            last_active: None,
-            last_seen: None,
-            info: None,
-            data: None,
-        })
+        members
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| PresenceView::offline(user.clone()))
     };
     let room = typing.is_some();
     let view = match diff {

@@ -11,7 +11,7 @@ use crate::ids::{ConnId, ResumeToken};
 use crate::machine::Machine;
 use crate::object::JsonObject;
 use crate::policy::TimingPolicy;
-use crate::presence::PresenceState;
+use crate::presence::{IdleReason, PresenceState};
 
 use IdleReason::*;
 

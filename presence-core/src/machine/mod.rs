@@ -12,6 +12,7 @@
 
 mod aggregate;
 mod event;
+mod node_record;
 mod queries;
 mod records;
 mod timers;
@@ -20,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 pub use aggregate::{Custom, Shown, aggregate, render};
 pub use event::Event;
+pub use node_record::NodeRecord;
 pub use records::{ConnRecord, Retention, UserRecord};
 use timers::{TimerKey, Timers};
 

@@ -43,7 +43,7 @@ impl Machine {
 impl Machine {
     /// This node's record of `user` for the cluster (see
     /// [`crate::cluster`]); `None` if the user was never seen here.
-    pub fn node_record(&self, user: &UserId) -> Option<crate::cluster::NodeRecord> {
+    pub fn node_record(&self, user: &UserId) -> Option<NodeRecord> {
         let u = self.users.get(user)?;
         let shown = aggregate(
             u.conns
@@ -54,7 +54,7 @@ impl Machine {
         rooms.sort();
         let mut typing: Vec<RoomId> = u.typing.keys().cloned().collect();
         typing.sort();
-        Some(crate::cluster::NodeRecord {
+        Some(NodeRecord {
             shown,
             last_active: u.last_active,
             // An invisible user was last seen when they went invisible.

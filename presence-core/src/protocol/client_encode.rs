@@ -6,33 +6,16 @@
 
 use crate::prelude::*;
 
+use crate::json::write_string;
 use crate::presence::{Activity, IdleReason, Status};
 use crate::protocol::ClientMessage;
-use crate::text::{push_decimal, push_hex_byte};
-
-/// Appends `s` as a JSON string. Ids and status texts hold no control
-/// characters (their constructors refuse them), but escape them anyway.
-pub(crate) fn string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                out.push_str("\\u00");
-                push_hex_byte(out, c as u8);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
+use crate::text::push_decimal;
 
 fn field(out: &mut String, key: &str, value: &str) {
     out.push_str(",\"");
     out.push_str(key);
     out.push_str("\":");
-    string(out, value);
+    write_string(out, value);
 }
 
 fn reason(r: IdleReason) -> &'static str {
@@ -98,7 +81,7 @@ impl ClientMessage {
                     if i > 0 {
                         out.push(',');
                     }
-                    string(&mut out, u.as_str());
+                    write_string(&mut out, u.as_str());
                 }
                 out.push(']');
             }

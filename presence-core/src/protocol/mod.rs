@@ -10,7 +10,6 @@ mod client_encode;
 #[cfg(feature = "std")]
 mod codec;
 mod error;
-pub mod json;
 mod server;
 mod server_decode;
 

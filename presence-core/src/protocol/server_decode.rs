@@ -7,10 +7,10 @@
 //! golden vectors check that this agrees with the derived encoding.
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
+use crate::json::Json;
 use crate::object::JsonObject;
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
-use crate::protocol::json::Json;
 use crate::protocol::{Counts, DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
 
 /// Field access that names the frame and field in its error.

@@ -8,7 +8,7 @@ use presence_core::{ConnId, PresenceView, RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Hub, State, encoded, offline_view};
+use super::{Hub, State, encoded};
 use crate::broadcast::Audience;
 
 impl Hub {
@@ -117,7 +117,11 @@ impl Hub {
     pub(super) fn local_watching(&self, st: &mut State, conn: ConnId, users: &[UserId]) {
         let views = users
             .iter()
-            .map(|u| st.machine.view(u).unwrap_or_else(|| offline_view(u)))
+            .map(|u| {
+                st.machine
+                    .view(u)
+                    .unwrap_or_else(|| PresenceView::offline(u.clone()))
+            })
             .collect();
         self.send(st, conn, encoded(&ServerMessage::Watching { users: views }));
     }

@@ -17,8 +17,7 @@ use std::time::Duration;
 use presence_core::machine::MachineError;
 use presence_core::protocol::{CloseCode, Diff, ErrorCode, ServerMessage, encode};
 use presence_core::{
-    Activity, ConnId, Event, Machine, Millis, PresenceState, PresenceView, ResumeToken, RoomId,
-    Status, UserId,
+    Activity, ConnId, Event, Machine, Millis, ResumeToken, RoomId, Status, UserId,
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -177,20 +176,6 @@ impl Drop for SessionGuard {
         if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.sessions_done.notify_waiters();
         }
-    }
-}
-
-fn offline_view(user: &UserId) -> PresenceView {
-    PresenceView {
-        user: user.clone(),
-        state: PresenceState::Offline,
-        reason: None,
-        status: Status::Available,
-        text: None,
-        last_active: None,
-        last_seen: None,
-        info: None,
-        data: None,
     }
 }
 

@@ -1,4 +1,6 @@
-//! A small JSON reader for clients.
+//! A small JSON reader and writer, below the protocol: clients read server
+//! frames with it and write strings in client frames, and presence objects
+//! (`JsonObject`) are checked and compacted through it.
 //!
 //! serde's deserializers cost the browser bundle tens of kilobytes (generic
 //! visitors per type, float parsing and printing for error messages). Server
@@ -8,6 +10,9 @@
 //! (`info`, `data`) is passed on exactly.
 
 use crate::prelude::*;
+
+use crate::text::{push_decimal, push_hex_byte};
+
 /// A parsed JSON value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Json {
@@ -90,9 +95,9 @@ impl Json {
         match self {
             Json::Null => out.push_str("null"),
             Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => crate::text::push_decimal(out, *n),
+            Json::Num(n) => push_decimal(out, *n),
             Json::Other(s) => out.push_str(s),
-            Json::Str(s) => crate::protocol::client_encode::string(out, s),
+            Json::Str(s) => write_string(out, s),
             Json::Arr(a) => {
                 out.push('[');
                 for (i, v) in a.iter().enumerate() {
@@ -109,7 +114,7 @@ impl Json {
                     if i > 0 {
                         out.push(',');
                     }
-                    crate::protocol::client_encode::string(out, k);
+                    write_string(out, k);
                     out.push(':');
                     v.write(out);
                 }
@@ -125,6 +130,24 @@ impl Json {
             _ => None,
         }
     }
+}
+
+/// Appends `s` as a JSON string. Ids and status texts hold no control
+/// characters (their constructors refuse them), but escape them anyway.
+pub(crate) fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.push_str("\\u00");
+                push_hex_byte(out, c as u8);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 struct Parser<'a> {
