@@ -8,7 +8,8 @@
 //! after the last id the data directory kept, if there is one. With
 //! `--data-dir` the window is written there every batch window and replayed
 //! after a restart (a `kill -9` loses at most the last window's events);
-//! without, a restart loses it.
+//! without, a restart loses it. Webhooks take their events from here too,
+//! so an event has the same id in both.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -49,15 +50,26 @@ pub(crate) struct Feed {
 /// whether some it asked for are gone (or it named an id from the future).
 pub(crate) struct Resume {
     pub replay: Vec<Arc<Entry>>,
-    pub gap: Option<Value>,
+    pub gap: Option<Gap>,
     pub live: broadcast::Receiver<Arc<Entry>>,
+}
+
+/// The events a reader asked for that the window cannot give.
+pub(crate) struct Gap {
+    /// The gap's SSE `id:`: just before the first event that follows it
+    /// (the oldest kept one, or the next to come if none follows), so a
+    /// reader that reconnects right after the gap gets those events and no
+    /// gap again: nothing twice, nothing skipped.
+    pub id: u64,
+    /// `{"after", "oldest", "next"}`.
+    pub data: Value,
 }
 
 impl Feed {
     pub fn new(capacity: usize, started: Millis) -> Self {
         Self {
             ring: Mutex::new(Ring {
-                next: started.0.saturating_mul(1000),
+                next: first_id(started),
                 entries: VecDeque::with_capacity(capacity.min(1024)),
                 unsaved: Vec::new(),
                 durable: false,
@@ -129,6 +141,12 @@ impl Feed {
         let _ = self.tx.send(entry);
     }
 
+    /// Every entry from now on, as readers get them live (webhooks take
+    /// theirs here, so an event has one id in both).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
+        self.tx.subscribe()
+    }
+
     /// Subscribes and takes the replay after `last` at one instant, so no
     /// event falls between the two.
     pub fn resume(&self, last: Option<u64>) -> Resume {
@@ -142,16 +160,23 @@ impl Feed {
             };
         };
         let oldest = ring.entries.front().map_or(ring.next, |e| e.id);
-        let gap = (last + 1 < oldest || last >= ring.next)
-            .then(|| json!({ "after": last, "oldest": oldest, "next": ring.next }));
-        let replay = ring
+        let replay: Vec<Arc<Entry>> = ring
             .entries
             .iter()
             .filter(|e| e.id > last)
             .cloned()
             .collect();
+        let gap = (last.saturating_add(1) < oldest || last >= ring.next).then(|| Gap {
+            id: replay.first().map_or(ring.next, |e| e.id).saturating_sub(1),
+            data: json!({ "after": last, "oldest": oldest, "next": ring.next }),
+        });
         Resume { replay, gap, live }
     }
+}
+
+/// The first id of a node started at `started` (see the module docs).
+pub(crate) fn first_id(started: Millis) -> u64 {
+    started.0.saturating_mul(1000)
 }
 
 /// A host event as backends read it (feed, stream and webhooks): the
@@ -175,9 +200,9 @@ fn sse(entry: &Entry) -> SseEvent {
 }
 
 /// The SSE response: a `gap` event if the replay cannot cover what was
-/// asked (resync from the HTTP API), the replay, then live events. Ends
-/// when the reader falls a whole window behind (it resumes with its
-/// `Last-Event-ID`) and when the server shuts down.
+/// asked (resync from the HTTP API; its `id:` is [`Gap::id`]), the replay,
+/// then live events. Ends when the reader falls a whole window behind (it
+/// resumes with its `Last-Event-ID`) and when the server shuts down.
 pub(crate) fn stream(
     resume: Resume,
     mut shutdown: watch::Receiver<bool>,
@@ -185,7 +210,12 @@ pub(crate) fn stream(
     let Resume { replay, gap, live } = resume;
     let last = replay.last().map(|e| e.id);
     let head = gap
-        .map(|g| SseEvent::default().event("gap").data(g.to_string()))
+        .map(|g| {
+            SseEvent::default()
+                .id(g.id.to_string())
+                .event("gap")
+                .data(g.data.to_string())
+        })
         .into_iter()
         .chain(replay.iter().map(|e| sse(e)))
         .map(Ok)
@@ -210,4 +240,45 @@ pub(crate) fn stream(
         .chain(tail)
         .take_until(stop);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::UserId;
+    use presence_core::protocol::Diff;
+
+    fn event(at: u64) -> Event {
+        Event {
+            diff: Diff::UserActive {
+                user: UserId::new("ana").expect("a user id"),
+            },
+            at: Millis(at),
+            global: true,
+            rooms: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gap_is_numbered_just_before_what_follows_it_so_resuming_there_is_gapless() {
+        let feed = Feed::new(2, Millis(7));
+        for at in 0..5 {
+            feed.push(&event(at));
+        }
+        let first = first_id(Millis(7));
+        // The window holds first + 3 and first + 4.
+        let old = feed.resume(Some(first)).gap.expect("a gap");
+        assert_eq!(old.id, first + 2);
+        let future = feed.resume(Some(first + 100)).gap.expect("a gap");
+        assert_eq!(future.id, first + 4);
+        for (gap, replayed) in [(old, 2), (future, 0)] {
+            let back = feed.resume(Some(gap.id));
+            assert!(back.gap.is_none(), "{}", gap.data);
+            assert_eq!(back.replay.len(), replayed);
+        }
+        let empty = Feed::new(2, Millis(9));
+        let gap = empty.resume(Some(3)).gap.expect("a gap");
+        assert_eq!(gap.id, first_id(Millis(9)) - 1);
+        assert!(empty.resume(Some(gap.id)).gap.is_none());
+    }
 }

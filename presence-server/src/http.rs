@@ -619,11 +619,16 @@ pub(crate) async fn events_feed(
     let Some(feed) = &hub.feed else {
         return Err(ApiError::unauthorized());
     };
+    // The same code a cluster node gives for a position it cannot read.
     let last = last
         .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| ApiError::invalid(format!("Last-Event-ID {s:?} is not an event id")))
+            s.trim().parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_last_event_id",
+                    format!("Last-Event-ID {s:?} is not an event id of this node's feed"),
+                )
+            })
         })
         .transpose()?;
     Ok(crate::feed::stream(feed.resume(last), hub.shutdown_signal()).into_response())

@@ -1,11 +1,12 @@
 //! Signed webhooks: host events `POST`ed as JSON batches to each endpoint.
 //!
 //! Every host event of a selected kind is encoded once (the feed's shape,
-//! with a string `id` unique across nodes and restarts) and queued for each
-//! endpoint. Each endpoint has its own task: it waits one window after the
-//! first pending event, sends what is queued (at most `max_batch` events) in
-//! one request, and retries a failed request with exponential backoff and
-//! jitter, so at most one request per window is in flight per endpoint.
+//! with a string `id` unique across nodes and restarts: one node's feed id,
+//! or in a cluster the stream's) and queued for each endpoint. Each
+//! endpoint has its own task: it waits one window after the first pending
+//! event, sends what is queued (at most `max_batch` events) in one request,
+//! and retries a failed request with exponential backoff and jitter, so at
+//! most one request per window is in flight per endpoint.
 //!
 //! A request body is `{"events":[...]}`. It is signed: header
 //! `presence-timestamp` (unix seconds) and `presence-signature`, the
@@ -333,44 +334,119 @@ pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
             client.clone(),
         ));
     }
+    // Subscribed here, before any task runs, so no event falls in between.
+    let source = Source::new(hub);
     tokio::spawn(fan_out(
         Arc::downgrade(hub),
-        hub.subscribe(),
+        source,
         endpoints,
         config,
         names,
     ));
 }
 
+/// Where a node without a cluster stream takes its webhook events from, and
+/// the `id` each gets (a string, unique across nodes and restarts).
+enum Source {
+    /// One node with a feed (it has one with a service key): the feed's
+    /// entries under the feed's ids, so a backend reading both sees one id
+    /// per event (as a string here, a number there); they grow across
+    /// restarts as the feed's do.
+    Feed(broadcast::Receiver<Arc<crate::feed::Entry>>),
+    /// The host events, numbered here: alone (no feed to share ids with),
+    /// from where the feed would start; in a cluster without a stream,
+    /// `<incarnation>-<n>`.
+    Events {
+        events: broadcast::Receiver<Event>,
+        node: Option<String>,
+        next: u64,
+    },
+}
+
+/// What a [`Source`] had next.
+enum Next {
+    /// An event of a selected kind, encoded.
+    Event(Arc<str>),
+    /// An event of another kind.
+    Skipped,
+    /// This many events went by while the fan-out was behind.
+    Missed(u64),
+    Closed,
+}
+
+impl Source {
+    fn new(hub: &Hub) -> Self {
+        match (&hub.feed, hub.cluster_me()) {
+            (Some(feed), me) if me.is_empty() => Source::Feed(feed.subscribe()),
+            (_, me) => Source::Events {
+                events: hub.subscribe(),
+                next: if me.is_empty() {
+                    crate::feed::first_id(hub.clock.now())
+                } else {
+                    1
+                },
+                node: (!me.is_empty()).then_some(me),
+            },
+        }
+    }
+
+    async fn next(&mut self, names: &[&str]) -> Next {
+        use broadcast::error::RecvError;
+        match self {
+            Source::Feed(entries) => match entries.recv().await {
+                Ok(e) if names.contains(&e.kind.as_str()) => Next::Event(with_id(&e.json, e.id)),
+                Ok(_) => Next::Skipped,
+                Err(RecvError::Lagged(n)) => Next::Missed(n),
+                Err(RecvError::Closed) => Next::Closed,
+            },
+            Source::Events { events, node, next } => match events.recv().await {
+                Ok(ev) if names.contains(&ev.name()) => {
+                    let id = match node {
+                        Some(me) => format!("{me}-{next}"),
+                        None => next.to_string(),
+                    };
+                    *next += 1;
+                    Next::Event(crate::feed::encode(&ev, serde_json::json!(id)).into())
+                }
+                Ok(_) => Next::Skipped,
+                Err(RecvError::Lagged(n)) => Next::Missed(n),
+                Err(RecvError::Closed) => Next::Closed,
+            },
+        }
+    }
+}
+
+/// A feed entry's JSON with its `id` as a string.
+fn with_id(json: &str, id: u64) -> Arc<str> {
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json) {
+        Ok(mut fields) => {
+            fields.insert("id".into(), id.to_string().into());
+            serde_json::Value::Object(fields).to_string().into()
+        }
+        // The feed encoded it; it parses.
+        Err(_) => json.into(),
+    }
+}
+
 /// Encodes each selected host event once and queues it for every endpoint.
 async fn fan_out(
     hub: Weak<Hub>,
-    mut events: broadcast::Receiver<Event>,
+    mut source: Source,
     endpoints: Vec<Arc<Endpoint>>,
     config: Arc<WebhookConfig>,
     names: Vec<&'static str>,
 ) {
-    let Some(h) = hub.upgrade() else { return };
-    // Unique across nodes and restarts: the node's incarnation (or, alone,
-    // its start time) and a counter.
-    let origin = match h.cluster_me() {
-        me if me.is_empty() => format!("n{}", h.clock.now().0),
-        me => me,
+    let Some(mut shutdown) = hub.upgrade().map(|h| h.shutdown_signal()) else {
+        return;
     };
-    let mut shutdown = h.shutdown_signal();
-    drop(h);
-    let mut n: u64 = 0;
     loop {
         let got = tokio::select! {
-            got = events.recv() => got,
+            got = source.next(&names) => got,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let Some(h) = hub.upgrade() else { break };
         match got {
-            Ok(ev) if names.contains(&ev.name()) => {
-                n += 1;
-                let json: Arc<str> =
-                    crate::feed::encode(&ev, serde_json::json!(format!("{origin}-{n}"))).into();
+            Next::Event(json) => {
                 for ep in &endpoints {
                     let mut q = ep.queue();
                     if q.len() >= config.queue {
@@ -381,13 +457,13 @@ async fn fan_out(
                     }
                 }
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
+            Next::Skipped => {}
+            Next::Missed(missed) => {
                 tracing::warn!(missed, "webhooks fell behind the host events");
                 h.metrics
                     .webhook_dropped("lagged", missed * endpoints.len() as u64);
             }
-            Err(broadcast::error::RecvError::Closed) => break,
+            Next::Closed => break,
         }
     }
     for ep in &endpoints {
@@ -577,17 +653,7 @@ async fn from_stream(
                 if !tail.pass(item) {
                     continue; // a repeat, already delivered
                 }
-                let json = match item {
-                    crate::stream::Item::Gap { data, .. } => {
-                        let mut d = data.clone();
-                        d["type"] = "gap".into();
-                        Some(d.to_string())
-                    }
-                    crate::stream::Item::Event { entry, .. } => names
-                        .contains(&entry.kind.as_str())
-                        .then(|| entry.data.clone()),
-                };
-                if let Some(json) = json {
+                if let Some(json) = hook_json(item, &names) {
                     if events > 0 {
                         body.push(',');
                     }
@@ -633,6 +699,31 @@ async fn from_stream(
                 }
             }
         }
+    }
+}
+
+/// What webhooks deliver of a stream item: an event of a selected kind as
+/// the stream holds it, and every gap as `{"type":"gap","shard",...}`,
+/// whether retention took entries (`after`, `first`, `last`) or a node
+/// dropped events from its full outbox (its `gap` entry: `node`,
+/// `dropped`, in every shard).
+fn hook_json(item: &crate::stream::Item, names: &[&str]) -> Option<String> {
+    use crate::stream::Item;
+    let gap = |data: &serde_json::Value, shard: u16| {
+        let mut fields = data.as_object().cloned().unwrap_or_default();
+        fields.insert("type".into(), "gap".into());
+        fields.insert("shard".into(), shard.into());
+        serde_json::Value::Object(fields).to_string()
+    };
+    match item {
+        Item::Gap { shard, data, .. } => Some(gap(data, *shard)),
+        Item::Event { shard, entry } if entry.kind == "gap" => Some(gap(
+            &serde_json::from_str(&entry.data).unwrap_or_default(),
+            *shard,
+        )),
+        Item::Event { entry, .. } => names
+            .contains(&entry.kind.as_str())
+            .then(|| entry.data.clone()),
     }
 }
 
@@ -832,6 +923,43 @@ mod tests {
                 "{kind} in the README"
             );
         }
+    }
+
+    #[test]
+    fn gaps_of_both_causes_are_delivered_and_events_only_of_selected_kinds() {
+        use crate::backend::stream::{StreamEntry, StreamId};
+        use crate::stream::Item;
+        use serde_json::{Value, json};
+        let entry = |kind: &str, data: Value| Item::Event {
+            shard: 3,
+            entry: StreamEntry {
+                id: StreamId { ms: 1, seq: 1 },
+                kind: kind.into(),
+                user: String::new(),
+                data: data.to_string(),
+            },
+        };
+        let names = ["user_idle"];
+        let parsed = |item: &Item| {
+            hook_json(item, &names).map(|j| serde_json::from_str::<Value>(&j).expect("JSON"))
+        };
+        let idle = json!({"type": "user_idle", "id": "i:1:0:ana"});
+        assert_eq!(parsed(&entry("user_idle", idle.clone())), Some(idle));
+        assert_eq!(parsed(&entry("typing_started", json!({}))), None);
+        let dropped = entry("gap", json!({"node": "b-1", "dropped": 7}));
+        assert_eq!(
+            parsed(&dropped),
+            Some(json!({"type": "gap", "shard": 3, "node": "b-1", "dropped": 7}))
+        );
+        let retention = Item::Gap {
+            shard: 2,
+            to: None,
+            data: json!({"shard": 2, "after": "1-1", "first": "5-9", "last": "5-9"}),
+        };
+        assert_eq!(
+            parsed(&retention),
+            Some(json!({"type": "gap", "shard": 2, "after": "1-1", "first": "5-9", "last": "5-9"}))
+        );
     }
 
     #[test]

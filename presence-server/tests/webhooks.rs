@@ -13,8 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
+use presence_server::backend::stream::{Append, Keep};
 use presence_server::{
-    Backend, ClusterConfig, MemoryCluster, PresenceServer, RedisBackend, RedisConfig, WebhookConfig,
+    Backend, ClusterConfig, DataDir, MemoryCluster, PresenceServer, RedisBackend, RedisConfig,
+    WebhookConfig,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -568,4 +570,167 @@ async fn an_https_endpoint_signed_by_a_private_ca_gets_signed_batches_and_a_wron
     }
     assert_eq!(receiver.requests().len(), before, "nothing got through");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The kinds webhooks select by default, by event name.
+const SELECTED: &[&str] = &[
+    "user_connected",
+    "user_disconnected",
+    "user_left",
+    "user_idle",
+    "user_active",
+    "status",
+];
+
+/// One node keeping its state (and its feed) in `dir`, with webhooks.
+async fn one_node_in(dir: &std::path::Path, url: &str) -> TestServer {
+    // The previous server's store closes when its last task lets go of it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let data = loop {
+        match DataDir::open(dir) {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let builder = PresenceServer::builder()
+        .config(calm_config())
+        .data_dir(data)
+        .webhooks(hooks(url));
+    TestServer::start_with(builder).await
+}
+
+/// (type, id) of the feed's events of the selected kinds, read until
+/// nothing comes for a while; each SSE `id:` checked against its `id`.
+async fn feed_ids(feed: &mut SseReader) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while let Some(e) = feed.next_within(Duration::from_millis(500)).await {
+        let id = e.data["id"]
+            .as_u64()
+            .expect("one node's feed ids are numbers");
+        assert_eq!(e.id, Some(id.to_string()), "the SSE id is the event's");
+        if SELECTED.contains(&e.event.as_str()) {
+            got.push((e.event, id.to_string()));
+        }
+    }
+    got
+}
+
+fn hook_ids(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let id = e["id"].as_str().expect("webhook ids are strings");
+            (e["type"].as_str().unwrap_or("").to_owned(), id.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_node_delivers_each_event_under_its_feed_id_and_ids_grow_across_restarts() {
+    let dir = std::env::temp_dir().join(format!(
+        "presence-hook-ids-{}-{}",
+        std::process::id(),
+        now_secs()
+    ));
+    let (receiver, url) = Receiver::start(&[]).await;
+    let srv = one_node_in(&dir, &url).await;
+    let (_, mut feed) = SseReader::open(&srv, SERVICE_KEY, None).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    ana.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    let hooked = receiver
+        .wait_for("ana connected and idle", |e| kinds(e, "ana").len() >= 2)
+        .await;
+    let fed = feed_ids(&mut feed).await;
+    assert_eq!(fed.len(), 3, "connected, joined, idle: {fed:?}");
+    assert_eq!(hook_ids(&hooked), fed, "the same events under the same ids");
+    srv.stop().await;
+    drop(ana);
+
+    // After a restart with the same data directory the feed numbers on
+    // after what it kept, and the webhooks with it.
+    let (receiver, url) = Receiver::start(&[]).await;
+    let srv = one_node_in(&dir, &url).await;
+    let last = fed.last().map(|(_, id)| id.clone()).expect("an id");
+    let (_, mut feed) = SseReader::open(&srv, SERVICE_KEY, Some(&last)).await;
+    let bob = srv.client("bob").await;
+    receiver
+        .wait_for("bob connected", |e| !kinds(e, "bob").is_empty())
+        .await;
+    // ana's restored connection goes offline after its grace meanwhile.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fed_after = feed_ids(&mut feed).await;
+    let hooked_after = hook_ids(&events_of(&receiver.requests()));
+    assert!(fed_after.iter().any(|(t, _)| t == "user_connected"));
+    assert_eq!(
+        hooked_after, fed_after,
+        "the same events under the same ids"
+    );
+    let before: u64 = last.parse().expect("a number");
+    assert!(
+        hooked_after
+            .iter()
+            .all(|(_, id)| id.parse::<u64>().expect("a number") > before),
+        "ids grow across the restart: {before} then {hooked_after:?}"
+    );
+    drop(bob);
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn events_a_node_dropped_from_its_outbox_reach_webhooks_as_a_gap() {
+    let (receiver, url) = Receiver::start(&[]).await;
+    let cluster = MemoryCluster::new();
+    let cc = ClusterConfig {
+        node_id: "a".into(),
+        lease_ttl: Duration::from_millis(600),
+        ..ClusterConfig::default()
+    };
+    let builder = PresenceServer::builder()
+        .config(calm_config())
+        .cluster(Arc::new(cluster.node()), cc.clone())
+        .webhooks(hooks(&url));
+    let srv = TestServer::start_with(builder).await;
+    // Delivering from the stream: a first event goes through.
+    let probe = srv.client("probe").await;
+    receiver
+        .wait_for("probe connected", |e| !kinds(e, "probe").is_empty())
+        .await;
+    // What a node whose outbox overflowed appends (stream.rs, flush): a
+    // `gap` entry in every shard. Filling a real outbox takes 10,000
+    // events the stream refuses, so another link writes the same entries.
+    let dropped = json!({"node": "b-1", "dropped": 7}).to_string();
+    let gaps = (0..cc.event_shards)
+        .map(|shard| Append {
+            shard,
+            kind: "gap".into(),
+            user: String::new(),
+            data: dropped.clone(),
+        })
+        .collect();
+    let keep = Keep {
+        per_shard: 1000,
+        max_age: Duration::from_secs(3600),
+    };
+    let other = cluster.node();
+    other.append(gaps, keep).await.expect("appended");
+    let events = receiver
+        .wait_for("a gap per shard", |e| {
+            e.iter().filter(|e| e["type"] == "gap").count() >= usize::from(cc.event_shards)
+        })
+        .await;
+    let mut shards = Vec::new();
+    for gap in events.iter().filter(|e| e["type"] == "gap") {
+        assert_eq!((&gap["node"], &gap["dropped"]), (&json!("b-1"), &json!(7)));
+        shards.push(gap["shard"].as_u64().expect("its shard"));
+    }
+    shards.sort();
+    assert_eq!(shards, (0..u64::from(cc.event_shards)).collect::<Vec<_>>());
+    drop(probe);
+    srv.stop().await;
 }
