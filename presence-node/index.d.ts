@@ -289,7 +289,7 @@ export class PresenceClient {
    * `GET /v1/events` (service key): every host event as it happens, resuming by itself after
    * drops and restarts (`Last-Event-ID`, exponential backoff with jitter from 250 ms to 30 s,
    * the server's `retry:`). Throws a `PresenceError` when the server refuses the request for
-   * good (400 `bad_last_event_id`/`foreign_last_event_id`/`invalid_field`, 401, 403) or the
+   * good (400 `bad_last_event_id`/`foreign_last_event_id`, 401, 403) or the
    * stream is unreadable (`event_too_large`, `bad_response`).
    */
   events(options?: EventsOptions): AsyncGenerator<FeedEvent, void, undefined>;
