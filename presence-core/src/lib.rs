@@ -23,6 +23,8 @@ pub mod large;
 pub mod limits;
 #[cfg(feature = "std")]
 pub mod machine;
+#[cfg(feature = "std")]
+pub mod notify;
 pub mod object;
 pub mod policy;
 pub mod presence;
@@ -34,5 +36,7 @@ pub use ids::{ConnId, InvalidId, ResumeToken, RoomId, UserId};
 pub use machine::{Event, Machine, Outcome};
 pub use object::{InvalidObject, JsonObject};
 pub use policy::TimingPolicy;
-pub use presence::{Activity, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
+pub use presence::{
+    Activity, DeviceKind, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText,
+};
 pub use protocol::PROTOCOL_VERSION;

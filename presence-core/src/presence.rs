@@ -58,6 +58,35 @@ pub enum Activity {
     Idle(IdleReason),
 }
 
+/// The kind of device a connection runs on: its client says so in `hello`
+/// (the browser SDK derives it from the browser; the app may override it),
+/// for backends deciding where a notification goes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// A desktop or laptop browser, or a desktop app.
+    Desktop,
+    /// A phone.
+    Mobile,
+    /// A tablet.
+    Tablet,
+    /// Anything else, or not said.
+    #[default]
+    Other,
+}
+
+impl DeviceKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Desktop => "desktop",
+            DeviceKind::Mobile => "mobile",
+            DeviceKind::Tablet => "tablet",
+            DeviceKind::Other => "other",
+        }
+    }
+}
+
 /// What the user chose to show.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -45,7 +45,7 @@ fn client_vectors_round_trip_and_cover_every_message() {
     }
     let all = [
         "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read",
-        "data", "auth", "ping", "leaving",
+        "view", "data", "auth", "ping", "leaving",
     ];
     assert_eq!(
         kinds,

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub large_room_members: usize,
     /// A large room's summaries go at most this often. Default 1 s.
     pub large_room_interval: Duration,
+    /// No input on any of a user's devices for this long, and a message for
+    /// them is a push (`notify`'s rule 7, PROTOCOL.md "Devices and
+    /// notifications"). Default 2 min.
+    pub notify_idle_after: Duration,
 }
 
 /// A token bucket: `burst` frames at once, refilled at `per_second`.
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             max_data_bytes: presence_core::limits::MAX_DATA_BYTES,
             large_room_members: 1_000,
             large_room_interval: Duration::from_secs(1),
+            notify_idle_after: Duration::from_secs(120),
         }
     }
 }
@@ -207,6 +212,9 @@ impl ServerConfig {
         }
         if self.policy_timeout.is_zero() {
             return Err(ConfigError::Zero("policy_timeout"));
+        }
+        if self.notify_idle_after.is_zero() {
+            return Err(ConfigError::Zero("notify_idle_after"));
         }
         if self.large_room_interval.is_zero() {
             return Err(ConfigError::Zero("large_room_interval"));

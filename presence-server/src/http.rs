@@ -560,6 +560,60 @@ pub(crate) async fn disconnect_user(
     ))
 }
 
+/// `GET /v1/users/{id}/devices` (service key): the user's live connections
+/// on every node. Other users never see these.
+pub(crate) async fn user_devices(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::Devices>, ApiError> {
+    service_only(&hub, &headers, &query).await?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(Json(hub.devices(&user, None).await))
+}
+
+/// `GET /v1/users/{id}/notify?room=R[&mention=true][&marker=N]` (service
+/// key): live, push or none for a message in R, and why. An unknown user is
+/// a `push` for `offline`, not a 404: an app always gets a decision.
+pub(crate) async fn user_notify(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::Notification>, ApiError> {
+    service_only(&hub, &headers, &query).await?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let room = query
+        .get("room")
+        .ok_or_else(|| ApiError::invalid("room is required: ?room=<room id>"))?;
+    let room = RoomId::new(room.as_str()).map_err(|e| ApiError::invalid(format!("room: {e}")))?;
+    let mention = match query.get("mention").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "mention must be true or false, not {other:?}"
+            )));
+        }
+    };
+    let marker = query
+        .get("marker")
+        .map(|m| {
+            m.parse::<u64>()
+                .ok()
+                .filter(|m| *m <= presence_core::limits::MAX_READ_MARKER)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "marker must be an integer from 0 to {}, not {m:?}",
+                        presence_core::limits::MAX_READ_MARKER
+                    ))
+                })
+        })
+        .transpose()?;
+    Ok(Json(hub.notify(&user, &room, mention, marker).await))
+}
+
 /// `GET /v1/events` (service key): every host event as Server-Sent Events;
 /// `Last-Event-ID` (or `?last_event_id=`) resumes after that id.
 pub(crate) async fn events_feed(

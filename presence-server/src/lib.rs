@@ -5,7 +5,8 @@
 // Layout, socket to core and back:
 //
 //   server.rs    builder, handle, router, WebSocket upgrade (auth; refused → 4101), shutdown, driver task
-//   session.rs   one task per socket: hello, decode, rate limit, frames → hub
+//   session/     one task per socket (mod): hello, dispatch (frames → hub), limits (rate),
+//                errors (error frames), close, writer (fragments big frames)
 //   broadcast.rs per-audience batches: coalesce, encode once, fan out
 //   backend/     the seam to what nodes share (store + bus): in-process and Redis
 //   cluster.rs   the cluster tasks: rounds, bus, lease, cleaning (drive a Backend for the hub)
@@ -51,6 +52,7 @@ pub use config::{ConfigError, RateLimit, ServerConfig, SocketBuffers};
 pub use data_dir::{DataDir, DataDirError};
 pub use events::Events;
 pub use futures_util::future::BoxFuture;
+pub use hub::{Devices, NodeDevice, Notification};
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
 pub use node::{ClusterConfig, ClusterConfigError};
 pub use presence_core;

@@ -73,6 +73,9 @@ struct Args {
     /// Window in which changes are coalesced into one frame per room, in ms (0 = none).
     #[arg(long, env = "PRESENCE_BATCH_WINDOW_MS", default_value_t = 25)]
     batch_window_ms: u64,
+    /// No input on any of a user's devices for this long, in ms, and `notify` says push.
+    #[arg(long, env = "PRESENCE_NOTIFY_IDLE_MS", default_value_t = 120_000)]
+    notify_idle_ms: u64,
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
@@ -539,6 +542,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     config.outbound_queue = args.outbound_queue;
     config.large_room_members = args.large_room_members;
     config.large_room_interval = ms(args.large_room_interval_ms);
+    config.notify_idle_after = ms(args.notify_idle_ms);
     config.service_key = args.service_key.clone();
     config.rate.burst = args.rate_burst;
     config.rate.per_second = args.rate_per_second;

@@ -24,7 +24,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::events::Events;
 use crate::http::{self, ApiError};
-use crate::hub::{Hub, Kept};
+use crate::hub::{Devices, Hub, Kept, Notification};
 use crate::node::{ClusterConfig, ClusterConfigError};
 use crate::session;
 use crate::upgrade::Upgrade;
@@ -324,6 +324,8 @@ impl PresenceServer {
             .route(&self.hub.config.ws_path, get(upgrade))
             .route("/v1/users/{id}/presence", get(http::user_presence))
             .route("/v1/users/{id}/disconnect", post(http::disconnect_user))
+            .route("/v1/users/{id}/devices", get(http::user_devices))
+            .route("/v1/users/{id}/notify", get(http::user_notify))
             .route("/v1/presence/bulk", post(http::bulk_presence))
             .route("/v1/rooms/{room}/members", get(http::room_members))
             .route("/v1/rooms/{room}/count", get(http::room_counts))
@@ -440,6 +442,29 @@ impl PresenceServer {
     /// next change. See [`Builder::large_room`].
     pub fn set_large_room(&self, room: RoomId, members: Option<usize>) {
         self.hub.set_large_room(room, members);
+    }
+
+    /// The user's live connections on every node: device kind, activity, the
+    /// room in view, time since the last input (PROTOCOL.md, "Devices and
+    /// notifications"). With a cluster, one bus round trip (at most 300 ms;
+    /// `complete` says whether every node answered).
+    pub async fn devices(&self, user: &UserId) -> Devices {
+        self.hub.devices(user, None).await
+    }
+
+    /// Whether a message in `room` should reach `user` live, by a push, or
+    /// not at all, and why: the rule in PROTOCOL.md, "Devices and
+    /// notifications", over every node's devices. `mention`: the message
+    /// names them (it reaches a busy user); `marker`: its sequence number
+    /// (a user who read that far gets nothing).
+    pub async fn notify(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        mention: bool,
+        marker: Option<u64>,
+    ) -> Notification {
+        self.hub.notify(user, room, mention, marker).await
     }
 
     /// Whether any live connection of the user is active, invisible or not;

@@ -1,7 +1,7 @@
 //! The WebSocket handshake (RFC 6455 over HTTP/1.1), done here rather than by
 //! axum's `WebSocketUpgrade` so that the session holds tungstenite's own
 //! stream: axum's `Message` cannot send a fragment, and the writer fragments
-//! big frames so that no socket keeps a big write buffer (see `session::write`).
+//! big frames so that no socket keeps a big write buffer (see `session::writer::write`).
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -40,7 +40,7 @@ const LINGER_BYTES: usize = 1 << 20;
 /// reset, which makes the client's next write fail and may throw away our
 /// close frame before the client reads it: a browser then sees 1006 instead
 /// of our close code. The session drains the WebSocket up to the peer's
-/// close frame (`session::drain`), but after a read error (a message past
+/// close frame (`session::close::drain`), but after a read error (a message past
 /// the size limit, bad UTF-8) tungstenite's stream has ended, while a client
 /// sending a big message in fragments still has most of it on the way: only
 /// the bytes can be read then. Bounded, so that a peer that never stops gets

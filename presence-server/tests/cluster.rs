@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use presence_server::backend::MemoryBackend;
+use presence_server::presence_core::notify::{Decision, Reason};
 use presence_server::{
     Backend, ClusterConfig, MemoryCluster, PresenceServer, RedisBackend, RedisConfig,
 };
@@ -169,6 +170,7 @@ on_every_backend!(
     a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap,
     every_client_resumes_at_once_after_a_graceful_restart,
     a_resume_token_works_on_any_node_without_a_flap,
+    notify_decides_from_devices_on_every_node,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     one_event_stream_is_read_from_any_node_exactly_once,
@@ -481,6 +483,96 @@ async fn a_resume_token_works_on_any_node_without_a_flap(f: Fabric) {
     let fresh = Client::connect(&a.url("ana"), "ana", Some(&gone)).await;
     assert_eq!(fresh.welcome["resumed"], false);
     drop((on_c, fresh));
+}
+
+/// A user's laptop on node a shows #design, their phone on node b is in the background; node
+/// c, which holds neither, answers `devices` and `notify` from both, in one bus round trip.
+async fn notify_decides_from_devices_on_every_node(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut desk =
+        Client::connect_with(&a.url("ana"), "ana", None, json!({"device": "desktop"})).await;
+    desk.join("design").await;
+    desk.join("random").await;
+    desk.send(json!({"type": "view", "room": "design"})).await;
+    let mut phone =
+        Client::connect_with(&b.url("ana"), "ana", None, json!({"device": "mobile"})).await;
+    phone.join("random").await;
+    phone
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    phone
+        .send(json!({"type": "read", "room": "random", "marker": 7}))
+        .await;
+    phone.send(json!({"type": "ping"})).await;
+    phone.frame("pong").await;
+    // The records reach the store within a round.
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (_, body) = c.get("/v1/users/ana/devices", SERVICE_KEY).await;
+        if body["devices"].as_array().is_some_and(|d| d.len() == 2)
+            && body["devices"][1]["state"] == "idle"
+            && body["devices"][0]["view"] == "design"
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "both devices in time: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body["complete"], true, "{body}");
+    let nodes: Vec<&str> = body["devices"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|d| d["node"].as_str().unwrap_or("?"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(nodes, ["a", "b"]);
+    let decided = |body: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            body["decision"].as_str().unwrap_or("?"),
+            body["reason"].as_str().unwrap_or("?")
+        )
+    };
+    let asked = Instant::now();
+    let (_, body) = c.get("/v1/users/ana/notify?room=design", SERVICE_KEY).await;
+    eprintln!("notify over 2 other nodes in {:?}", asked.elapsed());
+    assert_eq!(decided(&body), "live/viewing", "{body}");
+    let (_, body) = c
+        .get("/v1/users/ana/notify?room=random&marker=7", SERVICE_KEY)
+        .await;
+    assert_eq!(
+        decided(&body),
+        "none/read",
+        "the phone's node knows the marker: {body}"
+    );
+    desk.send(json!({"type": "activity", "state": "idle", "reason": "locked"}))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = c.get("/v1/users/ana/notify?room=design", SERVICE_KEY).await;
+        if decided(&body) == "push/background" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a push once both are away: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The embedded API answers the same, from a node holding one of the devices.
+    let n = a
+        .server
+        .notify(
+            &presence_server::presence_core::UserId::new("ana").expect("user"),
+            &presence_server::presence_core::RoomId::new("design").expect("room"),
+            false,
+            None,
+        )
+        .await;
+    assert_eq!((n.decision, n.reason), (Decision::Push, Reason::Background));
+    drop((desk, phone, b));
 }
 
 async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: Fabric) {

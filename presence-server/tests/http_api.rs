@@ -332,3 +332,140 @@ async fn member_lists_come_in_pages_sorted_by_id() {
     }
     drop(clients);
 }
+
+/// `notify` and `devices` over real sockets on one node: each rule a socket can reach, every
+/// bad parameter a 400 with its code, an unknown user a decision, and the service key only.
+#[tokio::test]
+async fn notify_decides_from_the_users_devices_and_refuses_bad_questions() {
+    let mut config = calm_config();
+    config.notify_idle_after = std::time::Duration::from_millis(300);
+    let srv = TestServer::start(config).await;
+    let notify = |q: &str| format!("/v1/users/ana/notify?{q}");
+    let decided = |body: &serde_json::Value| {
+        (
+            body["decision"].as_str().unwrap_or("?").to_owned(),
+            body["reason"].as_str().unwrap_or("?").to_owned(),
+        )
+    };
+    let (status, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decided(&body),
+        ("push".into(), "offline".into()),
+        "an unknown user"
+    );
+
+    let mut desk =
+        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "desktop"})).await;
+    desk.join("design").await;
+    desk.join("random").await;
+    let mut phone =
+        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "mobile"})).await;
+    phone.join("random").await;
+    phone
+        .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    desk.send(json!({"type": "view", "room": "design"})).await;
+    // A view of a room not joined is refused, naming the room.
+    phone.send(json!({"type": "view", "room": "design"})).await;
+    let e = phone.frame("error").await;
+    assert_eq!(
+        (&e["code"], &e["room"]),
+        (&json!("not_in_room"), &json!("design"))
+    );
+    desk.send(json!({"type": "ping"})).await;
+    desk.frame("pong").await;
+
+    let (_, body) = srv.get("/v1/users/ana/devices", SERVICE_KEY).await;
+    let kinds: Vec<(&str, &str, Option<&str>)> = body["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or("?"),
+                d["state"].as_str().unwrap_or("?"),
+                d["view"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("desktop", "active", Some("design")),
+            ("mobile", "idle", None)
+        ],
+        "{body}"
+    );
+    assert_eq!(body["complete"], true);
+
+    let (_, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("live".into(), "viewing".into()), "{body}");
+    let (_, body) = srv.get(&notify("room=random"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("live".into(), "active".into()));
+    desk.send(json!({"type": "status", "status": "busy"})).await;
+    desk.frame("self_status").await;
+    let (_, body) = srv.get(&notify("room=random"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("none".into(), "busy".into()));
+    let (_, body) = srv
+        .get(&notify("room=random&mention=true"), SERVICE_KEY)
+        .await;
+    assert_eq!(decided(&body), ("live".into(), "active".into()));
+    desk.send(json!({"type": "read", "room": "random", "marker": 1042}))
+        .await;
+    desk.send(json!({"type": "status", "status": "available"}))
+        .await;
+    desk.frame("self_status").await;
+    let (_, body) = srv
+        .get(&notify("room=random&marker=1042"), SERVICE_KEY)
+        .await;
+    assert_eq!(decided(&body), ("none".into(), "read".into()));
+    // The laptop idle without input (a report comes idle_after after the last input, which is
+    // past the 300 ms threshold): a push; hidden too, everything is in the background.
+    desk.send(json!({"type": "activity", "state": "idle", "reason": "no_input"}))
+        .await;
+    desk.send(json!({"type": "ping"})).await;
+    desk.frame("pong").await;
+    let (_, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("push".into(), "idle".into()), "{body}");
+    desk.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    desk.send(json!({"type": "ping"})).await;
+    desk.frame("pong").await;
+    let (_, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("push".into(), "background".into()));
+    // Input again: live at once.
+    desk.send(json!({"type": "activity", "state": "active"}))
+        .await;
+    desk.send(json!({"type": "ping"})).await;
+    desk.frame("pong").await;
+    let (_, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("live".into(), "viewing".into()));
+    // Leaving the room ends its view.
+    desk.send(json!({"type": "leave", "room": "design"})).await;
+    desk.send(json!({"type": "ping"})).await;
+    desk.frame("pong").await;
+    let (_, body) = srv.get(&notify("room=design"), SERVICE_KEY).await;
+    assert_eq!(decided(&body), ("live".into(), "active".into()));
+
+    for bad in [
+        "",
+        "room=",
+        "room=a%20b",
+        "room=design&mention=yes",
+        "room=design&marker=-1",
+        "room=design&marker=x",
+    ] {
+        let (status, body) = srv.get(&notify(bad), SERVICE_KEY).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_field")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, _) = srv.get(&notify("room=design"), &token("ana")).await;
+    assert_eq!(status, 403, "a user token may not ask");
+    let (status, _) = srv.get("/v1/users/ana/devices", &token("bob")).await;
+    assert_eq!(status, 403);
+    drop((desk, phone));
+}

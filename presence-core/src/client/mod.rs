@@ -6,8 +6,8 @@
 //! [`Client::tick`] at [`Client::next_deadline`], and hands [`ClientEvent`]s
 //! to the app. Only transitions go on the wire: input while active costs a
 //! timestamp, not a frame. While disconnected nothing queues up: the client
-//! keeps the *desired* state (rooms, watches, status, markers, activity) and
-//! sends it once after the next `welcome`.
+//! keeps the *desired* state (rooms, watches, status, markers, activity, the
+//! room in view) and sends it once after the next `welcome`.
 //!
 //! That resend fits the server's restore allowance (PROTOCOL.md): at most one
 //! `join` per room (64 at most, enforced here), one `read` per room with a
@@ -43,7 +43,7 @@ use crate::limits::{
     MAX_ROOMS_PER_CONNECTION, MAX_USERS_PER_WATCH_FRAME, MAX_WATCHED_PER_CONNECTION,
 };
 use crate::object::JsonObject;
-use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
+use crate::presence::{Activity, DeviceKind, Millis, PresenceView, Status, StatusText};
 use crate::protocol::decode_server;
 use crate::protocol::{ClientMessage, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 
@@ -79,6 +79,9 @@ pub struct ClientConfig {
     /// ([`Action::FetchToken`]) before connecting without one, before the
     /// current one expires, and after the server refused it (4101).
     pub token_source: bool,
+    /// The kind of device, said in every `hello` (`None`: not said, which
+    /// the server takes as `other`).
+    pub device: Option<DeviceKind>,
 }
 
 impl Default for ClientConfig {
@@ -93,6 +96,7 @@ impl Default for ClientConfig {
             typing_stop_after: Duration::from_secs(4),
             seed: 0x5eed,
             token_source: false,
+            device: None,
         }
     }
 }
@@ -242,6 +246,11 @@ pub struct Client {
     /// The `data` the app set (`Some(None)`: cleared), if it ever did.
     data: Option<Option<JsonObject>>,
     data_sent: bool,
+    /// The joined room the page shows, as the app last said.
+    view: Option<RoomId>,
+    /// Whether this socket holds `view`: once false, it goes right after the
+    /// room's `join` (or at once when live, the join having gone before).
+    view_sent: bool,
     typing: VecMap<RoomId, Typing>,
     markers: VecMap<RoomId, u64>,
     /// Closed by the app: never connects again.
@@ -326,6 +335,8 @@ impl Client {
             status_sent: true,
             data: None,
             data_sent: true,
+            view: None,
+            view_sent: true,
             typing: VecMap::default(),
             markers: VecMap::default(),
             ended: false,
@@ -491,6 +502,7 @@ impl Client {
             v: PROTOCOL_VERSION,
             resume: self.resume.clone(),
             activity: Some(activity),
+            device: self.config.device,
         };
         self.send_now(&hello);
     }
@@ -759,6 +771,9 @@ impl Client {
         if matches!(self.data, Some(Some(_))) {
             self.data_sent = false;
         }
+        // The view goes again after its room's join. A fresh connection
+        // views nothing; a resumed one may still hold a view cleared since.
+        self.view_sent = self.view.is_none() && (self.view_sent || !resumed);
         self.reconcile(usize::MAX);
         self.sync_activity(now);
     }
@@ -772,6 +787,13 @@ impl Client {
         due.extend(leaves.map(|r| ClientMessage::Leave { room: r.clone() }));
         let joins = self.rooms.iter().filter(|r| !confirmed.contains(r));
         due.extend(joins.map(|r| ClientMessage::Join { room: r.clone() }));
+        // After the joins: a viewed room is confirmed or its join is above,
+        // and a cut round keeps the join of any view it sends.
+        if !self.view_sent {
+            due.push(ClientMessage::View {
+                room: self.view.clone(),
+            });
+        }
         due.extend(self.reads_due.iter().filter_map(|r| {
             let marker = *self.markers.get(r).filter(|_| confirmed.contains(r))?;
             Some(ClientMessage::Read {
@@ -822,6 +844,7 @@ impl Client {
                 }
                 ClientMessage::Status { .. } => self.status_sent = true,
                 ClientMessage::Data { .. } => self.data_sent = true,
+                ClientMessage::View { .. } => self.view_sent = true,
                 _ => {}
             }
             self.send(msg);
@@ -864,6 +887,20 @@ impl Client {
             }
             (Some("status"), _) if retry => self.status_sent = false,
             (Some("data"), _) if retry => self.data_sent = false,
+            // Refused for now, or after its room's join was refused (for now:
+            // the view goes again after the join's retry; for good: the room
+            // and its view are gone, and the socket still holds the view
+            // before it, so say none now). A refusal of an older view is no
+            // news once another room is in view.
+            (Some("view"), r)
+                if (retry || code == ErrorCode::NotInRoom)
+                    && (self.view.is_none() || r == self.view.as_ref()) =>
+            {
+                self.view_sent = false;
+                if !retry && self.view.is_none() {
+                    self.send_view();
+                }
+            }
             // Refused for good (too large, not an object): not sent again.
             (Some("data"), _) => self.data = None,
             (Some("auth"), _) => self.token.refresh_at = Some(now.after(REFRESH_RETRY)),
@@ -874,6 +911,7 @@ impl Client {
                 if self.status.is_some() {
                     self.status_sent = false;
                 }
+                self.view_sent &= self.view.is_none();
                 self.sent_activity = None;
                 for room in self.markers.keys() {
                     self.reads_due.insert(room.clone());
@@ -898,6 +936,10 @@ impl Client {
         self.reads_due.remove(room);
         self.typing.remove(room);
         self.cache.forget_room(room);
+        if self.view.as_ref() == Some(room) {
+            // Leaving the room views nothing, on the server too.
+            self.view = None;
+        }
     }
 
     /// Input (key, pointer, wheel, touch, scroll).
@@ -1038,6 +1080,32 @@ impl Client {
         self.data = Some(data.clone());
         self.data_sent = self.is_ready();
         self.send(&ClientMessage::Data { data });
+    }
+
+    /// The joined room this page shows (`None`: none), for backends deciding
+    /// whether a message is seen as it arrives (PROTOCOL.md, "Devices and
+    /// notifications"). Sent when live right after the room's `join`, again
+    /// after every reconnect; leaving the room clears it; a non-change sends
+    /// nothing. A hidden, blurred or locked page counts as viewing nothing
+    /// whatever it said, so the app need not clear it then.
+    pub fn view(&mut self, room: Option<RoomId>) -> Result<(), ClientError> {
+        if room.as_ref().is_some_and(|r| !self.rooms.contains(r)) {
+            return Err(ClientError::NotInRoom);
+        }
+        if room != self.view {
+            self.view = room;
+            self.send_view();
+        }
+        Ok(())
+    }
+
+    /// Sends the view when live (every joined room's `join` went on a live
+    /// socket: at once, or in the resend after `welcome`); else it waits.
+    fn send_view(&mut self) {
+        self.view_sent = self.is_ready();
+        self.send(&ClientMessage::View {
+            room: self.view.clone(),
+        });
     }
 
     /// The user typed in `room`'s composer: start or refresh the indicator,

@@ -822,6 +822,192 @@ fn desired_state_after_many_reconnects_is_what_the_app_asked_for() {
     assert!(!c.is_joined(&room("denied")));
 }
 
+const VIEW_NONE: &str = r#"{"type":"view"}"#;
+
+fn view_of(r: &str) -> String {
+    format!(r#"{{"type":"view","room":"{r}"}}"#)
+}
+
+fn resumed(token: &str) -> String {
+    welcome(token).replace(r#""resumed":false"#, r#""resumed":true"#)
+}
+
+#[test]
+fn every_hello_says_the_configured_device() {
+    let config = ClientConfig {
+        device: Some(DeviceKind::Mobile),
+        ..ClientConfig::default()
+    };
+    let mut c = Client::new(T0, config);
+    c.start(T0);
+    c.opened(T0);
+    let hello = r#"{"type":"hello","v":1,"activity":{"state":"active"},"device":"mobile"}"#;
+    assert_eq!(sent(&mut c), ["<connect>", hello]);
+    c.received(T0, &welcome("tok1"));
+    c.closed(at(1), Some(1001));
+    let retry = c.next_deadline(at(1)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    assert_eq!(
+        sent(&mut c),
+        [
+            "<connect>",
+            r#"{"type":"hello","v":1,"resume":"tok1","activity":{"state":"active"},"device":"mobile"}"#,
+        ]
+    );
+}
+
+#[test]
+fn the_view_goes_after_its_join_and_only_when_it_changes() {
+    let mut c = ready();
+    assert_eq!(c.view(Some(room("a"))), Err(ClientError::NotInRoom));
+    assert!(sent(&mut c).is_empty());
+    c.join(room("a"));
+    c.view(Some(room("a"))).unwrap();
+    c.view(Some(room("a"))).unwrap();
+    c.join(room("b"));
+    c.view(Some(room("b"))).unwrap();
+    c.view(None).unwrap();
+    c.view(None).unwrap();
+    c.view(Some(room("a"))).unwrap();
+    assert_eq!(
+        sent(&mut c),
+        [
+            r#"{"type":"join","room":"a"}"#.to_owned(),
+            view_of("a"),
+            r#"{"type":"join","room":"b"}"#.to_owned(),
+            view_of("b"),
+            VIEW_NONE.to_owned(),
+            view_of("a"),
+        ],
+        "one frame per change, each after its room's join"
+    );
+    // Leaving the viewed room views nothing: the server clears it with the leave.
+    c.leave(&room("a"));
+    assert_eq!(sent(&mut c), [r#"{"type":"leave","room":"a"}"#]);
+    c.view(None).unwrap();
+    assert!(sent(&mut c).is_empty(), "already none");
+}
+
+#[test]
+fn the_view_is_restored_after_every_reconnect_right_after_the_joins() {
+    let mut c = ready();
+    c.join(room("a"));
+    c.join(room("b"));
+    c.view(Some(room("a"))).unwrap();
+    sent(&mut c);
+    let joins_then = |v: &str| {
+        vec![
+            r#"{"type":"join","room":"a"}"#.to_owned(),
+            r#"{"type":"join","room":"b"}"#.to_owned(),
+            v.to_owned(),
+        ]
+    };
+    assert_eq!(reconnect(&mut c, at(1), &welcome("t2")), joins_then(&view_of("a")));
+    let frames = reconnect(&mut c, at(20_000), &resumed("t2"));
+    assert_eq!(frames, joins_then(&view_of("a")), "a resumed socket too");
+    // Changed while disconnected: nothing goes until the joins went again.
+    c.closed(at(40_000), Some(1001));
+    c.view(Some(room("b"))).unwrap();
+    assert!(sent(&mut c).is_empty());
+    let retry = c.next_deadline(at(40_000)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    sent(&mut c);
+    c.received(retry, &welcome("t3"));
+    assert_eq!(sent(&mut c), joins_then(&view_of("b")));
+    // Viewing none: a fresh socket views none already; a resumed one is told
+    // if the app cleared the view while it was away.
+    c.view(None).unwrap();
+    assert_eq!(sent(&mut c), [VIEW_NONE]);
+    let frames = reconnect(&mut c, at(60_000), &resumed("t3"));
+    assert_eq!(of(&frames, "view").len(), 0, "{frames:?}");
+    c.view(Some(room("a"))).unwrap();
+    sent(&mut c);
+    c.closed(at(80_000), Some(1001));
+    c.view(None).unwrap();
+    let retry = c.next_deadline(at(80_000)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    sent(&mut c);
+    c.received(retry, &resumed("t3"));
+    assert_eq!(of(&sent(&mut c), "view"), [VIEW_NONE]);
+    c.view(Some(room("a"))).unwrap();
+    sent(&mut c);
+    c.closed(at(100_000), Some(1001));
+    c.view(None).unwrap();
+    let frames = reconnect(&mut c, at(100_000), &welcome("t4"));
+    assert_eq!(of(&frames, "view").len(), 0, "a fresh socket: {frames:?}");
+    // Left while away: the resumed socket's leave clears it there.
+    c.view(Some(room("b"))).unwrap();
+    sent(&mut c);
+    c.closed(at(120_000), Some(1001));
+    c.leave(&room("b"));
+    let frames = reconnect(&mut c, at(120_000), &resumed("t4"));
+    assert_eq!(
+        frames,
+        [
+            r#"{"type":"leave","room":"b"}"#,
+            r#"{"type":"join","room":"a"}"#
+        ]
+    );
+}
+
+#[test]
+fn a_view_refused_with_its_join_goes_again_after_the_join() {
+    let mut c = ready();
+    c.join(room("a"));
+    c.view(Some(room("a"))).unwrap();
+    sent(&mut c);
+    c.received(at(1), &refusal("rate_limited", "join", r#","room":"a""#));
+    c.received(at(1), &refusal("not_in_room", "view", r#","room":"a""#));
+    assert!(errors(&mut c).is_empty(), "nothing the app can act on");
+    c.tick(at(1_001));
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"join","room":"a"}"#.to_owned(), view_of("a")]
+    );
+    // The view itself rate-limited: the retry round sends the latest one.
+    c.received(at(1_002), &snapshot("a"));
+    c.join(room("b"));
+    c.view(Some(room("b"))).unwrap();
+    sent(&mut c);
+    c.received(at(1_003), &refusal("rate_limited", "view", r#","room":"b""#));
+    let retry = c.next_deadline(at(1_003)).unwrap();
+    c.tick(retry);
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"join","room":"b"}"#.to_owned(), view_of("b")],
+        "b is not confirmed yet: its join goes again first"
+    );
+    c.received(retry, &snapshot("b"));
+    // The refusal of an older view is no news once another room is in view.
+    c.view(Some(room("a"))).unwrap();
+    sent(&mut c);
+    c.received(retry, &refusal("not_in_room", "view", r#","room":"b""#));
+    c.tick(retry.after(Duration::from_secs(60)));
+    assert!(of(&sent(&mut c), "view").is_empty());
+}
+
+#[test]
+fn a_view_whose_join_is_refused_for_good_falls_back_to_none() {
+    let mut c = ready();
+    c.join(room("open"));
+    c.view(Some(room("open"))).unwrap();
+    c.join(room("secret"));
+    c.view(Some(room("secret"))).unwrap();
+    sent(&mut c);
+    // The server keeps viewing `open`: the view of `secret` was refused.
+    c.received(at(1), &refusal("forbidden", "join", r#","room":"secret""#));
+    assert!(sent(&mut c).is_empty());
+    c.received(at(1), &refusal("not_in_room", "view", r#","room":"secret""#));
+    assert_eq!(sent(&mut c), [VIEW_NONE]);
+    assert_eq!(errors(&mut c).len(), 1, "the join's refusal only");
+    // A server that does not know `view` is not asked again and again.
+    c.received(at(2), &refusal("unknown_type", "view", ""));
+    assert!(sent(&mut c).is_empty());
+}
+
 #[test]
 fn client_error_messages_name_the_real_limits() {
     use crate::limits::{MAX_ROOMS_PER_CONNECTION, MAX_WATCHED_PER_CONNECTION};
@@ -839,7 +1025,10 @@ fn client_error_messages_name_the_real_limits() {
 /// A scripted server with the real one's limits on frames: the restore allowance (64 `join`,
 /// 64 `read`, 5 `watch`, 1 `status` per socket), then a bucket of 40 refilled at 20 a second;
 /// a refused frame gets `rate_limited` naming its frame and room, as presence-server sends it.
+/// `view` frames have their own bucket on top (10, refilled at 1 a second).
 struct Model {
+    view_tokens: f64,
+    view: Option<String>,
     allowance: [usize; 4],
     tokens: f64,
     last: Millis,
@@ -852,6 +1041,8 @@ struct Model {
 impl Model {
     fn new(now: Millis) -> Self {
         Model {
+            view_tokens: 10.0,
+            view: None,
             allowance: [64, 64, 5, 1],
             tokens: 40.0,
             last: now,
@@ -878,9 +1069,12 @@ impl Model {
                 paid
             });
             if !restoring && kind != "ping" {
-                self.tokens = (self.tokens + now.since(self.last).as_secs_f64() * 20.0).min(40.0);
+                let secs = now.since(self.last).as_secs_f64();
+                self.tokens = (self.tokens + secs * 20.0).min(40.0);
+                self.view_tokens = (self.view_tokens + secs).min(10.0);
                 self.last = now;
-                if self.tokens < 1.0 {
+                let view_limited = kind == "view" && self.view_tokens < 1.0;
+                if self.tokens < 1.0 || view_limited {
                     self.refused += 1;
                     let room = room
                         .map(|r| format!(r#","room":"{r}""#))
@@ -889,6 +1083,9 @@ impl Model {
                     continue;
                 }
                 self.tokens -= 1.0;
+                if kind == "view" {
+                    self.view_tokens -= 1.0;
+                }
             }
             match kind.as_str() {
                 "join" => {
@@ -897,8 +1094,18 @@ impl Model {
                     out.push(snapshot(&r));
                 }
                 "leave" => {
-                    self.rooms.remove(&room.unwrap());
+                    let r = room.unwrap();
+                    self.rooms.remove(&r);
+                    if self.view.as_ref() == Some(&r) {
+                        self.view = None;
+                    }
                 }
+                "view" => match room {
+                    Some(r) if !self.rooms.contains_key(&r) => {
+                        out.push(refusal("not_in_room", "view", &format!(r#","room":"{r}""#)));
+                    }
+                    r => self.view = r,
+                },
                 "read" => {
                     let m = v["marker"].as_u64().unwrap();
                     if let Some(at) = self.rooms.get_mut(&room.unwrap()) {
@@ -958,6 +1165,7 @@ fn run(c: &mut Client, server: &mut Model, from: Millis, ms: u64) -> Millis {
 
 #[test]
 fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_allowance() {
+    // Views included: 30 in a row against their bucket of 10, a join of the room before each.
     let mut c = ready();
     let mut server = Model::new(T0);
     let mut now = run(&mut c, &mut server, T0, 100);
@@ -970,6 +1178,7 @@ fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_a
     for i in 0..30 {
         c.leave(&room(&format!("a{i}")));
         c.join(room(&format!("b{i}")));
+        c.view(Some(room(&format!("b{i}")))).unwrap();
         c.mark_read(&room(&format!("b{i}")), 500 + i).unwrap();
     }
     let users: Vec<UserId> = (0..1000).map(|i| user(&format!("u{i}"))).collect();
@@ -984,6 +1193,7 @@ fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_a
     assert_eq!(server.rooms.get("b29"), Some(&529));
     assert_eq!(server.watched.len(), 1000);
     assert_eq!(server.status, "busy");
+    assert_eq!(server.view.as_deref(), Some("b29"), "the last room viewed");
 
     // The server restarts empty: the resend fits the new socket's allowance, nothing refused.
     let mut fresh = Model::new(now);
@@ -998,6 +1208,7 @@ fn a_rate_limited_burst_converges_and_a_restart_restores_everything_within_the_a
     assert_eq!(fresh.rooms, server.rooms, "rooms and markers back");
     assert_eq!(fresh.watched, server.watched);
     assert_eq!(fresh.status, "busy");
+    assert_eq!(fresh.view.as_deref(), Some("b29"));
 }
 
 fn with_source() -> Client {

@@ -11,6 +11,7 @@
 //! the recomputed state is unchanged and nothing is emitted.
 
 mod aggregate;
+mod devices;
 mod event;
 mod node_record;
 mod queries;
@@ -29,7 +30,7 @@ use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::limits::{MAX_CONNECTIONS_PER_USER, MAX_READ_MARKER, MAX_ROOMS_PER_CONNECTION};
 use crate::object::JsonObject;
 use crate::policy::TimingPolicy;
-use crate::presence::{Activity, Millis, PresenceView, Status, StatusText};
+use crate::presence::{Activity, DeviceKind, Millis, PresenceView, Status, StatusText};
 use crate::protocol::{Diff, ErrorCode, Receipt};
 
 /// Why the machine refused an input. Each maps to a stable [`ErrorCode`].
@@ -108,6 +109,11 @@ struct Conn {
     user: UserId,
     token: ResumeToken,
     activity: Activity,
+    /// When `activity` last changed.
+    since: Millis,
+    device: DeviceKind,
+    /// The joined room its page shows, if any.
+    view: Option<RoomId>,
     link: Link,
     rooms: Vec<RoomId>,
 }
@@ -221,6 +227,9 @@ impl Machine {
         {
             let superseded = matches!(c.link, Link::Live { .. });
             c.link = Link::Live { last_heard: now };
+            if c.activity != activity {
+                c.since = now;
+            }
             c.activity = activity;
             let token = c.token.clone();
             self.timers.ensure(
@@ -264,6 +273,9 @@ impl Machine {
                 user: user.clone(),
                 token: token.clone(),
                 activity,
+                since: now,
+                device: DeviceKind::default(),
+                view: None,
                 link: Link::Live { last_heard: now },
                 rooms: Vec::new(),
             },
@@ -304,6 +316,9 @@ impl Machine {
             .conns
             .get_mut(&conn)
             .ok_or(MachineError::UnknownConnection)?;
+        if c.activity != activity {
+            c.since = now;
+        }
         c.activity = activity;
         let user = c.user.clone();
         // `last_active` moves only with the user's shown state (in `refresh`), as
@@ -356,6 +371,9 @@ impl Machine {
             return Err(MachineError::NotInRoom);
         };
         c.rooms.swap_remove(at);
+        if c.view.as_ref() == Some(room) {
+            c.view = None;
+        }
         let user = c.user.clone();
         self.stop_conn_typing(now, &user, conn, room);
         if self.release_room(now, &user, room) {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
-use crate::presence::{Activity, Status, StatusText};
+use crate::presence::{Activity, DeviceKind, Status, StatusText};
 
 /// A message a client sends. No field names another user as the actor: the
 /// server acts for the authenticated user of the connection only.
@@ -23,6 +23,9 @@ pub enum ClientMessage {
         /// The connection's activity at connect time (default: active).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         activity: Option<Activity>,
+        /// The kind of device the connection runs on (default: `other`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceKind>,
     },
     /// Join a room: receive its snapshot, then its diffs.
     Join {
@@ -72,6 +75,14 @@ pub enum ClientMessage {
         /// The last read message's sequence number; only moves forward.
         marker: u64,
     },
+    /// The room this connection's page shows (one it joined), or none: for
+    /// backends deciding whether a message is seen as it arrives. Absent or
+    /// `null` is none.
+    View {
+        /// The room in view.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+    },
     /// Sets the user's `data` (latest wins over all their connections);
     /// absent or `null` clears it.
     Data {
@@ -106,6 +117,7 @@ impl ClientMessage {
             ClientMessage::Status { .. } => "status",
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::Read { .. } => "read",
+            ClientMessage::View { .. } => "view",
             ClientMessage::Data { .. } => "data",
             ClientMessage::Auth { .. } => "auth",
             ClientMessage::Ping => "ping",
@@ -119,7 +131,8 @@ impl ClientMessage {
             ClientMessage::Join { room }
             | ClientMessage::Leave { room }
             | ClientMessage::Typing { room, .. }
-            | ClientMessage::Read { room, .. } => Some(room),
+            | ClientMessage::Read { room, .. }
+            | ClientMessage::View { room: Some(room) } => Some(room),
             _ => None,
         }
     }

@@ -60,6 +60,7 @@ impl ClientMessage {
                 v,
                 resume,
                 activity: a,
+                device,
             } => {
                 out.push_str(",\"v\":");
                 push_decimal(&mut out, (*v).into());
@@ -70,6 +71,14 @@ impl ClientMessage {
                     out.push_str(",\"activity\":{");
                     activity(&mut out, *a);
                     out.push('}');
+                }
+                if let Some(d) = device {
+                    field(&mut out, "device", d.as_str());
+                }
+            }
+            ClientMessage::View { room } => {
+                if let Some(r) = room {
+                    field(&mut out, "room", r.as_str());
                 }
             }
             ClientMessage::Join { room } | ClientMessage::Leave { room } => {

@@ -56,6 +56,19 @@ pub(crate) enum Control {
         token: ResumeToken,
         conn: Option<ConnRecord>,
     },
+    /// To a node: its devices of the user (and their read marker in
+    /// `room`), for question `req` of node `to`.
+    Devices {
+        user: UserId,
+        room: Option<RoomId>,
+        req: u64,
+        to: String,
+    },
+    /// The answer to question `req`.
+    DevicesOf {
+        req: u64,
+        answer: super::devices::NodeDevices,
+    },
 }
 
 /// Resumes waiting for another node's handover, by token.
@@ -184,6 +197,13 @@ impl Hub {
                 }
                 Control::MessageSent { user, room } => self.message_sent(&user, &room),
                 Control::Handover { user, token, to } => self.hand_over(&user, &token, to),
+                Control::Devices {
+                    user,
+                    room,
+                    req,
+                    to,
+                } => self.answer_devices(&user, room.as_ref(), req, to),
+                Control::DevicesOf { req, answer } => self.devices_answered(req, answer),
                 Control::HandedOver { token, conn } => {
                     if let Some(waiting) = self.handovers.lock().remove(&token) {
                         let _ = waiting.send(conn);

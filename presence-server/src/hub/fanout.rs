@@ -153,7 +153,7 @@ fn deliverable(
 /// A `diffs` frame's or a snapshot part's size, roughly. A bigger batch goes
 /// out as several `diffs` frames, in order; a bigger snapshot in parts marked
 /// `more` (PROTOCOL.md, "Diffs"). This costs no memory per socket: the writer
-/// fragments every text frame past `session::FRAGMENT` (2 KiB).
+/// fragments every text frame past `session::writer::FRAGMENT` (2 KiB).
 const FRAME: usize = 8 * 1024;
 
 /// What is cut into frames goes out in at most `MAX_PARTS` of them (a

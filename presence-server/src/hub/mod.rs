@@ -28,6 +28,8 @@ pub(crate) mod replica;
 
 pub(crate) use cluster::Link;
 pub(crate) use control::close_for;
+pub use devices::{Devices, NodeDevice, Notification};
+mod devices;
 mod durable;
 mod fanout;
 mod large;
@@ -144,6 +146,7 @@ pub(crate) struct Hub {
     pub stream: Option<Arc<crate::stream::EventStream>>,
     revocations: control::Revocations,
     handovers: control::Handovers,
+    gathers: devices::Gathers,
     /// The cluster's tasks, so a failure drill can stop them dead.
     pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
@@ -257,6 +260,7 @@ impl Hub {
             stream,
             revocations: control::Revocations::default(),
             handovers: control::Handovers::default(),
+            gathers: devices::Gathers::default(),
             store_tasks: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
@@ -468,6 +472,7 @@ impl Hub {
         who: &Identity,
         resume: Option<&ResumeToken>,
         activity: Activity,
+        device: presence_core::DeviceKind,
     ) -> Result<Registered, ErrorCode> {
         let user = &who.user;
         let token = self.new_token().ok_or(ErrorCode::Internal)?;
@@ -493,6 +498,9 @@ impl Hub {
             if outcome.resumed {
                 self.metrics.resumes.inc();
             }
+            // The connection is known to the machine now; a resume may say
+            // it moved to another device kind (a desktop site on a phone).
+            let _ = st.machine.set_device(outcome.conn, device);
             if outcome.superseded {
                 self.close_socket(
                     st,

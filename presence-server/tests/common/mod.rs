@@ -208,6 +208,11 @@ impl Client {
 
     /// Connects, says hello (with `resume` if given) and waits for `welcome`.
     pub async fn connect(url: &str, user: &str, resume: Option<&str>) -> Client {
+        Self::connect_with(url, user, resume, json!({})).await
+    }
+
+    /// [`connect`](Self::connect) with more `hello` fields (`device`, `activity`).
+    pub async fn connect_with(url: &str, user: &str, resume: Option<&str>, more: Value) -> Client {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect in time")
@@ -221,6 +226,9 @@ impl Client {
         let mut hello = json!({"type": "hello", "v": 1});
         if let Some(r) = resume {
             hello["resume"] = json!(r);
+        }
+        if let (Some(h), Some(more)) = (hello.as_object_mut(), more.as_object()) {
+            h.extend(more.clone());
         }
         c.send(hello).await;
         c.welcome = c.frame("welcome").await;
