@@ -262,11 +262,53 @@ export interface PresenceClientOptions {
   timeoutMs?: number;
 }
 
+/** One live connection of a user, as backends see it. */
+export interface Device {
+  /** The node holding it (absent on a single node). */
+  node?: string;
+  conn: number;
+  kind: "desktop" | "mobile" | "tablet" | "other";
+  state: "active" | "idle";
+  /** While idle: `hidden`, `blurred` and `locked` mean the page is not in front of the user. */
+  reason?: "no_input" | "hidden" | "blurred" | "locked";
+  /** The joined room its page shows. */
+  view?: string;
+  /** Milliseconds since its last input, as far as its reports tell. */
+  quiet_ms: number;
+}
+
+/** `GET /v1/users/{id}/devices`. */
+export interface Devices {
+  user: string;
+  devices: Device[];
+  /** False when a node holding the user did not answer in time (its devices are missing). */
+  complete: boolean;
+}
+
+/** `GET /v1/users/{id}/notify`: the decision, the rule's reason, and the devices it came from. */
+export interface Notification extends Devices {
+  decision: "live" | "push" | "none";
+  reason: "read" | "offline" | "viewing" | "busy" | "active" | "background" | "idle" | "recent";
+}
+
 /** The presence server's HTTP API. Every method rejects with a `PresenceError`. */
 export class PresenceClient {
   constructor(options: PresenceClientOptions);
   /** `GET /v1/users/{user}/presence`. */
   presence(user: string, options?: RequestOptions): Promise<PresenceView>;
+  /** `GET /v1/users/{user}/devices` (service key): the user's live connections on every node. */
+  devices(user: string, options?: RequestOptions): Promise<Devices>;
+  /**
+   * `GET /v1/users/{user}/notify` (service key): should a message in `room` reach the user live,
+   * by a push, or not at all? `mention`: it names them (reaches a busy user); `marker`: its
+   * sequence number (a user who read that far gets `none`/`read`). PROTOCOL.md, "Devices and
+   * notifications", has the rule.
+   */
+  notify(
+    user: string,
+    room: string,
+    options?: { mention?: boolean; marker?: number } & RequestOptions,
+  ): Promise<Notification>;
   /** `POST /v1/presence/bulk` (at most 500 users per call by default). */
   bulk(users: string[], options?: RequestOptions): Promise<BulkPresence>;
   /** `GET /v1/rooms/{room}/members`: one page of at most `limit` (1–1000) members after `after`. */

@@ -58,6 +58,19 @@ export class PresenceClient {
     return this.#json("GET", ["v1", "users", user, "presence"], options);
   }
 
+  /** `GET /v1/users/{user}/devices` (service key): the user's live connections on every node. */
+  devices(user, options) {
+    return this.#json("GET", ["v1", "users", user, "devices"], options);
+  }
+
+  /** `GET /v1/users/{user}/notify?room=&mention=&marker=` (service key): live, push or none. */
+  notify(user, room, { mention, marker, signal } = {}) {
+    const query = new URLSearchParams({ room });
+    if (mention) query.set("mention", "true");
+    if (marker !== undefined) query.set("marker", String(marker));
+    return this.#json("GET", ["v1", "users", user, "notify"], { query, signal });
+  }
+
   /** `POST /v1/presence/bulk` */
   async bulk(users, options) {
     if (!Array.isArray(users)) throw new TypeError("bulk(users): users must be an array of ids");

@@ -211,7 +211,7 @@ async function stopServer(srv, signal) {
 }
 
 /** A WebSocket user: resolves once welcomed, or once closed before that (see `.closed`). */
-async function socket(srv, jwt) {
+async function socket(srv, jwt, hello = {}) {
   const ws = new WebSocket(`${srv.url.replace(/^http/, "ws")}/ws?token=${encodeURIComponent(jwt)}`);
   const u = { ws, frames: [], closed: null };
   sockets.add(u);
@@ -223,7 +223,7 @@ async function socket(srv, jwt) {
     }),
   );
   ws.addEventListener("message", (m) => u.frames.push(JSON.parse(m.data)));
-  ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", v: 1 })));
+  ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", v: 1, ...hello })));
   u.send = (frame) => ws.send(JSON.stringify(frame));
   await until(`a welcome or a close on ${srv.name}`, () => [
     u.closed !== null || u.frames.some((f) => f.type === "welcome"),
@@ -232,8 +232,8 @@ async function socket(srv, jwt) {
   return u;
 }
 
-async function user(srv, name, options) {
-  const u = await socket(srv, token(name, options));
+async function user(srv, name, options, hello) {
+  const u = await socket(srv, token(name, options), hello);
   assert.equal(u.closed, null, `${name} was closed with ${u.closed} instead of welcomed: ${JSON.stringify(u.frames)}`);
   return u;
 }
@@ -635,6 +635,33 @@ await section("one node: members paged, allMembers over 3 pages, count, idle", a
   await witness.sees("user_idle m1", is("user_idle", "m1"));
   assert.equal(witness.events.find(is("user_idle", "m1")).data.reason, "no_input");
   assert.equal((await api.presence("m1")).reason, "no_input");
+});
+
+await section("one node: notify and devices decide from the user's devices", async () => {
+  const desk = await user(single, "nia", undefined, { device: "desktop" });
+  const phone = await user(single, "nia", undefined, { device: "mobile" });
+  desk.send({ type: "join", room: "design" });
+  desk.send({ type: "view", room: "design" });
+  phone.send({ type: "activity", state: "idle", reason: "hidden" });
+  await until("nia's two devices", async () => {
+    const d = await api.devices("nia");
+    const shape = d.devices.map((x) => `${x.kind}:${x.state}:${x.view ?? "-"}`).join(" ");
+    return [shape === "desktop:active:design mobile:idle:-" && d.complete, shape];
+  });
+  let n = await api.notify("nia", "design");
+  assert.equal(`${n.decision}/${n.reason}`, "live/viewing");
+  n = await api.notify("nia", "random", { mention: true });
+  assert.equal(`${n.decision}/${n.reason}`, "live/active");
+  desk.send({ type: "activity", state: "idle", reason: "locked" });
+  await until("a push once both are away", async () => {
+    const a = await api.notify("nia", "design");
+    return [`${a.decision}/${a.reason}` === "push/background", a];
+  });
+  n = await api.notify("nobody-at-all", "design");
+  assert.equal(`${n.decision}/${n.reason}`, "push/offline", "an unknown user still gets a decision");
+  await assert.rejects(api.notify("nia", "bad room"), (e) => e instanceof PresenceError && e.code === "invalid_field");
+  desk.ws.close();
+  phone.ws.close();
 });
 
 await section("one node: messageSent stops typing at once", async () => {
