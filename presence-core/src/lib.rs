@@ -29,6 +29,8 @@ pub mod object;
 pub mod policy;
 pub mod presence;
 pub mod protocol;
+#[cfg(feature = "std")]
+pub mod receipts;
 mod text;
 
 pub use ids::{ConnId, InvalidId, ResumeToken, RoomId, UserId};

@@ -34,6 +34,11 @@ pub const MAX_CONNECTIONS_PER_USER: usize = 32;
 /// Largest read marker: JavaScript's `Number.MAX_SAFE_INTEGER`, so markers
 /// survive a round trip through a browser exactly.
 pub const MAX_READ_MARKER: u64 = (1 << 53) - 1;
+/// Read markers of readers who are not members now (offline, or gone from
+/// the room) a snapshot carries at most: the most advanced ones.
+pub const RECEIPTS_KEPT: usize = 100;
+/// Readers one `GET /v1/rooms/{room}/receipts` page lists at most.
+pub const MAX_READERS_PAGE: usize = 1_000;
 /// Members a large room's snapshot lists at most (the first online ones in
 /// user-id order); its counts tell how many there are.
 pub const MAX_LARGE_SNAPSHOT_MEMBERS: usize = 200;

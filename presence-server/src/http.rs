@@ -309,7 +309,8 @@ pub(crate) async fn bulk_presence(
 pub(crate) struct RoomMembers {
     room: RoomId,
     members: Vec<PresenceView>,
-    /// Visible members' read markers.
+    /// Visible members' read markers, and on the first page those of the
+    /// most advanced readers who are not members.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     receipts: Vec<presence_core::protocol::Receipt>,
     /// When more members follow: pass it as `after` for the next page.
@@ -328,6 +329,8 @@ pub(crate) async fn room_members(
     let page = Page::from_query(&query)?;
     let mut all = members_of(&hub, &headers, &query, room).await?;
     all.members.sort_by(|a, b| a.user.cmp(&b.user));
+    let members: std::collections::HashSet<UserId> =
+        all.members.iter().map(|m| m.user.clone()).collect();
     if let Some(after) = &page.after {
         all.members.retain(|m| m.user > *after);
     }
@@ -335,8 +338,12 @@ pub(crate) async fn room_members(
         all.members.truncate(page.limit);
         all.next = all.members.last().map(|m| m.user.clone());
     }
+    // Each page carries its members' markers; the first also those of
+    // readers who are not members (offline, or gone), as a snapshot does.
     let shown: Vec<&UserId> = all.members.iter().map(|m| &m.user).collect();
-    all.receipts.retain(|r| shown.contains(&&r.user));
+    let first = page.after.is_none();
+    all.receipts
+        .retain(|r| shown.contains(&&r.user) || (first && !members.contains(&r.user)));
     Ok(Json(all))
 }
 
@@ -370,12 +377,14 @@ impl Page {
 }
 
 /// Every visible member of a room, for a caller who may read it.
-async fn members_of(
+/// `room`, if the caller may read it: the service key, or a user who is in
+/// it or may join it.
+async fn readable_room(
     hub: &Hub,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     room: String,
-) -> Result<RoomMembers, ApiError> {
+) -> Result<RoomId, ApiError> {
     let caller = caller(hub, headers, query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
@@ -385,6 +394,78 @@ async fn members_of(
         hub.metrics.deny("http");
         return Err(ApiError::forbidden("this room"));
     }
+    Ok(room)
+}
+
+/// `GET /v1/rooms/{room}/receipts?at=M[&limit=N][&after=CURSOR]`: who has
+/// read the room up to marker M or past it, online or not ("seen by 37"):
+/// the count and a page of them, most advanced first.
+pub(crate) async fn room_receipts(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use presence_core::limits::{MAX_READ_MARKER, MAX_READERS_PAGE};
+    use presence_core::receipts::{After, readers};
+    let room = readable_room(&hub, &headers, &query, room).await?;
+    let at = query
+        .get("at")
+        .and_then(|m| m.parse::<u64>().ok())
+        .filter(|m| *m <= MAX_READ_MARKER)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "at is required: the message's marker, an integer from 0 to {MAX_READ_MARKER}"
+            ))
+        })?;
+    let limit = match query.get("limit") {
+        None => 20,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_READERS_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(format!("limit must be 1 to {MAX_READERS_PAGE}, not {l:?}"))
+            })?,
+    };
+    let after = query
+        .get("after")
+        .map(|a| {
+            After::parse(a).ok_or_else(|| {
+                ApiError::invalid(format!("after {a:?} is not a cursor this API gave"))
+            })
+        })
+        .transpose()?;
+    let found = match &hub.cluster {
+        Some(_) => {
+            let backend = backend(&hub).ok_or_else(ApiError::unavailable)?;
+            let marks = backend
+                .receipts(&room)
+                .await
+                .map_err(|_| ApiError::unavailable())?;
+            readers(
+                marks.iter().map(|(u, m)| (u, *m)),
+                at,
+                after.as_ref(),
+                limit,
+            )
+        }
+        None => hub.read(|m| readers(m.reads_in(&room), at, after.as_ref(), limit)),
+    };
+    let mut body = json!({ "room": room, "at": at, "count": found.count, "users": found.users });
+    if let Some(next) = found.next {
+        body["next"] = json!(next);
+    }
+    Ok(Json(body))
+}
+
+async fn members_of(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    room: String,
+) -> Result<RoomMembers, ApiError> {
+    let room = readable_room(hub, headers, query, room).await?;
     if let Some(backend) = backend(hub)
         && let Some(found) = cluster_members(hub, backend, &room).await
     {
@@ -414,11 +495,15 @@ async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Opt
     let marks = backend.receipts(room).await.ok()?;
     let members = hub.cluster_views(&users, &recs, Some(room));
     let shown: std::collections::HashSet<&UserId> = members.iter().map(|m| &m.user).collect();
-    let receipts = marks
+    // As in a snapshot: every shown member's marker, and the most advanced
+    // of readers who are not shown.
+    let (mut receipts, mut others): (Vec<_>, Vec<_>) = marks
         .into_iter()
-        .filter(|(u, _)| shown.contains(u))
         .map(|(user, marker)| presence_core::protocol::Receipt { user, marker })
-        .collect();
+        .partition(|r| shown.contains(&r.user));
+    presence_core::receipts::most_advanced(&mut others, presence_core::limits::RECEIPTS_KEPT);
+    receipts.extend(others);
+    receipts.sort_by(|a, b| a.user.cmp(&b.user));
     Some(RoomMembers {
         room: room.clone(),
         members,

@@ -329,6 +329,7 @@ impl PresenceServer {
             .route("/v1/presence/bulk", post(http::bulk_presence))
             .route("/v1/rooms/{room}/members", get(http::room_members))
             .route("/v1/rooms/{room}/count", get(http::room_counts))
+            .route("/v1/rooms/{room}/receipts", get(http::room_receipts))
             .route("/v1/rooms/{room}/messages/sent", post(http::message_sent))
             .route("/v1/events", get(http::events_feed))
             .layer(DefaultBodyLimit::max(self.hub.config.max_body_bytes))

@@ -105,7 +105,15 @@ async fn kill_9_keeps_status_text_last_seen_and_read_markers() {
     let after = server.presence("ana").await;
     assert_eq!(after, before, "status, text and last seen survive");
     let mut bob = Client::connect(&server.url("bob"), "bob", None).await;
-    bob.join("r").await;
+    let snapshot = bob.join("r").await;
+    assert_eq!(
+        snapshot["receipts"],
+        json!([{"user": "ana", "marker": 42}]),
+        "a newcomer sees the offline reader's receipt after the restart"
+    );
+    let addr = ([127, 0, 0, 1], port).into();
+    let (_, seen) = http(addr, "GET", "/v1/rooms/r/receipts?at=42", SERVICE_KEY, None).await;
+    assert_eq!(seen["count"], 1, "{seen}");
     let mut ana = Client::connect(&server.url("ana"), "ana", None).await;
     assert_eq!(
         (&ana.welcome["status"], &ana.welcome["text"]),

@@ -171,6 +171,7 @@ on_every_backend!(
     every_client_resumes_at_once_after_a_graceful_restart,
     a_resume_token_works_on_any_node_without_a_flap,
     notify_decides_from_devices_on_every_node,
+    a_receipt_outlives_its_reader_on_every_node,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     one_event_stream_is_read_from_any_node_exactly_once,
@@ -573,6 +574,49 @@ async fn notify_decides_from_devices_on_every_node(f: Fabric) {
         .await;
     assert_eq!((n.decision, n.reason), (Decision::Push, Reason::Background));
     drop((desk, phone, b));
+}
+
+/// Ana reads on node a and leaves; bob, joining on node b afterwards, still sees her receipt,
+/// and node c counts her among the readers.
+async fn a_receipt_outlives_its_reader_on_every_node(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    ana.send(json!({"type": "read", "room": "r", "marker": 1042}))
+        .await;
+    // The marker reaches the store within a round.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, seen) = c.get("/v1/rooms/r/receipts?at=1042", SERVICE_KEY).await;
+        if seen["count"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ana's marker stored: {seen}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ana.send(json!({"type": "leaving"})).await;
+    ana.close().await;
+    let mut bob = b.client("bob").await;
+    let deadline = Instant::now() + WAIT;
+    let snapshot = loop {
+        let snapshot = bob.join("r").await;
+        if names(&snapshot["members"]) == ["bob"] {
+            break snapshot;
+        }
+        assert!(Instant::now() < deadline, "ana offline: {snapshot}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        snapshot["receipts"],
+        json!([{"user": "ana", "marker": 1042}]),
+        "{snapshot}"
+    );
+    let (_, seen) = c.get("/v1/rooms/r/receipts?at=1000", SERVICE_KEY).await;
+    assert_eq!(
+        (&seen["count"], &seen["users"]),
+        (&json!(1), &json!([{"user": "ana", "marker": 1042}]))
+    );
+    drop(bob);
 }
 
 async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: Fabric) {

@@ -469,3 +469,85 @@ async fn notify_decides_from_the_users_devices_and_refuses_bad_questions() {
     assert_eq!(status, 403);
     drop((desk, phone));
 }
+
+/// A read marker belongs to the room: a member who joins after its reader left sees it in the
+/// snapshot and the members list, and `receipts?at=` counts and pages its readers, online or
+/// not; bad questions are 400 with the field named.
+#[tokio::test]
+async fn receipts_stay_after_their_reader_leaves_and_are_counted() {
+    let srv = TestServer::start(fast_config()).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    ana.send(json!({"type": "read", "room": "r", "marker": 1042}))
+        .await;
+    let mut cy = srv.client("cy").await;
+    cy.join("r").await;
+    cy.send(json!({"type": "read", "room": "r", "marker": 1050}))
+        .await;
+    ana.send(json!({"type": "leaving"})).await;
+    ana.close().await;
+    cy.send(json!({"type": "leave", "room": "r"})).await;
+    cy.send(json!({"type": "ping"})).await;
+    cy.frame("pong").await;
+    let mut bob = srv.client("bob").await;
+    // Past ana's leave grace she is offline; cy left the room but is online.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let snapshot = loop {
+        let snapshot = bob.join("r").await;
+        if snapshot["members"].as_array().is_some_and(|m| m.len() == 1) {
+            break snapshot;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ana gone: {snapshot}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        snapshot["receipts"],
+        json!([{"user": "ana", "marker": 1042}, {"user": "cy", "marker": 1050}]),
+        "{snapshot}"
+    );
+    let (_, members) = srv.get("/v1/rooms/r/members", SERVICE_KEY).await;
+    assert_eq!(members["receipts"], snapshot["receipts"]);
+    let (status, seen) = srv.get("/v1/rooms/r/receipts?at=1042", &token("bob")).await;
+    assert_eq!(status, 200, "a member may ask: {seen}");
+    assert_eq!(seen["count"], 2);
+    assert_eq!(
+        seen["users"],
+        json!([{"user": "cy", "marker": 1050}, {"user": "ana", "marker": 1042}]),
+        "most advanced first"
+    );
+    let (_, page) = srv
+        .get("/v1/rooms/r/receipts?at=1042&limit=1", SERVICE_KEY)
+        .await;
+    assert_eq!(page["users"], json!([{"user": "cy", "marker": 1050}]));
+    let next = page["next"].as_str().expect("a next cursor").to_owned();
+    let (_, rest) = srv
+        .get(
+            &format!("/v1/rooms/r/receipts?at=1042&limit=1&after={next}"),
+            SERVICE_KEY,
+        )
+        .await;
+    assert_eq!(rest["users"], json!([{"user": "ana", "marker": 1042}]));
+    assert!(rest.get("next").is_none(), "{rest}");
+    let (_, none) = srv.get("/v1/rooms/r/receipts?at=1051", SERVICE_KEY).await;
+    assert_eq!((&none["count"], &none["users"]), (&json!(0), &json!([])));
+    for bad in [
+        "",
+        "at=x",
+        "at=1&limit=0",
+        "at=1&limit=1001",
+        "at=1&after=nope",
+    ] {
+        let (status, body) = srv
+            .get(&format!("/v1/rooms/r/receipts?{bad}"), SERVICE_KEY)
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_field")),
+            "{bad}"
+        );
+    }
+    drop((bob, cy));
+}

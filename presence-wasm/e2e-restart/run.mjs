@@ -11,6 +11,11 @@
 // (no reconnect, no flap seen by a second user), stop as `unauthorized` once `getToken` fails,
 // and a page given only an expired token must stop at once and start again with `setToken`.
 //
+// Then devices and notifications (issue 30): two pages of one user, a desktop one that views
+// #design and a hidden mobile one, and the server's `notify` answers for #design and #random as
+// the desktop page goes quiet, the user goes busy and the page gets input again; then the same user
+// over two nodes sharing Redis, asking the node that holds only the hidden page.
+//
 // Then large rooms (issue 15): a server that makes a room large at 5 online members; clients join,
 // leave and go idle, and getSnapshot().rooms[room] must show exact counts, the mode and the
 // members at each step, small again below 80 %. And ids named like `Object.prototype` members
@@ -19,7 +24,8 @@
 //   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
 //     node presence-wasm/e2e-restart/run.mjs [scenario …]
 //
-// With scenario names (36-rooms, 64-rooms, token-lifetime, large-room, prototype-names, big-frames), only those.
+// With scenario names (36-rooms, 64-rooms, token-lifetime, notify, notify-cluster, large-room,
+// prototype-names, big-frames), only those. notify-cluster needs Redis on 127.0.0.1:6379.
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
@@ -99,12 +105,14 @@ const pageUrl = `http://127.0.0.1:${http.address().port}/`;
 
 // ------------------------------------------------------------------ the server
 
-const port = await new Promise((ok) => {
+/** A port free now. */
+const freePort = () => new Promise((ok) => {
   const probe = createServer().listen(0, "127.0.0.1", () => {
     const { port } = probe.address();
     probe.close(() => ok(port));
   });
 });
+const port = await freePort();
 const api = `http://127.0.0.1:${port}`;
 const wsUrl = `ws://127.0.0.1:${port}/ws`;
 let server = null;
@@ -121,13 +129,23 @@ function jwt(user, ttl) {
 
 /** Starts the server with `flags` (auth, and whatever else a scenario needs) on `port`. */
 async function startServer(flags = ["--dev-auth"]) {
-  server = spawn(binary, ["--bind", `127.0.0.1:${port}`, ...flags, "--heartbeat-interval-ms", "1000",
+  await spawnServer(port, flags, (child) => (server = child));
+}
+
+/**
+ * Starts a server process on `port` with `flags`, hands it to `keep` at once (so it is killed
+ * however the wait ends) and waits until its /healthz answers.
+ */
+async function spawnServer(port, flags, keep) {
+  const child = spawn(binary, ["--bind", `127.0.0.1:${port}`, ...flags, "--heartbeat-interval-ms", "1000",
     "--heartbeat-timeout-ms", "3000", "--batch-window-ms", "10", "--log", "warn"],
   { stdio: ["ignore", "ignore", "pipe"] });
-  server.stderr.on("data", (d) => serverLog.push(String(d)));
-  await until("the server's /healthz", async () => {
+  child.stderr.on("data", (d) => serverLog.push(String(d)));
+  keep(child);
+  await until(`the server's /healthz on port ${port}`, async () => {
+    if (child.exitCode !== null) throw new Error(`the server on port ${port} exited with ${child.exitCode}`);
     try {
-      return [(await fetch(`${api}/healthz`)).ok, "not ready"];
+      return [(await fetch(`http://127.0.0.1:${port}/healthz`)).ok, "not ready"];
     } catch (e) {
       return [false, String(e)];
     }
@@ -344,6 +362,196 @@ async function tokenLifetime(browser) {
     await page.close();
     await killServer();
   }
+}
+
+const SERVICE_KEY = "e2e-service-key-0123456789";
+/** Push threshold and idle-after of the notify scenarios: a quiet page is past both within 3 s. */
+const NOTIFY_FLAGS = ["--dev-auth", "--service-key", SERVICE_KEY, "--notify-idle-ms", "1500",
+  "--idle-after-ms", "1000"];
+
+/** A service-key GET on the server at `base`. */
+async function service(base, path) {
+  const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${SERVICE_KEY}` } });
+  if (!r.ok) return { httpStatus: r.status, body: await r.text() };
+  return r.json();
+}
+
+/** `GET /v1/users/{user}/notify?room=` on `base` as "decision/reason", with the devices it saw. */
+async function notify(base, user, room) {
+  const n = await service(base, `/v1/users/${user}/notify?room=${room}`);
+  return { says: `${n.decision}/${n.reason}`, devices: n.devices, complete: n.complete, error: n.httpStatus };
+}
+
+/** The user's devices on `base` as "kind:state[:reason][>view]", sorted. */
+async function devicesOf(base, user) {
+  const d = await service(base, `/v1/users/${user}/devices`);
+  const shown = (d.devices ?? []).map((v) =>
+    `${v.kind}:${v.state}${v.reason ? `:${v.reason}` : ""}${v.view ? `>${v.view}` : ""}`);
+  return { list: shown.sort(), complete: d.complete, error: d.httpStatus };
+}
+
+const BOTH_PAGES = "desktop:active>design,mobile:idle:hidden";
+
+/**
+ * Page A (desktop, said in `connect`) joins #design and #random and views #design; page B (no
+ * `device`: the SDK derives `mobile` from the phone user agent the page is given) is hidden.
+ * Returns a function that moves page A's mouse (real input for the SDK's listeners).
+ */
+async function twoPages(pageA, pageB, wsA, wsB, user) {
+  await pageA.evaluate(({ wsUrl, user }) => {
+    window.sdkErrors = [];
+    window.me = window.PresenceClient.connect({ url: wsUrl, token: user, resume: false, device: "desktop" });
+    window.me.onError((e) => window.sdkErrors.push(e));
+    window.me.join("design");
+    window.me.join("random");
+    window.me.view("design");
+  }, { wsUrl: wsA, user });
+  await pageB.evaluate(({ wsUrl, user }) => {
+    window.sdkErrors = [];
+    window.me = window.PresenceClient.connect({ url: wsUrl, token: user, resume: false, hiddenAfterMs: 0 });
+    window.me.onError((e) => window.sdkErrors.push(e));
+    window.me.join("design");
+    // A phone app sent to the background: the tab is hidden.
+    Object.defineProperty(document, "visibilityState", { get: () => "hidden", configurable: true });
+    Object.defineProperty(document, "hidden", { get: () => true, configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, { wsUrl: wsB, user });
+  let x = 10;
+  return () => pageA.mouse.move((x = x === 10 ? 20 : 10), 10);
+}
+
+/** Polls `notify` for `room` until it says `want`; `before` runs first each round (input). */
+function notifySays(what, base, user, room, want, before = async () => {}) {
+  return until(`notify: ${what}: #${room} ${want}`, async () => {
+    await before();
+    const n = await notify(base, user, room);
+    return [n.says === want, n];
+  });
+}
+
+/** Each page's `onError` heard nothing and no page threw. */
+async function quietPages(what, pages) {
+  for (const { page, pageErrors } of pages) {
+    const heard = await page.evaluate(() => window.sdkErrors);
+    if (heard.length) throw new Error(`${what}: onError heard ${JSON.stringify(heard)}`);
+    noPageErrors(what, pageErrors);
+  }
+}
+
+/** A page made to look like a phone's browser to the SDK (its user agent, before it loads). */
+async function phonePage(browser) {
+  const b = await newPage(browser);
+  const cdp = await browser.newCDPSession(b.page);
+  await cdp.send("Emulation.setUserAgentOverride", { userAgent: "Mozilla/5.0 (Linux; Android 14; Pixel 8) " +
+    "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36" });
+  return b;
+}
+
+/**
+ * Devices and notifications (issue 30) against one server: the answers of `notify` as page A
+ * goes from active to quiet, the user to busy, and page A back to active by real input.
+ */
+async function notifyOneNode(browser) {
+  const t0 = Date.now();
+  await startServer(NOTIFY_FLAGS);
+  const user = `ana-notify-${Date.now()}`;
+  const a = await newPage(browser);
+  const b = await phonePage(browser);
+  try {
+    await loadSdk(a.page);
+    await loadSdk(b.page);
+    const input = await twoPages(a.page, b.page, wsUrl, wsUrl, user);
+    const bothPages = (what) => until(`notify: ${what}`, async () => {
+      await input();
+      const d = await devicesOf(api, user);
+      return [d.list.join() === BOTH_PAGES, d];
+    });
+    await bothPages("a desktop page viewing #design and a hidden mobile page");
+    await notifySays("page A in front, viewing", api, user, "design", "live/viewing", input);
+    await notifySays("page A active elsewhere in the app", api, user, "random", "live/active", input);
+    // No input on page A: idle (no_input) after 1 s, past the push threshold 1.5 s later.
+    const quiet = Date.now();
+    await notifySays("page A quiet past the threshold", api, user, "random", "push/idle");
+    const quietMs = Date.now() - quiet;
+    const design = await notify(api, user, "design");
+    if (design.says !== "push/idle") throw new Error(`notify: #design when quiet: ${JSON.stringify(design)}`);
+    await a.page.evaluate(() => window.me.setStatus("busy"));
+    await notifySays("busy", api, user, "random", "none/busy");
+    await a.page.mouse.move(30, 30);
+    await notifySays("input on page A again", api, user, "design", "live/viewing");
+    const random = await notify(api, user, "random");
+    if (random.says !== "none/busy") throw new Error(`notify: #random when busy: ${JSON.stringify(random)}`);
+    // kill -9 and an empty server on the same port: the pages' hellos say their devices again, and
+    // page A's view follows its join in the resend.
+    await killServer();
+    await startServer(NOTIFY_FLAGS);
+    const restart = Date.now();
+    await bothPages("both pages back after a restart, page A viewing #design again");
+    const restoredMs = Date.now() - restart;
+    await notifySays("page A in front after the restart", api, user, "design", "live/viewing", input);
+    await quietPages("notify", [a, b]);
+    await a.page.evaluate(() => window.me.close());
+    await b.page.evaluate(() => window.me.close());
+    console.log(`notify test: a desktop page viewing #design and a hidden mobile page of one user: #design ` +
+      `live/viewing, #random live/active, push/idle ${(quietMs / 1000).toFixed(1)} s after the last input, ` +
+      `none/busy once busy, #design live/viewing on input again; devices desktop and mobile, and ` +
+      `again ${(restoredMs / 1000).toFixed(1)} s after a restart with the view (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await a.page.close();
+    await b.page.close();
+    await killServer();
+  }
+}
+
+/**
+ * The same user over two nodes sharing Redis: page A (viewing #design) on node 1, the hidden
+ * page B on node 2; node 2 must answer from both nodes' devices.
+ */
+async function notifyCluster(browser) {
+  const t0 = Date.now();
+  const prefix = `e2e-notify-${process.pid}-${Date.now()}`;
+  const flags = [...NOTIFY_FLAGS, "--redis-url", "redis://127.0.0.1:6379", "--redis-prefix", prefix];
+  const ports = [await freePort(), await freePort()];
+  const user = `ana-cluster-${Date.now()}`;
+  const a = await newPage(browser);
+  const b = await phonePage(browser);
+  try {
+    for (const p of ports) await spawnServer(p, flags, (child) => nodes.push(child));
+    const [node1, node2] = ports.map((p) => `http://127.0.0.1:${p}`);
+    await loadSdk(a.page);
+    await loadSdk(b.page);
+    const input = await twoPages(a.page, b.page, `ws://127.0.0.1:${ports[0]}/ws`,
+      `ws://127.0.0.1:${ports[1]}/ws`, user);
+    await until("notify across nodes: node 2 lists the devices of both nodes", async () => {
+      await input();
+      const d = await devicesOf(node2, user);
+      return [d.complete && d.list.join() === BOTH_PAGES, d];
+    });
+    await notifySays("node 2, page A in front on node 1", node2, user, "design", "live/viewing", input);
+    await notifySays("node 2, page A active on node 1", node2, user, "random", "live/active", input);
+    await quietPages("notify across nodes", [a, b]);
+    await a.page.evaluate(() => window.me.close());
+    await b.page.evaluate(() => window.me.close());
+    console.log(`notify across nodes test: page A on node 1, the hidden page B on node 2, node 2 says ` +
+      `#design live/viewing and #random live/active from both nodes' devices ` +
+      `(${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await a.page.close();
+    await b.page.close();
+    await killNodes();
+  }
+}
+
+/** Server processes besides `server` (the cluster's nodes), killed when done. */
+const nodes = [];
+
+async function killNodes() {
+  const children = nodes.splice(0);
+  await Promise.all(children.filter((c) => c.exitCode === null).map((c) => {
+    const exited = new Promise((ok) => c.once("exit", ok));
+    c.kill("SIGKILL");
+    return exited;
+  }));
 }
 
 /**
@@ -570,6 +778,8 @@ const scenarios = {
   "36-rooms": () => scenario(browser, "36-rooms", 36, 6),
   "64-rooms": () => scenario(browser, "64-rooms", 64, 64),
   "token-lifetime": () => tokenLifetime(browser),
+  notify: () => notifyOneNode(browser),
+  "notify-cluster": () => notifyCluster(browser),
   "large-room": () => largeRoom(browser),
   "prototype-names": () => prototypeNames(browser),
   "big-frames": () => bigFrames(browser),
@@ -584,6 +794,7 @@ try {
 } finally {
   await browser.close();
   await killServer();
+  await killNodes();
   http.close();
   rmSync(scratch, { recursive: true, force: true });
 }

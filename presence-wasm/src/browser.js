@@ -102,6 +102,14 @@ export function saveToken(key, token) {
   } catch {}
 }
 
+// The `device` option as its index in `DEVICES` (js.rs): -1 for none of them. Without one, the
+// browser's word: 1 (mobile) by its client hint, else 2 (tablet) or 1 by its user agent, else 0.
+export function device(v, ua = navigator.userAgent) {
+  return v == null
+    ? navigator.userAgentData?.mobile ? 1 : /iPad|Tablet/i.test(ua) ? 2 : +/Mobi|Android|iPhone/i.test(ua)
+    : ["desktop", "mobile", "tablet", "other"].indexOf(v);
+}
+
 // `setTimeout(f, ms)` on the page's window (none off the main thread: no timer), and its clear.
 export function setTimer(ms, f) {
   return globalThis.window?.setTimeout(f, ms);

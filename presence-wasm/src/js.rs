@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use js_sys::Object;
 use presence_core::client::{ClientError, ClientEvent, ConnectionState};
 use presence_core::presence::InvalidStatusText;
-use presence_core::{InvalidId, PresenceView, RoomId, UserId};
+use presence_core::{DeviceKind, InvalidId, PresenceView, RoomId, UserId};
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -43,7 +43,17 @@ export interface ConnectOptions {
    * `IdleDetector.requestPermission()` in a click handler). Never prompts. Default false.
    */
   idleDetection?: boolean;
+  /**
+   * What this page runs on, said to the server in every `hello`; only the app's backend sees it
+   * (PROTOCOL.md, "Devices and notifications"). Default: from the browser, `mobile` where
+   * `navigator.userAgentData.mobile` says so; else `tablet` where the user agent names `iPad` or
+   * `Tablet`, `mobile` where it names `Mobi`, `Android` or `iPhone`; else `desktop`.
+   */
+  device?: DeviceKind;
 }
+
+/** The kind of device a connection runs on. */
+export type DeviceKind = "desktop" | "mobile" | "tablet" | "other";
 
 export type PresenceState = "active" | "idle" | "offline";
 export type IdleReason = "no_input" | "hidden" | "blurred" | "locked";
@@ -240,6 +250,14 @@ export class PresenceClient {
     /** The user stopped typing (composer blurred, message sent). */
     readonly stopTyping: (room: string) => void;
     /**
+     * The joined room this page shows, or `null` for none: call it when the page shows a room
+     * (route change, tab switch in the app), so the app's backend can tell a message seen as it
+     * arrives from one to push (PROTOCOL.md, "Devices and notifications"). A hidden, blurred or
+     * locked page counts as viewing nothing by itself; leaving the room views none; restored
+     * after every reconnect. Throws `not_in_room` for a room not joined.
+     */
+    readonly view: (room: string | null) => void;
+    /**
      * `useSyncExternalStore`'s `subscribe`: calls `onChange` after any
      * change. Returns a function that unsubscribes.
      */
@@ -305,6 +323,7 @@ pub struct ConnectOptions {
     pub blurred_after_ms: Option<u32>,
     pub resume: bool,
     pub idle_detection: bool,
+    pub device: DeviceKind,
 }
 
 impl ConnectOptions {
@@ -368,9 +387,25 @@ impl ConnectOptions {
             blurred_after_ms: millis("blurredAfterMs")?,
             resume: flag("resume", true)?,
             idle_detection: flag("idleDetection", false)?,
+            device: *DEVICES
+                .get(device(&get("device")) as usize)
+                .ok_or_else(|| {
+                    error(
+                        "invalid_options",
+                        "device must be desktop, mobile, tablet or other",
+                    )
+                })?,
         })
     }
 }
+
+/// The `device` option's values, in the order of `device` in browser.js.
+const DEVICES: [DeviceKind; 4] = [
+    DeviceKind::Desktop,
+    DeviceKind::Mobile,
+    DeviceKind::Tablet,
+    DeviceKind::Other,
+];
 
 /// Parses a status name from JS.
 pub fn status(v: &JsValue) -> Result<presence_core::Status, JsValue> {
@@ -402,6 +437,9 @@ extern "C" {
     /// `JSON.stringify`; `None` if `v` cannot be.
     #[wasm_bindgen(js_name = jsonOf)]
     pub fn json_of(v: &JsValue) -> Option<String>;
+    /// The `device` option (or the browser's kind) as its index in
+    /// [`DEVICES`]; -1 (as `u32::MAX`) for anything else.
+    fn device(v: &JsValue) -> u32;
 }
 
 /// A JS `Error` with a stable `code` property, so apps can branch on it.

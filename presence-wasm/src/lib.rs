@@ -132,6 +132,7 @@ impl PresenceClient {
             }
             Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
             Some(Op::SetData) => done(self.set_data(&a)),
+            Some(Op::View) => done(self.view(&a)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -168,10 +169,11 @@ enum Op {
     Close,
     SetToken,
     SetData,
+    View,
 }
 
 impl Op {
-    const ALL: [Op; 21] = [
+    const ALL: [Op; 22] = [
         Op::Join,
         Op::Leave,
         Op::Watch,
@@ -193,6 +195,7 @@ impl Op {
         Op::Close,
         Op::SetToken,
         Op::SetData,
+        Op::View,
     ];
 }
 
@@ -233,6 +236,7 @@ impl PresenceClient {
             },
             idle_after_from_server: o.idle_after_ms.is_none(),
             token_source: o.get_token.is_some(),
+            device: Some(o.device),
             seed: (js_sys::Math::random() * 9.007_199_254_740_991e15) as u64,
             ..ClientConfig::default()
         };
@@ -479,6 +483,21 @@ impl PresenceClient {
         };
         runtime::with(&self.shared, |c, _| c.set_data(data));
         Ok(())
+    }
+
+    /// The joined room this page shows, or none (`null`), for the app's
+    /// backend deciding whether to push (PROTOCOL.md, "Devices and
+    /// notifications"). Throws `not_in_room` for a room not joined; leaving
+    /// the room views none; restored after every reconnect.
+    pub fn view(&self, room: &JsValue) -> Result<(), JsValue> {
+        self.live()?;
+        let room = match room.is_null_or_undefined() {
+            true => None,
+            false => Some(js::room(&js::string(room, "room")?)?),
+        };
+        let mut result = Ok(());
+        runtime::with(&self.shared, |c, _| result = c.view(room));
+        result.map_err(js::client_error)
     }
 
     /// Says `leaving`, closes the socket and stops all listeners and

@@ -147,6 +147,16 @@ fn bad_options_and_arguments_throw_errors_with_codes() {
         "idleDetection must be a boolean"
     );
 
+    let bad_device = options("ana", &[("device", "phone".into())]);
+    let err = PresenceClient::connect(bad_device.unchecked_into())
+        .err()
+        .unwrap();
+    assert_eq!(
+        get(&err, "message").as_string().unwrap(),
+        "device must be desktop, mobile, tablet or other"
+    );
+    connect(&unique("ana"), &[("device", "tablet".into())]).close();
+
     let c = connect(&unique("ana"), &[]);
     let not_a_list = JsValue::from("ana");
     assert_eq!(
@@ -161,6 +171,14 @@ fn bad_options_and_arguments_throw_errors_with_codes() {
     assert_eq!(code(c.join("").unwrap_err()), "invalid_argument");
     assert_eq!(code(c.join("a b").unwrap_err()), "invalid_argument");
     assert_eq!(code(c.typing("never-joined").unwrap_err()), "not_in_room");
+    assert_eq!(
+        code(c.view(&"never-joined".into()).unwrap_err()),
+        "not_in_room"
+    );
+    assert_eq!(code(c.view(&5.into()).unwrap_err()), "invalid_argument");
+    c.join("r").unwrap();
+    c.view(&"r".into()).unwrap();
+    c.view(&JsValue::NULL).unwrap();
     assert_eq!(code(c.mark_read("r", -1.0).unwrap_err()), "invalid_marker");
     assert_eq!(
         code(

@@ -903,7 +903,10 @@ fn the_view_is_restored_after_every_reconnect_right_after_the_joins() {
             v.to_owned(),
         ]
     };
-    assert_eq!(reconnect(&mut c, at(1), &welcome("t2")), joins_then(&view_of("a")));
+    assert_eq!(
+        reconnect(&mut c, at(1), &welcome("t2")),
+        joins_then(&view_of("a"))
+    );
     let frames = reconnect(&mut c, at(20_000), &resumed("t2"));
     assert_eq!(frames, joins_then(&view_of("a")), "a resumed socket too");
     // Changed while disconnected: nothing goes until the joins went again.
@@ -972,7 +975,10 @@ fn a_view_refused_with_its_join_goes_again_after_the_join() {
     c.join(room("b"));
     c.view(Some(room("b"))).unwrap();
     sent(&mut c);
-    c.received(at(1_003), &refusal("rate_limited", "view", r#","room":"b""#));
+    c.received(
+        at(1_003),
+        &refusal("rate_limited", "view", r#","room":"b""#),
+    );
     let retry = c.next_deadline(at(1_003)).unwrap();
     c.tick(retry);
     assert_eq!(
@@ -1000,7 +1006,10 @@ fn a_view_whose_join_is_refused_for_good_falls_back_to_none() {
     // The server keeps viewing `open`: the view of `secret` was refused.
     c.received(at(1), &refusal("forbidden", "join", r#","room":"secret""#));
     assert!(sent(&mut c).is_empty());
-    c.received(at(1), &refusal("not_in_room", "view", r#","room":"secret""#));
+    c.received(
+        at(1),
+        &refusal("not_in_room", "view", r#","room":"secret""#),
+    );
     assert_eq!(sent(&mut c), [VIEW_NONE]);
     assert_eq!(errors(&mut c).len(), 1, "the join's refusal only");
     // A server that does not know `view` is not asked again and again.

@@ -186,6 +186,9 @@ pub struct Machine {
     conns: HashMap<ConnId, Conn>,
     tokens: HashMap<ResumeToken, ConnId>,
     rooms: HashMap<RoomId, HashSet<UserId>>,
+    /// Each room's shown read markers, online or not: a receipt belongs to
+    /// the room, not to its reader's connection (see `receipts`).
+    reads: HashMap<RoomId, HashMap<UserId, u64>>,
     timers: Timers,
     events: Vec<Event>,
 }
@@ -199,6 +202,7 @@ impl Machine {
             conns: HashMap::new(),
             tokens: HashMap::new(),
             rooms: HashMap::new(),
+            reads: HashMap::new(),
             timers: Timers::default(),
             events: Vec::new(),
         }
@@ -569,6 +573,10 @@ impl Machine {
         }
         user.receipts.insert(room.clone(), marker);
         if user.visible() {
+            self.reads
+                .entry(room.clone())
+                .or_default()
+                .insert(user_id.clone(), marker);
             let diff = Diff::Read {
                 user: user_id,
                 marker,
@@ -674,9 +682,13 @@ impl Machine {
             .collect()
     }
 
-    /// Visible members' read markers in a room.
+    /// A room's read markers for a snapshot: every visible member's, and the
+    /// [`RECEIPTS_KEPT`](crate::limits::RECEIPTS_KEPT) most advanced of
+    /// readers who are not (offline, or gone from the room): "seen by ana"
+    /// stays after ana leaves.
     pub fn receipts_in(&self, room: &RoomId) -> Vec<Receipt> {
-        self.room_users(room)
+        let mut out: Vec<Receipt> = self
+            .room_users(room)
             .filter(|(_, u)| u.visible())
             .filter_map(|(id, u)| {
                 Some(Receipt {
@@ -684,7 +696,32 @@ impl Machine {
                     marker: *u.receipts.get(room)?,
                 })
             })
-            .collect()
+            .collect();
+        let shown: HashSet<&UserId> = out.iter().map(|r| &r.user).collect();
+        let mut others: Vec<Receipt> = self
+            .reads
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter(|(u, _)| !shown.contains(u))
+            .map(|(u, m)| Receipt {
+                user: u.clone(),
+                marker: *m,
+            })
+            .collect();
+        crate::receipts::most_advanced(&mut others, crate::limits::RECEIPTS_KEPT);
+        out.extend(others);
+        out.sort_unstable_by(|a, b| a.user.cmp(&b.user));
+        out
+    }
+
+    /// Every shown read marker of `room`, online or not, by user.
+    pub fn reads_in(&self, room: &RoomId) -> impl Iterator<Item = (&UserId, u64)> {
+        self.reads
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|(u, m)| (u, *m))
     }
 
     /// The user a connection speaks for.

@@ -92,6 +92,16 @@ impl Machine {
         u.last_seen = record.last_seen;
         u.gone = Some(record.gone.unwrap_or(now));
         u.receipts = record.receipts.into_iter().collect();
+        // Markers read while invisible were never shown; this restores the
+        // ones of a user who is not invisible now.
+        if u.status != Status::Invisible {
+            for (room, marker) in &u.receipts {
+                self.reads
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(user.clone(), *marker);
+            }
+        }
         self.users.insert(user, u);
     }
 
@@ -181,7 +191,17 @@ impl Machine {
         let forget = expired.max(over);
         let forgotten: Vec<UserId> = offline.into_iter().take(forget).map(|(_, id)| id).collect();
         for id in &forgotten {
-            self.users.remove(id);
+            let Some(u) = self.users.remove(id) else {
+                continue;
+            };
+            for room in u.receipts.keys() {
+                if let Some(reads) = self.reads.get_mut(room) {
+                    reads.remove(id);
+                    if reads.is_empty() {
+                        self.reads.remove(room);
+                    }
+                }
+            }
         }
         forgotten
     }

@@ -782,3 +782,43 @@ fn a_connection_handed_over_resumes_on_the_other_machine_only() {
     assert_eq!(resumed.token, token(7));
     assert_eq!(b.m.rooms_of(ConnId(7)), [room("r")]);
 }
+
+/// A receipt belongs to the room: it stays after its reader leaves or goes offline (the most
+/// advanced `RECEIPTS_KEPT` of those), a marker read while invisible is never shown, and a
+/// forgotten user's go with them.
+#[test]
+fn receipts_outlive_their_readers_connections() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.connect(T0, "eve", 2);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.join(T0, ConnId(2), room("r")).unwrap();
+    h.m.read(T0, ConnId(1), &room("r"), 1042).unwrap();
+    h.m.set_status(at(1), ConnId(2), Status::Invisible, None)
+        .unwrap();
+    h.m.read(at(1), ConnId(2), &room("r"), 1043).unwrap();
+    h.m.dropped(at(2), ConnId(1));
+    h.m.dropped(at(2), ConnId(2));
+    h.m.tick(at(100));
+    h.connect(at(100), "bob", 3);
+    h.m.join(at(100), ConnId(3), room("r")).unwrap();
+    let shown: Vec<(String, u64)> =
+        h.m.receipts_in(&room("r"))
+            .into_iter()
+            .map(|r| (r.user.to_string(), r.marker))
+            .collect();
+    assert_eq!(
+        shown,
+        [("ana".to_owned(), 1042)],
+        "offline ana still; invisible eve never"
+    );
+    let readers = crate::receipts::readers(h.m.reads_in(&room("r")), 1042, None, 20);
+    assert_eq!(readers.count, 1);
+    // Past the retention, ana is forgotten with her receipts.
+    let retention = Retention {
+        keep_for: Duration::from_secs(1),
+        max_offline: 1_000,
+    };
+    h.m.forget_offline(at(200), retention);
+    assert!(h.m.receipts_in(&room("r")).is_empty());
+}

@@ -488,17 +488,21 @@ impl Replica {
             .cloned()
             .collect();
         typing.sort();
-        let mut receipts: Vec<Receipt> = self
+        // Every shown member's marker, and the most advanced of readers who
+        // are not shown (offline, or gone from the room): a receipt belongs
+        // to the room (`Machine::receipts_in` on one node).
+        let (mut receipts, mut others): (Vec<Receipt>, Vec<Receipt>) = self
             .rooms
             .get(room)
             .into_iter()
             .flat_map(|r| r.receipts.iter())
-            .filter(|(u, _)| self.shown_in(u, room))
             .map(|(u, m)| Receipt {
                 user: u.clone(),
                 marker: *m,
             })
-            .collect();
+            .partition(|r| self.shown_in(&r.user, room));
+        presence_core::receipts::most_advanced(&mut others, presence_core::limits::RECEIPTS_KEPT);
+        receipts.extend(others);
         receipts.sort_by(|a, b| a.user.cmp(&b.user));
         ServerMessage::Snapshot {
             room: room.clone(),
