@@ -299,6 +299,8 @@ async function enterRoom(name) {
   $("messages").replaceChildren();
   $("room-error").textContent = "";
   client.join(name);
+  // The room this page shows, for the server's push decision (only backends see it).
+  client.view(name);
   // Presence data: what this user is looking at, shown under their name.
   client.setData({ viewing: `#${name}` });
   unbindTyping = client.bindTyping(name, $("composer"));
