@@ -89,7 +89,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Who is asking.
-enum Caller {
+pub(crate) enum Caller {
     Service,
     User(Identity),
 }
@@ -252,6 +252,13 @@ pub(crate) async fn user_presence(
 #[derive(Deserialize)]
 struct BulkRequest {
     users: Vec<String>,
+    /// Ranked and paged (`present_first` or `recent`); without it, as given.
+    #[serde(default)]
+    order: Option<crate::ranked::Order>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -268,9 +275,20 @@ pub(crate) async fn bulk_presence(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<BulkResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = caller(&hub, &headers, &query).await?;
     let req: BulkRequest = json_body(body, r#"{"users":[...]}"#)?;
+    if let Some(order) = req.order {
+        let users = req
+            .users
+            .into_iter()
+            .map(UserId::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let limit = req.limit.unwrap_or(100);
+        let page = ranked(&hub, &caller, users, order, limit, req.after.as_deref()).await?;
+        return Ok(Json(page).into_response());
+    }
     let max = hub.config.max_bulk_users;
     if req.users.len() > max {
         return Err(ApiError::invalid(format!(
@@ -284,7 +302,7 @@ pub(crate) async fn bulk_presence(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Some((users, forbidden)) = cluster_views(&hub, &caller, &users).await {
-        return Ok(Json(BulkResponse { users, forbidden }));
+        return Ok(Json(BulkResponse { users, forbidden }).into_response());
     }
     let mut allowed = Vec::with_capacity(users.len());
     let mut forbidden = Vec::new();
@@ -302,7 +320,53 @@ pub(crate) async fn bulk_presence(
     Ok(Json(hub.read(|m| BulkResponse {
         users: allowed.iter().map(|u| view_of(m, u)).collect(),
         forbidden,
-    })))
+    }))
+    .into_response())
+}
+
+/// One page of a ranked bulk query (see `ranked`), cluster-wide, showing
+/// the caller only whom it may see.
+pub(crate) async fn ranked(
+    hub: &Hub,
+    caller: &Caller,
+    users: Vec<UserId>,
+    order: crate::ranked::Order,
+    limit: usize,
+    after: Option<&str>,
+) -> Result<crate::ranked::Ranked, ApiError> {
+    use crate::ranked::{MAX_RANKED_USERS, page, unique};
+    if users.len() > MAX_RANKED_USERS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_RANKED_USERS} users per ranked query"
+        )));
+    }
+    let users = unique(users);
+    let (views, forbidden) = match cluster_views(hub, caller, &users).await {
+        Some(found) => found,
+        None => {
+            let mut allowed = Vec::with_capacity(users.len());
+            let mut forbidden = Vec::new();
+            for user in &users {
+                let ok = match caller {
+                    Caller::Service => true,
+                    Caller::User(viewer) => may_see(hub, viewer, user).await?,
+                };
+                if ok {
+                    allowed.push(user.clone());
+                } else {
+                    forbidden.push(user.clone());
+                }
+            }
+            let views = hub.read(|m| allowed.iter().map(|u| view_of(m, u)).collect());
+            (views, forbidden)
+        }
+    };
+    let index: HashMap<&UserId, usize> = users.iter().enumerate().map(|(i, u)| (u, i)).collect();
+    let views = views
+        .into_iter()
+        .filter_map(|v| Some((*index.get(&v.user)?, v)))
+        .collect();
+    page(&users, views, forbidden, order, limit, after).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 #[derive(Serialize)]

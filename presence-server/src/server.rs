@@ -326,7 +326,11 @@ impl PresenceServer {
             .route("/v1/users/{id}/disconnect", post(http::disconnect_user))
             .route("/v1/users/{id}/devices", get(http::user_devices))
             .route("/v1/users/{id}/notify", get(http::user_notify))
-            .route("/v1/presence/bulk", post(http::bulk_presence))
+            // A ranked query names up to 10,000 ids of up to 128 bytes.
+            .route(
+                "/v1/presence/bulk",
+                post(http::bulk_presence).layer(DefaultBodyLimit::max(crate::ranked::MAX_BODY_BYTES)),
+            )
             .route("/v1/rooms/{room}/members", get(http::room_members))
             .route("/v1/rooms/{room}/count", get(http::room_counts))
             .route("/v1/rooms/{room}/receipts", get(http::room_receipts))
@@ -443,6 +447,30 @@ impl PresenceServer {
     /// next change. See [`Builder::large_room`].
     pub fn set_large_room(&self, room: RoomId, members: Option<usize>) {
         self.hub.set_large_room(room, members);
+    }
+
+    /// One page of `users` ranked by `order` (`limit` of them, 1 to 1,000,
+    /// after the cursor `after` of the previous page), with counts by state:
+    /// `POST /v1/presence/bulk` with an `order`, for a backend (it sees
+    /// everyone). Cluster-wide. Each user comes once over the pages, ranked
+    /// as they are when their page is asked for.
+    pub async fn ranked(
+        &self,
+        users: Vec<UserId>,
+        order: crate::Order,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<crate::Ranked, crate::RankError> {
+        use crate::ranked::{MAX_RANKED_PAGE, MAX_RANKED_USERS, RankError};
+        if users.len() > MAX_RANKED_USERS {
+            return Err(RankError::TooMany);
+        }
+        if !(1..=MAX_RANKED_PAGE).contains(&limit) {
+            return Err(RankError::BadLimit);
+        }
+        http::ranked(&self.hub, &http::Caller::Service, users, order, limit, after)
+            .await
+            .map_err(|_| RankError::BadCursor)
     }
 
     /// The user's live connections on every node: device kind, activity, the

@@ -172,6 +172,7 @@ on_every_backend!(
     a_resume_token_works_on_any_node_without_a_flap,
     notify_decides_from_devices_on_every_node,
     a_receipt_outlives_its_reader_on_every_node,
+    ranked_bulk_answers_for_the_cluster,
     invisible_set_on_one_node_hides_the_user_everywhere_once,
     host_events_are_announced_once_across_the_nodes,
     one_event_stream_is_read_from_any_node_exactly_once,
@@ -617,6 +618,48 @@ async fn a_receipt_outlives_its_reader_on_every_node(f: Fabric) {
         (&json!(1), &json!([{"user": "ana", "marker": 1042}]))
     );
     drop(bob);
+}
+
+/// A ranked query of 3,000 ids asked of node c ranks users held by nodes a and b, and the
+/// embedded API answers the same.
+async fn ranked_bulk_answers_for_the_cluster(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+    bob.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    let mut ids: Vec<String> = (0..2_998).map(|i| format!("n{i}")).collect();
+    ids.push("bob".into());
+    ids.push("ana".into());
+    let body = json!({"users": ids, "order": "present_first", "limit": 2}).to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, page) = c.post("/v1/presence/bulk", SERVICE_KEY, &body).await;
+        assert_eq!(status, 200, "{page}");
+        if names(&page["users"]) == ["ana", "bob"] && page["users"][1]["state"] == "idle" {
+            assert_eq!(
+                page["counts"],
+                json!({"active": 1, "idle": 1, "offline": 2_998})
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "both ranked from node c: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let users = ids
+        .iter()
+        .map(|u| presence_server::presence_core::UserId::new(u.as_str()).expect("id"))
+        .collect();
+    let page = c
+        .server
+        .ranked(users, presence_server::Order::Recent, 1, None)
+        .await
+        .expect("a page");
+    assert_eq!(page.users[0].user.as_str(), "ana");
+    assert!(page.next.is_some());
+    drop((ana, bob));
 }
 
 async fn a_gracefully_restarted_node_lets_its_clients_resume_without_a_flap(f: Fabric) {

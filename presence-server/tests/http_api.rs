@@ -551,3 +551,87 @@ async fn receipts_stay_after_their_reader_leaves_and_are_counted() {
     }
     drop((bob, cy));
 }
+
+/// A feed's query: 10,000 ids ranked present-first and paged 1,000 at a time while users
+/// change between pages; each id comes once, the present ones first; unknown ids are offline
+/// with no last seen; a user token sees only whom it may; bad queries are 400.
+#[tokio::test]
+async fn ranked_bulk_pages_ten_thousand_ids_each_once_while_users_change() {
+    let srv = strict_server().await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    let mut bob = srv.client("bob").await;
+    bob.join("r").await;
+    bob.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
+        .await;
+    bob.send(json!({"type": "ping"})).await;
+    bob.frame("pong").await;
+    let mut ids: Vec<String> = (0..9_998).map(|i| format!("nobody-{i:05}")).collect();
+    ids.insert(5_000, "bob".into());
+    ids.insert(7_000, "ana".into());
+    let ask = |after: Option<String>| {
+        let mut body = json!({"users": ids, "order": "present_first", "limit": 1000});
+        if let Some(a) = after {
+            body["after"] = json!(a);
+        }
+        body.to_string()
+    };
+    let (status, first) = srv.post("/v1/presence/bulk", SERVICE_KEY, &ask(None)).await;
+    assert_eq!(status, 200, "{first}");
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .map(|v| v["user"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first)[..2], ["ana", "bob"], "active, then idle");
+    assert_eq!(
+        first["counts"],
+        json!({"active": 1, "idle": 1, "offline": 9_998})
+    );
+    assert!(
+        first["users"][2]["last_seen"].is_null(),
+        "an unknown id is offline, never seen"
+    );
+    // Between pages bob comes back to the page and ana leaves: neither comes again.
+    bob.send(json!({"type": "activity", "state": "active"}))
+        .await;
+    ana.send(json!({"type": "leaving"})).await;
+    ana.close().await;
+    let mut seen: std::collections::HashSet<String> = names(&first).into_iter().collect();
+    let mut after = first["next"].as_str().map(str::to_owned);
+    let mut pages = 1;
+    while let Some(cursor) = after {
+        let (status, page) = srv
+            .post("/v1/presence/bulk", SERVICE_KEY, &ask(Some(cursor)))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        for name in names(&page) {
+            assert!(seen.insert(name.clone()), "{name} came twice");
+        }
+        pages += 1;
+        after = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!((pages, seen.len()), (10, 10_000));
+
+    // bob's token sees himself, not carol (no shared room, no watching: the Strict policy).
+    let body = json!({"users": ["carol", "bob"], "order": "recent"}).to_string();
+    let (status, page) = srv.post("/v1/presence/bulk", &token("bob"), &body).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["forbidden"], json!(["carol"]));
+    assert_eq!(names(&page), ["bob"]);
+    for bad in [
+        json!({"users": ["a"], "order": "loudest"}),
+        json!({"users": ["a"], "order": "recent", "limit": 0}),
+        json!({"users": ["a"], "order": "recent", "after": "nope"}),
+        json!({"users": vec!["x"; 10_001], "order": "recent"}),
+    ] {
+        let (status, answer) = srv
+            .post("/v1/presence/bulk", SERVICE_KEY, &bad.to_string())
+            .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    drop(bob);
+}
