@@ -227,14 +227,18 @@ impl Hub {
         if conn.is_some() {
             self.metrics.handovers.inc();
         }
+        let token = token.clone();
+        self.tell(to, Control::HandedOver { token, conn });
+    }
+
+    /// Sends an answer to another node on its topic, without waiting (a lost
+    /// one is a question that times out there).
+    pub(crate) fn tell(&self, node: String, control: Control) {
         let Some(link) = &self.cluster else {
             return;
         };
         let msg = BusMessage {
-            ctl: vec![Control::HandedOver {
-                token: token.clone(),
-                conn,
-            }],
+            ctl: vec![control],
             ..BusMessage::default()
         };
         let Ok(bytes) = serde_json::to_vec(&msg) else {
@@ -242,8 +246,8 @@ impl Hub {
         };
         let backend = link.backend.clone();
         tokio::spawn(async move {
-            if let Err(e) = backend.publish(vec![(Topic::Node(to), bytes)]).await {
-                tracing::debug!(error = %e, "handover answer not sent; the resume starts anew");
+            if let Err(e) = backend.publish(vec![(Topic::Node(node), bytes)]).await {
+                tracing::debug!(error = %e, "answer to another node not sent");
             }
         });
     }

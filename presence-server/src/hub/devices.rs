@@ -249,26 +249,13 @@ impl Hub {
             return;
         };
         let (devices, read) = self.devices_here(user, room);
-        let msg = BusMessage {
-            ctl: vec![Control::DevicesOf {
-                req,
-                answer: NodeDevices {
-                    node: link.config.node_id.clone(),
-                    devices,
-                    read,
-                },
-            }],
-            ..BusMessage::default()
+        let node = link.config.node_id.clone();
+        let answer = NodeDevices {
+            node,
+            devices,
+            read,
         };
-        let Ok(bytes) = serde_json::to_vec(&msg) else {
-            return;
-        };
-        let backend = link.backend.clone();
-        tokio::spawn(async move {
-            if let Err(e) = backend.publish(vec![(Topic::Node(to), bytes)]).await {
-                tracing::debug!(error = %e, "devices answer not sent");
-            }
-        });
+        self.tell(to, Control::DevicesOf { req, answer });
     }
 
     /// Another node's answer.
