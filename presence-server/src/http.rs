@@ -366,7 +366,8 @@ pub(crate) async fn ranked(
         .into_iter()
         .filter_map(|v| Some((*index.get(&v.user)?, v)))
         .collect();
-    page(&users, views, forbidden, order, limit, after).map_err(|e| ApiError::invalid(e.to_string()))
+    page(&users, views, forbidden, order, limit, after)
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 #[derive(Serialize)]

@@ -329,7 +329,8 @@ impl PresenceServer {
             // A ranked query names up to 10,000 ids of up to 128 bytes.
             .route(
                 "/v1/presence/bulk",
-                post(http::bulk_presence).layer(DefaultBodyLimit::max(crate::ranked::MAX_BODY_BYTES)),
+                post(http::bulk_presence)
+                    .layer(DefaultBodyLimit::max(crate::ranked::MAX_BODY_BYTES)),
             )
             .route("/v1/rooms/{room}/members", get(http::room_members))
             .route("/v1/rooms/{room}/count", get(http::room_counts))
@@ -468,9 +469,16 @@ impl PresenceServer {
         if !(1..=MAX_RANKED_PAGE).contains(&limit) {
             return Err(RankError::BadLimit);
         }
-        http::ranked(&self.hub, &http::Caller::Service, users, order, limit, after)
-            .await
-            .map_err(|_| RankError::BadCursor)
+        http::ranked(
+            &self.hub,
+            &http::Caller::Service,
+            users,
+            order,
+            limit,
+            after,
+        )
+        .await
+        .map_err(|_| RankError::BadCursor)
     }
 
     /// The user's live connections on every node: device kind, activity, the
