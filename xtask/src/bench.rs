@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: builds a release server and the load generator, runs
-//! each scenario against a fresh server on loopback, then the cluster scenarios
+//! each scenario against a fresh server on loopback (among them `notify`,
+//! issue 30's decisions per second), then the cluster scenarios
 //! (`bench/cluster.rs`) against several, and prints a table plus one JSON line
 //! per figure (also written to `target/bench/results.jsonl`). `--large` runs
 //! only the large-room scenarios (`large.jsonl`), `--cluster` only the
@@ -69,6 +70,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
                 short_grace,
                 &["churn", "--rate", "100", "--seconds", "3"],
             ),
+            s("notify", NOTIFY_SERVER, &notify_args("1000", "3")),
         ];
     }
     let held = max_connections.to_string();
@@ -118,6 +120,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
             short_grace,
             &["churn", "--rate", "1000", "--seconds", "10"],
         ),
+        s("notify", NOTIFY_SERVER, &notify_args("10000", "10")),
         // Last: a 10,000-member room leaves gigabytes of freed memory and
         // thousands of closing sockets behind, which disturbs what follows.
         s(
@@ -126,6 +129,60 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
             &["fanout", "--members", "10000", "--server-pid", "{pid}"],
         ),
     ]
+}
+
+/// The service key the notification benchmark asks with.
+const NOTIFY_KEY: &str = "bench-service-key-0123456789";
+const NOTIFY_SERVER: &[&str] = &["--service-key", NOTIFY_KEY];
+/// Keep-alive HTTP connections asking, one question in flight each.
+const NOTIFY_POOL: &str = "16";
+
+/// `loadgen notify` on one node (issue 30): `users` connected users, then
+/// `seconds` of `presence` questions and `seconds` of `notify` ones.
+fn notify_args(users: &'static str, seconds: &'static str) -> Vec<&'static str> {
+    vec![
+        // Spread over source addresses: the scenarios before leave tens of
+        // thousands of sockets in TIME_WAIT on 127.0.0.1.
+        "--sources",
+        "4",
+        "notify",
+        "--users",
+        users,
+        "--seconds",
+        seconds,
+        "--pool",
+        NOTIFY_POOL,
+        "--key",
+        NOTIFY_KEY,
+        "--server-pids",
+        "{pid}",
+    ]
+}
+
+/// One line per notify run: decisions/s and latency beside the presence baseline.
+fn notify_summary(figures: &[Value], label: &str) {
+    let get = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["figure"] == format!("{label}.{name}"))
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{label}: {:.0} decisions/s, p50 / p99 / p99.9 {:.2} / {:.2} / {:.2} ms, {} wrong, {} unanswered; \
+         presence {:.0} requests/s, {:.2} / {:.2} / {:.2} ms ({:.2}x)",
+        get("decisions_per_second"),
+        get("p50"),
+        get("p99"),
+        get("p99.9"),
+        get("wrong"),
+        get("failed"),
+        get("presence.requests_per_second"),
+        get("presence.p50"),
+        get("presence.p99"),
+        get("presence.p99.9"),
+        get("vs_presence"),
+    );
 }
 
 /// Server flags that keep every room out of large mode: the fan-out figures
@@ -233,12 +290,22 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         );
         let out = cmd::output(Command::new(&loadgen).args(&args))
             .with_context(|| format!("scenario {}", sc.name))?;
+        let mut these = Vec::new();
         for line in out.lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                println!("{line}");
-                figures.push(v);
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) => {
+                    println!("{line}");
+                    these.push(v);
+                }
+                // Notes such as a wrong answer's description.
+                Err(_) if !line.trim().is_empty() => println!("{line}"),
+                Err(_) => {}
             }
         }
+        if sc.name == "notify" {
+            notify_summary(&these, "notify");
+        }
+        figures.extend(these);
     }
     if only != Only::Large {
         figures.extend(cluster::run(ws, &binary, &loadgen, quick)?);
@@ -254,6 +321,22 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
     };
     print_and_save(ws, &figures, file)?;
     large_table(&figures);
+    // A wrong notification decision is a bug, not a figure to file away.
+    let wrong: Vec<String> = figures
+        .iter()
+        .filter(|f| {
+            f["figure"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("notify") && n.ends_with(".wrong"))
+                && f["value"].as_f64().is_none_or(|v| v != 0.0)
+        })
+        .map(|f| format!("{} = {}", f["figure"], f["value"]))
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "wrong answers in the notify benchmark: {} (described above)",
+        wrong.join(", ")
+    );
     Ok(())
 }
 

@@ -9,6 +9,9 @@
 //!   delivered; the last passing rate is the figure. Over the Cluster a reader
 //!   of the event stream (`GET /v1/events` on the first node) times every
 //!   change too, and a step must hold for it as well.
+//! - Notify (issue 30): 3 nodes over the Cluster, 10,000 users spread over
+//!   them, `GET /v1/users/{id}/notify` asked of a node that does not hold the
+//!   user (a bus round trip each), beside `presence` asked the same way.
 //! - Stream cost: 4 nodes over the Cluster at 2,000 changes/s without the
 //!   event stream (`--event-shards 0`) and with it and its reader, back to
 //!   back: Redis CPU per change of each.
@@ -160,6 +163,7 @@ pub fn run(ws: &Workspace, binary: &Path, loadgen: &Path, quick: bool) -> Result
         );
     }
     figures.extend(scaling.into_iter().flat_map(|(_, r)| r.0));
+    figures.extend(notify(binary, loadgen, quick)?);
     if quick {
         return Ok(figures);
     }
@@ -303,25 +307,12 @@ fn one(binary: &Path, loadgen: &Path, load: Load, label: &str) -> Result<Run> {
     );
     // Let the previous run's sockets close first.
     std::thread::sleep(Duration::from_secs(2));
-    let prefix = format!("bench-{}-{}", std::process::id(), label.replace('.', "-"));
-    let nodes: Vec<Server> = (0..n)
-        .map(|i| {
-            let mut flags = store.flags();
-            flags.extend([
-                "--redis-prefix".into(),
-                prefix.clone(),
-                "--node-id".into(),
-                format!("n{i}"),
-                "--service-key".into(),
-                SERVICE_KEY.into(),
-            ]);
-            if stream == Stream::Off {
-                flags.extend(["--event-shards".into(), "0".into()]);
-            }
-            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            server::start(binary, &flags)
-        })
-        .collect::<Result<_>>()?;
+    let prefix = prefix_of(label);
+    let extra: &[&str] = match stream {
+        Stream::Off => &["--event-shards", "0"],
+        Stream::On | Stream::Read => &[],
+    };
+    let nodes = start_nodes(binary, store, n, &prefix, extra)?;
     let urls: Vec<String> = nodes.iter().map(Server::ws_url).collect();
     let mut command = Command::new(loadgen);
     command.args([
@@ -353,6 +344,96 @@ fn one(binary: &Path, loadgen: &Path, load: Load, label: &str) -> Result<Run> {
         .inspect(|v: &Value| println!("{v}"))
         .collect();
     Ok(Run(figures))
+}
+
+/// A run's own key prefix.
+fn prefix_of(label: &str) -> String {
+    format!("bench-{}-{}", std::process::id(), label.replace('.', "-"))
+}
+
+/// N fresh nodes over `store` under `prefix`, each with the service key.
+fn start_nodes(
+    binary: &Path,
+    store: Store,
+    n: usize,
+    prefix: &str,
+    extra: &[&str],
+) -> Result<Vec<Server>> {
+    (0..n)
+        .map(|i| {
+            let mut flags = store.flags();
+            flags.extend([
+                "--redis-prefix".into(),
+                prefix.to_owned(),
+                "--node-id".into(),
+                format!("n{i}"),
+                "--service-key".into(),
+                SERVICE_KEY.into(),
+            ]);
+            flags.extend(extra.iter().map(|f| (*f).to_owned()));
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            server::start(binary, &flags)
+        })
+        .collect()
+}
+
+/// Nodes in the notification benchmark over the Cluster (issue 30).
+const NOTIFY_NODES: usize = 3;
+
+/// `loadgen notify` over 3 nodes of the Redis Cluster: users spread over the
+/// nodes, each asked about on a node that does not hold them, so every
+/// decision waits for the user's records and a bus round trip to their node;
+/// the same load asking `presence` (the records only) first, as the baseline.
+fn notify(binary: &Path, loadgen: &Path, quick: bool) -> Result<Vec<Value>> {
+    let store = Store::Cluster;
+    let label = "notify_cluster";
+    let (users, seconds) = if quick { (1_000, 3) } else { (10_000, 10) };
+    println!(
+        "\n== {label}: {NOTIFY_NODES} nodes over {}, {users} users, notify on another node",
+        store.name()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let prefix = prefix_of(label);
+    let nodes = start_nodes(binary, store, NOTIFY_NODES, &prefix, &[])?;
+    let urls: Vec<String> = nodes.iter().map(Server::ws_url).collect();
+    let pids: Vec<String> = nodes.iter().map(|s| s.pid().to_string()).collect();
+    let out = cmd::output(Command::new(loadgen).args([
+        // Spread over source addresses: the runs before leave sockets in TIME_WAIT.
+        "--sources",
+        "4",
+        "notify",
+        "--urls",
+        &urls.join(","),
+        "--users",
+        &users.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+        "--pool",
+        super::NOTIFY_POOL,
+        "--key",
+        SERVICE_KEY,
+        "--server-pids",
+        &pids.join(","),
+        "--redis",
+        &store.masters(),
+        "--label",
+        label,
+    ]))
+    .with_context(|| format!("loadgen notify ({label})"))?;
+    drop(nodes);
+    forget(store, &prefix)?;
+    let mut figures = Vec::new();
+    for line in out.lines() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => {
+                println!("{line}");
+                figures.push(v);
+            }
+            Err(_) => println!("{line}"),
+        }
+    }
+    super::notify_summary(&figures, label);
+    Ok(figures)
 }
 
 /// Deletes every key under `prefix` from each master: `redis-cli --scan` lists

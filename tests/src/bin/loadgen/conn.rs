@@ -54,6 +54,18 @@ pub fn source(i: usize, sources: usize) -> IpAddr {
 /// Opens a socket as `user` (dev auth: the token is the user name), says
 /// hello and waits for `welcome`.
 pub async fn open(target: &Target, from: IpAddr, user: &str) -> Result<Ws> {
+    Ok(open_with(target, from, user, r#"{"type":"hello","v":1}"#)
+        .await?
+        .0)
+}
+
+/// [`open`] with this `hello` frame; also returns the `welcome` frame.
+pub async fn open_with(
+    target: &Target,
+    from: IpAddr,
+    user: &str,
+    hello: &str,
+) -> Result<(Ws, String)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
     let stream = socket.connect(target.addr).await?;
@@ -64,14 +76,14 @@ pub async fn open(target: &Target, from: IpAddr, user: &str) -> Result<Ws> {
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024);
     let (mut ws, _) = client_async_with_config(request, stream, Some(config)).await?;
-    ws.send(Message::text(r#"{"type":"hello","v":1}"#)).await?;
+    ws.send(Message::text(hello)).await?;
     let welcome = tokio::time::timeout(Duration::from_secs(10), next_text(&mut ws))
         .await
         .context("no welcome within 10 s")??;
     if !welcome.contains(r#""type":"welcome""#) {
         bail!("expected welcome, got {welcome}");
     }
-    Ok(ws)
+    Ok((ws, welcome))
 }
 
 /// The next text frame (pings and pongs skipped).

@@ -14,6 +14,7 @@ mod fanout;
 mod hold;
 mod large;
 mod latency;
+mod notify;
 mod probe;
 mod report;
 
@@ -25,7 +26,8 @@ use clap::{Parser, Subcommand};
 /// Load scenarios.
 #[derive(Parser)]
 struct Args {
-    /// `ws://127.0.0.1:PORT/ws` of a server in dev-auth mode (every scenario but `cluster`).
+    /// `ws://127.0.0.1:PORT/ws` of a server in dev-auth mode (every scenario but `cluster`, and
+    /// `notify` with `--urls`).
     #[arg(long)]
     url: Option<String>,
     /// Loopback source addresses to spread connections over (127.0.0.1..).
@@ -108,6 +110,38 @@ enum Scenario {
         /// Seconds to wait after the churn for graces to run out.
         #[arg(long, default_value_t = 3)]
         settle: u64,
+    },
+    /// Notification decisions per second and their latency, beside presence reads: N users
+    /// with devices, then `GET /v1/users/{id}/notify` over keep-alive HTTP connections.
+    Notify {
+        /// Users, each one WebSocket (a device).
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Seconds of each phase (presence, then notify).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive HTTP connections asking, one question in flight each, over all nodes.
+        #[arg(long, default_value_t = 16)]
+        pool: usize,
+        /// The servers' service key.
+        #[arg(long)]
+        key: String,
+        /// Several nodes of one cluster (`ws://127.0.0.1:PORT/ws`, comma-separated): user i on
+        /// node i % n, asked about on node (i + 1) % n. Without it, `--url`.
+        #[arg(long, value_delimiter = ',')]
+        urls: Vec<String>,
+        /// The servers' pids, to read their CPU time.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
+        /// Redis servers (`127.0.0.1:PORT`, comma-separated) whose CPU time to sample.
+        #[arg(long, value_delimiter = ',')]
+        redis: Vec<std::net::SocketAddr>,
+        /// Figure names start with this.
+        #[arg(long, default_value = "notify")]
+        label: String,
+        /// The servers' `--notify-idle-ms`.
+        #[arg(long, default_value_t = 120_000)]
+        push_after_ms: u64,
     },
     /// Several nodes of one cluster: every room's observer on another node than its actors.
     Cluster {
@@ -223,6 +257,38 @@ fn main() -> Result<()> {
                     Duration::from_secs(seconds),
                     Duration::from_secs(settle),
                 )
+                .await
+            }
+            Scenario::Notify {
+                users,
+                seconds,
+                pool,
+                key,
+                urls,
+                server_pids,
+                redis,
+                label,
+                push_after_ms,
+            } => {
+                let nodes = if urls.is_empty() {
+                    vec![target()?.clone()]
+                } else {
+                    urls.iter()
+                        .map(|u| conn::Target::parse(u))
+                        .collect::<Result<_>>()?
+                };
+                notify::run(notify::Plan {
+                    nodes,
+                    sources,
+                    users,
+                    seconds: Duration::from_secs(seconds),
+                    pool,
+                    key,
+                    server_pids,
+                    redis,
+                    label,
+                    push_after: Duration::from_millis(push_after_ms),
+                })
                 .await
             }
             Scenario::Cluster {
