@@ -145,7 +145,8 @@ async fn bad_api_requests_get_clear_json_errors() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "invalid_field");
-    let huge = format!(r#"{{"users":["{}"]}}"#, "x".repeat(100_000));
+    // Past the bulk route's 2 MiB (a ranked query's 10,000 ids).
+    let huge = format!(r#"{{"users":["{}"]}}"#, "x".repeat(3_000_000));
     let (status, body) = srv.post("/v1/presence/bulk", SERVICE_KEY, &huge).await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "too_large");
