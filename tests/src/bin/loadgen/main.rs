@@ -12,10 +12,12 @@ mod cluster;
 mod conn;
 mod fanout;
 mod hold;
+mod http;
 mod large;
 mod latency;
 mod notify;
 mod probe;
+mod ranked;
 mod report;
 
 use std::time::Duration;
@@ -142,6 +144,41 @@ enum Scenario {
         /// The servers' `--notify-idle-ms`.
         #[arg(long, default_value_t = 120_000)]
         push_after_ms: u64,
+    },
+    /// Issue 31: the ranked, paged presence query (`POST /v1/presence/bulk`, `present_first`) of
+    /// `ids` ids of which `users` are connected, and `receipts?at=` on a room of `users` markers
+    /// (and on `--seeded-room`).
+    Ranked {
+        /// Connected users (also the room's readers).
+        #[arg(long, default_value_t = 2_000)]
+        users: usize,
+        /// Ids per query (the users and unknown ids).
+        #[arg(long, default_value_t = 10_000)]
+        ids: usize,
+        /// Page size.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+        /// Full queries (and receipts questions) to time.
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+        /// The servers' service key.
+        #[arg(long)]
+        key: String,
+        /// Several nodes of one cluster: users on all but the last, which is asked.
+        #[arg(long, value_delimiter = ',')]
+        urls: Vec<String>,
+        /// Readers of the room in all: beyond `users`, short-lived sockets that connect, join,
+        /// read and close.
+        #[arg(long, default_value_t = 0)]
+        readers: usize,
+        /// A room whose markers 1..=`--seeded-markers` were written into Redis beforehand.
+        #[arg(long)]
+        seeded_room: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        seeded_markers: u64,
+        /// Figure names start with this.
+        #[arg(long, default_value = "ranked")]
+        label: String,
     },
     /// Several nodes of one cluster: every room's observer on another node than its actors.
     Cluster {
@@ -288,6 +325,39 @@ fn main() -> Result<()> {
                     redis,
                     label,
                     push_after: Duration::from_millis(push_after_ms),
+                })
+                .await
+            }
+            Scenario::Ranked {
+                users,
+                ids,
+                limit,
+                queries,
+                key,
+                urls,
+                seeded_room,
+                seeded_markers,
+                readers,
+                label,
+            } => {
+                let nodes = if urls.is_empty() {
+                    vec![target()?.clone()]
+                } else {
+                    urls.iter()
+                        .map(|u| conn::Target::parse(u))
+                        .collect::<Result<_>>()?
+                };
+                ranked::run(ranked::Plan {
+                    nodes,
+                    sources,
+                    users,
+                    ids,
+                    limit,
+                    queries,
+                    key,
+                    label,
+                    seeded: seeded_room.map(|r| (r, seeded_markers)),
+                    readers: readers.max(users),
                 })
                 .await
             }

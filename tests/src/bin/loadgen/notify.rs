@@ -31,16 +31,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
+use crate::http::Http;
 use crate::probe::{Probe, Sample};
 use crate::report::{figure, percentile, process};
 
@@ -681,68 +680,6 @@ async fn worker(
         }
     }
     t
-}
-
-/// A keep-alive HTTP/1.1 client connection, one request at a time.
-struct Http {
-    tcp: TcpStream,
-    addr: SocketAddr,
-    buf: Vec<u8>,
-}
-
-/// Largest response head plus body read.
-const MAX_RESPONSE: usize = 1 << 20;
-
-impl Http {
-    async fn connect(addr: SocketAddr) -> Result<Self> {
-        anyhow::ensure!(addr.ip().is_loopback(), "loopback only");
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        Ok(Self {
-            tcp,
-            addr,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// `GET path` with the service key: the status and the body.
-    async fn get(&mut self, path: &str, key: &str) -> Result<(u16, Vec<u8>)> {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\r\n",
-            self.addr
-        );
-        self.tcp.write_all(request.as_bytes()).await?;
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end]).context("response head")?;
-                let status: u16 = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("bad status line in {head:?}"))?;
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().ok())?
-                    })
-                    .with_context(|| format!("no content-length in {head:?}"))?;
-                let total = end + 4 + len;
-                if self.buf.len() >= total {
-                    let body = self.buf[end + 4..total].to_vec();
-                    self.buf.drain(..total);
-                    return Ok((status, body));
-                }
-            }
-            if self.buf.len() > MAX_RESPONSE {
-                bail!("response over {MAX_RESPONSE} bytes");
-            }
-            if self.tcp.read_buf(&mut self.buf).await? == 0 {
-                bail!("connection closed");
-            }
-        }
-    }
 }
 
 fn report(plan: &Plan, world: &World, presence: &Measured, notify: &Measured) {
