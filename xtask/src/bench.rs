@@ -71,6 +71,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
                 &["churn", "--rate", "100", "--seconds", "3"],
             ),
             s("notify", NOTIFY_SERVER, &notify_args("1000", "3")),
+            s("ranked", NOTIFY_SERVER, &ranked_args("500", "5")),
         ];
     }
     let held = max_connections.to_string();
@@ -121,6 +122,7 @@ fn scenarios(quick: bool, max_connections: usize) -> Vec<Scenario> {
             &["churn", "--rate", "1000", "--seconds", "10"],
         ),
         s("notify", NOTIFY_SERVER, &notify_args("10000", "10")),
+        s("ranked", NOTIFY_SERVER, &ranked_args("2000", "50")),
         // Last: a 10,000-member room leaves gigabytes of freed memory and
         // thousands of closing sockets behind, which disturbs what follows.
         s(
@@ -156,6 +158,23 @@ fn notify_args(users: &'static str, seconds: &'static str) -> Vec<&'static str> 
         NOTIFY_KEY,
         "--server-pids",
         "{pid}",
+    ]
+}
+
+/// `loadgen ranked` on one node (issue 31): `users` connected users among
+/// 10,000 ids, `queries` ranked queries of 10 pages and `receipts?at=`
+/// questions (BENCHMARKS.md, section 10).
+fn ranked_args(users: &'static str, queries: &'static str) -> Vec<&'static str> {
+    vec![
+        "--sources",
+        "4",
+        "ranked",
+        "--users",
+        users,
+        "--queries",
+        queries,
+        "--key",
+        NOTIFY_KEY,
     ]
 }
 
