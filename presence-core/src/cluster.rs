@@ -98,6 +98,7 @@ impl Records {
     pub fn view(&self, live: impl Fn(&str) -> Liveness) -> ClusterView {
         let mut v = ClusterView::offline();
         let mut status_key: Option<(Millis, &str)> = None;
+        let mut privacy_key: Option<(Millis, &str)> = None;
         for (inc, (_, rec)) in &self.by {
             let key = (rec.status_at, inc.as_str());
             if status_key.is_none_or(|k| key > k) {
@@ -105,6 +106,11 @@ impl Records {
                 v.status = rec.status;
                 v.text = rec.text.clone();
                 v.status_at = rec.status_at;
+            }
+            let key = (rec.privacy_at, inc.as_str());
+            if privacy_key.is_none_or(|k| key > k) {
+                privacy_key = Some(key);
+                (v.privacy, v.privacy_at) = (rec.privacy, rec.privacy_at);
             }
         }
         // The merged status, not each record's, decides whether a dead
@@ -116,12 +122,7 @@ impl Records {
             let rec = match live(inc) {
                 Liveness::Live if !self.superseded(inc, *seq) => std::borrow::Cow::Borrowed(rec),
                 // Superseded: its connections are the newer record's now.
-                Liveness::Live => std::borrow::Cow::Owned(NodeRecord::released(
-                    rec.last_seen,
-                    rec.status,
-                    rec.text.clone(),
-                    rec.status_at,
-                )),
+                Liveness::Live => std::borrow::Cow::Owned(rec.let_go()),
                 Liveness::Gone(at) => std::borrow::Cow::Owned(rec.expire(at, invisible)),
             };
             match rec.shown {
@@ -185,6 +186,10 @@ pub struct ClusterView {
     pub typing: BTreeSet<RoomId>,
     /// `info` and `data`, merged.
     pub custom: Custom,
+    /// The privacy settings: the latest any node knew, like the status.
+    pub privacy: crate::privacy::Privacy,
+    /// When they were set (0: unknown).
+    pub privacy_at: Millis,
 }
 
 impl ClusterView {
@@ -200,6 +205,8 @@ impl ClusterView {
             rooms: BTreeSet::new(),
             typing: BTreeSet::new(),
             custom: Custom::default(),
+            privacy: crate::privacy::Privacy::default(),
+            privacy_at: Millis(0),
         }
     }
 
@@ -230,10 +237,10 @@ impl ClusterView {
         )
     }
 
-    /// Whether the user's own status or text changed (their own sockets are
-    /// told, invisible included).
+    /// Whether the user's own status, text or privacy settings changed
+    /// (their own sockets are told, invisible included).
     pub fn status_changed(&self, before: &ClusterView) -> bool {
-        self.status != before.status || self.text != before.text
+        self.status != before.status || self.text != before.text || self.privacy != before.privacy
     }
 
     fn shown_typing(&self) -> BTreeSet<&RoomId> {
@@ -301,7 +308,7 @@ pub fn transitions(
         (true, false) => {
             let last_seen = after.last_seen.unwrap_or(now);
             emit(
-                gone(last_seen),
+                gone(Some(last_seen)),
                 before.rooms.iter().cloned().collect(),
                 true,
             );

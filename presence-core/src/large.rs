@@ -334,7 +334,7 @@ mod tests {
     fn went(u: &str) -> Diff {
         Diff::UserDisconnected {
             user: id(u),
-            last_seen: Millis(1),
+            last_seen: Some(Millis(1)),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod notify;
 pub mod object;
 pub mod policy;
 pub mod presence;
+pub mod privacy;
 pub mod protocol;
 #[cfg(feature = "std")]
 pub mod receipts;
@@ -41,4 +42,5 @@ pub use policy::TimingPolicy;
 pub use presence::{
     Activity, DeviceKind, IdleReason, Millis, PresenceState, PresenceView, Status, StatusText,
 };
+pub use privacy::{LastSeen, Privacy, Receipts};
 pub use protocol::PROTOCOL_VERSION;

@@ -45,7 +45,7 @@ fn client_vectors_round_trip_and_cover_every_message() {
     }
     let all = [
         "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read",
-        "view", "data", "auth", "ping", "leaving",
+        "view", "privacy", "data", "auth", "ping", "leaving",
     ];
     assert_eq!(
         kinds,
@@ -89,6 +89,7 @@ fn server_vectors_round_trip_and_cover_every_message_and_diff() {
         "diffs",
         "watching",
         "self_status",
+        "self_privacy",
         "error",
         "auth_ok",
         "pong",

@@ -21,6 +21,13 @@ pub trait AudiencePolicy: Send + Sync + 'static {
     fn may_join<'a>(&'a self, who: &'a Identity, room: &'a RoomId) -> BoxFuture<'a, bool>;
     /// Whether `who` may see `target`'s presence everywhere.
     fn may_watch<'a>(&'a self, who: &'a Identity, target: &'a UserId) -> BoxFuture<'a, bool>;
+    /// Whether `who` counts as `target`'s contact for a last seen shown to
+    /// `contacts` only. Asked at fan-out, under the node's lock, for each
+    /// recipient of such a last seen: it must answer at once, from what it
+    /// holds. The default: `target` is in `who`'s token `watch` claim.
+    fn may_see_last_seen(&self, who: &Identity, target: &UserId) -> bool {
+        who.watch.allows(target.as_str())
+    }
 }
 
 /// An [`AudiencePolicy`] that answers at once, from what it holds.
@@ -29,6 +36,10 @@ pub trait SyncAudience: Send + Sync + 'static {
     fn may_join(&self, who: &Identity, room: &RoomId) -> bool;
     /// Whether `who` may see `target`'s presence everywhere.
     fn may_watch(&self, who: &Identity, target: &UserId) -> bool;
+    /// See [`AudiencePolicy::may_see_last_seen`].
+    fn may_see_last_seen(&self, who: &Identity, target: &UserId) -> bool {
+        who.watch.allows(target.as_str())
+    }
 }
 
 impl<T: SyncAudience> AudiencePolicy for T {
@@ -40,6 +51,10 @@ impl<T: SyncAudience> AudiencePolicy for T {
         Box::pin(std::future::ready(SyncAudience::may_watch(
             self, who, target,
         )))
+    }
+
+    fn may_see_last_seen(&self, who: &Identity, target: &UserId) -> bool {
+        SyncAudience::may_see_last_seen(self, who, target)
     }
 }
 

@@ -235,6 +235,7 @@ mod tests {
         let dir = temp_dir("reopen");
         let ana = UserId::new("ana").expect("valid");
         let record = UserRecord {
+            privacy: Default::default(),
             status: Status::Busy,
             text: None,
             last_seen: None,

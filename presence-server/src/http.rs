@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use presence_core::protocol::Counts;
-use presence_core::{Machine, PresenceView, RoomId, UserId};
+use presence_core::{Machine, PresenceView, Receipts, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -217,9 +217,53 @@ async fn cluster_views(
         if recs.len() != allowed.len() {
             return None;
         }
-        hub.cluster_views(&allowed, &recs, None)
+        let viewer = match caller {
+            Caller::Service => None,
+            Caller::User(who) => Some(who),
+        };
+        hub.cluster_views(&allowed, &recs, None, viewer)
     };
     (views.len() == allowed.len()).then_some((views, forbidden))
+}
+
+/// This node's views of `users` for `caller`: (visible views, forbidden).
+async fn local_views(
+    hub: &Hub,
+    caller: &Caller,
+    users: &[UserId],
+) -> Result<(Vec<PresenceView>, Vec<UserId>), ApiError> {
+    let mut allowed = Vec::with_capacity(users.len());
+    let mut forbidden = Vec::new();
+    for user in users {
+        let ok = match caller {
+            Caller::Service => true,
+            Caller::User(viewer) => may_see(hub, viewer, user).await?,
+        };
+        if ok {
+            allowed.push(user.clone());
+        } else {
+            forbidden.push(user.clone());
+        }
+    }
+    let views = hub.read(|m| allowed.iter().map(|u| view_of(m, u)).collect());
+    let views = match caller {
+        Caller::Service => views,
+        Caller::User(viewer) => hub.as_seen_by(viewer, views),
+    };
+    Ok((views, forbidden))
+}
+
+/// Views of `users` for `caller`, as its token may see them: cluster-wide
+/// when the cluster's store answers, else this node's.
+async fn views_for(
+    hub: &Hub,
+    caller: &Caller,
+    users: &[UserId],
+) -> Result<(Vec<PresenceView>, Vec<UserId>), ApiError> {
+    match cluster_views(hub, caller, users).await {
+        Some(found) => Ok(found),
+        None => local_views(hub, caller, users).await,
+    }
 }
 
 /// `GET /v1/users/{id}/presence`
@@ -231,22 +275,11 @@ pub(crate) async fn user_presence(
 ) -> Result<Json<PresenceView>, ApiError> {
     let caller = caller(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if let Some((mut views, forbidden)) =
-        cluster_views(&hub, &caller, std::slice::from_ref(&user)).await
-    {
-        if !forbidden.is_empty() {
-            return Err(ApiError::forbidden("this user"));
-        }
-        if let Some(v) = views.pop() {
-            return Ok(Json(v));
-        }
+    let (mut views, forbidden) = views_for(&hub, &caller, std::slice::from_ref(&user)).await?;
+    match views.pop() {
+        Some(v) if forbidden.is_empty() => Ok(Json(v)),
+        _ => Err(ApiError::forbidden("this user")),
     }
-    if let Caller::User(viewer) = &caller
-        && !may_see(&hub, viewer, &user).await?
-    {
-        return Err(ApiError::forbidden("this user"));
-    }
-    Ok(Json(hub.read(|m| view_of(m, &user))))
 }
 
 #[derive(Deserialize)]
@@ -301,27 +334,8 @@ pub(crate) async fn bulk_presence(
         .map(UserId::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    if let Some((users, forbidden)) = cluster_views(&hub, &caller, &users).await {
-        return Ok(Json(BulkResponse { users, forbidden }).into_response());
-    }
-    let mut allowed = Vec::with_capacity(users.len());
-    let mut forbidden = Vec::new();
-    for user in users {
-        let ok = match &caller {
-            Caller::Service => true,
-            Caller::User(viewer) => may_see(&hub, viewer, &user).await?,
-        };
-        if ok {
-            allowed.push(user);
-        } else {
-            forbidden.push(user);
-        }
-    }
-    Ok(Json(hub.read(|m| BulkResponse {
-        users: allowed.iter().map(|u| view_of(m, u)).collect(),
-        forbidden,
-    }))
-    .into_response())
+    let (users, forbidden) = views_for(&hub, &caller, &users).await?;
+    Ok(Json(BulkResponse { users, forbidden }).into_response())
 }
 
 /// One page of a ranked bulk query (see `ranked`), cluster-wide, showing
@@ -341,26 +355,8 @@ pub(crate) async fn ranked(
         )));
     }
     let users = unique(users);
-    let (views, forbidden) = match cluster_views(hub, caller, &users).await {
-        Some(found) => found,
-        None => {
-            let mut allowed = Vec::with_capacity(users.len());
-            let mut forbidden = Vec::new();
-            for user in &users {
-                let ok = match caller {
-                    Caller::Service => true,
-                    Caller::User(viewer) => may_see(hub, viewer, user).await?,
-                };
-                if ok {
-                    allowed.push(user.clone());
-                } else {
-                    forbidden.push(user.clone());
-                }
-            }
-            let views = hub.read(|m| allowed.iter().map(|u| view_of(m, u)).collect());
-            (views, forbidden)
-        }
-    };
+    // Hidden last seens are gone before ranking: they rank as unknown.
+    let (views, forbidden) = views_for(hub, caller, &users).await?;
     let index: HashMap<&UserId, usize> = users.iter().enumerate().map(|(i, u)| (u, i)).collect();
     let views = views
         .into_iter()
@@ -449,7 +445,7 @@ async fn readable_room(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     room: String,
-) -> Result<RoomId, ApiError> {
+) -> Result<(Caller, RoomId), ApiError> {
     let caller = caller(hub, headers, query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
@@ -459,7 +455,7 @@ async fn readable_room(
         hub.metrics.deny("http");
         return Err(ApiError::forbidden("this room"));
     }
-    Ok(room)
+    Ok((caller, room))
 }
 
 /// `GET /v1/rooms/{room}/receipts?at=M[&limit=N][&after=CURSOR]`: who has
@@ -473,7 +469,15 @@ pub(crate) async fn room_receipts(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use presence_core::limits::{MAX_READ_MARKER, MAX_READERS_PAGE};
     use presence_core::receipts::{After, readers};
-    let room = readable_room(&hub, &headers, &query, room).await?;
+    let (caller, room) = readable_room(&hub, &headers, &query, room).await?;
+    // A user with receipts off sees nobody's marker but their own.
+    let only = match &caller {
+        Caller::User(who) if hub.privacy(&who.user).receipts == Receipts::Off => {
+            Some(who.user.clone())
+        }
+        _ => None,
+    };
+    let seen = |u: &UserId| only.as_ref().is_none_or(|o| o == u);
     let at = query
         .get("at")
         .and_then(|m| m.parse::<u64>().ok())
@@ -509,13 +513,16 @@ pub(crate) async fn room_receipts(
                 .await
                 .map_err(|_| ApiError::unavailable())?;
             readers(
-                marks.iter().map(|(u, m)| (u, *m)),
+                marks.iter().filter(|(u, _)| seen(u)).map(|(u, m)| (u, *m)),
                 at,
                 after.as_ref(),
                 limit,
             )
         }
-        None => hub.read(|m| readers(m.reads_in(&room), at, after.as_ref(), limit)),
+        None => hub.read(|m| {
+            let reads = m.reads_in(&room).filter(|(u, _)| seen(u));
+            readers(reads, at, after.as_ref(), limit)
+        }),
     };
     let mut body = json!({ "room": room, "at": at, "count": found.count, "users": found.users });
     if let Some(next) = found.next {
@@ -530,23 +537,44 @@ async fn members_of(
     query: &HashMap<String, String>,
     room: String,
 ) -> Result<RoomMembers, ApiError> {
-    let room = readable_room(hub, headers, query, room).await?;
-    if let Some(backend) = backend(hub)
-        && let Some(found) = cluster_members(hub, backend, &room).await
-    {
-        return Ok(found);
+    let (caller, room) = readable_room(hub, headers, query, room).await?;
+    let viewer = match &caller {
+        Caller::Service => None,
+        Caller::User(who) => Some(who),
+    };
+    let found = match backend(hub) {
+        Some(backend) => cluster_members(hub, backend, &room, viewer).await,
+        None => None,
+    };
+    let mut found = match found {
+        Some(found) => found,
+        None => {
+            let mut found = hub.read(|m| RoomMembers {
+                members: m.members(&room),
+                receipts: m.receipts_in(&room),
+                next: None,
+                room,
+            });
+            if let Some(who) = viewer {
+                found.members = hub.as_seen_by(who, found.members);
+            }
+            found
+        }
+    };
+    if let Some(who) = viewer {
+        found.receipts = hub.receipts_seen_by(who, found.receipts, |r| &r.user);
     }
-    Ok(hub.read(|m| RoomMembers {
-        members: m.members(&room),
-        receipts: m.receipts_in(&room),
-        next: None,
-        room,
-    }))
+    Ok(found)
 }
 
 /// A room's visible members and their markers, cluster-wide; `None` if the
 /// backend could not answer.
-async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Option<RoomMembers> {
+async fn cluster_members(
+    hub: &Hub,
+    backend: &dyn Backend,
+    room: &RoomId,
+    viewer: Option<&Identity>,
+) -> Option<RoomMembers> {
     let mut users: Vec<UserId> = backend
         .members(room)
         .await
@@ -558,7 +586,7 @@ async fn cluster_members(hub: &Hub, backend: &dyn Backend, room: &RoomId) -> Opt
     users.dedup();
     let recs = backend.read(&users).await.ok()?;
     let marks = backend.receipts(room).await.ok()?;
-    let members = hub.cluster_views(&users, &recs, Some(room));
+    let members = hub.cluster_views(&users, &recs, Some(room), viewer);
     let shown: std::collections::HashSet<&UserId> = members.iter().map(|m| &m.user).collect();
     // As in a snapshot: every shown member's marker, and the most advanced
     // of readers who are not shown.
@@ -662,6 +690,71 @@ pub(crate) async fn message_sent(
             )
         })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/users/{id}/privacy` (service key, or the user's own token):
+/// the user's privacy settings, cluster-wide.
+pub(crate) async fn user_privacy(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = caller(&hub, &headers, &query).await?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Caller::User(who) = &caller
+        && who.user != user
+    {
+        return Err(ApiError::forbidden("another user's settings"));
+    }
+    let p = hub.privacy_anywhere(&user).await;
+    Ok(Json(privacy_body(&user, p)))
+}
+
+/// `PUT /v1/users/{id}/privacy` (service key) with `{"last_seen"?, "receipts"?}`:
+/// changes what is given, keeps the rest, answers the settings now.
+pub(crate) async fn set_user_privacy(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    service_only(&hub, &headers, &query).await?;
+    let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let body: serde_json::Map<String, serde_json::Value> = json_body(
+        body,
+        r#"{"last_seen":"everyone|contacts|nobody","receipts":"on|off"}"#,
+    )?;
+    let (mut last_seen, mut receipts) = (None, None);
+    for (key, value) in &body {
+        let v = value.as_str().unwrap_or_default();
+        match key.as_str() {
+            "last_seen" => {
+                last_seen = Some(presence_core::LastSeen::parse(v).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "last_seen must be everyone, contacts or nobody, not {value}"
+                    ))
+                })?);
+            }
+            "receipts" => {
+                receipts = Some(Receipts::parse(v).ok_or_else(|| {
+                    ApiError::invalid(format!("receipts must be on or off, not {value}"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown setting {other:?}: last_seen and receipts exist"
+                )));
+            }
+        }
+    }
+    let p = hub.set_privacy(&user, last_seen, receipts).await;
+    Ok(Json(privacy_body(&user, p)))
+}
+
+fn privacy_body(user: &UserId, p: presence_core::Privacy) -> serde_json::Value {
+    json!({ "user": user, "last_seen": p.last_seen, "receipts": p.receipts })
 }
 
 #[derive(Deserialize, Default)]

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use presence_core::protocol::CloseCode;
-use presence_core::{PresenceView, RoomId, UserId};
+use presence_core::{LastSeen, PresenceView, Privacy, Receipts, RoomId, UserId};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -326,6 +326,10 @@ impl PresenceServer {
             .route("/v1/users/{id}/disconnect", post(http::disconnect_user))
             .route("/v1/users/{id}/devices", get(http::user_devices))
             .route("/v1/users/{id}/notify", get(http::user_notify))
+            .route(
+                "/v1/users/{id}/privacy",
+                get(http::user_privacy).put(http::set_user_privacy),
+            )
             // A ranked query names up to 10,000 ids of up to 128 bytes.
             .route(
                 "/v1/presence/bulk",
@@ -434,7 +438,7 @@ impl PresenceServer {
         if let Some(recs) = self.hub.cluster_records(user).await {
             return self
                 .hub
-                .cluster_views(std::slice::from_ref(user), &[recs], None)
+                .cluster_views(std::slice::from_ref(user), &[recs], None, None)
                 .pop()
                 .filter(|v| {
                     v.state != presence_core::PresenceState::Offline || v.last_seen.is_some()
@@ -502,6 +506,23 @@ impl PresenceServer {
         marker: Option<u64>,
     ) -> Notification {
         self.hub.notify(user, room, mention, marker).await
+    }
+
+    /// A user's privacy settings (PROTOCOL.md, "Privacy"); with a cluster,
+    /// the latest any node set, read from the backend.
+    pub async fn privacy(&self, user: &UserId) -> Privacy {
+        self.hub.privacy_anywhere(user).await
+    }
+
+    /// Changes a user's privacy settings for their backend (`None`: kept),
+    /// connected or not; their own sockets are told. Returns the settings.
+    pub async fn set_privacy(
+        &self,
+        user: &UserId,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) -> Privacy {
+        self.hub.set_privacy(user, last_seen, receipts).await
     }
 
     /// Whether any live connection of the user is active, invisible or not;

@@ -413,6 +413,11 @@ fn holding(seq: u64, rooms: &[&str]) -> Stored {
                 data_at: Millis(9),
                 ..Custom::default()
             },
+            privacy: presence_server::presence_core::Privacy {
+                last_seen: presence_server::presence_core::LastSeen::Contacts,
+                receipts: presence_server::presence_core::Receipts::Off,
+            },
+            privacy_at: Millis(8),
         },
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use presence_server::{DataDir, PresenceServer};
+use presence_server::PresenceServer;
 use serde_json::{Value, json};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -271,17 +271,7 @@ fn the_readme_flag_table_matches_help() {
 }
 
 async fn start_with_dir(dir: &Path) -> TestServer {
-    // The previous server's store closes when its last task lets go of it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let data = loop {
-        match DataDir::open(dir) {
-            Ok(d) => break d,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let data = open_data_dir(dir).await;
     let mut config = calm_config();
     config.timing.offline_grace = Duration::from_secs(2);
     TestServer::start_with(PresenceServer::builder().config(config).data_dir(data)).await

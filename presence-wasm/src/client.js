@@ -4,7 +4,7 @@
 const METHODS = [
   "join", "leave", "watch", "unwatch", "setStatus", "typing", "stopTyping", "bindTyping",
   "markRead", "members", "onPresence", "onTyping", "onReceipt", "onConnection", "onSelfStatus",
-  "onError", "subscribe", "getSnapshot", "close", "setToken", "setData", "view",
+  "onError", "subscribe", "getSnapshot", "close", "setToken", "setData", "view", "setPrivacy",
 ];
 
 // Defines them on `client` itself, bound to it, so they work passed on alone

@@ -41,7 +41,7 @@ use core::cell::RefCell;
 use core::time::Duration;
 
 use presence_core::client::{ActivityConfig, Client, ClientConfig};
-use presence_core::{InvalidObject, JsonObject, Status, StatusText};
+use presence_core::{InvalidObject, JsonObject, LastSeen, Receipts, Status, StatusText};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -133,6 +133,7 @@ impl PresenceClient {
             Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
             Some(Op::SetData) => done(self.set_data(&a)),
             Some(Op::View) => done(self.view(&a)),
+            Some(Op::SetPrivacy) => done(self.set_privacy(&a)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -170,10 +171,11 @@ enum Op {
     SetToken,
     SetData,
     View,
+    SetPrivacy,
 }
 
 impl Op {
-    const ALL: [Op; 22] = [
+    const ALL: [Op; 23] = [
         Op::Join,
         Op::Leave,
         Op::Watch,
@@ -196,6 +198,7 @@ impl Op {
         Op::SetToken,
         Op::SetData,
         Op::View,
+        Op::SetPrivacy,
     ];
 }
 
@@ -498,6 +501,32 @@ impl PresenceClient {
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| result = c.view(room));
         result.map_err(js::client_error)
+    }
+
+    /// `setPrivacy({lastSeen?, receipts?})`: changes the user's privacy
+    /// settings for all their tabs and devices; an absent one is kept.
+    pub fn set_privacy(&self, settings: &JsValue) -> Result<(), JsValue> {
+        self.live()?;
+        if !settings.is_object() {
+            return Err(error(
+                "invalid_argument",
+                "privacy settings must be an object",
+            ));
+        }
+        let last_seen = js::setting(
+            settings,
+            "lastSeen",
+            LastSeen::parse,
+            "lastSeen must be everyone, contacts or nobody",
+        )?;
+        let receipts = js::setting(
+            settings,
+            "receipts",
+            Receipts::parse,
+            "receipts must be on or off",
+        )?;
+        runtime::with(&self.shared, |c, _| c.set_privacy(last_seen, receipts));
+        Ok(())
     }
 
     /// Says `leaving`, closes the socket and stops all listeners and

@@ -342,7 +342,7 @@ fn apply_to(
             // `update` drops what only an online view shows.
             let mut v = entry(members, &user);
             v.state = PresenceState::Offline;
-            v.last_seen = Some(last_seen);
+            v.last_seen = last_seen;
             v
         }
         Diff::UserIdle { user, reason } => {

@@ -458,7 +458,7 @@ fn going_offline_is_one_global_disconnected_to_the_rooms_it_was_in() {
         ev[0].diff,
         Diff::UserDisconnected {
             user: u.clone(),
-            last_seen: at(3)
+            last_seen: Some(at(3))
         }
     );
     // Without a known last-seen, now.
@@ -467,7 +467,7 @@ fn going_offline_is_one_global_disconnected_to_the_rooms_it_was_in() {
         ev[0].diff,
         Diff::UserDisconnected {
             user: u,
-            last_seen: at(5)
+            last_seen: Some(at(5))
         }
     );
 }
@@ -623,7 +623,7 @@ fn going_invisible_stops_typing_then_disconnects() {
         ev[1].diff,
         Diff::UserDisconnected {
             user: u.clone(),
-            last_seen: at(1)
+            last_seen: Some(at(1))
         }
     );
     // Nothing while invisible.
@@ -668,7 +668,7 @@ fn the_last_seen_of_an_invisible_user_is_when_they_went_invisible() {
         ev.last().map(|e| &e.diff),
         Some(&Diff::UserDisconnected {
             user: u.clone(),
-            last_seen: at(5)
+            last_seen: Some(at(5))
         })
     );
     assert_eq!(after.presence(&u).last_seen, Some(at(5)));
@@ -878,6 +878,7 @@ fn messages(steps: &[Step]) -> Vec<Msg> {
                 text: st.1.clone(),
                 status_at: st.2,
                 custom,
+                ..NodeRecord::released(None, Status::Available, None, Millis(0))
             },
             now,
         });
@@ -963,7 +964,7 @@ impl Observer {
                 if e.global {
                     prop_assert!(self.rooms.is_empty(), "some room was not told");
                     self.global = None;
-                    gone_at = Some(*last_seen);
+                    gone_at = *last_seen;
                 }
             }
             Diff::UserLeft { user } => {

@@ -31,6 +31,7 @@ use crate::limits::{MAX_CONNECTIONS_PER_USER, MAX_READ_MARKER, MAX_ROOMS_PER_CON
 use crate::object::JsonObject;
 use crate::policy::TimingPolicy;
 use crate::presence::{Activity, DeviceKind, Millis, PresenceView, Status, StatusText};
+use crate::privacy::{LastSeen, Privacy, Receipts};
 use crate::protocol::{Diff, ErrorCode, Receipt};
 
 /// Why the machine refused an input. Each maps to a stable [`ErrorCode`].
@@ -142,6 +143,9 @@ struct User {
     /// Retention ages offline users by it (not by `last_seen`, which an
     /// invisible user must not move).
     gone: Option<Millis>,
+    privacy: Privacy,
+    /// When `privacy` was last set here (0: never), merged like the status.
+    privacy_at: Millis,
 }
 
 impl User {
@@ -159,6 +163,8 @@ impl User {
             receipts: HashMap::new(),
             custom: Custom::default(),
             gone: None,
+            privacy: Privacy::default(),
+            privacy_at: Millis(0),
         }
     }
 
@@ -429,6 +435,58 @@ impl Machine {
         Ok(true)
     }
 
+    /// The user (or their backend) changed privacy settings (absent: kept);
+    /// a user never seen here is remembered offline, so the settings hold
+    /// when they come. Returns the settings if they changed (then tell the
+    /// user's own connections with `self_privacy`). Observers hear nothing:
+    /// the settings decide what they are sent from now on.
+    pub fn set_privacy(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) -> Option<Privacy> {
+        let u = self.users.entry(user.clone()).or_insert_with(|| {
+            let mut u = User::new();
+            u.gone = Some(now);
+            u
+        });
+        let next = u.privacy.with(last_seen, receipts);
+        u.privacy_at = now;
+        (next != u.privacy).then(|| {
+            u.privacy = next;
+            next
+        })
+    }
+
+    /// Takes settings set elsewhere in the cluster at `at`, if newer (a
+    /// user never seen here is remembered offline); returns whether they
+    /// changed.
+    pub fn adopt_privacy(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        privacy: Privacy,
+        at: Millis,
+    ) -> bool {
+        let u = self.users.entry(user.clone()).or_insert_with(|| {
+            let mut u = User::new();
+            u.gone = Some(now);
+            u
+        });
+        if u.privacy_at > at {
+            return false;
+        }
+        u.privacy_at = at;
+        std::mem::replace(&mut u.privacy, privacy) != privacy
+    }
+
+    /// The user's privacy settings (open if unknown).
+    pub fn privacy(&self, user: &UserId) -> Privacy {
+        self.users.get(user).map(|u| u.privacy).unwrap_or_default()
+    }
+
     /// What the server says about `user` (the `info` of the token of the
     /// connection about to connect): the latest connection's wins. Call it
     /// before [`Machine::connect`], so a user coming online carries it.
@@ -549,7 +607,10 @@ impl Machine {
     }
 
     /// The user read `room` up to `marker`. Markers only move forward; returns
-    /// whether this one did. Invisible users' receipts are kept, not shown.
+    /// whether this one did. Invisible users' receipts are kept, not shown;
+    /// those of users with receipts off are kept and announced (the server
+    /// shows them to the user's own connections only), but the room's
+    /// shown marker stays where it was.
     pub fn read(
         &mut self,
         now: Millis,
@@ -572,11 +633,14 @@ impl Machine {
             return Ok(false);
         }
         user.receipts.insert(room.clone(), marker);
+        let shown = user.privacy.receipts == Receipts::On;
         if user.visible() {
-            self.reads
-                .entry(room.clone())
-                .or_default()
-                .insert(user_id.clone(), marker);
+            if shown {
+                self.reads
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(user_id.clone(), marker);
+            }
             let diff = Diff::Read {
                 user: user_id,
                 marker,
@@ -691,9 +755,14 @@ impl Machine {
             .room_users(room)
             .filter(|(_, u)| u.visible())
             .filter_map(|(id, u)| {
+                // With receipts off, the marker shown before they went off.
+                let marker = match u.privacy.receipts {
+                    Receipts::On => u.receipts.get(room),
+                    Receipts::Off => self.reads.get(room)?.get(id),
+                };
                 Some(Receipt {
                     user: id.clone(),
-                    marker: *u.receipts.get(room)?,
+                    marker: *marker?,
                 })
             })
             .collect();
@@ -987,7 +1056,7 @@ impl Machine {
                 user.last_seen = Some(last_seen);
                 Diff::UserDisconnected {
                     user: user_id.clone(),
-                    last_seen,
+                    last_seen: Some(last_seen),
                 }
             }
             (Shown::Offline, _) => Diff::UserConnected {

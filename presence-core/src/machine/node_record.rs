@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::presence::IdleReason;
+use crate::privacy::Privacy;
 
 /// One node's record of one user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,16 @@ pub struct NodeRecord {
     /// The `info` and `data` this node knows, with when each was set.
     #[serde(rename = "c", default, skip_serializing_if = "Custom::is_empty")]
     pub custom: Custom,
+    /// The user's privacy settings as this node last knew them.
+    #[serde(rename = "pv", default, skip_serializing_if = "Privacy::is_open")]
+    pub privacy: Privacy,
+    /// When they were set, ms (0: never, so any setting wins over them).
+    #[serde(rename = "pa", default, skip_serializing_if = "is_zero")]
+    pub privacy_at: Millis,
+}
+
+fn is_zero(m: &Millis) -> bool {
+    m.0 == 0
 }
 
 impl NodeRecord {
@@ -60,6 +71,23 @@ impl NodeRecord {
             text,
             status_at,
             custom: Custom::default(),
+            privacy: Privacy::default(),
+            privacy_at: Millis(0),
+        }
+    }
+
+    /// What this record keeps once its node holds the user no more: the
+    /// settings and the last seen ([`NodeRecord::released`]).
+    pub fn let_go(&self) -> Self {
+        Self {
+            privacy: self.privacy,
+            privacy_at: self.privacy_at,
+            ..Self::released(
+                self.last_seen,
+                self.status,
+                self.text.clone(),
+                self.status_at,
+            )
         }
     }
 
@@ -77,12 +105,7 @@ impl NodeRecord {
     }
 
     pub(crate) fn expire(&self, at: Millis, invisible: bool) -> Self {
-        let mut r = Self::released(
-            self.last_seen,
-            self.status,
-            self.text.clone(),
-            self.status_at,
-        );
+        let mut r = self.let_go();
         if self.shown != Shown::Offline && !invisible {
             r.last_seen = Some(self.last_seen.map_or(at, |s| s.max(at)));
         }

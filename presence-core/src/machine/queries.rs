@@ -69,6 +69,8 @@ impl Machine {
             text: u.text.clone(),
             status_at: u.status_at,
             custom: u.custom.clone(),
+            privacy: u.privacy,
+            privacy_at: u.privacy_at,
         })
     }
 }

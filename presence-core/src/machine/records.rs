@@ -26,6 +26,9 @@ pub struct UserRecord {
     /// Read markers per room.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub receipts: Vec<(RoomId, u64)>,
+    /// Who sees their last seen and markers.
+    #[serde(default, skip_serializing_if = "crate::privacy::Privacy::is_open")]
+    pub privacy: crate::privacy::Privacy,
 }
 
 /// One connection as it was when the server stopped.
@@ -76,6 +79,7 @@ impl Machine {
             last_seen: u.last_seen,
             gone: u.gone,
             receipts,
+            privacy: u.privacy,
         })
     }
 
@@ -92,9 +96,10 @@ impl Machine {
         u.last_seen = record.last_seen;
         u.gone = Some(record.gone.unwrap_or(now));
         u.receipts = record.receipts.into_iter().collect();
+        u.privacy = record.privacy;
         // Markers read while invisible were never shown; this restores the
         // ones of a user who is not invisible now.
-        if u.status != Status::Invisible {
+        if u.status != Status::Invisible && u.privacy.receipts == crate::privacy::Receipts::On {
             for (room, marker) in &u.receipts {
                 self.reads
                     .entry(room.clone())

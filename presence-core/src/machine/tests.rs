@@ -196,7 +196,7 @@ fn dropped_connection_goes_offline_after_grace_exactly_once() {
         ev[0].diff,
         Diff::UserDisconnected {
             user: user("ana"),
-            last_seen: at(5)
+            last_seen: Some(at(5))
         }
     );
     h.m.tick(at(100));
@@ -269,7 +269,7 @@ fn heartbeat_timeout_detaches_then_grace_removes() {
         ev[0].diff,
         Diff::UserDisconnected {
             user: user("ana"),
-            last_seen: at(20)
+            last_seen: Some(at(20))
         }
     );
 }
@@ -604,6 +604,7 @@ fn offline_users_are_forgotten_by_age_then_by_count() {
             last_seen: None,
             gone: Some(Millis(1000 * (n as u64 + 1))),
             receipts: Vec::new(),
+            privacy: Default::default(),
         };
         m.restore_user(Millis(0), user(name), rec);
     }

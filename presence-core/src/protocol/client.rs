@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
 use crate::presence::{Activity, DeviceKind, Status, StatusText};
+use crate::privacy::{LastSeen, Receipts};
 
 /// A message a client sends. No field names another user as the actor: the
 /// server acts for the authenticated user of the connection only.
@@ -83,6 +84,16 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<RoomId>,
     },
+    /// Changes the user's privacy settings (for all their connections and
+    /// devices); an absent field is kept.
+    Privacy {
+        /// Who sees the user's last seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<LastSeen>,
+        /// Whether the user's read markers are shown (and others' to them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipts: Option<Receipts>,
+    },
     /// Sets the user's `data` (latest wins over all their connections);
     /// absent or `null` clears it.
     Data {
@@ -118,6 +129,7 @@ impl ClientMessage {
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::Read { .. } => "read",
             ClientMessage::View { .. } => "view",
+            ClientMessage::Privacy { .. } => "privacy",
             ClientMessage::Data { .. } => "data",
             ClientMessage::Auth { .. } => "auth",
             ClientMessage::Ping => "ping",

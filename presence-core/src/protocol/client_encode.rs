@@ -117,6 +117,17 @@ impl ClientMessage {
                 out.push_str(",\"marker\":");
                 push_decimal(&mut out, *marker);
             }
+            ClientMessage::Privacy {
+                last_seen,
+                receipts,
+            } => {
+                if let Some(l) = last_seen {
+                    field(&mut out, "last_seen", l.as_str());
+                }
+                if let Some(r) = receipts {
+                    field(&mut out, "receipts", r.as_str());
+                }
+            }
             ClientMessage::Auth { token } => field(&mut out, "token", token),
             ClientMessage::Data { data } => {
                 if let Some(d) = data {

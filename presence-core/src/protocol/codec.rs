@@ -9,9 +9,9 @@ use crate::ids::RoomId;
 use crate::limits::{MAX_FRAME_BYTES, MAX_READ_MARKER, MAX_TOKEN_BYTES, MAX_USERS_PER_WATCH_FRAME};
 use crate::protocol::{ClientMessage, DecodeError, ErrorCode};
 
-const CLIENT_TYPES: [&str; 14] = [
+const CLIENT_TYPES: [&str; 15] = [
     "hello", "join", "leave", "watch", "unwatch", "activity", "status", "typing", "read", "view",
-    "data", "auth", "ping", "leaving",
+    "privacy", "data", "auth", "ping", "leaving",
 ];
 
 /// Largest `auth` frame: its token plus the frame around it.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
+use crate::privacy::{LastSeen, Privacy, Receipts};
 use crate::protocol::ErrorCode;
 
 /// A message the server sends.
@@ -37,6 +38,9 @@ pub enum ServerMessage {
         /// an `auth` frame brought a fresh one first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exp: Option<Millis>,
+        /// The user's own privacy settings (absent: both open).
+        #[serde(default, skip_serializing_if = "Privacy::is_open")]
+        privacy: Privacy,
     },
     /// Full state of a room, sent after `join`; diffs follow (in a large
     /// room, summaries). Also sent unasked when the room becomes large or
@@ -103,6 +107,14 @@ pub enum ServerMessage {
         /// The status text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<StatusText>,
+    },
+    /// The user's own privacy settings changed (from this or another
+    /// connection, or their backend).
+    SelfPrivacy {
+        /// Who sees the user's last seen.
+        last_seen: LastSeen,
+        /// Whether the user's read markers are shown.
+        receipts: Receipts,
     },
     /// A request failed; the connection stays open unless a close follows.
     Error {
@@ -180,8 +192,10 @@ pub enum Diff {
     UserDisconnected {
         /// Who.
         user: UserId,
-        /// When they were last seen connected.
-        last_seen: Millis,
+        /// When they were last seen connected; absent when their privacy
+        /// settings hide it from this observer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<Millis>,
     },
     /// In a room: the user left it, still online elsewhere (never in
     /// watch-list diffs).

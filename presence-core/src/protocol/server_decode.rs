@@ -11,6 +11,7 @@ use crate::json::Json;
 use crate::object::JsonObject;
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
+use crate::privacy::{LastSeen, Privacy, Receipts};
 use crate::protocol::{Counts, DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
 
 /// Field access that names the frame and field in its error.
@@ -121,6 +122,20 @@ fn state(v: &Json) -> Option<PresenceState> {
     })
 }
 
+/// Privacy settings from an object's fields, leniently: a value this
+/// client does not know reads as the open one.
+fn privacy(obj: Option<&Json>) -> Privacy {
+    let pick = |k| obj?.get(k)?.as_str();
+    Privacy {
+        last_seen: pick("last_seen")
+            .and_then(LastSeen::parse)
+            .unwrap_or_default(),
+        receipts: pick("receipts")
+            .and_then(Receipts::parse)
+            .unwrap_or_default(),
+    }
+}
+
 fn millis(v: &Json) -> Option<Millis> {
     v.as_u64().map(Millis)
 }
@@ -181,7 +196,7 @@ fn diff(v: &Json) -> Result<Diff, DecodeError> {
         },
         "user_disconnected" => Diff::UserDisconnected {
             user: f.user("user")?,
-            last_seen: f.pick("last_seen", millis)?,
+            last_seen: f.pick_opt("last_seen", millis)?,
         },
         "user_left" => Diff::UserLeft {
             user: f.user("user")?,
@@ -247,6 +262,7 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             status: f.pick("status", status)?,
             text: f.pick_opt("text", status_text)?,
             exp: f.pick_opt("exp", millis)?,
+            privacy: privacy(f.opt("privacy")),
         },
         "snapshot" => ServerMessage::Snapshot {
             room: f.pick("room", room)?,
@@ -280,6 +296,16 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
         "watching" => ServerMessage::Watching {
             users: f.list("users", view)?,
         },
+        "self_privacy" => {
+            let Privacy {
+                last_seen,
+                receipts,
+            } = privacy(Some(&obj));
+            ServerMessage::SelfPrivacy {
+                last_seen,
+                receipts,
+            }
+        }
         "self_status" => ServerMessage::SelfStatus {
             status: f.pick("status", status)?,
             text: f.pick_opt("text", status_text)?,

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use presence_core::privacy::{Privacy, Receipts, Sight};
 use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
 use super::replica::{BusMessage, Take, address};
 use super::{Hub, State, encoded};
+use crate::auth::Identity;
 use crate::backend::Owed;
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::node::ClusterConfig;
@@ -40,11 +42,15 @@ impl Hub {
     /// shown here at once and sent to the others.
     pub(super) fn local_to_cluster(&self, st: &mut State, ev: &Event) {
         let user = ev.diff.user().clone();
+        // Markers read with receipts off are kept for the user, not shown.
+        let shown = self.privacy_of(st, &user).receipts == Receipts::On;
         if let Diff::Read { marker, .. } = ev.diff
             && let Some(c) = st.cluster.as_mut()
         {
             for room in &ev.rooms {
-                c.read(room.clone(), user.clone(), marker);
+                if shown {
+                    c.read(room.clone(), user.clone(), marker);
+                }
                 if c.shown_in(&user, room) {
                     let shown = Event {
                         rooms: vec![room.clone()],
@@ -98,6 +104,9 @@ impl Hub {
             };
             if st.machine.connections_of(user).is_empty() {
                 continue;
+            }
+            if st.machine.adopt_privacy(now, user, v.privacy, v.privacy_at) {
+                self.tell_privacy(st, user, v.privacy);
             }
             if st
                 .machine
@@ -205,7 +214,7 @@ impl Hub {
             c.failed(take);
             let waiting: Vec<(presence_core::ConnId, Vec<RoomId>)> = c.awaiting.drain().collect();
             for (conn, users) in c.watching_now() {
-                self.send(st, conn, encoded(&ServerMessage::Watching { users }));
+                self.send_watching(st, conn, users);
             }
             // Joiners get what is known now; the room's diffs follow.
             for (conn, rooms) in waiting {
@@ -238,7 +247,7 @@ impl Hub {
             let (events, answers) = c.fetched(got, now);
             self.deliver_cluster(st, now, events);
             for (conn, users) in answers {
-                self.send(st, conn, encoded(&ServerMessage::Watching { users }));
+                self.send_watching(st, conn, users);
             }
         });
     }
@@ -474,23 +483,35 @@ impl Hub {
     }
 
     /// Cluster-level presence of `users` from fetched records; with a
-    /// `room`, of those shown in it only (each view computed once).
+    /// `room`, of those shown in it only (each view computed once); with a
+    /// `viewer`, as their privacy settings let it see them (the records
+    /// carry each user's settings).
     pub(crate) fn cluster_views(
         &self,
         users: &[UserId],
         recs: &[UserRecords],
         room: Option<&RoomId>,
+        viewer: Option<&Identity>,
     ) -> Vec<PresenceView> {
         let st = self.lock();
         let Some(c) = st.cluster.as_ref() else {
             return Vec::new();
         };
+        let own = viewer.map(|v| self.privacy_of(&st, &v.user));
         users
             .iter()
             .zip(recs)
             .map(|(u, r)| (u, c.view_of_records(r)))
             .filter(|(_, v)| room.is_none_or(|room| v.shown_in(room)))
-            .map(|(u, v)| v.presence(u))
+            .map(|(u, v)| {
+                let sight = match (viewer, own) {
+                    (Some(who), Some(own)) => Sight::of(who.user == *u, v.privacy, own, || {
+                        self.audience.may_see_last_seen(who, u)
+                    }),
+                    _ => Sight::ALL,
+                };
+                sight.view(v.presence(u))
+            })
             .collect()
     }
 
@@ -505,6 +526,13 @@ impl Hub {
             .await
             .ok()?
             .pop()
+    }
+
+    /// A user's privacy settings in fetched records, and when they were set.
+    pub(crate) fn cluster_privacy(&self, recs: &UserRecords) -> Option<(Privacy, Millis)> {
+        let st = self.lock();
+        let v = st.cluster.as_ref()?.view_of_records(recs);
+        Some((v.privacy, v.privacy_at))
     }
 
     /// Whether a live incarnation holds the user active (invisible or not).

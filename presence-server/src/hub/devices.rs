@@ -212,7 +212,7 @@ impl Hub {
         // Invisible shows as available here: only `busy` matters to the rule.
         let status = match recs {
             Some(recs) => self
-                .cluster_views(std::slice::from_ref(user), &[recs], None)
+                .cluster_views(std::slice::from_ref(user), &[recs], None, None)
                 .pop()
                 .map_or(Status::Available, |v| v.status),
             None => self.read(|m| m.status_of(user).0),

@@ -8,7 +8,7 @@ use presence_core::{ConnId, PresenceView, RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Hub, State, encoded};
+use super::{Hub, State, encoded, privacy};
 use crate::broadcast::Audience;
 
 impl Hub {
@@ -39,9 +39,20 @@ impl Hub {
                 continue;
             }
             self.metrics.fanout.observe(recipients.len() as f64);
-            for frame in diff_frames(room, diffs) {
-                for &conn in &recipients {
-                    self.send(st, conn, frame.clone());
+            let subjects = self.diff_subjects(st, &diffs);
+            for (sights, conns) in self.by_sight(st, &subjects, recipients) {
+                let seen = if sights.is_empty() {
+                    diffs.clone()
+                } else {
+                    privacy::diffs_seen(&diffs, &subjects, &sights)
+                };
+                if seen.is_empty() {
+                    continue;
+                }
+                for frame in diff_frames(room.clone(), seen) {
+                    for &conn in &conns {
+                        self.send(st, conn, frame.clone());
+                    }
                 }
             }
         }
@@ -78,11 +89,13 @@ impl Hub {
                     counts: None,
                 },
             };
-            let frames = snapshot_frames(snapshot);
-            // Each joiner gets the parts back to back: nothing comes between.
-            for conn in conns {
-                for frame in &frames {
-                    self.send(st, conn, frame.clone());
+            for (snapshot, conns) in self.snapshots_seen(st, snapshot, conns) {
+                let frames = snapshot_frames(snapshot);
+                // Each joiner gets the parts back to back: nothing comes between.
+                for conn in conns {
+                    for frame in &frames {
+                        self.send(st, conn, frame.clone());
+                    }
                 }
             }
         }
@@ -123,7 +136,62 @@ impl Hub {
                     .unwrap_or_else(|| PresenceView::offline(u.clone()))
             })
             .collect();
-        self.send(st, conn, encoded(&ServerMessage::Watching { users: views }));
+        self.send_watching(st, conn, views);
+    }
+
+    /// A `watching` answer, as `conn` may see it.
+    pub(super) fn send_watching(&self, st: &mut State, conn: ConnId, views: Vec<PresenceView>) {
+        let users = self.seen_by(st, conn, views);
+        self.send(st, conn, encoded(&ServerMessage::Watching { users }));
+    }
+
+    /// A room's snapshot per group of joiners who see it alike: last seens
+    /// and read markers as each may see them.
+    fn snapshots_seen(
+        &self,
+        st: &State,
+        snapshot: ServerMessage,
+        conns: Vec<ConnId>,
+    ) -> Vec<(ServerMessage, Vec<ConnId>)> {
+        let ServerMessage::Snapshot {
+            room,
+            members,
+            typing,
+            receipts,
+            more,
+            large,
+            counts,
+        } = snapshot
+        else {
+            return vec![(snapshot, conns)];
+        };
+        let mut subjects = self.view_subjects(st, &members);
+        subjects.extend(receipts.iter().map(|r| r.user.clone()));
+        subjects.sort_unstable();
+        subjects.dedup();
+        self.by_sight(st, &subjects, conns)
+            .into_iter()
+            .map(|(sights, conns)| {
+                let sight = |u: &UserId| privacy::sight_of(&subjects, &sights, u);
+                let msg = ServerMessage::Snapshot {
+                    room: room.clone(),
+                    members: members
+                        .iter()
+                        .map(|v| sight(&v.user).view(v.clone()))
+                        .collect(),
+                    typing: typing.clone(),
+                    receipts: receipts
+                        .iter()
+                        .filter(|r| sight(&r.user).receipts)
+                        .cloned()
+                        .collect(),
+                    more,
+                    large,
+                    counts,
+                };
+                (msg, conns)
+            })
+            .collect()
     }
 }
 

@@ -33,6 +33,7 @@ mod devices;
 mod durable;
 mod fanout;
 mod large;
+mod privacy;
 mod watching;
 
 use watching::unwatch_one;
@@ -63,6 +64,8 @@ pub(crate) struct Registered {
 struct Socket {
     generation: u64,
     user: UserId,
+    /// Its token's identity: the privacy rule asks whether it is a contact.
+    who: Arc<Identity>,
     tx: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<Close>>,
     /// When its token expires: it is closed with 4101 then, unless an
@@ -442,7 +445,10 @@ impl Hub {
             .events
             .get_or_create(&[("kind", ev.name())])
             .inc();
-        if let Diff::UserDisconnected { last_seen, .. } = ev.diff
+        if let Diff::UserDisconnected {
+            last_seen: Some(last_seen),
+            ..
+        } = ev.diff
             && ev.global
         {
             self.metrics
@@ -469,7 +475,7 @@ impl Hub {
     /// register the socket. The `welcome` is the first frame in its queue.
     pub fn connect(
         &self,
-        who: &Identity,
+        who: &Arc<Identity>,
         resume: Option<&ResumeToken>,
         activity: Activity,
         device: presence_core::DeviceKind,
@@ -524,12 +530,14 @@ impl Hub {
                 status,
                 text,
                 exp: who.expires,
+                privacy: st.machine.privacy(user),
             };
             st.sockets.insert(
                 outcome.conn,
                 Socket {
                     generation,
                     user: user.clone(),
+                    who: who.clone(),
                     tx,
                     close: close_tx,
                     expires: None,
@@ -546,13 +554,16 @@ impl Hub {
         })
     }
 
-    /// Moves a socket's token expiry (the session took a fresh token);
-    /// `false` if the socket is no longer current.
-    pub fn reauthorize(&self, conn: ConnId, generation: u64, expires: Option<Millis>) -> bool {
+    /// Takes a socket's fresh token: its expiry and its claims; `false` if
+    /// the socket is no longer current.
+    pub fn reauthorize(&self, conn: ConnId, generation: u64, who: &Arc<Identity>) -> bool {
         self.apply(|st, _| {
             let current = st.is_current(conn, generation);
             if current {
-                self.set_expiry(st, conn, expires);
+                self.set_expiry(st, conn, who.expires);
+                if let Some(s) = st.sockets.get_mut(&conn) {
+                    s.who = who.clone();
+                }
             }
             current
         })

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 
 use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
-use presence_core::protocol::{ErrorCode, ServerMessage};
+use presence_core::protocol::ErrorCode;
 use presence_core::{ConnId, UserId};
 
-use super::{Hub, State, encoded};
+use super::{Hub, State};
 
 impl Hub {
     /// Adds users to a connection's watch list (already authorised) and
@@ -37,7 +37,7 @@ impl Hub {
             }
             if let Some(c) = st.cluster.as_mut() {
                 if let Some(views) = c.watch(conn, users) {
-                    self.send(st, conn, encoded(&ServerMessage::Watching { users: views }));
+                    self.send_watching(st, conn, views);
                 }
                 self.cluster_wake();
                 return Ok(());

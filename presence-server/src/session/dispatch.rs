@@ -45,7 +45,7 @@ fn binary_frame() -> DecodeError {
 pub(super) struct Session<'a> {
     hub: &'a Hub,
     /// Who the socket speaks for; an `auth` frame replaces it.
-    who: Identity,
+    who: std::sync::Arc<Identity>,
     auth_bucket: Bucket,
     data_bucket: Bucket,
     view_bucket: Bucket,
@@ -56,7 +56,12 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(hub: &'a Hub, who: Identity, conn: ConnId, generation: u64) -> Self {
+    pub(super) fn new(
+        hub: &'a Hub,
+        who: std::sync::Arc<Identity>,
+        conn: ConnId,
+        generation: u64,
+    ) -> Self {
         Session {
             hub,
             auth_bucket: Bucket::new(AUTH_RATE, hub.clock.now()),
@@ -200,7 +205,8 @@ impl<'a> Session<'a> {
             ));
         }
         let exp = who.expires;
-        if hub.reauthorize(self.conn, self.generation, exp) {
+        let who = std::sync::Arc::new(who);
+        if hub.reauthorize(self.conn, self.generation, &who) {
             self.who = who;
             hub.metrics.token("refreshed");
             self.reply(&ServerMessage::AuthOk { exp });
@@ -292,6 +298,10 @@ impl<'a> Session<'a> {
                 }
                 Ok(hub.act(conn, generation, |m, _| m.set_view(conn, room.clone()))?)
             }
+            ClientMessage::Privacy {
+                last_seen,
+                receipts,
+            } => Ok(hub.set_own_privacy(conn, generation, *last_seen, *receipts)?),
             ClientMessage::Ping => {
                 self.reply(&ServerMessage::Pong);
                 Ok(())

@@ -73,6 +73,7 @@ where
 {
     async move {
         let _live = hub.session_guard();
+        let who = Arc::new(who);
         let user = who.user.clone();
         // Boxed here and below: what runs once or briefly (hello, a close,
         // one frame) must not size the task that every idle socket keeps.

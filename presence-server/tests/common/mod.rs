@@ -150,6 +150,21 @@ impl TestServer {
     }
 }
 
+/// Opens a data directory, waiting (bounded) for a previous server's store
+/// to close: it does when its last task lets go of it.
+pub async fn open_data_dir(dir: &std::path::Path) -> presence_server::DataDir {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match presence_server::DataDir::open(dir) {
+            Ok(d) => return d,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 request over a fresh TCP connection (no client crate needed).
 pub async fn http(
     addr: SocketAddr,

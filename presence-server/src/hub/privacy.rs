@@ -1,0 +1,275 @@
+//! Privacy on every surface a user sees ([`presence_core::privacy`]): what
+//! each recipient may see of others' last seen and read markers. Frames stay
+//! encoded once per group of recipients who see alike; a batch with nothing
+//! a setting could hide costs one scan of its diffs.
+
+use presence_core::privacy::{LastSeen, Privacy, Receipts, Sight};
+use presence_core::protocol::{Diff, ErrorCode, ServerMessage};
+use presence_core::{ConnId, Millis, PresenceView, UserId};
+
+use super::{Hub, State, encoded};
+use crate::auth::Identity;
+
+/// Recipients who see alike: their sight of each subject, in order.
+pub(super) type Group = (Vec<Sight>, Vec<ConnId>);
+
+impl Hub {
+    /// A user changed their settings from one of their sockets.
+    pub fn set_own_privacy(
+        &self,
+        conn: ConnId,
+        generation: u64,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) -> Result<(), ErrorCode> {
+        self.apply(|st, now| {
+            let user = st
+                .sockets
+                .get(&conn)
+                .filter(|s| s.generation == generation)
+                .map(|s| s.user.clone())
+                .ok_or(ErrorCode::Internal)?;
+            self.change_privacy(st, now, &user, last_seen, receipts);
+            Ok(())
+        })
+    }
+
+    /// A backend changed a user's settings (connected or not); returns them.
+    /// In a cluster, the settings the store holds (`cluster_privacy`) come
+    /// first, so a change of one setting keeps the other as set elsewhere.
+    pub async fn set_privacy(
+        &self,
+        user: &UserId,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) -> Privacy {
+        let known = match self.cluster_records(user).await {
+            Some(recs) => self.cluster_privacy(&recs),
+            None => None,
+        };
+        self.apply(|st, now| {
+            if let Some((p, at)) = known
+                && st.machine.adopt_privacy(now, user, p, at)
+            {
+                self.tell_privacy(st, user, p);
+            }
+            self.change_privacy(st, now, user, last_seen, receipts);
+            st.machine.privacy(user)
+        })
+    }
+
+    /// A user's settings, cluster-wide when the store answers.
+    pub async fn privacy_anywhere(&self, user: &UserId) -> Privacy {
+        match self.cluster_records(user).await {
+            Some(recs) => self.cluster_privacy(&recs).map(|(p, _)| p),
+            None => None,
+        }
+        .unwrap_or_else(|| self.privacy(user))
+    }
+
+    /// A user's settings as this node knows them.
+    pub fn privacy(&self, user: &UserId) -> Privacy {
+        let st = self.lock();
+        self.privacy_of(&st, user)
+    }
+
+    fn change_privacy(
+        &self,
+        st: &mut State,
+        now: Millis,
+        user: &UserId,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) {
+        let changed = st.machine.set_privacy(now, user, last_seen, receipts);
+        // Kept like the status; published even when unchanged, since the
+        // cluster takes the latest setting.
+        if self.data.is_some() {
+            st.durable.insert(user.clone());
+        }
+        if st.cluster.is_some() {
+            st.touched.insert(user.clone());
+        }
+        if let Some(p) = changed {
+            self.tell_privacy(st, user, p);
+        }
+    }
+
+    /// Tells the user's own sockets here their settings.
+    pub(super) fn tell_privacy(&self, st: &mut State, user: &UserId, p: Privacy) {
+        let msg = encoded(&ServerMessage::SelfPrivacy {
+            last_seen: p.last_seen,
+            receipts: p.receipts,
+        });
+        for c in st.machine.connections_of(user).to_vec() {
+            self.send(st, c, msg.clone());
+        }
+    }
+
+    /// A user's settings: the cluster's view when it follows the user (the
+    /// latest any node knew), else this node's.
+    pub(super) fn privacy_of(&self, st: &State, user: &UserId) -> Privacy {
+        st.cluster
+            .as_ref()
+            .and_then(|c| c.view(user))
+            .map_or_else(|| st.machine.privacy(user), |v| v.privacy)
+    }
+
+    /// What `viewer`, whose own settings are `own`, sees of `subject`.
+    pub(super) fn sight(
+        &self,
+        st: &State,
+        viewer: &Identity,
+        own: Privacy,
+        subject: &UserId,
+    ) -> Sight {
+        Sight::of(
+            viewer.user == *subject,
+            self.privacy_of(st, subject),
+            own,
+            || self.audience.may_see_last_seen(viewer, subject),
+        )
+    }
+
+    /// `recipients` grouped by what they see of `subjects`: one group
+    /// with no sights when there is nothing to hide.
+    pub(super) fn by_sight(
+        &self,
+        st: &State,
+        subjects: &[UserId],
+        recipients: Vec<ConnId>,
+    ) -> Vec<Group> {
+        if subjects.is_empty() {
+            return vec![(Vec::new(), recipients)];
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for conn in recipients {
+            let Some(s) = st.sockets.get(&conn) else {
+                continue;
+            };
+            let own = self.privacy_of(st, &s.user);
+            let key: Vec<Sight> = subjects
+                .iter()
+                .map(|u| self.sight(st, &s.who, own, u))
+                .collect();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, conns)) => conns.push(conn),
+                None => groups.push((key, vec![conn])),
+            }
+        }
+        groups
+    }
+
+    /// The users of `diffs` whose settings could hide something: readers
+    /// (the recipient's own setting counts too), and users going offline
+    /// whose last seen is not for everyone.
+    pub(super) fn diff_subjects(&self, st: &State, diffs: &[Diff]) -> Vec<UserId> {
+        let mut out: Vec<UserId> = diffs
+            .iter()
+            .filter(|d| match d {
+                Diff::Read { .. } => true,
+                Diff::UserDisconnected {
+                    user,
+                    last_seen: Some(_),
+                } => self.privacy_of(st, user).last_seen != LastSeen::Everyone,
+                _ => false,
+            })
+            .map(|d| d.user().clone())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The users of views whose last seen a setting could hide.
+    pub(super) fn view_subjects<'a>(
+        &self,
+        st: &State,
+        views: impl IntoIterator<Item = &'a PresenceView>,
+    ) -> Vec<UserId> {
+        let mut out: Vec<UserId> = views
+            .into_iter()
+            .filter(|v| {
+                v.last_seen.is_some()
+                    && self.privacy_of(st, &v.user).last_seen != LastSeen::Everyone
+            })
+            .map(|v| v.user.clone())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Views as the socket `conn` may see them.
+    pub(super) fn seen_by(
+        &self,
+        st: &State,
+        conn: ConnId,
+        views: Vec<PresenceView>,
+    ) -> Vec<PresenceView> {
+        let Some(s) = st.sockets.get(&conn) else {
+            return views;
+        };
+        self.seen_by_identity(st, &s.who, views)
+    }
+
+    /// Views as `viewer` may see them (the HTTP API with a user token).
+    pub(crate) fn as_seen_by(
+        &self,
+        viewer: &Identity,
+        views: Vec<PresenceView>,
+    ) -> Vec<PresenceView> {
+        let st = self.lock();
+        self.seen_by_identity(&st, viewer, views)
+    }
+
+    /// Read markers as `viewer` may see them: none but their own while
+    /// their receipts are off (others' hidden ones are never shown).
+    pub(crate) fn receipts_seen_by<T>(
+        &self,
+        viewer: &Identity,
+        receipts: Vec<T>,
+        reader: impl Fn(&T) -> &UserId,
+    ) -> Vec<T> {
+        if self.privacy(&viewer.user).receipts == Receipts::On {
+            return receipts;
+        }
+        receipts
+            .into_iter()
+            .filter(|r| *reader(r) == viewer.user)
+            .collect()
+    }
+
+    fn seen_by_identity(
+        &self,
+        st: &State,
+        viewer: &Identity,
+        views: Vec<PresenceView>,
+    ) -> Vec<PresenceView> {
+        let own = self.privacy_of(st, &viewer.user);
+        views
+            .into_iter()
+            .map(|v| {
+                let sight = self.sight(st, viewer, own, &v.user);
+                sight.view(v)
+            })
+            .collect()
+    }
+}
+
+/// `subject`'s sight in a group's key.
+pub(super) fn sight_of(subjects: &[UserId], sights: &[Sight], subject: &UserId) -> Sight {
+    subjects
+        .binary_search(subject)
+        .ok()
+        .and_then(|i| sights.get(i).copied())
+        .unwrap_or(Sight::ALL)
+}
+
+/// `diffs` as a group sees them.
+pub(super) fn diffs_seen(diffs: &[Diff], subjects: &[UserId], sights: &[Sight]) -> Vec<Diff> {
+    diffs
+        .iter()
+        .filter_map(|d| sight_of(subjects, sights, d.user()).diff(d))
+        .collect()
+}
