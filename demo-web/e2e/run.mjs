@@ -96,10 +96,11 @@ function pageState() {
   const strip = q("[data-testid=active-person]").map((p) => `${p.dataset.user}=${p.dataset.state}`);
   const msgs = q("[data-testid=message]").map((m) => `${m.dataset.seq}:${m.dataset.user}:${m.querySelector(".message-text")?.textContent}`);
   const conn = document.querySelector("[data-testid=connection]")?.dataset.state;
+  const toasts = q("[data-testid=toast]").map((t) => `${t.dataset.room}:${t.dataset.seq}:${t.dataset.reason}`);
   return `connection=${conn}; "${document.getElementById("member-count")?.textContent}", ` +
     `"${document.querySelector("[data-testid=room-online]")?.textContent}"; members=[${members.join(", ")}]; active-now=[${strip.join(", ")}]; ` +
     `typing="${document.querySelector("[data-testid=typing]")?.textContent}"; ` +
-    `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; messages=[${msgs.slice(-4).join(" | ")}]`;
+    `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; toasts=[${toasts.join(", ")}]; messages=[${msgs.slice(-4).join(" | ")}]`;
 }
 
 /** Waits until `fn(arg)` is truthy in `page`, at most `ms`; fails saying what was expected and seen. */
