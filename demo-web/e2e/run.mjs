@@ -1,6 +1,8 @@
 // End-to-end tests of the demo chat: builds and starts the real demo-web binary (presence-server
 // embedded, dev auth, short timings) on a free loopback port, then drives two headless Chromium
-// browsers, one per user (ana = A, bob = B), through the presence scenarios of issue 5; then a
+// browsers, one per user (ana = A, bob = B), through the presence scenarios of issue 5, the "new
+// message" toast that follows the server's push decision and the "Seen by" of a reader gone
+// offline (issues 30 and 31); then a
 // second demo server with `--large-room-members 3`, where three users make a large room and the
 // page must show the server's count (issue 15).
 //
@@ -22,7 +24,8 @@ const artifacts = join(here, "artifacts");
 const WAIT_MS = 10_000;
 const ROOM = "general";
 // Server timings short enough to see graces in about a second; idleness comes from the page's
-// `?idle=` URL parameter (so that path is tested too).
+// `?idle=` URL parameter (so that path is tested too), and a hidden page is reported hidden after
+// `?hidden=` ms.
 const LEAVE_GRACE_MS = 500;
 const SERVER_ARGS = [
   "--bind", "127.0.0.1:0",
@@ -35,7 +38,7 @@ const SERVER_ARGS = [
   "--pkg-dir", join(root, "presence-wasm", "pkg"),
   "--log", "warn",
 ];
-const PAGE_QUERY = "?idle=1500";
+const PAGE_QUERY = "?idle=1500&hidden=200";
 const VIEWPORT = { width: 1060, height: 660 };
 const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync"];
@@ -93,10 +96,11 @@ function pageState() {
   const strip = q("[data-testid=active-person]").map((p) => `${p.dataset.user}=${p.dataset.state}`);
   const msgs = q("[data-testid=message]").map((m) => `${m.dataset.seq}:${m.dataset.user}:${m.querySelector(".message-text")?.textContent}`);
   const conn = document.querySelector("[data-testid=connection]")?.dataset.state;
+  const toasts = q("[data-testid=toast]").map((t) => `${t.dataset.room}:${t.dataset.seq}:${t.dataset.reason}`);
   return `connection=${conn}; "${document.getElementById("member-count")?.textContent}", ` +
     `"${document.querySelector("[data-testid=room-online]")?.textContent}"; members=[${members.join(", ")}]; active-now=[${strip.join(", ")}]; ` +
     `typing="${document.querySelector("[data-testid=typing]")?.textContent}"; ` +
-    `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; messages=[${msgs.slice(-4).join(" | ")}]`;
+    `seen="${document.querySelector("[data-testid=seen-by]")?.textContent}"; toasts=[${toasts.join(", ")}]; messages=[${msgs.slice(-4).join(" | ")}]`;
 }
 
 /** Waits until `fn(arg)` is truthy in `page`, at most `ms`; fails saying what was expected and seen. */
@@ -123,6 +127,18 @@ const hasMessage = ({ user, text }) =>
 const connected = () => document.querySelector("[data-testid=connection]")?.dataset.state === "connected";
 const inStrip = ({ user, state }) =>
   [...document.querySelectorAll("[data-testid=active-person]")].some((p) => p.dataset.user === user && (!state || p.dataset.state === state));
+const stripSays = ({ user, detail }) =>
+  [...document.querySelectorAll("[data-testid=active-person]")].some((p) => p.dataset.user === user && new RegExp(detail).test(p.title));
+const absent = (user) => ![...document.querySelectorAll("[data-testid=member]")].some((r) => r.dataset.user === user);
+/** The page's toasts as "room:seq:reason", oldest first, comma-separated. */
+const toastsAre = (want) =>
+  [...document.querySelectorAll("[data-testid=toast]")].map((t) => `${t.dataset.room}:${t.dataset.seq}:${t.dataset.reason}`).join(",") === want;
+/** "Seen by" under the last message (of sequence number `seq`) names exactly `users`. */
+const seenBy = ({ seq, users }) => {
+  const s = document.querySelector("[data-testid=seen-by]");
+  return s.dataset.seq === seq && s.dataset.users === users && s.textContent.endsWith(`Seen by ${users.split(",").join(" and ")}`);
+};
+const lastSeq = (page) => page.evaluate(() => [...document.querySelectorAll("[data-testid=message]")].at(-1)?.dataset.seq);
 const count = (page, user) =>
   page.evaluate((u) => [...document.querySelectorAll("[data-testid=member]")].filter((r) => r.dataset.user === u).length, user);
 
@@ -132,6 +148,13 @@ async function signIn(page, url, name) {
   await page.getByTestId("signin-submit").click();
   await until(page, `${name}'s page connects`, connected);
 }
+
+/** Makes `page` look hidden (a background tab) or visible again, as the browser would tell it. */
+const setHidden = (page, hidden) => page.evaluate((hidden) => {
+  Object.defineProperty(document, "visibilityState", { get: () => (hidden ? "hidden" : "visible"), configurable: true });
+  Object.defineProperty(document, "hidden", { get: () => hidden, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}, hidden);
 
 async function send(page, text) {
   await page.getByTestId("composer").fill(text);
@@ -291,6 +314,34 @@ try {
     await pageA.getByTestId("composer").fill("");
   });
 
+  await scenario("A viewing the room gets no toast, nor in another room; hidden, A gets one (the server's push decision)", async () => {
+    // Each message's toasts come on A's stream in the order of the messages, so the toast for
+    // the last one, alone, proves the first two made none.
+    await send(pageB, "toast check: ana is looking");
+    await until(pageA, "A receives it", hasMessage, { user: "bob", text: "toast check: ana is looking" });
+    // Another room: from the leave on, the decision is live (at the app), whatever the view is.
+    await pageA.evaluate(() => { location.hash = "#lunch"; });
+    await until(pageA, "A shows #lunch", () => document.querySelector("[data-testid=room-title]")?.textContent === "# lunch");
+    await until(pageB, "B sees ana leave #general", absent, "ana");
+    await send(pageB, "toast check: ana is in #lunch");
+    await until(pageB, "B shows it", hasMessage, { user: "bob", text: "toast check: ana is in #lunch" });
+    await setHidden(pageA, true);
+    await until(pageB, "B sees ana's tab hidden", stripSays, { user: "ana", detail: "tab hidden" });
+    await send(pageB, "toast check: ana's tab is hidden");
+    await until(pageB, "B shows it", hasMessage, { user: "bob", text: "toast check: ana's tab is hidden" });
+    const hidden = await lastSeq(pageB);
+    await until(pageA, "A has one toast, for the last message, as a push to a hidden tab", toastsAre, `general:${hidden}:background`);
+    await shot(pageA, "04b-a-toast-hidden");
+    // Back: a visible #lunch keeps the #general toast; a click on it opens #general and ends it.
+    await setHidden(pageA, false);
+    await pageA.getByTestId("toast").locator(".toast-open").click();
+    await until(pageA, "A shows #general without toasts",
+      () => document.querySelector("[data-testid=room-title]")?.textContent === "# general" && !document.querySelector("[data-testid=toast]"));
+    await until(pageB, "B sees ana back in #general", memberIs, { user: "ana", state: ["active", "idle"] });
+    if (await pageB.evaluate(() => document.querySelectorAll("[data-testid=toast]").length)) throw new Error("the sender got a toast");
+    return `toast only for #${hidden} (push/background)`;
+  });
+
   let pageA2;
   await scenario("A opens a second tab → still one ana in B's list", async () => {
     pageA2 = await ctxA.newPage();
@@ -339,15 +390,33 @@ try {
     await until(pageB, "B sees ana back online", memberIs, { user: "ana", state: ["active", "idle"] });
   });
 
-  await scenario("A closes both tabs → B sees A offline after the grace, with 'last seen'", async () => {
+  let lastRead;
+  await scenario("A closes both tabs → B sees A offline after the grace, with 'last seen', and still 'Seen by ana'", async () => {
+    await send(pageB, "booked for 12:00");
+    await until(pageA, "A receives bob's message", hasMessage, { user: "bob", text: "booked for 12:00" });
+    await until(pageB, "B shows it", hasMessage, { user: "bob", text: "booked for 12:00" });
+    lastRead = await lastSeq(pageB);
+    await until(pageB, "B sees 'Seen by ana'", seenBy, { seq: lastRead, users: "ana" });
     const t = Date.now();
     await pageA2.close({ runBeforeUnload: true });
     await pageA.close({ runBeforeUnload: true });
     await until(pageB, "B sees ana offline with last seen", memberIs, { user: "ana", state: "offline", detail: "^last seen " });
     const ms = Date.now() - t;
     if (ms < LEAVE_GRACE_MS - 50) throw new Error(`ana went offline after ${ms} ms, before the ${LEAVE_GRACE_MS} ms grace`);
+    await until(pageB, "B still sees 'Seen by ana' with ana offline", seenBy, { seq: lastRead, users: "ana" });
     await shot(pageB, "07-b-sees-a-offline");
     return `offline after ${ms} ms (leave grace ${LEAVE_GRACE_MS} ms)`;
+  });
+
+  await scenario("C opens the room after ana left → C sees 'Seen by ana'; B sees 'Seen by ana and carol'", async () => {
+    // ana's marker reaches carol in the room's snapshot, from the server: ana is offline.
+    const carol = await ctxB.newPage();
+    await carol.addInitScript(() => localStorage.removeItem("presence-demo:name"));
+    await signIn(carol, url, "carol");
+    await until(carol, "C sees 'Seen by ana'", seenBy, { seq: lastRead, users: "ana" });
+    await until(pageB, "B sees 'Seen by ana and carol'", seenBy, { seq: lastRead, users: "ana,carol" });
+    await shot(carol, "07b-c-sees-seen-by-ana");
+    await carol.close({ runBeforeUnload: true });
   });
 
   await scenario("A room of 3 is large (a second demo server, --large-room-members 3): the page shows the count", async () => {

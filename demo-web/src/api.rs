@@ -8,9 +8,18 @@
 //! | `GET /api/rooms/{room}/messages?after=N` | none | `{"room","latest","messages":[…]}` |
 //! | `POST /api/rooms/{room}/messages` `{"text"}` | Bearer name | 201, the stored message |
 //! | `GET /api/people` | none | `{"people":[names]}`, most recent first |
-//! | `GET /api/stream?room=R&after=N` | none | SSE: `message`, `room`, `people`, `resync` events |
+//! | `GET /api/stream?room=R&after=N[&token=name]` | token, for toasts | SSE: `message`, `room`, `people`, `resync`; with a token, `toast` |
 //!
 //! Errors are `{"error":{"code","message"}}`, as in presence-server's API.
+//!
+//! Toasts: posting a message asks the embedded presence server, for each
+//! other member of the room, whether they will see it as it arrives
+//! (`PresenceServer::notify`, the rule in PROTOCOL.md, "Devices and
+//! notifications"), the way a backend decides whether to send a push. Only
+//! a `push` becomes a toast, on the recipient's pages: a real app would send
+//! the push instead. `live` needs nothing (the page shows the room, or the
+//! user is at the app); `none` means busy and not mentioned (a mention is
+//! `@name` in the text), which a push would not disturb either.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +33,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt, stream};
 use presence_server::presence_core::UserId;
+use presence_server::presence_core::notify::Decision;
 use presence_server::{DevAuth, TokenAuthenticator};
 use serde::Deserialize;
 use serde_json::json;
@@ -31,7 +41,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
 
 use crate::AppState;
-use crate::chat::{ChatError, RoomName, Update, check_text};
+use crate::chat::{ChatError, Message, RoomName, Toast, Update, check_text};
 
 /// Largest JSON body the chat endpoints read.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -148,6 +158,11 @@ fn user(headers: &HeaderMap) -> Result<UserId, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
+    signed_in(token)
+}
+
+/// The user a token names (in the demo, the token is the name).
+fn signed_in(token: &str) -> Result<UserId, ApiError> {
     DevAuth
         .check(token.trim())
         .map(|who| who.user)
@@ -180,10 +195,10 @@ async fn create_room(
     headers: HeaderMap,
     body: Result<Json<CreateRoom>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    user(&headers)?;
+    let user = user(&headers)?;
     let Json(body) = body?;
     let room = RoomName::parse(&body.room)?;
-    let info = app.chat.create_room(&room)?;
+    let info = app.chat.enter_room(&room, &user)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -226,7 +241,45 @@ async fn post_message(
         // Embedded on one node: nothing to tell other nodes, so no error.
         let _ = app.presence.message_sent(&user, &room_id).await;
     }
+    notify_members(&app, &message).await;
     Ok((StatusCode::CREATED, Json(message)).into_response())
+}
+
+/// Whether `text` mentions `user` as `@user` (trailing punctuation aside).
+fn mentions(text: &str, user: &str) -> bool {
+    text.split_whitespace()
+        .filter_map(|w| w.strip_prefix('@'))
+        .any(|w| w == user || w.trim_end_matches(|c: char| c.is_ascii_punctuation()) == user)
+}
+
+/// Asks the push decision for every other member of the message's room, at
+/// send time as a push service would, and toasts those it says `push` for.
+/// Before the answer to the sender, so each recipient's toasts come in the
+/// order of the messages.
+async fn notify_members(app: &AppState, message: &Message) {
+    let Some(room_id) = message.room.room_id() else {
+        return;
+    };
+    for member in app.chat.members(&message.room) {
+        if member == message.user {
+            continue;
+        }
+        let Ok(recipient) = UserId::new(member.as_str()) else {
+            continue;
+        };
+        let mention = mentions(&message.text, &member);
+        let n = app
+            .presence
+            .notify(&recipient, &room_id, mention, Some(message.seq))
+            .await;
+        if n.decision == Decision::Push {
+            app.chat.toast(Toast {
+                user: member,
+                message: message.clone(),
+                reason: n.reason.as_str(),
+            });
+        }
+    }
 }
 
 async fn people(State(app): State<AppState>) -> Response {
@@ -238,6 +291,9 @@ struct StreamQuery {
     room: String,
     #[serde(default)]
     after: u64,
+    /// Whose toasts to send too: the user's token (in the demo, the name;
+    /// an `EventSource` cannot send an `Authorization` header).
+    token: Option<String>,
 }
 
 /// What one page stream holds between events.
@@ -245,6 +301,8 @@ struct Feed {
     rx: broadcast::Receiver<Update>,
     shutdown: watch::Receiver<bool>,
     room: RoomName,
+    /// The user whose toasts this stream carries, if signed in.
+    user: Option<UserId>,
     /// Highest message sequence number sent, so the backlog and the live
     /// channel (subscribed before the backlog was read) never repeat one.
     sent: u64,
@@ -262,6 +320,7 @@ async fn updates(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query?;
     let room = RoomName::parse(&q.room)?;
+    let user = q.token.as_deref().map(signed_in).transpose()?;
     let permit = Arc::clone(&app.streams).try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -280,6 +339,7 @@ async fn updates(
         rx,
         shutdown: app.shutdown.subscribe(),
         room,
+        user,
         sent,
         _permit: permit,
     };
@@ -297,6 +357,12 @@ async fn updates(
                 Ok(Update::Message(_)) => None,
                 Ok(Update::Room(r)) => event("room", &json!({ "room": r })),
                 Ok(Update::People(p)) => event("people", &json!({ "people": p })),
+                Ok(Update::Toast(t))
+                    if feed.user.as_ref().is_some_and(|u| u.as_str() == t.user) =>
+                {
+                    event("toast", &t)
+                }
+                Ok(Update::Toast(_)) => None,
                 // Fell behind: the page refetches what it missed.
                 Err(RecvError::Lagged(_)) => Some(Event::default().event("resync").data("{}")),
                 Err(RecvError::Closed) => return None,
@@ -308,4 +374,19 @@ async fn updates(
     });
     let all = stream::iter(first.into_iter().map(Ok)).chain(live);
     Ok(Sse::new(all).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_mention_is_at_name_as_a_word_trailing_punctuation_aside() {
+        assert!(mentions("@ana lunch?", "ana"));
+        assert!(mentions("lunch, @ana?", "ana"));
+        assert!(mentions("ping @a.b", "a.b"));
+        assert!(!mentions("ana lunch?", "ana"));
+        assert!(!mentions("@anabel hi", "ana"));
+        assert!(!mentions("mail@ana", "ana"));
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every room keeps its last [`MAX_MESSAGES_PER_ROOM`] messages; each message
 //! has a per-room sequence number that only grows, and that number is the
-//! read marker the page sends to the presence server. New messages and
+//! read marker the page sends to the presence server. A room's members are
+//! who opened it or posted in it: the recipients of its messages' toasts. New messages and
 //! people are broadcast to the page streams through one bounded channel: a
 //! stream that falls behind is told to resync instead of slowing the rest.
 //!
@@ -27,6 +28,8 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 pub const MAX_ROOM_CHARS: usize = 40;
 /// People remembered for the "active now" strip (most recent first).
 pub const MAX_PEOPLE: usize = 200;
+/// Members remembered per room (the most recent to open it or post in it).
+pub const MAX_MEMBERS_PER_ROOM: usize = 200;
 /// Updates buffered per page stream before it has to resync.
 const UPDATE_BUFFER: usize = 256;
 
@@ -149,16 +152,49 @@ pub enum Update {
     Room(RoomName),
     /// The people list changed (most recent first).
     People(Vec<String>),
+    /// A message `user` will not see as it arrives: their pages show a
+    /// "new message" toast (where a real app would send a push).
+    Toast(Toast),
+}
+
+/// A "new message" toast for one user, with the push decision's reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct Toast {
+    /// Whose pages show it.
+    #[serde(skip)]
+    pub user: String,
+    /// The message.
+    pub message: Message,
+    /// Why a push: `offline`, `background` or `idle` (PROTOCOL.md, "Devices
+    /// and notifications").
+    pub reason: &'static str,
 }
 
 #[derive(Default)]
 struct Room {
     messages: VecDeque<Message>,
+    /// Who opened the room or posted in it, least recent first.
+    members: VecDeque<String>,
     latest: u64,
     last_at: u64,
     /// `State::ticks` when last created or posted to: orders the room list
     /// even within one millisecond.
     touched: u64,
+}
+
+impl Room {
+    /// Adds `user` as the most recent member, forgetting the least recent
+    /// past [`MAX_MEMBERS_PER_ROOM`].
+    fn add_member(&mut self, user: &str) {
+        if self.members.back().is_some_and(|m| m == user) {
+            return;
+        }
+        self.members.retain(|m| m != user);
+        self.members.push_back(user.to_owned());
+        while self.members.len() > MAX_MEMBERS_PER_ROOM {
+            self.members.pop_front();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -218,11 +254,15 @@ impl Chat {
         self.updates.subscribe()
     }
 
-    /// Creates `room` if it does not exist yet.
-    pub fn create_room(&self, room: &RoomName) -> Result<RoomInfo, ChatError> {
+    /// `user` opens `room`, which is created if it does not exist yet; they
+    /// are one of its members from now on.
+    pub fn enter_room(&self, room: &RoomName, user: &UserId) -> Result<RoomInfo, ChatError> {
         let mut state = self.lock();
         let created = !state.rooms.contains_key(room);
         let info = Self::room_entry(&mut state, room)?;
+        if let Some(r) = state.rooms.get_mut(room) {
+            r.add_member(user.as_str());
+        }
         drop(state);
         if created {
             let _ = self.updates.send(Update::Room(room.clone()));
@@ -288,6 +328,7 @@ impl Chat {
         while r.messages.len() > MAX_MESSAGES_PER_ROOM {
             r.messages.pop_front();
         }
+        r.add_member(user.as_str());
         let people = Self::remember(&mut state, user.as_str());
         drop(state);
         if created {
@@ -315,6 +356,22 @@ impl Chat {
             ),
             None => (Vec::new(), 0),
         }
+    }
+
+    /// The members of `room` (who opened it or posted in it), least recent
+    /// first.
+    pub fn members(&self, room: &RoomName) -> Vec<String> {
+        let state = self.lock();
+        state
+            .rooms
+            .get(room)
+            .map(|r| r.members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Tells `toast.user`'s pages about a message they will not see live.
+    pub fn toast(&self, toast: Toast) {
+        let _ = self.updates.send(Update::Toast(toast));
     }
 
     /// Remembers that `user` was here, most recent first.
@@ -411,10 +468,11 @@ mod tests {
     fn rooms_are_bounded() {
         let chat = Chat::new(); // holds `general`
         for i in 1..MAX_ROOMS {
-            chat.create_room(&room(&format!("r{i}"))).expect("room");
+            chat.enter_room(&room(&format!("r{i}")), &user("ana"))
+                .expect("room");
         }
         assert_eq!(
-            chat.create_room(&room("one-too-many")),
+            chat.enter_room(&room("one-too-many"), &user("ana")),
             Err(ChatError::TooManyRooms)
         );
         assert_eq!(
@@ -445,5 +503,28 @@ mod tests {
             chat.saw(&format!("u{i}"));
         }
         assert_eq!(chat.people().len(), MAX_PEOPLE);
+    }
+
+    #[test]
+    fn members_are_who_opened_or_posted_least_recent_first_and_bounded() {
+        let chat = Chat::new();
+        let general = room("general");
+        chat.enter_room(&general, &user("ana")).expect("enters");
+        chat.post(&general, &user("bob"), "hi".into())
+            .expect("posts");
+        chat.enter_room(&general, &user("ana"))
+            .expect("enters again");
+        assert_eq!(chat.members(&general), ["bob", "ana"]);
+        assert!(chat.members(&room("elsewhere")).is_empty());
+        for i in 0..MAX_MEMBERS_PER_ROOM {
+            chat.enter_room(&general, &user(&format!("u{i}")))
+                .expect("enters");
+        }
+        let members = chat.members(&general);
+        assert_eq!(members.len(), MAX_MEMBERS_PER_ROOM);
+        assert!(
+            !members.contains(&"bob".to_owned()),
+            "the least recent go first"
+        );
     }
 }

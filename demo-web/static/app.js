@@ -1,6 +1,8 @@
 // The demo chat page. Presence (who is here, idle, typing, read receipts, status) comes from the
 // browser SDK, imported from the npm package as any app would; chat messages come from the demo's
-// own small API (`/api/...`) and a Server-Sent Events stream.
+// own small API (`/api/...`) and a Server-Sent Events stream, which also brings this user's "new
+// message" toasts: the demo's server asks the presence server's push decision for every member of
+// a room when a message is posted, and toasts where a real app would send a push.
 //
 // URL parameters: ?idle=ms, ?hidden=ms, ?blurred=ms go to PresenceClient.connect as idleAfterMs,
 // hiddenAfterMs, blurredAfterMs; #room picks the room.
@@ -245,6 +247,29 @@ function markRead() {
   }
 }
 
+// ---------------------------------------------------------------- toasts
+
+const PUSHED = { background: "your tabs are hidden", idle: "no input for a while", offline: "you were offline" };
+const MAX_TOASTS = 3;
+
+/** A message the server decided this user would not see live: where a real app sends a push. */
+function toast({ message: m, reason }) {
+  const box = $("toasts");
+  const node = h("li", { class: "toast", "data-testid": "toast", "data-room": m.room, "data-seq": m.seq, "data-user": m.user, "data-reason": reason },
+    h("button", { class: "toast-open", title: `Open #${m.room}`, onclick: () => { dismissToasts(m.room); enterRoom(m.room); } },
+      h("strong", { text: `${m.user} in #${m.room}` }),
+      h("span", { class: "toast-text", text: m.text }),
+      h("span", { class: "toast-why", text: `a push, not live: ${PUSHED[reason] ?? reason}` })),
+    h("button", { class: "toast-close", "aria-label": "Dismiss", text: "×", onclick: () => node.remove() }));
+  box.append(node);
+  while (box.children.length > MAX_TOASTS) box.firstElementChild.remove();
+}
+
+/** The user sees `name` now: its toasts are done. */
+function dismissToasts(name) {
+  for (const t of $("toasts").querySelectorAll("[data-testid=toast]")) if (t.dataset.room === name) t.remove();
+}
+
 // ---------------------------------------------------------------- rooms and streams
 
 async function refreshRooms() {
@@ -273,9 +298,11 @@ function watchPeople(people) {
 
 function openStream() {
   stream?.close();
-  // The stream sends the room's backlog first, then new messages; repeats are skipped by seq.
-  stream = new EventSource(`/api/stream?room=${encodeURIComponent(room)}&after=${messages.at(-1)?.seq ?? 0}`);
+  // The stream sends the room's backlog first, then new messages; repeats are skipped by seq. With
+  // the token (the name, in the demo) it brings this user's toasts too, from any room.
+  stream = new EventSource(`/api/stream?room=${encodeURIComponent(room)}&after=${messages.at(-1)?.seq ?? 0}&token=${encodeURIComponent(me)}`);
   stream.addEventListener("message", (e) => addMessages([JSON.parse(e.data)]));
+  stream.addEventListener("toast", (e) => toast(JSON.parse(e.data)));
   stream.addEventListener("people", (e) => watchPeople(JSON.parse(e.data).people));
   stream.addEventListener("room", () => refreshRooms());
   stream.addEventListener("resync", async () => {
@@ -293,6 +320,7 @@ async function enterRoom(name) {
   unbindTyping?.();
   room = name;
   messages = [];
+  dismissToasts(name);
   history.replaceState(null, "", `#${name}`);
   $("room-title").textContent = `# ${name}`;
   $("composer").placeholder = `Message #${name}`;
@@ -409,7 +437,10 @@ function wire() {
     location.reload();
   });
   window.addEventListener("hashchange", () => client && enterRoom(decodeURIComponent(location.hash.slice(1))));
-  document.addEventListener("visibilitychange", markRead);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") dismissToasts(room);
+    markRead();
+  });
   // Relative times ("idle 3 min") move on by themselves.
   setInterval(scheduleRender, 5000);
 }

@@ -296,3 +296,116 @@ async fn posting_a_message_ends_the_senders_typing_at_once() {
     assert_eq!(next_typing().await, Some("typing_stopped"));
     ws.close(None).await.ok();
 }
+
+/// Reads `body` (an SSE stream) until it holds `needle`; returns all it read.
+async fn read_until(body: &mut Body, needle: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle} within {WAIT:?}; the stream sent: {seen}"))
+            .expect("not ended")
+            .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_message_is_toasted_to_the_members_the_push_decision_says_push_for() {
+    let demo = demo("toast", ServerConfig::default());
+    let mut events = demo.presence().events();
+    let app = demo.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let post = async |user: &str, text: &str| {
+        let body = json!({ "text": text }).to_string();
+        let (s, m) = call(
+            &app,
+            "POST",
+            "/api/rooms/general/messages",
+            Some(user),
+            &body,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{m}");
+        m["seq"].as_u64().expect("a seq")
+    };
+    // ana opens #general once: a member from now on. Her toasts come on any
+    // of her streams (this one shows another room); bob's stream gets none.
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/rooms",
+        Some("ana"),
+        r#"{"room":"general"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let stream = async |query: &str| {
+        let req = Request::get(format!("/api/stream?{query}")).body(Body::empty());
+        let res = app.clone().oneshot(req.expect("request")).await;
+        res.expect("infallible").into_body()
+    };
+    let mut ana = stream("room=other&token=ana").await;
+    let mut bob = stream("room=general&token=bob").await;
+
+    // ana offline: push/offline.
+    let first = post("bob", "one").await;
+    let seen = read_until(&mut ana, "event: toast").await;
+    assert!(seen.contains(r#""reason":"offline""#), "{seen}");
+    assert!(seen.contains(&format!(r#""seq":{first}"#)), "{seen}");
+
+    // ana's page shows #general: live/viewing, no toast. The typing frame
+    // after `view` tells when the server has read the view.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=ana"))
+        .await
+        .expect("connects");
+    let next = async |events: &mut presence_server::Events, name: &str| {
+        tokio::time::timeout(WAIT, async {
+            while let Some(e) = events.recv().await {
+                if e.name() == name {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {name} event within {WAIT:?}"));
+    };
+    for frame in [
+        r#"{"type":"hello","v":1}"#,
+        r#"{"type":"join","room":"general"}"#,
+        r#"{"type":"view","room":"general"}"#,
+        r#"{"type":"typing","room":"general","active":true}"#,
+    ] {
+        ws.send(WsMessage::text(frame)).await.expect("sends");
+    }
+    next(&mut events, "typing_started").await;
+    let viewing = post("bob", "two").await;
+
+    // ana's page is hidden: push/background.
+    ws.send(WsMessage::text(
+        r#"{"type":"activity","state":"idle","reason":"hidden"}"#,
+    ))
+    .await
+    .expect("sends");
+    next(&mut events, "user_idle").await;
+    let hidden = post("bob", "three").await;
+    let seen = read_until(&mut ana, &format!(r#""seq":{hidden}"#)).await;
+    assert!(seen.contains(r#""reason":"background""#), "{seen}");
+    assert!(
+        !seen.contains(&format!(r#""seq":{viewing}"#)),
+        "a toast for a message ana was viewing: {seen}"
+    );
+    assert_eq!(seen.matches("event: toast").count(), 1, "{seen}");
+
+    // The sender is never a recipient.
+    let seen = read_until(&mut bob, r#""text":"three""#).await;
+    assert!(!seen.contains("event: toast"), "bob was toasted: {seen}");
+    ws.close(None).await.ok();
+}

@@ -16,6 +16,11 @@
 // the desktop page goes quiet, the user goes busy and the page gets input again; then the same user
 // over two nodes sharing Redis, asking the node that holds only the hidden page.
 //
+// Then receipts of readers gone offline (issue 31): a reader's receipt reaches a member live
+// (`onReceipt`), then the reader closes; past the grace the member's snapshot still holds the
+// marker, and a newcomer's snapshot, fresh from the server, does too: on one node, and over two
+// nodes sharing Redis with the newcomer on the other node.
+//
 // Then large rooms (issue 15): a server that makes a room large at 5 online members; clients join,
 // leave and go idle, and getSnapshot().rooms[room] must show exact counts, the mode and the
 // members at each step, small again below 80 %. And ids named like `Object.prototype` members
@@ -24,8 +29,9 @@
 //   PRESENCE_SERVER=target/debug/presence-server [PRESENCE_TARBALL=target/….tgz] \
 //     node presence-wasm/e2e-restart/run.mjs [scenario …]
 //
-// With scenario names (36-rooms, 64-rooms, token-lifetime, notify, notify-cluster, large-room,
-// prototype-names, big-frames), only those. notify-cluster needs Redis on 127.0.0.1:6379.
+// With scenario names (36-rooms, 64-rooms, token-lifetime, notify, notify-cluster,
+// offline-receipts, offline-receipts-cluster, large-room, prototype-names, big-frames), only
+// those. notify-cluster and offline-receipts-cluster need Redis on 127.0.0.1:6379.
 // Without PRESENCE_TARBALL it loads presence-wasm/pkg/ (`cargo xtask npm` builds both).
 // `cargo xtask test` runs it. Every wait is bounded and fails saying what it saw instead.
 import { execFileSync, spawn } from "node:child_process";
@@ -542,6 +548,89 @@ async function notifyCluster(browser) {
   }
 }
 
+/**
+ * Receipts of a reader gone offline (issue 31), through the SDK: bob and ana in #notes on
+ * `readerWs`; ana reads (bob hears it live), then closes; past the leave grace bob's snapshot keeps
+ * her marker, and carol, who joins on `newcomerWs` afterwards, gets it in her snapshot.
+ */
+async function offlineReceipts(browser, what, readerWs, newcomerWs) {
+  const t0 = Date.now();
+  const room = `notes-${Date.now()}`;
+  const { page, pageErrors } = await newPage(browser);
+  try {
+    await loadSdk(page);
+    await page.evaluate(({ room }) => {
+      window.sdkErrors = [];
+      window.heard = [];
+      window.clients = {};
+      window.add = (user, wsUrl) => {
+        const c = window.PresenceClient.connect({ url: wsUrl, token: user, resume: false });
+        c.onError((e) => window.sdkErrors.push(`${user}: ${e.code}`));
+        c.join(room);
+        window.clients[user] = c;
+        return c;
+      };
+      // The room as `user`'s client shows it: online members and the receipts.
+      window.view = (user) => {
+        const r = window.clients[user].getSnapshot().rooms[room];
+        return r && { online: r.members.filter((m) => m.state !== "offline").map((m) => m.user).sort().join(),
+          receipts: JSON.stringify(r.receipts) };
+      };
+    }, { room });
+    const act = (f, arg) => page.evaluate(f, arg);
+    const shows = (step, user, online, receipts) => until(`${what}: ${step}`, async () => {
+      const v = await act((u) => window.view(u), user);
+      return [v?.online === online && v?.receipts === JSON.stringify(receipts), { want: { online, receipts }, saw: v }];
+    });
+    await act(({ wsUrl, room }) => window.add("bob", wsUrl)
+      .onReceipt((e) => e.room === room && window.heard.push(`${e.user}:${e.marker}`)), { wsUrl: readerWs, room });
+    await act((wsUrl) => window.add("ana", wsUrl), readerWs);
+    await shows("bob sees ana in the room", "bob", "ana,bob", {});
+    await act((room) => window.clients.ana.markRead(room, 42), room);
+    await until(`${what}: bob hears ana's receipt live`, async () => {
+      const heard = await act(() => window.heard);
+      return [heard.join() === "ana:42", heard];
+    });
+    await shows("bob's snapshot holds ana's marker", "bob", "ana,bob", { ana: 42 });
+    await act(() => window.clients.ana.close());
+    await shows("ana offline after the grace, bob keeps her marker", "bob", "bob", { ana: 42 });
+    await act((wsUrl) => window.add("carol", wsUrl), newcomerWs);
+    await shows("carol, new in the room, gets ana's marker from the server", "carol", "bob,carol", { ana: 42 });
+    const sdkErrors = await act(() => window.sdkErrors);
+    await act(() => Object.values(window.clients).forEach((c) => c.close()));
+    if (sdkErrors.length) throw new Error(`${what}: onError heard ${JSON.stringify(sdkErrors)}`);
+    noPageErrors(what, pageErrors);
+    console.log(`${what} test: ana's receipt heard live by bob, kept in bob's snapshot after ana went ` +
+      `offline, and in the snapshot of carol who joined later (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } finally {
+    await page.close();
+  }
+}
+
+async function offlineReceiptsOneNode(browser) {
+  await startServer(["--dev-auth", "--leave-grace-ms", "100"]);
+  try {
+    await offlineReceipts(browser, "offline receipts", wsUrl, wsUrl);
+  } finally {
+    await killServer();
+  }
+}
+
+/** The same over two nodes sharing Redis: the readers on node 1, the newcomer on node 2. */
+async function offlineReceiptsCluster(browser) {
+  const prefix = `e2e-receipts-${process.pid}-${Date.now()}`;
+  const flags = ["--dev-auth", "--leave-grace-ms", "100", "--redis-url", "redis://127.0.0.1:6379",
+    "--redis-prefix", prefix];
+  const ports = [await freePort(), await freePort()];
+  try {
+    for (const p of ports) await spawnServer(p, flags, (child) => nodes.push(child));
+    const [node1, node2] = ports.map((p) => `ws://127.0.0.1:${p}/ws`);
+    await offlineReceipts(browser, "offline receipts across nodes", node1, node2);
+  } finally {
+    await killNodes();
+  }
+}
+
 /** Server processes besides `server` (the cluster's nodes), killed when done. */
 const nodes = [];
 
@@ -780,6 +869,8 @@ const scenarios = {
   "token-lifetime": () => tokenLifetime(browser),
   notify: () => notifyOneNode(browser),
   "notify-cluster": () => notifyCluster(browser),
+  "offline-receipts": () => offlineReceiptsOneNode(browser),
+  "offline-receipts-cluster": () => offlineReceiptsCluster(browser),
   "large-room": () => largeRoom(browser),
   "prototype-names": () => prototypeNames(browser),
   "big-frames": () => bigFrames(browser),
