@@ -8,7 +8,8 @@
 //! event's `id` field names the change it comes from
 //! (`<incarnation>:<sequence>:<n>:<user>`, see `Announcement`): the same on
 //! every node, in webhooks, and when an event is appended twice, which
-//! readers drop.
+//! readers drop. A node's own view changes owe nothing: `v:<incarnation>:<n>`,
+//! appended at most once ([`EventStream::push_own`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
