@@ -161,6 +161,21 @@ export interface ReadMarker extends EventMeta {
   marker: number;
 }
 
+/**
+ * A connection's page shows another room, or none (`room: null`: none, the room was left, or the
+ * connection is gone). Only with the server's `--viewing-events`; `rooms` is empty, `global` false.
+ */
+export interface Viewing extends EventMeta {
+  type: "viewing";
+  user: string;
+  /** The node holding the connection (absent on a single node). */
+  node?: string;
+  /** The connection, as `devices()` names it. */
+  conn: number;
+  device: Device["kind"];
+  room: string | null;
+}
+
 /** One host event: the change (tagged by `type`) plus its meta. */
 export type PresenceEventData =
   | UserConnected
@@ -172,7 +187,8 @@ export type PresenceEventData =
   | DataChanged
   | TypingStarted
   | TypingStopped
-  | ReadMarker;
+  | ReadMarker
+  | Viewing;
 
 /** The kinds of host events (`event:` of the feed, `type` of the data). */
 export type PresenceEventKind = PresenceEventData["type"];

@@ -97,4 +97,24 @@ mod tests {
         );
         assert!(b.is_empty());
     }
+
+    #[test]
+    fn a_view_change_reaches_no_room_and_no_watcher() {
+        let ana = UserId::new("ana").expect("valid");
+        let view = Event {
+            at: Millis(1),
+            diff: Diff::Viewing {
+                user: ana,
+                node: None,
+                conn: presence_core::ConnId(1),
+                device: presence_core::DeviceKind::Desktop,
+                room: Some(RoomId::new("a").expect("valid")),
+            },
+            rooms: Vec::new(),
+            global: false,
+        };
+        let mut b = Batch::default();
+        b.route(&view, true);
+        assert!(b.is_empty());
+    }
 }

@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// them is a push (`notify`'s rule 7, PROTOCOL.md "Devices and
     /// notifications"). Default 2 min.
     pub notify_idle_after: Duration,
+    /// Host events carry view changes (`viewing`: a connection's page now
+    /// shows another room, or none) to [`events`](crate::PresenceServer::events),
+    /// the feed, the cluster's stream and webhooks. Off by default: tab
+    /// switches are frequent, and most hosts ask `notify` instead.
+    pub viewing_events: bool,
 }
 
 /// A token bucket: `burst` frames at once, refilled at `per_second`.
@@ -146,6 +151,7 @@ impl Default for ServerConfig {
             large_room_members: 1_000,
             large_room_interval: Duration::from_secs(1),
             notify_idle_after: Duration::from_secs(120),
+            viewing_events: false,
         }
     }
 }

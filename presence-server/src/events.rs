@@ -7,8 +7,10 @@ use tokio::sync::broadcast;
 /// A subscription to every event the presence machine emits, in order:
 /// `user_connected`, `user_disconnected`, `user_left` (a room only),
 /// `user_idle`, `user_active`,
-/// `status`, `typing_started`/`typing_stopped` and `read`. See
-/// [`presence_core::Event`] for `rooms` and `global`.
+/// `status`, `typing_started`/`typing_stopped` and `read`, and with
+/// [`ServerConfig::viewing_events`](crate::ServerConfig::viewing_events)
+/// this node's view changes (`viewing`). See [`presence_core::Event`] for
+/// `rooms` and `global`.
 ///
 /// Each subscriber has its own buffer ([`crate::ServerConfig::event_buffer`]
 /// events). One that falls further behind skips the oldest events and counts

@@ -76,6 +76,10 @@ struct Args {
     /// No input on any of a user's devices for this long, in ms, and `notify` says push.
     #[arg(long, env = "PRESENCE_NOTIFY_IDLE_MS", default_value_t = 120_000)]
     notify_idle_ms: u64,
+    /// Host events (the feed, the cluster's stream, webhooks) carry view changes (`viewing`): each
+    /// time a connection's page shows another room. Frequent, so off.
+    #[arg(long, env = "PRESENCE_VIEWING_EVENTS")]
+    viewing_events: bool,
     /// Frames queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "PRESENCE_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
@@ -147,7 +151,8 @@ struct Args {
     /// File holding the webhook secret (trailing newline ignored).
     #[arg(long, env = "PRESENCE_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<std::path::PathBuf>,
-    /// Event kinds webhooks carry: connected, disconnected, idle, active, status, typing, read, data.
+    /// Event kinds webhooks carry: connected, disconnected, idle, active, status, typing, read, data,
+    /// viewing (needs --viewing-events).
     #[arg(
         long,
         env = "PRESENCE_WEBHOOK_EVENTS",
@@ -543,6 +548,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     config.large_room_members = args.large_room_members;
     config.large_room_interval = ms(args.large_room_interval_ms);
     config.notify_idle_after = ms(args.notify_idle_ms);
+    config.viewing_events = args.viewing_events;
     config.service_key = args.service_key.clone();
     config.rate.burst = args.rate_burst;
     config.rate.per_second = args.rate_per_second;

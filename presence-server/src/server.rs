@@ -138,6 +138,7 @@ impl Builder {
         self.config.validate()?;
         if let Some(w) = &self.webhooks {
             w.validate()?;
+            w.check_viewing(self.config.viewing_events)?;
         }
         let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;

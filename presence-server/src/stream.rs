@@ -8,7 +8,8 @@
 //! event's `id` field names the change it comes from
 //! (`<incarnation>:<sequence>:<n>:<user>`, see `Announcement`): the same on
 //! every node, in webhooks, and when an event is appended twice, which
-//! readers drop.
+//! readers drop. A node's own view changes owe nothing: `v:<incarnation>:<n>`,
+//! appended at most once ([`EventStream::push_own`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -55,13 +56,16 @@ pub(crate) struct EventStream {
     metrics: StreamMetrics,
     /// A failure drill: nothing is appended (see `PresenceServer::halt_appends`).
     halted: std::sync::atomic::AtomicBool,
+    /// Numbers this node's own events ([`EventStream::push_own`]).
+    own: std::sync::atomic::AtomicU64,
 }
 
 /// One owed change of a user: its events, appended together (one shard),
-/// then the change is settled in the backend.
+/// then the change is settled in the backend. A host-only event of this
+/// node (a view change) owes nothing: `owed` is none.
 struct Unit {
     user: UserId,
-    owed: String,
+    owed: Option<String>,
     appends: Vec<Append>,
 }
 
@@ -79,7 +83,9 @@ struct Outbox {
 impl Outbox {
     fn pop(&mut self) -> Option<Unit> {
         let u = self.queue.pop_front()?;
-        self.queued.remove(&(u.user.clone(), u.owed.clone()));
+        if let Some(owed) = &u.owed {
+            self.queued.remove(&(u.user.clone(), owed.clone()));
+        }
         self.events -= u.appends.len();
         Some(u)
     }
@@ -109,6 +115,7 @@ impl EventStream {
             appended: Notify::new(),
             readers: AtomicUsize::new(0),
             halted: std::sync::atomic::AtomicBool::new(false),
+            own: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -150,8 +157,34 @@ impl EventStream {
         o.events += appends.len();
         o.queue.push_back(Unit {
             user: a.user.clone(),
-            owed: a.owed.clone(),
+            owed: Some(a.owed.clone()),
             appends,
+        });
+        o.bound(&self.metrics);
+    }
+
+    /// Queues an event of this node's own that no record change owes (a
+    /// view change) under the id `v:<incarnation>:<n>`, unique across nodes
+    /// and restarts (an incarnation is a node's run). Nothing settles it: if
+    /// the node dies before appending it, it is lost.
+    pub fn push_own(&self, me: &str, ev: &presence_core::Event) {
+        if !self.appends() {
+            return;
+        }
+        let n = self.own.fetch_add(1, Ordering::Relaxed);
+        let user = ev.diff.user();
+        let append = Append {
+            shard: shard_of(user.as_str(), self.shards),
+            kind: ev.name().to_owned(),
+            user: user.as_str().to_owned(),
+            data: crate::feed::encode(ev, serde_json::json!(format!("v:{me}:{n}"))),
+        };
+        let mut o = self.outbox();
+        o.events += 1;
+        o.queue.push_back(Unit {
+            user: user.clone(),
+            owed: None,
+            appends: vec![append],
         });
         o.bound(&self.metrics);
     }
@@ -219,9 +252,10 @@ impl EventStream {
             }
             let mut settle: Vec<(UserId, Vec<String>)> = Vec::new();
             for u in done {
+                let Some(owed) = u.owed else { continue };
                 match settle.iter_mut().find(|(user, _)| *user == u.user) {
-                    Some((_, ids)) => ids.push(u.owed),
-                    None => settle.push((u.user, vec![u.owed])),
+                    Some((_, ids)) => ids.push(owed),
+                    None => settle.push((u.user, vec![owed])),
                 }
             }
             if !settle.is_empty()
@@ -234,7 +268,9 @@ impl EventStream {
             if !back.is_empty() {
                 let mut o = self.outbox();
                 for u in back.into_iter().rev() {
-                    o.queued.insert((u.user.clone(), u.owed.clone()));
+                    if let Some(owed) = &u.owed {
+                        o.queued.insert((u.user.clone(), owed.clone()));
+                    }
                     o.events += u.appends.len();
                     o.queue.push_front(u);
                 }

@@ -56,6 +56,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("typing", &["typing_started", "typing_stopped"]),
     ("read", &["read"]),
     ("data", &["data"]),
+    ("viewing", &["viewing"]),
 ];
 
 /// Where and what to deliver.
@@ -67,7 +68,8 @@ pub struct WebhookConfig {
     /// The shared secret requests are signed with.
     pub secret: String,
     /// Selected kinds (see [`WebhookConfig::new`]; `typing` and `read` are
-    /// chatty, so they are not selected by default).
+    /// chatty, so they are not selected by default; `viewing` needs
+    /// [`ServerConfig::viewing_events`](crate::ServerConfig::viewing_events)).
     pub kinds: Vec<String>,
     /// Events within this window go out in one request. Default 1 s.
     pub window: Duration,
@@ -101,9 +103,14 @@ pub enum WebhookError {
     WeakSecret(usize),
     /// A kind not in the list.
     #[error(
-        "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read, data)"
+        "unknown webhook event kind {0:?} (known: connected, disconnected, idle, active, status, typing, read, data, viewing)"
     )]
     UnknownKind(String),
+    /// `viewing` selected while the server emits no view changes.
+    #[error(
+        "webhook kind \"viewing\" needs view changes as events: turn them on with --viewing-events (ServerConfig::viewing_events)"
+    )]
+    ViewingOff,
     /// A bound of zero.
     #[error("webhook {0} must be at least 1")]
     Zero(&'static str),
@@ -152,6 +159,15 @@ impl WebhookConfig {
             if v == 0 {
                 return Err(WebhookError::Zero(name));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses `viewing` when the server emits no view changes: the
+    /// endpoint would wait for events that never come.
+    pub(crate) fn check_viewing(&self, viewing_events: bool) -> Result<(), WebhookError> {
+        if !viewing_events && self.kinds.iter().any(|k| k == "viewing") {
+            return Err(WebhookError::ViewingOff);
         }
         Ok(())
     }

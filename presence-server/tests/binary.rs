@@ -431,9 +431,13 @@ async fn an_environment_secret_overrides_the_files_secret_file_and_a_host_name_b
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A webhook secret long enough to pass.
+const HOOK_SECRET_16: &str = "0123456789abcdef";
+
 /// Under `--log-format json` (flag, environment or file) a start-up error is one JSON log line
 /// with the cause, whether it comes from a flag's value, the config file or the settings; and a
-/// guessable webhook secret is one of those errors.
+/// guessable webhook secret is one of those errors, as is a `viewing` webhook without
+/// `--viewing-events`.
 #[test]
 fn start_up_errors_are_json_under_the_json_log_format() {
     let dir = temp_dir("json-errors");
@@ -476,6 +480,11 @@ fn start_up_errors_are_json_under_the_json_log_format() {
     ];
     let error = run(&webhook, None);
     assert!(error.contains("at least 16"), "{error}");
+    let mut viewing = webhook.to_vec();
+    viewing.pop();
+    viewing.extend([HOOK_SECRET_16, "--webhook-events", "connected,viewing"]);
+    let error = run(&viewing, None);
+    assert!(error.contains("--viewing-events"), "{error}");
     // Plain text stays plain text.
     let out = Command::new(env!("CARGO_BIN_EXE_presence-server"))
         .env_remove("PRESENCE_LOG_FORMAT")

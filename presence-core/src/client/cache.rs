@@ -382,6 +382,9 @@ fn apply_to(
             return Some(Change::Typing(user, false));
         }
         Diff::Read { user, marker } => return Some(Change::Receipt(user, marker)),
+        // Host-only: no server sends it to a client.
+        #[cfg(feature = "std")]
+        Diff::Viewing { .. } => return None,
     };
     update(members, view, room)
 }

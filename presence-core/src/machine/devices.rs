@@ -20,7 +20,12 @@ impl Machine {
     }
 
     /// The connection's page shows `room` (one it joined), or none.
-    pub fn set_view(&mut self, conn: ConnId, room: Option<RoomId>) -> Result<(), MachineError> {
+    pub fn set_view(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        room: Option<RoomId>,
+    ) -> Result<(), MachineError> {
         let c = self
             .conns
             .get_mut(&conn)
@@ -28,8 +33,46 @@ impl Machine {
         if room.as_ref().is_some_and(|r| !c.rooms.contains(r)) {
             return Err(MachineError::NotInRoom);
         }
+        if c.view == room {
+            return Ok(());
+        }
         c.view = room;
+        let ev = self.view_event(now, conn);
+        self.events.extend(ev);
         Ok(())
+    }
+
+    /// The `viewing` event of `conn` as it is now, if the host asked for
+    /// them. Whoever the user is, invisible too: it reaches no room and no
+    /// watcher (`rooms` empty, not `global`), only the host, which sees
+    /// through invisibility anyway (`notify`). A connection in its grace
+    /// keeps its view, as it keeps its rooms: a resume is no news; one
+    /// removed shows none ([`Machine::view_gone`]).
+    fn view_event(&self, now: Millis, conn: ConnId) -> Option<Event> {
+        let c = self.conns.get(&conn).filter(|_| self.view_events)?;
+        Some(Event {
+            at: now,
+            diff: Diff::Viewing {
+                user: c.user.clone(),
+                node: None,
+                conn,
+                device: c.device,
+                room: c.view.clone(),
+            },
+            rooms: Vec::new(),
+            global: false,
+        })
+    }
+
+    /// `conn`, being removed, showed a room: it shows none now, so a host
+    /// following views is not left with a stale one. Call before removing.
+    pub(super) fn view_gone(&mut self, now: Millis, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.view.take().is_some()
+        {
+            let ev = self.view_event(now, conn);
+            self.events.extend(ev);
+        }
     }
 
     /// The user's live connections as devices, in connection order. A

@@ -12,6 +12,8 @@ use crate::protocol::Diff;
 /// user-level `user_connected` / `user_disconnected` / `user_idle` /
 /// `user_active` / status transitions; a non-global connected/disconnected is
 /// a user entering or leaving one room while staying online.
+/// `viewing` ([`Machine::with_view_events`](crate::Machine::with_view_events))
+/// has neither rooms nor `global`: it is for the host alone.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Event {
     /// When it happened.

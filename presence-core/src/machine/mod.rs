@@ -197,6 +197,9 @@ pub struct Machine {
     reads: HashMap<RoomId, HashMap<UserId, u64>>,
     timers: Timers,
     events: Vec<Event>,
+    /// Whether view changes are events (`Diff::Viewing`; see
+    /// [`Machine::with_view_events`]).
+    view_events: bool,
 }
 
 impl Machine {
@@ -211,7 +214,15 @@ impl Machine {
             reads: HashMap::new(),
             timers: Timers::default(),
             events: Vec::new(),
+            view_events: false,
         }
+    }
+
+    /// Emits a `viewing` event each time a connection's view changes
+    /// (tab switches: frequent, so off unless the host wants them).
+    pub fn with_view_events(mut self, on: bool) -> Self {
+        self.view_events = on;
+        self
     }
 
     /// The timing policy.
@@ -381,10 +392,10 @@ impl Machine {
             return Err(MachineError::NotInRoom);
         };
         c.rooms.swap_remove(at);
-        if c.view.as_ref() == Some(room) {
-            c.view = None;
-        }
         let user = c.user.clone();
+        if c.view.as_ref() == Some(room) {
+            self.set_view(now, conn, None)?;
+        }
         self.stop_conn_typing(now, &user, conn, room);
         if self.release_room(now, &user, room) {
             self.announce_left(now, &user, room);
@@ -905,6 +916,7 @@ impl Machine {
         let mut gone: Vec<RoomId> = Vec::new();
         let mut last_seen = Millis(0);
         for &(conn, seen) in conns {
+            self.view_gone(now, conn);
             let Some(c) = self.conns.remove(&conn) else {
                 continue;
             };

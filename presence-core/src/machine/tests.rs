@@ -823,3 +823,103 @@ fn receipts_outlive_their_readers_connections() {
     h.m.forget_offline(at(200), retention);
     assert!(h.m.receipts_in(&room("r")).is_empty());
 }
+
+/// The `viewing` events of a harness's drained events: (conn, room).
+fn views(events: &[Event]) -> Vec<(u64, Option<&str>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.diff {
+            Diff::Viewing { conn, room, .. } => {
+                assert!(e.rooms.is_empty() && !e.global, "routed nowhere: {e:?}");
+                Some((conn.0, room.as_ref().map(RoomId::as_str)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn view_changes_are_events_only_when_asked_and_only_when_the_view_changes() {
+    let mut h = Harness::new();
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.set_view(at(1), ConnId(1), Some(room("r"))).unwrap();
+    assert_eq!(views(&h.events()), [], "off by default");
+
+    let mut h = Harness {
+        m: Machine::new(policy()).with_view_events(true),
+    };
+    h.connect(T0, "ana", 1);
+    h.m.set_device(ConnId(1), DeviceKind::Desktop).unwrap();
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.join(T0, ConnId(1), room("s")).unwrap();
+    h.events();
+    h.m.set_view(at(1), ConnId(1), Some(room("r"))).unwrap();
+    let ev = h.events();
+    assert_eq!(
+        ev,
+        [Event {
+            at: at(1),
+            diff: Diff::Viewing {
+                user: user("ana"),
+                node: None,
+                conn: ConnId(1),
+                device: DeviceKind::Desktop,
+                room: Some(room("r")),
+            },
+            rooms: vec![],
+            global: false,
+        }]
+    );
+    h.m.set_view(at(2), ConnId(1), Some(room("r"))).unwrap();
+    assert_eq!(views(&h.events()), [], "the same view: no news");
+    assert_eq!(
+        h.m.set_view(at(2), ConnId(1), Some(room("elsewhere"))),
+        Err(MachineError::NotInRoom)
+    );
+    h.m.set_view(at(3), ConnId(1), Some(room("s"))).unwrap();
+    h.m.set_view(at(4), ConnId(1), None).unwrap();
+    h.m.set_view(at(5), ConnId(1), None).unwrap();
+    assert_eq!(views(&h.events()), [(1, Some("s")), (1, None)]);
+}
+
+#[test]
+fn a_view_ends_with_a_viewing_null_when_its_room_is_left_or_its_connection_goes() {
+    let mut h = Harness {
+        m: Machine::new(policy()).with_view_events(true),
+    };
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.set_view(T0, ConnId(1), Some(room("r"))).unwrap();
+    h.m.leave(at(1), ConnId(1), &room("r")).unwrap();
+    assert_eq!(views(&h.events()), [(1, Some("r")), (1, None)]);
+    assert_eq!(h.m.devices(at(1), &user("ana"))[0].view, None);
+
+    h.m.join(at(2), ConnId(1), room("r")).unwrap();
+    h.m.set_view(at(2), ConnId(1), Some(room("r"))).unwrap();
+    h.events();
+    // A drop and a resume within the grace: the view is kept, no news.
+    h.m.dropped(at(3), ConnId(1));
+    h.resume(at(4), "ana", 2, 1);
+    assert_eq!(views(&h.events()), []);
+    // Gone for good: the view ends before the user goes offline.
+    h.m.dropped(at(5), ConnId(1));
+    h.m.tick(at(60));
+    let ev = h.events();
+    assert_eq!(views(&ev), [(1, None)]);
+    assert_eq!(ev.last().map(Event::name), Some("user_disconnected"));
+}
+
+#[test]
+fn an_invisible_users_views_reach_the_host_and_no_observer() {
+    let mut h = Harness {
+        m: Machine::new(policy()).with_view_events(true),
+    };
+    h.connect(T0, "ana", 1);
+    h.m.join(T0, ConnId(1), room("r")).unwrap();
+    h.m.set_status(T0, ConnId(1), Status::Invisible, None)
+        .unwrap();
+    h.events();
+    h.m.set_view(at(1), ConnId(1), Some(room("r"))).unwrap();
+    assert_eq!(views(&h.events()), [(1, Some("r"))]);
+}

@@ -65,7 +65,8 @@ fn msg(r: &RoomId) -> Message<'_> {
 fn a_page_showing_the_room_is_live_another_room_is_live_in_the_app() {
     let mut m = ana(&[(1, DeviceKind::Desktop)]);
     let (design, random) = (room("design"), room("random"));
-    m.set_view(ConnId(1), Some(design.clone())).unwrap();
+    m.set_view(Millis(0), ConnId(1), Some(design.clone()))
+        .unwrap();
     let live = (Decision::Live, Reason::Viewing);
     assert_eq!(decision(&m, at(1), Status::Available, msg(&design)), live);
     assert_eq!(
@@ -95,7 +96,8 @@ fn a_page_showing_the_room_is_live_another_room_is_live_in_the_app() {
 fn hidden_or_locked_everywhere_is_background_and_a_view_needs_the_page_in_front() {
     let mut m = ana(&[(1, DeviceKind::Desktop), (2, DeviceKind::Mobile)]);
     let design = room("design");
-    m.set_view(ConnId(1), Some(design.clone())).unwrap();
+    m.set_view(Millis(0), ConnId(1), Some(design.clone()))
+        .unwrap();
     m.set_activity(at(1), ConnId(1), Activity::Idle(IdleReason::Hidden))
         .unwrap();
     m.set_activity(at(1), ConnId(2), Activity::Idle(IdleReason::Locked))
@@ -122,7 +124,8 @@ fn hidden_or_locked_everywhere_is_background_and_a_view_needs_the_page_in_front(
 fn busy_holds_back_all_but_mentions_and_reading_holds_back_everything() {
     let mut m = ana(&[(1, DeviceKind::Desktop)]);
     let (design, random) = (room("design"), room("random"));
-    m.set_view(ConnId(1), Some(design.clone())).unwrap();
+    m.set_view(Millis(0), ConnId(1), Some(design.clone()))
+        .unwrap();
     assert_eq!(
         decision(&m, at(1), Status::Busy, msg(&random)),
         (Decision::None, Reason::Busy)
@@ -166,7 +169,8 @@ fn busy_holds_back_all_but_mentions_and_reading_holds_back_everything() {
 fn no_live_connection_is_offline_and_invisibility_is_seen_through() {
     let mut m = ana(&[(1, DeviceKind::Mobile)]);
     let design = room("design");
-    m.set_view(ConnId(1), Some(design.clone())).unwrap();
+    m.set_view(Millis(0), ConnId(1), Some(design.clone()))
+        .unwrap();
     assert_eq!(
         decision(&m, at(1), Status::Invisible, msg(&design)),
         (Decision::Live, Reason::Viewing),
@@ -189,10 +193,11 @@ fn no_live_connection_is_offline_and_invisibility_is_seen_through() {
 fn a_view_is_of_a_joined_room_and_leaving_it_ends_the_view() {
     let mut m = ana(&[(1, DeviceKind::Tablet)]);
     assert_eq!(
-        m.set_view(ConnId(1), Some(room("elsewhere"))),
+        m.set_view(Millis(0), ConnId(1), Some(room("elsewhere"))),
         Err(crate::machine::MachineError::NotInRoom)
     );
-    m.set_view(ConnId(1), Some(room("design"))).unwrap();
+    m.set_view(Millis(0), ConnId(1), Some(room("design")))
+        .unwrap();
     m.leave(at(1), ConnId(1), &room("design")).unwrap();
     let devices = m.devices(at(1), &UserId::new("ana").unwrap());
     assert_eq!(devices.len(), 1);

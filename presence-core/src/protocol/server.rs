@@ -254,6 +254,26 @@ pub enum Diff {
         /// Their new marker.
         marker: u64,
     },
+    /// Host events only, and only when the operator turns them on
+    /// (`--viewing-events`): one connection's page now shows `room` (null:
+    /// none). Never sent to a socket: where a user looks is for backends
+    /// (PROTOCOL.md, "Devices and notifications"). Server-side (`std`) only,
+    /// so the browser SDK neither decodes nor pays for it.
+    #[cfg(feature = "std")]
+    Viewing {
+        /// Whose connection.
+        user: UserId,
+        /// The node holding it (in a cluster; connection ids are per node).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// The connection, as `GET /v1/users/{id}/devices` names it.
+        conn: ConnId,
+        /// What it runs on.
+        device: crate::presence::DeviceKind,
+        /// The joined room it shows now; none when it shows none, left that
+        /// room, or is gone.
+        room: Option<RoomId>,
+    },
 }
 
 impl Diff {
@@ -271,6 +291,8 @@ impl Diff {
             Diff::TypingStarted { .. } => "typing_started",
             Diff::TypingStopped { .. } => "typing_stopped",
             Diff::Read { .. } => "read",
+            #[cfg(feature = "std")]
+            Diff::Viewing { .. } => "viewing",
         }
     }
 
@@ -287,6 +309,8 @@ impl Diff {
             | Diff::TypingStarted { user }
             | Diff::TypingStopped { user }
             | Diff::Read { user, .. } => user,
+            #[cfg(feature = "std")]
+            Diff::Viewing { user, .. } => user,
         }
     }
 }

@@ -230,7 +230,7 @@ impl Hub {
         let (events, _) = broadcast::channel(config.event_buffer);
         Self {
             state: Mutex::new(State {
-                machine: Machine::new(config.timing),
+                machine: Machine::new(config.timing).with_view_events(config.viewing_events),
                 sockets: HashMap::new(),
                 expiries: BTreeSet::new(),
                 watches: HashMap::new(),
@@ -348,6 +348,23 @@ impl Hub {
         }
     }
 
+    /// A view change (on only with `viewing_events`): for the host alone,
+    /// no socket. In a cluster it is no record change, so it skips the
+    /// replica: it goes straight into the stream's outbox, named by its
+    /// node (connection ids are per node). At most once there: a node that
+    /// dies before appending it loses it.
+    fn publish_view(&self, st: &State, mut ev: Event) {
+        self.record(&ev);
+        let me = st.cluster.as_ref().map(|c| c.me.clone());
+        if let (Diff::Viewing { node, .. }, Some(l)) = (&mut ev.diff, &self.cluster) {
+            *node = Some(l.config.node_id.clone());
+        }
+        if let (Some(stream), Some(me)) = (&self.stream, me) {
+            stream.push_own(&me, &ev);
+        }
+        self.publish(&ev);
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -382,6 +399,10 @@ impl Hub {
     fn settle(&self, st: &mut State, now: Millis) {
         let events: Vec<Event> = st.machine.drain_events().collect();
         for ev in &events {
+            if let Diff::Viewing { .. } = ev.diff {
+                self.publish_view(st, ev.clone());
+                continue;
+            }
             if self.data.is_some()
                 && matches!(
                     ev.diff,

@@ -296,7 +296,9 @@ impl<'a> Session<'a> {
                 if !matches!(self.view_bucket.take(hub.clock.now()), Verdict::Ok) {
                     return Err(ErrorCode::RateLimited.into());
                 }
-                Ok(hub.act(conn, generation, |m, _| m.set_view(conn, room.clone()))?)
+                Ok(hub.act(conn, generation, |m, now| {
+                    m.set_view(now, conn, room.clone())
+                })?)
             }
             ClientMessage::Privacy {
                 last_seen,
