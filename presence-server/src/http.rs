@@ -478,15 +478,11 @@ pub(crate) async fn room_receipts(
         _ => None,
     };
     let seen = |u: &UserId| only.as_ref().is_none_or(|o| o == u);
-    let at = query
-        .get("at")
-        .and_then(|m| m.parse::<u64>().ok())
-        .filter(|m| *m <= MAX_READ_MARKER)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "at is required: the message's marker, an integer from 0 to {MAX_READ_MARKER}"
-            ))
-        })?;
+    let at = marker_param(&query, "at")?.ok_or_else(|| {
+        ApiError::invalid(format!(
+            "at is required: the message's marker, an integer from 0 to {MAX_READ_MARKER}"
+        ))
+    })?;
     let limit = match query.get("limit") {
         None => 20,
         Some(l) => l
@@ -603,6 +599,23 @@ async fn cluster_members(
         receipts,
         next: None,
     })
+}
+
+/// A read marker in the query (`name=N`), if given: 0 to `MAX_READ_MARKER`.
+fn marker_param(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    use presence_core::limits::MAX_READ_MARKER;
+    let Some(m) = query.get(name) else {
+        return Ok(None);
+    };
+    m.parse::<u64>()
+        .ok()
+        .filter(|m| *m <= MAX_READ_MARKER)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{name} must be an integer from 0 to {MAX_READ_MARKER}, not {m:?}"
+            ))
+        })
 }
 
 /// A JSON request body, or the error that says what was expected.
@@ -840,20 +853,7 @@ pub(crate) async fn user_notify(
             )));
         }
     };
-    let marker = query
-        .get("marker")
-        .map(|m| {
-            m.parse::<u64>()
-                .ok()
-                .filter(|m| *m <= presence_core::limits::MAX_READ_MARKER)
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "marker must be an integer from 0 to {}, not {m:?}",
-                        presence_core::limits::MAX_READ_MARKER
-                    ))
-                })
-        })
-        .transpose()?;
+    let marker = marker_param(&query, "marker")?;
     Ok(Json(hub.notify(&user, &room, mention, marker).await))
 }
 
