@@ -87,12 +87,9 @@ async fn each_setting_holds_on_every_surface_a_user_sees() {
         told,
         json!({"type": "self_privacy", "last_seen": "contacts", "receipts": "off"})
     );
-    // A second tab is welcomed with them.
-    let tab = srv.client("ana").await;
-    assert_eq!(
-        tab.welcome["privacy"],
-        json!({"last_seen": "contacts", "receipts": "off"})
-    );
+    // A second tab is told them right after its welcome.
+    let mut tab = srv.client("ana").await;
+    assert_eq!(tab.next().await, told);
     drop(tab);
     ana.send(json!({"type": "read", "room": "r", "marker": 7}))
         .await;
@@ -268,10 +265,10 @@ async fn settings_outlive_a_restart_with_a_data_dir() {
     )
     .await;
     assert_eq!(status, 200);
-    let ana = srv.client("ana").await;
+    let mut ana = srv.client("ana").await;
     assert_eq!(
-        ana.welcome["privacy"],
-        json!({"last_seen": "nobody", "receipts": "off"})
+        ana.next().await,
+        json!({"type": "self_privacy", "last_seen": "nobody", "receipts": "off"})
     );
     drop(ana);
     srv.stop().await;

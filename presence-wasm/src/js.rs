@@ -531,22 +531,22 @@ pub fn string(v: &JsValue, name: &str) -> Result<String, JsValue> {
         .ok_or_else(|| error("invalid_argument", &cat(name, " must be a string")))
 }
 
-/// An optional setting of an object: absent or `null` is `None`; any other
-/// value must be one `parse` knows, or an `invalid_argument` error.
-pub fn setting<T>(
-    o: &JsValue,
-    key: &str,
-    parse: fn(&str) -> Option<T>,
-    expected: &str,
-) -> Result<Option<T>, JsValue> {
-    let v = field(o, key);
+/// A privacy setting: absent or `null` is `None`; any other value must be
+/// one `parse` knows, or an `invalid_argument` error.
+pub fn setting<T>(v: &JsValue, parse: fn(&str) -> Option<T>) -> Result<Option<T>, JsValue> {
     if v.is_null_or_undefined() {
         return Ok(None);
     }
     let parsed = v.as_string().as_deref().and_then(parse);
-    parsed
-        .map(Some)
-        .ok_or_else(|| error("invalid_argument", expected))
+    parsed.map(Some).ok_or_else(bad_privacy)
+}
+
+/// The refusal of privacy settings that are not some of the known ones.
+pub fn bad_privacy() -> JsValue {
+    error(
+        "invalid_argument",
+        "setPrivacy takes lastSeen (everyone, contacts or nobody) and/or receipts (on or off)",
+    )
 }
 
 /// Parses a room id from JS, or an `invalid_argument` error.

@@ -133,7 +133,7 @@ impl PresenceClient {
             Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
             Some(Op::SetData) => done(self.set_data(&a)),
             Some(Op::View) => done(self.view(&a)),
-            Some(Op::SetPrivacy) => done(self.set_privacy(&a)),
+            Some(Op::SetPrivacy) => done(self.set_privacy(&a, &b)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -505,26 +505,19 @@ impl PresenceClient {
 
     /// `setPrivacy({lastSeen?, receipts?})`: changes the user's privacy
     /// settings for all their tabs and devices; an absent one is kept.
-    pub fn set_privacy(&self, settings: &JsValue) -> Result<(), JsValue> {
+    ///
+    /// `src/client.js` hands over the object's two fields (`undefined` when
+    /// absent), so reading them costs the bundle nothing here.
+    pub fn set_privacy(&self, last_seen: &JsValue, receipts: &JsValue) -> Result<(), JsValue> {
         self.live()?;
-        if !settings.is_object() {
-            return Err(error(
-                "invalid_argument",
-                "privacy settings must be an object",
-            ));
-        }
-        let last_seen = js::setting(
-            settings,
-            "lastSeen",
-            LastSeen::parse,
-            "lastSeen must be everyone, contacts or nobody",
-        )?;
-        let receipts = js::setting(
-            settings,
-            "receipts",
-            Receipts::parse,
-            "receipts must be on or off",
-        )?;
+        // Neither (an empty object, or no object) is refused like a bad one.
+        let (last_seen, receipts) = match (
+            js::setting(last_seen, LastSeen::parse)?,
+            js::setting(receipts, Receipts::parse)?,
+        ) {
+            (None, None) => return Err(js::bad_privacy()),
+            both => both,
+        };
         runtime::with(&self.shared, |c, _| c.set_privacy(last_seen, receipts));
         Ok(())
     }

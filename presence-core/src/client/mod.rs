@@ -611,10 +611,10 @@ impl Client {
                 status,
                 text,
                 exp,
-                privacy,
                 ..
             } => {
-                self.privacy = privacy;
+                // Open unless a `self_privacy` follows at once.
+                self.privacy = Privacy::default();
                 self.token.expires(now, exp);
                 let timings = (heartbeat_ms, idle_after_ms);
                 self.welcome(now, user, resume, resumed, timings, status, text);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
-use crate::privacy::{LastSeen, Privacy, Receipts};
+use crate::privacy::{LastSeen, Receipts};
 use crate::protocol::ErrorCode;
 
 /// A message the server sends.
@@ -38,9 +38,6 @@ pub enum ServerMessage {
         /// an `auth` frame brought a fresh one first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exp: Option<Millis>,
-        /// The user's own privacy settings (absent: both open).
-        #[serde(default, skip_serializing_if = "Privacy::is_open")]
-        privacy: Privacy,
     },
     /// Full state of a room, sent after `join`; diffs follow (in a large
     /// room, summaries). Also sent unasked when the room becomes large or
@@ -108,8 +105,9 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<StatusText>,
     },
-    /// The user's own privacy settings changed (from this or another
-    /// connection, or their backend).
+    /// The user's own privacy settings: right after `welcome` when they are
+    /// not both open, and whenever they change (from any of their
+    /// connections, or their backend).
     SelfPrivacy {
         /// Who sees the user's last seen.
         last_seen: LastSeen,

@@ -551,7 +551,6 @@ impl Hub {
                 status,
                 text,
                 exp: who.expires,
-                privacy: st.machine.privacy(user),
             };
             st.sockets.insert(
                 outcome.conn,
@@ -566,6 +565,15 @@ impl Hub {
             );
             self.set_expiry(st, outcome.conn, who.expires);
             self.send(st, outcome.conn, encoded(&welcome));
+            // Settings that are not both open follow at once, before anything else.
+            let p = st.machine.privacy(user);
+            if !p.is_open() {
+                let privacy = ServerMessage::SelfPrivacy {
+                    last_seen: p.last_seen,
+                    receipts: p.receipts,
+                };
+                self.send(st, outcome.conn, encoded(&privacy));
+            }
             Ok(Registered {
                 conn: outcome.conn,
                 generation,
