@@ -307,6 +307,27 @@ export interface Notification extends Devices {
   reason: "read" | "offline" | "viewing" | "busy" | "active" | "background" | "idle" | "recent";
 }
 
+/** Who sees a user's `last_seen`: anyone who sees their presence, their contacts (the server's
+ * audience policy decides; the binary: users whose token `watch` claim names them), or nobody. */
+export type LastSeenSetting = "everyone" | "contacts" | "nobody";
+/** `off`: markers the user reads from then on are shown to nobody, and they see nobody's. */
+export type ReceiptsSetting = "on" | "off";
+
+/** `GET`/`PUT /v1/users/{id}/privacy`: a user's privacy settings (PROTOCOL.md, "Privacy"). */
+export interface Privacy {
+  user: string;
+  /** `everyone` by default. */
+  last_seen: LastSeenSetting;
+  /** `on` by default. */
+  receipts: ReceiptsSetting;
+}
+
+/** What `setPrivacy` changes; a setting left out is kept as it is. */
+export interface PrivacyChange {
+  lastSeen?: LastSeenSetting;
+  receipts?: ReceiptsSetting;
+}
+
 /** The presence server's HTTP API. Every method rejects with a `PresenceError`. */
 export class PresenceClient {
   constructor(options: PresenceClientOptions);
@@ -325,6 +346,18 @@ export class PresenceClient {
     room: string,
     options?: { mention?: boolean; marker?: number } & RequestOptions,
   ): Promise<Notification>;
+  /**
+   * `GET /v1/users/{user}/privacy` (service key, or the user's own token): the user's settings,
+   * the latest any node knew.
+   */
+  privacy(user: string, options?: RequestOptions): Promise<Privacy>;
+  /**
+   * `PUT /v1/users/{user}/privacy` (service key): changes the settings given, connected or not,
+   * on every node (the latest setting wins); the others are kept. Resolves with the settings now.
+   * A value outside the enums rejects with `invalid_field`. It applies to what is sent from then
+   * on: a last seen or a marker already shown is not taken back.
+   */
+  setPrivacy(user: string, change: PrivacyChange, options?: RequestOptions): Promise<Privacy>;
   /** `POST /v1/presence/bulk` (at most 500 users per call by default). */
   bulk(users: string[], options?: RequestOptions): Promise<BulkPresence>;
   /** `GET /v1/rooms/{room}/members`: one page of at most `limit` (1–1000) members after `after`. */

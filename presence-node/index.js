@@ -71,6 +71,19 @@ export class PresenceClient {
     return this.#json("GET", ["v1", "users", user, "notify"], { query, signal });
   }
 
+  /** `GET /v1/users/{user}/privacy` (service key, or the user's own token): their settings. */
+  privacy(user, options) {
+    return this.#json("GET", ["v1", "users", user, "privacy"], options);
+  }
+
+  /** `PUT /v1/users/{user}/privacy` (service key): changes the settings given, keeps the others. */
+  setPrivacy(user, { lastSeen, receipts } = {}, { signal } = {}) {
+    const body = {};
+    if (lastSeen !== undefined) body.last_seen = lastSeen;
+    if (receipts !== undefined) body.receipts = receipts;
+    return this.#json("PUT", ["v1", "users", user, "privacy"], { body, signal });
+  }
+
   /** `POST /v1/presence/bulk` */
   async bulk(users, options) {
     if (!Array.isArray(users)) throw new TypeError("bulk(users): users must be an array of ids");

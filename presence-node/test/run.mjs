@@ -701,6 +701,49 @@ await section("one node: disconnect closes with 4101; revoke refuses the old tok
   await rejects(new PresenceClient({ url: single.url }).count("big"), "unauthorized", 401);
 });
 
+await section("one node: privacy set and read back, told to the user, hiding last_seen; bad values refused", async () => {
+  const open = { user: "gus", last_seen: "everyone", receipts: "on" };
+  assert.deepEqual(await api.privacy("gus"), open, "never set: open");
+  // Set before gus ever connects; one setting at a time, the other kept.
+  assert.deepEqual(await api.setPrivacy("gus", { lastSeen: "nobody" }), { ...open, last_seen: "nobody" });
+  const hidden = { user: "gus", last_seen: "nobody", receipts: "off" };
+  assert.deepEqual(await api.setPrivacy("gus", { receipts: "off" }), hidden);
+  assert.deepEqual(await api.privacy("gus"), hidden);
+
+  const gus = await user(single, "gus");
+  const welcome = gus.frames.find((f) => f.type === "welcome");
+  assert.deepEqual(welcome.privacy, { last_seen: "nobody", receipts: "off" });
+  assert.deepEqual(await api.setPrivacy("gus", { receipts: "on" }), { ...hidden, receipts: "on" });
+  await until("gus's socket to be told", () => [
+    gus.frames.some((f) => f.type === "self_privacy" && f.last_seen === "nobody" && f.receipts === "on"),
+    gus.frames,
+  ]);
+
+  // Offline, his last seen is for the service key only.
+  gus.send({ type: "leaving" });
+  gus.ws.close();
+  await until("gus offline", async () => {
+    const p = await api.presence("gus");
+    return [p.state === "offline" && typeof p.last_seen === "number", p];
+  });
+  const asAna = new PresenceClient({ url: single.url, serviceKey: token("ana") });
+  const seen = await asAna.presence("gus");
+  assert.equal(seen.state, "offline");
+  assert.equal(seen.last_seen, undefined, `hidden from ana: ${JSON.stringify(seen)}`);
+
+  // His own token reads his settings, nobody else's, and cannot set them.
+  const asGus = new PresenceClient({ url: single.url, serviceKey: token("gus") });
+  assert.equal((await asGus.privacy("gus")).last_seen, "nobody");
+  await rejects(asGus.privacy("ana"), "forbidden", 403);
+  await rejects(asGus.setPrivacy("gus", { lastSeen: "everyone" }), "forbidden", 403);
+
+  // Values outside the enums: the server's invalid_field, nothing changed.
+  const bad = await rejects(api.setPrivacy("gus", { lastSeen: "friends" }), "invalid_field", 400);
+  assert.match(bad.message, /last_seen/);
+  await rejects(api.setPrivacy("gus", { receipts: false }), "invalid_field", 400);
+  assert.deepEqual(await api.privacy("gus"), { ...hidden, receipts: "on" });
+});
+
 await section("HTTP client: network error, timeout, abort", async () => {
   const closed = await freePort();
   await rejects(new PresenceClient({ url: `http://127.0.0.1:${closed}`, serviceKey: SERVICE_KEY }).presence("ana"), "network");
@@ -835,6 +878,7 @@ await section("one node: the feed survives a restart of the process on the same 
   assert.equal(witness.error, undefined);
   const ids = witness.events.map((e) => BigInt(e.id));
   assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), "ids grow, across the restart too, none twice");
+  assert.deepEqual(await api.privacy("gus"), { user: "gus", last_seen: "nobody", receipts: "on" }, "kept in --data-dir");
 
   // Resuming from before the restart gives exactly what the witness got since.
   const since = () => witness.events.slice(witness.events.findIndex((e) => e.id === before) + 1).map((e) => e.id);
@@ -929,6 +973,38 @@ await section("two nodes over the Redis Cluster: node A's user seen through the 
   await within(bad.finished, "node B to refuse a bad Last-Event-ID");
   assert.equal(bad.error?.code, "bad_last_event_id", String(bad.error));
   assert.equal(bad.error.status, 400);
+
+  // Privacy settings are the user's on every node: set through A, read through B, and the other way.
+  assert.deepEqual(await apiA.setPrivacy("erin", { lastSeen: "contacts" }), {
+    user: "erin",
+    last_seen: "contacts",
+    receipts: "on",
+  });
+  await until("erin's socket on node A to be told", () => [
+    erin.frames.some((f) => f.type === "self_privacy" && f.last_seen === "contacts"),
+    erin.frames,
+  ]);
+  await until("node B to read erin's setting", async () => {
+    const p = await apiB.privacy("erin");
+    return [p.last_seen === "contacts", p];
+  });
+  const both = { user: "erin", last_seen: "contacts", receipts: "off" };
+  assert.deepEqual(await apiB.setPrivacy("erin", { receipts: "off" }), both, "node B keeps what node A set");
+  await until("node A to read both settings", async () => {
+    const p = await apiA.privacy("erin");
+    return [p.last_seen === both.last_seen && p.receipts === both.receipts, p];
+  });
+  // A user no node holds: set through B, read through A.
+  assert.deepEqual(await apiB.setPrivacy("ghost", { lastSeen: "nobody" }), {
+    user: "ghost",
+    last_seen: "nobody",
+    receipts: "on",
+  });
+  await until("node A to read ghost's setting", async () => {
+    const p = await apiA.privacy("ghost");
+    return [p.last_seen === "nobody", p];
+  });
+  await rejects(apiA.setPrivacy("erin", { receipts: "maybe" }), "invalid_field", 400);
 
   // A disconnect asked of node B closes erin's socket on node A.
   const r = await apiB.disconnect("erin");

@@ -182,6 +182,7 @@ on_every_backend!(
     what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner,
     data_crosses_nodes_and_the_latest_setting_wins,
     a_large_room_spans_nodes_with_counts_and_summaries,
+    privacy_set_on_one_node_holds_on_every_node,
 );
 
 async fn node_on(
@@ -378,6 +379,70 @@ async fn data_crosses_nodes_and_the_latest_setting_wins(f: Fabric) {
         json!({"viewing": "roadmap"}),
         "every node agrees"
     );
+}
+
+/// Privacy settings are the user's across the cluster: set by her socket on node A, they hide
+/// her last seen from an observer on node B; her backend's change of the other setting on node
+/// C, while she is offline, keeps the first; every node answers both, and she is welcomed with
+/// them on a node she was never on.
+async fn privacy_set_on_one_node_holds_on_every_node(f: Fabric) {
+    let (a, b, c) = three(&f).await;
+    let mut bob = b.client("bob").await;
+    bob.join("r").await;
+    let mut ana = a.client("ana").await;
+    ana.join("r").await;
+    bob.diff("user_connected", "ana").await;
+
+    ana.send(json!({"type": "privacy", "last_seen": "nobody"}))
+        .await;
+    let told = ana.frame("self_privacy").await;
+    assert_eq!(told["last_seen"], "nobody", "{told}");
+    ana.send(json!({"type": "leaving"})).await;
+    ana.close().await;
+    let (_, gone) = bob.diff("user_disconnected", "ana").await;
+    assert_eq!(gone.get("last_seen"), None, "hidden on node B: {gone}");
+    bob.send(json!({"type": "watch", "users": ["ana"]})).await;
+    let w = bob.frame("watching").await;
+    assert_eq!(w["users"][0]["state"], "offline", "{w}");
+    assert_eq!(w["users"][0].get("last_seen"), None, "{w}");
+    let (_, v) = c.get("/v1/users/ana/presence", SERVICE_KEY).await;
+    assert!(v["last_seen"].is_u64(), "the service key sees it: {v}");
+
+    // Her backend turns receipts off through node C, which never held her.
+    let both = json!({"user": "ana", "last_seen": "nobody", "receipts": "off"});
+    let (status, now) = http(
+        c.addr,
+        "PUT",
+        "/v1/users/ana/privacy",
+        SERVICE_KEY,
+        Some(r#"{"receipts":"off"}"#),
+    )
+    .await;
+    assert_eq!((status, &now), (200, &both), "last_seen kept as set on A");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, on_a) = a.get("/v1/users/ana/privacy", SERVICE_KEY).await;
+        if on_a == both {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A answers {on_a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let settings = json!({"last_seen": "nobody", "receipts": "off"});
+    let back = b.client("ana").await;
+    assert_eq!(back.welcome["privacy"], settings, "{}", back.welcome);
+    // A node that follows nothing of her learns them from the records: told right after.
+    let d = node(&f, "d").await;
+    all_up(&[&d]).await;
+    let mut fresh = d.client("ana").await;
+    if fresh.welcome["privacy"] != settings {
+        let told = fresh.frame("self_privacy").await;
+        assert_eq!(
+            told,
+            json!({"type": "self_privacy", "last_seen": "nobody", "receipts": "off"})
+        );
+    }
 }
 
 async fn users_of_a_killed_node_go_offline_elsewhere_within_the_lease_once(f: Fabric) {

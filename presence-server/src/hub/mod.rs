@@ -537,6 +537,17 @@ impl Hub {
                     false,
                 );
             }
+            // Settings set on another node, as far as this one follows the
+            // user: the welcome carries them (else `self_privacy` follows
+            // once the records come).
+            if let Some((p, at)) = st
+                .cluster
+                .as_ref()
+                .and_then(|c| c.view(user))
+                .map(|v| (v.privacy, v.privacy_at))
+            {
+                st.machine.adopt_privacy(now, user, p, at);
+            }
             let (status, text) = st.machine.status_of(user);
             let policy = st.machine.policy();
             let welcome = ServerMessage::Welcome {

@@ -263,7 +263,10 @@ impl Replica {
             shown: ClusterView::offline(),
         });
         let same = known.records.get(&self.me).is_some_and(|(_, r)| *r == rec);
-        if !same && (rec.holds() || known.records.get(&self.me).is_some()) {
+        // Privacy settings set here (a backend's, for a user this node never
+        // held) live only in this node's record: written, or they are lost.
+        let set_here = rec.privacy_at > Millis(0);
+        if !same && (rec.holds() || set_here || known.records.get(&self.me).is_some()) {
             self.seq += 1;
             known.records.apply(&self.me, self.seq, rec);
             self.dirty.insert(user.clone());
