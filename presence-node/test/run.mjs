@@ -711,8 +711,10 @@ await section("one node: privacy set and read back, told to the user, hiding las
   assert.deepEqual(await api.privacy("gus"), hidden);
 
   const gus = await user(single, "gus");
-  const welcome = gus.frames.find((f) => f.type === "welcome");
-  assert.deepEqual(welcome.privacy, { last_seen: "nobody", receipts: "off" });
+  await until("gus's socket to be told them after its welcome", () => [
+    gus.frames.some((f) => f.type === "self_privacy" && f.last_seen === "nobody" && f.receipts === "off"),
+    gus.frames,
+  ]);
   assert.deepEqual(await api.setPrivacy("gus", { receipts: "on" }), { ...hidden, receipts: "on" });
   await until("gus's socket to be told", () => [
     gus.frames.some((f) => f.type === "self_privacy" && f.last_seen === "nobody" && f.receipts === "on"),

@@ -41,7 +41,7 @@ use core::cell::RefCell;
 use core::time::Duration;
 
 use presence_core::client::{ActivityConfig, Client, ClientConfig};
-use presence_core::{InvalidObject, JsonObject, LastSeen, Receipts, Status, StatusText};
+use presence_core::{InvalidObject, JsonObject, Status, StatusText};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -133,7 +133,6 @@ impl PresenceClient {
             Some(Op::SetToken) => done(self.set_token(&js::string(&a, "token")?)),
             Some(Op::SetData) => done(self.set_data(&a)),
             Some(Op::View) => done(self.view(&a)),
-            Some(Op::SetPrivacy) => done(self.set_privacy(&a, &b)),
             None => Ok(JsValue::UNDEFINED),
         }
     }
@@ -171,11 +170,10 @@ enum Op {
     SetToken,
     SetData,
     View,
-    SetPrivacy,
 }
 
 impl Op {
-    const ALL: [Op; 23] = [
+    const ALL: [Op; 22] = [
         Op::Join,
         Op::Leave,
         Op::Watch,
@@ -198,7 +196,6 @@ impl Op {
         Op::SetToken,
         Op::SetData,
         Op::View,
-        Op::SetPrivacy,
     ];
 }
 
@@ -501,25 +498,6 @@ impl PresenceClient {
         let mut result = Ok(());
         runtime::with(&self.shared, |c, _| result = c.view(room));
         result.map_err(js::client_error)
-    }
-
-    /// `setPrivacy({lastSeen?, receipts?})`: changes the user's privacy
-    /// settings for all their tabs and devices; an absent one is kept.
-    ///
-    /// `src/client.js` hands over the object's two fields (`undefined` when
-    /// absent), so reading them costs the bundle nothing here.
-    pub fn set_privacy(&self, last_seen: &JsValue, receipts: &JsValue) -> Result<(), JsValue> {
-        self.live()?;
-        // Neither (an empty object, or no object) is refused like a bad one.
-        let (last_seen, receipts) = match (
-            js::setting(last_seen, LastSeen::parse)?,
-            js::setting(receipts, Receipts::parse)?,
-        ) {
-            (None, None) => return Err(js::bad_privacy()),
-            both => both,
-        };
-        runtime::with(&self.shared, |c, _| c.set_privacy(last_seen, receipts));
-        Ok(())
     }
 
     /// Says `leaving`, closes the socket and stops all listeners and

@@ -538,8 +538,8 @@ impl Hub {
                 );
             }
             // Settings set on another node, as far as this one follows the
-            // user: the welcome carries them (else `self_privacy` follows
-            // once the records come).
+            // user: told right after the welcome (else `self_privacy`
+            // follows once the records come).
             if let Some((p, at)) = st
                 .cluster
                 .as_ref()
