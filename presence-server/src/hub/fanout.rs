@@ -39,7 +39,7 @@ impl Hub {
                 continue;
             }
             self.metrics.fanout.observe(recipients.len() as f64);
-            let subjects = self.diff_subjects(st, &diffs);
+            let subjects = self.diff_subjects(st, &diffs, &recipients);
             for (sights, conns) in self.by_sight(st, &subjects, recipients) {
                 let seen = if sights.is_empty() {
                     diffs.clone()
@@ -166,7 +166,10 @@ impl Hub {
             return vec![(snapshot, conns)];
         };
         let mut subjects = self.view_subjects(st, &members);
-        subjects.extend(receipts.iter().map(|r| r.user.clone()));
+        // The room's shown markers are hidden only from joiners with receipts off.
+        if self.any_blind(st, &conns) {
+            subjects.extend(receipts.iter().map(|r| r.user.clone()));
+        }
         subjects.sort_unstable();
         subjects.dedup();
         self.by_sight(st, &subjects, conns)

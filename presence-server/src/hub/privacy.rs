@@ -160,25 +160,47 @@ impl Hub {
         groups
     }
 
-    /// The users of `diffs` whose settings could hide something: readers
-    /// (the recipient's own setting counts too), and users going offline
-    /// whose last seen is not for everyone.
-    pub(super) fn diff_subjects(&self, st: &State, diffs: &[Diff]) -> Vec<UserId> {
-        let mut out: Vec<UserId> = diffs
-            .iter()
-            .filter(|d| match d {
-                Diff::Read { .. } => true,
+    /// The users of `diffs` whose settings could hide something from one of
+    /// `recipients`: users going offline whose last seen is not for
+    /// everyone, and readers with receipts off, or all readers when a
+    /// recipient has receipts off. With nobody's settings in the way (the
+    /// common case) none, so the batch is encoded once for all.
+    pub(super) fn diff_subjects(
+        &self,
+        st: &State,
+        diffs: &[Diff],
+        recipients: &[ConnId],
+    ) -> Vec<UserId> {
+        let mut blind = None;
+        let mut out = Vec::new();
+        for d in diffs {
+            let hides = match d {
+                Diff::Read { user, .. } => {
+                    self.privacy_of(st, user).receipts == Receipts::Off
+                        || *blind.get_or_insert_with(|| self.any_blind(st, recipients))
+                }
                 Diff::UserDisconnected {
                     user,
                     last_seen: Some(_),
                 } => self.privacy_of(st, user).last_seen != LastSeen::Everyone,
                 _ => false,
-            })
-            .map(|d| d.user().clone())
-            .collect();
+            };
+            if hides {
+                out.push(d.user().clone());
+            }
+        }
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Whether one of `conns` has receipts off: it sees nobody's markers.
+    pub(super) fn any_blind(&self, st: &State, conns: &[ConnId]) -> bool {
+        conns.iter().any(|c| {
+            st.sockets
+                .get(c)
+                .is_some_and(|s| self.privacy_of(st, &s.user).receipts == Receipts::Off)
+        })
     }
 
     /// The users of views whose last seen a setting could hide.

@@ -48,7 +48,26 @@ async fn drain_until(barrier: &Barrier, ws: Option<&mut conn::Ws>) {
     }
 }
 
-pub async fn run(target: &Target, sources: usize, m: usize, server: Option<u32>) -> Result<()> {
+/// What every member changes once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Change {
+    /// Goes idle: `user_idle` to everyone.
+    Idle,
+    /// Reads the room: `read` to everyone, nobody's privacy in the way.
+    Read,
+    /// Reads the room, member 0 having receipts off: it sees only its own
+    /// marker and nobody sees its, so every batch is cut per recipient
+    /// group (privacy at fan-out, worst case).
+    ReadBlind,
+}
+
+pub async fn run(
+    target: &Target,
+    sources: usize,
+    m: usize,
+    server: Option<u32>,
+    change: Change,
+) -> Result<()> {
     let rss = || server.map(|pid| process(pid).0);
     let rss0 = rss();
     let room = format!("fanout-{m}-{}", std::process::id());
@@ -74,6 +93,10 @@ pub async fn run(target: &Target, sources: usize, m: usize, server: Option<u32>)
             let opened = async {
                 let mut ws =
                     conn::open(&target, conn::source(i, sources), &format!("f{i}")).await?;
+                if change == Change::ReadBlind && i == 0 {
+                    ws.send(Message::text(r#"{"type":"privacy","receipts":"off"}"#))
+                        .await?;
+                }
                 conn::join(&mut ws, &room).await?;
                 anyhow::Ok(ws)
             }
@@ -104,7 +127,21 @@ pub async fn run(target: &Target, sources: usize, m: usize, server: Option<u32>)
                 bail!("member {i} lost its socket while the room filled");
             };
             waiting.await;
-            ws.send(conn::activity(true)).await?;
+            let (send, counted, expect) = match change {
+                Change::Idle => (conn::activity(true), r#""type":"user_idle""#, m),
+                _ => {
+                    let read = format!(r#"{{"type":"read","room":"{room}","marker":1}}"#);
+                    // Member 0 with receipts off sees its own marker only, and
+                    // nobody sees its.
+                    let expect = match (change, i) {
+                        (Change::ReadBlind, 0) => 1,
+                        (Change::ReadBlind, _) => m - 1,
+                        _ => m,
+                    };
+                    (Message::text(read), r#""type":"read""#, expect)
+                }
+            };
+            ws.send(send).await?;
             let t0 = *start.get().unwrap_or(&Instant::now());
             let mut seen = Seen {
                 done_after: None,
@@ -114,20 +151,20 @@ pub async fn run(target: &Target, sources: usize, m: usize, server: Option<u32>)
             let mut idle = 0usize;
             let deadline = tokio::time::sleep(Duration::from_secs(120));
             tokio::pin!(deadline);
-            while idle < m {
+            while idle < expect {
                 tokio::select! {
                     frame = ws.next() => match frame {
                         Some(Ok(Message::Text(t))) => {
                             if t.starts_with(r#"{"type":"diffs""#) {
                                 seen.frames += 1;
                                 seen.bytes += t.len() as u64;
-                                idle += t.matches(r#""type":"user_idle""#).count();
+                                idle += t.matches(counted).count();
                             }
                         }
                         Some(Ok(_)) => {}
                         _ => bail!("member {i} lost its socket"),
                     },
-                    _ = &mut deadline => bail!("member {i} saw {idle} of {m} changes in 120 s"),
+                    _ = &mut deadline => bail!("member {i} saw {idle} of {expect} changes in 120 s"),
                 }
             }
             seen.done_after = Some(t0.elapsed());

@@ -65,6 +65,9 @@ enum Scenario {
         /// and after the changes.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// What every member changes once.
+        #[arg(long, value_enum, default_value = "idle")]
+        change: fanout::Change,
     },
     /// One room of M members, a percentage of them changing per second: bytes and frames per
     /// member per second, server CPU, time until everyone's counts are right.
@@ -249,7 +252,8 @@ fn main() -> Result<()> {
             Scenario::Fanout {
                 members,
                 server_pid,
-            } => fanout::run(target()?, sources, members, server_pid).await,
+                change,
+            } => fanout::run(target()?, sources, members, server_pid, change).await,
             Scenario::Large {
                 members,
                 rate,
