@@ -139,6 +139,44 @@ async fn caller(
     }
 }
 
+impl axum::extract::FromRequestParts<Arc<Hub>> for Caller {
+    type Rejection = ApiError;
+
+    /// The bearer token (the service key, or a user's token the app's
+    /// authenticator accepts), read once for every handler.
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        hub: &Arc<Hub>,
+    ) -> Result<Self, ApiError> {
+        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default();
+        caller(hub, &parts.headers, &query).await
+    }
+}
+
+/// A caller holding the service key: server actions and what other users
+/// never see.
+pub(crate) struct Service;
+
+impl axum::extract::FromRequestParts<Arc<Hub>> for Service {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        hub: &Arc<Hub>,
+    ) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, hub).await? {
+            Caller::Service => Ok(Service),
+            Caller::User(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "server actions need the service key",
+            )),
+        }
+    }
+}
+
 /// Whether `viewer` may see `target`: themselves, a room in common, or
 /// their token's watch scope and the audience policy.
 async fn may_see(hub: &Hub, viewer: &Identity, target: &UserId) -> Result<bool, ApiError> {
@@ -269,11 +307,9 @@ async fn views_for(
 /// `GET /v1/users/{id}/presence`
 pub(crate) async fn user_presence(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<PresenceView>, ApiError> {
-    let caller = caller(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     let (mut views, forbidden) = views_for(&hub, &caller, std::slice::from_ref(&user)).await?;
     match views.pop() {
@@ -305,11 +341,9 @@ pub(crate) struct BulkResponse {
 /// see are listed under `forbidden` instead.
 pub(crate) async fn bulk_presence(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&hub, &headers, &query).await?;
     let req: BulkRequest = json_body(body, r#"{"users":[...]}"#)?;
     if let Some(order) = req.order {
         let users = req
@@ -383,12 +417,12 @@ pub(crate) struct RoomMembers {
 /// snapshot would list them. A user may read rooms they are in or may join.
 pub(crate) async fn room_members(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<HashMap<String, String>>,
     Path(room): Path<String>,
 ) -> Result<Json<RoomMembers>, ApiError> {
     let page = Page::from_query(&query)?;
-    let mut all = members_of(&hub, &headers, &query, room).await?;
+    let mut all = members_of(&hub, caller, room).await?;
     all.members.sort_by(|a, b| a.user.cmp(&b.user));
     let members: std::collections::HashSet<UserId> =
         all.members.iter().map(|m| m.user.clone()).collect();
@@ -442,11 +476,9 @@ impl Page {
 /// it or may join it.
 async fn readable_room(
     hub: &Hub,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
+    caller: Caller,
     room: String,
 ) -> Result<(Caller, RoomId), ApiError> {
-    let caller = caller(hub, headers, query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(viewer) = &caller
         && !hub.read(|m| m.in_room(&room, &viewer.user))
@@ -463,13 +495,13 @@ async fn readable_room(
 /// the count and a page of them, most advanced first.
 pub(crate) async fn room_receipts(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<HashMap<String, String>>,
     Path(room): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use presence_core::limits::{MAX_READ_MARKER, MAX_READERS_PAGE};
     use presence_core::receipts::{After, readers};
-    let (caller, room) = readable_room(&hub, &headers, &query, room).await?;
+    let (caller, room) = readable_room(&hub, caller, room).await?;
     // A user with receipts off sees nobody's marker but their own.
     let only = match &caller {
         Caller::User(who) if hub.privacy(&who.user).receipts == Receipts::Off => {
@@ -527,13 +559,8 @@ pub(crate) async fn room_receipts(
     Ok(Json(body))
 }
 
-async fn members_of(
-    hub: &Hub,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-    room: String,
-) -> Result<RoomMembers, ApiError> {
-    let (caller, room) = readable_room(hub, headers, query, room).await?;
+async fn members_of(hub: &Hub, caller: Caller, room: String) -> Result<RoomMembers, ApiError> {
+    let (caller, room) = readable_room(hub, caller, room).await?;
     let viewer = match &caller {
         Caller::Service => None,
         Caller::User(who) => Some(who),
@@ -640,21 +667,6 @@ fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Server actions are for the app's backend only.
-async fn service_only(
-    hub: &Hub,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<(), ApiError> {
-    match caller(hub, headers, query).await? {
-        Caller::Service => Ok(()),
-        Caller::User(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "server actions need the service key",
-        )),
-    }
-}
-
 #[derive(Serialize)]
 pub(crate) struct RoomCounts {
     room: RoomId,
@@ -666,11 +678,10 @@ pub(crate) struct RoomCounts {
 /// members.
 pub(crate) async fn room_counts(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
     Path(room): Path<String>,
 ) -> Result<Json<RoomCounts>, ApiError> {
-    let RoomMembers { room, members, .. } = members_of(&hub, &headers, &query, room).await?;
+    let RoomMembers { room, members, .. } = members_of(&hub, caller, room).await?;
     let counts = Counts::of(members.iter().map(|m| m.state));
     Ok(Json(RoomCounts { room, counts }))
 }
@@ -684,12 +695,10 @@ struct MessageSent {
 /// app stored a message from `user`; their typing in the room stops now.
 pub(crate) async fn message_sent(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    _: Service,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let room = RoomId::new(room).map_err(|e| ApiError::invalid(e.to_string()))?;
     let req: MessageSent = json_body(body, r#"{"user":"..."}"#)?;
     let user = UserId::new(req.user).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -709,11 +718,9 @@ pub(crate) async fn message_sent(
 /// the user's privacy settings, cluster-wide.
 pub(crate) async fn user_privacy(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = caller(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Caller::User(who) = &caller
         && who.user != user
@@ -728,12 +735,10 @@ pub(crate) async fn user_privacy(
 /// changes what is given, keeps the rest, answers the settings now.
 pub(crate) async fn set_user_privacy(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    _: Service,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     let body: serde_json::Map<String, serde_json::Value> = json_body(
         body,
@@ -784,12 +789,10 @@ struct Disconnect {
 /// (`iat`) before now are refused everywhere from now on.
 pub(crate) async fn disconnect_user(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    _: Service,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     let empty = matches!(&body, Ok(b) if b.is_empty());
     let req: Disconnect = if empty {
@@ -820,11 +823,9 @@ pub(crate) async fn disconnect_user(
 /// on every node. Other users never see these.
 pub(crate) async fn user_devices(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    _: Service,
     Path(id): Path<String>,
 ) -> Result<Json<crate::Devices>, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(Json(hub.devices(&user, None).await))
 }
@@ -834,11 +835,10 @@ pub(crate) async fn user_devices(
 /// a `push` for `offline`, not a 404: an app always gets a decision.
 pub(crate) async fn user_notify(
     State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Service,
     Query(query): Query<HashMap<String, String>>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::Notification>, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let user = UserId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     let room = query
         .get("room")
@@ -861,10 +861,10 @@ pub(crate) async fn user_notify(
 /// `Last-Event-ID` (or `?last_event_id=`) resumes after that id.
 pub(crate) async fn events_feed(
     State(hub): State<Arc<Hub>>,
+    _: Service,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    service_only(&hub, &headers, &query).await?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
