@@ -505,9 +505,7 @@ impl Hub {
             .filter(|(_, v)| room.is_none_or(|room| v.shown_in(room)))
             .map(|(u, v)| {
                 let sight = match (viewer, own) {
-                    (Some(who), Some(own)) => Sight::of(who.user == *u, v.privacy, own, || {
-                        self.audience.may_see_last_seen(who, u)
-                    }),
+                    (Some(who), Some(own)) => self.sight_given(who, own, u, v.privacy),
                     _ => Sight::ALL,
                 };
                 sight.view(v.presence(u))

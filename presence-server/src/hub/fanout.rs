@@ -20,7 +20,7 @@ impl Hub {
         let batches = self.sort_large(st, batches);
         let summaries = self.due_summaries(st);
         let joiners = std::mem::take(&mut st.snapshots);
-        for (audience, diffs) in batches {
+        for (audience, mut diffs) in batches {
             let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
                 Audience::Room(room) => {
                     let conns = st.machine.room_connections(&room);
@@ -41,8 +41,9 @@ impl Hub {
             self.metrics.fanout.observe(recipients.len() as f64);
             let subjects = self.diff_subjects(st, &diffs, &recipients);
             for (sights, conns) in self.by_sight(st, &subjects, recipients) {
+                // No sights: the one group, which takes the batch as it is.
                 let seen = if sights.is_empty() {
-                    diffs.clone()
+                    std::mem::take(&mut diffs)
                 } else {
                     privacy::diffs_seen(&diffs, &subjects, &sights)
                 };

@@ -123,12 +123,21 @@ impl Hub {
         own: Privacy,
         subject: &UserId,
     ) -> Sight {
-        Sight::of(
-            viewer.user == *subject,
-            self.privacy_of(st, subject),
-            own,
-            || self.audience.may_see_last_seen(viewer, subject),
-        )
+        self.sight_given(viewer, own, subject, self.privacy_of(st, subject))
+    }
+
+    /// [`Hub::sight`] with the subject's settings known (from fetched
+    /// records, say): the audience policy decides who is a contact.
+    pub(super) fn sight_given(
+        &self,
+        viewer: &Identity,
+        own: Privacy,
+        subject: &UserId,
+        settings: Privacy,
+    ) -> Sight {
+        Sight::of(viewer.user == *subject, settings, own, || {
+            self.audience.may_see_last_seen(viewer, subject)
+        })
     }
 
     /// `recipients` grouped by what they see of `subjects`: one group
