@@ -361,12 +361,17 @@ async fn lease(hub: Weak<Hub>) {
     // both meanwhile and see no flap.
     let mut retire: Vec<Incarnation> = previous.into_iter().collect();
     let mut stopping_since: Option<std::time::Instant> = None;
+    // A failed renewal is retried soon, not a period later: a call may take
+    // CALL_TIMEOUT (2 s) to fail, so two failures a period apart would lapse
+    // the default lease (5 s) while the store was back in between.
+    let mut retry = self::backoff(MIN_BACKOFF, period / 4);
     loop {
         let Some(started) = hub.upgrade().map(|h| h.clock.now()) else {
             return;
         };
-        match backend.lease(&me, config.lease_ttl, true).await {
+        let next = match backend.lease(&me, config.lease_ttl, true).await {
             Ok(leases) => {
+                retry.reset();
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(true);
                 }
@@ -412,6 +417,7 @@ async fn lease(hub: Weak<Hub>) {
                 {
                     clean(&hub, &*backend, dead).await;
                 }
+                period
             }
             Err(e) => {
                 judge.failed();
@@ -419,8 +425,9 @@ async fn lease(hub: Weak<Hub>) {
                 if let Some(h) = hub.upgrade() {
                     h.cluster_cmd(false);
                 }
+                retry.next_delay()
             }
-        }
+        };
         if let Some(h) = hub.upgrade() {
             h.cluster_cut_off();
         }
@@ -434,7 +441,7 @@ async fn lease(hub: Weak<Hub>) {
                 return;
             }
         }
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(next).await;
     }
 }
 

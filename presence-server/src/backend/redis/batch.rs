@@ -73,7 +73,47 @@ pub(super) async fn pipeline(
 }
 
 /// One pipeline (one slot, on a cluster).
+///
+/// After a failover the replies may be `MOVED` (or `ASK`): those commands did
+/// not run. redis-rs follows a redirect only for an error it sees itself, and
+/// a pipeline's per-command errors are ours, so one plain command on the slot
+/// lets it learn the new owner (it refreshes its slot map), and the
+/// redirected commands run once more; what is still redirected is returned.
 async fn one_pipeline<'c>(
+    conn: &mut Conn,
+    cmds: impl ExactSizeIterator<Item = &'c Cmd> + Clone,
+) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
+    let mut replies = run_pipeline(conn, cmds.clone()).await?;
+    let redirected: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(e) if redirect(e)))
+        .map(|(i, _)| i)
+        .collect();
+    let Some(&first) = redirected.first() else {
+        return Ok(replies);
+    };
+    let cmds: Vec<&Cmd> = cmds.collect();
+    let key = key_of(cmds[first]).unwrap_or_default().to_vec();
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<Value>(conn)
+        .await?;
+    let again = run_pipeline(conn, redirected.iter().map(|&i| cmds[i])).await?;
+    for (i, r) in redirected.into_iter().zip(again) {
+        replies[i] = r;
+    }
+    Ok(replies)
+}
+
+fn redirect(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)
+    )
+}
+
+async fn run_pipeline<'c>(
     conn: &mut Conn,
     cmds: impl ExactSizeIterator<Item = &'c Cmd>,
 ) -> Result<Vec<redis::RedisResult<Value>>, RedisError> {
@@ -92,20 +132,24 @@ async fn one_pipeline<'c>(
     Ok(replies)
 }
 
-/// The slot of one of our commands: its key is the first argument, or the
-/// first key of an `EVALSHA`.
-fn slot_of(cmd: &Cmd) -> Slot {
+/// The key of one of our commands: the first argument, or the first key of
+/// an `EVALSHA`.
+fn key_of(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().map(|a| match a {
         redis::Arg::Simple(b) => b,
         _ => &[][..],
     });
     let name = args.next().unwrap_or_default();
-    let key = if name.eq_ignore_ascii_case(b"EVALSHA") {
+    if name.eq_ignore_ascii_case(b"EVALSHA") {
         args.nth(2)
     } else {
         args.next()
-    };
-    Slot::for_key(key.unwrap_or_default())
+    }
+}
+
+/// The slot of one of our commands (see [`key_of`]).
+fn slot_of(cmd: &Cmd) -> Slot {
+    Slot::for_key(key_of(cmd).unwrap_or_default())
 }
 
 /// [`pipeline`] of `EVALSHA`s of one script, loading it where Redis does not
