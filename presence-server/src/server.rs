@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::audience::{AudiencePolicy, OpenAudience};
-use crate::auth::{AuthRequest, Authenticator};
+use crate::auth::{AuthRequest, Authenticator, Identity};
 use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, ServerConfig};
@@ -25,6 +25,7 @@ use crate::data_dir::{DataDir, DataDirError};
 use crate::events::Events;
 use crate::http::{self, ApiError};
 use crate::hub::{Devices, Hub, Kept, Notification};
+use crate::local::LocalSocket;
 use crate::node::{ClusterConfig, ClusterConfigError};
 use crate::session;
 use crate::upgrade::Upgrade;
@@ -312,6 +313,20 @@ impl PresenceServer {
             data: None,
             large_rooms: Vec::new(),
         }
+    }
+
+    /// Connects `who` in-process, served by the same session as a WebSocket:
+    /// send `hello` first, then the protocol's frames, as text. No socket and
+    /// no token (the host vouches for the identity); a revoked user or a
+    /// server shutting down gets `None`. The session runs as a task until
+    /// the [`LocalSocket`] is dropped or the server closes it.
+    pub async fn connect(&self, who: Identity) -> Option<LocalSocket> {
+        if self.hub.is_shutting_down() || self.hub.is_revoked(&who).await {
+            return None;
+        }
+        let (socket, session) = crate::local::session(self.hub.clone(), who);
+        tokio::spawn(session);
+        Some(socket)
     }
 
     /// The app-facing routes: the WebSocket endpoint (`/ws` by default) and

@@ -230,3 +230,57 @@ async fn watchers_see_a_contact_come_and_go_in_any_room() {
     );
     srv.stop().await;
 }
+
+/// A user connected in-process (`PresenceServer::connect`) is one like any
+/// other: a socket's member sees them join and go idle, they see the socket
+/// user's diffs, a big snapshot comes whole, and dropping the handle is a
+/// closed socket (offline after the grace).
+#[tokio::test]
+async fn an_in_process_connection_is_a_user_like_any_other() {
+    let srv = TestServer::start(calm_config()).await;
+    let mut ana = srv.client("ana").await;
+    ana.join("r").await;
+    // Four members with 900 bytes of data each: a snapshot past the
+    // writer's 2 KiB fragments, which must reach the bot whole.
+    let mut others = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let mut c = srv.client(name).await;
+        c.join("r").await;
+        c.send(json!({"type": "data", "data": {"pad": "x".repeat(900)}}))
+            .await;
+        ana.diff("data", name).await;
+        others.push(c);
+    }
+    let mut bot = srv
+        .server
+        .connect(presence_server::Identity::from(
+            presence_core::UserId::new("bot").expect("id"),
+        ))
+        .await
+        .expect("connected");
+    let frame = |t: String| serde_json::from_str::<serde_json::Value>(&t).expect("json");
+    bot.send(json!({"type": "hello", "v": 1}).to_string())
+        .await
+        .expect("sent");
+    assert_eq!(frame(bot.recv().await.expect("welcome"))["type"], "welcome");
+    bot.send(json!({"type": "join", "room": "r"}).to_string())
+        .await
+        .expect("sent");
+    let snap = loop {
+        let f = frame(bot.recv().await.expect("a frame"));
+        if f["type"] == "snapshot" {
+            break f;
+        }
+    };
+    assert_eq!(names(&snap["members"]), ["ana", "b1", "b2", "b3", "bot"]);
+    assert!(snap.to_string().len() > 2_700, "{snap}");
+    ana.diff("user_connected", "bot").await;
+    bot.send(json!({"type": "activity", "state": "idle", "reason": "hidden"}).to_string())
+        .await
+        .expect("sent");
+    let (_, d) = ana.diff("user_idle", "bot").await;
+    assert_eq!(d["reason"], "hidden");
+    drop(bot);
+    ana.diff("user_disconnected", "bot").await;
+    srv.stop().await;
+}

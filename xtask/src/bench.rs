@@ -4,9 +4,11 @@
 //! (`bench/cluster.rs`) against several, and prints a table plus one JSON line
 //! per figure (also written to `target/bench/results.jsonl`). `--large` runs
 //! only the large-room scenarios (`large.jsonl`), `--cluster` only the
-//! cluster ones (`cluster.jsonl`).
+//! cluster ones (`cluster.jsonl`), `--million` the simulated cluster of 10k
+//! to 1M users (`bench/million.rs`, `million.jsonl`).
 
 mod cluster;
+mod million;
 
 use std::fs;
 use std::process::Command;
@@ -253,6 +255,8 @@ pub enum Only {
     All,
     Cluster,
     Large,
+    /// The simulated cluster, up to this many users.
+    Million(usize),
 }
 
 /// Runs the suite, or one part of it; `seconds` is each large-room run's.
@@ -284,6 +288,10 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         );
     }
     let mut figures: Vec<Value> = Vec::new();
+    if let Only::Million(users) = only {
+        figures.extend(million::run(&loadgen, users, seconds)?);
+        return print_and_save(ws, &figures, "million.jsonl");
+    }
     let single = match only {
         Only::All => {
             let mut all = scenarios(quick, max_connections);
@@ -293,7 +301,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
             all
         }
         Only::Large => large_scenarios(quick, seconds),
-        Only::Cluster => Vec::new(),
+        Only::Cluster | Only::Million(_) => Vec::new(),
     };
     for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
@@ -337,6 +345,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         Only::All => "results.jsonl",
         Only::Cluster => "cluster.jsonl",
         Only::Large => "large.jsonl",
+        Only::Million(_) => "million.jsonl",
     };
     print_and_save(ws, &figures, file)?;
     large_table(&figures);

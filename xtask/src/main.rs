@@ -65,6 +65,13 @@ enum Command {
         /// Only the large-room benchmark (one room of 100 to 10,000 members, 1 % changing a second).
         #[arg(long)]
         large: bool,
+        /// Only the simulated cluster: 10k, 100k and 1M users over 4 nodes and the Redis Cluster
+        /// (issue 32; about 15 minutes). `--users` stops at a smaller step.
+        #[arg(long, conflicts_with_all = ["large", "cluster"])]
+        million: bool,
+        /// With `--million`: the largest step to run (10000, 100000 or 1000000).
+        #[arg(long, requires = "million", default_value_t = 1_000_000)]
+        users: usize,
         /// Seconds of changes in each large-room run (default 30; 5 with --quick).
         #[arg(long)]
         seconds: Option<u64>,
@@ -101,11 +108,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             quick,
             cluster,
             large,
+            million,
+            users,
             seconds,
         } => {
-            let only = match (cluster, large) {
-                (true, _) => bench::Only::Cluster,
-                (_, true) => bench::Only::Large,
+            let only = match (cluster, large, million) {
+                (_, _, true) => bench::Only::Million(users),
+                (true, _, _) => bench::Only::Cluster,
+                (_, true, _) => bench::Only::Large,
                 _ => bench::Only::All,
             };
             let seconds = seconds.unwrap_or(if quick { 5 } else { 30 });

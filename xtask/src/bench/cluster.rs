@@ -47,7 +47,7 @@ const STREAM_COST_RATE: u32 = 2_000;
 
 /// Where the nodes keep their records.
 #[derive(Clone, Copy)]
-enum Store {
+pub(super) enum Store {
     /// The standalone Redis on 6379.
     One,
     /// The 3-master Redis Cluster on 7101-7103.
@@ -71,7 +71,7 @@ impl Store {
     }
 
     /// The ports of its masters.
-    fn ports(self) -> Vec<String> {
+    pub(super) fn ports(self) -> Vec<String> {
         self.masters()
             .split(',')
             .filter_map(|a| a.rsplit(':').next())
@@ -438,7 +438,7 @@ fn notify(binary: &Path, loadgen: &Path, quick: bool) -> Result<Vec<Value>> {
 
 /// Deletes every key under `prefix` from each master: `redis-cli --scan` lists
 /// a master's own keys, and one `UNLINK` per key (piped) never crosses slots.
-fn forget(store: Store, prefix: &str) -> Result<()> {
+pub(super) fn forget(store: Store, prefix: &str) -> Result<()> {
     use std::io::Write;
     let mut deleted = 0;
     for port in store.ports() {

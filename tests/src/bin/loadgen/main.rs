@@ -19,6 +19,7 @@ mod notify;
 mod probe;
 mod ranked;
 mod report;
+mod sim;
 
 use std::time::Duration;
 
@@ -214,6 +215,67 @@ enum Scenario {
         #[arg(long)]
         feed_key: Option<String>,
     },
+    /// One node of a simulated cluster: a real node in this process over the Redis Cluster,
+    /// carrying `--users` simulated users connected in-process, and real WebSocket observers on
+    /// the next node (`--next`) timing probe changes (issue 32; `cargo xtask bench --million`).
+    Sim {
+        /// Simulated users on this node.
+        #[arg(long)]
+        users: usize,
+        /// This node's id (user and room names start with it).
+        #[arg(long)]
+        node_id: String,
+        /// Redis Cluster seeds, `127.0.0.1:PORT`, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        redis_cluster: Vec<String>,
+        /// Key prefix shared by the simulated cluster's nodes.
+        #[arg(long, default_value = "sim")]
+        redis_prefix: String,
+        /// Where this node serves WebSockets and HTTP (loopback).
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        /// The next node's `ws://127.0.0.1:PORT/ws`, for the observers.
+        #[arg(long)]
+        next: Option<String>,
+        /// Members per room.
+        #[arg(long, default_value_t = 20)]
+        room_size: usize,
+        /// Observed rooms (one real WebSocket each, on the next node).
+        #[arg(long, default_value_t = 50)]
+        observers: usize,
+        /// Probe changes per second, over the observed rooms.
+        #[arg(long, default_value_t = 20.0)]
+        probe_rate: f64,
+        /// Seconds to wait once full, for the other nodes to fill.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+        /// Start measuring once this file exists (the runner makes it when every node is full).
+        #[arg(long)]
+        go_file: Option<std::path::PathBuf>,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Seconds to stay up after measuring.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Idle/active switches per user per hour.
+        #[arg(long, default_value_t = 12.0)]
+        idle_per_hour: f64,
+        /// Status changes per user per hour.
+        #[arg(long, default_value_t = 0.5)]
+        status_per_hour: f64,
+        /// Typing bursts (one per message sent) per user per hour.
+        #[arg(long, default_value_t = 6.0)]
+        typing_per_hour: f64,
+        /// Reloads (close and reopen within the grace) per user per hour.
+        #[arg(long, default_value_t = 2.0)]
+        reloads_per_hour: f64,
+        /// Departures (offline for `--away-seconds`, then back) per user per hour.
+        #[arg(long, default_value_t = 1.0)]
+        leaves_per_hour: f64,
+        #[arg(long, default_value_t = 20)]
+        away_seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -227,6 +289,54 @@ fn main() -> Result<()> {
     // Each connection is a file descriptor: raise the soft limit to the hard one.
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
     rlimit::Resource::NOFILE.set(hard, hard)?;
+    // A node of its own: its own (multi-threaded) runtime.
+    if let Scenario::Sim {
+        users,
+        node_id,
+        redis_cluster,
+        redis_prefix,
+        bind,
+        next,
+        room_size,
+        observers,
+        probe_rate,
+        settle,
+        go_file,
+        seconds,
+        hold,
+        idle_per_hour,
+        status_per_hour,
+        typing_per_hour,
+        reloads_per_hour,
+        leaves_per_hour,
+        away_seconds,
+    } = args.scenario
+    {
+        anyhow::ensure!(room_size >= 2, "--room-size is at least 2");
+        return sim::run(sim::Plan {
+            users,
+            node_id,
+            redis_cluster,
+            prefix: redis_prefix,
+            bind,
+            next: next.as_deref().map(conn::Target::parse).transpose()?,
+            room_size,
+            observers,
+            probe_rate,
+            settle,
+            go: go_file,
+            seconds,
+            hold,
+            mix: sim::Mix {
+                idle: idle_per_hour,
+                status: status_per_hour,
+                typing: typing_per_hour,
+                reload: reloads_per_hour,
+                leave: leaves_per_hour,
+            },
+            away: Duration::from_secs(away_seconds),
+        });
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -392,6 +502,7 @@ fn main() -> Result<()> {
                 })
                 .await
             }
+            Scenario::Sim { .. } => anyhow::bail!("sim runs on a runtime of its own"),
         }
     })
 }
