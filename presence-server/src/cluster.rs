@@ -41,12 +41,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use presence_core::Millis;
+use futures_util::StreamExt;
 use presence_core::client::Backoff;
 use presence_core::machine::ConnRecord;
+use presence_core::{Millis, RoomId, UserId};
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic};
+use crate::backend::{
+    Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic, UserRecords,
+};
 use crate::hub::Hub;
 use crate::hub::replica::{BusMessage, Take};
 use crate::node::ClusterConfig;
@@ -67,10 +70,13 @@ pub(crate) fn backoff(min: Duration, max: Duration) -> Backoff {
     };
     Backoff::new(min, max, seed)
 }
+/// Rooms synced at once in a round.
+const SYNCS_AT_ONCE: usize = 32;
 /// Users of a dead incarnation one cleaning call takes.
 const CLEAN_BATCH: usize = 500;
-/// Cleaning calls per lease round at most; the rest waits for the next.
-const CLEAN_CALLS: usize = 10;
+/// Cleaning calls per pass at most (50,000 users; a pass runs beside the
+/// lease renewals, and the next starts at a lease round after it ended).
+const CLEAN_CALLS: usize = 100;
 /// How long a user nobody holds keeps their status and last seen.
 const RETENTION: Duration = Duration::from_secs(86_400);
 
@@ -195,26 +201,45 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
         let got = take.fetch.iter().cloned().zip(recs).collect();
         hub.upgrade().ok_or_else(gone)?.cluster_fetched(got);
     }
-    for (room, shown) in &take.sync {
-        let members = backend.members(room).await?;
-        let mut users: Vec<_> = members
-            .into_iter()
-            .map(|(u, _)| u)
-            .chain(shown.iter().cloned())
-            .collect();
-        users.sort();
-        users.dedup();
-        let recs = backend.read(&users).await?;
-        let receipts = backend.receipts(room).await?;
-        let members = users.into_iter().zip(recs).collect();
+    // Rooms sync side by side: each is three round trips, and a node filling
+    // up (or back from an outage) has thousands to sync, whose joiners wait.
+    let pending: Vec<_> = take
+        .sync
+        .iter()
+        .map(|(room, shown)| sync_room(backend, room, shown))
+        .collect();
+    let mut syncs = futures_util::stream::iter(pending).buffer_unordered(SYNCS_AT_ONCE);
+    while let Some(synced) = syncs.next().await {
+        let (room, members, receipts) = synced?;
         hub.upgrade()
             .ok_or_else(gone)?
             .cluster_synced(room, members, receipts);
     }
+    drop(syncs);
     if !take.unsubscribe.is_empty() {
         backend.unsubscribe(take.unsubscribe.clone()).await?;
     }
     Ok(())
+}
+
+/// A room's members (with the ones its sockets were shown), their records
+/// and its read markers, for the sockets that joined it.
+async fn sync_room<'a>(
+    backend: &dyn Backend,
+    room: &'a RoomId,
+    shown: &[UserId],
+) -> Result<(&'a RoomId, Vec<(UserId, UserRecords)>, Vec<(UserId, u64)>), BackendError> {
+    let members = backend.members(room).await?;
+    let mut users: Vec<_> = members
+        .into_iter()
+        .map(|(u, _)| u)
+        .chain(shown.iter().cloned())
+        .collect();
+    users.sort();
+    users.dedup();
+    let recs = backend.read(&users).await?;
+    let receipts = backend.receipts(room).await?;
+    Ok((room, users.into_iter().zip(recs).collect(), receipts))
 }
 
 /// Appends the host events this node owes the event stream. A failure
@@ -365,6 +390,7 @@ async fn lease(hub: Weak<Hub>) {
     // CALL_TIMEOUT (2 s) to fail, so two failures a period apart would lapse
     // the default lease (5 s) while the store was back in between.
     let mut retry = self::backoff(MIN_BACKOFF, period / 4);
+    let mut cleaning: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let Some(started) = hub.upgrade().map(|h| h.clock.now()) else {
             return;
@@ -410,12 +436,22 @@ async fn lease(hub: Weak<Hub>) {
                         }
                     }
                 }
-                for dead in leases
+                let dead: Vec<Incarnation> = leases
                     .dead
                     .iter()
                     .filter(|d| **d != me && judge.may(d, started))
-                {
-                    clean(&hub, &*backend, dead).await;
+                    .cloned()
+                    .collect();
+                // Cleaning runs beside the renewals, one pass at a time: a
+                // dead node's users take a round trip each, and a node that
+                // held 100,000 would hold this loop past its own lease.
+                if !dead.is_empty() && cleaning.as_ref().is_none_or(|c| c.is_finished()) {
+                    let (hub, backend) = (hub.clone(), backend.clone());
+                    cleaning = Some(tokio::spawn(async move {
+                        for d in dead {
+                            clean(&hub, &*backend, &d).await;
+                        }
+                    }));
                 }
                 period
             }

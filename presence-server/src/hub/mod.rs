@@ -645,6 +645,22 @@ impl Hub {
         })
     }
 
+    /// A frame arrived on a socket: it is alive. Unlike [`Hub::act`] this
+    /// marks nothing for the cluster (a heartbeat changes no record), so the
+    /// frame every socket sends every 25 s costs one lock, not a recomputed
+    /// record; with `pong`, the reply goes in the same lock.
+    pub fn heartbeat(&self, conn: ConnId, generation: u64, pong: bool) {
+        self.apply(|st, now| {
+            if !st.is_current(conn, generation) {
+                return;
+            }
+            let _ = st.machine.heartbeat(now, conn);
+            if pong {
+                self.send(st, conn, encoded(&ServerMessage::Pong));
+            }
+        });
+    }
+
     /// Queues a reply (pong, error, …) for a socket.
     pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
         self.apply(|st, _| {

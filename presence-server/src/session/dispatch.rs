@@ -89,33 +89,43 @@ impl<'a> Session<'a> {
     pub(super) async fn frame(&mut self, msg: Message) -> Result<(), Close> {
         let (hub, conn) = (self.hub, self.conn);
         // Any frame proves the connection alive, whatever becomes of it.
-        let _ = hub.act(conn, self.generation, |m, now| m.heartbeat(now, conn));
         let decoded = match msg {
             Message::Text(t) => decode_client(t.as_str()),
             Message::Binary(_) => Err(binary_frame()),
             // Control frames: tungstenite answers pings.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                hub.heartbeat(conn, self.generation, false);
                 return Ok(());
             }
         };
+        // A ping (the most frequent frame) is answered in the same step; a
+        // rate-limited one still proves the socket alive, unanswered.
+        let ping = matches!(decoded, Ok(ClientMessage::Ping));
         let restoring = decoded.as_ref().is_ok_and(|m| self.restore.take(m));
-        if !restoring {
-            match self.bucket.take(hub.clock.now()) {
-                Verdict::Ok => {}
-                Verdict::Limited => {
-                    // Only while the queue has room: a flooder's own error
-                    // replies must not make it a slow consumer (4001)
-                    // before its flood is closed as abuse (1008).
-                    let code = ErrorCode::RateLimited;
-                    let subject = decoded.as_ref().map_or_else(Subject::of_error, Subject::of);
-                    hub.metrics.reject(code);
-                    hub.try_reply(conn, self.generation, &subject.error(code, describe(code)));
-                    return Ok(());
-                }
-                Verdict::Abusive => {
-                    hub.metrics.reject(ErrorCode::RateLimited);
-                    return Err((CloseCode::PolicyViolation, "rate limit far exceeded"));
-                }
+        let verdict = if restoring {
+            Verdict::Ok
+        } else {
+            self.bucket.take(hub.clock.now())
+        };
+        hub.heartbeat(conn, self.generation, ping && verdict == Verdict::Ok);
+        if ping && verdict == Verdict::Ok {
+            return Ok(());
+        }
+        match verdict {
+            Verdict::Ok => {}
+            Verdict::Limited => {
+                // Only while the queue has room: a flooder's own error
+                // replies must not make it a slow consumer (4001)
+                // before its flood is closed as abuse (1008).
+                let code = ErrorCode::RateLimited;
+                let subject = decoded.as_ref().map_or_else(Subject::of_error, Subject::of);
+                hub.metrics.reject(code);
+                hub.try_reply(conn, self.generation, &subject.error(code, describe(code)));
+                return Ok(());
+            }
+            Verdict::Abusive => {
+                hub.metrics.reject(ErrorCode::RateLimited);
+                return Err((CloseCode::PolicyViolation, "rate limit far exceeded"));
             }
         }
         let msg = match decoded {
@@ -304,12 +314,8 @@ impl<'a> Session<'a> {
                 last_seen,
                 receipts,
             } => Ok(hub.set_own_privacy(conn, generation, *last_seen, *receipts)?),
-            ClientMessage::Ping => {
-                self.reply(&ServerMessage::Pong);
-                Ok(())
-            }
             // Handled by `frame`.
-            ClientMessage::Leaving | ClientMessage::Auth { .. } => Ok(()),
+            ClientMessage::Ping | ClientMessage::Leaving | ClientMessage::Auth { .. } => Ok(()),
         }
     }
 }

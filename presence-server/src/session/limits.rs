@@ -79,6 +79,7 @@ pub(super) struct Bucket {
     last: Millis,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Verdict {
     Ok,
     Limited,

@@ -21,23 +21,36 @@ use crate::setup;
 
 /// Node processes per step (each its own runtime of 2 threads).
 const NODES: usize = 4;
-/// The steps' total users.
-const STEPS: [usize; 3] = [10_000, 100_000, 1_000_000];
+/// The steps: total users, and the activity mix's scale (1: `loadgen sim`'s
+/// defaults). At 1M the full mix needs about 3 cores here (3 µs per user
+/// per second, heartbeats a third of it), past the machine's 2: the users
+/// all connect and heartbeat, and act at a fifth of the rates.
+const STEPS: [(usize, f64); 3] = [(10_000, 1.0), (100_000, 1.0), (1_000_000, 0.2)];
+/// `loadgen sim`'s rates per user per hour at scale 1.
+const MIX: [(&str, f64); 5] = [
+    ("--idle-per-hour", 12.0),
+    ("--status-per-hour", 0.5),
+    ("--typing-per-hour", 6.0),
+    ("--reloads-per-hour", 2.0),
+    ("--leaves-per-hour", 1.0),
+];
 /// A step's nodes must be full within this.
 const FILL_LIMIT: Duration = Duration::from_secs(1_800);
 
 /// Runs the steps up to `max_users`; returns every figure.
 pub fn run(loadgen: &Path, max_users: usize, seconds: u64) -> Result<Vec<Value>> {
     let mut figures = Vec::new();
-    for total in STEPS.into_iter().filter(|&t| t <= max_users) {
-        figures.extend(step(loadgen, total, seconds)?);
+    for (total, scale) in STEPS.into_iter().filter(|&(t, _)| t <= max_users) {
+        figures.extend(step(loadgen, total, scale, seconds)?);
     }
     Ok(figures)
 }
 
-fn step(loadgen: &Path, total: usize, seconds: u64) -> Result<Vec<Value>> {
+fn step(loadgen: &Path, total: usize, scale: f64, seconds: u64) -> Result<Vec<Value>> {
     let label = format!("million_{total}");
-    println!("\n== {label}: {NODES} nodes over the Redis Cluster, {total} simulated users");
+    println!(
+        "\n== {label}: {NODES} nodes over the Redis Cluster, {total} simulated users, mix x{scale}"
+    );
     let prefix = format!("million-{}-{total}", std::process::id());
     let store = Store::Cluster;
     let masters = store.ports();
@@ -51,8 +64,13 @@ fn step(loadgen: &Path, total: usize, seconds: u64) -> Result<Vec<Value>> {
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children = Vec::new();
     for k in 0..NODES {
-        let mut child = Command::new(loadgen)
-            .args(["sim", "--users", &(total / NODES).to_string()])
+        let mut command = Command::new(loadgen);
+        command.arg("sim");
+        for (flag, rate) in MIX {
+            command.args([flag, &(rate * scale).to_string()]);
+        }
+        let mut child = command
+            .args(["--users", &(total / NODES).to_string()])
             .args(["--node-id", &format!("s{k}")])
             .args(["--redis-cluster", &setup::redis_cluster_nodes()])
             .args(["--redis-prefix", &prefix])
@@ -84,10 +102,17 @@ fn step(loadgen: &Path, total: usize, seconds: u64) -> Result<Vec<Value>> {
     let started = Instant::now();
     // Every node is full once it printed its RSS per user.
     while full < NODES {
-        let left = FILL_LIMIT.saturating_sub(started.elapsed());
-        let (_, line) = rx
-            .recv_timeout(left)
-            .with_context(|| format!("{label}: the nodes did not fill in {FILL_LIMIT:?}"))?;
+        if started.elapsed() > FILL_LIMIT {
+            bail!("{label}: the nodes did not fill in {FILL_LIMIT:?}");
+        }
+        for (k, c) in children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                bail!("{label}: node s{k} ended while filling ({status})");
+            }
+        }
+        let Ok((_, line)) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
             if v["figure"]
                 .as_str()
