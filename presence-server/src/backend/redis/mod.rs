@@ -54,11 +54,6 @@ const MAX_TAKE: usize = 1024;
 /// [`Incoming::Reset`] whenever the link comes back.
 pub struct RedisBackend {
     link: Arc<Link>,
-    /// Leases go on a connection of their own: after a failover redis-rs may
-    /// hold every call of a busy connection for seconds (the other shards'
-    /// too), longer than a lease lasts; the lease shard's own connection
-    /// carries nothing else to stall it.
-    lease_link: Arc<Link>,
     keys: Keys,
     inbox: Inbox,
     scripts: Scripts,
@@ -111,21 +106,16 @@ impl RedisBackend {
         }
         let keys = Keys::new(&config.prefix);
         let inbox = Inbox::new(INCOMING_CAPACITY);
-        let make = |target: &RedisTarget, inbox: &Inbox| {
-            Link::new(keys.clone(), inbox.clone(), |pushes| match target {
-                RedisTarget::Single(url) => single_client(url).map(Target::Single),
-                RedisTarget::Cluster(seeds) => {
-                    cluster_client(seeds, pushes).map(|c| Target::Cluster(Box::new(c)))
-                }
-            })
-            .map_err(RedisSetupError::Url)
-        };
-        let link = make(&config.target, &inbox)?;
-        // Nothing is subscribed on it, and its Resets go nowhere.
-        let lease_link = make(&config.target, &Inbox::new(1))?;
+        let target = config.target;
+        let link = Link::new(keys.clone(), inbox.clone(), |pushes| match target {
+            RedisTarget::Single(url) => single_client(&url).map(Target::Single),
+            RedisTarget::Cluster(seeds) => {
+                cluster_client(&seeds, pushes).map(|c| Target::Cluster(Box::new(c)))
+            }
+        })
+        .map_err(RedisSetupError::Url)?;
         Ok(Self {
             link,
-            lease_link,
             keys,
             inbox,
             scripts: Scripts::new(),
@@ -481,7 +471,7 @@ impl Backend for RedisBackend {
         ttl: Duration,
         renew: bool,
     ) -> BoxFuture<'a, BackendResult<Leases>> {
-        self.lease_link
+        self.link
             .run(move |mut c| async move {
                 let registry = self.keys.registry();
                 let renew = Self::eval(
@@ -546,7 +536,7 @@ impl Backend for RedisBackend {
     }
 
     fn end_lease<'a>(&'a self, inc: &'a str) -> BoxFuture<'a, BackendResult<()>> {
-        self.lease_link
+        self.link
             .run(move |mut c| async move {
                 redis::cmd("DEL")
                     .arg(self.keys.lease(inc))

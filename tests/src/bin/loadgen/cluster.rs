@@ -508,20 +508,7 @@ fn spawn_observer(
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
-        loop {
-            let frame = tokio::select! {
-                _ = ping.tick() => {
-                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() { return }
-                    continue;
-                }
-                frame = ws.next() => frame,
-            };
-            let Some(Ok(Message::Text(t))) = frame else {
-                if matches!(frame, Some(Ok(_))) {
-                    continue;
-                }
-                return;
-            };
+        while let Some(t) = conn::listen(&mut ws, &mut ping).await {
             if !t.starts_with(r#"{"type":"diffs""#) {
                 continue;
             }

@@ -99,6 +99,25 @@ pub async fn next_text(ws: &mut Ws) -> Result<String> {
     }
 }
 
+/// The next text frame of a socket that only listens, pinging it every
+/// `ping` tick meanwhile (as the SDK does); `None` once it closed or failed.
+pub async fn listen(ws: &mut Ws, ping: &mut tokio::time::Interval) -> Option<String> {
+    loop {
+        let frame = tokio::select! {
+            _ = ping.tick() => {
+                ws.send(Message::text(r#"{"type":"ping"}"#)).await.ok()?;
+                continue;
+            }
+            frame = ws.next() => frame,
+        };
+        match frame? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
 /// Joins a room and waits for its snapshot.
 pub async fn join(ws: &mut Ws, room: &str) -> Result<()> {
     ws.send(Message::text(format!(

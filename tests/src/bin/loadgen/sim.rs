@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
 use presence_server::presence_core::UserId;
 use presence_server::{
     ClusterConfig, DevAuth, Identity, LocalSocket, PresenceServer, RedisBackend, RedisConfig,
@@ -28,7 +27,6 @@ use presence_server::{
 };
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
 use crate::report::{figure, percentile, process};
@@ -502,20 +500,7 @@ fn spawn_observer(
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
-        loop {
-            let frame = tokio::select! {
-                _ = ping.tick() => {
-                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() { return }
-                    continue;
-                }
-                frame = ws.next() => frame,
-            };
-            let Some(Ok(Message::Text(t))) = frame else {
-                if matches!(frame, Some(Ok(_))) {
-                    continue;
-                }
-                return;
-            };
+        while let Some(t) = conn::listen(&mut ws, &mut ping).await {
             if !t.contains(r#""text":"p"#) {
                 continue;
             }
