@@ -215,7 +215,6 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
             .ok_or_else(gone)?
             .cluster_synced(room, members, receipts);
     }
-    drop(syncs);
     if !take.unsubscribe.is_empty() {
         backend.unsubscribe(take.unsubscribe.clone()).await?;
     }

@@ -77,17 +77,6 @@ impl LocalSocket {
         }
     }
 
-    /// A frame already waiting, without waiting (`None` if there is none or
-    /// the session closed).
-    pub fn try_recv(&mut self) -> Option<String> {
-        loop {
-            let msg = self.rx.try_recv().ok()?;
-            if let Some(done) = self.take(msg)? {
-                return Some(done);
-            }
-        }
-    }
-
     /// A whole text message, `Some(None)` for a part or a control frame,
     /// `None` at the close.
     fn take(&mut self, msg: Message) -> Option<Option<String>> {

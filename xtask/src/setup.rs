@@ -89,7 +89,7 @@ fn redis_port_answers(port: u16) -> bool {
 }
 
 /// `redis-cli -h 127.0.0.1 -p <port> <args>`'s output, if it ran and succeeded.
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
     Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)

@@ -98,17 +98,17 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
         };
-        // A ping (the most frequent frame) is answered in the same step; a
-        // rate-limited one still proves the socket alive, unanswered.
-        let ping = matches!(decoded, Ok(ClientMessage::Ping));
         let restoring = decoded.as_ref().is_ok_and(|m| self.restore.take(m));
         let verdict = if restoring {
             Verdict::Ok
         } else {
             self.bucket.take(hub.clock.now())
         };
-        hub.heartbeat(conn, self.generation, ping && verdict == Verdict::Ok);
-        if ping && verdict == Verdict::Ok {
+        // A ping (the most frequent frame) is answered in the heartbeat's
+        // step; a rate-limited one still proves the socket alive, unanswered.
+        let pong = verdict == Verdict::Ok && matches!(decoded, Ok(ClientMessage::Ping));
+        hub.heartbeat(conn, self.generation, pong);
+        if pong {
             return Ok(());
         }
         match verdict {

@@ -218,11 +218,8 @@ fn redis_cpu(port: &str) -> f64 {
 }
 
 fn info(port: &str, section: &str, field: &str) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", port, "info", section])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+    let out = setup::redis_cli(port.parse().ok()?, &["info", section])?;
+    out.lines().find_map(|l| {
         l.strip_prefix(&format!("{field}:"))
             .map(|v| v.trim().to_owned())
     })

@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::conn::{self, Target};
+use crate::probe::Probe;
 use crate::report::{figure, percentile, process};
 
 const SERVICE_KEY: &str = "sim-service-key-0123456789";
@@ -238,7 +239,11 @@ async fn node(plan: Plan) -> Result<()> {
 
     // Measure.
     let cpu1 = process(me).1;
-    let metrics0 = metrics(addr).await;
+    let probe = Probe {
+        nodes: vec![addr],
+        redis: Vec::new(),
+    };
+    let bus0 = probe.spawn().await??;
     let in0 = counters.frames_in.load(Ordering::Relaxed);
     let bytes0 = counters.bytes_in.load(Ordering::Relaxed);
     let per_tick = plan.mix.per_tick(users.len());
@@ -286,7 +291,7 @@ async fn node(plan: Plan) -> Result<()> {
     let secs = began.elapsed().as_secs_f64();
     let (rss_after, cpu_end) = process(me);
     let cpu = cpu_end - cpu1;
-    let metrics1 = metrics(addr).await;
+    let bus1 = probe.spawn().await??;
     let mut lat: Vec<u64> = Vec::new();
     while let Ok(d) = seen_rx.try_recv() {
         lat.push(d.as_micros() as u64);
@@ -330,13 +335,20 @@ async fn node(plan: Plan) -> Result<()> {
         (counters.bytes_in.load(Ordering::Relaxed) - bytes0) as f64 / secs / users.len() as f64,
         "bytes",
     );
-    for (name, unit) in [
-        ("presence_backend_bytes_in_total", "bytes/s"),
-        ("presence_backend_messages_in_total", "/s"),
-    ] {
-        let d = metrics1.get(name).unwrap_or(&0.0) - metrics0.get(name).unwrap_or(&0.0);
-        figure(&format!("{label}_{name}_per_second"), d / secs, unit);
-    }
+    let (bytes, messages) = (
+        bus1.nodes[0].0 - bus0.nodes[0].0,
+        bus1.nodes[0].1 - bus0.nodes[0].1,
+    );
+    figure(
+        &format!("{label}_presence_backend_bytes_in_total_per_second"),
+        bytes / secs,
+        "bytes/s",
+    );
+    figure(
+        &format!("{label}_presence_backend_messages_in_total_per_second"),
+        messages / secs,
+        "/s",
+    );
     figure(
         &format!("{label}_missed_actions"),
         counters.missed.load(Ordering::Relaxed) as f64,
@@ -520,25 +532,6 @@ fn spawn_observer(
             }
         }
     });
-}
-
-/// The node's counters, from its own `/metrics`.
-async fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
-    let got = async {
-        let mut http = crate::http::Http::connect(addr).await?;
-        http.get("/metrics", SERVICE_KEY).await
-    };
-    let Ok((200, body)) = got.await else {
-        return HashMap::new();
-    };
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// xorshift64*: a cheap, seeded, reproducible draw.
