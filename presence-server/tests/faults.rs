@@ -539,20 +539,6 @@ impl World {
         format!("{out:?}; logs {logs:?}")
     }
 
-    /// Every node renewed its lease through the fault: none went on as a new
-    /// incarnation. (Observers may still see no flap when a lease lapses,
-    /// if every judge had failed too; this tells the lapse itself.)
-    async fn no_lease_lapsed(&self) {
-        for (n, node) in self.nodes.iter().enumerate() {
-            let (_, metrics) = http_text(node.addr, "/metrics").await;
-            assert!(
-                metrics.contains("presence_reincarnations_total 0"),
-                "node {n}'s lease lapsed; log {}",
-                node.log.display()
-            );
-        }
-    }
-
     /// `user_disconnected` diffs observers saw about connected users.
     fn flaps(&self) -> usize {
         self.seen
@@ -638,7 +624,6 @@ async fn killed_masters_never_wedge_a_node_nor_flap_a_user() {
             killed.elapsed()
         );
         assert_eq!(w.flaps(), 0, "no user flapped: {}", w.flap_report());
-        w.no_lease_lapsed().await;
     }
     w.no_host_events();
     w.no_socket_closed();
