@@ -19,8 +19,8 @@
 // Then receipts of readers gone offline (issue 31): a reader's receipt reaches a member live
 // (`onReceipt`), then the reader closes; past the grace the member's snapshot still holds the
 // marker, and a newcomer's snapshot, fresh from the server, does too: on one node, and over two
-// nodes sharing Redis with the newcomer on the other node. And privacy settings set by the
-// backend, honoured in what another member's page shows.
+// nodes sharing Redis with the newcomer on the other node. And privacy settings set with
+// `setPrivacy`: confirmed in the snapshot, held on another page, and honoured for another member.
 //
 // Then large rooms (issue 15): a server that makes a room large at 5 online members; clients join,
 // leave and go idle, and getSnapshot().rooms[room] must show exact counts, the mode and the
@@ -633,11 +633,13 @@ async function offlineReceiptsCluster(browser) {
 }
 
 /**
- * Privacy settings as the SDK shows them (issue 31): ana reads, her backend then sets last seen
- * `nobody` and receipts `off` (`PUT /v1/users/ana/privacy`); bob's page heard her first receipt but
- * not the one after, and once she leaves it shows her offline with no `lastSeen`, keeping the
- * marker she read before turning receipts off. Then bob's own receipts go off: a fresh snapshot of
- * his holds his marker only.
+ * Privacy settings through the SDK (issue 31): ana reads, then sets last seen `nobody` and
+ * receipts `off` with `setPrivacy`; her snapshot shows the settings once the server confirms, a
+ * bad value throws `invalid_argument`, a second page of hers is welcomed with them; bob heard her
+ * first receipt but not the one after, and once she leaves his snapshot shows her offline with no
+ * last seen, keeping the marker she read before turning receipts off. Then bob's backend turns his
+ * receipts off (`PUT /v1/users/bob/privacy`): his open page's snapshot shows it, and a fresh page of
+ * his holds his own marker only.
  */
 async function privacySettings(browser) {
   const t0 = Date.now();
@@ -657,50 +659,77 @@ async function privacySettings(browser) {
       window.sdkErrors = [];
       window.heard = [];
       window.clients = {};
-      window.add = (user) => {
+      window.add = (name, user) => {
         const c = window.PresenceClient.connect({ url: wsUrl, token: user, resume: false });
-        c.onError((e) => window.sdkErrors.push(`${user}: ${e.code}`));
+        c.onError((e) => window.sdkErrors.push(`${name}: ${e.code}`));
         c.join(room);
-        window.clients[user] = c;
+        window.clients[name] = c;
         return c;
       };
-      window.add("bob").onReceipt((e) => e.room === room && window.heard.push(`${e.user}:${e.marker}`));
-      window.add("ana");
-      // The room as `user`'s page shows it: ana, and the receipts.
-      window.seen = (user) => {
-        const r = window.clients[user].getSnapshot().rooms[room];
+      window.add("bob", "bob").onReceipt((e) => e.room === room && window.heard.push(`${e.user}:${e.marker}`));
+      window.add("ana", "ana");
+      window.seen = (name) => {
+        const s = window.clients[name].getSnapshot();
+        const r = s.rooms[room];
         const ana = r?.members.find((m) => m.user === "ana");
-        return JSON.stringify({ ana: ana && { state: ana.state, lastSeen: "lastSeen" in ana }, receipts: r?.receipts });
+        return JSON.stringify({ privacy: s.privacy, ana: ana && { state: ana.state, lastSeen: ana.lastSeen ?? null },
+          receipts: r?.receipts });
       };
     }, { wsUrl, room });
-    const shows = (step, user, want) => until(`privacy: ${step}`, async () => {
-      const saw = await act((u) => window.seen(u), user);
+    const shows = (step, name, want) => until(`privacy: ${step}`, async () => {
+      const saw = await act((n) => window.seen(n), name);
       return [saw === JSON.stringify(want), { want, saw }];
     });
-    const heard = (want) => until(`privacy: bob heard ${want}`, async () => {
-      const h = await act(() => window.heard);
-      return [h.join() === want, h];
-    });
-    await shows("bob sees ana online", "bob", { ana: { state: "active", lastSeen: false }, receipts: {} });
+    const open = { lastSeen: "everyone", receipts: "on" };
+    await shows("bob sees ana online", "bob", { privacy: open, ana: { state: "active", lastSeen: null }, receipts: {} });
     await act((room) => window.clients.ana.markRead(room, 3), room);
-    await heard("ana:3");
-    await put("ana", { last_seen: "nobody", receipts: "off" });
+    await until("privacy: bob hears ana's first receipt", async () => {
+      const heard = await act(() => window.heard);
+      return [heard.join() === "ana:3", heard];
+    });
+    const thrown = await act(() => {
+      try {
+        window.clients.ana.setPrivacy({ lastSeen: "sometimes" });
+        return "nothing thrown";
+      } catch (e) {
+        return e.code;
+      }
+    });
+    if (thrown !== "invalid_argument") throw new Error(`privacy: a bad lastSeen gave ${thrown}`);
+    await act(() => window.clients.ana.setPrivacy({ lastSeen: "nobody", receipts: "off" }));
+    const hidden = { lastSeen: "nobody", receipts: "off" };
+    await shows("ana's snapshot shows the server's settings", "ana",
+      { privacy: hidden, ana: { state: "active", lastSeen: null }, receipts: { ana: 3 } });
     await act((room) => window.clients.ana.markRead(room, 9), room);
-    // A marker of bob's after ana's: once bob hears it, ana's 9 would have come before it.
+    await act(() => window.add("ana2", "ana"));
+    // The room's shown marker is the one read before receipts went off (9 is kept for her
+    // backend's push decision, not shown).
+    await shows("a second page of ana is welcomed with them", "ana2",
+      { privacy: hidden, ana: { state: "active", lastSeen: null }, receipts: { ana: 3 } });
+    await act(() => { window.clients.ana.close(); window.clients.ana2.close(); });
+    await shows("bob: ana offline, no last seen, the marker read before receipts went off", "bob",
+      { privacy: open, ana: { state: "offline", lastSeen: null }, receipts: { ana: 3 } });
+    // A marker of bob's after ana's 9: once bob hears it, ana's would have come before it.
     await act((room) => window.clients.bob.markRead(room, 4), room);
-    await heard("ana:3,bob:4");
-    await act(() => window.clients.ana.close());
-    await shows("bob: ana offline, no last seen, her marker from before receipts went off", "bob",
-      { ana: { state: "offline", lastSeen: false }, receipts: { ana: 3, bob: 4 } });
+    await until("privacy: bob hears his own marker and none of ana's after 3", async () => {
+      const heard = await act(() => window.heard);
+      return [heard.join() === "ana:3,bob:4", heard];
+    });
     await put("bob", { receipts: "off" });
-    await act(() => { window.clients.bob.close(); window.add("bob"); });
-    await shows("a fresh page of bob's, receipts off: his own marker only", "bob", { receipts: { bob: 4 } });
+    const bobOff = { lastSeen: "everyone", receipts: "off" };
+    await shows("bob's open page shows what his backend set", "bob",
+      { privacy: bobOff, ana: { state: "offline", lastSeen: null }, receipts: { ana: 3, bob: 4 } });
+    await act(() => { window.clients.bob.close(); window.add("bob", "bob"); });
+    await shows("a fresh page of bob's, receipts off: his own marker only", "bob",
+      { privacy: bobOff, receipts: { bob: 4 } });
     const sdkErrors = await act(() => window.sdkErrors);
     await act(() => window.clients.bob.close());
     if (sdkErrors.length) throw new Error(`privacy: onError heard ${JSON.stringify(sdkErrors)}`);
     noPageErrors("privacy", pageErrors);
-    console.log(`privacy test: after her backend hid them, bob's page heard no receipt of ana's and shows ` +
-      `no last seen; with his own receipts off, only his marker (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    console.log(`privacy test: setPrivacy confirmed in the snapshot and on a second page, a bad value ` +
+      `refused, bob heard no receipt after receipts went off and sees no last seen; his backend's ` +
+      `setting reached his page and his fresh snapshot holds only his marker ` +
+      `(${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   } finally {
     await page.close();
     await killServer();

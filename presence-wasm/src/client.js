@@ -4,7 +4,7 @@
 const METHODS = [
   "join", "leave", "watch", "unwatch", "setStatus", "typing", "stopTyping", "bindTyping",
   "markRead", "members", "onPresence", "onTyping", "onReceipt", "onConnection", "onSelfStatus",
-  "onError", "subscribe", "getSnapshot", "close", "setToken", "setData", "view",
+  "onError", "subscribe", "getSnapshot", "close", "setToken", "setData", "view", "setPrivacy",
 ];
 
 // Defines them on `client` itself, bound to it, so they work passed on alone
@@ -16,6 +16,8 @@ export function defineMethods(client) {
     // `markRead`'s marker as the generated glue took it: `+marker`.
     methods[name] = { value: (a, b) => client.c(op, a, op == 8 ? +b : b) };
   });
+  // `setPrivacy(settings)` hands over its two fields.
+  methods.setPrivacy = { value: (s) => client.c(22, s?.lastSeen, s?.receipts) };
   let raw, shared;
   const snapshot = methods.getSnapshot.value;
   methods.getSnapshot = { value: () => (raw === (raw = snapshot()) ? shared : (shared = share(shared, raw))) };

@@ -113,6 +113,12 @@ export type ConnectionEvent =
   | { state: "unauthorized" };
 export interface SelfStatusEvent { status: Status; text?: string; }
 /**
+ * Privacy settings (PROTOCOL.md, "Privacy"): who sees the user's last seen (`contacts`: those
+ * the app's backend counts as contacts) and whether their read markers are shown; with receipts
+ * off the user sees nobody's markers either.
+ */
+export interface Privacy { lastSeen: "everyone" | "contacts" | "nobody"; receipts: "on" | "off"; }
+/**
  * A frame the server refused for good, with its stable code (see PROTOCOL.md), the frame's `type`
  * and the room or users it named. Refusals the SDK retries by itself (`rate_limited`, `internal`)
  * are not reported. After a refused `join` (this event names its `room`) the room is no longer
@@ -149,6 +155,8 @@ export interface PresenceSnapshot {
   me?: string;
   status: Status;
   text?: string;
+  /** The user's own privacy settings, as the server last said (both open until it says). */
+  privacy: Privacy;
   /**
    * The joined rooms by id, in an object without a prototype (`Object.create(null)`): every id is
    * a key of its own, `__proto__` too, and a room nobody joined is `undefined` even when named
@@ -234,6 +242,12 @@ export class PresenceClient {
      * an optional short text, for all their tabs and devices.
      */
     readonly setStatus: (status: Status, text?: string | null) => void;
+    /**
+     * Changes the user's privacy settings for all their tabs and devices (an absent one is kept;
+     * sent again after a reconnect if not yet sent); `getSnapshot().privacy` shows them once the
+     * server confirms. Throws `invalid_argument` for another value.
+     */
+    readonly setPrivacy: (settings: Partial<Privacy>) => void;
     /**
      * A fresh token: used for the next socket, sent to the server on a live one, and it restarts
      * a client stopped as `unauthorized`.
@@ -517,6 +531,24 @@ pub fn string(v: &JsValue, name: &str) -> Result<String, JsValue> {
         .ok_or_else(|| error("invalid_argument", &cat(name, " must be a string")))
 }
 
+/// A privacy setting: absent or `null` is `None`; any other value must be
+/// one `parse` knows, or an `invalid_argument` error.
+pub fn setting<T>(v: &JsValue, parse: fn(&str) -> Option<T>) -> Result<Option<T>, JsValue> {
+    if v.is_null_or_undefined() {
+        return Ok(None);
+    }
+    let parsed = v.as_string().as_deref().and_then(parse);
+    parsed.map(Some).ok_or_else(bad_privacy)
+}
+
+/// The refusal of privacy settings that are not some of the known ones.
+pub fn bad_privacy() -> JsValue {
+    error(
+        "invalid_argument",
+        "setPrivacy takes lastSeen (everyone, contacts or nobody) and/or receipts (on or off)",
+    )
+}
+
 /// Parses a room id from JS, or an `invalid_argument` error.
 pub fn room(s: &str) -> Result<RoomId, JsValue> {
     RoomId::new(s).map_err(id_error)
@@ -726,8 +758,18 @@ pub fn event(e: &ClientEvent) -> Option<(Topic, JsValue)> {
                 )
                 .done(),
         ),
-        ClientEvent::Joined(_) | ClientEvent::Counts(_) => return None,
+        // The snapshot shows it.
+        ClientEvent::Joined(_) | ClientEvent::Counts(_) | ClientEvent::SelfPrivacy(_) => {
+            return None;
+        }
     })
+}
+
+fn privacy(p: presence_core::Privacy) -> JsValue {
+    Obj::new()
+        .set("lastSeen", p.last_seen.as_str())
+        .set("receipts", p.receipts.as_str())
+        .done()
 }
 
 /// The whole client state as one plain object.
@@ -760,6 +802,7 @@ pub fn snapshot(client: &presence_core::client::Client) -> JsValue {
         .opt("me", client.me().map(UserId::as_str))
         .set("status", status_name(status))
         .opt("text", text.as_ref().map(|t| t.as_str()))
+        .set("privacy", privacy(client.privacy()))
         .set("rooms", rooms.done())
         .set("watched", presence_list(cache.watched().values()))
         .done()

@@ -44,6 +44,7 @@ use crate::limits::{
 };
 use crate::object::JsonObject;
 use crate::presence::{Activity, DeviceKind, Millis, PresenceView, Status, StatusText};
+use crate::privacy::{LastSeen, Privacy, Receipts};
 use crate::protocol::decode_server;
 use crate::protocol::{ClientMessage, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 
@@ -173,6 +174,9 @@ pub enum ClientEvent {
         /// The new marker.
         marker: u64,
     },
+    /// The user's own privacy settings changed (here, in another tab, or
+    /// by their backend).
+    SelfPrivacy(Privacy),
     /// The user's own status, as set from any of their connections.
     SelfStatus {
         /// Status.
@@ -246,6 +250,11 @@ pub struct Client {
     /// The `data` the app set (`Some(None)`: cleared), if it ever did.
     data: Option<Option<JsonObject>>,
     data_sent: bool,
+    /// The user's privacy settings, as the server last said.
+    privacy: Privacy,
+    /// The change the app asked for (absent fields: kept), until sent on a
+    /// live socket.
+    privacy_due: Option<(Option<LastSeen>, Option<Receipts>)>,
     /// The joined room the page shows, as the app last said.
     view: Option<RoomId>,
     /// Whether this socket holds `view`: once false, it goes right after the
@@ -335,6 +344,8 @@ impl Client {
             status_sent: true,
             data: None,
             data_sent: true,
+            privacy: Privacy::default(),
+            privacy_due: None,
             view: None,
             view_sent: true,
             typing: VecMap::default(),
@@ -602,6 +613,8 @@ impl Client {
                 exp,
                 ..
             } => {
+                // Open unless a `self_privacy` follows at once.
+                self.privacy = Privacy::default();
                 self.token.expires(now, exp);
                 let timings = (heartbeat_ms, idle_after_ms);
                 self.welcome(now, user, resume, resumed, timings, status, text);
@@ -672,9 +685,16 @@ impl Client {
                     self.change(None, change);
                 }
             }
-            // Not kept by this client yet (the browser bundle's budget).
-            #[cfg(feature = "std")]
-            ServerMessage::SelfPrivacy { .. } => {}
+            ServerMessage::SelfPrivacy {
+                last_seen,
+                receipts,
+            } => {
+                self.privacy = Privacy {
+                    last_seen,
+                    receipts,
+                };
+                self.event(ClientEvent::SelfPrivacy(self.privacy));
+            }
             ServerMessage::SelfStatus { status, text } => {
                 // The server's word on the user's status (set here or in
                 // another tab) is the state; a later local change wins again.
@@ -831,6 +851,12 @@ impl Client {
         if let (false, Some(data)) = (self.data_sent, &self.data) {
             due.push(ClientMessage::Data { data: data.clone() });
         }
+        if let Some((last_seen, receipts)) = self.privacy_due {
+            due.push(ClientMessage::Privacy {
+                last_seen,
+                receipts,
+            });
+        }
         due.truncate(budget);
         for msg in &due {
             match msg {
@@ -848,6 +874,7 @@ impl Client {
                 ClientMessage::Status { .. } => self.status_sent = true,
                 ClientMessage::Data { .. } => self.data_sent = true,
                 ClientMessage::View { .. } => self.view_sent = true,
+                ClientMessage::Privacy { .. } => self.privacy_due = None,
                 _ => {}
             }
             self.send(msg);
@@ -1075,6 +1102,27 @@ impl Client {
         self.status = Some((status, text.clone()));
         self.status_sent = matches!(self.link, Link::Ready { .. });
         self.send(&ClientMessage::Status { status, text });
+    }
+
+    /// Changes the user's privacy settings (`None`: kept), for all their
+    /// connections; sent now, or after reconnecting. The server's answer
+    /// comes as [`ClientEvent::SelfPrivacy`].
+    pub fn set_privacy(&mut self, last_seen: Option<LastSeen>, receipts: Option<Receipts>) {
+        let (l, r) = self.privacy_due.take().unwrap_or_default();
+        let (last_seen, receipts) = (last_seen.or(l), receipts.or(r));
+        if self.is_ready() {
+            self.send(&ClientMessage::Privacy {
+                last_seen,
+                receipts,
+            });
+        } else {
+            self.privacy_due = Some((last_seen, receipts));
+        }
+    }
+
+    /// The user's privacy settings, as the server last said.
+    pub fn privacy(&self) -> Privacy {
+        self.privacy
     }
 
     /// Sets the user's `data` (`None` clears it); sent now, or after

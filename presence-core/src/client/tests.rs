@@ -1696,3 +1696,64 @@ fn an_offline_member_carries_no_info_or_data_until_online_again() {
         assert_eq!(view.last_seen, None);
     }
 }
+
+#[test]
+fn privacy_is_sent_when_live_or_after_welcome_merged_and_kept_as_the_server_says() {
+    let mut c = Client::new(T0, ClientConfig::default());
+    // Two changes before a socket: merged into one frame, the later value winning.
+    c.set_privacy(Some(LastSeen::Contacts), None);
+    c.set_privacy(Some(LastSeen::Nobody), Some(Receipts::Off));
+    c.set_privacy(None, Some(Receipts::On));
+    c.start(T0);
+    c.opened(T0);
+    c.received(T0, &welcome("tok1"));
+    let frames = sent(&mut c);
+    let privacy: Vec<_> = frames.iter().filter(|f| f.contains("privacy")).collect();
+    assert_eq!(
+        privacy,
+        [r#"{"type":"privacy","last_seen":"nobody","receipts":"on"}"#],
+        "{frames:?}"
+    );
+    assert_eq!(c.privacy(), Privacy::default(), "until the server says");
+    c.received(
+        at(1),
+        r#"{"type":"self_privacy","last_seen":"nobody","receipts":"on"}"#,
+    );
+    let told = Privacy {
+        last_seen: LastSeen::Nobody,
+        receipts: Receipts::On,
+    };
+    assert_eq!(c.privacy(), told);
+    let mut events = Vec::new();
+    while let Some(e) = c.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        events.contains(&ClientEvent::SelfPrivacy(told)),
+        "{events:?}"
+    );
+    // Live: sent at once, once.
+    c.set_privacy(None, Some(Receipts::Off));
+    assert_eq!(sent(&mut c), [r#"{"type":"privacy","receipts":"off"}"#]);
+    // A reconnect: nothing left to resend, and a welcome not followed by
+    // `self_privacy` means both are open again.
+    c.closed(at(2), Some(1001));
+    let retry = c.next_deadline(at(2)).unwrap();
+    c.tick(retry);
+    c.opened(retry);
+    c.received(retry, &welcome("tok2"));
+    assert!(sent(&mut c).iter().all(|f| !f.contains("privacy")));
+    assert_eq!(c.privacy(), Privacy::default());
+    // A value this client does not know reads as the open one.
+    c.received(
+        retry,
+        r#"{"type":"self_privacy","last_seen":"friends","receipts":"off"}"#,
+    );
+    assert_eq!(
+        c.privacy(),
+        Privacy {
+            last_seen: LastSeen::Everyone,
+            receipts: Receipts::Off
+        }
+    );
+}

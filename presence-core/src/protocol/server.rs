@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
 use crate::object::JsonObject;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
-#[cfg(feature = "std")]
 use crate::privacy::{LastSeen, Receipts};
 use crate::protocol::ErrorCode;
 
@@ -108,10 +107,7 @@ pub enum ServerMessage {
     },
     /// The user's own privacy settings: right after `welcome` when they are
     /// not both open, and whenever they change (from any of their
-    /// connections, or their backend). Only with `std`: the browser bundle
-    /// (no `std`) skips it as an unknown type, its size budget being full
-    /// (presence-wasm README, "Size").
-    #[cfg(feature = "std")]
+    /// connections, or their backend).
     SelfPrivacy {
         /// Who sees the user's last seen.
         last_seen: LastSeen,

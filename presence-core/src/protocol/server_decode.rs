@@ -11,7 +11,6 @@ use crate::json::Json;
 use crate::object::JsonObject;
 use crate::prelude::*;
 use crate::presence::{IdleReason, Millis, PresenceState, PresenceView, Status, StatusText};
-#[cfg(feature = "std")]
 use crate::privacy::{LastSeen, Receipts};
 use crate::protocol::{Counts, DecodeError, Diff, ErrorCode, Receipt, ServerMessage};
 
@@ -290,7 +289,6 @@ pub fn decode_server(frame: &str) -> Result<ServerMessage, DecodeError> {
             users: f.list("users", view)?,
         },
         // Leniently: a value this client does not know reads as the open one.
-        #[cfg(feature = "std")]
         "self_privacy" => ServerMessage::SelfPrivacy {
             last_seen: f
                 .lenient("last_seen", |v| LastSeen::parse(v.as_str()?))
