@@ -257,6 +257,9 @@ pub enum Only {
     Large,
     /// The simulated cluster, up to this many users.
     Million(usize),
+    /// A simulated node of this many users killed (after a herd of
+    /// reconnects if true).
+    Kill(usize, bool),
 }
 
 /// Runs the suite, or one part of it; `seconds` is each large-room run's.
@@ -292,6 +295,10 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         figures.extend(million::run(&loadgen, users, seconds)?);
         return print_and_save(ws, &figures, "million.jsonl");
     }
+    if let Only::Kill(users, herd) = only {
+        figures.extend(million::kill(&loadgen, users, herd)?);
+        return print_and_save(ws, &figures, "million-kill.jsonl");
+    }
     let single = match only {
         Only::All => {
             let mut all = scenarios(quick, max_connections);
@@ -301,7 +308,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
             all
         }
         Only::Large => large_scenarios(quick, seconds),
-        Only::Cluster | Only::Million(_) => Vec::new(),
+        Only::Cluster | Only::Million(_) | Only::Kill(..) => Vec::new(),
     };
     for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
@@ -346,6 +353,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         Only::Cluster => "cluster.jsonl",
         Only::Large => "large.jsonl",
         Only::Million(_) => "million.jsonl",
+        Only::Kill(..) => "million-kill.jsonl",
     };
     print_and_save(ws, &figures, file)?;
     large_table(&figures);

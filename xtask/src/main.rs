@@ -72,6 +72,15 @@ enum Command {
         /// With `--million`: the largest step to run (10000, 100000 or 1000000).
         #[arg(long, requires = "million", default_value_t = 1_000_000)]
         users: usize,
+        /// With `--million`: instead of the steps, a node holding `--users` (default 100,000)
+        /// killed with SIGKILL beside two nodes of 25,000 (time until its users are offline on
+        /// the others, until the store is clean, and the others' probes meanwhile).
+        #[arg(long, requires = "million")]
+        kill: bool,
+        /// With `--kill`: before it, every user of the killed node reloads at once (a thundering
+        /// herd of reconnects).
+        #[arg(long, requires = "kill")]
+        herd: bool,
         /// Seconds of changes in each large-room run (default 30; 5 with --quick).
         #[arg(long)]
         seconds: Option<u64>,
@@ -110,9 +119,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             large,
             million,
             users,
+            kill,
+            herd,
             seconds,
         } => {
             let only = match (cluster, large, million) {
+                (_, _, true) if kill => {
+                    bench::Only::Kill(if users == 1_000_000 { 100_000 } else { users }, herd)
+                }
                 (_, _, true) => bench::Only::Million(users),
                 (true, _, _) => bench::Only::Cluster,
                 (_, true, _) => bench::Only::Large,

@@ -275,6 +275,10 @@ enum Scenario {
         leaves_per_hour: f64,
         #[arg(long, default_value_t = 20)]
         away_seconds: u64,
+        /// Seconds into the window at which every user reloads at once (a thundering herd of
+        /// reconnects, as after a network outage); 0: none.
+        #[arg(long, default_value_t = 0)]
+        herd_after: u64,
     },
 }
 
@@ -310,6 +314,7 @@ fn main() -> Result<()> {
         reloads_per_hour,
         leaves_per_hour,
         away_seconds,
+        herd_after,
     } = args.scenario
     {
         anyhow::ensure!(room_size >= 2, "--room-size is at least 2");
@@ -335,6 +340,7 @@ fn main() -> Result<()> {
                 leave: leaves_per_hour,
             },
             away: Duration::from_secs(away_seconds),
+            herd_after: (herd_after > 0).then(|| Duration::from_secs(herd_after)),
         });
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -95,6 +95,8 @@ pub struct Plan {
     pub hold: u64,
     pub mix: Mix,
     pub away: Duration,
+    /// When in the window every user reloads at once (a thundering herd).
+    pub herd_after: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +105,8 @@ enum Action {
     Status,
     Typing,
     Reload,
+    /// A reload of the herd (counted apart).
+    Herd,
     Leave,
     Probe(u64),
 }
@@ -114,6 +118,11 @@ struct Counters {
     sent: [AtomicU64; 6],
     missed: AtomicU64,
     reconnect_failed: AtomicU64,
+    /// Herd reloads done (welcome and snapshot again).
+    herd_back: AtomicU64,
+    /// `user_disconnected` diffs the observers saw: their rooms' members
+    /// never leave, so each is a user who flapped.
+    flaps: AtomicU64,
 }
 
 pub fn run(plan: Plan) -> Result<()> {
@@ -179,7 +188,7 @@ async fn node(plan: Plan) -> Result<()> {
             let name = format!("{}-obs{k}", plan.node_id);
             let mut ws = observer(next, &name).await?;
             conn::join(&mut ws, &room_name(&plan.node_id, k)).await?;
-            spawn_observer(ws, probes.clone(), seen_tx.clone());
+            spawn_observer(ws, probes.clone(), seen_tx.clone(), counters.clone());
         }
     }
     // Fill the node.
@@ -259,8 +268,32 @@ async fn node(plan: Plan) -> Result<()> {
     };
     let mut next_probe = Instant::now();
     let mut seq = 0u64;
+    let mut herd: Option<(Instant, u64, u64)> = None;
+    let mut herd_done: Option<Duration> = None;
+    let flaps0 = counters.flaps.load(Ordering::Relaxed);
     while began.elapsed() < window {
         tick.tick().await;
+        if let Some(after) = plan.herd_after
+            && herd.is_none()
+            && began.elapsed() >= after
+        {
+            // Everyone at once; a user whose queue is full misses it (counted).
+            let (back0, missed0) = (
+                counters.herd_back.load(Ordering::Relaxed),
+                counters.missed.load(Ordering::Relaxed),
+            );
+            for who in 0..users.len() {
+                give(&users, who, Action::Herd, &counters);
+            }
+            let missed = counters.missed.load(Ordering::Relaxed) - missed0;
+            herd = Some((Instant::now(), back0, users.len() as u64 - missed));
+        }
+        if let Some((at, back0, owed)) = herd
+            && herd_done.is_none()
+            && counters.herd_back.load(Ordering::Relaxed) - back0 >= owed
+        {
+            herd_done = Some(at.elapsed());
+        }
         for (kind, owe) in owed.iter_mut().enumerate() {
             *owe += per_tick[kind];
             while *owe >= 1.0 {
@@ -359,6 +392,17 @@ async fn node(plan: Plan) -> Result<()> {
         counters.reconnect_failed.load(Ordering::Relaxed) as f64,
         "",
     );
+    figure(
+        &format!("{label}_observed_flaps"),
+        (counters.flaps.load(Ordering::Relaxed) - flaps0) as f64,
+        "",
+    );
+    if let Some((_, _, owed)) = herd {
+        figure(&format!("{label}_herd_users"), owed as f64, "users");
+        // NaN: not all were back within the window.
+        let secs = herd_done.map_or(f64::NAN, |d| d.as_secs_f64());
+        figure(&format!("{label}_herd_all_back_seconds"), secs, "s");
+    }
     let probes_sent = sent[5];
     figure(&format!("{label}_probes_sent"), probes_sent as f64, "");
     figure(&format!("{label}_probes_seen"), lat.len() as f64, "");
@@ -425,7 +469,7 @@ fn give(users: &[mpsc::Sender<Action>], who: usize, action: Action, counters: &C
         Action::Idle => 0,
         Action::Status => 1,
         Action::Typing => 2,
-        Action::Reload => 3,
+        Action::Reload | Action::Herd => 3,
         Action::Leave => 4,
         Action::Probe(_) => 5,
     };
@@ -467,7 +511,7 @@ fn spawn_user(
                         Action::Status => r#"{"type":"status","status":"away","text":"brb"}"#.to_owned(),
                         Action::Typing => format!(r#"{{"type":"typing","room":"{room}"}}"#),
                         Action::Probe(seq) => format!(r#"{{"type":"status","status":"available","text":"p{seq}"}}"#),
-                        Action::Reload | Action::Leave => {
+                        Action::Reload | Action::Herd | Action::Leave => {
                             drop(socket);
                             // Boxed: what runs now and then must not size the
                             // task every user keeps.
@@ -478,7 +522,12 @@ fn spawn_user(
                                 enter(&server, &name, &room).await
                             });
                             match back.await {
-                                Ok(s) => socket = s,
+                                Ok(s) => {
+                                    socket = s;
+                                    if matches!(action, Action::Herd) {
+                                        counters.herd_back.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
                                 Err(_) => {
                                     counters.reconnect_failed.fetch_add(1, Ordering::Relaxed);
                                     return;
@@ -508,11 +557,14 @@ fn spawn_observer(
     mut ws: conn::Ws,
     probes: Arc<Mutex<HashMap<u64, Instant>>>,
     seen: mpsc::UnboundedSender<Duration>,
+    counters: Arc<Counters>,
 ) {
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
         while let Some(t) = conn::listen(&mut ws, &mut ping).await {
+            let flaps = t.matches(r#""type":"user_disconnected""#).count();
+            counters.flaps.fetch_add(flaps as u64, Ordering::Relaxed);
             if !t.contains(r#""text":"p"#) {
                 continue;
             }
