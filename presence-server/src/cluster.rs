@@ -416,8 +416,16 @@ async fn lease(hub: Weak<Hub>) {
                     }
                 }
                 judge.answered(started, &leases);
+                let dead: Vec<Incarnation> = leases
+                    .dead
+                    .iter()
+                    .filter(|d| **d != me && judge.may(d, started))
+                    .cloned()
+                    .collect();
                 let Some(h) = hub.upgrade() else { return };
-                h.cluster_liveness(leases.live, started, |inc| judge.may(inc, started));
+                h.cluster_liveness(leases.live, dead.clone(), started, |inc| {
+                    judge.may(inc, started)
+                });
                 let idle = h.cluster_idle();
                 drop(h);
                 if idle {
@@ -435,12 +443,6 @@ async fn lease(hub: Weak<Hub>) {
                         }
                     }
                 }
-                let dead: Vec<Incarnation> = leases
-                    .dead
-                    .iter()
-                    .filter(|d| **d != me && judge.may(d, started))
-                    .cloned()
-                    .collect();
                 // Cleaning runs beside the renewals, one pass at a time: a
                 // dead node's users take a round trip each, and a node that
                 // held 100,000 would hold this loop past its own lease.

@@ -260,6 +260,8 @@ pub enum Only {
     /// A simulated node of this many users killed (after a herd of
     /// reconnects if true).
     Kill(usize, bool),
+    /// This many simulated users, the change rate doubling.
+    Ramp(usize),
 }
 
 /// Runs the suite, or one part of it; `seconds` is each large-room run's.
@@ -295,6 +297,10 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         figures.extend(million::run(&loadgen, users, seconds)?);
         return print_and_save(ws, &figures, "million.jsonl");
     }
+    if let Only::Ramp(users) = only {
+        figures.extend(million::ramp(&loadgen, users)?);
+        return print_and_save(ws, &figures, "million-ramp.jsonl");
+    }
     if let Only::Kill(users, herd) = only {
         figures.extend(million::kill(&loadgen, users, herd)?);
         return print_and_save(ws, &figures, "million-kill.jsonl");
@@ -308,7 +314,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
             all
         }
         Only::Large => large_scenarios(quick, seconds),
-        Only::Cluster | Only::Million(_) | Only::Kill(..) => Vec::new(),
+        Only::Cluster | Only::Million(_) | Only::Kill(..) | Only::Ramp(_) => Vec::new(),
     };
     for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
@@ -354,6 +360,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         Only::Large => "large.jsonl",
         Only::Million(_) => "million.jsonl",
         Only::Kill(..) => "million-kill.jsonl",
+        Only::Ramp(_) => "million-ramp.jsonl",
     };
     print_and_save(ws, &figures, file)?;
     large_table(&figures);

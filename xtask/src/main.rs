@@ -81,6 +81,11 @@ enum Command {
         /// herd of reconnects).
         #[arg(long, requires = "kill")]
         herd: bool,
+        /// With `--million`: instead of the steps, `--users` (default 100,000) over 4 nodes with
+        /// the change rate doubling every 20 s (x1 to x32), to find the rate sustained with a
+        /// probe p99 within 100 ms.
+        #[arg(long, requires = "million", conflicts_with = "kill")]
+        ramp: bool,
         /// Seconds of changes in each large-room run (default 30; 5 with --quick).
         #[arg(long)]
         seconds: Option<u64>,
@@ -121,9 +126,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             users,
             kill,
             herd,
+            ramp,
             seconds,
         } => {
             let only = match (cluster, large, million) {
+                (_, _, true) if ramp => {
+                    bench::Only::Ramp(if users == 1_000_000 { 100_000 } else { users })
+                }
                 (_, _, true) if kill => {
                     bench::Only::Kill(if users == 1_000_000 { 100_000 } else { users }, herd)
                 }

@@ -299,6 +299,7 @@ impl Hub {
     pub(crate) fn cluster_liveness(
         &self,
         live: Vec<Incarnation>,
+        dead: Vec<Incarnation>,
         started: Millis,
         may_judge: impl Fn(&str) -> bool,
     ) {
@@ -306,7 +307,7 @@ impl Hub {
             let Some(c) = st.cluster.as_mut() else {
                 return;
             };
-            let events = c.set_liveness(live, started, may_judge, now);
+            let events = c.set_liveness(live, dead, started, may_judge, now);
             self.deliver_cluster(st, now, events);
         });
     }

@@ -121,6 +121,12 @@ pub(crate) struct Replica {
     live: HashSet<Incarnation>,
     /// Incarnations found dead, since when.
     gone: HashMap<Incarnation, Millis>,
+    /// Incarnations the last lease round judged dead, since when: their
+    /// records read as offline at once wherever they come from (an HTTP
+    /// query of a node's users this node never followed), not only once a
+    /// cleaner reaches each user, one round trip per user (44 s for 100,000:
+    /// BENCHMARKS.md, "A node of 100,000 users killed").
+    judged: HashMap<Incarnation, Millis>,
     /// This node's own earlier incarnations, left after a lapsed lease: dead
     /// whatever a lease round says (their lease may linger until ended).
     retired: HashSet<Incarnation>,
@@ -171,6 +177,7 @@ impl Replica {
             members: HashMap::new(),
             live: HashSet::new(),
             gone: HashMap::new(),
+            judged: HashMap::new(),
             retired: HashSet::new(),
             first_seen: HashMap::new(),
             rooms: HashMap::new(),
@@ -206,7 +213,7 @@ impl Replica {
     }
 
     fn liveness(&self, inc: &str) -> Liveness {
-        match self.gone.get(inc) {
+        match self.gone.get(inc).or_else(|| self.judged.get(inc)) {
             Some(at) if inc != self.me => Liveness::Gone(*at),
             _ => Liveness::Live,
         }
@@ -389,10 +396,20 @@ impl Replica {
     pub fn set_liveness(
         &mut self,
         live: Vec<Incarnation>,
+        dead: Vec<Incarnation>,
         started: Millis,
         may_judge: impl Fn(&str) -> bool,
         now: Millis,
     ) -> Vec<Event> {
+        let judged = dead
+            .into_iter()
+            .filter(|inc| *inc != self.me)
+            .map(|inc| {
+                let at = self.judged.get(&inc).copied().unwrap_or(now);
+                (inc, at)
+            })
+            .collect();
+        self.judged = judged;
         let live: HashSet<Incarnation> = live.into_iter().collect();
         let mut flipped = HashSet::new();
         for (inc, seen) in &self.first_seen {
@@ -989,7 +1006,7 @@ pub(crate) fn address(
 
 #[cfg(test)]
 mod tests {
-    use presence_core::{Activity, ResumeToken, TimingPolicy};
+    use presence_core::{Activity, PresenceState, ResumeToken, TimingPolicy};
 
     use super::*;
 
@@ -1090,8 +1107,44 @@ mod tests {
         assert!(Some(stored.seq) > before && stored.record.holds());
         assert!(!r.idle(), "a round with writes is under way");
         // The old incarnation is dead here whatever a lease round says.
-        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], t, |_| true, t);
+        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], Vec::new(), t, |_| true, t);
         assert!(events.is_empty());
         assert_eq!(r.liveness("a.1"), Liveness::Gone(t));
+    }
+
+    #[test]
+    fn records_of_a_node_judged_dead_read_offline_here_though_never_followed() {
+        let (_, theirs, t) = written_online();
+        let (seq, record) = theirs.users[&ana()]
+            .records
+            .get("a.1")
+            .map(|(s, rec)| (s, rec.clone()))
+            .expect("a.1's record of ana");
+        let recs: UserRecords = vec![("a.1".into(), Stored { seq, record })];
+        // b.1 never heard of a.1: an HTTP query reads ana's records from the store.
+        let mut r = Replica::new("b.1".into(), t);
+        let state = |r: &Replica| r.view_of_records(&recs).presence(&ana()).state;
+        assert_ne!(state(&r), PresenceState::Offline);
+        let later = t.after(Duration::from_secs(5));
+        let events = r.set_liveness(
+            vec!["b.1".into()],
+            vec!["a.1".into()],
+            later,
+            |_| true,
+            later,
+        );
+        assert!(events.is_empty(), "nobody here followed her");
+        assert_eq!(state(&r), PresenceState::Offline);
+        assert_eq!(
+            r.liveness("a.1"),
+            Liveness::Gone(later),
+            "since the first round"
+        );
+        let next = later.after(Duration::from_secs(1));
+        r.set_liveness(vec!["b.1".into()], vec!["a.1".into()], next, |_| true, next);
+        assert_eq!(r.liveness("a.1"), Liveness::Gone(later));
+        // Cleaned (no longer registered): forgotten.
+        r.set_liveness(vec!["b.1".into()], Vec::new(), next, |_| true, next);
+        assert_eq!(r.liveness("a.1"), Liveness::Live);
     }
 }

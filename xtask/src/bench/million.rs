@@ -41,13 +41,25 @@ const FILL_LIMIT: Duration = Duration::from_secs(1_800);
 pub fn run(loadgen: &Path, max_users: usize, seconds: u64) -> Result<Vec<Value>> {
     let mut figures = Vec::new();
     for (total, scale) in STEPS.into_iter().filter(|&(t, _)| t <= max_users) {
-        figures.extend(step(loadgen, total, scale, seconds)?);
+        figures.extend(step(loadgen, total, scale, seconds, 1)?);
     }
     Ok(figures)
 }
 
-fn step(loadgen: &Path, total: usize, scale: f64, seconds: u64) -> Result<Vec<Value>> {
-    let label = format!("million_{total}");
+/// One step of `total` users over [`NODES`] nodes, the mix at `scale`; with
+/// `ramp_steps` above 1 the window is cut in that many steps, the rates
+/// doubling at each.
+fn step(
+    loadgen: &Path,
+    total: usize,
+    scale: f64,
+    seconds: u64,
+    ramp_steps: usize,
+) -> Result<Vec<Value>> {
+    let label = match ramp_steps {
+        1 => format!("million_{total}"),
+        _ => format!("ramp_{total}"),
+    };
     println!(
         "\n== {label}: {NODES} nodes over the Redis Cluster, {total} simulated users, mix x{scale}"
     );
@@ -72,6 +84,7 @@ fn step(loadgen: &Path, total: usize, scale: f64, seconds: u64) -> Result<Vec<Va
             seconds,
             hold: 0,
             herd_after: 0,
+            ramp_steps,
         };
         children.push(node.spawn(loadgen, scale, &prefix, &go, k, &tx)?);
     }
@@ -133,6 +146,62 @@ fn step(loadgen: &Path, total: usize, scale: f64, seconds: u64) -> Result<Vec<Va
     }
     let _ = std::fs::remove_file(&go);
     forget(store, &prefix)?;
+    Ok(figures)
+}
+
+/// Steps of `--million --ramp`, each [`RAMP_STEP_SECONDS`] long, the mix's
+/// rates doubling at each (x1 to x32).
+const RAMP_STEPS: usize = 6;
+const RAMP_STEP_SECONDS: u64 = 20;
+/// The latency bound the ramp looks for.
+const RAMP_P99_MS: f64 = 100.0;
+
+/// `--million --ramp`: `users` over [`NODES`] nodes, the change rate
+/// doubled every [`RAMP_STEP_SECONDS`]; per step, the cluster's changes per
+/// second and the worst node's probe p99, and the highest rate sustained
+/// with p99 within [`RAMP_P99_MS`].
+pub fn ramp(loadgen: &Path, users: usize) -> Result<Vec<Value>> {
+    let seconds = RAMP_STEPS as u64 * RAMP_STEP_SECONDS;
+    let mut figures = step(loadgen, users, 1.0, seconds, RAMP_STEPS)?;
+    let label = format!("ramp_{users}");
+    let of = |k: usize, name: &str| -> Vec<f64> {
+        let suffix = format!("_ramp{k}_{name}");
+        figures
+            .iter()
+            .filter(|f| f["figure"].as_str().is_some_and(|n| n.ends_with(&suffix)))
+            .filter_map(|f| f["value"].as_f64())
+            .collect()
+    };
+    let mut own = Vec::new();
+    let mut sustained = 0.0f64;
+    for k in 0..RAMP_STEPS {
+        let rate: f64 = of(k, "changes_per_second").iter().sum();
+        let p99 = of(k, "observed_ms_p99").into_iter().fold(0.0, f64::max);
+        println!(
+            "{label}: step {k} (x{}): {rate:.0} changes/s, worst p99 {p99:.1} ms",
+            1 << k
+        );
+        own.push(fig(
+            &label,
+            &format!("step{k}_changes_per_second"),
+            rate,
+            "/s",
+        ));
+        own.push(fig(&label, &format!("step{k}_worst_p99_ms"), p99, "ms"));
+        if p99 <= RAMP_P99_MS {
+            sustained = sustained.max(rate);
+        }
+    }
+    own.push(fig(
+        &label,
+        "sustained_changes_per_second_p99_within_100ms",
+        sustained,
+        "/s",
+    ));
+    for f in &own {
+        println!("{f}");
+    }
+    figures.extend(own);
     Ok(figures)
 }
 
@@ -227,6 +296,7 @@ pub fn kill(loadgen: &Path, users: usize, herd: bool) -> Result<Vec<Value>> {
             seconds,
             hold: KILL_LIMIT.as_secs(),
             herd_after,
+            ramp_steps: 1,
         };
         children.push(node.spawn(loadgen, 1.0, &prefix, &go, k, &tx)?);
     }
@@ -440,6 +510,8 @@ struct Sim {
     hold: u64,
     /// Seconds into the window at which all its users reload at once (0: never).
     herd_after: u64,
+    /// Steps of its window, the rates doubling at each (1: none).
+    ramp_steps: usize,
 }
 
 impl Sim {
@@ -468,6 +540,7 @@ impl Sim {
             .args(["--settle", "0", "--seconds", &self.seconds.to_string()])
             .args(["--hold", &self.hold.to_string()])
             .args(["--herd-after", &self.herd_after.to_string()])
+            .args(["--ramp-steps", &self.ramp_steps.to_string()])
             .arg("--go-file")
             .arg(go)
             .stdout(Stdio::piped())

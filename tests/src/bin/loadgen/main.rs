@@ -279,6 +279,12 @@ enum Scenario {
         /// reconnects, as after a network outage); 0: none.
         #[arg(long, default_value_t = 0)]
         herd_after: u64,
+        /// The window in this many equal steps, the rates multiplied by `--ramp-factor` at each
+        /// (figures per step: changes per second, probe p99).
+        #[arg(long, default_value_t = 1)]
+        ramp_steps: usize,
+        #[arg(long, default_value_t = 2.0)]
+        ramp_factor: f64,
     },
 }
 
@@ -315,9 +321,15 @@ fn main() -> Result<()> {
         leaves_per_hour,
         away_seconds,
         herd_after,
+        ramp_steps,
+        ramp_factor,
     } = args.scenario
     {
         anyhow::ensure!(room_size >= 2, "--room-size is at least 2");
+        anyhow::ensure!(
+            (1..=12).contains(&ramp_steps) && (1.0..=4.0).contains(&ramp_factor),
+            "--ramp-steps is 1 to 12, --ramp-factor 1 to 4"
+        );
         return sim::run(sim::Plan {
             users,
             node_id,
@@ -341,6 +353,8 @@ fn main() -> Result<()> {
             },
             away: Duration::from_secs(away_seconds),
             herd_after: (herd_after > 0).then(|| Duration::from_secs(herd_after)),
+            ramp_steps,
+            ramp_factor,
         });
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -97,6 +97,10 @@ pub struct Plan {
     pub away: Duration,
     /// When in the window every user reloads at once (a thundering herd).
     pub herd_after: Option<Duration>,
+    /// The window in this many equal steps, the mix's rates multiplied by
+    /// `ramp_factor` at each (1 step: no ramp).
+    pub ramp_steps: usize,
+    pub ramp_factor: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -180,7 +184,7 @@ async fn node(plan: Plan) -> Result<()> {
     // fill: a socket's welcome on a node busy filling can wait past 10 s
     // (BENCHMARKS.md, "A million users").
     let probes: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Duration>();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(u64, Duration)>();
     let rooms = plan.users.div_ceil(plan.room_size);
     let observed = plan.observers.min(rooms);
     if let Some(next) = &plan.next {
@@ -268,6 +272,15 @@ async fn node(plan: Plan) -> Result<()> {
     };
     let mut next_probe = Instant::now();
     let mut seq = 0u64;
+    let steps = plan.ramp_steps.max(1);
+    // Per ramp step: the first probe's sequence and the changes sent before it.
+    let mut ramp: Vec<(u64, u64, Instant)> = Vec::new();
+    let changes_sent = |c: &Counters| {
+        [0, 1, 4, 5]
+            .iter()
+            .map(|&i| c.sent[i].load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let mut herd: Option<(Instant, u64, u64)> = None;
     let mut herd_done: Option<Duration> = None;
     let flaps0 = counters.flaps.load(Ordering::Relaxed);
@@ -294,8 +307,14 @@ async fn node(plan: Plan) -> Result<()> {
         {
             herd_done = Some(at.elapsed());
         }
+        let step = ((began.elapsed().as_secs_f64() / window.as_secs_f64() * steps as f64) as usize)
+            .min(steps - 1);
+        if ramp.len() <= step {
+            ramp.push((seq + 1, changes_sent(&counters), Instant::now()));
+        }
+        let factor = plan.ramp_factor.powi(step as i32);
         for (kind, owe) in owed.iter_mut().enumerate() {
-            *owe += per_tick[kind];
+            *owe += per_tick[kind] * factor;
             while *owe >= 1.0 {
                 *owe -= 1.0;
                 let action = [
@@ -326,8 +345,28 @@ async fn node(plan: Plan) -> Result<()> {
     let cpu = cpu_end - cpu1;
     let bus1 = probe.spawn().await??;
     let mut lat: Vec<u64> = Vec::new();
-    while let Ok(d) = seen_rx.try_recv() {
+    let mut by_step: Vec<Vec<u64>> = vec![Vec::new(); ramp.len()];
+    while let Ok((seq, d)) = seen_rx.try_recv() {
         lat.push(d.as_micros() as u64);
+        let step = ramp.iter().rposition(|(first, _, _)| *first <= seq);
+        if let Some(k) = step {
+            by_step[k].push(d.as_micros() as u64);
+        }
+    }
+    if steps > 1 {
+        let end = (changes_sent(&counters), Instant::now());
+        for (k, (_, sent0, at)) in ramp.iter().enumerate() {
+            let (sent1, until) = ramp.get(k + 1).map_or(end, |(_, s, t)| (*s, *t));
+            let secs = until.duration_since(*at).as_secs_f64();
+            let rate = (sent1 - sent0) as f64 / secs;
+            figure(&format!("{label}_ramp{k}_changes_per_second"), rate, "/s");
+            let l = &mut by_step[k];
+            l.sort_unstable();
+            if !l.is_empty() {
+                let p99 = percentile(l, 99.0) / 1e3;
+                figure(&format!("{label}_ramp{k}_observed_ms_p99"), p99, "ms");
+            }
+        }
     }
     lat.sort_unstable();
     let sent: Vec<u64> = counters
@@ -556,7 +595,7 @@ fn spawn_user(
 fn spawn_observer(
     mut ws: conn::Ws,
     probes: Arc<Mutex<HashMap<u64, Instant>>>,
-    seen: mpsc::UnboundedSender<Duration>,
+    seen: mpsc::UnboundedSender<(u64, Duration)>,
     counters: Arc<Counters>,
 ) {
     tokio::spawn(async move {
@@ -579,7 +618,7 @@ fn spawn_observer(
                 if let Some(seq) = seq
                     && let Some(at) = probes.lock().expect("lock").remove(&seq)
                 {
-                    let _ = seen.send(at.elapsed());
+                    let _ = seen.send((seq, at.elapsed()));
                 }
             }
         }
