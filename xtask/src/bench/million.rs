@@ -383,6 +383,10 @@ fn killed(
     while let Ok((_, line)) = rx.try_recv() {
         keep(label, &line, figures);
     }
+    // Whether s0 lost its lease in its window (a lapse: its users flap
+    // everywhere as it reincarnates).
+    let lapses = metric(ports[0], "presence_reincarnations_total")?;
+    figures.push(fig(label, "s0_lease_lapses", lapses, ""));
     let offline = |port: u16| -> Result<(u64, u64)> {
         let v = bulk_counts(port, &body)?;
         let n = |k: &str| v["counts"][k].as_u64().unwrap_or(0);
@@ -500,6 +504,20 @@ fn bulk_counts(port: u16, body: &Path) -> Result<Value> {
         );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A counter or gauge of the node at `port` (`GET /metrics`, service key).
+fn metric(port: u16, name: &str) -> Result<f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-m", "10"])
+        .args(["-H", &format!("authorization: Bearer {SIM_SERVICE_KEY}")])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .context("curl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .with_context(|| format!("{name} in the metrics of port {port}"))
 }
 
 /// `SCARD` of a key of the Cluster (0 when absent; `None` if unreadable).
