@@ -425,9 +425,7 @@ async fn lease(hub: Weak<Hub>) {
                     .cloned()
                     .collect();
                 let Some(h) = hub.upgrade() else { return };
-                h.cluster_liveness(leases.live, dead.clone(), started, |inc| {
-                    judge.may(inc, started)
-                });
+                h.cluster_liveness(leases.live, &dead, started, |inc| judge.may(inc, started));
                 let idle = h.cluster_idle();
                 drop(h);
                 if idle {
@@ -655,7 +653,6 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
         while let Some(answer) = answers.next().await {
             replaced.push(answer);
         }
-        drop(answers);
         for ((user, recs, old, _), result) in expire.iter().zip(replaced) {
             match result {
                 Ok(Some((after, owed))) => {

@@ -299,7 +299,7 @@ impl Hub {
     pub(crate) fn cluster_liveness(
         &self,
         live: Vec<Incarnation>,
-        dead: Vec<Incarnation>,
+        dead: &[Incarnation],
         started: Millis,
         may_judge: impl Fn(&str) -> bool,
     ) {

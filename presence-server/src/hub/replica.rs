@@ -396,18 +396,15 @@ impl Replica {
     pub fn set_liveness(
         &mut self,
         live: Vec<Incarnation>,
-        dead: Vec<Incarnation>,
+        dead: &[Incarnation],
         started: Millis,
         may_judge: impl Fn(&str) -> bool,
         now: Millis,
     ) -> Vec<Event> {
+        // (This node's own never reads as gone: `liveness`.)
         let judged = dead
-            .into_iter()
-            .filter(|inc| *inc != self.me)
-            .map(|inc| {
-                let at = self.judged.get(&inc).copied().unwrap_or(now);
-                (inc, at)
-            })
+            .iter()
+            .map(|inc| (inc.clone(), self.judged.get(inc).copied().unwrap_or(now)))
             .collect();
         self.judged = judged;
         let live: HashSet<Incarnation> = live.into_iter().collect();
@@ -1107,7 +1104,7 @@ mod tests {
         assert!(Some(stored.seq) > before && stored.record.holds());
         assert!(!r.idle(), "a round with writes is under way");
         // The old incarnation is dead here whatever a lease round says.
-        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], Vec::new(), t, |_| true, t);
+        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], &[], t, |_| true, t);
         assert!(events.is_empty());
         assert_eq!(r.liveness("a.1"), Liveness::Gone(t));
     }
@@ -1126,13 +1123,7 @@ mod tests {
         let state = |r: &Replica| r.view_of_records(&recs).presence(&ana()).state;
         assert_ne!(state(&r), PresenceState::Offline);
         let later = t.after(Duration::from_secs(5));
-        let events = r.set_liveness(
-            vec!["b.1".into()],
-            vec!["a.1".into()],
-            later,
-            |_| true,
-            later,
-        );
+        let events = r.set_liveness(vec!["b.1".into()], &["a.1".into()], later, |_| true, later);
         assert!(events.is_empty(), "nobody here followed her");
         assert_eq!(state(&r), PresenceState::Offline);
         assert_eq!(
@@ -1141,10 +1132,10 @@ mod tests {
             "since the first round"
         );
         let next = later.after(Duration::from_secs(1));
-        r.set_liveness(vec!["b.1".into()], vec!["a.1".into()], next, |_| true, next);
+        r.set_liveness(vec!["b.1".into()], &["a.1".into()], next, |_| true, next);
         assert_eq!(r.liveness("a.1"), Liveness::Gone(later));
         // Cleaned (no longer registered): forgotten.
-        r.set_liveness(vec!["b.1".into()], Vec::new(), next, |_| true, next);
+        r.set_liveness(vec!["b.1".into()], &[], next, |_| true, next);
         assert_eq!(r.liveness("a.1"), Liveness::Live);
     }
 }

@@ -113,11 +113,7 @@ fn step(
     }
     let secs = window.elapsed().as_secs_f64();
     for (_, line) in rx.iter() {
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            figures.push(relabel(&label, v));
-        } else {
-            println!("{line}");
-        }
+        keep(&label, &line, &mut figures);
     }
     let mut own = vec![
         fig(&label, "fill_seconds", filled.as_secs_f64(), "s"),
@@ -235,17 +231,8 @@ fn fill(
         let Ok((_, line)) = rx.recv_timeout(Duration::from_secs(1)) else {
             continue;
         };
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["figure"]
-                .as_str()
-                .is_some_and(|f| f.ends_with("_rss_bytes_per_user"))
-            {
-                full += 1;
-            }
-            figures.push(relabel(label, v));
-        } else {
-            println!("{line}");
-        }
+        full += usize::from(line.contains("_rss_bytes_per_user\""));
+        keep(label, &line, figures);
     }
     Ok(started.elapsed())
 }
@@ -379,10 +366,7 @@ fn killed(
             }
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
-    while let Ok((_, line)) = rx.try_recv() {
-        keep(label, &line, figures);
-    }
+    drain(label, rx, figures);
     // Whether s0 lost its lease in its window (a lapse: its users flap
     // everywhere as it reincarnates).
     let lapses = metric(ports[0], "presence_reincarnations_total")?;
@@ -470,11 +454,17 @@ fn killed(
         }
     }
     // The last figures after probes_seen: the percentiles.
+    drain(label, rx, figures);
+    Ok(())
+}
+
+/// The lines the nodes print within a second more (a node's figures follow
+/// one another at once).
+fn drain(label: &str, rx: &mpsc::Receiver<(usize, String)>, figures: &mut Vec<Value>) {
     std::thread::sleep(Duration::from_secs(1));
     while let Ok((_, line)) = rx.try_recv() {
         keep(label, &line, figures);
     }
-    Ok(())
 }
 
 /// A line of a node: a figure (relabelled), or shown.
@@ -485,39 +475,47 @@ fn keep(label: &str, line: &str, figures: &mut Vec<Value>) {
     }
 }
 
-/// The ranked query of `body` on the node at `port`, as a service.
+/// The ranked query of `body` on the node at `port`.
 fn bulk_counts(port: u16, body: &Path) -> Result<Value> {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-m", "10", "-X", "POST"])
-        .args(["-H", &format!("authorization: Bearer {SIM_SERVICE_KEY}")])
-        .args(["-H", "content-type: application/json"])
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()))
-        .arg(format!("http://127.0.0.1:{port}/v1/presence/bulk"))
+    Ok(serde_json::from_slice(&service(
+        port,
+        "/v1/presence/bulk",
+        Some(body),
+    )?)?)
+}
+
+/// A counter or gauge of the node at `port`.
+fn metric(port: u16, name: &str) -> Result<f64> {
+    let text = service(port, "/metrics", None)?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .with_context(|| format!("{name} in the metrics of port {port}"))
+}
+
+/// `path` of the node at `port` with the service key: a GET, or a POST of
+/// the JSON in `body`; the answer's body, or an error for a failed status.
+fn service(port: u16, path: &str, body: Option<&Path>) -> Result<Vec<u8>> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--fail-with-body", "-m", "10"])
+        .args(["-H", &format!("authorization: Bearer {SIM_SERVICE_KEY}")]);
+    if let Some(body) = body {
+        curl.args(["-X", "POST", "-H", "content-type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()));
+    }
+    let out = curl
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("curl")?;
     if !out.status.success() {
         bail!(
-            "ranked query on port {port}: {} {}",
+            "{path} on port {port}: {} {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// A counter or gauge of the node at `port` (`GET /metrics`, service key).
-fn metric(port: u16, name: &str) -> Result<f64> {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-m", "10"])
-        .args(["-H", &format!("authorization: Bearer {SIM_SERVICE_KEY}")])
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .context("curl")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .with_context(|| format!("{name} in the metrics of port {port}"))
+    Ok(out.stdout)
 }
 
 /// `SCARD` of a key of the Cluster (0 when absent; `None` if unreadable).

@@ -374,7 +374,7 @@ async fn node(plan: Plan) -> Result<()> {
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .collect();
-    let changes = (sent[0] + sent[1] + sent[4] + sent[5]) as f64 / secs;
+    let changes = changes_sent(&counters) as f64 / secs;
     figure(&format!("{label}_changes_per_second"), changes, "/s");
     figure(
         &format!("{label}_typing_per_second"),
