@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use presence_core::Millis;
 
@@ -15,7 +17,10 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The wall clock read once at start-up, advanced by a monotonic clock: last
 /// seen times read as real dates, and deadlines never jump when NTP adjusts
-/// the wall clock.
+/// the wall clock. The monotonic clock is tokio's, the one every sleep and
+/// timeout of the server waits on: a runtime with paused time (tests,
+/// `start_paused`) moves `now` and the timers together, so the whole node
+/// runs on virtual time.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     epoch_ms: u64,

@@ -386,7 +386,7 @@ async fn lease(hub: Weak<Hub>) {
     // lease, are ended once this one's records are out, so observers merge
     // both meanwhile and see no flap.
     let mut retire: Vec<Incarnation> = previous.into_iter().collect();
-    let mut stopping_since: Option<std::time::Instant> = None;
+    let mut stopping_since: Option<tokio::time::Instant> = None;
     // A failed renewal is retried soon, not a period later: a call may take
     // CALL_TIMEOUT (2 s) to fail, so two failures a period apart would lapse
     // the default lease (5 s) while the store was back in between.
@@ -473,7 +473,7 @@ async fn lease(hub: Weak<Hub>) {
         // holds (saved for its next incarnation) count as online while a
         // restart can still resume them; then it lapses.
         if hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
-            let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+            let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() > grace {
                 return;
             }
