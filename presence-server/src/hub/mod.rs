@@ -116,6 +116,24 @@ impl State {
             .is_some_and(|s| s.generation == generation)
     }
 
+    /// The node's next deadline, the one table the driver sleeps on: the
+    /// machine's (graces, heartbeats, typing), the end of the batch window,
+    /// the soonest token expiry, the large rooms' summaries and retention's
+    /// sweep. `settle` wakes the driver when an operation moved it earlier;
+    /// `plan` sleeps until it.
+    fn next_deadline(&self, batch_window: Duration) -> Option<Millis> {
+        [
+            self.machine.next_deadline(),
+            self.batch_since.map(|since| since.after(batch_window)),
+            self.expiries.first().map(|&(at, _)| at),
+            self.large.next_due(),
+            Some(self.next_sweep),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Unregisters a socket (its expiry with it).
     fn remove_socket(&mut self, conn: ConnId) -> Option<Socket> {
         let socket = self.sockets.remove(&conn)?;
@@ -432,16 +450,9 @@ impl Hub {
                 self.flush(st);
             } else if st.batch_since.is_none() {
                 st.batch_since = Some(now);
-                self.wake.notify_one();
             }
         }
-        if let Some(next) = st
-            .machine
-            .next_deadline()
-            .into_iter()
-            .chain(st.large.next_due())
-            .chain(st.expiries.first().map(|&(at, _)| at))
-            .min()
+        if let Some(next) = st.next_deadline(self.config.batch_window)
             && st.planned_wake.is_none_or(|w| next < w)
         {
             st.planned_wake = Some(next);
@@ -796,17 +807,8 @@ impl Hub {
         let mut st = self.lock();
         let now = self.clock.now();
         let mut wake = now.after(Duration::from_secs(1));
-        if let Some(next) = st.machine.next_deadline() {
+        if let Some(next) = st.next_deadline(self.config.batch_window) {
             wake = wake.min(next);
-        }
-        if let Some(since) = st.batch_since {
-            wake = wake.min(since.after(self.config.batch_window));
-        }
-        if let Some(&(at, _)) = st.expiries.first() {
-            wake = wake.min(at);
-        }
-        if let Some(at) = st.large.next_due() {
-            wake = wake.min(at);
         }
         st.planned_wake = Some(wake);
         wake.since(now)
