@@ -212,7 +212,7 @@ impl Hub {
                 return;
             };
             c.failed(take);
-            let waiting: Vec<(presence_core::ConnId, Vec<RoomId>)> = c.awaiting.drain().collect();
+            let waiting = c.take_awaiting();
             for (conn, users) in c.watching_now() {
                 self.send_watching(st, conn, users);
             }

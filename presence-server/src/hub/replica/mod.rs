@@ -10,18 +10,24 @@
 //! to its own sockets. Its own records come straight from its machine, so a
 //! local change is shown locally at once and to the others one write later.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use presence_core::cluster::{ClusterView, Liveness, NodeRecord, Records, transitions};
+use presence_core::cluster::{ClusterView, Liveness, Records, transitions};
 use presence_core::protocol::{Counts, Receipt, ServerMessage};
 use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Incarnation, Owed, Stored, Topic, UserRecords, Written};
 
-/// Users whose records one call reads at most; the rest waits a window.
-const MAX_FETCH: usize = 2_000;
+mod interest;
+mod liveness;
+mod outbox;
+
+use interest::Interest;
+use liveness::Lives;
+use outbox::Outbox;
+
 /// How often users nobody here follows any more are dropped.
 const SWEEP: Duration = Duration::from_secs(10);
 
@@ -61,14 +67,6 @@ struct Known {
     records: Records,
     /// What this node last announced of the user.
     shown: ClusterView,
-}
-
-/// A room some local connection is in.
-#[derive(Default)]
-struct RoomState {
-    /// Its members' records have been read since the subscription.
-    synced: bool,
-    receipts: HashMap<UserId, u64>,
 }
 
 /// The links to the backend.
@@ -113,52 +111,12 @@ impl Take {
 /// The node's replica. See the module docs.
 pub(crate) struct Replica {
     pub me: Incarnation,
-    seq: u64,
     users: HashMap<UserId, Known>,
     /// Room → users shown in it here (an index over `users`).
     members: HashMap<RoomId, HashSet<UserId>>,
-    /// Incarnations the last lease round found alive.
-    live: HashSet<Incarnation>,
-    /// Incarnations found dead, since when.
-    gone: HashMap<Incarnation, Millis>,
-    /// Incarnations the last lease round judged dead, since when: their
-    /// records read as offline at once wherever they come from (an HTTP
-    /// query of a node's users this node never followed), not only once a
-    /// cleaner reaches each user, one round trip per user (44 s for 100,000:
-    /// BENCHMARKS.md, "A node of 100,000 users killed").
-    judged: HashMap<Incarnation, Millis>,
-    /// This node's own earlier incarnations, left after a lapsed lease: dead
-    /// whatever a lease round says (their lease may linger until ended).
-    retired: HashSet<Incarnation>,
-    /// When each incarnation's first record arrived: one is only judged dead
-    /// by a lease round that started after it.
-    first_seen: HashMap<Incarnation, Millis>,
-    rooms: HashMap<RoomId, RoomState>,
-    subscribed: HashSet<Topic>,
-    /// Own records changed since the last write.
-    dirty: HashSet<UserId>,
-    /// Own records as last written.
-    written: HashMap<UserId, NodeRecord>,
-    /// Users released here whose index entry waits for their announcement.
-    to_unindex: HashSet<UserId>,
-    /// Rooms of the own records last written before a rewrite (a reset or
-    /// a lapse): the others may still show the user there, so the rewrite
-    /// goes to those rooms too.
-    rewritten_rooms: HashMap<UserId, Vec<RoomId>>,
-    /// A round with writes is under way.
-    writing: bool,
-    /// Users whose records a failed round may have written but not
-    /// published: their next write is published even if it changes nothing.
-    unpublished: HashSet<UserId>,
-    reads: Vec<(RoomId, UserId, u64)>,
-    fetch: BTreeSet<UserId>,
-    sync: BTreeSet<RoomId>,
-    /// Topics whose interest may have changed.
-    check: HashSet<Topic>,
-    /// Connections that joined a room not yet synced: its diffs wait.
-    pub awaiting: HashMap<ConnId, Vec<RoomId>>,
-    /// `watching` answers waiting for their users' records.
-    watching: Vec<(ConnId, Vec<UserId>)>,
+    lives: Lives,
+    interest: Interest,
+    outbox: Outbox,
     pub link: Link,
     /// Users whose status or text changed since the hub last looked.
     statuses: Vec<UserId>,
@@ -168,32 +126,14 @@ pub(crate) struct Replica {
 impl Replica {
     pub fn new(me: Incarnation, now: Millis) -> Self {
         // The node's own topic, for resumes handed over between nodes.
-        let check = HashSet::from([Topic::Node(crate::node::node_of(&me).to_owned())]);
+        let interest = Interest::new(Topic::Node(crate::node::node_of(&me).to_owned()));
         Self {
             me,
-            // Above any sequence a previous run of this process gave.
-            seq: now.0.saturating_mul(1_000),
             users: HashMap::new(),
             members: HashMap::new(),
-            live: HashSet::new(),
-            gone: HashMap::new(),
-            judged: HashMap::new(),
-            retired: HashSet::new(),
-            first_seen: HashMap::new(),
-            rooms: HashMap::new(),
-            subscribed: HashSet::new(),
-            dirty: HashSet::new(),
-            written: HashMap::new(),
-            to_unindex: HashSet::new(),
-            rewritten_rooms: HashMap::new(),
-            writing: false,
-            unpublished: HashSet::new(),
-            reads: Vec::new(),
-            fetch: BTreeSet::new(),
-            sync: BTreeSet::new(),
-            check,
-            awaiting: HashMap::new(),
-            watching: Vec::new(),
+            lives: Lives::default(),
+            interest,
+            outbox: Outbox::new(now),
             link: Link::default(),
             statuses: Vec::new(),
             next_sweep: Millis(0),
@@ -202,9 +142,7 @@ impl Replica {
 
     /// Whether an incarnation of `node` holds a live lease.
     pub fn node_alive(&self, node: &str) -> bool {
-        self.live
-            .iter()
-            .any(|inc| crate::node::node_of(inc) == node)
+        self.lives.node_alive(node)
     }
 
     /// Whether cluster delivery is healthy (for `/healthz`).
@@ -213,10 +151,7 @@ impl Replica {
     }
 
     fn liveness(&self, inc: &str) -> Liveness {
-        match self.gone.get(inc).or_else(|| self.judged.get(inc)) {
-            Some(at) if inc != self.me => Liveness::Gone(*at),
-            _ => Liveness::Live,
-        }
+        self.lives.of(inc, &self.me)
     }
 
     fn view_of(&self, records: &Records) -> ClusterView {
@@ -274,18 +209,15 @@ impl Replica {
         // held) live only in this node's record: written, or they are lost.
         let set_here = rec.privacy_at > Millis(0);
         if !same && (rec.holds() || set_here || known.records.get(&self.me).is_some()) {
-            self.seq += 1;
-            known.records.apply(&self.me, self.seq, rec);
-            self.dirty.insert(user.clone());
+            let seq = self.outbox.changed(user);
+            known.records.apply(&self.me, seq, rec);
         }
-        self.check.insert(Topic::User(user.clone()));
+        self.interest.check(Topic::User(user.clone()));
         for room in machine.rooms_of_user(user) {
-            self.check.insert(Topic::Room(room));
+            self.interest.check(Topic::Room(room));
         }
-        if let Some(w) = self.written.get(user) {
-            for room in &w.rooms {
-                self.check.insert(Topic::Room(room.clone()));
-            }
+        for room in self.outbox.written_rooms(user) {
+            self.interest.check(Topic::Room(room.clone()));
         }
         self.refresh(user, now)
     }
@@ -338,7 +270,7 @@ impl Replica {
             if *inc == self.me {
                 continue;
             }
-            self.first_seen.entry(inc.clone()).or_insert(now);
+            self.lives.seen(inc, now);
             changed |= known.records.apply(inc, s.seq, s.record.clone());
         }
         if changed {
@@ -361,31 +293,17 @@ impl Replica {
         }
         let mut reads = Vec::new();
         for (room, user, marker) in msg.rd {
-            if self.receipt(&room, &user, marker) && self.shown_in(&user, &room) {
+            if self.interest.receipt(&room, &user, marker) && self.shown_in(&user, &room) {
                 reads.push((room, user, marker));
             }
         }
         (events, reads)
     }
 
-    /// Notes a read marker seen here; returns whether it moved.
-    pub fn receipt(&mut self, room: &RoomId, user: &UserId, marker: u64) -> bool {
-        let Some(r) = self.rooms.get_mut(room) else {
-            return false;
-        };
-        let m = r.receipts.entry(user.clone()).or_insert(0);
-        if marker > *m {
-            *m = marker;
-            true
-        } else {
-            false
-        }
-    }
-
     /// A local read marker moved: tell the backend.
     pub fn read(&mut self, room: RoomId, user: UserId, marker: u64) {
-        self.receipt(&room, &user, marker);
-        self.reads.push((room, user, marker));
+        self.interest.receipt(&room, &user, marker);
+        self.outbox.read(room, user, marker);
     }
 
     /// A lease round that started at `started` found `live` alive; returns
@@ -401,29 +319,9 @@ impl Replica {
         may_judge: impl Fn(&str) -> bool,
         now: Millis,
     ) -> Vec<Event> {
-        // (This node's own never reads as gone: `liveness`.)
-        let judged = dead
-            .iter()
-            .map(|inc| (inc.clone(), self.judged.get(inc).copied().unwrap_or(now)))
-            .collect();
-        self.judged = judged;
-        let live: HashSet<Incarnation> = live.into_iter().collect();
-        let mut flipped = HashSet::new();
-        for (inc, seen) in &self.first_seen {
-            let dead = *inc != self.me && !live.contains(inc) && *seen < started && may_judge(inc);
-            match (dead, self.gone.contains_key(inc)) {
-                (true, false) => {
-                    self.gone.insert(inc.clone(), now);
-                    flipped.insert(inc.clone());
-                }
-                (false, true) if live.contains(inc) && !self.retired.contains(inc) => {
-                    self.gone.remove(inc);
-                    flipped.insert(inc.clone());
-                }
-                _ => {}
-            }
-        }
-        self.live = live;
+        let flipped = self
+            .lives
+            .round(&self.me, live, dead, started, may_judge, now);
         if flipped.is_empty() {
             return Vec::new();
         }
@@ -436,28 +334,25 @@ impl Replica {
         users.iter().flat_map(|u| self.refresh(u, now)).collect()
     }
 
-    /// Whether the node's sockets see `room`'s members already.
-    pub fn synced(&self, room: &RoomId) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.synced)
-    }
-
     /// A connection joined `room`: `true` if its snapshot can be built now.
     pub fn joined(&mut self, conn: ConnId, room: &RoomId) -> bool {
-        self.check.insert(Topic::Room(room.clone()));
+        self.interest.check(Topic::Room(room.clone()));
         // Unreachable backend: serve what is known; the resync once it is
         // back tells the difference.
-        if self.synced(room) || !self.up() {
+        if self.interest.synced(room) || !self.up() {
             return true;
         }
-        let waiting = self.awaiting.entry(conn).or_default();
-        if !waiting.contains(room) {
-            waiting.push(room.clone());
-        }
+        self.interest.await_room(conn, room);
         false
     }
 
     pub fn is_awaiting(&self, conn: ConnId, room: &RoomId) -> bool {
-        self.awaiting.get(&conn).is_some_and(|r| r.contains(room))
+        self.interest.is_awaiting(conn, room)
+    }
+
+    /// Every connection waiting for a room's members, with its rooms.
+    pub fn take_awaiting(&mut self) -> Vec<(ConnId, Vec<RoomId>)> {
+        self.interest.take_awaiting()
     }
 
     /// A room's members were read: takes their records and receipts, marks it
@@ -469,26 +364,13 @@ impl Replica {
         receipts: Vec<(UserId, u64)>,
         now: Millis,
     ) -> (Vec<Event>, Vec<ConnId>) {
-        let Some(state) = self.rooms.get_mut(room) else {
+        let Some(owed) = self.interest.room_synced(room, receipts) else {
             return (Vec::new(), Vec::new());
         };
-        state.synced = true;
-        for (user, marker) in receipts {
-            let m = state.receipts.entry(user).or_insert(0);
-            *m = (*m).max(marker);
-        }
         let mut events = Vec::new();
         for (user, recs) in members {
             events.extend(self.apply(&user, &recs, now));
         }
-        let mut owed = Vec::new();
-        self.awaiting.retain(|conn, rooms| {
-            if let Some(i) = rooms.iter().position(|r| r == room) {
-                rooms.remove(i);
-                owed.push(*conn);
-            }
-            !rooms.is_empty()
-        });
         (events, owed)
     }
 
@@ -509,10 +391,8 @@ impl Replica {
         // are not shown (offline, or gone from the room): a receipt belongs
         // to the room (`Machine::receipts_in` on one node).
         let (mut receipts, mut others): (Vec<Receipt>, Vec<Receipt>) = self
-            .rooms
-            .get(room)
-            .into_iter()
-            .flat_map(|r| r.receipts.iter())
+            .interest
+            .receipts(room)
             .map(|(u, m)| Receipt {
                 user: u.clone(),
                 marker: *m,
@@ -557,16 +437,16 @@ impl Replica {
     /// or `None` when their records must be read first.
     pub fn watch(&mut self, conn: ConnId, users: Vec<UserId>) -> Option<Vec<PresenceView>> {
         for u in &users {
-            self.check.insert(Topic::User(u.clone()));
+            self.interest.check(Topic::User(u.clone()));
         }
         if !self.up()
             || users
                 .iter()
-                .all(|u| self.subscribed.contains(&Topic::User(u.clone())))
+                .all(|u| self.interest.subscribed(&Topic::User(u.clone())))
         {
             return Some(self.views(&users));
         }
-        self.watching.push((conn, users));
+        self.interest.wait_watch(conn, users);
         None
     }
 
@@ -595,15 +475,9 @@ impl Replica {
             });
             events.extend(self.apply(&user, &recs, now));
         }
-        let ready: Vec<(ConnId, Vec<UserId>)> = {
-            let fetch = &self.fetch;
-            let (ready, waiting) = std::mem::take(&mut self.watching)
-                .into_iter()
-                .partition(|(_, users)| users.iter().all(|u| !fetch.contains(u)));
-            self.watching = waiting;
-            ready
-        };
-        let answers = ready
+        let answers = self
+            .interest
+            .ready_watching()
             .into_iter()
             .map(|(conn, users)| (conn, self.views(&users)))
             .collect();
@@ -613,44 +487,22 @@ impl Replica {
     /// Answers every waiting `watching` from what is known (the backend is
     /// unreachable).
     pub fn watching_now(&mut self) -> Vec<(ConnId, Vec<PresenceView>)> {
-        std::mem::take(&mut self.watching)
+        self.interest
+            .take_watching()
             .into_iter()
-            .map(|(conn, users)| {
-                let v = self.views(&users);
-                (conn, v)
-            })
+            .map(|(conn, users)| (conn, self.views(&users)))
             .collect()
     }
 
     /// Owns this node's write: the hub's own users' records as they stand.
     /// `wanted` says whether local sockets still care about a topic.
     pub fn take(&mut self, now: Millis, wanted: impl Fn(&Topic) -> bool) -> Take {
-        let mut t = Take::default();
-        for topic in std::mem::take(&mut self.check) {
-            let want = wanted(&topic);
-            let has = self.subscribed.contains(&topic);
-            if want && !has {
-                self.subscribed.insert(topic.clone());
-                match &topic {
-                    Topic::Room(room) => {
-                        self.rooms.entry(room.clone()).or_default();
-                        self.sync.insert(room.clone());
-                    }
-                    Topic::User(user) => {
-                        self.fetch.insert(user.clone());
-                    }
-                    Topic::Node(_) => {}
-                }
-                t.subscribe.push(topic);
-            } else if !want && has {
-                self.subscribed.remove(&topic);
-                if let Topic::Room(room) = &topic {
-                    self.rooms.remove(room);
-                    self.sync.remove(room);
-                }
-                t.unsubscribe.push(topic);
-            }
-        }
+        let (subscribe, unsubscribe) = self.interest.topics(&wanted);
+        let mut t = Take {
+            subscribe,
+            unsubscribe,
+            ..Take::default()
+        };
         // After the rooms above are known, and while every owed record is
         // still marked dirty: a record swept with its user while its write is
         // in flight would be lost if the write failed (a release during an
@@ -659,7 +511,7 @@ impl Replica {
             self.next_sweep = now.after(SWEEP);
             self.sweep(&wanted);
         }
-        for user in std::mem::take(&mut self.dirty) {
+        for user in self.outbox.take_dirty() {
             let Some((seq, rec)) = self
                 .users
                 .get(&user)
@@ -668,23 +520,14 @@ impl Replica {
             else {
                 continue;
             };
-            let old: BTreeSet<&RoomId> = self
-                .written
-                .get(&user)
-                .map(|w| w.rooms.iter().collect())
-                .unwrap_or_default();
-            let new: BTreeSet<&RoomId> = rec.rooms.iter().collect();
-            for room in new.difference(&old) {
-                t.memberships.push(((*room).clone(), user.clone(), true));
-            }
-            for room in old.difference(&new) {
-                t.memberships.push(((*room).clone(), user.clone(), false));
-            }
+            t.memberships.extend(self.outbox.memberships(&user, &rec));
             t.writes.push((user, Stored { seq, record: rec }));
         }
-        t.reads = std::mem::take(&mut self.reads);
-        t.fetch = self.fetch.iter().take(MAX_FETCH).cloned().collect();
-        t.sync = std::mem::take(&mut self.sync)
+        t.reads = self.outbox.take_reads();
+        t.fetch = self.interest.to_fetch();
+        t.sync = self
+            .interest
+            .take_sync()
             .into_iter()
             .map(|room| {
                 let shown = self
@@ -697,41 +540,24 @@ impl Replica {
                 (room, shown)
             })
             .collect();
-        self.writing = !t.writes.is_empty();
+        self.outbox.writing(!t.writes.is_empty());
         t
     }
 
     /// The write went through: remember what the backend holds now.
     pub fn took(&mut self, t: &Take) {
-        self.writing = false;
-        for (user, s) in &t.writes {
-            self.unpublished.remove(user);
-            if s.record.holds() {
-                self.written.insert(user.clone(), s.record.clone());
-            } else {
-                self.written.remove(user);
-            }
-        }
-        for user in &t.fetch {
-            self.fetch.remove(user);
-        }
+        self.outbox.took(&t.writes);
+        self.interest.fetched(&t.fetch);
     }
 
     /// The round failed: everything in it is owed again.
     pub fn failed(&mut self, t: Take) {
-        self.writing = false;
-        self.unpublished
-            .extend(t.writes.iter().map(|(u, _)| u.clone()));
-        self.dirty.extend(t.writes.into_iter().map(|(u, _)| u));
-        self.reads.extend(t.reads);
-        for topic in t.subscribe {
-            self.subscribed.remove(&topic);
-            self.check.insert(topic);
-        }
-        for topic in t.unsubscribe {
-            self.check.insert(topic);
-        }
-        self.sync.extend(t.sync.into_iter().map(|(room, _)| room));
+        self.outbox.failed(t.writes, t.reads);
+        self.interest.failed(
+            t.subscribe,
+            t.unsubscribe,
+            t.sync.into_iter().map(|(room, _)| room),
+        );
     }
 
     /// Users whose status changed, for their own sockets here.
@@ -742,23 +568,19 @@ impl Replica {
     /// Users whose released records this round wrote: out of the index once
     /// their changes are announced.
     pub fn released(&mut self, users: impl IntoIterator<Item = UserId>) {
-        self.to_unindex.extend(users);
+        self.outbox.released(users);
     }
 
     /// The released users to take out of the index now: those whose record
     /// here still holds nothing (one held again stays).
     pub fn take_unindex(&mut self) -> Vec<UserId> {
-        let written = &self.written;
-        self.to_unindex
-            .drain()
-            .filter(|u| written.get(u).is_none_or(|r| !r.holds()))
-            .collect()
+        self.outbox.take_unindex()
     }
 
     /// Whether every own record has been written (none pending, none in a
     /// round under way).
     pub fn idle(&self) -> bool {
-        self.dirty.is_empty() && !self.writing
+        self.outbox.idle()
     }
 
     /// The answers to this node's writes: other incarnations' records to
@@ -787,14 +609,14 @@ impl Replica {
             // incarnations counted until the new one's record superseded
             // them (a lapse nobody cleaned announces nothing).
             let v0 = before.view(|inc| {
-                if self.retired.contains(inc) {
+                if self.lives.is_retired(inc) {
                     Liveness::Live
                 } else {
                     self.liveness(inc)
                 }
             });
             let v1 = self.view_of(&after);
-            let republish = self.unpublished.contains(&w.user);
+            let republish = self.outbox.unpublished(&w.user);
             if v0 == v1 && !republish {
                 continue;
             }
@@ -803,7 +625,7 @@ impl Replica {
             // before: a node that re-read them before this write would
             // otherwise never hear of it.
             let mut topics = v0;
-            if let Some(rooms) = self.rewritten_rooms.remove(&w.user) {
+            if let Some(rooms) = self.outbox.take_rewritten_rooms(&w.user) {
                 topics.rooms.extend(rooms);
             }
             address(&mut out, &w.user, &w.all, &topics, &v1);
@@ -826,7 +648,7 @@ impl Replica {
                     before.apply(&o.inc, p.seq, p.record.clone());
                 }
                 let alive = |inc: &str| {
-                    if inc == o.inc || self.retired.contains(inc) {
+                    if inc == o.inc || self.lives.is_retired(inc) {
                         Liveness::Live
                     } else {
                         self.liveness(inc)
@@ -842,7 +664,7 @@ impl Replica {
                     .collect();
                 Announcement {
                     user: user.clone(),
-                    own: o.inc == self.me || self.retired.contains(&o.inc),
+                    own: o.inc == self.me || self.lives.is_retired(&o.inc),
                     owed: id,
                     events,
                 }
@@ -855,14 +677,7 @@ impl Replica {
     /// and re-read.
     pub fn resync(&mut self) {
         self.rewrite_own();
-        for topic in std::mem::take(&mut self.subscribed) {
-            if let Topic::Room(room) = &topic
-                && let Some(r) = self.rooms.get_mut(room)
-            {
-                r.synced = false;
-            }
-            self.check.insert(topic);
-        }
+        self.interest.resync();
     }
 
     /// Own records owed again, the first half of [`resync`](Self::resync).
@@ -875,19 +690,7 @@ impl Replica {
             .map(|(u, _)| u.clone())
             .collect();
         // Published even if the store saw no change (as after a lapse).
-        self.unpublished.extend(mine.iter().cloned());
-        self.dirty.extend(mine);
-        self.stash_written_rooms();
-    }
-
-    /// Forgets what was written, keeping its rooms for the rewrite's
-    /// publication.
-    fn stash_written_rooms(&mut self) {
-        for (user, rec) in self.written.drain() {
-            if !rec.rooms.is_empty() {
-                self.rewritten_rooms.insert(user, rec.rooms);
-            }
-        }
+        self.outbox.rewrite(mine);
     }
 
     /// This node's lease lapsed, so others may have cleaned (or may yet
@@ -899,18 +702,17 @@ impl Replica {
     /// observers see no flap. Returns the old incarnation.
     pub fn reincarnate(&mut self, new: Incarnation, now: Millis) -> Incarnation {
         let old = std::mem::replace(&mut self.me, new);
+        let mut moved = Vec::new();
         for (user, k) in &mut self.users {
             let Some((_, rec)) = k.records.get(&old).map(|(s, r)| (s, r.clone())) else {
                 continue;
             };
-            self.seq += 1;
-            k.records.apply(&self.me, self.seq, rec);
-            self.dirty.insert(user.clone());
-            // Published even if the store saw no change: it may have lost
-            // what the others still hold (a Redis restarted empty).
-            self.unpublished.insert(user.clone());
+            k.records.apply(&self.me, self.outbox.changed(user), rec);
+            moved.push(user.clone());
         }
-        self.stash_written_rooms();
+        // Published even if the store saw no change: it may have lost what
+        // the others still hold (a Redis restarted empty).
+        self.outbox.rewrite(moved);
         // Own users' views do not change: the new records are the same.
         let _ = self.retire(old.clone(), now);
         old
@@ -919,9 +721,7 @@ impl Replica {
     /// `inc`, an earlier incarnation of this node, is dead whatever a lease
     /// round says; returns what to announce here.
     pub fn retire(&mut self, inc: Incarnation, now: Millis) -> Vec<Event> {
-        self.first_seen.insert(inc.clone(), now);
-        self.gone.insert(inc.clone(), now);
-        self.retired.insert(inc.clone());
+        self.lives.retire(&inc, now);
         let users: Vec<UserId> = self
             .users
             .iter()
@@ -935,38 +735,32 @@ impl Replica {
     fn sweep(&mut self, wanted: &impl Fn(&Topic) -> bool) {
         let me = self.me.clone();
         let members = &self.members;
-        let rooms = &self.rooms;
-        let dirty = &self.dirty;
+        let interest = &self.interest;
+        let outbox = &self.outbox;
         self.users.retain(|user, k| {
             // An own record not yet written (a release during an outage)
             // is owed to the backend: dropping it would leave a ghost.
-            dirty.contains(user)
+            outbox.owes(user)
                 || k.records.get(&me).is_some_and(|(_, r)| r.holds())
                 || wanted(&Topic::User(user.clone()))
                 || k.shown.rooms.iter().any(|r| {
-                    rooms.contains_key(r) && members.get(r).is_some_and(|m| m.contains(user))
+                    interest.follows(r) && members.get(r).is_some_and(|m| m.contains(user))
                 })
         });
         let users = &self.users;
-        self.rewritten_rooms.retain(|u, _| users.contains_key(u));
+        self.outbox.retain(|u| users.contains_key(u));
         self.members.retain(|room, m| {
             m.retain(|u| users.contains_key(u));
-            rooms.contains_key(room) && !m.is_empty()
+            interest.follows(room) && !m.is_empty()
         });
-        let live = &self.live;
         let users = &self.users;
-        self.first_seen.retain(|inc, _| {
-            live.contains(inc) || users.values().any(|k| k.records.get(inc).is_some())
-        });
-        let first_seen = &self.first_seen;
-        self.gone.retain(|inc, _| first_seen.contains_key(inc));
-        self.retired.retain(|inc| first_seen.contains_key(inc));
+        self.lives
+            .retain(|inc| users.values().any(|k| k.records.get(inc).is_some()));
     }
 
     /// Connections that left or closed wait for nothing.
     pub fn forget_conn(&mut self, conn: ConnId) {
-        self.awaiting.remove(&conn);
-        self.watching.retain(|(c, _)| *c != conn);
+        self.interest.forget_conn(conn);
     }
 }
 
@@ -1003,6 +797,7 @@ pub(crate) fn address(
 
 #[cfg(test)]
 mod tests {
+    use presence_core::cluster::NodeRecord;
     use presence_core::{Activity, PresenceState, ResumeToken, TimingPolicy};
 
     use super::*;
