@@ -25,7 +25,7 @@ mod auth;
 pub mod backend;
 mod broadcast;
 mod clock;
-mod cluster;
+mod cluster_tasks;
 mod config;
 mod data_dir;
 mod events;

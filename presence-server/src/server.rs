@@ -149,7 +149,7 @@ impl Builder {
             (Some(data), None) => Kept::OnDisk(data),
             (None, Some((backend, config))) => {
                 config.validate()?;
-                Kept::Shared(crate::hub::Link {
+                Kept::Shared(crate::hub::BackendLink {
                     backend,
                     config,
                     wake: Arc::new(Notify::new()),
@@ -204,7 +204,7 @@ impl Builder {
         }
         let _guard = runtime.enter();
         if clustered {
-            crate::cluster::spawn(&hub);
+            crate::cluster_tasks::spawn(&hub);
         }
         if let Some(w) = self.webhooks {
             crate::webhook::spawn(&hub, w);
@@ -640,7 +640,7 @@ impl PresenceServer {
             // node id within it resumes these without a flap.
             let ttl = hub.config.timing.offline_grace + link.config.lease_ttl;
             let conns = hub.conn_records();
-            match crate::cluster::save_resume(hub, &conns, ttl).await {
+            match crate::cluster_tasks::save_resume(hub, &conns, ttl).await {
                 Ok(()) => {
                     tracing::info!(connections = conns.len(), "saved in the backend for resume")
                 }

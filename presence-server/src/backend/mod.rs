@@ -1,6 +1,6 @@
 //! The seam between a node and what the nodes of a cluster share: a store
 //! of records and a bus of topics. The hub never talks to an engine; its
-//! cluster task (`crate::cluster`) drives one [`Backend`].
+//! cluster tasks (`crate::cluster_tasks`) drive one [`Backend`].
 //!
 //! A backend only stores and carries: each node writes its own
 //! [`NodeRecord`] of each user it holds, reads the others', and publishes

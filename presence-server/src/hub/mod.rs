@@ -22,11 +22,11 @@ use presence_core::{
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-mod cluster;
+mod bridge;
 mod control;
 pub(crate) mod replica;
 
-pub(crate) use cluster::Link;
+pub(crate) use bridge::BackendLink;
 pub(crate) use control::close_for;
 pub use devices::{Devices, NodeDevice, Notification};
 mod devices;
@@ -156,7 +156,7 @@ pub(crate) struct Hub {
     /// Wakes the driver early: a batch started or a deadline moved earlier.
     wake: Arc<Notify>,
     /// The shared backend, when the server runs as one node of several.
-    pub cluster: Option<Link>,
+    pub cluster: Option<BackendLink>,
     /// Where user state outlives the process, on a single node.
     pub data: Option<DataDir>,
     /// The numbered feed for backends (`GET /v1/events`), with a service
@@ -189,7 +189,7 @@ pub(crate) enum Kept {
     /// In a data directory, on a single node.
     OnDisk(DataDir),
     /// In a backend shared with the other nodes.
-    Shared(Link),
+    Shared(BackendLink),
 }
 
 /// Counts a live session task; shutdown waits for the count to reach zero.

@@ -69,9 +69,9 @@ struct Known {
     shown: ClusterView,
 }
 
-/// The links to the backend.
+/// How the link to the backend fares.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct Link {
+pub(crate) struct LinkHealth {
     /// The last command succeeded.
     pub cmd_ok: bool,
     /// The node has registered and settled its previous incarnation.
@@ -117,7 +117,7 @@ pub(crate) struct Replica {
     lives: Lives,
     interest: Interest,
     outbox: Outbox,
-    pub link: Link,
+    pub health: LinkHealth,
     /// Users whose status or text changed since the hub last looked.
     statuses: Vec<UserId>,
     next_sweep: Millis,
@@ -134,7 +134,7 @@ impl Replica {
             lives: Lives::default(),
             interest,
             outbox: Outbox::new(now),
-            link: Link::default(),
+            health: LinkHealth::default(),
             statuses: Vec::new(),
             next_sweep: Millis(0),
         }
@@ -147,7 +147,7 @@ impl Replica {
 
     /// Whether cluster delivery is healthy (for `/healthz`).
     pub fn up(&self) -> bool {
-        self.link.cmd_ok && self.link.ready
+        self.health.cmd_ok && self.health.ready
     }
 
     fn liveness(&self, inc: &str) -> Liveness {
@@ -310,7 +310,7 @@ impl Replica {
     /// what to announce here for users whose incarnations died or returned.
     /// An absent incarnation is declared dead only if `may_judge` it (the
     /// lease store answered long enough for it to renew, see
-    /// `crate::cluster`); returns are always taken.
+    /// `crate::cluster_tasks`); returns are always taken.
     pub fn set_liveness(
         &mut self,
         live: Vec<Incarnation>,

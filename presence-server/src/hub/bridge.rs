@@ -19,7 +19,7 @@ use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::node::ClusterConfig;
 
 /// The node's link to its backend, held by the hub.
-pub(crate) struct Link {
+pub(crate) struct BackendLink {
     pub backend: Arc<dyn Backend>,
     pub config: ClusterConfig,
     /// Wakes the round task: something is pending.
@@ -159,7 +159,7 @@ impl Hub {
         let now = self.clock.now();
         let st = &mut *st;
         let c = st.cluster.as_mut()?;
-        if !c.link.ready {
+        if !c.health.ready {
             return None;
         }
         let machine = &st.machine;
@@ -372,20 +372,20 @@ impl Hub {
             return;
         };
         let was = c.up();
-        c.link.cmd_ok = ok;
+        c.health.cmd_ok = ok;
         if ok {
-            c.link.down_since = None;
-            if std::mem::take(&mut c.link.cut_off) {
+            c.health.down_since = None;
+            if std::mem::take(&mut c.health.cut_off) {
                 tracing::info!("backend reachable again after a cut-off: ready");
             }
-        } else if c.link.down_since.is_none() {
-            c.link.down_since = Some(self.clock.now());
+        } else if c.health.down_since.is_none() {
+            c.health.down_since = Some(self.clock.now());
         }
         let is = c.up();
         self.metrics.redis_up.set(i64::from(is));
         if was && !is {
             tracing::warn!("backend unreachable: serving from what this node knows");
-        } else if !was && is && c.link.ready {
+        } else if !was && is && c.health.ready {
             tracing::info!("backend reachable: writing and re-reading everything");
             c.resync();
             drop(st);
@@ -410,8 +410,8 @@ impl Hub {
         }
         let mut st = self.lock();
         if let Some(c) = st.cluster.as_mut() {
-            c.link.ready = true;
-            c.link.cmd_ok = true;
+            c.health.ready = true;
+            c.health.cmd_ok = true;
             c.resync();
             self.metrics.redis_up.set(1);
         }
@@ -452,7 +452,12 @@ impl Hub {
     /// Whether this node has not yet registered with its backend (at start,
     /// or with the backend unreachable since): nobody else sees its users yet.
     pub(crate) fn cluster_joining(&self) -> bool {
-        self.cluster.is_some() && self.lock().cluster.as_ref().is_some_and(|c| !c.link.ready)
+        self.cluster.is_some()
+            && self
+                .lock()
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.health.ready)
     }
 
     /// Whether this node has been cut from its backend for longer than the
@@ -467,13 +472,13 @@ impl Hub {
             return false;
         };
         let now = self.clock.now();
-        let down = c.link.down_since.map(|since| now.since(since));
+        let down = c.health.down_since.map(|since| now.since(since));
         self.metrics
             .redis_down_seconds
             .set(down.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
         let cut = down.is_some_and(|d| d >= link.config.lease_ttl);
-        if cut && !c.link.cut_off {
-            c.link.cut_off = true;
+        if cut && !c.health.cut_off {
+            c.health.cut_off = true;
             tracing::error!(
                 down_for = ?down,
                 "cut off from the cluster backend for longer than the lease: other nodes show \
