@@ -182,19 +182,7 @@ async fn metrics_count_connections_events_and_resumes() {
 }
 
 async fn metrics_text(srv: &TestServer) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("in time")
-        .expect("read");
-    String::from_utf8_lossy(&out).to_string()
+    http_text(srv.addr, "/metrics").await.1
 }
 
 #[tokio::test]

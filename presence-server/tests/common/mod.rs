@@ -165,7 +165,8 @@ pub async fn open_data_dir(dir: &std::path::Path) -> presence_server::DataDir {
     }
 }
 
-/// A minimal HTTP/1.1 request over a fresh TCP connection (no client crate needed).
+/// One HTTP/1.1 request through hyper's client: the status and the body
+/// as JSON (`Null` if it is not).
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -173,32 +174,38 @@ pub async fn http(
     bearer: &str,
     body: Option<&str>,
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let body = body.unwrap_or("");
-    let auth = if bearer.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: Bearer {bearer}\r\n")
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = request(addr, method, path, bearer, body).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// One request on a fresh connection: the status and the whole body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<&str>,
+) -> (u16, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if !bearer.is_empty() {
+        req = req.header("authorization", format!("Bearer {bearer}"));
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned()));
+    let req = req.body(body).expect("a request");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    tokio::time::timeout(WAIT, async {
+        let res = client.request(req).await.expect("a response");
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.expect("the body");
+        (status, body.to_bytes().to_vec())
+    })
+    .await
+    .expect("an answer in time")
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -431,24 +438,10 @@ pub fn names(list: &Value) -> Vec<String> {
     v
 }
 
-/// A plain GET over raw HTTP/1.1: status and the whole response as text.
+/// A GET: the status and the body as text.
 pub async fn http_text(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    let (status, body) = request(addr, "GET", path, "", None).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Deletes every key under `prefix` on each Redis at `urls` (best effort,
