@@ -191,7 +191,7 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     }
     publish(backend, messages).await?;
     if let Some(h) = hub.upgrade() {
-        h.cluster_took(take);
+        h.with_replica(|c| c.took(take));
     }
     // The changes are owed in the store since their write, so the stream
     // can take them after the sockets are told: a node that dies first
@@ -270,7 +270,7 @@ async fn unindex(hub: &Weak<Hub>, backend: &dyn Backend) {
     if h.stream.as_ref().is_some_and(|s| s.pending()) {
         return;
     }
-    let users = h.cluster_take_unindex();
+    let users = h.with_replica(|c| c.take_unindex()).unwrap_or_default();
     if users.is_empty() {
         return;
     }
@@ -279,7 +279,7 @@ async fn unindex(hub: &Weak<Hub>, backend: &dyn Backend) {
     if let Err(e) = backend.unindex(&me, users.clone()).await {
         tracing::debug!(error = %e, "unindexing released users failed; later");
         if let Some(h) = hub.upgrade() {
-            h.cluster_unindex_failed(users);
+            h.with_replica(|c| c.released(users));
         }
     }
 }
@@ -331,7 +331,8 @@ async fn incoming(hub: Weak<Hub>) {
             }
             crate::backend::Incoming::Reset => {
                 tracing::info!("bus reconnected: resubscribing and re-reading");
-                h.cluster_resync();
+                h.with_replica(|c| c.resync());
+                h.cluster_wake();
             }
         }
     }
@@ -425,7 +426,15 @@ async fn lease(hub: Weak<Hub>) {
                     .cloned()
                     .collect();
                 let Some(h) = hub.upgrade() else { return };
-                h.cluster_liveness(leases.live, &dead, started, |inc| judge.may(inc, started));
+                h.replicate(|c, now| {
+                    c.set_liveness(
+                        leases.live,
+                        &dead,
+                        started,
+                        |inc| judge.may(inc, started),
+                        now,
+                    )
+                });
                 let idle = h.cluster_idle();
                 drop(h);
                 if idle {
@@ -433,7 +442,7 @@ async fn lease(hub: Weak<Hub>) {
                         match backend.end_lease(&prev).await {
                             Ok(()) => {
                                 if let Some(h) = hub.upgrade() {
-                                    h.cluster_retire(prev);
+                                    h.replicate(|c, now| c.retire(prev, now));
                                 }
                             }
                             Err(e) => {
@@ -554,7 +563,9 @@ async fn reincarnate(
     );
     if let Some(h) = hub.upgrade() {
         h.metrics.reincarnations.inc();
-        h.cluster_reincarnate(new.clone());
+        let now = h.clock.now();
+        h.with_replica(|c| c.reincarnate(new.clone(), now));
+        h.cluster_wake();
     }
     Ok(new)
 }
@@ -581,7 +592,7 @@ async fn start(
         if let Some(prev) = previous {
             backend.end_lease(&prev).await?;
             if let Some(h) = hub.upgrade() {
-                h.cluster_retire(prev);
+                h.replicate(|c, now| c.retire(prev, now));
             }
         }
         return Ok(None);

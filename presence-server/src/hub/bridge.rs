@@ -11,7 +11,7 @@ use presence_core::privacy::{Privacy, Receipts, Sight};
 use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
-use super::replica::{BusMessage, Take, address};
+use super::replica::{BusMessage, Replica, Take, address};
 use super::{Hub, State, encoded};
 use crate::auth::Identity;
 use crate::backend::Owed;
@@ -31,7 +31,7 @@ pub(crate) struct BackendLink {
 
 impl Hub {
     /// Wakes the cluster task: something is pending for it.
-    pub(super) fn cluster_wake(&self) {
+    pub(crate) fn cluster_wake(&self) {
         if let Some(l) = &self.cluster {
             l.wake.notify_one();
         }
@@ -175,33 +175,22 @@ impl Hub {
         (!take.is_empty()).then_some(take)
     }
 
-    /// The round went through.
-    pub(crate) fn cluster_took(&self, take: &Take) {
-        if let Some(c) = self.lock().cluster.as_mut() {
-            c.took(take);
-            c.released(
-                take.writes
-                    .iter()
-                    .filter(|(_, s)| !s.record.holds())
-                    .map(|(u, _)| u.clone()),
-            );
-        }
+    /// The replica under the hub's lock, for a step of the cluster tasks
+    /// that shows nothing here (`None` without a cluster).
+    pub(crate) fn with_replica<R>(&self, f: impl FnOnce(&mut Replica) -> R) -> Option<R> {
+        self.lock().cluster.as_mut().map(f)
     }
 
-    /// Released users whose changes are announced, for leaving the index.
-    pub(crate) fn cluster_take_unindex(&self) -> Vec<UserId> {
-        self.lock()
-            .cluster
-            .as_mut()
-            .map(|c| c.take_unindex())
-            .unwrap_or_default()
-    }
-
-    /// An unindexing that failed: tried again later.
-    pub(crate) fn cluster_unindex_failed(&self, users: Vec<UserId>) {
-        if let Some(c) = self.lock().cluster.as_mut() {
-            c.released(users);
-        }
+    /// A step of the cluster tasks that changes what this node shows (a
+    /// lease round's deaths, a retired incarnation): its events reach the
+    /// sockets here, with status adoption and own records recomputed.
+    pub(crate) fn replicate(&self, f: impl FnOnce(&mut Replica, Millis) -> Vec<Event>) {
+        self.apply(|st, now| {
+            if let Some(c) = st.cluster.as_mut() {
+                let events = f(c, now);
+                self.deliver_cluster(st, now, events);
+            }
+        });
     }
 
     /// The round failed: keep its content for the next, and answer waiting
@@ -291,24 +280,6 @@ impl Hub {
                 self.record(&ev);
                 st.batch.route(&ev, false);
             }
-        });
-    }
-
-    /// A lease round that started at `started` found `live` alive; absent
-    /// incarnations that it `may_judge` are dead.
-    pub(crate) fn cluster_liveness(
-        &self,
-        live: Vec<Incarnation>,
-        dead: &[Incarnation],
-        started: Millis,
-        may_judge: impl Fn(&str) -> bool,
-    ) {
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let events = c.set_liveness(live, dead, started, may_judge, now);
-            self.deliver_cluster(st, now, events);
         });
     }
 
@@ -417,36 +388,6 @@ impl Hub {
         }
         drop(st);
         self.cluster_wake();
-    }
-
-    /// The bus reconnected: subscribe and re-read everything followed.
-    pub(crate) fn cluster_resync(&self) {
-        if let Some(c) = self.lock().cluster.as_mut() {
-            c.resync();
-        }
-        self.cluster_wake();
-    }
-
-    /// The lease had lapsed: go on as the incarnation `new` (registered
-    /// already).
-    pub(crate) fn cluster_reincarnate(&self, new: Incarnation) {
-        let now = self.clock.now();
-        if let Some(c) = self.lock().cluster.as_mut() {
-            c.reincarnate(new, now);
-        }
-        self.cluster_wake();
-    }
-
-    /// `inc`, an earlier incarnation of this node, is dead: its records
-    /// count as offline here at once.
-    pub(crate) fn cluster_retire(&self, inc: Incarnation) {
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let events = c.retire(inc, now);
-            self.deliver_cluster(st, now, events);
-        });
     }
 
     /// Whether this node has not yet registered with its backend (at start,

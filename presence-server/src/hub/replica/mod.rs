@@ -544,9 +544,16 @@ impl Replica {
         t
     }
 
-    /// The write went through: remember what the backend holds now.
+    /// The write went through: remember what the backend holds now; the
+    /// users it released leave the index once their change is announced.
     pub fn took(&mut self, t: &Take) {
         self.outbox.took(&t.writes);
+        self.outbox.released(
+            t.writes
+                .iter()
+                .filter(|(_, s)| !s.record.holds())
+                .map(|(u, _)| u.clone()),
+        );
         self.interest.fetched(&t.fetch);
     }
 
