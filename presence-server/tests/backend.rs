@@ -15,8 +15,8 @@ use presence_core::machine::{Custom, Shown};
 use presence_core::{JsonObject, Millis, RoomId, Status, UserId};
 use presence_server::backend::stream::{Append, Keep, StreamId, shard_of};
 use presence_server::backend::{
-    Backend, BackendError, Incoming, MAX_OWED, MemoryBackend, MemoryCluster, Owed, RedisBackend,
-    RedisConfig, RedisTarget, Stored, Topic, UserRecords,
+    Backend, BackendError, Bus, EventLog, Incoming, MAX_OWED, MemoryBackend, MemoryCluster, Owed,
+    RedisBackend, RedisConfig, RedisTarget, Registry, Store, Stored, Topic, UserRecords,
 };
 use redis::Value;
 use tokio::sync::mpsc;

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
+use presence_server::backend::EventLog;
 use presence_server::backend::stream::{Append, Keep};
 use presence_server::{
     Backend, ClusterConfig, DataDir, MemoryCluster, PresenceServer, RedisBackend, RedisConfig,

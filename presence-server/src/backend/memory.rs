@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use super::inbox::{INCOMING_CAPACITY, Inbox};
 use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
-    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, MAX_OWED, Owed, Replaced,
-    Stored, Topic, UserRecords, Written,
+    Backend, BackendError, BackendResult, Bus, EventLog, Incarnation, Incoming, Leases, MAX_OWED,
+    Owed, Registry, Replaced, Store, Stored, Topic, UserRecords, Written,
 };
 
 /// Expired entries are swept once per this many calls (reads also skip them).
@@ -275,7 +275,9 @@ impl Backend for MemoryBackend {
     fn label(&self) -> String {
         format!("memory:{:p}", Arc::as_ptr(&self.world))
     }
+}
 
+impl Store for MemoryBackend {
     fn write<'a>(
         &'a self,
         inc: &'a str,
@@ -443,6 +445,38 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
+        self.call(move |w, now| {
+            if n == 0 {
+                return Vec::new();
+            }
+            let mut taken = Vec::new();
+            if let Some(set) = w.index.get_mut(dead) {
+                while taken.len() < n
+                    && let Some(u) = set.pop_first()
+                {
+                    taken.push(u);
+                }
+                if set.is_empty() {
+                    w.index.remove(dead);
+                }
+            }
+            // As on Redis: unregistered once a call finds nothing, unless
+            // the incarnation came back meanwhile.
+            if taken.is_empty() && !w.live(dead, now) {
+                w.registry.remove(dead);
+                w.leases.remove(dead);
+            }
+            taken
+        })
+    }
+}
+
+impl Registry for MemoryBackend {
     fn lease<'a>(
         &'a self,
         inc: &'a str,
@@ -485,36 +519,71 @@ impl Backend for MemoryBackend {
         self.call(move |w, _| w.nodes.insert(node.to_owned(), inc.to_owned()))
     }
 
-    fn take_users_of<'a>(
+    fn save_resume<'a>(
         &'a self,
-        dead: &'a str,
-        n: usize,
-    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
+        node: &'a str,
+        payload: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         self.call(move |w, now| {
-            if n == 0 {
-                return Vec::new();
-            }
-            let mut taken = Vec::new();
-            if let Some(set) = w.index.get_mut(dead) {
-                while taken.len() < n
-                    && let Some(u) = set.pop_first()
-                {
-                    taken.push(u);
-                }
-                if set.is_empty() {
-                    w.index.remove(dead);
-                }
-            }
-            // As on Redis: unregistered once a call finds nothing, unless
-            // the incarnation came back meanwhile.
-            if taken.is_empty() && !w.live(dead, now) {
-                w.registry.remove(dead);
-                w.leases.remove(dead);
-            }
-            taken
+            w.resume.insert(node.to_owned(), (payload, now + ttl));
         })
     }
 
+    fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>> {
+        self.call(move |w, now| {
+            w.resume
+                .remove(node)
+                .filter(|(_, e)| *e > now)
+                .map(|(p, _)| p)
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        user: &'a UserId,
+        before: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.call(move |w, now| {
+            w.revoked.insert(user.clone(), (before, now + ttl));
+        })
+    }
+
+    fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>> {
+        self.call(move |w, now| {
+            w.revoked
+                .get(user)
+                .filter(|(_, until)| *until > now)
+                .map(|(b, _)| *b)
+        })
+    }
+
+    fn hold<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        save: Option<String>,
+    ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>> {
+        self.call(move |w, now| {
+            let other = w
+                .roles
+                .get(role)
+                .is_some_and(|(h, until)| h != holder && *until > now);
+            if !other {
+                w.roles
+                    .insert(role.to_owned(), (holder.to_owned(), now + ttl));
+                if let Some(state) = save {
+                    w.role_states.insert(role.to_owned(), state);
+                }
+            }
+            (!other, w.role_states.get(role).cloned())
+        })
+    }
+}
+
+impl Bus for MemoryBackend {
     fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>> {
         self.call(move |w, _| {
             for (topic, payload) in messages {
@@ -562,27 +631,9 @@ impl Backend for MemoryBackend {
     fn incoming(&self) -> mpsc::Receiver<Incoming> {
         self.inbox.take_receiver()
     }
+}
 
-    fn save_resume<'a>(
-        &'a self,
-        node: &'a str,
-        payload: String,
-        ttl: Duration,
-    ) -> BoxFuture<'a, BackendResult<()>> {
-        self.call(move |w, now| {
-            w.resume.insert(node.to_owned(), (payload, now + ttl));
-        })
-    }
-
-    fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>> {
-        self.call(move |w, now| {
-            w.resume
-                .remove(node)
-                .filter(|(_, e)| *e > now)
-                .map(|(p, _)| p)
-        })
-    }
-
+impl EventLog for MemoryBackend {
     fn append<'a>(
         &'a self,
         entries: Vec<Append>,
@@ -607,49 +658,6 @@ impl Backend for MemoryBackend {
             Ok(trimmed)
         }
         .boxed()
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        user: &'a UserId,
-        before: u64,
-        ttl: Duration,
-    ) -> BoxFuture<'a, BackendResult<()>> {
-        self.call(move |w, now| {
-            w.revoked.insert(user.clone(), (before, now + ttl));
-        })
-    }
-
-    fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>> {
-        self.call(move |w, now| {
-            w.revoked
-                .get(user)
-                .filter(|(_, until)| *until > now)
-                .map(|(b, _)| *b)
-        })
-    }
-
-    fn hold<'a>(
-        &'a self,
-        role: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-        save: Option<String>,
-    ) -> BoxFuture<'a, BackendResult<(bool, Option<String>)>> {
-        self.call(move |w, now| {
-            let other = w
-                .roles
-                .get(role)
-                .is_some_and(|(h, until)| h != holder && *until > now);
-            if !other {
-                w.roles
-                    .insert(role.to_owned(), (holder.to_owned(), now + ttl));
-                if let Some(state) = save {
-                    w.role_states.insert(role.to_owned(), state);
-                }
-            }
-            (!other, w.role_states.get(role).cloned())
-        })
     }
 
     fn read_stream<'a>(

@@ -98,7 +98,7 @@ impl Written {
 
 /// One change of a user's records that is owed to the event stream, kept
 /// beside the records by the same atomic step that made it, until a node
-/// has appended its events and [settled](Backend::settle) it. So a node
+/// has appended its events and [settled](Store::settle) it. So a node
 /// that dies between its write and its append leaves it to whoever touches
 /// the user next (the node that cleans up after it, at the latest), and
 /// that node computes the same events, under the same ids.
@@ -122,7 +122,7 @@ impl Owed {
     }
 }
 
-/// What a [`Backend::replace`] that took answers: the user's records after
+/// What a [`Store::replace`] that took answers: the user's records after
 /// it and the user's owed changes (this one last).
 pub type Replaced = (UserRecords, Vec<Owed>);
 
@@ -188,13 +188,22 @@ pub enum BackendError {
 /// Shorthand for backend results.
 pub type BackendResult<T> = Result<T, BackendError>;
 
-/// What the nodes of a cluster share. Every call is bounded in time by the
-/// implementation and may fail; the caller retries.
-pub trait Backend: Send + Sync + 'static {
+/// What the nodes of a cluster share, in four seams: the records
+/// ([`Store`]), who is in the cluster ([`Registry`]), the [`Bus`] and the
+/// event stream ([`EventLog`]). One engine serves all four (memory, Redis),
+/// so they are implemented together; a caller names the seam it uses. Every
+/// call is bounded in time by the implementation and may fail; the caller
+/// retries.
+pub trait Backend: Store + Registry + Bus + EventLog + Send + Sync + 'static {
     /// What this backend stores under (Redis: its key prefix), so a stream
     /// position taken from another store is told apart.
     fn label(&self) -> String;
+}
 
+/// The records store: every incarnation's record of each user, the owed
+/// changes beside them, each incarnation's index of its users, room
+/// memberships and read markers.
+pub trait Store: Send + Sync {
     /// Writes `inc`'s records (atomically per user, in order) and notes the
     /// users in `inc`'s index for cleaning after its death. A record whose
     /// sequence is not greater than the stored one of `inc` is not written
@@ -206,7 +215,7 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// The index holds the users whose record of `inc` holds them or whose
     /// change by `inc` may still be owed: every written user is added before
-    /// the write, and a released one leaves only by [`Backend::unindex`],
+    /// the write, and a released one leaves only by [`Store::unindex`],
     /// once its change is announced, so the node that cleans up after `inc`
     /// visits every user it may owe an announcement. The index is bounded by
     /// what `inc` holds plus what it has not announced yet. This assumes one
@@ -274,6 +283,20 @@ pub trait Backend: Send + Sync + 'static {
     fn receipts<'a>(&'a self, room: &'a RoomId)
     -> BoxFuture<'a, BackendResult<Vec<(UserId, u64)>>>;
 
+    /// Takes up to `n` users from a dead incarnation's index (those whose
+    /// record of it held them), for cleaning; once it is empty the
+    /// incarnation is unregistered (unless its lease is back) and this
+    /// returns nothing. Two nodes cleaning at once never get the same user.
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>>;
+}
+
+/// Who is in the cluster: leases and node ids, what a node leaves for its
+/// next incarnation, roles held by one node at a time, revoked tokens.
+pub trait Registry: Send + Sync {
     /// Sets `inc`'s lease for `ttl` and says who lives. With `renew`, only a
     /// lease still alive is extended (see [`Leases::lapsed`]); without, `inc`
     /// is registered (a new incarnation).
@@ -295,31 +318,6 @@ pub trait Backend: Send + Sync + 'static {
         inc: &'a str,
     ) -> BoxFuture<'a, BackendResult<Option<Incarnation>>>;
 
-    /// Takes up to `n` users from a dead incarnation's index (those whose
-    /// record of it held them), for cleaning; once it is empty the
-    /// incarnation is unregistered (unless its lease is back) and this
-    /// returns nothing. Two nodes cleaning at once never get the same user.
-    fn take_users_of<'a>(
-        &'a self,
-        dead: &'a str,
-        n: usize,
-    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>>;
-
-    /// Publishes messages, each on its topic, in order per topic.
-    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>>;
-
-    /// Subscribes to topics; returns once the subscriptions are in force
-    /// (messages published after this returns are received).
-    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
-
-    /// Drops subscriptions.
-    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
-
-    /// The stream of what arrives on subscribed topics. Called once (a second
-    /// call gets a closed receiver); bounded (an overflowing receiver gets
-    /// [`Incoming::Reset`] and resyncs).
-    fn incoming(&self) -> mpsc::Receiver<Incoming>;
-
     /// Keeps `payload` (this node's connections at a graceful shutdown) for
     /// the node's next incarnation, for `ttl`.
     fn save_resume<'a>(
@@ -331,19 +329,6 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Takes what the previous incarnation of `node` saved, if anything.
     fn take_resume<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Option<String>>>;
-
-    /// Appends host events to the cluster's event stream, each to its
-    /// shard, in order per shard, and trims each shard touched to `keep`;
-    /// answers how many entries the trimming took. One shard's entries of a
-    /// call are appended all or none; on failure the error comes with the
-    /// entries of the shards that failed, for the caller to append again (an
-    /// answer lost in transit counts as failed, so such an event may then be
-    /// appended twice: readers drop repeats by id).
-    fn append<'a>(
-        &'a self,
-        entries: Vec<Append>,
-        keep: Keep,
-    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>>;
 
     /// Takes `role` for `holder` if nobody holds it, or keeps it for its
     /// holder, for `ttl`; with `save`, also saves the role's state, only if
@@ -370,6 +355,40 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Since when `user`'s tokens are refused, if they are.
     fn revoked<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, BackendResult<Option<u64>>>;
+}
+
+/// Topics: messages published to the nodes that subscribe.
+pub trait Bus: Send + Sync {
+    /// Publishes messages, each on its topic, in order per topic.
+    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Subscribes to topics; returns once the subscriptions are in force
+    /// (messages published after this returns are received).
+    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Drops subscriptions.
+    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// The stream of what arrives on subscribed topics. Called once (a second
+    /// call gets a closed receiver); bounded (an overflowing receiver gets
+    /// [`Incoming::Reset`] and resyncs).
+    fn incoming(&self) -> mpsc::Receiver<Incoming>;
+}
+
+/// The cluster's event stream, sharded.
+pub trait EventLog: Send + Sync {
+    /// Appends host events to the cluster's event stream, each to its
+    /// shard, in order per shard, and trims each shard touched to `keep`;
+    /// answers how many entries the trimming took. One shard's entries of a
+    /// call are appended all or none; on failure the error comes with the
+    /// entries of the shards that failed, for the caller to append again (an
+    /// answer lost in transit counts as failed, so such an event may then be
+    /// appended twice: readers drop repeats by id).
+    fn append<'a>(
+        &'a self,
+        entries: Vec<Append>,
+        keep: Keep,
+    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>>;
 
     /// Reads up to `count` entries of each shard after its position (with
     /// `count` 0, only each shard's last id).

@@ -41,8 +41,8 @@ use self::reply::{bad, bytes, decode, encode, int, items, opt_bytes, opt_string,
 use super::inbox::{INCOMING_CAPACITY, Inbox};
 use super::stream::{Append, Keep, ShardRead, StreamEntry, StreamId};
 use super::{
-    Backend, BackendError, BackendResult, Incarnation, Incoming, Leases, MAX_OWED, Owed, Replaced,
-    Stored, Topic, UserRecords, Written,
+    Backend, BackendError, BackendResult, Bus, EventLog, Incarnation, Incoming, Leases, MAX_OWED,
+    Owed, Registry, Replaced, Store, Stored, Topic, UserRecords, Written,
 };
 
 /// At most this many users are taken from a dead incarnation per call.
@@ -191,7 +191,9 @@ impl Backend for RedisBackend {
     fn label(&self) -> String {
         self.keys.prefix().to_owned()
     }
+}
 
+impl Store for RedisBackend {
     fn write<'a>(
         &'a self,
         inc: &'a str,
@@ -465,6 +467,128 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
+    fn take_users_of<'a>(
+        &'a self,
+        dead: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
+        self.link
+            .run(move |mut c| async move {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                let index = self.keys.index(dead);
+                // SPOP is atomic: two cleaners never get the same user. An
+                // entry that is not a user id is dropped; pop again then, so
+                // an empty answer always means an empty index.
+                for _ in 0..4 {
+                    let v: Value = redis::cmd("SPOP")
+                        .arg(&index)
+                        .arg(n.min(MAX_TAKE))
+                        .query_async(&mut c)
+                        .await?;
+                    let popped = items(v)?;
+                    if popped.is_empty() {
+                        break;
+                    }
+                    let users: Vec<UserId> = popped
+                        .iter()
+                        .filter_map(|v| {
+                            let u = bytes(v)
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                                .and_then(|s| UserId::new(s).ok());
+                            if u.is_none() {
+                                tracing::warn!(dead, "backend: dropping a bad index entry");
+                            }
+                            u
+                        })
+                        .collect();
+                    if !users.is_empty() {
+                        return Ok(users);
+                    }
+                }
+                // Empty: unregister (a second call, in the registry's slot).
+                let cmd = Self::eval(
+                    &self.scripts.unregister,
+                    &[self.keys.registry(), self.keys.lease(dead)],
+                    &[dead.as_bytes()],
+                );
+                evals(&mut c, &self.scripts.unregister, &[cmd]).await?;
+                Ok(Vec::new())
+            })
+            .boxed()
+    }
+
+    fn unindex<'a>(&'a self, inc: &'a str, users: Vec<UserId>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                if users.is_empty() {
+                    return Ok(());
+                }
+                let mut srem = redis::cmd("SREM");
+                srem.arg(self.keys.index(inc));
+                for u in &users {
+                    srem.arg(u.as_str());
+                }
+                srem.query_async::<Value>(&mut c).await?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = users
+                    .iter()
+                    .map(|u| {
+                        redis::cmd("LRANGE")
+                            .arg(self.keys.owed(u))
+                            .arg(0)
+                            .arg(-1)
+                            .clone()
+                    })
+                    .collect();
+                let replies = each(pipeline(&mut c, &cmds).await?)?;
+                Ok(users
+                    .iter()
+                    .zip(replies)
+                    .map(|(u, v)| reply::owed_list(u, v))
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+            .boxed()
+    }
+
+    fn settle<'a>(
+        &'a self,
+        settled: Vec<(UserId, Vec<String>)>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = settled
+                    .iter()
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .map(|(u, ids)| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.scripts.settle.get_hash())
+                            .arg(1)
+                            .arg(self.keys.owed(u));
+                        for id in ids {
+                            cmd.arg(id);
+                        }
+                        cmd
+                    })
+                    .collect();
+                if !cmds.is_empty() {
+                    evals(&mut c, &self.scripts.settle, &cmds).await?;
+                }
+                Ok(())
+            })
+            .boxed()
+    }
+}
+
+impl Registry for RedisBackend {
     fn lease<'a>(
         &'a self,
         inc: &'a str,
@@ -565,92 +689,6 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
-    fn take_users_of<'a>(
-        &'a self,
-        dead: &'a str,
-        n: usize,
-    ) -> BoxFuture<'a, BackendResult<Vec<UserId>>> {
-        self.link
-            .run(move |mut c| async move {
-                if n == 0 {
-                    return Ok(Vec::new());
-                }
-                let index = self.keys.index(dead);
-                // SPOP is atomic: two cleaners never get the same user. An
-                // entry that is not a user id is dropped; pop again then, so
-                // an empty answer always means an empty index.
-                for _ in 0..4 {
-                    let v: Value = redis::cmd("SPOP")
-                        .arg(&index)
-                        .arg(n.min(MAX_TAKE))
-                        .query_async(&mut c)
-                        .await?;
-                    let popped = items(v)?;
-                    if popped.is_empty() {
-                        break;
-                    }
-                    let users: Vec<UserId> = popped
-                        .iter()
-                        .filter_map(|v| {
-                            let u = bytes(v)
-                                .and_then(|b| std::str::from_utf8(b).ok())
-                                .and_then(|s| UserId::new(s).ok());
-                            if u.is_none() {
-                                tracing::warn!(dead, "backend: dropping a bad index entry");
-                            }
-                            u
-                        })
-                        .collect();
-                    if !users.is_empty() {
-                        return Ok(users);
-                    }
-                }
-                // Empty: unregister (a second call, in the registry's slot).
-                let cmd = Self::eval(
-                    &self.scripts.unregister,
-                    &[self.keys.registry(), self.keys.lease(dead)],
-                    &[dead.as_bytes()],
-                );
-                evals(&mut c, &self.scripts.unregister, &[cmd]).await?;
-                Ok(Vec::new())
-            })
-            .boxed()
-    }
-
-    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>> {
-        self.link
-            .run(move |mut c| async move {
-                let cmds: Vec<Cmd> = messages
-                    .iter()
-                    .map(|(t, p)| {
-                        redis::cmd("SPUBLISH")
-                            .arg(self.keys.channel(t))
-                            .arg(p)
-                            .clone()
-                    })
-                    .collect();
-                each(pipeline(&mut c, &cmds).await?)?;
-                Ok(())
-            })
-            .boxed()
-    }
-
-    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
-        self.link
-            .run(move |c| subscriptions(c, self.channels(&topics), true))
-            .boxed()
-    }
-
-    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
-        self.link
-            .run(move |c| subscriptions(c, self.channels(&topics), false))
-            .boxed()
-    }
-
-    fn incoming(&self) -> mpsc::Receiver<Incoming> {
-        self.inbox.take_receiver()
-    }
-
     fn save_resume<'a>(
         &'a self,
         node: &'a str,
@@ -672,131 +710,6 @@ impl Backend for RedisBackend {
                     .query_async(&mut c)
                     .await?;
                 Ok(opt_string(&v)?)
-            })
-            .boxed()
-    }
-
-    fn append<'a>(
-        &'a self,
-        entries: Vec<Append>,
-        keep: Keep,
-    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>> {
-        async move {
-            let mut by_shard: BTreeMap<u16, Vec<Append>> = BTreeMap::new();
-            for a in entries {
-                by_shard.entry(a.shard).or_default().push(a);
-            }
-            // One call per shard, so each is appended all or none and a
-            // failed shard does not repeat the others.
-            let calls = by_shard.into_iter().map(|(shard, batch)| async move {
-                let b = &batch;
-                let r = self
-                    .link
-                    .run(|mut c| async move {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(self.scripts.append.get_hash())
-                            .arg(2)
-                            .arg(self.keys.stream(shard))
-                            .arg(self.keys.stream_last(shard))
-                            .arg(keep.per_shard)
-                            .arg(millis(keep.max_age));
-                        for a in b {
-                            cmd.arg(&a.kind).arg(&a.user).arg(&a.data);
-                        }
-                        let reply = evals(&mut c, &self.scripts.append, &[cmd])
-                            .await?
-                            .pop()
-                            .ok_or_else(|| bad("append: no reply"))?;
-                        let trimmed = items(reply)?.get(1).map(int).transpose()?.unwrap_or(0);
-                        Ok(u64::try_from(trimmed).unwrap_or(0))
-                    })
-                    .await;
-                r.map_err(|e| (e, batch))
-            });
-            let mut failed = Vec::new();
-            let mut error = None;
-            let mut trimmed = 0;
-            for r in futures_util::future::join_all(calls).await {
-                match r {
-                    Ok(t) => trimmed += t,
-                    Err((e, batch)) => {
-                        failed.extend(batch);
-                        error.get_or_insert(e);
-                    }
-                }
-            }
-            match error {
-                None => Ok(trimmed),
-                Some(e) => Err((e, failed)),
-            }
-        }
-        .boxed()
-    }
-
-    fn unindex<'a>(&'a self, inc: &'a str, users: Vec<UserId>) -> BoxFuture<'a, BackendResult<()>> {
-        self.link
-            .run(move |mut c| async move {
-                if users.is_empty() {
-                    return Ok(());
-                }
-                let mut srem = redis::cmd("SREM");
-                srem.arg(self.keys.index(inc));
-                for u in &users {
-                    srem.arg(u.as_str());
-                }
-                srem.query_async::<Value>(&mut c).await?;
-                Ok(())
-            })
-            .boxed()
-    }
-
-    fn owed<'a>(&'a self, users: &'a [UserId]) -> BoxFuture<'a, BackendResult<Vec<Vec<Owed>>>> {
-        self.link
-            .run(move |mut c| async move {
-                let cmds: Vec<Cmd> = users
-                    .iter()
-                    .map(|u| {
-                        redis::cmd("LRANGE")
-                            .arg(self.keys.owed(u))
-                            .arg(0)
-                            .arg(-1)
-                            .clone()
-                    })
-                    .collect();
-                let replies = each(pipeline(&mut c, &cmds).await?)?;
-                Ok(users
-                    .iter()
-                    .zip(replies)
-                    .map(|(u, v)| reply::owed_list(u, v))
-                    .collect::<Result<Vec<_>, _>>()?)
-            })
-            .boxed()
-    }
-
-    fn settle<'a>(
-        &'a self,
-        settled: Vec<(UserId, Vec<String>)>,
-    ) -> BoxFuture<'a, BackendResult<()>> {
-        self.link
-            .run(move |mut c| async move {
-                let cmds: Vec<Cmd> = settled
-                    .iter()
-                    .filter(|(_, ids)| !ids.is_empty())
-                    .map(|(u, ids)| {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(self.scripts.settle.get_hash())
-                            .arg(1)
-                            .arg(self.keys.owed(u));
-                        for id in ids {
-                            cmd.arg(id);
-                        }
-                        cmd
-                    })
-                    .collect();
-                if !cmds.is_empty() {
-                    evals(&mut c, &self.scripts.settle, &cmds).await?;
-                }
-                Ok(())
             })
             .boxed()
     }
@@ -864,6 +777,101 @@ impl Backend for RedisBackend {
                 Ok((int(&held)? == 1, state))
             })
             .boxed()
+    }
+}
+
+impl Bus for RedisBackend {
+    fn publish<'a>(&'a self, messages: Vec<(Topic, Vec<u8>)>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |mut c| async move {
+                let cmds: Vec<Cmd> = messages
+                    .iter()
+                    .map(|(t, p)| {
+                        redis::cmd("SPUBLISH")
+                            .arg(self.keys.channel(t))
+                            .arg(p)
+                            .clone()
+                    })
+                    .collect();
+                each(pipeline(&mut c, &cmds).await?)?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn subscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |c| subscriptions(c, self.channels(&topics), true))
+            .boxed()
+    }
+
+    fn unsubscribe<'a>(&'a self, topics: Vec<Topic>) -> BoxFuture<'a, BackendResult<()>> {
+        self.link
+            .run(move |c| subscriptions(c, self.channels(&topics), false))
+            .boxed()
+    }
+
+    fn incoming(&self) -> mpsc::Receiver<Incoming> {
+        self.inbox.take_receiver()
+    }
+}
+
+impl EventLog for RedisBackend {
+    fn append<'a>(
+        &'a self,
+        entries: Vec<Append>,
+        keep: Keep,
+    ) -> BoxFuture<'a, Result<u64, (BackendError, Vec<Append>)>> {
+        async move {
+            let mut by_shard: BTreeMap<u16, Vec<Append>> = BTreeMap::new();
+            for a in entries {
+                by_shard.entry(a.shard).or_default().push(a);
+            }
+            // One call per shard, so each is appended all or none and a
+            // failed shard does not repeat the others.
+            let calls = by_shard.into_iter().map(|(shard, batch)| async move {
+                let b = &batch;
+                let r = self
+                    .link
+                    .run(|mut c| async move {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.scripts.append.get_hash())
+                            .arg(2)
+                            .arg(self.keys.stream(shard))
+                            .arg(self.keys.stream_last(shard))
+                            .arg(keep.per_shard)
+                            .arg(millis(keep.max_age));
+                        for a in b {
+                            cmd.arg(&a.kind).arg(&a.user).arg(&a.data);
+                        }
+                        let reply = evals(&mut c, &self.scripts.append, &[cmd])
+                            .await?
+                            .pop()
+                            .ok_or_else(|| bad("append: no reply"))?;
+                        let trimmed = items(reply)?.get(1).map(int).transpose()?.unwrap_or(0);
+                        Ok(u64::try_from(trimmed).unwrap_or(0))
+                    })
+                    .await;
+                r.map_err(|e| (e, batch))
+            });
+            let mut failed = Vec::new();
+            let mut error = None;
+            let mut trimmed = 0;
+            for r in futures_util::future::join_all(calls).await {
+                match r {
+                    Ok(t) => trimmed += t,
+                    Err((e, batch)) => {
+                        failed.extend(batch);
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            match error {
+                None => Ok(trimmed),
+                Some(e) => Err((e, failed)),
+            }
+        }
+        .boxed()
     }
 
     fn read_stream<'a>(
