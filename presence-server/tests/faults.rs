@@ -572,6 +572,32 @@ impl World {
         first
     }
 
+    /// Waits (at most `bound`) until every node's feed has told the same
+    /// about every user: a node whose link just came back reads the shards
+    /// it missed at its next poll, after the sockets converged.
+    async fn feeds_agree(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        let told = |h: &Seen, user: &str| {
+            let mut v: Vec<String> = h
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|(_, u)| u == user)
+                .map(|(k, _)| k.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        while Instant::now() < deadline
+            && !self.users.iter().all(|u| {
+                let first = told(&self.host[0], u);
+                self.host.iter().all(|h| told(h, u) == first)
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// No host event about anyone: nothing changed for the cluster.
     fn no_host_events(&self) {
         let any: Vec<(String, Vec<String>)> = self
@@ -756,6 +782,7 @@ async fn a_node_cut_from_the_lease_shard_past_its_lease_shows_its_users_again() 
     );
     // For the host: each of A's users left once (announced by the cleaner)
     // and came back once (by A); nobody else changed.
+    w.feeds_agree(RECOVERY).await;
     for user in &w.users {
         let want: &[&str] = if user.starts_with("u0-") || user == "obs0" {
             &["user_connected", "user_disconnected"]
