@@ -7,10 +7,13 @@
 //! they assert is the virtual time the node took, exact to the round, the
 //! same on a loaded machine as on an idle one.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{diff_user, names};
 use presence_server::backend::MemoryBackend;
 use presence_server::presence_core::UserId;
 use presence_server::{
@@ -102,6 +105,13 @@ impl User {
         u
     }
 
+    /// [`Self::on`], then joined to `room`.
+    async fn in_room(node: &Node, name: &str, room: &str) -> Self {
+        let mut u = Self::on(node, name).await;
+        u.join(room).await;
+        u
+    }
+
     async fn send(&mut self, v: Value) {
         self.out.send(v.to_string()).await.expect("tab alive");
     }
@@ -148,7 +158,7 @@ impl User {
         let until = Instant::now() + WAIT;
         loop {
             while let Some((at, d)) = self.diffs.pop_front() {
-                if d["type"] == kind && about(&d) == user {
+                if d["type"] == kind && diff_user(&d) == user {
                     return (d, at);
                 }
             }
@@ -178,7 +188,7 @@ impl User {
         }
         self.diffs
             .drain(..)
-            .filter(|(_, d)| about(d) == user)
+            .filter(|(_, d)| diff_user(d) == user)
             .map(|(_, d)| d["type"].as_str().unwrap_or("").to_owned())
             .collect()
     }
@@ -217,36 +227,21 @@ async fn tab(
     }
 }
 
-fn about(diff: &Value) -> &str {
-    diff["user"]
-        .as_str()
-        .or_else(|| diff["presence"]["user"].as_str())
-        .unwrap_or("")
-}
-
-fn members(snapshot: &Value) -> Vec<String> {
-    let mut v: Vec<String> = snapshot["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["user"].as_str().map(String::from))
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(start_paused = true)]
 async fn every_change_crosses_three_nodes_within_a_round() {
     let mem = MemoryCluster::new();
     let n = nodes(&mem, 3).await;
-    let mut ana = User::on(&n[0], "ana").await;
-    ana.join("r").await;
+    let mut ana = User::in_room(&n[0], "ana", "r").await;
     let mut carol = User::on(&n[2], "carol").await;
     carol.send(json!({"type": "watch", "users": ["ana"]})).await;
     carol.frame("watching").await;
     let mut bob = User::on(&n[1], "bob").await;
     let snap = bob.join("r").await;
-    assert_eq!(members(&snap), ["ana", "bob"], "the snapshot spans nodes");
+    assert_eq!(
+        names(&snap["members"]),
+        ["ana", "bob"],
+        "the snapshot spans nodes"
+    );
     ana.diff("user_connected", "bob").await;
 
     let steps = [
@@ -300,12 +295,9 @@ async fn every_change_crosses_three_nodes_within_a_round() {
 async fn a_killed_node_s_users_go_offline_everywhere_within_its_lease_once() {
     let mem = MemoryCluster::new();
     let n = nodes(&mem, 3).await;
-    let mut ana = User::on(&n[0], "ana").await;
-    ana.join("r").await;
-    let mut bob = User::on(&n[1], "bob").await;
-    bob.join("r").await;
-    let mut carol = User::on(&n[2], "carol").await;
-    carol.join("r").await;
+    let _ana = User::in_room(&n[0], "ana", "r").await;
+    let mut bob = User::in_room(&n[1], "bob", "r").await;
+    let mut carol = User::in_room(&n[2], "carol", "r").await;
     bob.diff("user_connected", "carol").await;
     // Past a few renewals, so the lease's phase is any.
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -339,17 +331,16 @@ async fn a_killed_node_s_users_go_offline_everywhere_within_its_lease_once() {
     let seen = seen.expect("ana is known");
     assert!(seen.last_seen.is_some(), "{seen:?}");
     let mut dave = User::on(&d, "dave").await;
-    assert_eq!(members(&dave.join("r").await), ["bob", "carol", "dave"]);
+    let snap = dave.join("r").await;
+    assert_eq!(names(&snap["members"]), ["bob", "carol", "dave"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_of_the_whole_store_declares_nobody_dead() {
     let mem = MemoryCluster::new();
     let n = nodes(&mem, 2).await;
-    let mut ana = User::on(&n[0], "ana").await;
-    ana.join("r").await;
-    let mut bob = User::on(&n[1], "bob").await;
-    bob.join("r").await;
+    let mut ana = User::in_room(&n[0], "ana", "r").await;
+    let mut bob = User::in_room(&n[1], "bob", "r").await;
     ana.diff("user_connected", "bob").await;
 
     // The store goes away for three leases: each node serves on what it
@@ -357,8 +348,7 @@ async fn an_outage_of_the_whole_store_declares_nobody_dead() {
     for node in &n {
         node.link.set_down(true);
     }
-    let mut ana2 = User::on(&n[0], "ana2").await;
-    ana2.join("r").await;
+    let _ana2 = User::in_room(&n[0], "ana2", "r").await;
     ana.diff("user_connected", "ana2").await;
     tokio::time::sleep(LEASE).await;
     assert_eq!(n[0].server.cluster_up(), Some(false));
@@ -387,10 +377,8 @@ async fn an_outage_of_the_whole_store_declares_nobody_dead() {
 async fn a_node_cut_off_past_its_lease_comes_back_as_a_new_incarnation() {
     let mem = MemoryCluster::new();
     let n = nodes(&mem, 2).await;
-    let mut ana = User::on(&n[0], "ana").await;
-    ana.join("r").await;
-    let mut bob = User::on(&n[1], "bob").await;
-    bob.join("r").await;
+    let mut ana = User::in_room(&n[0], "ana", "r").await;
+    let mut bob = User::in_room(&n[1], "bob", "r").await;
     ana.diff("user_connected", "bob").await;
 
     // Only a's link is cut: from b's side a stopped renewing while the
@@ -429,12 +417,8 @@ async fn a_large_room_switches_to_counts_and_back_across_nodes() {
     let mut on_a = Vec::new();
     let mut on_b = Vec::new();
     for i in 0..3 {
-        let mut u = User::on(&n[0], &format!("a{i}")).await;
-        u.join("hall").await;
-        on_a.push(u);
-        let mut u = User::on(&n[1], &format!("b{i}")).await;
-        u.join("hall").await;
-        on_b.push(u);
+        on_a.push(User::in_room(&n[0], &format!("a{i}"), "hall").await);
+        on_b.push(User::in_room(&n[1], &format!("b{i}"), "hall").await);
     }
     let counts = |f: &Value| {
         (
@@ -489,7 +473,7 @@ async fn a_large_room_switches_to_counts_and_back_across_nodes() {
             break s;
         }
     };
-    assert_eq!(members(&s), ["a0", "a1", "a2"], "{s}");
+    assert_eq!(names(&s["members"]), ["a0", "a1", "a2"], "{s}");
     on_a[2]
         .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))
         .await;

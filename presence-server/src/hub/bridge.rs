@@ -1,6 +1,7 @@
 //! The hub's side of a cluster: routes what the replica decides
-//! ([`super::replica`]) to this node's sockets and host, and hands
-//! the cluster task what it must send. All under the hub's lock, no I/O.
+//! ([`super::replica`]) to this node's sockets and host, and hands the
+//! cluster tasks (`crate::cluster_tasks`) what they must send. All under the
+//! hub's lock, no I/O.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! What one node follows of the cluster, and what it owes the backend. No
-//! I/O: the hub calls it under its lock; the cluster task ([`super`]) takes
-//! what is pending and hands back what arrived.
+//! I/O: the hub calls it under its lock; the cluster tasks
+//! (`crate::cluster_tasks`) take what is pending and hand back what arrived.
+//! Its parts, one concern each: which incarnations live ([`liveness`]),
+//! what the node follows ([`interest`]) and what it owes ([`outbox`]); this
+//! module holds the records and the views computed from them.
 //!
 //! The node keeps the records (every incarnation's, see
 //! [`presence_core::cluster`]) of the users its sockets care about: members
