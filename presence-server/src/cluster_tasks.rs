@@ -577,7 +577,7 @@ async fn start(
     backend: &dyn Backend,
     config: &ClusterConfig,
     me: &str,
-) -> Result<Option<String>, BackendError> {
+) -> Result<Option<Incarnation>, BackendError> {
     backend.lease(me, config.lease_ttl, false).await?;
     let previous = backend.claim(&config.node_id, me).await?;
     let saved = backend.take_resume(&config.node_id).await?;

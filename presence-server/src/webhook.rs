@@ -401,7 +401,7 @@ impl Source {
                 } else {
                     1
                 },
-                node: (!me.is_empty()).then_some(me),
+                node: (!me.is_empty()).then(|| me.to_string()),
             },
         }
     }

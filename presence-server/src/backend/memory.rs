@@ -211,7 +211,7 @@ impl UserKey {
     fn owe(&mut self, inc: &str, seq: u64, old: Option<Stored>) -> Vec<Owed> {
         let all = self.all();
         self.owed.push_back(Owed {
-            inc: inc.to_owned(),
+            inc: Incarnation::given(inc),
             seq,
             old,
             all,
@@ -303,14 +303,14 @@ impl Store for MemoryBackend {
                     continue;
                 }
                 let seq = stored.seq;
-                let previous = key.records.insert(inc.to_owned(), stored);
+                let previous = key.records.insert(Incarnation::given(inc), stored);
                 key.retain(now, retention);
                 let mut owed = key.owe(inc, seq, previous.clone());
                 owed.pop();
                 let all = key.all();
                 // Held, or owed: unindexed once announced.
                 w.index
-                    .entry(inc.to_owned())
+                    .entry(Incarnation::given(inc))
                     .or_default()
                     .insert(user.clone());
                 out.push(Written {
@@ -393,9 +393,9 @@ impl Store for MemoryBackend {
             for (room, user, add) in changes {
                 let set = w.members.entry(room.clone()).or_default();
                 if add {
-                    set.insert((user, inc.to_owned()));
+                    set.insert((user, Incarnation::given(inc)));
                 } else {
-                    set.remove(&(user, inc.to_owned()));
+                    set.remove(&(user, Incarnation::given(inc)));
                     if set.is_empty() {
                         w.members.remove(&room);
                     }
@@ -487,8 +487,8 @@ impl Registry for MemoryBackend {
             // As lease.lua: a renewal never brings a lapsed lease back.
             let lapsed = renew && !w.live(inc, now);
             if !lapsed {
-                w.leases.insert(inc.to_owned(), now + ttl);
-                w.registry.insert(inc.to_owned());
+                w.leases.insert(Incarnation::given(inc), now + ttl);
+                w.registry.insert(Incarnation::given(inc));
             }
             let (live, dead): (Vec<_>, Vec<_>) =
                 w.registry.iter().cloned().partition(|i| w.live(i, now));
@@ -516,7 +516,7 @@ impl Registry for MemoryBackend {
         node: &'a str,
         inc: &'a str,
     ) -> BoxFuture<'a, BackendResult<Option<Incarnation>>> {
-        self.call(move |w, _| w.nodes.insert(node.to_owned(), inc.to_owned()))
+        self.call(move |w, _| w.nodes.insert(node.to_owned(), Incarnation::given(inc)))
     }
 
     fn save_resume<'a>(

@@ -44,8 +44,119 @@ pub(crate) const RECOVERY_BOUND: Duration = Duration::from_secs(6);
 
 /// One incarnation of a node: its id plus the epoch of one process run, e.g.
 /// `eu-1.5f3a9c`. Records are keyed by it, so a restarted node never speaks
-/// for its previous run's connections.
-pub type Incarnation = String;
+/// for its previous run's connections. Checked wherever one comes from
+/// outside (a store's reply, the bus): 1 to [`MAX_INCARNATION`] bytes
+/// without whitespace, control characters or braces (Redis hash tags); a
+/// reply holding another is a decode error, not a record of an unknown node.
+/// The default, empty one stands for "no cluster" and is never written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Incarnation(String);
+
+/// The longest incarnation taken: a node id (64 at most) and its suffix.
+pub const MAX_INCARNATION: usize = 128;
+
+/// Why a string is no incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an incarnation: {0:?}")]
+pub struct InvalidIncarnation(pub String);
+
+impl Incarnation {
+    /// `s` if it is a well-formed incarnation.
+    pub fn parse(s: &str) -> Result<Self, InvalidIncarnation> {
+        Self::try_from(s.to_owned())
+    }
+
+    /// The incarnation as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// One this process was handed by its own caller (the in-process
+    /// backend's arguments), taken as it is: nothing outside produced it.
+    pub(crate) fn given(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<InvalidIncarnation> for BackendError {
+    fn from(e: InvalidIncarnation) -> Self {
+        BackendError::Decode(e.to_string())
+    }
+}
+
+impl TryFrom<String> for Incarnation {
+    type Error = InvalidIncarnation;
+
+    fn try_from(s: String) -> Result<Self, InvalidIncarnation> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_INCARNATION
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}'));
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(InvalidIncarnation(s))
+        }
+    }
+}
+
+impl From<Incarnation> for String {
+    fn from(i: Incarnation) -> String {
+        i.0
+    }
+}
+
+impl std::ops::Deref for Incarnation {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Incarnation {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Incarnation {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Incarnation {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Incarnation {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Incarnation> for str {
+    fn eq(&self, other: &Incarnation) -> bool {
+        self == other.0
+    }
+}
+
+impl PartialEq<Incarnation> for &str {
+    fn eq(&self, other: &Incarnation) -> bool {
+        *self == other.0
+    }
+}
 
 /// A record with the sequence its incarnation gave it (only grows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +197,9 @@ impl Written {
         if !self.wrote {
             return None;
         }
-        let (_, new) = self.all.iter().find(|(i, _)| i == inc)?;
+        let (i, new) = self.all.iter().find(|(i, _)| i == inc)?;
         Some(Owed {
-            inc: inc.to_owned(),
+            inc: i.clone(),
             seq: new.seq,
             old: self.previous.clone(),
             all: self.all.clone(),
@@ -397,4 +508,38 @@ pub trait EventLog: Send + Sync {
         after: Vec<(u16, StreamId)>,
         count: usize,
     ) -> BoxFuture<'a, BackendResult<Vec<ShardRead>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incarnation_from_outside_is_checked() {
+        let inc = Incarnation::parse("eu-1.5f3a9c").expect("well formed");
+        assert_eq!(crate::node::node_of(&inc), "eu-1");
+        for bad in [
+            "",
+            "a b.1",
+            "a{x}.1",
+            "a.1\n",
+            &"x".repeat(MAX_INCARNATION + 1),
+        ] {
+            assert!(Incarnation::parse(bad).is_err(), "{bad:?}");
+        }
+        // In a record set from the bus, a bad one fails the decode.
+        let record = NodeRecord::released(
+            None,
+            presence_core::Status::Available,
+            None,
+            presence_core::Millis(1),
+        );
+        let recs: UserRecords = vec![(inc, Stored { seq: 1, record })];
+        let good = serde_json::to_string(&recs).expect("encoded");
+        let back: UserRecords = serde_json::from_str(&good).expect("decoded");
+        assert_eq!(back[0].0, "eu-1.5f3a9c");
+        let bad = good.replace("eu-1.5f3a9c", "eu-1 5f3a9c");
+        let recs: Result<UserRecords, _> = serde_json::from_str(&bad);
+        assert!(recs.is_err(), "{recs:?}");
+    }
 }

@@ -380,10 +380,11 @@ impl Store for RedisBackend {
                     let parsed = bytes(&m)
                         .and_then(|b| std::str::from_utf8(b).ok())
                         .and_then(|s| s.split_once(' '))
-                        .and_then(|(u, i)| Some((UserId::new(u).ok()?, i)))
-                        .filter(|(_, i)| !i.is_empty());
+                        .and_then(|(u, i)| {
+                            Some((UserId::new(u).ok()?, Incarnation::parse(i).ok()?))
+                        });
                     match parsed {
-                        Some((u, i)) => out.push((u, Incarnation::from(i))),
+                        Some(member) => out.push(member),
                         None => tracing::warn!(%room, "backend: skipping a bad room member"),
                     }
                 }
@@ -622,8 +623,11 @@ impl Registry for RedisBackend {
                     .await?;
                 let mut incs = Vec::new();
                 for m in items(members)? {
-                    match bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) {
-                        Some(i) => incs.push(Incarnation::from(i)),
+                    match bytes(&m)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|i| Incarnation::parse(i).ok())
+                    {
+                        Some(i) => incs.push(i),
                         None => tracing::warn!("backend: skipping a bad registry entry"),
                     }
                 }
@@ -684,7 +688,8 @@ impl Registry for RedisBackend {
                     .arg("GET")
                     .query_async(&mut c)
                     .await?;
-                Ok(opt_string(&v)?)
+                let previous = opt_string(&v)?.map(Incarnation::try_from).transpose();
+                Ok(previous.map_err(BackendError::from)?)
             })
             .boxed()
     }

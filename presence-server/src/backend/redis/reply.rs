@@ -106,12 +106,19 @@ pub(super) fn user_records(user: &UserId, v: Value) -> Result<UserRecords, Backe
             tracing::warn!(%user, "backend: skipping a record field that is not UTF-8");
             continue;
         };
+        let inc = match Incarnation::parse(inc) {
+            Ok(inc) => inc,
+            Err(e) => {
+                tracing::warn!(%user, "backend: skipping a record: {e}");
+                continue;
+            }
+        };
         match bytes(&v)
             .ok_or_else(|| "not a string".to_owned())
             .and_then(decode)
         {
-            Ok(stored) => out.push((Incarnation::from(inc), stored)),
-            Err(e) => tracing::warn!(%user, inc, "backend: skipping a corrupted record: {e}"),
+            Ok(stored) => out.push((inc, stored)),
+            Err(e) => tracing::warn!(%user, %inc, "backend: skipping a corrupted record: {e}"),
         }
     }
     Ok(out)
@@ -154,10 +161,15 @@ fn owed_entry(text: &str) -> Result<Owed, String> {
     let all = rest
         .chunks(2)
         .take(MAX_FIELDS)
-        .filter_map(|kv| Some((Incarnation::from(kv[0]), decode(kv[1].as_bytes()).ok()?)))
+        .filter_map(|kv| {
+            Some((
+                Incarnation::parse(kv[0]).ok()?,
+                decode(kv[1].as_bytes()).ok()?,
+            ))
+        })
         .collect();
     Ok(Owed {
-        inc: inc.to_owned(),
+        inc: Incarnation::parse(inc).map_err(|e| e.to_string())?,
         seq,
         old,
         all,

@@ -812,6 +812,10 @@ mod tests {
 
     use super::*;
 
+    fn inc(s: &str) -> Incarnation {
+        Incarnation::parse(s).expect("an incarnation")
+    }
+
     fn ana() -> UserId {
         UserId::new("ana").expect("a user id")
     }
@@ -819,7 +823,7 @@ mod tests {
     /// Ana connected to a node whose record of her was written.
     fn written_online() -> (Machine, Replica, Millis) {
         let mut m = Machine::new(TimingPolicy::default());
-        let mut r = Replica::new("a.1".into(), Millis(0));
+        let mut r = Replica::new(inc("a.1"), Millis(0));
         let t = Millis(1_000);
         let token = ResumeToken::new("tok1").expect("a token");
         m.connect(t, ana(), ConnId(1), token, None, Activity::Active)
@@ -860,12 +864,12 @@ mod tests {
             .get("a.1")
             .map(|(s, rec)| (s, rec.clone()))
             .expect("own record");
-        r.reincarnate("a.2".into(), t);
+        r.reincarnate(inc("a.2"), t);
         let take = r.take(t, |_| false);
         let new = take.writes[0].1.clone();
         let stored = |rec: NodeRecord, seq| Stored { seq, record: rec };
         let written = |before: Stored| {
-            let all = vec![("a.1".into(), before), ("a.2".into(), new.clone())];
+            let all = vec![(inc("a.1"), before), (inc("a.2"), new.clone())];
             Written {
                 user: ana(),
                 previous: None,
@@ -900,7 +904,7 @@ mod tests {
     fn a_new_incarnation_owes_every_own_record_under_a_greater_sequence() {
         let (_, mut r, t) = written_online();
         let before = r.users[&ana()].records.get("a.1").map(|(s, _)| s);
-        let old = r.reincarnate("a.2".into(), t);
+        let old = r.reincarnate(inc("a.2"), t);
         assert_eq!(old, "a.1");
         let take = r.take(t, |_| false);
         assert_eq!(take.writes.len(), 1);
@@ -909,7 +913,7 @@ mod tests {
         assert!(Some(stored.seq) > before && stored.record.holds());
         assert!(!r.idle(), "a round with writes is under way");
         // The old incarnation is dead here whatever a lease round says.
-        let events = r.set_liveness(vec!["a.1".into(), "a.2".into()], &[], t, |_| true, t);
+        let events = r.set_liveness(vec![inc("a.1"), inc("a.2")], &[], t, |_| true, t);
         assert!(events.is_empty());
         assert_eq!(r.liveness("a.1"), Liveness::Gone(t));
     }
@@ -922,13 +926,13 @@ mod tests {
             .get("a.1")
             .map(|(s, rec)| (s, rec.clone()))
             .expect("a.1's record of ana");
-        let recs: UserRecords = vec![("a.1".into(), Stored { seq, record })];
+        let recs: UserRecords = vec![(inc("a.1"), Stored { seq, record })];
         // b.1 never heard of a.1: an HTTP query reads ana's records from the store.
-        let mut r = Replica::new("b.1".into(), t);
+        let mut r = Replica::new(inc("b.1"), t);
         let state = |r: &Replica| r.view_of_records(&recs).presence(&ana()).state;
         assert_ne!(state(&r), PresenceState::Offline);
         let later = t.after(Duration::from_secs(5));
-        let events = r.set_liveness(vec!["b.1".into()], &["a.1".into()], later, |_| true, later);
+        let events = r.set_liveness(vec![inc("b.1")], &[inc("a.1")], later, |_| true, later);
         assert!(events.is_empty(), "nobody here followed her");
         assert_eq!(state(&r), PresenceState::Offline);
         assert_eq!(
@@ -937,10 +941,10 @@ mod tests {
             "since the first round"
         );
         let next = later.after(Duration::from_secs(1));
-        r.set_liveness(vec!["b.1".into()], &["a.1".into()], next, |_| true, next);
+        r.set_liveness(vec![inc("b.1")], &[inc("a.1")], next, |_| true, next);
         assert_eq!(r.liveness("a.1"), Liveness::Gone(later));
         // Cleaned (no longer registered): forgotten.
-        r.set_liveness(vec!["b.1".into()], &[], next, |_| true, next);
+        r.set_liveness(vec![inc("b.1")], &[], next, |_| true, next);
         assert_eq!(r.liveness("a.1"), Liveness::Live);
     }
 }
