@@ -89,6 +89,12 @@ struct User {
 
 impl User {
     async fn on(node: &Node, name: &str) -> Self {
+        Self::resuming(node, name, None).await.0
+    }
+
+    /// A tab of `name` on `node`, resuming the connection behind `resume`
+    /// if given; with the welcome's `resumed` and resume token.
+    async fn resuming(node: &Node, name: &str, resume: Option<&str>) -> (Self, bool, String) {
         let who = Identity::from(UserId::new(name).expect("a user id"));
         let socket = node.server.connect(who).await.expect("connected");
         let (out, out_rx) = mpsc::channel(64);
@@ -100,9 +106,14 @@ impl User {
             frames,
             diffs: VecDeque::new(),
         };
-        u.send(json!({"type": "hello", "v": 1})).await;
-        u.frame("welcome").await;
-        u
+        let mut hello = json!({"type": "hello", "v": 1});
+        if let Some(token) = resume {
+            hello["resume"] = json!(token);
+        }
+        u.send(hello).await;
+        let welcome = u.frame("welcome").await;
+        let token = welcome["resume"].as_str().unwrap_or_default().to_owned();
+        (u, welcome["resumed"] == true, token)
     }
 
     /// [`Self::on`], then joined to `room`.
@@ -479,4 +490,40 @@ async fn a_large_room_switches_to_counts_and_back_across_nodes() {
         .await;
     let (_, took) = on_a[1].diff("user_idle", "a2").await;
     assert!(took <= ROUND, "{took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_restart_of_every_node_flaps_nobody() {
+    let mem = MemoryCluster::new();
+    let mut n = nodes(&mem, 3).await;
+    let who = ["ana", "bob", "carol"];
+    let mut users = Vec::new();
+    let mut tokens = Vec::new();
+    for (node, name) in n.iter().zip(who) {
+        let (mut u, _, token) = User::resuming(node, name, None).await;
+        u.join("r").await;
+        users.push(u);
+        tokens.push(token);
+    }
+    users[0].diff("user_connected", "carol").await;
+    users[1].diff("user_connected", "carol").await;
+    // Each node in turn: a graceful shutdown (its sockets closed with
+    // 1001, its connections left for its next run), the same node id
+    // started again, its user back with the resume token at once.
+    for i in 0..3 {
+        n[i].server.shutdown().await;
+        n[i] = node_with(&mem, ["a", "b", "c"][i], ServerConfig::default()).await;
+        up(std::slice::from_ref(&n[i])).await;
+        let (mut u, resumed, token) = User::resuming(&n[i], who[i], Some(&tokens[i])).await;
+        assert!(resumed, "{} resumed on the restarted node", who[i]);
+        let snap = u.join("r").await;
+        assert_eq!(names(&snap["members"]), ["ana", "bob", "carol"]);
+        users[i] = u;
+        tokens[i] = token;
+        // Nobody else saw the user go, nor anyone else.
+        for (j, other) in users.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+            let seen = other.kinds_during(Duration::from_secs(15), who[i]).await;
+            assert!(seen.is_empty(), "{} saw {}: {seen:?}", who[j], who[i]);
+        }
+    }
 }
