@@ -659,11 +659,10 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
             .iter()
             .map(|(user, _, old, new)| backend.replace(user, dead, old.seq, new.clone(), RETENTION))
             .collect();
-        let mut answers = futures_util::stream::iter(calls).buffered(CLEANS_AT_ONCE);
-        let mut replaced = Vec::with_capacity(expire.len());
-        while let Some(answer) = answers.next().await {
-            replaced.push(answer);
-        }
+        let replaced: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(CLEANS_AT_ONCE)
+            .collect()
+            .await;
         for ((user, recs, old, _), result) in expire.iter().zip(replaced) {
             match result {
                 Ok(Some((after, owed))) => {

@@ -86,9 +86,8 @@ impl ClusterConfig {
 
     /// This run's incarnation: the id and a fresh epoch.
     pub(crate) fn incarnation(&self) -> crate::backend::Incarnation {
-        let inc = format!("{}.{}", self.node_id, random_hex(4));
         // A valid node id (checked at build) and hex make a valid one.
-        crate::backend::Incarnation::parse(&inc).unwrap_or_default()
+        crate::backend::Incarnation::given(&format!("{}.{}", self.node_id, random_hex(4)))
     }
 }
 

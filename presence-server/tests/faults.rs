@@ -342,6 +342,16 @@ impl Node {
 /// What observers saw: (kind, user) of every diff, per observer.
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
+/// The kinds of the events a feed told about `user`, in order.
+fn told(feed: &Seen, user: &str) -> Vec<String> {
+    feed.lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, u)| u == user)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// Reads a node's host event feed (`GET /v1/events`, SSE over HTTP/1.0)
 /// from now on, noting (kind, user) of each event.
 async fn host_feed(node: &Node) -> Seen {
@@ -557,17 +567,9 @@ impl World {
     /// lapse would show too) in the cluster's event stream, which every
     /// node's feed serves whole: each feed must have told the same.
     fn host_events(&self, user: &str) -> Vec<String> {
-        let about = |h: &Seen| -> Vec<String> {
-            h.lock()
-                .expect("lock")
-                .iter()
-                .filter(|(_, u)| u == user)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        let first = about(&self.host[0]);
+        let first = told(&self.host[0], user);
         for (i, h) in self.host.iter().enumerate().skip(1) {
-            assert_eq!(about(h), first, "node {i}'s feed about {user}");
+            assert_eq!(told(h, user), first, "node {i}'s feed about {user}");
         }
         first
     }
@@ -577,17 +579,6 @@ impl World {
     /// it missed at its next poll, after the sockets converged.
     async fn feeds_agree(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
-        let told = |h: &Seen, user: &str| {
-            let mut v: Vec<String> = h
-                .lock()
-                .expect("lock")
-                .iter()
-                .filter(|(_, u)| u == user)
-                .map(|(k, _)| k.clone())
-                .collect();
-            v.sort();
-            v
-        };
         while Instant::now() < deadline
             && !self.users.iter().all(|u| {
                 let first = told(&self.host[0], u);

@@ -72,8 +72,9 @@ impl Incarnation {
         &self.0
     }
 
-    /// One this process was handed by its own caller (the in-process
-    /// backend's arguments), taken as it is: nothing outside produced it.
+    /// One this process made (its node's next run) or was handed by its own
+    /// caller (the in-process backend's arguments), taken as it is: nothing
+    /// outside produced it.
     pub(crate) fn given(s: &str) -> Self {
         Self(s.to_owned())
     }
@@ -143,12 +144,6 @@ impl PartialEq<str> for Incarnation {
 impl PartialEq<&str> for Incarnation {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
-    }
-}
-
-impl PartialEq<Incarnation> for str {
-    fn eq(&self, other: &Incarnation) -> bool {
-        self == other.0
     }
 }
 

@@ -551,12 +551,6 @@ impl Replica {
     /// users it released leave the index once their change is announced.
     pub fn took(&mut self, t: &Take) {
         self.outbox.took(&t.writes);
-        self.outbox.released(
-            t.writes
-                .iter()
-                .filter(|(_, s)| !s.record.holds())
-                .map(|(u, _)| u.clone()),
-        );
         self.interest.fetched(&t.fetch);
     }
 

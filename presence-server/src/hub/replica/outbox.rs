@@ -96,7 +96,9 @@ impl Outbox {
         self.writing = writes;
     }
 
-    /// The round's writes went through: the backend holds them now.
+    /// The round's writes went through: the backend holds them now, and
+    /// the users they released leave the index once their change is
+    /// announced.
     pub fn took(&mut self, writes: &[(UserId, Stored)]) {
         self.writing = false;
         for (user, s) in writes {
@@ -105,6 +107,7 @@ impl Outbox {
                 self.written.insert(user.clone(), s.record.clone());
             } else {
                 self.written.remove(user);
+                self.to_unindex.insert(user.clone());
             }
         }
     }
