@@ -118,7 +118,7 @@ impl Hub {
                     text: v.text,
                 });
                 for c in st.machine.connections_of(user).to_vec() {
-                    self.send(st, c, msg.clone());
+                    st.send(c, msg.clone());
                 }
                 st.machine.drain_events().for_each(drop);
                 st.touched.insert(user.clone());

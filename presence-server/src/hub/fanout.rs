@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 
 use presence_core::protocol::{Diff, Receipt, ServerMessage, encode};
 use presence_core::{ConnId, PresenceView, RoomId, UserId};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Hub, State, encoded, privacy};
@@ -52,7 +51,7 @@ impl Hub {
                 }
                 for frame in diff_frames(room.clone(), seen) {
                     for &conn in &conns {
-                        self.send(st, conn, frame.clone());
+                        st.send(conn, frame.clone());
                     }
                 }
             }
@@ -60,7 +59,7 @@ impl Hub {
         for (room, frame) in summaries {
             let conns = st.machine.room_connections(&room);
             for conn in deliverable(st, Some(&room), conns, &joiners) {
-                self.send(st, conn, frame.clone());
+                st.send(conn, frame.clone());
             }
         }
         self.send_snapshots(st, joiners);
@@ -95,30 +94,10 @@ impl Hub {
                 // Each joiner gets the parts back to back: nothing comes between.
                 for conn in conns {
                     for frame in &frames {
-                        self.send(st, conn, frame.clone());
+                        st.send(conn, frame.clone());
                     }
                 }
             }
-        }
-    }
-
-    /// Queues a frame for a socket; a full queue marks it slow.
-    pub(super) fn send(&self, st: &mut State, conn: ConnId, frame: Utf8Bytes) {
-        let Some(socket) = st.sockets.get(&conn) else {
-            return;
-        };
-        let len = frame.len() as u64;
-        match socket.tx.try_send(frame) {
-            Ok(()) => {
-                self.metrics.frames_out.inc();
-                self.metrics.bytes_out.inc_by(len);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !st.slow.contains(&conn) {
-                    st.slow.push(conn);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -143,7 +122,7 @@ impl Hub {
     /// A `watching` answer, as `conn` may see it.
     pub(super) fn send_watching(&self, st: &mut State, conn: ConnId, views: Vec<PresenceView>) {
         let users = self.seen_by(st, conn, views);
-        self.send(st, conn, encoded(&ServerMessage::Watching { users }));
+        st.send(conn, encoded(&ServerMessage::Watching { users }));
     }
 
     /// A room's snapshot per group of joiners who see it alike: last seens

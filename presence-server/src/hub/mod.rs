@@ -10,6 +10,7 @@
 //! diffs after it. If this lock ever becomes the bottleneck, shard by room.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +36,7 @@ mod fanout;
 mod large;
 mod privacy;
 mod watching;
+mod wires;
 
 use watching::unwatch_one;
 
@@ -47,6 +49,7 @@ use crate::data_dir::DataDir;
 use crate::feed::Feed;
 use crate::metrics::Metrics;
 use replica::Replica;
+use wires::{Outbound, Wire, Wires};
 
 /// How a socket is to be closed: code and reason.
 pub(crate) type Close = (CloseCode, &'static str);
@@ -66,8 +69,6 @@ struct Socket {
     user: UserId,
     /// Its token's identity: the privacy rule asks whether it is a contact.
     who: Arc<Identity>,
-    tx: mpsc::Sender<Utf8Bytes>,
-    close: watch::Sender<Option<Close>>,
     /// When its token expires: it is closed with 4101 then, unless an
     /// `auth` frame moved this.
     expires: Option<Millis>,
@@ -91,8 +92,6 @@ struct State {
     batch_since: Option<Millis>,
     /// When the driver plans to wake next.
     planned_wake: Option<Millis>,
-    /// Sockets whose queue overflowed during the current operation.
-    slow: Vec<ConnId>,
     /// In a cluster: what this node follows of it and owes it.
     cluster: Option<Replica>,
     /// In a cluster: users whose record this node must recompute.
@@ -105,6 +104,9 @@ struct State {
     next_sweep: Millis,
     /// The rooms that are large here, with their pending summaries.
     large: presence_core::large::LargeRooms,
+    /// What this step owes the sockets and the host, handed out when the
+    /// lock is let go.
+    out: Outbound,
 }
 
 impl State {
@@ -134,13 +136,25 @@ impl State {
         .min()
     }
 
-    /// Unregisters a socket (its expiry with it).
-    fn remove_socket(&mut self, conn: ConnId) -> Option<Socket> {
+    /// Unregisters a socket (its expiry with it) and closes it with
+    /// `close`, or, without, lets its sender go.
+    fn remove_socket(&mut self, conn: ConnId, close: Option<Close>) -> Option<Socket> {
         let socket = self.sockets.remove(&conn)?;
         if let Some(at) = socket.expires {
             self.expiries.remove(&(at, conn));
         }
+        match close {
+            Some(close) => self.out.close(socket.generation, close),
+            None => self.out.forget(socket.generation),
+        }
         Some(socket)
+    }
+
+    /// Queues a frame for a socket (a full queue makes it a slow consumer).
+    fn send(&mut self, conn: ConnId, frame: Utf8Bytes) {
+        if let Some(socket) = self.sockets.get(&conn) {
+            self.out.frame(conn, socket.generation, frame);
+        }
     }
 }
 
@@ -153,6 +167,9 @@ pub(crate) struct Hub {
     pub metrics: Metrics,
     events: broadcast::Sender<Event>,
     state: Mutex<State>,
+    /// The sockets' senders: only the shell's delivery touches them, taken
+    /// while `state` is held, never the other way round.
+    wires: Mutex<Wires>,
     /// Wakes the driver early: a batch started or a deadline moved earlier.
     wake: Arc<Notify>,
     /// The shared backend, when the server runs as one node of several.
@@ -257,7 +274,6 @@ impl Hub {
                 snapshots: HashMap::new(),
                 batch_since: None,
                 planned_wake: None,
-                slow: Vec::new(),
                 cluster: replica,
                 touched: HashSet::new(),
                 durable: HashSet::new(),
@@ -267,7 +283,9 @@ impl Hub {
                     config.large_room_members,
                     config.large_room_interval,
                 ),
+                out: Outbound::default(),
             }),
+            wires: Mutex::new(Wires::default()),
             config,
             clock,
             auth,
@@ -357,7 +375,8 @@ impl Hub {
         }))
     }
 
-    /// Hands a host-level event to the app's subscribers and the feed.
+    /// Hands a host-level event to the app's subscribers and the feed (under
+    /// the lock, decisions queue it in [`State::out`] instead).
     fn publish(&self, ev: &Event) {
         // No receivers is fine: host apps subscribe if they want to.
         let _ = self.events.send(ev.clone());
@@ -371,16 +390,15 @@ impl Hub {
     /// replica: it goes straight into the stream's outbox, named by its
     /// node (connection ids are per node). At most once there: a node that
     /// dies before appending it loses it.
-    fn publish_view(&self, st: &State, mut ev: Event) {
+    fn publish_view(&self, st: &mut State, mut ev: Event) {
         self.record(&ev);
-        let me = st.cluster.as_ref().map(|c| c.me.clone());
         if let (Diff::Viewing { node, .. }, Some(l)) = (&mut ev.diff, &self.cluster) {
             *node = Some(l.config.node_id.clone());
         }
-        if let (Some(stream), Some(me)) = (&self.stream, me) {
-            stream.push_own(&me, &ev);
+        match st.cluster.as_ref().map(|c| c.me.clone()) {
+            Some(me) => st.out.own(me, ev),
+            None => st.out.host(ev),
         }
-        self.publish(&ev);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -392,10 +410,46 @@ impl Hub {
         random_token(self.cluster.as_ref().map(|l| l.config.node_id.as_str()))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug in this crate; the
         // state is still structurally sound, so keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        Locked {
+            hub: self,
+            st: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Hands out what the decisions queued, in order, and closes the sockets
+    /// whose queues were full (which may queue more).
+    fn deliver(&self, st: &mut State) {
+        while !st.out.is_empty() {
+            let out = std::mem::take(&mut st.out);
+            let slow = self
+                .wires
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deliver(out, self);
+            let now = self.clock.now();
+            let mut closed = false;
+            for (conn, generation) in slow {
+                if !st.is_current(conn, generation) {
+                    continue;
+                }
+                self.metrics.slow_consumers.inc();
+                tracing::info!(%conn, "outbound queue full; closing slow consumer");
+                self.close_socket(
+                    st,
+                    now,
+                    conn,
+                    (CloseCode::SlowConsumer, "slow consumer"),
+                    true,
+                );
+                closed = true;
+            }
+            if closed {
+                self.settle(st, now);
+            }
+        }
     }
 
     /// Runs `f` on the state, then routes what the machine emitted and closes
@@ -439,7 +493,7 @@ impl Hub {
                 self.record(ev);
                 let watched = st.watchers.contains_key(ev.diff.user());
                 st.batch.route(ev, watched);
-                self.publish(ev);
+                st.out.host(ev.clone());
             }
         }
         if st.cluster.is_some() {
@@ -457,17 +511,6 @@ impl Hub {
         {
             st.planned_wake = Some(next);
             self.wake.notify_one();
-        }
-        while let Some(conn) = st.slow.pop() {
-            self.metrics.slow_consumers.inc();
-            tracing::info!(%conn, "outbound queue full; closing slow consumer");
-            self.close_socket(
-                st,
-                now,
-                conn,
-                (CloseCode::SlowConsumer, "slow consumer"),
-                true,
-            );
         }
         self.metrics.connections.set(st.sockets.len() as i64);
     }
@@ -495,11 +538,8 @@ impl Hub {
         if let Some(c) = st.cluster.as_mut() {
             c.forget_conn(conn);
         }
-        if let Some(socket) = st.remove_socket(conn) {
-            let _ = socket.close.send(Some(close));
-            if dropped {
-                st.machine.dropped(now, conn);
-            }
+        if st.remove_socket(conn, Some(close)).is_some() && dropped {
+            st.machine.dropped(now, conn);
         }
     }
 
@@ -518,7 +558,11 @@ impl Hub {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, outbound) = mpsc::channel(self.config.outbound_queue);
         let (close_tx, close) = watch::channel(None);
-        self.apply(|st, now| {
+        self.wires
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(generation, Wire::new(tx, close_tx));
+        let registered = self.apply(|st, now| {
             // Checked under the lock that close_all takes, so no socket
             // registers after the shutdown closed the others.
             if self.is_shutting_down() {
@@ -580,13 +624,11 @@ impl Hub {
                     generation,
                     user: user.clone(),
                     who: who.clone(),
-                    tx,
-                    close: close_tx,
                     expires: None,
                 },
             );
             self.set_expiry(st, outcome.conn, who.expires);
-            self.send(st, outcome.conn, encoded(&welcome));
+            st.send(outcome.conn, encoded(&welcome));
             // Settings that are not both open follow at once, before anything else.
             let p = st.machine.privacy(user);
             if !p.is_open() {
@@ -594,7 +636,7 @@ impl Hub {
                     last_seen: p.last_seen,
                     receipts: p.receipts,
                 };
-                self.send(st, outcome.conn, encoded(&privacy));
+                st.send(outcome.conn, encoded(&privacy));
             }
             Ok(Registered {
                 conn: outcome.conn,
@@ -602,7 +644,14 @@ impl Hub {
                 outbound,
                 close,
             })
-        })
+        });
+        if registered.is_err() {
+            self.wires
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(generation);
+        }
+        registered
     }
 
     /// Takes a socket's fresh token: its expiry and its claims; `false` if
@@ -667,7 +716,7 @@ impl Hub {
             }
             let _ = st.machine.heartbeat(now, conn);
             if pong {
-                self.send(st, conn, encoded(&ServerMessage::Pong));
+                st.send(conn, encoded(&ServerMessage::Pong));
             }
         });
     }
@@ -676,7 +725,7 @@ impl Hub {
     pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
         self.apply(|st, _| {
             if st.is_current(conn, generation) {
-                self.send(st, conn, encoded(msg));
+                st.send(conn, encoded(msg));
             }
         });
     }
@@ -703,12 +752,9 @@ impl Hub {
     /// Queues a reply only if the socket's queue has room for it: for
     /// replies that must never make a socket a slow consumer.
     pub fn try_reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
-        let st = self.lock();
-        if st.is_current(conn, generation)
-            && let Some(socket) = st.sockets.get(&conn)
-            && socket.tx.try_send(encoded(msg)).is_ok()
-        {
-            self.metrics.frames_out.inc();
+        let mut st = self.lock();
+        if st.is_current(conn, generation) {
+            st.out.offer(generation, encoded(msg));
         }
     }
 
@@ -766,7 +812,7 @@ impl Hub {
                 let msg = encoded(&ServerMessage::SelfStatus { status, text });
                 let own: Vec<ConnId> = st.machine.connections_of(&user).to_vec();
                 for c in own {
-                    self.send(st, c, msg.clone());
+                    st.send(c, msg.clone());
                 }
             }
             Ok(())
@@ -788,7 +834,7 @@ impl Hub {
     pub fn socket_gone(&self, conn: ConnId, generation: u64) {
         self.apply(|st, now| {
             if st.is_current(conn, generation) {
-                st.remove_socket(conn);
+                st.remove_socket(conn, None);
                 if let Some(c) = st.cluster.as_mut() {
                     c.forget_conn(conn);
                 }
@@ -930,4 +976,33 @@ const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 /// makes each of a queue's slots half again as big).
 pub(crate) fn encoded(msg: &ServerMessage) -> Utf8Bytes {
     Utf8Bytes::from(encode(msg))
+}
+
+/// The state's lock: what the decisions queued while it was held is handed
+/// out when it is let go, so every step's frames leave in the order decided,
+/// before the next step's.
+struct Locked<'a> {
+    hub: &'a Hub,
+    st: MutexGuard<'a, State>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if !self.st.out.is_empty() && !std::thread::panicking() {
+            self.hub.deliver(&mut self.st);
+        }
+    }
 }

@@ -102,7 +102,7 @@ impl Hub {
             receipts: p.receipts,
         });
         for c in st.machine.connections_of(user).to_vec() {
-            self.send(st, c, msg.clone());
+            st.send(c, msg.clone());
         }
     }
 

@@ -1,0 +1,148 @@
+//! What the node's decisions owe the sockets, and the senders that carry it.
+//!
+//! Decisions never touch a channel: they append to [`Outbound`] (frames,
+//! offers, closes, forgotten sockets and host events, in the order decided),
+//! and the shell hands it out when it lets go of the state's lock (see
+//! [`super::Locked`]). Sockets are named there by their generation, unique
+//! per socket, so a resume that puts a new socket under the same `ConnId`
+//! never gets frames meant for the one it replaced. A full queue comes back
+//! to the node as a slow consumer for it to close.
+
+use std::collections::HashMap;
+
+use presence_core::{ConnId, Event};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::Close;
+use crate::backend::Incarnation;
+
+/// One step's output for the shell, in decision order.
+#[derive(Default)]
+pub(super) struct Outbound {
+    ops: Vec<Op>,
+}
+
+enum Op {
+    /// A frame; a full queue makes its socket a slow consumer.
+    Frame(ConnId, u64, Utf8Bytes),
+    /// A frame only if its queue has room (never makes a socket slow).
+    Offer(u64, Utf8Bytes),
+    /// Signals the socket's task to close; its sender goes.
+    Close(u64, Close),
+    /// The socket ended by itself; its sender goes.
+    Forget(u64),
+    /// For the app's subscribers and the feed.
+    Host(Event),
+    /// A view change for the cluster's stream as this incarnation's own,
+    /// then for the host.
+    Own(Incarnation, Event),
+}
+
+impl Outbound {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn frame(&mut self, conn: ConnId, generation: u64, frame: Utf8Bytes) {
+        self.ops.push(Op::Frame(conn, generation, frame));
+    }
+
+    pub fn offer(&mut self, generation: u64, frame: Utf8Bytes) {
+        self.ops.push(Op::Offer(generation, frame));
+    }
+
+    pub fn close(&mut self, generation: u64, close: Close) {
+        self.ops.push(Op::Close(generation, close));
+    }
+
+    pub fn forget(&mut self, generation: u64) {
+        self.ops.push(Op::Forget(generation));
+    }
+
+    pub fn host(&mut self, ev: Event) {
+        self.ops.push(Op::Host(ev));
+    }
+
+    pub fn own(&mut self, me: Incarnation, ev: Event) {
+        self.ops.push(Op::Own(me, ev));
+    }
+}
+
+/// One socket's ends on the server's side.
+pub(super) struct Wire {
+    tx: mpsc::Sender<Utf8Bytes>,
+    close: watch::Sender<Option<Close>>,
+}
+
+impl Wire {
+    pub fn new(tx: mpsc::Sender<Utf8Bytes>, close: watch::Sender<Option<Close>>) -> Self {
+        Self { tx, close }
+    }
+}
+
+/// The live sockets' senders, by generation.
+#[derive(Default)]
+pub(super) struct Wires {
+    by_generation: HashMap<u64, Wire>,
+}
+
+impl Wires {
+    pub fn register(&mut self, generation: u64, wire: Wire) {
+        self.by_generation.insert(generation, wire);
+    }
+
+    pub fn remove(&mut self, generation: u64) {
+        self.by_generation.remove(&generation);
+    }
+
+    /// Hands out `out` in order; returns the sockets whose queue was full
+    /// (connection and generation, each once).
+    pub fn deliver(&mut self, out: Outbound, hub: &super::Hub) -> Vec<(ConnId, u64)> {
+        let metrics = &hub.metrics;
+        let mut slow: Vec<(ConnId, u64)> = Vec::new();
+        for op in out.ops {
+            match op {
+                Op::Frame(conn, generation, frame) => {
+                    let Some(wire) = self.by_generation.get(&generation) else {
+                        continue;
+                    };
+                    let len = frame.len() as u64;
+                    match wire.tx.try_send(frame) {
+                        Ok(()) => {
+                            metrics.frames_out.inc();
+                            metrics.bytes_out.inc_by(len);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            if !slow.contains(&(conn, generation)) {
+                                slow.push((conn, generation));
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                Op::Offer(generation, frame) => {
+                    if let Some(wire) = self.by_generation.get(&generation)
+                        && wire.tx.try_send(frame).is_ok()
+                    {
+                        metrics.frames_out.inc();
+                    }
+                }
+                Op::Close(generation, close) => {
+                    if let Some(wire) = self.by_generation.remove(&generation) {
+                        let _ = wire.close.send(Some(close));
+                    }
+                }
+                Op::Forget(generation) => self.remove(generation),
+                Op::Host(ev) => hub.publish(&ev),
+                Op::Own(me, ev) => {
+                    if let Some(stream) = &hub.stream {
+                        stream.push_own(&me, &ev);
+                    }
+                    hub.publish(&ev);
+                }
+            }
+        }
+        slow
+    }
+}
