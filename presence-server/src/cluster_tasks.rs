@@ -50,9 +50,9 @@ use tokio::sync::Notify;
 use crate::backend::{
     Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic, UserRecords,
 };
+use crate::cluster_config::ClusterConfig;
 use crate::hub::Hub;
 use crate::hub::replica::{BusMessage, Take};
-use crate::node::ClusterConfig;
 
 /// Reconnect attempts back off from this...
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

@@ -58,6 +58,21 @@ pub(crate) struct StreamMetrics {
 }
 
 impl Metrics {
+    /// Counts an event by kind; a user going offline everywhere also
+    /// observes how long after their last sign of life.
+    pub fn event(&self, ev: &presence_core::Event) {
+        self.events.get_or_create(&[("kind", ev.name())]).inc();
+        if let presence_core::protocol::Diff::UserDisconnected {
+            last_seen: Some(last_seen),
+            ..
+        } = ev.diff
+            && ev.global
+        {
+            self.time_to_offline
+                .observe(ev.at.since(last_seen).as_secs_f64());
+        }
+    }
+
     pub fn new(clustered: bool) -> Self {
         let mut registry = Registry::with_prefix("presence");
         let connections = Gauge::default();

@@ -512,7 +512,7 @@ mod tests {
     #[test]
     fn an_incarnation_from_outside_is_checked() {
         let inc = Incarnation::parse("eu-1.5f3a9c").expect("well formed");
-        assert_eq!(crate::node::node_of(&inc), "eu-1");
+        assert_eq!(crate::cluster_config::node_of(&inc), "eu-1");
         for bad in [
             "",
             "a b.1",

@@ -13,11 +13,11 @@ use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
 use super::replica::{BusMessage, Replica, Take, address};
-use super::{Hub, State, encoded};
+use super::{Hub, Node, encoded};
 use crate::auth::Identity;
 use crate::backend::Owed;
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
-use crate::node::ClusterConfig;
+use crate::cluster_config::ClusterConfig;
 
 /// The node's link to its backend, held by the hub.
 pub(crate) struct BackendLink {
@@ -36,101 +36,6 @@ impl Hub {
         if let Some(l) = &self.cluster {
             l.wake.notify_one();
         }
-    }
-
-    /// A machine event in a cluster: its user's record is recomputed (at the
-    /// end of the operation); a read marker, which no record carries, is
-    /// shown here at once and sent to the others.
-    pub(super) fn local_to_cluster(&self, st: &mut State, ev: &Event) {
-        let user = ev.diff.user().clone();
-        // Markers read with receipts off are kept for the user, not shown.
-        let shown = self.privacy_of(st, &user).receipts == Receipts::On;
-        if let Diff::Read { marker, .. } = ev.diff
-            && let Some(c) = st.cluster.as_mut()
-        {
-            for room in &ev.rooms {
-                if shown {
-                    c.read(room.clone(), user.clone(), marker);
-                }
-                if c.shown_in(&user, room) {
-                    let shown = Event {
-                        rooms: vec![room.clone()],
-                        ..ev.clone()
-                    };
-                    self.record(&shown);
-                    st.batch.route(&shown, false);
-                }
-            }
-        }
-        st.touched.insert(user);
-    }
-
-    /// Recomputes the records of touched users and routes what changed.
-    pub(super) fn cluster_refresh(&self, st: &mut State, now: Millis) {
-        if st.touched.is_empty() {
-            return;
-        }
-        let Some(c) = st.cluster.as_mut() else {
-            return;
-        };
-        let mut events = Vec::new();
-        for user in std::mem::take(&mut st.touched) {
-            events.extend(c.touch(&st.machine, &user, now));
-        }
-        self.route(st, &events);
-        self.cluster_wake();
-    }
-
-    /// Files cluster-level events for this node's sockets.
-    fn route(&self, st: &mut State, events: &[Event]) {
-        for ev in events {
-            self.record(ev);
-            let watched = st.watchers.contains_key(ev.diff.user());
-            st.batch.route(ev, watched);
-        }
-    }
-
-    /// Takes over a status set on another node: the machine adopts it (so
-    /// an invisible user is offline here too) and the user's sockets here
-    /// are told.
-    fn adopt_statuses(&self, st: &mut State, now: Millis) {
-        let users = st
-            .cluster
-            .as_mut()
-            .map(|c| c.take_statuses())
-            .unwrap_or_default();
-        for user in &users {
-            let Some(v) = st.cluster.as_ref().and_then(|c| c.view(user)).cloned() else {
-                continue;
-            };
-            if st.machine.connections_of(user).is_empty() {
-                continue;
-            }
-            if st.machine.adopt_privacy(now, user, v.privacy, v.privacy_at) {
-                self.tell_privacy(st, user, v.privacy);
-            }
-            if st
-                .machine
-                .adopt_status(now, user, v.status, v.text.clone(), v.status_at)
-            {
-                let msg = encoded(&ServerMessage::SelfStatus {
-                    status: v.status,
-                    text: v.text,
-                });
-                for c in st.machine.connections_of(user).to_vec() {
-                    st.send(c, msg.clone());
-                }
-                st.machine.drain_events().for_each(drop);
-                st.touched.insert(user.clone());
-            }
-        }
-    }
-
-    /// Routes events that came from the cluster, with status adoption.
-    fn deliver_cluster(&self, st: &mut State, now: Millis, events: Vec<Event>) {
-        self.route(st, &events);
-        self.adopt_statuses(st, now);
-        self.cluster_refresh(st, now);
     }
 
     /// This run's incarnation.
@@ -165,7 +70,7 @@ impl Hub {
         }
         let machine = &st.machine;
         let watchers = &st.watchers;
-        let me = crate::node::node_of(&c.me).to_owned();
+        let me = crate::cluster_config::node_of(&c.me).to_owned();
         let take = c.take(now, |topic| match topic {
             Topic::Room(room) => !machine.room_connections(room).is_empty(),
             Topic::User(user) => {
@@ -189,7 +94,7 @@ impl Hub {
         self.apply(|st, now| {
             if let Some(c) = st.cluster.as_mut() {
                 let events = f(c, now);
-                self.deliver_cluster(st, now, events);
+                st.deliver_cluster(now, events);
             }
         });
     }
@@ -204,12 +109,12 @@ impl Hub {
             c.failed(take);
             let waiting = c.take_awaiting();
             for (conn, users) in c.watching_now() {
-                self.send_watching(st, conn, users);
+                st.send_watching(conn, users);
             }
             // Joiners get what is known now; the room's diffs follow.
             for (conn, rooms) in waiting {
                 for room in rooms {
-                    self.local_snapshot(st, conn, room);
+                    st.local_snapshot(conn, room);
                 }
             }
         });
@@ -223,7 +128,7 @@ impl Hub {
             };
             let (local, host, out) = c.written(replies, now);
             self.announce(&host);
-            self.deliver_cluster(st, now, local);
+            st.deliver_cluster(now, local);
             out
         })
     }
@@ -235,9 +140,9 @@ impl Hub {
                 return;
             };
             let (events, answers) = c.fetched(got, now);
-            self.deliver_cluster(st, now, events);
+            st.deliver_cluster(now, events);
             for (conn, users) in answers {
-                self.send_watching(st, conn, users);
+                st.send_watching(conn, users);
             }
         });
     }
@@ -255,9 +160,9 @@ impl Hub {
                 return;
             };
             let (events, owed) = c.room_synced(room, members, receipts, now);
-            self.deliver_cluster(st, now, events);
+            st.deliver_cluster(now, events);
             for conn in owed {
-                self.local_snapshot(st, conn, room.clone());
+                st.local_snapshot(conn, room.clone());
             }
         });
     }
@@ -270,7 +175,7 @@ impl Hub {
                 return;
             };
             let (events, reads) = c.incoming(msg, now);
-            self.deliver_cluster(st, now, events);
+            st.deliver_cluster(now, events);
             for (room, user, marker) in reads {
                 let ev = Event {
                     at: now,
@@ -278,7 +183,7 @@ impl Hub {
                     rooms: vec![room],
                     global: false,
                 };
-                self.record(&ev);
+                self.metrics.event(&ev);
                 st.batch.route(&ev, false);
             }
         });
@@ -445,7 +350,7 @@ impl Hub {
         let Some(c) = st.cluster.as_ref() else {
             return Vec::new();
         };
-        let own = viewer.map(|v| self.privacy_of(&st, &v.user));
+        let own = viewer.map(|v| st.privacy_of(&v.user));
         users
             .iter()
             .zip(recs)
@@ -453,7 +358,7 @@ impl Hub {
             .filter(|(_, v)| room.is_none_or(|room| v.shown_in(room)))
             .map(|(u, v)| {
                 let sight = match (viewer, own) {
-                    (Some(who), Some(own)) => self.sight_given(who, own, u, v.privacy),
+                    (Some(who), Some(own)) => st.sight_given(who, own, u, v.privacy),
                     _ => Sight::ALL,
                 };
                 sight.view(v.presence(u))
@@ -501,5 +406,105 @@ impl Hub {
                 }
             })
             .unwrap_or_default()
+    }
+}
+
+impl Node {
+    /// A machine event in a cluster: its user's record is recomputed (at the
+    /// end of the operation); a read marker, which no record carries, is
+    /// shown here at once and sent to the others.
+    pub(super) fn local_to_cluster(&mut self, ev: &Event) {
+        let user = ev.diff.user().clone();
+        // Markers read with receipts off are kept for the user, not shown.
+        let shown = self.privacy_of(&user).receipts == Receipts::On;
+        if let Diff::Read { marker, .. } = ev.diff
+            && let Some(c) = self.cluster.as_mut()
+        {
+            for room in &ev.rooms {
+                if shown {
+                    c.read(room.clone(), user.clone(), marker);
+                }
+                if c.shown_in(&user, room) {
+                    let shown = Event {
+                        rooms: vec![room.clone()],
+                        ..ev.clone()
+                    };
+                    self.metrics.event(&shown);
+                    self.batch.route(&shown, false);
+                }
+            }
+        }
+        self.touched.insert(user);
+    }
+
+    /// Recomputes the records of touched users and routes what changed.
+    pub(super) fn cluster_refresh(&mut self, now: Millis) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        for user in std::mem::take(&mut self.touched) {
+            events.extend(c.touch(&self.machine, &user, now));
+        }
+        self.route(&events);
+        self.out.wake_rounds();
+    }
+
+    /// Files cluster-level events for this node's sockets.
+    fn route(&mut self, events: &[Event]) {
+        for ev in events {
+            self.metrics.event(ev);
+            let watched = self.watchers.contains_key(ev.diff.user());
+            self.batch.route(ev, watched);
+        }
+    }
+
+    /// Takes over a status set on another node: the machine adopts it (so
+    /// an invisible user is offline here too) and the user's sockets here
+    /// are told.
+    fn adopt_statuses(&mut self, now: Millis) {
+        let users = self
+            .cluster
+            .as_mut()
+            .map(|c| c.take_statuses())
+            .unwrap_or_default();
+        for user in &users {
+            let Some(v) = self.cluster.as_ref().and_then(|c| c.view(user)).cloned() else {
+                continue;
+            };
+            if self.machine.connections_of(user).is_empty() {
+                continue;
+            }
+            if self
+                .machine
+                .adopt_privacy(now, user, v.privacy, v.privacy_at)
+            {
+                self.tell_privacy(user, v.privacy);
+            }
+            if self
+                .machine
+                .adopt_status(now, user, v.status, v.text.clone(), v.status_at)
+            {
+                let msg = encoded(&ServerMessage::SelfStatus {
+                    status: v.status,
+                    text: v.text,
+                });
+                for c in self.machine.connections_of(user).to_vec() {
+                    self.send(c, msg.clone());
+                }
+                self.machine.drain_events().for_each(drop);
+                self.touched.insert(user.clone());
+            }
+        }
+    }
+
+    /// Routes events that came from the cluster, with status adoption.
+    fn deliver_cluster(&mut self, now: Millis, events: Vec<Event>) {
+        self.route(&events);
+        self.adopt_statuses(now);
+        self.cluster_refresh(now);
     }
 }

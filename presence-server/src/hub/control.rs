@@ -220,7 +220,7 @@ impl Hub {
             let (record, live) = st.machine.hand_over(now, user, token)?;
             if live {
                 let close = (CloseCode::Superseded, "resumed on another node");
-                self.close_socket(st, now, record.conn, close, false);
+                st.close_socket(now, record.conn, close, false);
             }
             Some(record)
         });

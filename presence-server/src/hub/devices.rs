@@ -134,7 +134,7 @@ impl Hub {
             };
             recs.iter()
                 .filter(|(_, s)| s.record.holds())
-                .map(|(inc, _)| crate::node::node_of(inc).to_owned())
+                .map(|(inc, _)| crate::cluster_config::node_of(inc).to_owned())
                 .filter(|node| *node != me && c.node_alive(node))
                 .collect()
         };

@@ -37,7 +37,7 @@ impl Hub {
         }
         self.next_conn.fetch_max(max_conn + 1, Ordering::Relaxed);
         st.machine.drain_events().for_each(drop);
-        self.cluster_refresh(&mut st, now);
+        st.cluster_refresh(now);
         st.planned_wake = None;
         self.wake.notify_one();
     }

@@ -4,42 +4,42 @@
 use std::collections::{HashMap, HashSet};
 
 use presence_core::protocol::{Diff, Receipt, ServerMessage, encode};
-use presence_core::{ConnId, PresenceView, RoomId, UserId};
+use presence_core::{ConnId, Millis, PresenceView, RoomId, UserId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Hub, State, encoded, privacy};
+use super::{Node, encoded, privacy};
 use crate::broadcast::Audience;
 
-impl Hub {
+impl Node {
     /// Sends every pending batch: one encoding per audience, the same bytes
     /// to every recipient.
-    pub(super) fn flush(&self, st: &mut State) {
-        st.batch_since = None;
-        let batches = st.batch.take();
-        let batches = self.sort_large(st, batches);
-        let summaries = self.due_summaries(st);
-        let joiners = std::mem::take(&mut st.snapshots);
+    pub(super) fn flush(&mut self, now: Millis) {
+        self.batch_since = None;
+        let batches = self.batch.take();
+        let batches = self.sort_large(now, batches);
+        let summaries = self.due_summaries(now);
+        let joiners = std::mem::take(&mut self.snapshots);
         for (audience, mut diffs) in batches {
             let (room, recipients): (Option<RoomId>, Vec<ConnId>) = match audience {
                 Audience::Room(room) => {
-                    let conns = st.machine.room_connections(&room);
+                    let conns = self.machine.room_connections(&room);
                     (Some(room), conns)
                 }
                 Audience::Watchers(user) => (
                     None,
-                    st.watchers
+                    self.watchers
                         .get(&user)
                         .map(|w| w.iter().copied().collect())
                         .unwrap_or_default(),
                 ),
             };
-            let recipients = deliverable(st, room.as_ref(), recipients, &joiners);
+            let recipients = deliverable(self, room.as_ref(), recipients, &joiners);
             if recipients.is_empty() {
                 continue;
             }
             self.metrics.fanout.observe(recipients.len() as f64);
-            let subjects = self.diff_subjects(st, &diffs, &recipients);
-            for (sights, conns) in self.by_sight(st, &subjects, recipients) {
+            let subjects = self.diff_subjects(&diffs, &recipients);
+            for (sights, conns) in self.by_sight(&subjects, recipients) {
                 // No sights: the one group, which takes the batch as it is.
                 let seen = if sights.is_empty() {
                     std::mem::take(&mut diffs)
@@ -51,50 +51,50 @@ impl Hub {
                 }
                 for frame in diff_frames(room.clone(), seen) {
                     for &conn in &conns {
-                        st.send(conn, frame.clone());
+                        self.send(conn, frame.clone());
                     }
                 }
             }
         }
         for (room, frame) in summaries {
-            let conns = st.machine.room_connections(&room);
-            for conn in deliverable(st, Some(&room), conns, &joiners) {
-                st.send(conn, frame.clone());
+            let conns = self.machine.room_connections(&room);
+            for conn in deliverable(self, Some(&room), conns, &joiners) {
+                self.send(conn, frame.clone());
             }
         }
-        self.send_snapshots(st, joiners);
+        self.send_snapshots(joiners);
     }
 
     /// Sends owed snapshots, each room's encoded once for all its joiners.
-    pub(super) fn send_snapshots(&self, st: &mut State, joiners: HashMap<RoomId, HashSet<ConnId>>) {
+    pub(super) fn send_snapshots(&mut self, joiners: HashMap<RoomId, HashSet<ConnId>>) {
         for (room, conns) in joiners {
             // Left again (or gone) before the flush: nothing is owed.
             let conns: Vec<ConnId> = conns
                 .into_iter()
-                .filter(|c| st.machine.rooms_of(*c).contains(&room))
+                .filter(|c| self.machine.rooms_of(*c).contains(&room))
                 .collect();
             if conns.is_empty() {
                 continue;
             }
-            let snapshot = match &st.cluster {
-                _ if st.large.is_large(&room) => self.large_snapshot(st, &room),
+            let snapshot = match &self.cluster {
+                _ if self.large.is_large(&room) => self.large_snapshot(&room),
                 Some(c) => c.snapshot(&room),
                 None => ServerMessage::Snapshot {
-                    members: sorted(st.machine.members(&room)),
-                    typing: st.machine.typing_in(&room),
-                    receipts: st.machine.receipts_in(&room),
+                    members: sorted(self.machine.members(&room)),
+                    typing: self.machine.typing_in(&room),
+                    receipts: self.machine.receipts_in(&room),
                     room,
                     more: false,
                     large: false,
                     counts: None,
                 },
             };
-            for (snapshot, conns) in self.snapshots_seen(st, snapshot, conns) {
+            for (snapshot, conns) in self.snapshots_seen(snapshot, conns) {
                 let frames = snapshot_frames(snapshot);
                 // Each joiner gets the parts back to back: nothing comes between.
                 for conn in conns {
                     for frame in &frames {
-                        st.send(conn, frame.clone());
+                        self.send(conn, frame.clone());
                     }
                 }
             }
@@ -102,34 +102,33 @@ impl Hub {
     }
 
     /// Owes `conn` a snapshot of `room` from this node's machine, sent at
-    /// the next flush (see [`State::snapshots`]).
-    pub(super) fn local_snapshot(&self, st: &mut State, conn: ConnId, room: RoomId) {
-        st.snapshots.entry(room).or_default().insert(conn);
+    /// the next flush (see [`Node::snapshots`]).
+    pub(super) fn local_snapshot(&mut self, conn: ConnId, room: RoomId) {
+        self.snapshots.entry(room).or_default().insert(conn);
     }
 
-    pub(super) fn local_watching(&self, st: &mut State, conn: ConnId, users: &[UserId]) {
+    pub(super) fn local_watching(&mut self, conn: ConnId, users: &[UserId]) {
         let views = users
             .iter()
             .map(|u| {
-                st.machine
+                self.machine
                     .view(u)
                     .unwrap_or_else(|| PresenceView::offline(u.clone()))
             })
             .collect();
-        self.send_watching(st, conn, views);
+        self.send_watching(conn, views);
     }
 
     /// A `watching` answer, as `conn` may see it.
-    pub(super) fn send_watching(&self, st: &mut State, conn: ConnId, views: Vec<PresenceView>) {
-        let users = self.seen_by(st, conn, views);
-        st.send(conn, encoded(&ServerMessage::Watching { users }));
+    pub(super) fn send_watching(&mut self, conn: ConnId, views: Vec<PresenceView>) {
+        let users = self.seen_by(conn, views);
+        self.send(conn, encoded(&ServerMessage::Watching { users }));
     }
 
     /// A room's snapshot per group of joiners who see it alike: last seens
     /// and read markers as each may see them.
     fn snapshots_seen(
         &self,
-        st: &State,
         snapshot: ServerMessage,
         conns: Vec<ConnId>,
     ) -> Vec<(ServerMessage, Vec<ConnId>)> {
@@ -145,14 +144,14 @@ impl Hub {
         else {
             return vec![(snapshot, conns)];
         };
-        let mut subjects = self.view_subjects(st, &members);
+        let mut subjects = self.view_subjects(&members);
         // The room's shown markers are hidden only from joiners with receipts off.
-        if self.any_blind(st, &conns) {
+        if self.any_blind(&conns) {
             subjects.extend(receipts.iter().map(|r| r.user.clone()));
         }
         subjects.sort_unstable();
         subjects.dedup();
-        self.by_sight(st, &subjects, conns)
+        self.by_sight(&subjects, conns)
             .into_iter()
             .map(|(sights, conns)| {
                 let sight = |u: &UserId| privacy::sight_of(&subjects, &sights, u);
@@ -182,7 +181,7 @@ impl Hub {
 /// with a socket, not waiting for the room's first snapshot, not owed a
 /// snapshot that will show what the frames say.
 fn deliverable(
-    st: &State,
+    st: &Node,
     room: Option<&RoomId>,
     conns: Vec<ConnId>,
     joiners: &HashMap<RoomId, HashSet<ConnId>>,

@@ -11,10 +11,10 @@
 
 use presence_core::large::Due;
 use presence_core::protocol::{Counts, Diff, ServerMessage, encode};
-use presence_core::{ConnId, PresenceView, RoomId, UserId};
+use presence_core::{ConnId, Millis, PresenceView, RoomId, UserId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Hub, State};
+use super::{Hub, Node};
 use crate::broadcast::Audience;
 
 impl Hub {
@@ -24,30 +24,46 @@ impl Hub {
             .large
             .set_threshold(room, members.map(|m| m.max(1)));
     }
+}
 
+/// At least the room's online members, in constant time.
+fn room_size(st: &Node, room: &RoomId) -> usize {
+    match &st.cluster {
+        Some(c) => c.room_size(room),
+        None => st.machine.room_size(room),
+    }
+}
+
+fn room_counts(st: &Node, room: &RoomId) -> Counts {
+    match &st.cluster {
+        Some(c) => c.counts(room),
+        None => st.machine.counts(room),
+    }
+}
+
+impl Node {
     /// Takes out of a flush the diffs of rooms that are (or just became)
     /// large; the rest go out as usual.
     pub(super) fn sort_large(
-        &self,
-        st: &mut State,
+        &mut self,
+        now: Millis,
         batches: Vec<(Audience, Vec<Diff>)>,
     ) -> Vec<(Audience, Vec<Diff>)> {
-        let now = self.clock.now();
         batches
             .into_iter()
             .filter(|(audience, diffs)| {
                 let Audience::Room(room) = audience else {
                     return true;
                 };
-                if st.large.absorb(room, diffs) {
+                if self.large.absorb(room, diffs) {
                     return false;
                 }
-                let entered = st.large.may_enter(room, room_size(st, room))
-                    && st.large.enter(room, now, room_counts(st, room));
+                let entered = self.large.may_enter(room, room_size(self, room))
+                    && self.large.enter(room, now, room_counts(self, room));
                 if entered {
                     self.metrics.large_switch("large");
                     // The snapshot shows what these diffs say.
-                    self.owe_everyone(st, room);
+                    self.owe_everyone(room);
                 }
                 !entered
             })
@@ -56,17 +72,16 @@ impl Hub {
 
     /// The large rooms' summaries due now, each encoded once; a room that
     /// became small instead owes its members a full snapshot.
-    pub(super) fn due_summaries(&self, st: &mut State) -> Vec<(RoomId, Utf8Bytes)> {
-        let now = self.clock.now();
+    pub(super) fn due_summaries(&mut self, now: Millis) -> Vec<(RoomId, Utf8Bytes)> {
         let mut out = Vec::new();
-        for room in st.large.due(now) {
-            let counts = room_counts(st, &room);
-            let State {
+        for room in self.large.due(now) {
+            let counts = room_counts(self, &room);
+            let Node {
                 large,
                 machine,
                 cluster,
                 ..
-            } = &mut *st;
+            } = &mut *self;
             let (machine, cluster) = (&*machine, &*cluster);
             let view = |u: &UserId| -> Option<PresenceView> {
                 match cluster {
@@ -86,37 +101,40 @@ impl Hub {
                 }
                 Due::Small => {
                     self.metrics.large_switch("small");
-                    self.owe_everyone(st, &room);
+                    self.owe_everyone(&room);
                 }
                 Due::Quiet => {}
             }
         }
-        self.metrics.large_rooms.set(st.large.len() as i64);
+        self.metrics.large_rooms.set(self.large.len() as i64);
         out
     }
 
     /// Every member here is owed a fresh snapshot of `room` (the mode
     /// changed), but those still waiting for the room's first one.
-    fn owe_everyone(&self, st: &mut State, room: &RoomId) {
-        let conns: Vec<ConnId> = st
+    fn owe_everyone(&mut self, room: &RoomId) {
+        let conns: Vec<ConnId> = self
             .machine
             .room_connections(room)
             .into_iter()
-            .filter(|c| st.sockets.contains_key(c))
+            .filter(|c| self.sockets.contains_key(c))
             .filter(|c| {
-                st.cluster
+                self.cluster
                     .as_ref()
                     .is_none_or(|cl| !cl.is_awaiting(*c, room))
             })
             .collect();
-        st.snapshots.entry(room.clone()).or_default().extend(conns);
+        self.snapshots
+            .entry(room.clone())
+            .or_default()
+            .extend(conns);
     }
 
     /// A large room's snapshot: the counts and the first online members.
-    pub(super) fn large_snapshot(&self, st: &State, room: &RoomId) -> ServerMessage {
-        let members = match &st.cluster {
+    pub(super) fn large_snapshot(&self, room: &RoomId) -> ServerMessage {
+        let members = match &self.cluster {
             Some(c) => c.first_online(room),
-            None => st.machine.first_online(room),
+            None => self.machine.first_online(room),
         };
         ServerMessage::Snapshot {
             room: room.clone(),
@@ -125,22 +143,7 @@ impl Hub {
             receipts: Vec::new(),
             more: false,
             large: true,
-            counts: Some(room_counts(st, room)),
+            counts: Some(room_counts(self, room)),
         }
-    }
-}
-
-/// At least the room's online members, in constant time.
-fn room_size(st: &State, room: &RoomId) -> usize {
-    match &st.cluster {
-        Some(c) => c.room_size(room),
-        None => st.machine.room_size(room),
-    }
-}
-
-fn room_counts(st: &State, room: &RoomId) -> Counts {
-    match &st.cluster {
-        Some(c) => c.counts(room),
-        None => st.machine.counts(room),
     }
 }

@@ -7,7 +7,7 @@ use presence_core::privacy::{LastSeen, Privacy, Receipts, Sight};
 use presence_core::protocol::{Diff, ErrorCode, ServerMessage};
 use presence_core::{ConnId, Millis, PresenceView, UserId};
 
-use super::{Hub, State, encoded};
+use super::{Hub, Node, encoded};
 use crate::auth::Identity;
 
 /// Recipients who see alike: their sight of each subject, in order.
@@ -29,7 +29,7 @@ impl Hub {
                 .filter(|s| s.generation == generation)
                 .map(|s| s.user.clone())
                 .ok_or(ErrorCode::Internal)?;
-            self.change_privacy(st, now, &user, last_seen, receipts);
+            st.change_privacy(now, &user, last_seen, receipts);
             Ok(())
         })
     }
@@ -51,9 +51,9 @@ impl Hub {
             if let Some((p, at)) = known
                 && st.machine.adopt_privacy(now, user, p, at)
             {
-                self.tell_privacy(st, user, p);
+                st.tell_privacy(user, p);
             }
-            self.change_privacy(st, now, user, last_seen, receipts);
+            st.change_privacy(now, user, last_seen, receipts);
             st.machine.privacy(user)
         })
     }
@@ -70,178 +70,7 @@ impl Hub {
     /// A user's settings as this node knows them.
     pub fn privacy(&self, user: &UserId) -> Privacy {
         let st = self.lock();
-        self.privacy_of(&st, user)
-    }
-
-    fn change_privacy(
-        &self,
-        st: &mut State,
-        now: Millis,
-        user: &UserId,
-        last_seen: Option<LastSeen>,
-        receipts: Option<Receipts>,
-    ) {
-        let changed = st.machine.set_privacy(now, user, last_seen, receipts);
-        // Kept like the status; published even when unchanged, since the
-        // cluster takes the latest setting.
-        if self.data.is_some() {
-            st.durable.insert(user.clone());
-        }
-        if st.cluster.is_some() {
-            st.touched.insert(user.clone());
-        }
-        if let Some(p) = changed {
-            self.tell_privacy(st, user, p);
-        }
-    }
-
-    /// Tells the user's own sockets here their settings.
-    pub(super) fn tell_privacy(&self, st: &mut State, user: &UserId, p: Privacy) {
-        let msg = encoded(&ServerMessage::SelfPrivacy {
-            last_seen: p.last_seen,
-            receipts: p.receipts,
-        });
-        for c in st.machine.connections_of(user).to_vec() {
-            st.send(c, msg.clone());
-        }
-    }
-
-    /// A user's settings: the cluster's view when it follows the user (the
-    /// latest any node knew), else this node's.
-    pub(super) fn privacy_of(&self, st: &State, user: &UserId) -> Privacy {
-        st.cluster
-            .as_ref()
-            .and_then(|c| c.view(user))
-            .map_or_else(|| st.machine.privacy(user), |v| v.privacy)
-    }
-
-    /// What `viewer`, whose own settings are `own`, sees of `subject`.
-    pub(super) fn sight(
-        &self,
-        st: &State,
-        viewer: &Identity,
-        own: Privacy,
-        subject: &UserId,
-    ) -> Sight {
-        self.sight_given(viewer, own, subject, self.privacy_of(st, subject))
-    }
-
-    /// [`Hub::sight`] with the subject's settings known (from fetched
-    /// records, say): the audience policy decides who is a contact.
-    pub(super) fn sight_given(
-        &self,
-        viewer: &Identity,
-        own: Privacy,
-        subject: &UserId,
-        settings: Privacy,
-    ) -> Sight {
-        Sight::of(viewer.user == *subject, settings, own, || {
-            self.audience.may_see_last_seen(viewer, subject)
-        })
-    }
-
-    /// `recipients` grouped by what they see of `subjects`: one group
-    /// with no sights when there is nothing to hide.
-    pub(super) fn by_sight(
-        &self,
-        st: &State,
-        subjects: &[UserId],
-        recipients: Vec<ConnId>,
-    ) -> Vec<Group> {
-        if subjects.is_empty() {
-            return vec![(Vec::new(), recipients)];
-        }
-        let mut groups: Vec<Group> = Vec::new();
-        for conn in recipients {
-            let Some(s) = st.sockets.get(&conn) else {
-                continue;
-            };
-            let own = self.privacy_of(st, &s.user);
-            let key: Vec<Sight> = subjects
-                .iter()
-                .map(|u| self.sight(st, &s.who, own, u))
-                .collect();
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, conns)) => conns.push(conn),
-                None => groups.push((key, vec![conn])),
-            }
-        }
-        groups
-    }
-
-    /// The users of `diffs` whose settings could hide something from one of
-    /// `recipients`: users going offline whose last seen is not for
-    /// everyone, and readers with receipts off, or all readers when a
-    /// recipient has receipts off. With nobody's settings in the way (the
-    /// common case) none, so the batch is encoded once for all.
-    pub(super) fn diff_subjects(
-        &self,
-        st: &State,
-        diffs: &[Diff],
-        recipients: &[ConnId],
-    ) -> Vec<UserId> {
-        let mut blind = None;
-        let mut out = Vec::new();
-        for d in diffs {
-            let hides = match d {
-                Diff::Read { user, .. } => {
-                    self.privacy_of(st, user).receipts == Receipts::Off
-                        || *blind.get_or_insert_with(|| self.any_blind(st, recipients))
-                }
-                Diff::UserDisconnected {
-                    user,
-                    last_seen: Some(_),
-                } => self.privacy_of(st, user).last_seen != LastSeen::Everyone,
-                _ => false,
-            };
-            if hides {
-                out.push(d.user().clone());
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Whether one of `conns` has receipts off: it sees nobody's markers.
-    pub(super) fn any_blind(&self, st: &State, conns: &[ConnId]) -> bool {
-        conns.iter().any(|c| {
-            st.sockets
-                .get(c)
-                .is_some_and(|s| self.privacy_of(st, &s.user).receipts == Receipts::Off)
-        })
-    }
-
-    /// The users of views whose last seen a setting could hide.
-    pub(super) fn view_subjects<'a>(
-        &self,
-        st: &State,
-        views: impl IntoIterator<Item = &'a PresenceView>,
-    ) -> Vec<UserId> {
-        let mut out: Vec<UserId> = views
-            .into_iter()
-            .filter(|v| {
-                v.last_seen.is_some()
-                    && self.privacy_of(st, &v.user).last_seen != LastSeen::Everyone
-            })
-            .map(|v| v.user.clone())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Views as the socket `conn` may see them.
-    pub(super) fn seen_by(
-        &self,
-        st: &State,
-        conn: ConnId,
-        views: Vec<PresenceView>,
-    ) -> Vec<PresenceView> {
-        let Some(s) = st.sockets.get(&conn) else {
-            return views;
-        };
-        self.seen_by_identity(st, &s.who, views)
+        st.privacy_of(user)
     }
 
     /// Views as `viewer` may see them (the HTTP API with a user token).
@@ -251,7 +80,7 @@ impl Hub {
         views: Vec<PresenceView>,
     ) -> Vec<PresenceView> {
         let st = self.lock();
-        self.seen_by_identity(&st, viewer, views)
+        st.seen_by_identity(viewer, views)
     }
 
     /// Read markers as `viewer` may see them: none but their own while
@@ -268,22 +97,6 @@ impl Hub {
         receipts
             .into_iter()
             .filter(|r| *reader(r) == viewer.user)
-            .collect()
-    }
-
-    fn seen_by_identity(
-        &self,
-        st: &State,
-        viewer: &Identity,
-        views: Vec<PresenceView>,
-    ) -> Vec<PresenceView> {
-        let own = self.privacy_of(st, &viewer.user);
-        views
-            .into_iter()
-            .map(|v| {
-                let sight = self.sight(st, viewer, own, &v.user);
-                sight.view(v)
-            })
             .collect()
     }
 }
@@ -303,4 +116,164 @@ pub(super) fn diffs_seen(diffs: &[Diff], subjects: &[UserId], sights: &[Sight]) 
         .iter()
         .filter_map(|d| sight_of(subjects, sights, d.user()).diff(d))
         .collect()
+}
+
+impl Node {
+    fn change_privacy(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        last_seen: Option<LastSeen>,
+        receipts: Option<Receipts>,
+    ) {
+        let changed = self.machine.set_privacy(now, user, last_seen, receipts);
+        // Kept like the status; published even when unchanged, since the
+        // cluster takes the latest setting.
+        if self.on_disk {
+            self.durable.insert(user.clone());
+        }
+        if self.cluster.is_some() {
+            self.touched.insert(user.clone());
+        }
+        if let Some(p) = changed {
+            self.tell_privacy(user, p);
+        }
+    }
+
+    /// Tells the user's own sockets here their settings.
+    pub(super) fn tell_privacy(&mut self, user: &UserId, p: Privacy) {
+        let msg = encoded(&ServerMessage::SelfPrivacy {
+            last_seen: p.last_seen,
+            receipts: p.receipts,
+        });
+        for c in self.machine.connections_of(user).to_vec() {
+            self.send(c, msg.clone());
+        }
+    }
+
+    /// A user's settings: the cluster's view when it follows the user (the
+    /// latest any node knew), else this node's.
+    pub(super) fn privacy_of(&self, user: &UserId) -> Privacy {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.view(user))
+            .map_or_else(|| self.machine.privacy(user), |v| v.privacy)
+    }
+
+    /// What `viewer`, whose own settings are `own`, sees of `subject`.
+    pub(super) fn sight(&self, viewer: &Identity, own: Privacy, subject: &UserId) -> Sight {
+        self.sight_given(viewer, own, subject, self.privacy_of(subject))
+    }
+
+    /// [`Hub::sight`] with the subject's settings known (from fetched
+    /// records, say): the audience policy decides who is a contact.
+    pub(super) fn sight_given(
+        &self,
+        viewer: &Identity,
+        own: Privacy,
+        subject: &UserId,
+        settings: Privacy,
+    ) -> Sight {
+        Sight::of(viewer.user == *subject, settings, own, || {
+            self.audience.may_see_last_seen(viewer, subject)
+        })
+    }
+
+    /// `recipients` grouped by what they see of `subjects`: one group
+    /// with no sights when there is nothing to hide.
+    pub(super) fn by_sight(&self, subjects: &[UserId], recipients: Vec<ConnId>) -> Vec<Group> {
+        if subjects.is_empty() {
+            return vec![(Vec::new(), recipients)];
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for conn in recipients {
+            let Some(s) = self.sockets.get(&conn) else {
+                continue;
+            };
+            let own = self.privacy_of(&s.user);
+            let key: Vec<Sight> = subjects
+                .iter()
+                .map(|u| self.sight(&s.who, own, u))
+                .collect();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, conns)) => conns.push(conn),
+                None => groups.push((key, vec![conn])),
+            }
+        }
+        groups
+    }
+
+    /// The users of `diffs` whose settings could hide something from one of
+    /// `recipients`: users going offline whose last seen is not for
+    /// everyone, and readers with receipts off, or all readers when a
+    /// recipient has receipts off. With nobody's settings in the way (the
+    /// common case) none, so the batch is encoded once for all.
+    pub(super) fn diff_subjects(&self, diffs: &[Diff], recipients: &[ConnId]) -> Vec<UserId> {
+        let mut blind = None;
+        let mut out = Vec::new();
+        for d in diffs {
+            let hides = match d {
+                Diff::Read { user, .. } => {
+                    self.privacy_of(user).receipts == Receipts::Off
+                        || *blind.get_or_insert_with(|| self.any_blind(recipients))
+                }
+                Diff::UserDisconnected {
+                    user,
+                    last_seen: Some(_),
+                } => self.privacy_of(user).last_seen != LastSeen::Everyone,
+                _ => false,
+            };
+            if hides {
+                out.push(d.user().clone());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether one of `conns` has receipts off: it sees nobody's markers.
+    pub(super) fn any_blind(&self, conns: &[ConnId]) -> bool {
+        conns.iter().any(|c| {
+            self.sockets
+                .get(c)
+                .is_some_and(|s| self.privacy_of(&s.user).receipts == Receipts::Off)
+        })
+    }
+
+    /// The users of views whose last seen a setting could hide.
+    pub(super) fn view_subjects<'a>(
+        &self,
+        views: impl IntoIterator<Item = &'a PresenceView>,
+    ) -> Vec<UserId> {
+        let mut out: Vec<UserId> = views
+            .into_iter()
+            .filter(|v| {
+                v.last_seen.is_some() && self.privacy_of(&v.user).last_seen != LastSeen::Everyone
+            })
+            .map(|v| v.user.clone())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Views as the socket `conn` may see them.
+    pub(super) fn seen_by(&self, conn: ConnId, views: Vec<PresenceView>) -> Vec<PresenceView> {
+        let Some(s) = self.sockets.get(&conn) else {
+            return views;
+        };
+        self.seen_by_identity(&s.who, views)
+    }
+
+    fn seen_by_identity(&self, viewer: &Identity, views: Vec<PresenceView>) -> Vec<PresenceView> {
+        let own = self.privacy_of(&viewer.user);
+        views
+            .into_iter()
+            .map(|v| {
+                let sight = self.sight(viewer, own, &v.user);
+                sight.view(v)
+            })
+            .collect()
+    }
 }

@@ -7,7 +7,7 @@ use presence_core::limits::MAX_WATCHED_PER_CONNECTION;
 use presence_core::protocol::ErrorCode;
 use presence_core::{ConnId, UserId};
 
-use super::{Hub, State};
+use super::{Hub, Node};
 
 impl Hub {
     /// Adds users to a connection's watch list (already authorised) and
@@ -37,12 +37,12 @@ impl Hub {
             }
             if let Some(c) = st.cluster.as_mut() {
                 if let Some(views) = c.watch(conn, users) {
-                    self.send_watching(st, conn, views);
+                    st.send_watching(conn, views);
                 }
                 self.cluster_wake();
                 return Ok(());
             }
-            self.local_watching(st, conn, &users);
+            st.local_watching(conn, &users);
             Ok(())
         })
     }
@@ -60,7 +60,7 @@ impl Hub {
     }
 }
 
-pub(super) fn unwatch_one(st: &mut State, conn: ConnId, user: &UserId) {
+pub(super) fn unwatch_one(st: &mut Node, conn: ConnId, user: &UserId) {
     if let Some(w) = st.watches.get_mut(&conn) {
         w.remove(user);
     }

@@ -21,6 +21,10 @@ use crate::backend::Incarnation;
 #[derive(Default)]
 pub(super) struct Outbound {
     ops: Vec<Op>,
+    /// The driver's next deadline moved earlier.
+    wake_driver: bool,
+    /// The cluster's round task has something to send.
+    wake_rounds: bool,
 }
 
 enum Op {
@@ -41,7 +45,15 @@ enum Op {
 
 impl Outbound {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && !self.wake_driver && !self.wake_rounds
+    }
+
+    pub fn wake_driver(&mut self) {
+        self.wake_driver = true;
+    }
+
+    pub fn wake_rounds(&mut self) {
+        self.wake_rounds = true;
     }
 
     pub fn frame(&mut self, conn: ConnId, generation: u64, frame: Utf8Bytes) {
@@ -100,6 +112,12 @@ impl Wires {
     /// (connection and generation, each once).
     pub fn deliver(&mut self, out: Outbound, hub: &super::Hub) -> Vec<(ConnId, u64)> {
         let metrics = &hub.metrics;
+        if out.wake_driver {
+            hub.wake.notify_one();
+        }
+        if out.wake_rounds {
+            hub.cluster_wake();
+        }
         let mut slow: Vec<(ConnId, u64)> = Vec::new();
         for op in out.ops {
             match op {
@@ -144,5 +162,27 @@ impl Wires {
             }
         }
         slow
+    }
+}
+
+#[cfg(test)]
+impl Outbound {
+    /// The frames queued for the socket `generation`, in order (offers too).
+    pub fn frames(&self, generation: u64) -> Vec<String> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Frame(_, g, f) | Op::Offer(g, f) if *g == generation => Some(f.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How the socket `generation` is to be closed, if it is.
+    pub fn closed(&self, generation: u64) -> Option<Close> {
+        self.ops.iter().find_map(|op| match op {
+            Op::Close(g, close) if *g == generation => Some(*close),
+            _ => None,
+        })
     }
 }

@@ -125,7 +125,7 @@ impl Keys {
         } else if let Some(user) = rest.strip_prefix("u:") {
             UserId::new(user).ok().map(Topic::User)
         } else if let Some(node) = rest.strip_prefix("n:") {
-            crate::node::valid_node_id(node).then(|| Topic::Node(node.to_owned()))
+            crate::cluster_config::valid_node_id(node).then(|| Topic::Node(node.to_owned()))
         } else {
             None
         }

@@ -43,7 +43,7 @@ impl Lives {
     pub fn node_alive(&self, node: &str) -> bool {
         self.live
             .iter()
-            .any(|inc| crate::node::node_of(inc) == node)
+            .any(|inc| crate::cluster_config::node_of(inc) == node)
     }
 
     pub fn is_retired(&self, inc: &str) -> bool {

@@ -129,7 +129,7 @@ pub(crate) struct Replica {
 impl Replica {
     pub fn new(me: Incarnation, now: Millis) -> Self {
         // The node's own topic, for resumes handed over between nodes.
-        let interest = Interest::new(Topic::Node(crate::node::node_of(&me).to_owned()));
+        let interest = Interest::new(Topic::Node(crate::cluster_config::node_of(&me).to_owned()));
         Self {
             me,
             users: HashMap::new(),
