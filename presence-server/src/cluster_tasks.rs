@@ -132,7 +132,7 @@ async fn rounds(hub: Weak<Hub>) {
         if h.is_shutting_down() {
             return;
         }
-        let Some(take) = h.cluster_take() else {
+        let Some(take) = h.step(|n, now| n.take_round(now)) else {
             drop(h);
             // Events owed to the stream (a cleaning's, or a failed flush's).
             flush(&hub, &*backend).await;
@@ -144,13 +144,13 @@ async fn rounds(hub: Weak<Hub>) {
             Ok(()) => {
                 backoff.reset();
                 let Some(h) = hub.upgrade() else { return };
-                h.cluster_cmd(true);
+                h.step(|n, now| n.link_answered(now, true));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "cluster round failed");
                 let Some(h) = hub.upgrade() else { return };
-                h.cluster_failed(take);
-                h.cluster_cmd(false);
+                h.step(|n, _| n.round_failed(take));
+                h.step(|n, now| n.link_answered(now, false));
                 drop(h);
                 if !pause(&hub, backoff.next_delay()).await {
                     return;
@@ -174,7 +174,10 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     let mut messages: BTreeMap<Topic, BusMessage> = BTreeMap::new();
     if !take.writes.is_empty() {
         let replies = backend.write(&me, take.writes.clone(), RETENTION).await?;
-        messages = hub.upgrade().ok_or_else(gone)?.cluster_written(replies);
+        messages = hub
+            .upgrade()
+            .ok_or_else(gone)?
+            .step(|n, now| n.written(now, replies));
     }
     if !take.memberships.is_empty() {
         backend.memberships(&me, take.memberships.clone()).await?;
@@ -201,7 +204,9 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
     if !take.fetch.is_empty() {
         let recs = backend.read(&take.fetch).await?;
         let got = take.fetch.iter().cloned().zip(recs).collect();
-        hub.upgrade().ok_or_else(gone)?.cluster_fetched(got);
+        hub.upgrade()
+            .ok_or_else(gone)?
+            .step(|n, now| n.fetched(now, got));
     }
     // Rooms sync side by side: each is three round trips, and a node filling
     // up (or back from an outage) has thousands to sync, whose joiners wait.
@@ -215,7 +220,7 @@ async fn round(hub: &Weak<Hub>, backend: &dyn Backend, take: &Take) -> Result<()
         let (room, members, receipts) = synced?;
         hub.upgrade()
             .ok_or_else(gone)?
-            .cluster_synced(room, members, receipts);
+            .step(|n, now| n.synced(now, room, members, receipts));
     }
     if !take.unsubscribe.is_empty() {
         backend.unsubscribe(take.unsubscribe.clone()).await?;
@@ -322,7 +327,10 @@ async fn incoming(hub: Weak<Hub>) {
                 h.metrics.backend_messages_in.inc();
                 h.metrics.backend_bytes_in.inc_by(bytes.len() as u64);
                 match serde_json::from_slice::<BusMessage>(&bytes) {
-                    Ok(msg) => h.cluster_incoming(msg),
+                    Ok(mut msg) => {
+                        h.obey(std::mem::take(&mut msg.ctl));
+                        h.step(|n, now| n.bus(now, msg));
+                    }
                     Err(e) => {
                         h.metrics.bad_backend_replies.inc();
                         tracing::warn!(error = %e, "undecodable bus message skipped");
@@ -372,7 +380,7 @@ async fn lease(hub: Weak<Hub>) {
                 judge.failed();
                 tracing::warn!(error = %e, "backend unreachable at start; serving locally meanwhile");
                 if let Some(h) = hub.upgrade() {
-                    h.cluster_cmd(false);
+                    h.step(|n, now| n.link_answered(now, false));
                 }
                 if !pause(&hub, backoff.next_delay()).await {
                     return;
@@ -401,7 +409,7 @@ async fn lease(hub: Weak<Hub>) {
             Ok(leases) => {
                 retry.reset();
                 if let Some(h) = hub.upgrade() {
-                    h.cluster_cmd(true);
+                    h.step(|n, now| n.link_answered(now, true));
                 }
                 if leases.lapsed {
                     if hub.upgrade().is_none_or(|h| h.is_shutting_down()) {
@@ -469,7 +477,7 @@ async fn lease(hub: Weak<Hub>) {
                 judge.failed();
                 tracing::debug!(error = %e, "lease renewal failed");
                 if let Some(h) = hub.upgrade() {
-                    h.cluster_cmd(false);
+                    h.step(|n, now| n.link_answered(now, false));
                 }
                 retry.next_delay()
             }
@@ -671,7 +679,9 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
                         leave.push((room.clone(), (*user).clone(), false));
                     }
                     if let Some(h) = hub.upgrade() {
-                        h.cluster_cleaned(user, dead, recs, &after, &owed, &mut messages);
+                        h.step(|n, now| {
+                            n.cleaned(now, user, dead, (recs, &after), &owed, &mut messages)
+                        });
                     }
                 }
                 Ok(None) => {}
@@ -687,7 +697,7 @@ async fn clean(hub: &Weak<Hub>, backend: &dyn Backend, dead: &str) {
             };
             if let Some(h) = hub.upgrade() {
                 for (user, owed) in not_held.iter().zip(owed) {
-                    h.cluster_owed(user, &owed);
+                    h.step(|n, now| n.owed(now, user, &owed));
                 }
             }
         }

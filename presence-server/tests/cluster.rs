@@ -124,15 +124,6 @@ impl Drop for Fabric {
     }
 }
 
-/// Scenarios running at once at most: each runs several nodes with 600 ms
-/// leases, and on 2 cores dozens at once starve lease renewals into false
-/// deaths.
-static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
-async fn slot() -> tokio::sync::SemaphorePermit<'static> {
-    SLOTS.acquire().await.expect("never closed")
-}
-
 /// Runs a scenario on every backend: memory, one Redis, a Redis Cluster.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
@@ -141,19 +132,16 @@ macro_rules! on_every_backend {
 
             #[tokio::test]
             async fn memory() {
-                let _slot = slot().await;
                 super::$name(Fabric::memory()).await;
             }
 
             #[tokio::test]
             async fn redis() {
-                let _slot = slot().await;
                 super::$name(Fabric::redis(stringify!($name))).await;
             }
 
             #[tokio::test]
             async fn redis_cluster() {
-                let _slot = slot().await;
                 if let Some(f) = Fabric::cluster(stringify!($name)) {
                     super::$name(f).await;
                 }
@@ -863,7 +851,6 @@ impl Cut {
 
 #[tokio::test]
 async fn a_node_cut_from_the_memory_backend_serves_and_converges() {
-    let _slot = slot().await;
     let cluster = MemoryCluster::new();
     let cut = Arc::new(cluster.node());
     let a = node_on(cut.clone(), "a", calm_config()).await;
@@ -873,7 +860,6 @@ async fn a_node_cut_from_the_memory_backend_serves_and_converges() {
 
 #[tokio::test]
 async fn a_node_cut_from_redis_serves_locally_says_so_and_converges_when_it_returns() {
-    let _slot = slot().await;
     if std::env::var("PRESENCE_TEST_REDIS").is_ok() {
         return; // the proxy points at the default Redis only
     }
@@ -1124,13 +1110,11 @@ async fn a_killed_node_process_goes_offline_elsewhere(f: Fabric) {
 
 #[tokio::test]
 async fn a_killed_node_process_goes_offline_elsewhere_on_redis() {
-    let _slot = slot().await;
     a_killed_node_process_goes_offline_elsewhere(Fabric::redis("sigkill")).await;
 }
 
 #[tokio::test]
 async fn a_killed_node_process_goes_offline_elsewhere_on_the_redis_cluster() {
-    let _slot = slot().await;
     if let Some(f) = Fabric::cluster("sigkill") {
         a_killed_node_process_goes_offline_elsewhere(f).await;
     }
@@ -1326,13 +1310,11 @@ async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
 
 #[tokio::test]
 async fn nodes_killed_during_bursts_lose_no_event_on_redis() {
-    let _slot = slot().await;
     nodes_killed_during_bursts_lose_no_event(Fabric::redis("burstkill")).await;
 }
 
 #[tokio::test]
 async fn nodes_killed_during_bursts_lose_no_event_on_the_redis_cluster() {
-    let _slot = slot().await;
     if let Some(f) = Fabric::cluster("burstkill") {
         nodes_killed_during_bursts_lose_no_event(f).await;
     }
@@ -1685,7 +1667,6 @@ async fn what_a_dead_node_wrote_but_never_appended_is_announced_by_its_cleaner(f
 /// once (snapshots, `watching`) and joins the cluster when it comes up.
 #[tokio::test]
 async fn a_node_started_without_its_backend_serves_and_joins_later() {
-    let _slot = slot().await;
     let cluster = MemoryCluster::new();
     let cut = Arc::new(cluster.node());
     cut.set_down(true);

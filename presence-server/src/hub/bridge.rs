@@ -58,29 +58,6 @@ impl Hub {
         st.touched.is_empty() && st.cluster.as_ref().is_none_or(|c| c.idle())
     }
 
-    /// Takes what the cluster task must send (`None` if nothing, or not
-    /// ready yet).
-    pub(crate) fn cluster_take(&self) -> Option<Take> {
-        let mut st = self.lock();
-        let now = self.clock.now();
-        let st = &mut *st;
-        let c = st.cluster.as_mut()?;
-        if !c.health.ready {
-            return None;
-        }
-        let machine = &st.machine;
-        let watchers = &st.watchers;
-        let me = crate::cluster_config::node_of(&c.me).to_owned();
-        let take = c.take(now, |topic| match topic {
-            Topic::Room(room) => !machine.room_connections(room).is_empty(),
-            Topic::User(user) => {
-                watchers.contains_key(user) || !machine.connections_of(user).is_empty()
-            }
-            Topic::Node(node) => *node == me,
-        });
-        (!take.is_empty()).then_some(take)
-    }
-
     /// The replica under the hub's lock, for a step of the cluster tasks
     /// that shows nothing here (`None` without a cluster).
     pub(crate) fn with_replica<R>(&self, f: impl FnOnce(&mut Replica) -> R) -> Option<R> {
@@ -91,183 +68,12 @@ impl Hub {
     /// lease round's deaths, a retired incarnation): its events reach the
     /// sockets here, with status adoption and own records recomputed.
     pub(crate) fn replicate(&self, f: impl FnOnce(&mut Replica, Millis) -> Vec<Event>) {
-        self.apply(|st, now| {
+        self.step(|st, now| {
             if let Some(c) = st.cluster.as_mut() {
                 let events = f(c, now);
                 st.deliver_cluster(now, events);
             }
         });
-    }
-
-    /// The round failed: keep its content for the next, and answer waiting
-    /// `watching` requests from what is known.
-    pub(crate) fn cluster_failed(&self, take: Take) {
-        self.apply(|st, _| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            c.failed(take);
-            let waiting = c.take_awaiting();
-            for (conn, users) in c.watching_now() {
-                st.send_watching(conn, users);
-            }
-            // Joiners get what is known now; the room's diffs follow.
-            for (conn, rooms) in waiting {
-                for room in rooms {
-                    st.local_snapshot(conn, room);
-                }
-            }
-        });
-    }
-
-    /// The answers to this node's writes; returns the messages to publish.
-    pub(crate) fn cluster_written(&self, replies: Vec<Written>) -> BTreeMap<Topic, BusMessage> {
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return BTreeMap::new();
-            };
-            let (local, host, out) = c.written(replies, now);
-            self.announce(&host);
-            st.deliver_cluster(now, local);
-            out
-        })
-    }
-
-    /// Users' records were read.
-    pub(crate) fn cluster_fetched(&self, got: Vec<(UserId, UserRecords)>) {
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let (events, answers) = c.fetched(got, now);
-            st.deliver_cluster(now, events);
-            for (conn, users) in answers {
-                st.send_watching(conn, users);
-            }
-        });
-    }
-
-    /// A room's members were read: its waiting joiners get their snapshot
-    /// with the next flush.
-    pub(crate) fn cluster_synced(
-        &self,
-        room: &RoomId,
-        members: Vec<(UserId, UserRecords)>,
-        receipts: Vec<(UserId, u64)>,
-    ) {
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let (events, owed) = c.room_synced(room, members, receipts, now);
-            st.deliver_cluster(now, events);
-            for conn in owed {
-                st.local_snapshot(conn, room.clone());
-            }
-        });
-    }
-
-    /// A message from the bus.
-    pub(crate) fn cluster_incoming(&self, mut msg: BusMessage) {
-        self.obey(std::mem::take(&mut msg.ctl));
-        self.apply(|st, now| {
-            let Some(c) = st.cluster.as_mut() else {
-                return;
-            };
-            let (events, reads) = c.incoming(msg, now);
-            st.deliver_cluster(now, events);
-            for (room, user, marker) in reads {
-                let ev = Event {
-                    at: now,
-                    diff: Diff::Read { user, marker },
-                    rooms: vec![room],
-                    global: false,
-                };
-                self.metrics.event(&ev);
-                st.batch.route(&ev, false);
-            }
-        });
-    }
-
-    /// A dead incarnation's record of `user` was cleaned: the change is
-    /// announced to the host (by this node only), and published.
-    pub(crate) fn cluster_cleaned(
-        &self,
-        user: &UserId,
-        dead: &str,
-        before: &UserRecords,
-        after: &UserRecords,
-        owed: &[Owed],
-        messages: &mut BTreeMap<Topic, BusMessage>,
-    ) {
-        let st = self.lock();
-        let Some(c) = st.cluster.as_ref() else {
-            return;
-        };
-        let now = self.clock.now();
-        // As the cluster showed it before the cleaning: with `dead` alive.
-        let v0 = c.view_assuming(before, Some(dead));
-        let v1 = c.view_of_records(after);
-        address(messages, user, after, &v0, &v1);
-        let host = c.announce(user, owed, now);
-        drop(st);
-        self.announce(&host);
-    }
-
-    /// Owed changes a dead incarnation left unannounced (users its record
-    /// no longer held when it died).
-    pub(crate) fn cluster_owed(&self, user: &UserId, owed: &[Owed]) {
-        let st = self.lock();
-        let Some(c) = st.cluster.as_ref() else {
-            return;
-        };
-        let host = c.announce(user, owed, self.clock.now());
-        drop(st);
-        self.announce(&host);
-    }
-
-    /// Hands owed changes to the event stream's outbox, and the events of
-    /// this node's own changes to in-process subscribers (and, without a
-    /// stream, to the node's feed).
-    fn announce(&self, host: &[super::replica::Announcement]) {
-        for a in host {
-            if a.own {
-                for (_, ev) in &a.events {
-                    self.publish(ev);
-                }
-            }
-            if let Some(stream) = &self.stream {
-                stream.push(a);
-            }
-        }
-    }
-
-    /// The command link went up or down (for `/healthz` and metrics).
-    pub(crate) fn cluster_cmd(&self, ok: bool) {
-        let mut st = self.lock();
-        let Some(c) = st.cluster.as_mut() else {
-            return;
-        };
-        let was = c.up();
-        c.health.cmd_ok = ok;
-        if ok {
-            c.health.down_since = None;
-            if std::mem::take(&mut c.health.cut_off) {
-                tracing::info!("backend reachable again after a cut-off: ready");
-            }
-        } else if c.health.down_since.is_none() {
-            c.health.down_since = Some(self.clock.now());
-        }
-        let is = c.up();
-        self.metrics.redis_up.set(i64::from(is));
-        if was && !is {
-            tracing::warn!("backend unreachable: serving from what this node knows");
-        } else if !was && is && c.health.ready {
-            tracing::info!("backend reachable: writing and re-reading everything");
-            c.resync();
-            drop(st);
-            self.cluster_wake();
-        }
     }
 
     /// Waits (at most `bound`) until the node has taken back what its
@@ -410,6 +216,168 @@ impl Hub {
 }
 
 impl Node {
+    /// What the round task must send (`None` if nothing, or not ready yet).
+    pub(crate) fn take_round(&mut self, now: Millis) -> Option<Take> {
+        let c = self.cluster.as_mut()?;
+        if !c.health.ready {
+            return None;
+        }
+        let machine = &self.machine;
+        let watchers = &self.watchers;
+        let me = crate::cluster_config::node_of(&c.me).to_owned();
+        let take = c.take(now, |topic| match topic {
+            Topic::Room(room) => !machine.room_connections(room).is_empty(),
+            Topic::User(user) => {
+                watchers.contains_key(user) || !machine.connections_of(user).is_empty()
+            }
+            Topic::Node(node) => *node == me,
+        });
+        (!take.is_empty()).then_some(take)
+    }
+
+    /// The round failed: its content waits for the next, and waiting
+    /// `watching` requests and joiners are answered from what is known.
+    pub(crate) fn round_failed(&mut self, take: Take) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.failed(take);
+        let waiting = c.take_awaiting();
+        for (conn, users) in c.watching_now() {
+            self.send_watching(conn, users);
+        }
+        // Joiners get what is known now; the room's diffs follow.
+        for (conn, rooms) in waiting {
+            for room in rooms {
+                self.local_snapshot(conn, room);
+            }
+        }
+    }
+
+    /// The answers to this node's writes; returns the messages to publish.
+    pub(crate) fn written(
+        &mut self,
+        now: Millis,
+        replies: Vec<Written>,
+    ) -> BTreeMap<Topic, BusMessage> {
+        let Some(c) = self.cluster.as_mut() else {
+            return BTreeMap::new();
+        };
+        let (local, host, out) = c.written(replies, now);
+        self.out.announce(host);
+        self.deliver_cluster(now, local);
+        out
+    }
+
+    /// Users' records were read.
+    pub(crate) fn fetched(&mut self, now: Millis, got: Vec<(UserId, UserRecords)>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let (events, answers) = c.fetched(got, now);
+        self.deliver_cluster(now, events);
+        for (conn, users) in answers {
+            self.send_watching(conn, users);
+        }
+    }
+
+    /// A room's members were read: its waiting joiners get their snapshot
+    /// with the next flush.
+    pub(crate) fn synced(
+        &mut self,
+        now: Millis,
+        room: &RoomId,
+        members: Vec<(UserId, UserRecords)>,
+        receipts: Vec<(UserId, u64)>,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let (events, owed) = c.room_synced(room, members, receipts, now);
+        self.deliver_cluster(now, events);
+        for conn in owed {
+            self.local_snapshot(conn, room.clone());
+        }
+    }
+
+    /// A message from the bus (its orders already taken by the shell).
+    pub(crate) fn bus(&mut self, now: Millis, msg: BusMessage) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let (events, reads) = c.incoming(msg, now);
+        self.deliver_cluster(now, events);
+        for (room, user, marker) in reads {
+            let ev = Event {
+                at: now,
+                diff: Diff::Read { user, marker },
+                rooms: vec![room],
+                global: false,
+            };
+            self.metrics.event(&ev);
+            self.batch.route(&ev, false);
+        }
+    }
+
+    /// A dead incarnation's record of `user` was cleaned (`change`: the
+    /// records before and after): the change is announced to the host (by
+    /// this node only), and addressed in `messages` for the others.
+    pub(crate) fn cleaned(
+        &mut self,
+        now: Millis,
+        user: &UserId,
+        dead: &str,
+        (before, after): (&UserRecords, &UserRecords),
+        owed: &[Owed],
+        messages: &mut BTreeMap<Topic, BusMessage>,
+    ) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        // As the cluster showed it before the cleaning: with `dead` alive.
+        let v0 = c.view_assuming(before, Some(dead));
+        let v1 = c.view_of_records(after);
+        address(messages, user, after, &v0, &v1);
+        let host = c.announce(user, owed, now);
+        self.out.announce(host);
+    }
+
+    /// Owed changes a dead incarnation left unannounced (users its record
+    /// no longer held when it died).
+    pub(crate) fn owed(&mut self, now: Millis, user: &UserId, owed: &[Owed]) {
+        if let Some(c) = self.cluster.as_ref() {
+            let host = c.announce(user, owed, now);
+            self.out.announce(host);
+        }
+    }
+
+    /// The command link answered (`ok`) or failed (for `/healthz` and
+    /// metrics); back up, everything is written and read again.
+    pub(crate) fn link_answered(&mut self, now: Millis, ok: bool) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let was = c.up();
+        c.health.cmd_ok = ok;
+        if ok {
+            c.health.down_since = None;
+            if std::mem::take(&mut c.health.cut_off) {
+                tracing::info!("backend reachable again after a cut-off: ready");
+            }
+        } else if c.health.down_since.is_none() {
+            c.health.down_since = Some(now);
+        }
+        let is = c.up();
+        self.metrics.redis_up.set(i64::from(is));
+        if was && !is {
+            tracing::warn!("backend unreachable: serving from what this node knows");
+        } else if !was && is && c.health.ready {
+            tracing::info!("backend reachable: writing and re-reading everything");
+            c.resync();
+            self.out.wake_rounds();
+        }
+    }
+
     /// A machine event in a cluster: its user's record is recomputed (at the
     /// end of the operation); a read marker, which no record carries, is
     /// shown here at once and sent to the others.

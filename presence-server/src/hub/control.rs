@@ -216,7 +216,7 @@ impl Hub {
     /// Another node's client resumes a connection of this node: it goes
     /// there (a live socket here is superseded, as by a resume here).
     fn hand_over(&self, user: &UserId, token: &ResumeToken, to: String) {
-        let conn = self.apply(|st, now| {
+        let conn = self.step(|st, now| {
             let (record, live) = st.machine.hand_over(now, user, token)?;
             if live {
                 let close = (CloseCode::Superseded, "resumed on another node");
@@ -308,7 +308,7 @@ impl Hub {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
         record.token = fresh.clone();
-        let restored = self.apply(|st, now| {
+        let restored = self.step(|st, now| {
             st.touched.insert(user.clone());
             st.machine.restore_conn(now, record)
         });

@@ -36,7 +36,7 @@ mod devices;
 mod durable;
 mod fanout;
 mod large;
-mod node;
+pub(crate) mod node;
 mod privacy;
 mod watching;
 mod wires;
@@ -325,9 +325,10 @@ impl Hub {
         }
     }
 
-    /// Runs `f` on the state, then routes what the machine emitted and closes
-    /// sockets whose queues overflowed.
-    fn apply<R>(&self, f: impl FnOnce(&mut Node, Millis) -> R) -> R {
+    /// One step of the node: `f` gives it an input at the clock's `now`,
+    /// then it settles, and letting go of the lock hands out what it decided
+    /// (closing the sockets whose queues were full).
+    pub(crate) fn step<R>(&self, f: impl FnOnce(&mut Node, Millis) -> R) -> R {
         let mut st = self.lock();
         let now = self.clock.now();
         let r = f(&mut st, now);
@@ -359,7 +360,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .register(generation, Wire::new(tx, close_tx));
-        let registered = self.apply(|st, now| {
+        let registered = self.step(|st, now| {
             // Checked under the lock that close_all takes, so no socket
             // registers after the shutdown closed the others.
             if self.is_shutting_down() {
@@ -393,7 +394,7 @@ impl Hub {
     /// Takes a socket's fresh token: its expiry and its claims; `false` if
     /// the socket is no longer current.
     pub fn reauthorize(&self, conn: ConnId, generation: u64, who: &Arc<Identity>) -> bool {
-        self.apply(|st, _| st.reauthorize(conn, generation, who))
+        self.step(|st, _| st.reauthorize(conn, generation, who))
     }
 
     /// Runs a machine input for a socket's connection, if the socket is still
@@ -404,7 +405,7 @@ impl Hub {
         generation: u64,
         f: impl FnOnce(&mut Machine, Millis) -> Result<R, MachineError>,
     ) -> Result<R, ErrorCode> {
-        self.apply(|st, now| st.act(now, conn, generation, f))
+        self.step(|st, now| st.act(now, conn, generation, f))
     }
 
     /// A frame arrived on a socket: it is alive. Unlike [`Hub::act`] this
@@ -412,12 +413,12 @@ impl Hub {
     /// frame every socket sends every 25 s costs one lock, not a recomputed
     /// record; with `pong`, the reply goes in the same lock.
     pub fn heartbeat(&self, conn: ConnId, generation: u64, pong: bool) {
-        self.apply(|st, now| st.heartbeat(now, conn, generation, pong))
+        self.step(|st, now| st.heartbeat(now, conn, generation, pong))
     }
 
     /// Queues a reply (pong, error, …) for a socket.
     pub fn reply(&self, conn: ConnId, generation: u64, msg: &ServerMessage) {
-        self.apply(|st, _| st.reply(conn, generation, msg))
+        self.step(|st, _| st.reply(conn, generation, msg))
     }
 
     /// Moves a read marker. Kept durable even when nobody is told (an
@@ -447,7 +448,7 @@ impl Hub {
 
     /// Joins a room and queues its snapshot before any later diff.
     pub fn join(&self, conn: ConnId, generation: u64, room: RoomId) -> Result<(), ErrorCode> {
-        self.apply(|st, now| st.join(now, conn, generation, room))
+        self.step(|st, now| st.join(now, conn, generation, room))
     }
 
     /// Sets the user's status and tells all of their sockets.
@@ -458,24 +459,24 @@ impl Hub {
         status: Status,
         text: Option<presence_core::StatusText>,
     ) -> Result<(), ErrorCode> {
-        self.apply(|st, now| st.set_status(now, conn, generation, status, text))
+        self.step(|st, now| st.set_status(now, conn, generation, status, text))
     }
 
     /// Closes a socket on the session's own initiative (abuse, huge frame).
     pub fn close(&self, conn: ConnId, generation: u64, close: Close) {
-        self.apply(|st, now| st.close(now, conn, generation, close))
+        self.step(|st, now| st.close(now, conn, generation, close))
     }
 
     /// The socket ended (closed by the client, or failed). Unless it had
     /// already been replaced by a resume or closed by the server, its
     /// connection enters the offline grace.
     pub fn socket_gone(&self, conn: ConnId, generation: u64) {
-        self.apply(|st, now| st.socket_gone(now, conn, generation))
+        self.step(|st, now| st.socket_gone(now, conn, generation))
     }
 
     /// The host app stored a message: the sender's typing stops now.
     pub fn message_sent(&self, user: &UserId, room: &RoomId) {
-        self.apply(|st, now| st.machine.message_sent(now, user, room));
+        self.step(|st, now| st.machine.message_sent(now, user, room));
     }
 
     /// When the driver should wake next, at the latest in one second.
@@ -494,7 +495,7 @@ impl Hub {
     /// Closes every socket of `user` on this node with `close` (their
     /// connections enter the offline grace); returns how many.
     pub fn disconnect_user(&self, user: &UserId, close: Close) -> usize {
-        self.apply(|st, now| st.disconnect_user(now, user, close))
+        self.step(|st, now| st.disconnect_user(now, user, close))
     }
 
     /// Closes every socket with 1001 (shutdown) after sending what is pending.

@@ -63,7 +63,7 @@ pub(super) struct Socket {
     pub(super) expires: Option<Millis>,
 }
 
-pub(super) struct Node {
+pub(crate) struct Node {
     pub(super) machine: Machine,
     pub(super) sockets: HashMap<ConnId, Socket>,
     /// The sockets' token expiries, soonest first.

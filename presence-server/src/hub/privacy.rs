@@ -22,7 +22,7 @@ impl Hub {
         last_seen: Option<LastSeen>,
         receipts: Option<Receipts>,
     ) -> Result<(), ErrorCode> {
-        self.apply(|st, now| {
+        self.step(|st, now| {
             let user = st
                 .sockets
                 .get(&conn)
@@ -47,7 +47,7 @@ impl Hub {
             Some(recs) => self.cluster_privacy(&recs),
             None => None,
         };
-        self.apply(|st, now| {
+        self.step(|st, now| {
             if let Some((p, at)) = known
                 && st.machine.adopt_privacy(now, user, p, at)
             {

@@ -18,7 +18,7 @@ impl Hub {
         generation: u64,
         users: Vec<UserId>,
     ) -> Result<(), ErrorCode> {
-        self.apply(|st, _| {
+        self.step(|st, _| {
             if !st.is_current(conn, generation) {
                 return Err(ErrorCode::Internal);
             }
@@ -49,7 +49,7 @@ impl Hub {
 
     /// Removes users from a connection's watch list.
     pub fn unwatch(&self, conn: ConnId, generation: u64, users: &[UserId]) {
-        self.apply(|st, _| {
+        self.step(|st, _| {
             if !st.is_current(conn, generation) {
                 return;
             }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Close;
+use super::replica::Announcement;
 use crate::backend::Incarnation;
 
 /// One step's output for the shell, in decision order.
@@ -41,6 +42,9 @@ enum Op {
     /// A view change for the cluster's stream as this incarnation's own,
     /// then for the host.
     Own(Incarnation, Event),
+    /// Owed changes for the stream's outbox; this node's own also for the
+    /// host (without a stream, for the node's feed).
+    Announce(Vec<Announcement>),
 }
 
 impl Outbound {
@@ -78,6 +82,12 @@ impl Outbound {
 
     pub fn own(&mut self, me: Incarnation, ev: Event) {
         self.ops.push(Op::Own(me, ev));
+    }
+
+    pub fn announce(&mut self, host: Vec<Announcement>) {
+        if !host.is_empty() {
+            self.ops.push(Op::Announce(host));
+        }
     }
 }
 
@@ -158,6 +168,18 @@ impl Wires {
                         stream.push_own(&me, &ev);
                     }
                     hub.publish(&ev);
+                }
+                Op::Announce(host) => {
+                    for a in &host {
+                        if a.own {
+                            for (_, ev) in &a.events {
+                                hub.publish(ev);
+                            }
+                        }
+                        if let Some(stream) = &hub.stream {
+                            stream.push(a);
+                        }
+                    }
                 }
             }
         }
