@@ -84,14 +84,62 @@ const RETENTION: Duration = Duration::from_secs(86_400);
 
 /// Starts the node's cluster tasks: rounds, incoming, lease. Each holds the
 /// hub weakly and ends with it or at shutdown.
+///
+/// On a multi-threaded runtime they run on a thread of their own, with a
+/// runtime of its own: a storm of sessions runnable at once (a herd of
+/// 100,000 reconnects) would otherwise queue each lease renewal behind them
+/// past the lease, and the others would judge this node dead (BENCHMARKS.md,
+/// "A herd"). The backend's connection is made by their first call (the
+/// registration), so its I/O runs there too. On a single-threaded runtime
+/// (tests, on paused time) they stay on it.
 pub(crate) fn spawn(hub: &Arc<Hub>) {
-    let handles = vec![
-        tokio::spawn(rounds(Arc::downgrade(hub))),
-        tokio::spawn(incoming(Arc::downgrade(hub))),
-        tokio::spawn(lease(Arc::downgrade(hub))),
-    ];
+    let multi = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let handles = match multi.then(|| own_thread(Arc::downgrade(hub))) {
+        Some(Ok(handles)) => handles,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no thread for the cluster tasks; they share the runtime");
+            here(Arc::downgrade(hub))
+        }
+        None => here(Arc::downgrade(hub)),
+    };
     let mut tasks = hub.store_tasks.lock().unwrap_or_else(|p| p.into_inner());
     tasks.extend(handles);
+}
+
+fn here(hub: Weak<Hub>) -> Vec<tokio::task::AbortHandle> {
+    [
+        tokio::spawn(rounds(hub.clone())),
+        tokio::spawn(incoming(hub.clone())),
+        tokio::spawn(lease(hub)),
+    ]
+    .iter()
+    .map(|t| t.abort_handle())
+    .collect()
+}
+
+/// The cluster tasks on the thread `presence-cluster`, which ends when they
+/// all have.
+fn own_thread(hub: Weak<Hub>) -> std::io::Result<Vec<tokio::task::AbortHandle>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tasks = [
+        rt.spawn(rounds(hub.clone())),
+        rt.spawn(incoming(hub.clone())),
+        rt.spawn(lease(hub)),
+    ];
+    let handles = tasks.iter().map(|t| t.abort_handle()).collect();
+    std::thread::Builder::new()
+        .name("presence-cluster".into())
+        .spawn(move || {
+            rt.block_on(async {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })?;
+    Ok(handles)
 }
 
 fn link(hub: &Weak<Hub>) -> Option<(Arc<dyn Backend>, Arc<Notify>)> {

@@ -332,13 +332,16 @@ pub(crate) fn spawn(hub: &Arc<Hub>, config: WebhookConfig) {
         // delivering too.
         let mut tasks = hub.store_tasks.lock().unwrap_or_else(|p| p.into_inner());
         for ep in endpoints {
-            tasks.push(tokio::spawn(from_stream(
-                Arc::downgrade(hub),
-                ep,
-                config.clone(),
-                client.clone(),
-                names.clone(),
-            )));
+            tasks.push(
+                tokio::spawn(from_stream(
+                    Arc::downgrade(hub),
+                    ep,
+                    config.clone(),
+                    client.clone(),
+                    names.clone(),
+                ))
+                .abort_handle(),
+            );
         }
         return;
     }

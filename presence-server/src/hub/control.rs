@@ -83,14 +83,32 @@ impl Handovers {
     }
 }
 
+/// Revocation reads in flight to the backend at most. Every `hello` on a
+/// node of a cluster reads one: a herd of 100,000 reconnects queued as many
+/// calls on the backend's connection, in front of the lease renewals, and
+/// the others judged the node dead (BENCHMARKS.md, "A herd"). Past this the
+/// hellos wait their turn here, parked.
+const REVOCATION_READS: usize = 64;
+
 /// Unix seconds before which each user's tokens are refused, as this node
-/// knows it.
-#[derive(Default)]
-pub(crate) struct Revocations(Mutex<HashMap<UserId, u64>>);
+/// knows it; and the gate of the reads of the cluster's.
+pub(crate) struct Revocations {
+    known: Mutex<HashMap<UserId, u64>>,
+    reads: tokio::sync::Semaphore,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self {
+            known: Mutex::default(),
+            reads: tokio::sync::Semaphore::new(REVOCATION_READS),
+        }
+    }
+}
 
 impl Revocations {
     fn get(&self, user: &UserId) -> Option<u64> {
-        self.0
+        self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
@@ -98,7 +116,7 @@ impl Revocations {
     }
 
     fn set(&self, user: &UserId, before: u64, now_s: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_REVOCATIONS {
             let keep = now_s.saturating_sub(REVOCATION_TTL.as_secs());
             map.retain(|_, b| *b > keep);
@@ -328,7 +346,12 @@ impl Hub {
     pub async fn is_revoked(&self, who: &Identity) -> bool {
         let mut before = self.revocations.get(&who.user);
         if let Some(link) = &self.cluster {
-            match link.backend.revoked(&who.user).await {
+            let read = async {
+                // Never closed.
+                let _turn = self.revocations.reads.acquire().await;
+                link.backend.revoked(&who.user).await
+            };
+            match read.await {
                 Ok(b) => before = before.max(b),
                 Err(e) => tracing::debug!(error = %e, "revocations unknown; going by this node's"),
             }

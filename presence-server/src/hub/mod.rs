@@ -92,7 +92,7 @@ pub(crate) struct Hub {
     handovers: control::Handovers,
     gathers: devices::Gathers,
     /// The cluster's tasks, so a failure drill can stop them dead.
-    pub store_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub store_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     next_conn: AtomicU64,
     next_generation: AtomicU64,
     shutdown: watch::Sender<bool>,
