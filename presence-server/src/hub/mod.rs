@@ -308,18 +308,11 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .deliver(out, self);
-            let now = self.clock.now();
-            let mut closed = false;
-            for (conn, generation) in slow {
-                if !st.is_current(conn, generation) {
-                    continue;
+            if !slow.is_empty() {
+                let now = self.clock.now();
+                for (conn, generation) in slow {
+                    st.slow_consumer(now, conn, generation);
                 }
-                self.metrics.slow_consumers.inc();
-                tracing::info!(%conn, "outbound queue full; closing slow consumer");
-                st.close_socket(now, conn, (CloseCode::SlowConsumer, "slow consumer"), true);
-                closed = true;
-            }
-            if closed {
                 st.settle(now);
             }
         }

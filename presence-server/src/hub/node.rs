@@ -265,7 +265,18 @@ impl Node {
         }
     }
 
-    /// Called under `apply`, whose `settle` wakes the driver for it.
+    /// A socket's queue was full when its frames were handed out: it is
+    /// closed as a slow consumer, and its connection enters the grace.
+    pub(super) fn slow_consumer(&mut self, now: Millis, conn: ConnId, generation: u64) {
+        if !self.is_current(conn, generation) {
+            return;
+        }
+        self.metrics.slow_consumers.inc();
+        tracing::info!(%conn, "outbound queue full; closing slow consumer");
+        self.close_socket(now, conn, (CloseCode::SlowConsumer, "slow consumer"), true);
+    }
+
+    /// Called within a step, whose `settle` wakes the driver for it.
     pub(super) fn set_expiry(&mut self, conn: ConnId, expires: Option<Millis>) {
         let Some(socket) = self.sockets.get_mut(&conn) else {
             return;
