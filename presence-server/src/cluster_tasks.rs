@@ -47,12 +47,13 @@ use presence_core::machine::ConnRecord;
 use presence_core::{Millis, RoomId, UserId};
 use tokio::sync::Notify;
 
+use crate::backend::wire::BusMessage;
 use crate::backend::{
     Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic, UserRecords,
 };
 use crate::cluster_config::ClusterConfig;
 use crate::hub::Hub;
-use crate::hub::replica::{BusMessage, Take};
+use crate::hub::replica::Take;
 
 /// Reconnect attempts back off from this...
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

@@ -20,6 +20,7 @@ mod inbox;
 mod memory;
 mod redis;
 pub mod stream;
+pub(crate) mod wire;
 
 use std::time::Duration;
 

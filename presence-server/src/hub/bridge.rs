@@ -12,10 +12,11 @@ use presence_core::privacy::{Privacy, Receipts, Sight};
 use presence_core::protocol::{Diff, ServerMessage};
 use presence_core::{Event, Millis, PresenceView, RoomId, UserId};
 
-use super::replica::{BusMessage, Replica, Take, address};
+use super::replica::{Replica, Take, address};
 use super::{Hub, Node, encoded};
 use crate::auth::Identity;
 use crate::backend::Owed;
+use crate::backend::wire::BusMessage;
 use crate::backend::{Backend, Incarnation, Topic, UserRecords, Written};
 use crate::cluster_config::ClusterConfig;
 

@@ -15,13 +15,12 @@ use std::time::Duration;
 use presence_core::machine::ConnRecord;
 use presence_core::protocol::CloseCode;
 use presence_core::{ConnId, ResumeToken, RoomId, UserId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Close, Hub};
 use crate::auth::Identity;
+use crate::backend::wire::{BusMessage, Control};
 use crate::backend::{BackendError, Topic};
-use crate::hub::replica::BusMessage;
 
 /// How long a revocation refuses old tokens: the longest token lifetime it
 /// covers.
@@ -34,42 +33,6 @@ const HANDOVER_WAIT: Duration = Duration::from_millis(500);
 /// Handovers a node waits for at once; beyond, a resume elsewhere starts a
 /// new connection (what it did before handovers existed).
 const MAX_HANDOVERS: usize = 1_024;
-
-/// One order on the bus.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub(crate) enum Control {
-    /// Close the user's sockets with this code.
-    Disconnect { user: UserId, code: u16 },
-    /// The user's message in the room was stored: their typing there stops.
-    MessageSent { user: UserId, room: RoomId },
-    /// To a node: give the user's connection behind `token` to node `to`,
-    /// whose socket the client resumes on.
-    Handover {
-        user: UserId,
-        token: ResumeToken,
-        to: String,
-    },
-    /// The answer, to node `to`: the connection, or `None` if none here
-    /// holds the token (it went, or was never here).
-    HandedOver {
-        token: ResumeToken,
-        conn: Option<ConnRecord>,
-    },
-    /// To a node: its devices of the user (and their read marker in
-    /// `room`), for question `req` of node `to`.
-    Devices {
-        user: UserId,
-        room: Option<RoomId>,
-        req: u64,
-        to: String,
-    },
-    /// The answer to question `req`.
-    DevicesOf {
-        req: u64,
-        answer: super::devices::NodeDevices,
-    },
-}
 
 /// Resumes waiting for another node's handover, by token.
 #[derive(Default)]

@@ -11,27 +11,18 @@ use std::time::Duration;
 
 use presence_core::notify::{self, Decision, Device, Message, Reason, Recipient};
 use presence_core::{RoomId, Status, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::Hub;
-use super::control::Control;
 use crate::backend::Topic;
-use crate::hub::replica::BusMessage;
+use crate::backend::wire::{BusMessage, Control, NodeDevices};
 
 /// Longest a question waits for the other nodes' devices (a bus round trip).
 const GATHER_WAIT: Duration = Duration::from_millis(300);
 /// Questions a node waits on at once; beyond, it answers from its own
 /// devices (`complete: false`).
 const MAX_GATHERS: usize = 1_024;
-
-/// One node's devices of a user, and their read marker in the room asked about.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct NodeDevices {
-    pub node: String,
-    pub devices: Vec<Device>,
-    pub read: Option<u64>,
-}
 
 /// Questions this node waits on, by number.
 #[derive(Default)]

@@ -19,8 +19,8 @@ use std::time::Duration;
 use presence_core::cluster::{ClusterView, Liveness, Records, transitions};
 use presence_core::protocol::{Counts, Receipt, ServerMessage};
 use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
-use serde::{Deserialize, Serialize};
 
+use crate::backend::wire::{BusMessage, UserUpdate};
 use crate::backend::{Incarnation, Owed, Stored, Topic, UserRecords, Written};
 
 mod interest;
@@ -34,18 +34,6 @@ use outbox::Outbox;
 /// How often users nobody here follows any more are dropped.
 const SWEEP: Duration = Duration::from_secs(10);
 
-/// One message on the bus: the full record sets of some users, read
-/// markers that moved, and orders for a user's sockets.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct BusMessage {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub u: Vec<UserUpdate>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rd: Vec<(RoomId, UserId, u64)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ctl: Vec<super::control::Control>,
-}
-
 /// The host events owed for one change of a user's records ([`Owed`]).
 #[derive(Debug)]
 pub(crate) struct Announcement {
@@ -57,13 +45,6 @@ pub(crate) struct Announcement {
     /// Its events, each with its id (`<change id>:<n>:<user>`: the same
     /// whichever node computes them).
     pub events: Vec<(String, Event)>,
-}
-
-/// Every incarnation's record of one user, as of one write.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct UserUpdate {
-    pub user: UserId,
-    pub recs: UserRecords,
 }
 
 struct Known {
