@@ -108,15 +108,17 @@ pub(crate) fn spawn(hub: &Arc<Hub>) {
     tasks.extend(handles);
 }
 
-fn here(hub: Weak<Hub>) -> Vec<tokio::task::AbortHandle> {
+/// Spawns the three tasks on the runtime it runs in.
+fn spawn_tasks(hub: Weak<Hub>) -> [tokio::task::JoinHandle<()>; 3] {
     [
         tokio::spawn(rounds(hub.clone())),
         tokio::spawn(incoming(hub.clone())),
         tokio::spawn(lease(hub)),
     ]
-    .iter()
-    .map(|t| t.abort_handle())
-    .collect()
+}
+
+fn here(hub: Weak<Hub>) -> Vec<tokio::task::AbortHandle> {
+    spawn_tasks(hub).iter().map(|t| t.abort_handle()).collect()
 }
 
 /// The cluster tasks on the thread `presence-cluster`, which ends when they
@@ -125,11 +127,10 @@ fn own_thread(hub: Weak<Hub>) -> std::io::Result<Vec<tokio::task::AbortHandle>> 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let tasks = [
-        rt.spawn(rounds(hub.clone())),
-        rt.spawn(incoming(hub.clone())),
-        rt.spawn(lease(hub)),
-    ];
+    let tasks = {
+        let _on = rt.enter();
+        spawn_tasks(hub)
+    };
     let handles = tasks.iter().map(|t| t.abort_handle()).collect();
     std::thread::Builder::new()
         .name("presence-cluster".into())

@@ -43,7 +43,6 @@ mod wires;
 
 use crate::audience::AudiencePolicy;
 use crate::auth::{Authenticator, Identity};
-
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::data_dir::DataDir;

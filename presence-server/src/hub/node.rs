@@ -409,10 +409,9 @@ impl Node {
         f(&mut self.machine, now).map_err(MachineError::code)
     }
 
-    /// A frame arrived on a socket: it is alive. Unlike [`Hub::act`] this
-    /// marks nothing for the cluster (a heartbeat changes no record), so the
-    /// frame every socket sends every 25 s costs one lock, not a recomputed
-    /// record; with `pong`, the reply goes in the same lock.
+    /// A frame arrived on a socket: it is alive. Unlike [`Node::act`] this
+    /// marks nothing for the cluster (a heartbeat changes no record); with
+    /// `pong`, the reply goes in the same step.
     pub(super) fn heartbeat(&mut self, now: Millis, conn: ConnId, generation: u64, pong: bool) {
         if !self.is_current(conn, generation) {
             return;
