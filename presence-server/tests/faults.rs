@@ -123,7 +123,10 @@ fn redis_server(dir: &std::path::Path, port: u16, cluster: bool) -> RedisProc {
     if cluster {
         cmd.args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()]);
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            // A replica's first sync starts at once, not after the default
+            // 5 s wait for more replicas to share it.
+            .args(["--repl-diskless-sync-delay", "0"]);
     }
     let child = cmd
         .stdout(Stdio::null())
@@ -451,13 +454,18 @@ impl World {
             let obs = format!("obs{n}");
             seen.push(observe(node, &obs, "r").await);
             users.insert(obs);
-            for i in 0..users_per_node() {
+            // Joined together: one by one, each waits for its snapshot.
+            let joined = (0..users_per_node()).map(|i| {
                 let user = format!("u{n}-{i:02}");
-                let mut c = Client::connect(&node.url(&user), &user, None).await;
-                c.join("r").await;
-                hold(c, closed.clone());
-                users.insert(user);
-            }
+                let closed = closed.clone();
+                async move {
+                    let mut c = Client::connect(&node.url(&user), &user, None).await;
+                    c.join("r").await;
+                    hold(c, closed);
+                    user
+                }
+            });
+            users.extend(futures_util::future::join_all(joined).await);
         }
         let mut w = World {
             nodes,
