@@ -536,14 +536,8 @@ async fn a_joiner_gets_no_diff_its_snapshot_already_shows() {
 async fn big_messages_come_as_fragments_of_at_most_2_kib() {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let srv = TestServer::start(calm_config()).await;
-    let mut members = Vec::new();
-    for i in 0..120 {
-        let mut c = srv
-            .client(&format!("a-member-with-a-longer-name-{i:03}"))
-            .await;
-        c.join("big").await;
-        members.push(c);
-    }
+    let users = (0..120).map(|i| format!("a-member-with-a-longer-name-{i:03}"));
+    let _members = srv.crowd("big", users).await;
     let config = WebSocketConfig::default().max_frame_size(Some(2048));
     let (ws, _) = tokio_tungstenite::connect_async_with_config(srv.url("zed"), Some(config), false)
         .await

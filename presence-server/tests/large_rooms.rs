@@ -271,12 +271,7 @@ async fn a_large_snapshot_lists_the_first_online_members_and_counts_the_rest() {
     let mut cfg = config();
     cfg.large_room_members = 3;
     let srv = TestServer::start(cfg).await;
-    let users: Vec<String> = (0..205).map(|i| format!("m{i:03}")).collect();
-    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let mut members = Vec::new();
-    for chunk in refs.chunks(50) {
-        members.extend(fill(&srv, "big", chunk).await);
-    }
+    let _members = srv.crowd("big", (0..205).map(|i| format!("m{i:03}"))).await;
     let mut late = srv.client("zz").await;
     late.send(json!({"type": "join", "room": "big"})).await;
     let mut listed = Vec::new();

@@ -125,6 +125,17 @@ impl TestServer {
         Client::connect(&self.url(user), user, None).await
     }
 
+    /// `users` in `room`, joined together (one by one, each would wait for
+    /// its snapshot's batch window); in no particular order.
+    pub async fn crowd(&self, room: &str, users: impl IntoIterator<Item = String>) -> Vec<Client> {
+        let joined = users.into_iter().map(|u| async move {
+            let mut c = self.client(&u).await;
+            c.join(room).await;
+            c
+        });
+        futures_util::future::join_all(joined).await
+    }
+
     /// Drops the serve task on the floor, without a graceful shutdown.
     pub fn abort(&self) {
         self.task.abort();
@@ -235,7 +246,10 @@ impl Client {
 
     /// [`connect`](Self::connect) with more `hello` fields (`device`, `activity`).
     pub async fn connect_with(url: &str, user: &str, resume: Option<&str>, more: Value) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        // No Nagle: a frame sent right after another goes at once, not
+        // after the server's delayed ACK (about 40 ms).
+        let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+        let (ws, _) = tokio::time::timeout(WAIT, connect)
             .await
             .expect("connect in time")
             .expect("upgrade accepted");
