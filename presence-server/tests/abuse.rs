@@ -52,7 +52,7 @@ async fn malformed_oversized_and_unknown_frames_get_error_codes_while_the_room_i
     bob.diff("user_idle", "ana").await;
     bob.send(json!({"type": "ping"})).await;
     bob.frame("pong").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn a_frame_far_beyond_the_limit_closes_the_socket_with_1009() {
     assert_eq!(ana.close_code().await, 1009);
     bob.send(json!({"type": "ping"})).await;
     bob.frame("pong").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn the_first_frame_must_be_hello() {
     let mut c = Client::raw(ws, "ana");
     assert_eq!(c.frame("error").await["code"], "hello_required");
     assert_eq!(c.close_code().await, 1008);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -110,7 +110,7 @@ async fn an_unsupported_protocol_version_is_closed_with_4102() {
     }
     assert_eq!(codes, ["unsupported_version"]);
     assert_eq!(close, Some(4102));
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn going_over_the_rate_limit_gets_rate_limited_and_a_flood_is_closed_with_
     assert_eq!(ana.close_code().await, 1008);
     bob.send(json!({"type": "ping"})).await;
     bob.frame("pong").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]

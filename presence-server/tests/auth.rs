@@ -117,7 +117,7 @@ async fn every_bad_token_gets_unauthorized_and_4101_after_the_upgrade() {
         metrics.contains("presence_unauthorized_upgrades_total 12"),
         "{metrics}"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -208,7 +208,7 @@ async fn without_a_refresh_the_socket_closes_with_4101_at_exp() {
     // The connection is in its offline grace: back with a fresh token, it
     // resumes and bob sees no flap.
     let resume = ana.resume_token();
-    let ana = Client::connect(&srv.url("ana"), "ana", Some(&resume)).await;
+    let ana = srv.adopt(Client::connect(&srv.url("ana"), "ana", Some(&resume)).await);
     assert_eq!(ana.welcome["resumed"], true);
     assert!(
         bob.diff_within("user_disconnected", "ana", Duration::from_millis(500))
@@ -220,7 +220,7 @@ async fn without_a_refresh_the_socket_closes_with_4101_at_exp() {
         metrics.contains(r#"presence_tokens_total{outcome="expired"} 1"#),
         "{metrics}"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -257,7 +257,7 @@ async fn an_auth_frame_moves_the_expiry_and_replaces_the_claims() {
         metrics.contains(r#"presence_tokens_total{outcome="refreshed"} 1"#),
         "{metrics}"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -308,7 +308,7 @@ async fn a_refresh_that_does_not_verify_or_names_another_user_closes_with_4101()
     let long = token_with(json!({"sub": "ana", "exp": now_secs() + 60, "pad": "p".repeat(5000)}));
     ana.send(json!({"type": "auth", "token": long})).await;
     ana.frame("auth_ok").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -331,7 +331,7 @@ async fn a_refresh_flood_is_rate_limited_then_closed() {
         (0..40).map(|_| Message::text(json!({"type": "auth", "token": token("ana")}).to_string()));
     ana.send_all(flood).await;
     assert_eq!(ana.close_code().await, 1008);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -345,7 +345,7 @@ async fn a_bearer_header_works_like_the_query_token() {
         format!("Bearer {}", token("ana")).parse().expect("header"),
     );
     assert_eq!(upgrade_status(req).await, 101);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -375,7 +375,7 @@ async fn frames_naming_another_user_still_act_for_the_authenticated_one() {
         .await;
     let e = mallory.frame("error").await;
     assert_eq!(e["code"], "already_greeted");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -410,7 +410,7 @@ async fn rooms_and_watch_claims_are_enforced_on_the_socket_and_the_http_api() {
     assert_eq!(status, 403);
     let (status, _) = srv.get("/v1/users/bob/presence", &token).await;
     assert_eq!(status, 200);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -439,7 +439,7 @@ async fn with_default_audience_none_a_token_without_claims_joins_nothing() {
         format!("Bearer {bad}").parse().expect("header"),
     );
     assert_eq!(answer(req).await, "unauthorized 4101");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// Acceptance and expiry go by one clock, the server's: a token whose `exp` passed by it (here
@@ -462,5 +462,5 @@ async fn a_token_past_its_exp_by_the_servers_clock_is_refused_not_welcomed() {
     )
     .await;
     assert_eq!(status, 401, "the HTTP API goes by the same clock");
-    srv.stop().await;
+    srv.finish().await;
 }

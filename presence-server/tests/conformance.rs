@@ -118,7 +118,7 @@ async fn leaving_closes_the_socket_with_1000_and_the_user_goes_after_the_leave_g
         metrics.contains("presence_connections 1\n"),
         "only bob's socket is left:\n{metrics}"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -132,13 +132,13 @@ async fn a_resume_within_the_leave_grace_after_leaving_is_silent() {
     let token = ana.resume_token();
     ana.send(json!({"type": "leaving"})).await;
     assert_eq!(ana.close_code().await, 1000);
-    let mut back = Client::connect(&srv.url("ana"), "ana", Some(&token)).await;
+    let mut back = srv.adopt(Client::connect(&srv.url("ana"), "ana", Some(&token)).await);
     assert_eq!(back.welcome["resumed"], true);
     let seen = bob.diffs_during(Duration::from_millis(700)).await;
     assert!(seen.is_empty(), "observers saw nothing: {seen:?}");
     back.send(json!({"type": "ping"})).await;
     back.frame("pong").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -176,7 +176,7 @@ async fn every_frame_counts_as_a_heartbeat() {
         c.send(json!({"type": "ping"})).await;
         c.frame("pong").await;
     }
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -205,7 +205,7 @@ async fn typing_in_two_tabs_of_one_user_does_not_flap() {
         .map(|(_, d)| d["type"].clone())
         .collect();
     assert_eq!(seen, ["typing_started", "typing_stopped"]);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn a_flood_written_at_once_is_closed_with_1008_not_a_reset() {
             .await;
         assert_eq!(c.close_code().await, 1008);
     }
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// A 40 KB text message in 41 fragments is answered with a 1009 close frame
@@ -267,7 +267,7 @@ async fn a_message_far_beyond_the_limit_whole_or_in_fragments_is_closed_with_100
         "{:?}",
         started.elapsed()
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -277,7 +277,7 @@ async fn invalid_utf8_is_closed_with_1007() {
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     c.ws.send(Message::Frame(frame)).await.expect("send");
     assert_eq!(c.close_code().await, 1007);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -310,7 +310,7 @@ async fn anything_but_hello_first_gets_hello_required_then_1008() {
     let mut c = Client::raw(ws, "ana");
     assert_eq!(c.frame("error").await["code"], "invalid_field");
     assert_eq!(c.close_code().await, 1008);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -333,7 +333,7 @@ async fn out_of_range_markers_get_invalid_marker() {
         assert_eq!(e["code"], "invalid_marker", "{marker}");
         assert_eq!(e["frame"], "read", "{marker}");
     }
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -368,7 +368,7 @@ async fn a_refused_frame_names_its_room_or_users() {
         (&e["code"], &e["users"]),
         (&json!("too_many_watched"), &json!(["one-more"]))
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// PROTOCOL.md, "Error codes": an error refusing a `typing` or `read` frame
@@ -446,7 +446,7 @@ async fn an_error_names_the_room_even_when_another_field_is_wrong() {
         (&e["code"], &e["frame"], &e["room"]),
         (&json!("rate_limited"), &json!("read"), &json!("general"))
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -499,7 +499,7 @@ async fn a_new_socket_may_restore_the_most_state_the_limits_allow_at_once() {
         (&user["status"], &user["text"]),
         (&json!("busy"), &json!("focus"))
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -526,7 +526,7 @@ async fn a_joiner_gets_no_diff_its_snapshot_already_shows() {
     // bob, already a member, hears both.
     bob.diff("status", "bob").await;
     bob.diff("user_connected", "ana").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// Every text message past 2 KiB comes as fragments of at most 2 KiB
@@ -555,7 +555,7 @@ async fn big_messages_come_as_fragments_of_at_most_2_kib() {
         parts.iter().any(|p| p.to_string().len() > 4096),
         "some part is bigger than a fragment, or this proves nothing"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// The status line and headers of the answer to a raw upgrade request.
@@ -617,5 +617,5 @@ async fn what_is_not_a_websocket_upgrade_gets_a_plain_http_answer() {
         );
         assert!(answer.contains(header), "{method} {headers:?}: {answer}");
     }
-    srv.stop().await;
+    srv.finish().await;
 }

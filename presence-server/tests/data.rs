@@ -80,7 +80,7 @@ async fn data_reaches_members_watchers_and_the_http_api_once_per_change() {
     bob.send(json!({"type": "data"})).await;
     let (_, d) = ana.diff("data", "bob").await;
     assert!(d.get("data").is_none(), "{d}");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -124,7 +124,7 @@ async fn bad_data_gets_its_code_and_nothing_else_in_the_room_changes() {
     assert!(ns.windows(2).all(|w| w[0] < w[1]), "{ns:?}");
     bob.send(json!({"type": "status", "status": "busy"})).await;
     ana.diff("status", "bob").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -157,7 +157,7 @@ async fn an_invisible_user_leaks_neither_info_nor_data() {
     let (_, d) = ana.diff("user_connected", "bob").await;
     assert_eq!(d["presence"]["data"], json!({"viewing": "secret"}));
     assert_eq!(d["presence"]["info"], json!({"name": "Bob"}));
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -173,5 +173,5 @@ async fn a_bad_info_claim_is_refused_like_any_bad_token() {
         assert_eq!(c.frame("error").await["code"], "unauthorized", "{info}");
         assert_eq!(c.close_code().await, 4101);
     }
-    srv.stop().await;
+    srv.finish().await;
 }

@@ -67,7 +67,7 @@ async fn the_feed_numbers_events_and_resumes_after_last_event_id() {
     assert_eq!(status, 400);
     let (status, _) = Feed::open(&srv, &token("ana"), None).await;
     assert_eq!(status, 403);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn a_last_event_id_that_is_no_id_is_refused_with_bad_last_event_id_as_in_a
     assert_eq!(body["error"]["code"], "bad_last_event_id", "{body}");
     let (status, _) = Feed::open(&srv, SERVICE_KEY, Some("-1")).await;
     assert_eq!(status, 400);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// The events a reader gets until nothing comes for a while.
@@ -143,5 +143,5 @@ async fn a_gap_carries_the_position_after_it_so_a_reader_back_from_it_gets_no_ga
     let ids = |events: &[SseEvent]| events.iter().map(|e| e.num()).collect::<Vec<_>>();
     assert_eq!(ids(&replayed), ids(&told), "the same events, none twice");
     drop(bob); // kept so far: its going offline would move the window
-    srv.stop().await;
+    srv.finish().await;
 }

@@ -208,5 +208,5 @@ async fn a_slow_authenticator_gets_503_not_a_hung_upgrade() {
         other => panic!("expected 503, got {other}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
-    srv.stop().await;
+    srv.finish().await;
 }

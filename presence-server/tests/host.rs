@@ -41,7 +41,7 @@ async fn the_host_event_stream_sees_each_event_once() {
         ]
     );
     assert_eq!(events.missed(), 0);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn the_event_stream_works_as_a_stream_and_names_the_user() {
     );
     let bob = presence_server::presence_core::UserId::new("bob").expect("id");
     assert!(srv.server.is_active_anywhere(&bob).await);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -150,5 +150,5 @@ async fn every_golden_client_vector_decodes_on_a_real_socket() {
     let mut bob = Client::raw(ws, "bob");
     let welcome = bob.frame("welcome").await;
     assert_eq!(welcome["resumed"], false, "an unknown token starts afresh");
-    srv.stop().await;
+    srv.finish().await;
 }

@@ -79,7 +79,7 @@ async fn the_http_api_agrees_with_what_socket_clients_see() {
     ana.diff("user_left", "bob").await;
     let (_, room) = srv.get("/v1/rooms/r/members", SERVICE_KEY).await;
     assert_eq!(names(&room["members"]), ["ana"]);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -126,7 +126,7 @@ async fn the_http_api_refuses_what_the_token_may_not_see() {
     assert_eq!(body["error"]["code"], "unauthorized");
     let (status, _) = srv.get("/v1/users/ana/presence", "nope").await;
     assert_eq!(status, 401);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn bad_api_requests_get_clear_json_errors() {
     assert_eq!(body["error"]["code"], "too_large");
     let (status, _) = srv.get("/healthz", "").await;
     assert_eq!(status, 200);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn metrics_count_connections_events_and_resumes() {
     ana.join("r").await;
     let token_ = ana.resume_token();
     drop(ana);
-    let _ana = Client::connect(&srv.url("ana"), "ana", Some(&token_)).await;
+    let _ana = srv.adopt(Client::connect(&srv.url("ana"), "ana", Some(&token_)).await);
     let (status, _) = srv.get("/metrics", "").await;
     assert_eq!(status, 200);
     let text = metrics_text(&srv).await;
@@ -178,7 +178,7 @@ async fn metrics_count_connections_events_and_resumes() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
-    srv.stop().await;
+    srv.finish().await;
 }
 
 async fn metrics_text(srv: &TestServer) -> String {
@@ -236,7 +236,7 @@ async fn server_actions_over_http_act_like_the_rust_api() {
     assert_eq!(bob.close_code().await, 4101);
     // After the grace, observers see bob go.
     ana.diff("user_disconnected", "bob").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -344,12 +344,14 @@ async fn notify_decides_from_the_users_devices_and_refuses_bad_questions() {
         "an unknown user"
     );
 
-    let mut desk =
-        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "desktop"})).await;
+    let mut desk = srv.adopt(
+        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "desktop"})).await,
+    );
     desk.join("design").await;
     desk.join("random").await;
-    let mut phone =
-        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "mobile"})).await;
+    let mut phone = srv.adopt(
+        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "mobile"})).await,
+    );
     phone.join("random").await;
     phone
         .send(json!({"type": "activity", "state": "idle", "reason": "hidden"}))

@@ -63,7 +63,7 @@ async fn silent_connection_goes_offline_exactly_once_after_timeout_and_grace() {
     assert_eq!(count(&seen, "user_disconnected", "bob"), 1);
     let code = bob_task.await.expect("bob task");
     assert_eq!(code, Some(4000), "heartbeat timeout close code");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -92,7 +92,7 @@ async fn tcp_drop_without_close_frame_goes_offline_exactly_once_after_grace() {
     );
     seen.extend(ping_for(&mut ana, Duration::from_millis(900)).await);
     assert_eq!(count(&seen, "user_disconnected", "bob"), 1, "exactly once");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn reconnect_within_grace_is_silent() {
     let seen = ana.diffs_during(Duration::from_millis(800)).await;
     assert_eq!(count(&seen, "user_disconnected", "bob"), 0, "{seen:?}");
     assert_eq!(count(&seen, "user_connected", "bob"), 0, "{seen:?}");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -127,7 +127,7 @@ async fn resume_after_reload_is_silent_and_keeps_the_connection() {
     // A reload: `leaving`, close, and the new page resumes within leave grace.
     bob.send(json!({"type": "leaving"})).await;
     bob.close().await;
-    let bob = Client::connect(&srv.url("bob"), "bob", Some(&token)).await;
+    let bob = srv.adopt(Client::connect(&srv.url("bob"), "bob", Some(&token)).await);
     assert_eq!(bob.welcome["resumed"], true);
     assert_eq!(bob.welcome["conn"], conn);
     let seen = ana.diffs_during(Duration::from_millis(600)).await;
@@ -139,7 +139,7 @@ async fn resume_after_reload_is_silent_and_keeps_the_connection() {
     let (status, members) = srv.get("/v1/rooms/r/members", SERVICE_KEY).await;
     assert_eq!(status, 200);
     assert_eq!(names(&members["members"]), ["ana", "bob"]);
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn resume_on_a_new_socket_supersedes_the_old_one_with_4100_and_no_flap() {
     old.join("r").await;
     ana.diff("user_connected", "bob").await;
     let token = old.resume_token();
-    let mut new = Client::connect(&srv.url("bob"), "bob", Some(&token)).await;
+    let mut new = srv.adopt(Client::connect(&srv.url("bob"), "bob", Some(&token)).await);
     assert_eq!(new.welcome["resumed"], true);
     assert_eq!(old.close_code().await, 4100);
     drop(old);
@@ -161,7 +161,7 @@ async fn resume_on_a_new_socket_supersedes_the_old_one_with_4100_and_no_flap() {
     new.send(json!({"type": "typing", "room": "r", "active": true}))
         .await;
     ana.diff("typing_started", "bob").await;
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -169,9 +169,9 @@ async fn a_resume_token_of_another_user_starts_a_fresh_connection() {
     let srv = TestServer::start(calm_config()).await;
     let bob = srv.client("bob").await;
     let token = bob.resume_token();
-    let eve = Client::connect(&srv.url("eve"), "eve", Some(&token)).await;
+    let eve = srv.adopt(Client::connect(&srv.url("eve"), "eve", Some(&token)).await);
     assert_eq!(eve.welcome["resumed"], false);
     assert_eq!(eve.welcome["user"], "eve");
     assert_ne!(eve.welcome["conn"], bob.welcome["conn"]);
-    srv.stop().await;
+    srv.finish().await;
 }

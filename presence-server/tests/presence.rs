@@ -38,7 +38,7 @@ async fn two_users_see_each_other_join_go_idle_become_active_and_leave() {
         json!({"type": "user_left", "user": "bob"}),
         "still online elsewhere"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -77,7 +77,7 @@ async fn three_tabs_of_one_user_are_one_user() {
         .and_then(|m| m.iter().find(|m| m["user"] == "bob").cloned())
         .expect("bob is a member");
     assert_eq!(bob["state"], "idle");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -97,7 +97,7 @@ async fn typing_starts_and_expires_without_a_refresh() {
         took >= Duration::from_millis(250),
         "typing expired after its ttl, not before ({took:?})"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -122,7 +122,7 @@ async fn host_message_sent_stops_typing_at_once() {
     let sent = tokio::time::Instant::now();
     ana.diff("typing_stopped", "bob").await;
     assert!(sent.elapsed() < Duration::from_secs(1));
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -144,7 +144,7 @@ async fn read_receipts_arrive_in_order_and_never_go_back() {
     assert_eq!(markers, [1, 2, 3, 5, 8, 13]);
     let snap = ana.join("r").await;
     assert_eq!(snap["receipts"], json!([{"user": "bob", "marker": 13}]));
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn explicit_leaving_goes_offline_within_the_short_leave_grace() {
     let took = sent.elapsed();
     // leave grace 100 ms, offline grace 300 ms: the short one applied.
     assert!(took < Duration::from_millis(280), "took {took:?}");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn invisible_status_hides_the_user_while_they_still_receive() {
     assert_eq!(status, 200);
     assert_eq!(view["state"], "offline");
     assert_eq!(view["status"], "available", "never shown as invisible");
-    srv.stop().await;
+    srv.finish().await;
 }
 
 #[tokio::test]
@@ -228,7 +228,7 @@ async fn watchers_see_a_contact_come_and_go_in_any_room() {
             .is_none(),
         "no diffs after unwatch"
     );
-    srv.stop().await;
+    srv.finish().await;
 }
 
 /// A user connected in-process (`PresenceServer::connect`) is one like any
@@ -282,5 +282,5 @@ async fn an_in_process_connection_is_a_user_like_any_other() {
     assert_eq!(d["reason"], "hidden");
     drop(bot);
     ana.diff("user_disconnected", "bot").await;
-    srv.stop().await;
+    srv.finish().await;
 }

@@ -101,8 +101,9 @@ async fn a_view_reaches_the_feed_and_a_webhook_and_no_other_users_socket() {
     bob.join("r").await;
     bob.send(json!({"type": "watch", "users": ["ana"]})).await;
     bob.frame("watching").await;
-    let mut ana =
-        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "desktop"})).await;
+    let mut ana = srv.adopt(
+        Client::connect_with(&srv.url("ana"), "ana", None, json!({"device": "desktop"})).await,
+    );
     let conn = ana.welcome["conn"].clone();
     ana.join("r").await;
     ana.send(json!({"type": "view", "room": "r"})).await;

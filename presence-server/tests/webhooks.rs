@@ -733,5 +733,5 @@ async fn events_a_node_dropped_from_its_outbox_reach_webhooks_as_a_gap() {
     shards.sort();
     assert_eq!(shards, (0..u64::from(cc.event_shards)).collect::<Vec<_>>());
     drop(probe);
-    srv.stop().await;
+    srv.finish().await;
 }

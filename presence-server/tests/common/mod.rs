@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -80,6 +81,9 @@ pub struct TestServer {
     pub server: PresenceServer,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The sockets of the clients it made, for [`finish`](Self::finish);
+    /// gone with their client.
+    clients: std::sync::Mutex<Vec<Weak<std::net::TcpStream>>>,
 }
 
 impl TestServer {
@@ -114,6 +118,7 @@ impl TestServer {
             server,
             stop: Some(stop),
             task,
+            clients: Default::default(),
         }
     }
 
@@ -122,7 +127,17 @@ impl TestServer {
     }
 
     pub async fn client(&self, user: &str) -> Client {
-        Client::connect(&self.url(user), user, None).await
+        self.adopt(Client::connect(&self.url(user), user, None).await)
+    }
+
+    /// Notes a client of this server that the test made itself, for
+    /// [`finish`](Self::finish).
+    pub fn adopt(&self, c: Client) -> Client {
+        if let Some(tcp) = &c.tcp {
+            let clients = &mut self.clients.lock().expect("lock");
+            clients.push(Arc::downgrade(tcp));
+        }
+        c
     }
 
     /// `users` in `room`, joined together (one by one, each would wait for
@@ -141,7 +156,20 @@ impl TestServer {
         self.task.abort();
     }
 
-    /// Stops the server and waits for `serve` to return.
+    /// The test is over: ends the sockets of the clients it made by
+    /// [`client`](Self::client), then [`stop`](Self::stop)s. A client the test
+    /// no longer reads would hold the graceful close for its 3 s timeout.
+    pub async fn finish(self) {
+        for tcp in self.clients.lock().expect("lock").drain(..) {
+            if let Some(tcp) = tcp.upgrade() {
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Stops the server and waits for `serve` to return: each socket is
+    /// closed with 1001 and waited for (at most 3 s) to answer.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -226,16 +254,24 @@ pub struct Client {
     pub user: String,
     pub welcome: Value,
     diffs: VecDeque<(Option<String>, Value)>,
+    /// Its socket, shared (a duplicate descriptor, closed with it) so that
+    /// [`TestServer::finish`] can end it.
+    tcp: Option<Arc<std::net::TcpStream>>,
 }
 
 impl Client {
     /// Wraps a socket that has not said hello.
     pub fn raw(ws: Ws, user: &str) -> Client {
+        let tcp = match ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => std::os::fd::AsFd::as_fd(tcp).try_clone_to_owned().ok(),
+            _ => None,
+        };
         Client {
             ws,
             user: user.into(),
             welcome: Value::Null,
             diffs: VecDeque::new(),
+            tcp: tcp.map(|fd| Arc::new(std::net::TcpStream::from(fd))),
         }
     }
 
@@ -253,12 +289,7 @@ impl Client {
             .await
             .expect("connect in time")
             .expect("upgrade accepted");
-        let mut c = Client {
-            ws,
-            user: user.into(),
-            welcome: Value::Null,
-            diffs: VecDeque::new(),
-        };
+        let mut c = Client::raw(ws, user);
         let mut hello = json!({"type": "hello", "v": 1});
         if let Some(r) = resume {
             hello["resume"] = json!(r);
@@ -405,6 +436,9 @@ impl Client {
                 .ok()?
             {
                 Some(Ok(Message::Close(f))) => {
+                    // Answered (tungstenite queued the reply): the server
+                    // need not wait its close timeout for it.
+                    let _ = tokio::time::timeout_at(deadline, self.ws.flush()).await;
                     return Some(f.map_or(1005, |f| u16::from(f.code)));
                 }
                 Some(Ok(_)) => continue,
