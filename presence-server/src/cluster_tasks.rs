@@ -42,7 +42,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use presence_core::client::Backoff;
 use presence_core::machine::ConnRecord;
 use presence_core::{Millis, RoomId, UserId};
 use tokio::sync::Notify;
@@ -51,6 +50,7 @@ use crate::backend::wire::BusMessage;
 use crate::backend::{
     Backend, BackendError, Incarnation, Leases, RECOVERY_BOUND, Stored, Topic, UserRecords,
 };
+use crate::backoff;
 use crate::cluster_config::ClusterConfig;
 use crate::hub::Hub;
 use crate::hub::replica::Take;
@@ -60,17 +60,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// ...to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The core's backoff (exponential, full jitter, capped) between failed
-/// calls: the nodes of a cluster do not retry in step after an outage.
-pub(crate) fn backoff(min: Duration, max: Duration) -> Backoff {
-    let mut bytes = [0u8; 8];
-    let seed = match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes),
-        // Without the OS's randomness the process id still spreads the nodes.
-        Err(_) => u64::from(std::process::id()),
-    };
-    Backoff::new(min, max, seed)
-}
 /// Rooms synced at once in a round.
 const SYNCS_AT_ONCE: usize = 32;
 /// Users of a dead incarnation one cleaning call takes.
@@ -166,7 +155,7 @@ async fn rounds(hub: Weak<Hub>) {
     let Some((backend, wake)) = link(&hub) else {
         return;
     };
-    let mut backoff = backoff(MIN_BACKOFF, MAX_BACKOFF);
+    let mut backoff = backoff::backoff(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let Some(window) = hub.upgrade().map(|h| h.config.batch_window) else {
             return;
@@ -422,7 +411,7 @@ async fn lease(hub: Weak<Hub>) {
     };
     let period = config.lease_ttl / 3;
     let mut judge = Judge::new(config.lease_ttl);
-    let mut backoff = backoff(MIN_BACKOFF, MAX_BACKOFF);
+    let mut backoff = backoff::backoff(MIN_BACKOFF, MAX_BACKOFF);
     let previous = loop {
         match start(&hub, &*backend, &config, &me).await {
             Ok(previous) => break previous,
@@ -449,7 +438,7 @@ async fn lease(hub: Weak<Hub>) {
     // A failed renewal is retried soon, not a period later: a call may take
     // CALL_TIMEOUT (2 s) to fail, so two failures a period apart would lapse
     // the default lease (5 s) while the store was back in between.
-    let mut retry = self::backoff(MIN_BACKOFF, period / 4);
+    let mut retry = backoff::backoff(MIN_BACKOFF, period / 4);
     let mut cleaning: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let Some(started) = hub.upgrade().map(|h| h.clock.now()) else {

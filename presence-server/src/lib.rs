@@ -23,6 +23,7 @@
 mod audience;
 mod auth;
 pub mod backend;
+mod backoff;
 mod broadcast;
 mod clock;
 mod cluster_config;

@@ -46,6 +46,12 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::hub::Hub;
 
+/// A failed request's first retry waits up to this (full jitter), each next
+/// one up to twice the last...
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// ...and never more than this.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Kinds a webhook may select, by product name, and the events each covers.
 const KINDS: &[(&str, &[&str])] = &[
     ("connected", &["user_connected"]),
@@ -79,7 +85,7 @@ pub struct WebhookConfig {
     pub queue: usize,
     /// Events per request at most. Default 500.
     pub max_batch: usize,
-    /// Tries per request. Default 8 (about a minute of backoff).
+    /// Tries per request. Default 8 (seven waits of at most 32 s in all).
     pub max_attempts: u32,
     /// PEM certificates of a private CA that `https://` endpoints may be
     /// signed by, besides the system's roots.
@@ -775,7 +781,7 @@ async fn send_with_retries(
     events: u64,
     tries: u32,
 ) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = crate::backoff::backoff(RETRY_MIN, RETRY_MAX);
     for attempt in 1..=tries {
         let Some(h) = hub.upgrade() else { return };
         let now_s = h.clock.now().0 / 1000;
@@ -805,8 +811,7 @@ async fn send_with_retries(
                 }
                 h.metrics.webhook_request("retried");
                 drop(h);
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Outcome::Retry { why, tls } => {
                 if tls {
@@ -887,18 +892,6 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
         return true;
     }
     e.source().is_some_and(is_tls)
-}
-
-/// A random wait between half and all of `d`, so endpoints that failed
-/// together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() {
-        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
-    } else {
-        0.5
-    };
-    d.mul_f64(0.5 + r / 2.0)
 }
 
 #[cfg(test)]
