@@ -601,11 +601,6 @@ impl PresenceServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let this = self.clone();
-        // Frames are small and each is awaited by a person: Nagle's wait for
-        // the previous segment's ACK would hold them back.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         axum::serve(listener, self.router().merge(self.ops_router()))
             .with_graceful_shutdown(async move {
                 shutdown.await;
