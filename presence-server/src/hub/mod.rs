@@ -413,8 +413,7 @@ impl Hub {
         self.step(|st, _| st.reply(conn, generation, msg))
     }
 
-    /// Moves a read marker. Kept durable even when nobody is told (an
-    /// invisible user's markers are kept, not shown).
+    /// Moves a read marker (see [`Node::read_marker`]).
     pub fn read_marker(
         &self,
         conn: ConnId,
@@ -422,14 +421,7 @@ impl Hub {
         room: &RoomId,
         marker: u64,
     ) -> Result<(), ErrorCode> {
-        let moved = self.act(conn, generation, |m, now| m.read(now, conn, room, marker))?;
-        if moved && self.data.is_some() {
-            let mut st = self.lock();
-            if let Some(user) = st.machine.user_of(conn).cloned() {
-                st.durable.insert(user);
-            }
-        }
-        Ok(())
+        self.step(|st, now| st.read_marker(now, conn, generation, room, marker))
     }
 
     /// Queues a reply only if the socket's queue has room for it: for

@@ -409,6 +409,28 @@ impl Node {
         f(&mut self.machine, now).map_err(MachineError::code)
     }
 
+    /// Moves a read marker. Kept durable even when nobody is told (an
+    /// invisible user's markers are kept, not shown).
+    pub(super) fn read_marker(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        generation: u64,
+        room: &RoomId,
+        marker: u64,
+    ) -> Result<(), ErrorCode> {
+        let moved = self.act(now, conn, generation, |m, now| {
+            m.read(now, conn, room, marker)
+        })?;
+        if moved
+            && self.on_disk
+            && let Some(user) = self.machine.user_of(conn)
+        {
+            self.durable.insert(user.clone());
+        }
+        Ok(())
+    }
+
     /// A frame arrived on a socket: it is alive. Unlike [`Node::act`] this
     /// marks nothing for the cluster (a heartbeat changes no record); with
     /// `pong`, the reply goes in the same step.
