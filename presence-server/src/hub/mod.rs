@@ -301,12 +301,11 @@ impl Hub {
     /// whose queues were full (which may queue more).
     fn deliver(&self, st: &mut Node) {
         while !st.out.is_empty() {
-            let out = std::mem::take(&mut st.out);
             let slow = self
                 .wires
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .deliver(out, self);
+                .deliver(&mut st.out, self);
             if !slow.is_empty() {
                 let now = self.clock.now();
                 for (conn, generation) in slow {

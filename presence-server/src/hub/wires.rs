@@ -37,11 +37,12 @@ enum Op {
     Close(u64, Close),
     /// The socket ended by itself; its sender goes.
     Forget(u64),
-    /// For the app's subscribers and the feed.
-    Host(Event),
+    /// For the app's subscribers and the feed (boxed, as the next: a
+    /// fan-out queues thousands of frames, each an `Op` of the largest size).
+    Host(Box<Event>),
     /// A view change for the cluster's stream as this incarnation's own,
     /// then for the host.
-    Own(Incarnation, Event),
+    Own(Box<(Incarnation, Event)>),
     /// Owed changes for the stream's outbox; this node's own also for the
     /// host (without a stream, for the node's feed).
     Announce(Vec<Announcement>),
@@ -77,11 +78,11 @@ impl Outbound {
     }
 
     pub fn host(&mut self, ev: Event) {
-        self.ops.push(Op::Host(ev));
+        self.ops.push(Op::Host(Box::new(ev)));
     }
 
     pub fn own(&mut self, me: Incarnation, ev: Event) {
-        self.ops.push(Op::Own(me, ev));
+        self.ops.push(Op::Own(Box::new((me, ev))));
     }
 
     pub fn announce(&mut self, host: Vec<Announcement>) {
@@ -118,18 +119,19 @@ impl Wires {
         self.by_generation.remove(&generation);
     }
 
-    /// Hands out `out` in order; returns the sockets whose queue was full
-    /// (connection and generation, each once).
-    pub fn deliver(&mut self, out: Outbound, hub: &super::Hub) -> Vec<(ConnId, u64)> {
+    /// Hands out `out` in order, leaving it empty (its buffer kept for the
+    /// next step, up to [`KEPT_OPS`]); returns the sockets whose queue was
+    /// full (connection and generation, each once).
+    pub fn deliver(&mut self, out: &mut Outbound, hub: &super::Hub) -> Vec<(ConnId, u64)> {
         let metrics = &hub.metrics;
-        if out.wake_driver {
+        if std::mem::take(&mut out.wake_driver) {
             hub.wake.notify_one();
         }
-        if out.wake_rounds {
+        if std::mem::take(&mut out.wake_rounds) {
             hub.cluster_wake();
         }
         let mut slow: Vec<(ConnId, u64)> = Vec::new();
-        for op in out.ops {
+        for op in out.ops.drain(..) {
             match op {
                 Op::Frame(conn, generation, frame) => {
                     let Some(wire) = self.by_generation.get(&generation) else {
@@ -163,11 +165,12 @@ impl Wires {
                 }
                 Op::Forget(generation) => self.remove(generation),
                 Op::Host(ev) => hub.publish(&ev),
-                Op::Own(me, ev) => {
+                Op::Own(own) => {
+                    let (me, ev) = &*own;
                     if let Some(stream) = &hub.stream {
-                        stream.push_own(&me, &ev);
+                        stream.push_own(me, ev);
                     }
-                    hub.publish(&ev);
+                    hub.publish(ev);
                 }
                 Op::Announce(host) => {
                     for a in &host {
@@ -183,9 +186,17 @@ impl Wires {
                 }
             }
         }
+        if out.ops.capacity() > KEPT_OPS {
+            out.ops.shrink_to(KEPT_OPS);
+        }
         slow
     }
 }
+
+/// Ops whose buffer a node keeps between steps: a room's fan-out reuses it
+/// instead of growing a new one each batch (a 1,000-member room's batch
+/// fits; past that the buffer goes back to this).
+const KEPT_OPS: usize = 1024;
 
 #[cfg(test)]
 impl Outbound {
