@@ -5,10 +5,12 @@
 //! per figure (also written to `target/bench/results.jsonl`). `--large` runs
 //! only the large-room scenarios (`large.jsonl`), `--cluster` only the
 //! cluster ones (`cluster.jsonl`), `--million` the simulated cluster of 10k
-//! to 1M users (`bench/million.rs`, `million.jsonl`).
+//! to 1M users (`bench/million.rs`, `million.jsonl`), `--rolling` a rolling
+//! restart of a 3-node cluster (`bench/rolling.rs`, `rolling.jsonl`).
 
 mod cluster;
 mod million;
+mod rolling;
 
 use std::fs;
 use std::process::Command;
@@ -262,6 +264,8 @@ pub enum Only {
     Kill(usize, bool),
     /// This many simulated users, the change rate doubling.
     Ramp(usize),
+    /// A rolling restart of every node of a 3-node cluster under real users.
+    Rolling,
 }
 
 /// Runs the suite, or one part of it; `seconds` is each large-room run's.
@@ -301,6 +305,11 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         figures.extend(million::ramp(&loadgen, users)?);
         return print_and_save(ws, &figures, "million-ramp.jsonl");
     }
+    if only == Only::Rolling {
+        setup::redis_cluster(ws)?;
+        figures.extend(rolling::run(&binary, &loadgen)?);
+        return print_and_save(ws, &figures, "rolling.jsonl");
+    }
     if let Only::Kill(users, herd) = only {
         figures.extend(million::kill(&loadgen, users, herd)?);
         return print_and_save(ws, &figures, "million-kill.jsonl");
@@ -314,7 +323,9 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
             all
         }
         Only::Large => large_scenarios(quick, seconds),
-        Only::Cluster | Only::Million(_) | Only::Kill(..) | Only::Ramp(_) => Vec::new(),
+        Only::Cluster | Only::Million(_) | Only::Kill(..) | Only::Ramp(_) | Only::Rolling => {
+            Vec::new()
+        }
     };
     for sc in single {
         println!("\n== {} {}", sc.name, sc.loadgen.join(" "));
@@ -361,6 +372,7 @@ pub fn run(ws: &Workspace, quick: bool, only: Only, seconds: u64) -> Result<()> 
         Only::Million(_) => "million.jsonl",
         Only::Kill(..) => "million-kill.jsonl",
         Only::Ramp(_) => "million-ramp.jsonl",
+        Only::Rolling => "rolling.jsonl",
     };
     print_and_save(ws, &figures, file)?;
     large_table(&figures);

@@ -6,9 +6,9 @@
 //!   server SDK) and checks the browser SDK's size budget.
 //! - `cargo xtask size`: builds the packages and prints their sizes (the SDK's against the budget).
 //! - `cargo xtask package`: `cargo package` of the crates meant for crates.io, checked.
-//! - `cargo xtask bench [--quick] [--cluster | --large [--seconds N]]`: the benchmark suite (a
-//!   table, and one JSON line per figure); `--cluster` runs only the multi-node part, `--large`
-//!   only the large-room one.
+//! - `cargo xtask bench [--quick] [--cluster | --large [--seconds N] | --million … | --rolling]`:
+//!   the benchmark suite (a table, and one JSON line per figure); `--cluster` runs only the
+//!   multi-node part, `--large` only the large-room one, `--rolling` only a rolling restart.
 //!
 //! Layout: `cmd.rs` runs processes and prints step headers, `workspace.rs` finds paths and
 //! versions via `cargo metadata`, `setup.rs` installs toolchains, Chromium, Redis and node tools,
@@ -86,6 +86,11 @@ enum Command {
         /// probe p99 within 100 ms.
         #[arg(long, requires = "million", conflicts_with = "kill")]
         ramp: bool,
+        /// Only a rolling restart: 3 nodes over the Redis Cluster with 3,000 users each, every
+        /// node restarted in turn (SIGTERM, then again under its id) while its users come back
+        /// with their resume tokens; observers count the flaps (about 2.5 minutes).
+        #[arg(long, conflicts_with_all = ["large", "cluster", "million"])]
+        rolling: bool,
         /// Seconds of changes in each large-room run (default 30; 5 with --quick).
         #[arg(long)]
         seconds: Option<u64>,
@@ -127,9 +132,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             kill,
             herd,
             ramp,
+            rolling,
             seconds,
         } => {
             let only = match (cluster, large, million) {
+                _ if rolling => bench::Only::Rolling,
                 (_, _, true) if ramp => {
                     bench::Only::Ramp(if users == 1_000_000 { 100_000 } else { users })
                 }

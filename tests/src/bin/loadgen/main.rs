@@ -19,6 +19,7 @@ mod notify;
 mod probe;
 mod ranked;
 mod report;
+mod rolling;
 mod sim;
 
 use std::time::Duration;
@@ -214,6 +215,23 @@ enum Scenario {
         /// this service key, and time each change to it too.
         #[arg(long)]
         feed_key: Option<String>,
+    },
+    /// Users on every node of a cluster who come back with their resume token whenever their
+    /// node closes their socket; observers on every node count the offline diffs about the
+    /// others (`cargo xtask bench --rolling` restarts the nodes meanwhile).
+    Rolling {
+        /// One `ws://127.0.0.1:PORT/ws` per node, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        urls: Vec<String>,
+        /// Users on each node (at most 5,000).
+        #[arg(long, default_value_t = 1_000)]
+        users_per_node: usize,
+        /// Rooms, each with users of every node and an observer on each.
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+        /// Seconds the users hold on (at most 600).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// One node of a simulated cluster: a real node in this process over the Redis Cluster,
     /// carrying `--users` simulated users connected in-process, and real WebSocket observers on
@@ -495,6 +513,12 @@ fn main() -> Result<()> {
                 })
                 .await
             }
+            Scenario::Rolling {
+                urls,
+                users_per_node,
+                rooms,
+                seconds,
+            } => rolling::run(&urls, users_per_node, rooms, seconds, sources).await,
             Scenario::Cluster {
                 urls,
                 rate,
