@@ -9,7 +9,7 @@
 //! when no node lost its lease. One Redis killed and restarted leaves no ghost.
 //!
 //! The tests take one at a time (each runs nine to eleven processes); the
-//! file runs in about 90 s. `FAULTS_USERS` sets the users per node (20),
+//! file runs in about 45 s. `FAULTS_USERS` sets the users per node (20),
 //! `PRESENCE_SERVER_BIN` another node binary, `FAULTS_LOG` the nodes' log
 //! filter (their logs go to the temp dir, named in failure messages).
 
