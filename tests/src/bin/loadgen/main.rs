@@ -226,7 +226,7 @@ enum Scenario {
         /// Users on each node (at most 5,000).
         #[arg(long, default_value_t = 1_000)]
         users_per_node: usize,
-        /// Rooms, each with users of every node and an observer on each.
+        /// Rooms (at most 1,000), each with users of every node and an observer on each.
         #[arg(long, default_value_t = 50)]
         rooms: usize,
         /// Seconds the users hold on (at most 600).

@@ -23,6 +23,8 @@ use crate::report::{figure, percentile};
 /// Users per node at most (each is a socket of this process).
 const MAX_USERS: usize = 5_000;
 const MAX_SECONDS: u64 = 600;
+/// Rooms at most (each has an observer on every node).
+const MAX_ROOMS: usize = 1_000;
 /// Connections opened at once while filling.
 const CONNECTING: usize = 64;
 /// The SDK's ping interval.
@@ -56,8 +58,9 @@ pub async fn run(
     if !(1..=MAX_USERS).contains(&users_per_node) {
         bail!("--users-per-node is 1 to {MAX_USERS}");
     }
-    if !(1..=MAX_SECONDS).contains(&seconds) || rooms == 0 || urls.len() < 2 {
-        bail!("--seconds is 1 to {MAX_SECONDS}, --rooms at least 1, --urls at least 2");
+    if !(1..=MAX_SECONDS).contains(&seconds) || !(1..=MAX_ROOMS).contains(&rooms) || urls.len() < 2
+    {
+        bail!("--seconds is 1 to {MAX_SECONDS}, --rooms 1 to {MAX_ROOMS}, --urls at least 2");
     }
     let targets: Vec<Target> = urls
         .iter()
@@ -67,6 +70,7 @@ pub async fn run(
     let seen: Shared = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let mut ready = Vec::new();
     for (k, target) in targets.iter().enumerate() {
         for r in 0..rooms {
             let m = Member {
@@ -76,8 +80,14 @@ pub async fn run(
                 room: format!("rr{r}"),
                 mine: Some(format!("n{k}-")),
             };
-            tasks.push(tokio::spawn(hold(m, end, seen.clone(), None)));
+            let (tx, rx) = oneshot::channel();
+            ready.push(rx);
+            tasks.push(tokio::spawn(hold(m, end, seen.clone(), tx)));
         }
+    }
+    // Observers are in their rooms before the first user comes.
+    for rx in ready {
+        let _ = rx.await;
     }
     // Fill in waves: a wave's users are connected before the next starts.
     let users: Vec<(usize, usize)> = (0..users_per_node)
@@ -95,7 +105,7 @@ pub async fn run(
             };
             let (tx, rx) = oneshot::channel();
             ready.push(rx);
-            tasks.push(tokio::spawn(hold(m, end, seen.clone(), Some(tx))));
+            tasks.push(tokio::spawn(hold(m, end, seen.clone(), tx)));
         }
         for rx in ready {
             let _ = rx.await;
@@ -143,11 +153,9 @@ struct Member {
 
 /// Holds the member's socket in its room until `end`, coming back after
 /// every close; tells `ready` once its first socket is in the room.
-async fn hold(m: Member, end: Instant, seen: Shared, ready: Option<oneshot::Sender<()>>) {
+async fn hold(m: Member, end: Instant, seen: Shared, ready: oneshot::Sender<()>) {
     let first = first_socket(&m).await;
-    if let Some(ready) = ready {
-        let _ = ready.send(());
-    }
+    let _ = ready.send(());
     match first {
         Ok((ws, token)) => keep(&m, end, &seen, ws, token).await,
         Err(e) => {
