@@ -156,8 +156,8 @@ impl TestServer {
         self.task.abort();
     }
 
-    /// The test is over: ends the sockets of the clients it made by
-    /// [`client`](Self::client), then [`stop`](Self::stop)s. A client the test
+    /// The test is over: ends the sockets of the clients it made or
+    /// [`adopt`](Self::adopt)ed, then [`stop`](Self::stop)s. A client the test
     /// no longer reads would hold the graceful close for its 3 s timeout.
     pub async fn finish(self) {
         for tcp in self.clients.lock().expect("lock").drain(..) {
