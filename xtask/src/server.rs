@@ -55,7 +55,7 @@ pub fn build(ws: &Workspace, profile: &str) -> Result<std::path::PathBuf> {
 /// Starts `binary` in dev-auth mode with `args` on a free port and waits
 /// until `/healthz` answers.
 pub fn start(binary: &std::path::Path, args: &[&str]) -> Result<Server> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     println!(
         "$ {} --bind {addr} --dev-auth {}",
@@ -72,7 +72,7 @@ pub fn start(binary: &std::path::Path, args: &[&str]) -> Result<Server> {
     let server = Server { child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if healthy(&server.addr) {
+        if answers(&server.addr, "/healthz") {
             return Ok(server);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -83,13 +83,19 @@ pub fn start(binary: &std::path::Path, args: &[&str]) -> Result<Server> {
     )
 }
 
-fn healthy(addr: &str) -> bool {
+/// A free loopback port (free when asked).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether the server at `addr` answers `GET path` with 200.
+pub fn answers(addr: &str, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(request.as_bytes()).is_err() {
         return false;
     }

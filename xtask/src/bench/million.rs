@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::cluster::{Store, forget};
+use crate::server::free_port;
 use crate::setup;
 
 /// Node processes per step (each its own runtime of 2 threads).
@@ -593,12 +594,6 @@ fn relabel(label: &str, mut v: Value) -> Value {
         v["figure"] = json!(format!("{label}_{name}"));
     }
     v
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// One field of `INFO <section>` of the Redis on `port` (0 if absent).

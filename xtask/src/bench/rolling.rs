@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::cluster::{Store, forget};
-use crate::setup;
+use crate::{server, setup};
 
 const NODES: usize = 3;
 /// Users per node and rooms (each with users of every node).
@@ -60,16 +60,7 @@ fn spawn(binary: &Path, id: &str, port: u16, prefix: &str) -> Result<Child> {
 fn ready(port: u16, within: Duration) -> Result<Duration> {
     let start = Instant::now();
     loop {
-        let ok = Command::new("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/readyz"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        if server::answers(&format!("127.0.0.1:{port}"), "/readyz") {
             return Ok(start.elapsed());
         }
         if start.elapsed() > within {
@@ -77,12 +68,6 @@ fn ready(port: u16, within: Duration) -> Result<Duration> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 pub fn run(binary: &Path, loadgen: &Path) -> Result<Vec<Value>> {
@@ -94,7 +79,7 @@ pub fn run(binary: &Path, loadgen: &Path) -> Result<Vec<Value>> {
     let prefix = format!("rolling-{}", std::process::id());
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        let (id, port) = (format!("r{i}"), free_port()?);
+        let (id, port) = (format!("r{i}"), server::free_port()?);
         let child = spawn(binary, &id, port, &prefix)?;
         nodes.push(Node { id, port, child });
         ready(port, RESTART_LIMIT)?;
