@@ -14,7 +14,7 @@
 //! the same view, whatever order they arrived in, and announces each change
 //! once: it compares with what it last announced, never with a message.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::ids::{RoomId, UserId};
 use crate::machine::{Custom, Event, Shown, aggregate, render};
@@ -33,41 +33,59 @@ pub enum Liveness {
 }
 
 /// All the records of one user, one per incarnation, each with its sequence.
+///
+/// Sorted by incarnation, in a vector sized to fit: a user is nearly always
+/// on one node, and a node keeps one `Records` per user it knows (a
+/// `BTreeMap` here cost a 2.2 KB leaf per user: BENCHMARKS.md, "A million
+/// users").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Records {
-    by: BTreeMap<String, (u64, NodeRecord)>,
+    by: Vec<(String, u64, NodeRecord)>,
 }
 
 impl Records {
     /// Takes `record` if it is newer than what `incarnation` had; returns
     /// whether it was taken. Duplicates and late arrivals are ignored.
     pub fn apply(&mut self, incarnation: &str, seq: u64, record: NodeRecord) -> bool {
-        match self.by.get_mut(incarnation) {
-            Some((s, _)) if *s >= seq => false,
-            Some(slot) => {
-                *slot = (seq, record);
+        match self.find(incarnation) {
+            Ok(at) if self.by[at].1 >= seq => false,
+            Ok(at) => {
+                (self.by[at].1, self.by[at].2) = (seq, record);
                 true
             }
-            None => {
-                self.by.insert(incarnation.to_owned(), (seq, record));
+            Err(at) => {
+                self.by.reserve_exact(1);
+                self.by.insert(at, (incarnation.to_owned(), seq, record));
                 true
             }
         }
     }
 
+    fn find(&self, incarnation: &str) -> Result<usize, usize> {
+        self.by
+            .binary_search_by(|(i, _, _)| i.as_str().cmp(incarnation))
+    }
+
     /// Drops an incarnation's record; returns whether there was one.
     pub fn remove(&mut self, incarnation: &str) -> bool {
-        self.by.remove(incarnation).is_some()
+        let Ok(at) = self.find(incarnation) else {
+            return false;
+        };
+        self.by.remove(at);
+        self.by.shrink_to_fit();
+        true
     }
 
     /// One incarnation's record and its sequence.
     pub fn get(&self, incarnation: &str) -> Option<(u64, &NodeRecord)> {
-        self.by.get(incarnation).map(|(s, r)| (*s, r))
+        let at = self.find(incarnation).ok()?;
+        let (_, s, r) = &self.by[at];
+        Some((*s, r))
     }
 
     /// Every record, by incarnation.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64, &NodeRecord)> {
-        self.by.iter().map(|(i, (s, r))| (i.as_str(), *s, r))
+        self.by.iter().map(|(i, s, r)| (i.as_str(), *s, r))
     }
 
     /// Whether no incarnation has a record.
@@ -86,7 +104,7 @@ impl Records {
         let mine = node(inc);
         self.by
             .iter()
-            .any(|(other, (s, _))| *s > seq && other != inc && node(other) == mine)
+            .any(|(other, s, _)| *s > seq && other != inc && node(other) == mine)
     }
 
     /// The cluster view: active if any live node is active, idle with the
@@ -99,7 +117,7 @@ impl Records {
         let mut v = ClusterView::offline();
         let mut status_key: Option<(Millis, &str)> = None;
         let mut privacy_key: Option<(Millis, &str)> = None;
-        for (inc, (_, rec)) in &self.by {
+        for (inc, _, rec) in &self.by {
             let key = (rec.status_at, inc.as_str());
             if status_key.is_none_or(|k| key > k) {
                 status_key = Some(key);
@@ -118,7 +136,7 @@ impl Records {
         let invisible = v.status == Status::Invisible;
         let mut activities = Vec::new();
         let (mut info_from, mut data_from) = ("", "");
-        for (inc, (seq, rec)) in &self.by {
+        for (inc, seq, rec) in &self.by {
             let rec = match live(inc) {
                 Liveness::Live if !self.superseded(inc, *seq) => std::borrow::Cow::Borrowed(rec),
                 // Superseded: its connections are the newer record's now.

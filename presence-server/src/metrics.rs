@@ -27,6 +27,7 @@ pub(crate) struct Metrics {
     pub denied: Family<Labels, Counter>,
     pub policy_timeouts: Counter,
     pub fanout: Histogram,
+    pub lock_held: Histogram,
     pub large_rooms: Gauge,
     pub large_switches: Family<Labels, Counter>,
     pub summaries: Counter,
@@ -153,6 +154,13 @@ impl Metrics {
             "fanout_deliveries",
             "Recipients of each batched diffs frame (deliveries per change batch)",
             fanout.clone(),
+        );
+        // 100 µs .. ~1.6 s.
+        let lock_held = Histogram::new(exponential_buckets(0.0001, 4.0, 8));
+        registry.register(
+            "hub_lock_held_seconds",
+            "How long each step held the node's state lock: every frame, round and tick waits behind it",
+            lock_held.clone(),
         );
         let large_rooms = Gauge::default();
         registry.register(
@@ -315,6 +323,7 @@ impl Metrics {
             denied,
             policy_timeouts,
             fanout,
+            lock_held,
             large_rooms,
             large_switches,
             summaries,

@@ -291,9 +291,11 @@ impl Hub {
     fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug in this crate; the
         // state is still structurally sound, so keep serving.
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         Locked {
             hub: self,
-            st: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            st,
+            since: std::time::Instant::now(),
         }
     }
 
@@ -511,6 +513,8 @@ pub(crate) fn encoded(msg: &ServerMessage) -> Utf8Bytes {
 struct Locked<'a> {
     hub: &'a Hub,
     st: MutexGuard<'a, Node>,
+    /// When it was taken (wall time, for `presence_hub_lock_held_seconds`).
+    since: std::time::Instant,
 }
 
 impl Deref for Locked<'_> {
@@ -531,5 +535,7 @@ impl Drop for Locked<'_> {
         if !self.st.out.is_empty() && !std::thread::panicking() {
             self.hub.deliver(&mut self.st);
         }
+        let held = self.since.elapsed().as_secs_f64();
+        self.hub.metrics.lock_held.observe(held);
     }
 }

@@ -23,9 +23,9 @@ use crate::setup;
 /// Node processes per step (each its own runtime of 2 threads).
 const NODES: usize = 4;
 /// The steps: total users, and the activity mix's scale (1: `loadgen sim`'s
-/// defaults). At 1M the full mix needs about 3 cores here (3 µs per user
-/// per second, heartbeats a third of it), past the machine's 2: the users
-/// all connect and heartbeat, and act at a fifth of the rates.
+/// defaults). At 1M the full mix needs about 2.5 cores of nodes here
+/// (2.5 µs per user per second, heartbeats 0.57 of it), past the machine's
+/// 2: the users all connect and heartbeat, and act at a fifth of the rates.
 const STEPS: [(usize, f64); 3] = [(10_000, 1.0), (100_000, 1.0), (1_000_000, 0.2)];
 /// `loadgen sim`'s rates per user per hour at scale 1.
 const MIX: [(&str, f64); 5] = [

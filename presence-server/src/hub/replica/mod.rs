@@ -20,6 +20,8 @@ use presence_core::cluster::{ClusterView, Liveness, Records, transitions};
 use presence_core::protocol::{Counts, Receipt, ServerMessage};
 use presence_core::{ConnId, Event, Machine, Millis, PresenceView, RoomId, UserId};
 
+use indexmap::IndexMap;
+
 use crate::backend::wire::{BusMessage, UserUpdate};
 use crate::backend::{Incarnation, Owed, Stored, Topic, UserRecords, Written};
 
@@ -31,8 +33,12 @@ use interest::Interest;
 use liveness::Lives;
 use outbox::Outbox;
 
-/// How often users nobody here follows any more are dropped.
+/// How often a pass starts that drops the users nobody here follows any more.
 const SWEEP: Duration = Duration::from_secs(10);
+/// Users a pass looks at per round, under the hub's lock. One pass over
+/// 250,000 users at once held it for over 100 ms every 10 s, and every
+/// frame of the node waited (BENCHMARKS.md, "A million users").
+const SWEEP_SLICE: usize = 4_096;
 
 /// The host events owed for one change of a user's records ([`Owed`]).
 #[derive(Debug)]
@@ -95,7 +101,8 @@ impl Take {
 /// The node's replica. See the module docs.
 pub(crate) struct Replica {
     pub me: Incarnation,
-    users: HashMap<UserId, Known>,
+    /// In insertion order, so that a sweep can go over it a slice at a time.
+    users: IndexMap<UserId, Known>,
     /// Room → users shown in it here (an index over `users`).
     members: HashMap<RoomId, HashSet<UserId>>,
     lives: Lives,
@@ -105,6 +112,8 @@ pub(crate) struct Replica {
     /// Users whose status or text changed since the hub last looked.
     statuses: Vec<UserId>,
     next_sweep: Millis,
+    /// Where the sweep's pass is in `users`, while one is under way.
+    sweep_at: Option<usize>,
 }
 
 impl Replica {
@@ -113,7 +122,7 @@ impl Replica {
         let interest = Interest::new(Topic::Node(crate::cluster_config::node_of(&me).to_owned()));
         Self {
             me,
-            users: HashMap::new(),
+            users: IndexMap::new(),
             members: HashMap::new(),
             lives: Lives::default(),
             interest,
@@ -121,6 +130,7 @@ impl Replica {
             health: LinkHealth::default(),
             statuses: Vec::new(),
             next_sweep: Millis(0),
+            sweep_at: None,
         }
     }
 
@@ -491,10 +501,11 @@ impl Replica {
         // still marked dirty: a record swept with its user while its write is
         // in flight would be lost if the write failed (a release during an
         // outage: a ghost).
-        if now >= self.next_sweep {
+        if self.sweep_at.is_none() && now >= self.next_sweep {
             self.next_sweep = now.after(SWEEP);
-            self.sweep(&wanted);
+            self.sweep_at = Some(0);
         }
+        self.sweep(&wanted);
         for user in self.outbox.take_dirty() {
             let Some((seq, rec)) = self
                 .users
@@ -716,29 +727,51 @@ impl Replica {
         users.iter().flat_map(|u| self.refresh(u, now)).collect()
     }
 
-    /// Drops users nothing here follows any more.
+    /// Drops users nothing here follows any more: the next
+    /// [`SWEEP_SLICE`] of the pass under way, and at its end the indexes.
     fn sweep(&mut self, wanted: &impl Fn(&Topic) -> bool) {
-        let me = self.me.clone();
-        let members = &self.members;
-        let interest = &self.interest;
-        let outbox = &self.outbox;
-        self.users.retain(|user, k| {
+        let Some(mut at) = self.sweep_at else {
+            return;
+        };
+        for _ in 0..SWEEP_SLICE {
+            let Some((user, k)) = self.users.get_index(at) else {
+                break;
+            };
             // An own record not yet written (a release during an outage)
             // is owed to the backend: dropping it would leave a ghost.
-            outbox.owes(user)
-                || k.records.get(&me).is_some_and(|(_, r)| r.holds())
+            let keep = self.outbox.owes(user)
+                || k.records.get(&self.me).is_some_and(|(_, r)| r.holds())
                 || wanted(&Topic::User(user.clone()))
                 || k.shown.rooms.iter().any(|r| {
-                    interest.follows(r) && members.get(r).is_some_and(|m| m.contains(user))
-                })
-        });
+                    self.interest.follows(r)
+                        && self.members.get(r).is_some_and(|m| m.contains(user))
+                });
+            if keep {
+                at += 1;
+                continue;
+            }
+            // The last user moves here; it is looked at next.
+            let Some((user, k)) = self.users.swap_remove_index(at) else {
+                break;
+            };
+            for room in &k.shown.rooms {
+                if let Some(m) = self.members.get_mut(room) {
+                    m.remove(&user);
+                }
+            }
+        }
+        if at < self.users.len() {
+            self.sweep_at = Some(at);
+            return;
+        }
+        self.sweep_at = None;
+        let interest = &self.interest;
+        self.members
+            .retain(|room, m| interest.follows(room) && !m.is_empty());
         let users = &self.users;
         self.outbox.retain(|u| users.contains_key(u));
-        self.members.retain(|room, m| {
-            m.retain(|u| users.contains_key(u));
-            interest.follows(room) && !m.is_empty()
-        });
-        let users = &self.users;
+        // Only incarnations no lease round found alive are looked for, and
+        // the look stops at their first record.
         self.lives
             .retain(|inc| users.values().any(|k| k.records.get(inc).is_some()));
     }
@@ -921,5 +954,44 @@ mod tests {
         // Cleaned (no longer registered): forgotten.
         r.set_liveness(vec![inc("b.1")], &[], next, |_| true, next);
         assert_eq!(r.liveness("a.1"), Liveness::Live);
+    }
+
+    #[test]
+    fn a_sweep_goes_a_slice_at_a_time_and_keeps_whom_something_follows() {
+        // Node a holds the users in room r; node b read their records.
+        let mut m = Machine::new(TimingPolicy::default());
+        let t = Millis(1_000);
+        let room = RoomId::new("r").expect("a room");
+        let n = SWEEP_SLICE * 2 + 10;
+        let user = |i: usize| UserId::new(format!("u{i}")).expect("a user id");
+        let mut r = Replica::new(inc("b.1"), Millis(0));
+        for i in 0..n {
+            let token = ResumeToken::new(format!("tok{i}")).expect("a token");
+            m.connect(t, user(i), ConnId(i as u64), token, None, Activity::Active)
+                .expect("connects");
+            m.join(t, ConnId(i as u64), room.clone()).expect("joins");
+            let record = m.node_record(&user(i)).expect("a record");
+            r.apply(&user(i), &vec![(inc("a.1"), Stored { seq: 1, record })], t);
+        }
+        assert_eq!(r.room_size(&room), n);
+        // Nobody here follows room r; a watcher here follows u7.
+        let u7 = Topic::User(user(7));
+        let wanted = |topic: &Topic| *topic == u7;
+        r.take(t, wanted);
+        let left = r.users.len();
+        assert!(left >= n - SWEEP_SLICE && left < n, "one slice at a time");
+        assert!(r.sweep_at.is_some());
+        r.take(t, wanted);
+        r.take(t, wanted);
+        assert_eq!(r.users.len(), 1, "the watched user stays");
+        assert!(r.users.contains_key(&user(7)));
+        assert!(r.sweep_at.is_none(), "the pass is over");
+        assert!(r.members.is_empty(), "the index follows");
+        // The next pass starts once SWEEP has passed since this one did.
+        let (before, after) = (t.after(SWEEP - Duration::from_millis(1)), t.after(SWEEP));
+        r.take(before, |_| false);
+        assert_eq!(r.users.len(), 1);
+        r.take(after, |_| false);
+        assert!(r.users.is_empty());
     }
 }

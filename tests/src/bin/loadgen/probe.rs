@@ -16,6 +16,8 @@ pub struct Sample {
     pub at: Instant,
     /// Per node: (`presence_backend_bytes_in_total`, `presence_backend_messages_in_total`).
     pub nodes: Vec<(f64, f64)>,
+    /// Per node: its state lock's holds so far (`presence_hub_lock_held_seconds`).
+    pub holds: Vec<Holds>,
     /// Sum over the Redis servers of `used_cpu_user + used_cpu_sys`, seconds.
     pub redis_cpu: f64,
     /// The machine's (busy, total) CPU time so far, in clock ticks.
@@ -53,11 +55,13 @@ impl Probe {
 
     fn read(&self) -> Result<Sample> {
         let at = Instant::now();
+        let mut holds = Vec::new();
         let nodes = self
             .nodes
             .iter()
             .map(|&addr| {
                 let text = http_get(addr, "/metrics")?;
+                holds.push(Holds::of(&text));
                 Ok((
                     counter(&text, "presence_backend_bytes_in_total")
                         .with_context(|| format!("{addr}/metrics"))?,
@@ -74,6 +78,7 @@ impl Probe {
         Ok(Sample {
             at,
             nodes,
+            holds,
             redis_cpu,
             host: host_cpu(&std::fs::read_to_string("/proc/stat").unwrap_or_default()),
         })
@@ -103,6 +108,52 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
         );
     }
     Ok(body)
+}
+
+/// A node's state-lock holds so far, from its histogram.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Holds {
+    pub count: f64,
+    pub seconds: f64,
+    /// Holds longer than 25.6 ms and than 102.4 ms (the histogram's bounds).
+    pub over_25ms: f64,
+    pub over_100ms: f64,
+}
+
+impl Holds {
+    const NAME: &str = "presence_hub_lock_held_seconds";
+
+    /// From `/metrics` text; zeros where the histogram is missing.
+    fn of(text: &str) -> Self {
+        let bucket = |le: f64| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(Self::NAME)?.strip_prefix("_bucket{le=\""))
+                .filter_map(|l| {
+                    let (bound, rest) = l.split_once('"')?;
+                    let n: f64 = rest.trim_start_matches('}').trim().parse().ok()?;
+                    Some((bound.parse::<f64>().ok()?, n))
+                })
+                .find(|(bound, _)| (bound - le).abs() < le * 1e-6)
+                .map_or(0.0, |(_, n)| n)
+        };
+        let count = counter(text, &format!("{}_count", Self::NAME)).unwrap_or(0.0);
+        Self {
+            count,
+            seconds: counter(text, &format!("{}_sum", Self::NAME)).unwrap_or(0.0),
+            over_25ms: count - bucket(0.0256),
+            over_100ms: count - bucket(0.1024),
+        }
+    }
+
+    /// What happened between `before` and this.
+    pub fn since(&self, before: &Holds) -> Holds {
+        Holds {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+            over_25ms: self.over_25ms - before.over_25ms,
+            over_100ms: self.over_100ms - before.over_100ms,
+        }
+    }
 }
 
 /// A Prometheus text line `NAME VALUE` (no labels).

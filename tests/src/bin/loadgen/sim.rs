@@ -411,6 +411,17 @@ async fn node(plan: Plan) -> Result<()> {
         bus1.nodes[0].0 - bus0.nodes[0].0,
         bus1.nodes[0].1 - bus0.nodes[0].1,
     );
+    if let (Some(h1), Some(h0)) = (bus1.holds.first(), bus0.holds.first()) {
+        let h = h1.since(h0);
+        figure(
+            &format!("{label}_lock_holds_per_second"),
+            h.count / secs,
+            "/s",
+        );
+        figure(&format!("{label}_lock_held_share"), h.seconds / secs, "");
+        figure(&format!("{label}_lock_holds_over_25ms"), h.over_25ms, "");
+        figure(&format!("{label}_lock_holds_over_100ms"), h.over_100ms, "");
+    }
     figure(
         &format!("{label}_presence_backend_bytes_in_total_per_second"),
         bytes / secs,
