@@ -18,12 +18,12 @@ mod queries;
 mod records;
 mod timers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, hash_map};
 
 pub use aggregate::{Custom, Shown, aggregate, render};
 pub use event::Event;
 pub use node_record::NodeRecord;
-pub use records::{ConnRecord, Retention, UserRecord};
+pub use records::{ConnRecord, FORGET_AT_ONCE, Retention, UserRecord};
 use timers::{TimerKey, Timers};
 
 use crate::ids::{ConnId, ResumeToken, RoomId, UserId};
@@ -192,6 +192,11 @@ pub struct Machine {
     conns: HashMap<ConnId, Conn>,
     tokens: HashMap<ResumeToken, ConnId>,
     rooms: HashMap<RoomId, HashSet<UserId>>,
+    /// The users with no connection, by when they went (0: never connected
+    /// here), so that retention forgets the longest gone without a pass
+    /// over every user: one over 1,000,000 offline users took 190–310 ms,
+    /// under the server's lock (BENCHMARKS.md, "A million users").
+    offline: BTreeSet<(Millis, UserId)>,
     /// Each room's shown read markers, online or not: a receipt belongs to
     /// the room, not to its reader's connection (see `receipts`).
     reads: HashMap<RoomId, HashMap<UserId, u64>>,
@@ -211,6 +216,7 @@ impl Machine {
             conns: HashMap::new(),
             tokens: HashMap::new(),
             rooms: HashMap::new(),
+            offline: BTreeSet::new(),
             reads: HashMap::new(),
             timers: Timers::default(),
             events: Vec::new(),
@@ -285,6 +291,10 @@ impl Machine {
             }
         }
         let u = self.users.entry(user.clone()).or_insert_with(User::new);
+        if u.conns.is_empty() {
+            self.offline
+                .remove(&(u.gone.unwrap_or_default(), user.clone()));
+        }
         u.conns.push(conn);
         u.gone = None;
         self.tokens.insert(token.clone(), conn);
@@ -458,11 +468,7 @@ impl Machine {
         last_seen: Option<LastSeen>,
         receipts: Option<Receipts>,
     ) -> Option<Privacy> {
-        let u = self.users.entry(user.clone()).or_insert_with(|| {
-            let mut u = User::new();
-            u.gone = Some(now);
-            u
-        });
+        let u = self.user_or_offline(now, user);
         let next = u.privacy.with(last_seen, receipts);
         u.privacy_at = now;
         (next != u.privacy).then(|| {
@@ -481,11 +487,7 @@ impl Machine {
         privacy: Privacy,
         at: Millis,
     ) -> bool {
-        let u = self.users.entry(user.clone()).or_insert_with(|| {
-            let mut u = User::new();
-            u.gone = Some(now);
-            u
-        });
+        let u = self.user_or_offline(now, user);
         if u.privacy_at > at {
             return false;
         }
@@ -498,11 +500,31 @@ impl Machine {
         self.users.get(user).map(|u| u.privacy).unwrap_or_default()
     }
 
+    /// `user`, remembered offline since `now` if the machine did not know them.
+    fn user_or_offline(&mut self, now: Millis, user: &UserId) -> &mut User {
+        match self.users.entry(user.clone()) {
+            hash_map::Entry::Occupied(e) => e.into_mut(),
+            hash_map::Entry::Vacant(e) => {
+                self.offline.insert((now, user.clone()));
+                let mut u = User::new();
+                u.gone = Some(now);
+                e.insert(u)
+            }
+        }
+    }
+
     /// What the server says about `user` (the `info` of the token of the
     /// connection about to connect): the latest connection's wins. Call it
     /// before [`Machine::connect`], so a user coming online carries it.
     pub fn set_info(&mut self, now: Millis, user: &UserId, info: Option<JsonObject>) {
-        let u = self.users.entry(user.clone()).or_insert_with(User::new);
+        let u = match self.users.entry(user.clone()) {
+            hash_map::Entry::Occupied(e) => e.into_mut(),
+            hash_map::Entry::Vacant(e) => {
+                // Never connected here yet: the oldest for retention.
+                self.offline.insert((Millis(0), user.clone()));
+                e.insert(User::new())
+            }
+        };
         u.custom.info_at = now;
         if u.custom.info != info {
             u.custom.info = info;
@@ -927,6 +949,7 @@ impl Machine {
                 u.conns.retain(|x| *x != conn);
                 if u.conns.is_empty() {
                     u.gone = Some(now);
+                    self.offline.insert((now, c.user.clone()));
                     // Presence data is the online user's; it goes with them.
                     u.custom.data = None;
                 }

@@ -31,6 +31,11 @@ pub struct UserRecord {
     pub privacy: crate::privacy::Privacy,
 }
 
+/// Users one [`Machine::forget_offline`] forgets at most: a first pass
+/// after a long stop may find many due, and each is work under the
+/// server's lock.
+pub const FORGET_AT_ONCE: usize = 10_000;
+
 /// One connection as it was when the server stopped.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ConnRecord {
@@ -107,6 +112,8 @@ impl Machine {
                     .insert(user.clone(), *marker);
             }
         }
+        self.offline
+            .insert((u.gone.unwrap_or_default(), user.clone()));
         self.users.insert(user, u);
     }
 
@@ -177,37 +184,51 @@ impl Machine {
     }
 
     /// Forgets offline users gone for longer than `retention.keep_for`, then
-    /// the longest gone beyond `retention.max_offline`. Returns who was
-    /// forgotten, so a store can drop them too. Costs one pass over users.
+    /// the longest gone beyond `retention.max_offline`, at most
+    /// [`FORGET_AT_ONCE`] (call again while it returns that many). Returns
+    /// who was forgotten, so a store can drop them too. Costs what it
+    /// forgets, not a pass over the users.
     pub fn forget_offline(&mut self, now: Millis, retention: Retention) -> Vec<UserId> {
-        let mut offline: Vec<(Millis, UserId)> = self
-            .users
-            .iter()
-            .filter(|(_, u)| u.conns.is_empty())
-            .map(|(id, u)| (u.gone.unwrap_or_default(), id.clone()))
-            .collect();
         let cutoff = Millis(
             now.0
                 .saturating_sub(u64::try_from(retention.keep_for.as_millis()).unwrap_or(u64::MAX)),
         );
-        offline.sort_unstable();
-        let expired = offline.partition_point(|(gone, _)| *gone < cutoff);
-        let over = offline.len().saturating_sub(retention.max_offline);
-        let forget = expired.max(over);
-        let forgotten: Vec<UserId> = offline.into_iter().take(forget).map(|(_, id)| id).collect();
-        for id in &forgotten {
-            let Some(u) = self.users.remove(id) else {
+        let mut forgotten = Vec::new();
+        while forgotten.len() < FORGET_AT_ONCE {
+            let due = self.offline.first().is_some_and(|(gone, _)| *gone < cutoff)
+                || self.offline.len() > retention.max_offline;
+            if !due {
+                break;
+            }
+            let Some((_, id)) = self.offline.pop_first() else {
+                break;
+            };
+            let Some(u) = self.users.remove(&id) else {
                 continue;
             };
             for room in u.receipts.keys() {
                 if let Some(reads) = self.reads.get_mut(room) {
-                    reads.remove(id);
+                    reads.remove(&id);
                     if reads.is_empty() {
                         self.reads.remove(room);
                     }
                 }
             }
+            forgotten.push(id);
         }
         forgotten
+    }
+
+    /// Whether the offline index holds exactly the users with no
+    /// connection, each at their departure.
+    #[cfg(test)]
+    pub(crate) fn offline_index_is_exact(&self) -> bool {
+        let want: BTreeSet<(Millis, UserId)> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.conns.is_empty())
+            .map(|(id, u)| (u.gone.unwrap_or_default(), id.clone()))
+            .collect();
+        want == self.offline
     }
 }

@@ -631,6 +631,66 @@ fn offline_users_are_forgotten_by_age_then_by_count() {
     assert!(m.view(&user("online")).is_some(), "connected users stay");
 }
 
+#[test]
+fn retention_keeps_the_offline_in_order_of_departure_and_forgets_in_batches() {
+    let mut m = Machine::new(policy());
+    let exact = |m: &Machine| assert!(m.offline_index_is_exact());
+    // Known before connecting (a token's info), then connected.
+    m.set_info(T0, &user("ana"), None);
+    exact(&m);
+    m.connect(T0, user("ana"), ConnId(1), token(1), None, Activity::Active)
+        .unwrap();
+    exact(&m);
+    // Settings of a user never connected here; one restored from disk.
+    m.set_privacy(T0, &user("bo"), None, None);
+    m.adopt_privacy(T0, &user("cy"), Default::default(), T0);
+    let rec = UserRecord {
+        status: Status::Away,
+        text: None,
+        last_seen: None,
+        gone: None,
+        receipts: Vec::new(),
+        privacy: Default::default(),
+    };
+    m.restore_user(T0, user("di"), rec.clone());
+    exact(&m);
+    // Ana leaves: offline after the grace, and back.
+    m.leaving(T0, ConnId(1));
+    let gone = T0
+        .after(m.policy().leave_grace)
+        .after(Duration::from_millis(1));
+    m.tick(gone);
+    exact(&m);
+    m.connect(
+        gone,
+        user("ana"),
+        ConnId(2),
+        token(2),
+        None,
+        Activity::Active,
+    )
+    .unwrap();
+    exact(&m);
+    // Many due at once: a batch at a time, the longest gone first.
+    for i in 0..FORGET_AT_ONCE + 5 {
+        m.restore_user(T0, user(&format!("u{i:05}")), rec.clone());
+    }
+    let all = Retention {
+        keep_for: Duration::ZERO,
+        max_offline: 1_000_000,
+    };
+    let later = gone.after(Duration::from_secs(1));
+    let first = m.forget_offline(later, all);
+    assert_eq!(first.len(), FORGET_AT_ONCE);
+    assert!(!first.contains(&user("ana")), "connected users stay");
+    exact(&m);
+    let rest = m.forget_offline(later, all);
+    assert_eq!(rest.len(), 3 + 5, "bo, cy, di and the last five");
+    assert!(m.forget_offline(later, all).is_empty());
+    assert!(m.view(&user("ana")).is_some());
+    exact(&m);
+}
+
 fn obj(s: &str) -> JsonObject {
     JsonObject::parse(s, 1024).unwrap()
 }

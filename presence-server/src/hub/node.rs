@@ -567,8 +567,12 @@ impl Node {
     /// forgets the watch lists of connections that are gone for good.
     pub(super) fn tick(&mut self, now: Millis) {
         if now >= self.next_sweep {
-            self.next_sweep = now.after(RETENTION_SWEEP);
             let forgotten = self.machine.forget_offline(now, self.config.retention);
+            // A full batch: more may be due, at the next tick.
+            self.next_sweep = match forgotten.len() {
+                presence_core::machine::FORGET_AT_ONCE => now,
+                _ => now.after(RETENTION_SWEEP),
+            };
             let Node { machine, large, .. } = &mut *self;
             large.retain(|room| machine.room_size(room) > 0);
             if self.on_disk {
@@ -643,8 +647,8 @@ impl Node {
     }
 }
 
-/// How often retention looks for offline users to forget: one pass over the
-/// users each time.
+/// How often retention looks for offline users to forget (it costs what it
+/// forgets: the machine keeps them in order of departure).
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
