@@ -194,7 +194,7 @@ pub struct Machine {
     rooms: HashMap<RoomId, HashSet<UserId>>,
     /// The users with no connection, by when they went (0: never connected
     /// here), so that retention forgets the longest gone without a pass
-    /// over every user: one over 1,000,000 offline users took 190–310 ms,
+    /// over every user: one over 1,000,000 offline users took 200–300 ms,
     /// under the server's lock (BENCHMARKS.md, "A million users").
     offline: BTreeSet<(Millis, UserId)>,
     /// Each room's shown read markers, online or not: a receipt belongs to
