@@ -468,7 +468,7 @@ impl Machine {
         last_seen: Option<LastSeen>,
         receipts: Option<Receipts>,
     ) -> Option<Privacy> {
-        let u = self.user_or_offline(now, user);
+        let u = self.user_or_offline(user, Some(now));
         let next = u.privacy.with(last_seen, receipts);
         u.privacy_at = now;
         (next != u.privacy).then(|| {
@@ -487,7 +487,7 @@ impl Machine {
         privacy: Privacy,
         at: Millis,
     ) -> bool {
-        let u = self.user_or_offline(now, user);
+        let u = self.user_or_offline(user, Some(now));
         if u.privacy_at > at {
             return false;
         }
@@ -500,14 +500,17 @@ impl Machine {
         self.users.get(user).map(|u| u.privacy).unwrap_or_default()
     }
 
-    /// `user`, remembered offline since `now` if the machine did not know them.
-    fn user_or_offline(&mut self, now: Millis, user: &UserId) -> &mut User {
+    /// `user`, remembered offline, gone since `gone` (`None`: never
+    /// connected here, the oldest for retention), if the machine did not
+    /// know them.
+    fn user_or_offline(&mut self, user: &UserId, gone: Option<Millis>) -> &mut User {
         match self.users.entry(user.clone()) {
             hash_map::Entry::Occupied(e) => e.into_mut(),
             hash_map::Entry::Vacant(e) => {
-                self.offline.insert((now, user.clone()));
+                self.offline
+                    .insert((gone.unwrap_or_default(), user.clone()));
                 let mut u = User::new();
-                u.gone = Some(now);
+                u.gone = gone;
                 e.insert(u)
             }
         }
@@ -517,14 +520,7 @@ impl Machine {
     /// connection about to connect): the latest connection's wins. Call it
     /// before [`Machine::connect`], so a user coming online carries it.
     pub fn set_info(&mut self, now: Millis, user: &UserId, info: Option<JsonObject>) {
-        let u = match self.users.entry(user.clone()) {
-            hash_map::Entry::Occupied(e) => e.into_mut(),
-            hash_map::Entry::Vacant(e) => {
-                // Never connected here yet: the oldest for retention.
-                self.offline.insert((Millis(0), user.clone()));
-                e.insert(User::new())
-            }
-        };
+        let u = self.user_or_offline(user, None);
         u.custom.info_at = now;
         if u.custom.info != info {
             u.custom.info = info;
